@@ -1,0 +1,157 @@
+//! The command line: clap definitions of every subcommand and the handlers that run them with
+//! progress bars. `main.rs` only parses and calls [`dispatch`].
+
+mod train_cmd;
+
+use crate::model::GeneratorKind;
+use crate::train::GanLoss;
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(name = "cyclestudio", version, about = "Train and use CycleGAN image translators (CLI and terminal studio)")]
+pub struct Cli {
+    /// Folder holding the training runs (one subfolder per --name).
+    #[arg(long, global = true, default_value = "checkpoints")]
+    pub checkpoints: PathBuf,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Train a CycleGAN on a two-domain dataset (or continue one with --resume).
+    Train(TrainArgs),
+    /// Create or inspect datasets.
+    #[command(subcommand)]
+    Dataset(DatasetCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DatasetCommand {
+    /// Build a dataset under datasets/NAME.
+    Create(DatasetCreateArgs),
+    /// Print a dataset's domains, image counts, sizes and unreadable files.
+    Info {
+        dir: PathBuf,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct DatasetCreateArgs {
+    pub name: String,
+    /// A folder of colour photos: domain A `gray` (1 channel) and B `color`.
+    #[arg(long, value_name = "PHOTOS_DIR", conflicts_with = "domains")]
+    pub gray2color: Option<PathBuf>,
+    /// Two folders, one per domain.
+    #[arg(long, num_args = 2, value_names = ["DIR_A", "DIR_B"])]
+    pub domains: Option<Vec<PathBuf>>,
+    /// Domain names for --domains, e.g. photo,painting.
+    #[arg(long, value_delimiter = ',', default_value = "A,B")]
+    pub names: Vec<String>,
+    /// Channel counts for --domains, e.g. 3,3 or 1,3.
+    #[arg(long, value_delimiter = ',', default_value = "3,3")]
+    pub channels: Vec<usize>,
+    /// With --gray2color: put every training photo in both domains (same names), for paired mode.
+    #[arg(long)]
+    pub paired: bool,
+    /// Percentage of images held out for testing.
+    #[arg(long, default_value_t = 10)]
+    pub test_percent: u32,
+    /// Downscale images whose longer side exceeds this many pixels (0 = keep).
+    #[arg(long, default_value_t = 0)]
+    pub max_side: u32,
+    /// Folder the dataset is created in.
+    #[arg(long, default_value = "datasets")]
+    pub datasets: PathBuf,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct TrainArgs {
+    /// Dataset folder (trainA/ trainB/ …). Not needed with --resume.
+    #[arg(long)]
+    pub dataset: Option<PathBuf>,
+    /// Run name: the checkpoint goes to <checkpoints>/NAME.
+    #[arg(long)]
+    pub name: String,
+    /// Continue the run in <checkpoints>/NAME from its latest checkpoint, with its saved settings.
+    #[arg(long)]
+    pub resume: bool,
+    #[arg(long, default_value = "resnet_9blocks")]
+    pub generator: GeneratorKind,
+    #[arg(long, default_value_t = 64)]
+    pub ngf: usize,
+    #[arg(long, default_value_t = 64)]
+    pub ndf: usize,
+    /// Layers of the PatchGAN discriminator (3 = 70×70 patches).
+    #[arg(long, default_value_t = 3)]
+    pub n_layers_d: usize,
+    /// Training crop size.
+    #[arg(long, default_value_t = 256)]
+    pub size: usize,
+    /// Short side images are resized to before cropping (default size·286/256).
+    #[arg(long)]
+    pub load_size: Option<usize>,
+    /// Steps at the initial learning rate (then --decay-iters of linear decay).
+    #[arg(long, conflicts_with_all = ["epochs", "decay_epochs"])]
+    pub iters: Option<u64>,
+    #[arg(long)]
+    pub decay_iters: Option<u64>,
+    /// Epochs at the initial learning rate (reference: 100).
+    #[arg(long)]
+    pub epochs: Option<u64>,
+    /// Epochs of linear decay to zero (reference: 100).
+    #[arg(long)]
+    pub decay_epochs: Option<u64>,
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 2e-4)]
+    pub lr: f64,
+    #[arg(long, default_value_t = 0.5)]
+    pub beta1: f64,
+    #[arg(long, default_value_t = 10.0)]
+    pub lambda_cycle: f64,
+    /// Identity loss weight relative to --lambda-cycle (0 disables it).
+    #[arg(long, default_value_t = 0.5)]
+    pub lambda_identity: f64,
+    #[arg(long, value_enum, default_value_t = GanLoss::Lsgan)]
+    pub gan_loss: GanLoss,
+    /// Size of the pool of earlier fakes shown to the discriminators.
+    #[arg(long, default_value_t = 50)]
+    pub pool: usize,
+    /// Supervised mode for aligned datasets: adds L1 between each translation and its true pair.
+    #[arg(long)]
+    pub paired: bool,
+    #[arg(long, default_value_t = 10.0)]
+    pub lambda_paired: f64,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Turn off random horizontal flips.
+    #[arg(long)]
+    pub no_flip: bool,
+    /// cpu or cuda:N.
+    #[arg(long)]
+    pub device: Option<String>,
+    #[arg(long)]
+    pub sample_every: Option<u64>,
+    #[arg(long)]
+    pub save_every: Option<u64>,
+    #[arg(long)]
+    pub log_every: Option<u64>,
+    /// Health checks (collapse, discriminator balance) every N steps; 0 disables them.
+    #[arg(long)]
+    pub health_every: Option<u64>,
+    /// No progress bar; print a line per logged step instead.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// Runs a parsed command line.
+pub fn dispatch(cli: Cli) -> Result<()> {
+    match cli.command {
+        Some(Command::Train(args)) => train_cmd::train(&cli.checkpoints, args),
+        Some(Command::Dataset(cmd)) => train_cmd::dataset(cmd),
+        None => anyhow::bail!("no command given; try --help"),
+    }
+}

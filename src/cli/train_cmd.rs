@@ -1,0 +1,177 @@
+use super::{DatasetCommand, TrainArgs};
+use crate::data::create::{self, CreateOptions};
+use crate::data::dataset::{Check, Dataset};
+use crate::train::{run_training, RunControl, RunOutcome, Schedule, TrainConfig, TrainEvent};
+use crate::train::RunOptions;
+use anyhow::{bail, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::path::Path;
+use std::sync::atomic::Ordering;
+
+/// Builds the configuration of a new run from the command line.
+pub fn config_from_args(args: &TrainArgs) -> Result<TrainConfig> {
+    let dataset = args.dataset.clone().context("--dataset is required for a new run (or add --resume)")?;
+    let spec = Dataset::read_spec(&dataset)?;
+    let ds = Dataset::open(&dataset, Check::Header)?;
+    let n = if args.paired { ds.a.train.images.len() } else { ds.a.train.images.len().max(ds.b.train.images.len()) };
+    let schedule = match (args.iters, args.decay_iters, args.epochs, args.decay_epochs) {
+        (Some(i), d, None, None) => Schedule::Iters { iters: i, decay_iters: d.unwrap_or(0) },
+        (None, Some(d), None, None) => Schedule::Iters { iters: 0, decay_iters: d },
+        (None, None, e, d) => Schedule::Epochs {
+            epochs: e.unwrap_or(100),
+            decay_epochs: d.unwrap_or(100),
+            steps_per_epoch: (n as u64).div_ceil(args.batch.max(1) as u64).max(1),
+        },
+        _ => bail!("give either --iters/--decay-iters or --epochs/--decay-epochs"),
+    };
+    let cfg = TrainConfig {
+        name: args.name.clone(),
+        dataset,
+        domain_a: spec.a,
+        domain_b: spec.b,
+        generator: args.generator,
+        ngf: args.ngf,
+        ndf: args.ndf,
+        n_layers_d: args.n_layers_d,
+        size: args.size,
+        load_size: args.load_size.unwrap_or(args.size * 286 / 256),
+        batch: args.batch,
+        schedule,
+        lr: args.lr,
+        beta1: args.beta1,
+        beta2: 0.999,
+        lambda_cycle: args.lambda_cycle,
+        lambda_identity: args.lambda_identity,
+        lambda_paired: if args.paired { args.lambda_paired } else { 0.0 },
+        paired: args.paired,
+        gan_loss: args.gan_loss,
+        pool: args.pool,
+        seed: args.seed,
+        flip: !args.no_flip,
+        sample_every: args.sample_every.unwrap_or(100),
+        save_every: args.save_every.unwrap_or(500),
+        log_every: args.log_every.unwrap_or(10),
+        health_every: args.health_every.unwrap_or(100),
+        device: args.device.clone().unwrap_or_else(|| "cpu".into()),
+    };
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+/// The saved configuration of a run, with the settings a resume may change.
+fn resumed_config(run_dir: &Path, args: &TrainArgs) -> Result<TrainConfig> {
+    let mut cfg = TrainConfig::load(run_dir)?;
+    if let Schedule::Iters { iters, decay_iters } = &mut cfg.schedule {
+        if let Some(i) = args.iters {
+            *iters = i;
+        }
+        if let Some(d) = args.decay_iters {
+            *decay_iters = d;
+        }
+    }
+    if let Some(d) = &args.device {
+        cfg.device = d.clone();
+    }
+    if let Some(v) = args.sample_every {
+        cfg.sample_every = v;
+    }
+    if let Some(v) = args.save_every {
+        cfg.save_every = v;
+    }
+    if let Some(v) = args.log_every {
+        cfg.log_every = v;
+    }
+    if let Some(v) = args.health_every {
+        cfg.health_every = v;
+    }
+    Ok(cfg)
+}
+
+pub fn train(checkpoints: &Path, args: TrainArgs) -> Result<()> {
+    let run_dir = checkpoints.join(&args.name);
+    let cfg = if args.resume { resumed_config(&run_dir, &args)? } else { config_from_args(&args)? };
+    let control = RunControl::default();
+    let stop = control.stop.clone();
+    ctrlc::set_handler(move || {
+        if stop.swap(true, Ordering::SeqCst) {
+            eprintln!("\nsecond Ctrl-C: exiting without saving");
+            std::process::exit(130);
+        }
+        eprintln!("\nCtrl-C: finishing this step and saving a checkpoint…");
+    })
+    .ok();
+    let bar = if args.quiet { ProgressBar::hidden() } else { ProgressBar::new(cfg.schedule.total_steps()) };
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30.cyan/blue} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    let quiet = args.quiet;
+    let log_every = cfg.log_every.max(1);
+    let mut on_event = |e: TrainEvent| match e {
+        TrainEvent::Started { step, total_steps, device, note } => {
+            bar.set_position(step);
+            bar.println(format!("training {} on {device}: steps {step}..{total_steps} → {}", cfg.name, run_dir.display()));
+            if let Some(n) = note {
+                bar.println(n);
+            }
+        }
+        TrainEvent::Step(r) => {
+            bar.set_position(r.step);
+            let l = &r.losses;
+            let msg = format!(
+                "ep {} lr {:.2e} G {:.3} cyc {:.3}/{:.3} idt {:.3}/{:.3} D {:.3}/{:.3} {:.2} img/s",
+                r.epoch, r.lr, l.g_total, l.cycle_a, l.cycle_b, l.idt_ab, l.idt_ba, l.d_a, l.d_b, r.images_per_sec
+            );
+            if quiet && r.step % log_every == 0 {
+                println!("step {}/{} {msg}", r.step, r.total_steps);
+            }
+            bar.set_message(msg);
+        }
+        TrainEvent::Saved { step, dir } => bar.println(format!("saved checkpoint of step {step} in {}", dir.display())),
+        TrainEvent::Warning(w) => bar.println(format!("warning: {w}")),
+        TrainEvent::Preview { .. } | TrainEvent::Health(_) => {}
+    };
+    let outcome = run_training(cfg.clone(), &RunOptions { run_dir: run_dir.clone(), resume: args.resume }, &control, &mut on_event);
+    bar.finish_and_clear();
+    match outcome? {
+        RunOutcome::Finished { step } => println!("finished {} at step {step}; checkpoint in {}", cfg.name, run_dir.display()),
+        RunOutcome::Stopped { step } => println!(
+            "stopped {} at step {step}; checkpoint saved. Continue with: cyclestudio train --name {} --resume",
+            cfg.name, cfg.name
+        ),
+    }
+    Ok(())
+}
+
+pub fn dataset(cmd: DatasetCommand) -> Result<()> {
+    match cmd {
+        DatasetCommand::Info { dir } => {
+            let ds = Dataset::open(&dir, Check::Full)?;
+            print!("{}", ds.summary());
+            Ok(())
+        }
+        DatasetCommand::Create(a) => {
+            let opts = CreateOptions { test_percent: a.test_percent, max_side: a.max_side };
+            let report = match (&a.gray2color, &a.domains) {
+                (Some(photos), None) => create::gray2color(&a.datasets, &a.name, photos, a.paired, &opts)?,
+                (None, Some(dirs)) => {
+                    if a.names.len() != 2 || a.channels.len() != 2 {
+                        bail!("--names and --channels take two values each, e.g. --names photo,painting --channels 3,3");
+                    }
+                    create::from_domains(
+                        &a.datasets,
+                        &a.name,
+                        [&dirs[0], &dirs[1]],
+                        [&a.names[0], &a.names[1]],
+                        [a.channels[0], a.channels[1]],
+                        &opts,
+                    )?
+                }
+                _ => bail!("give --gray2color PHOTOS_DIR or --domains DIR_A DIR_B"),
+            };
+            println!("{}", report.summary());
+            Ok(())
+        }
+    }
+}

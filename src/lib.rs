@@ -1,0 +1,10 @@
+//! cyclestudio: unpaired image-to-image translation (CycleGAN) with a CLI and a terminal studio.
+
+pub mod checkpoint;
+pub mod cli;
+pub mod data;
+pub mod health;
+pub mod model;
+pub mod ops;
+pub mod train;
+pub mod util;

@@ -1,0 +1,10 @@
+use clap::Parser;
+use cyclestudio::cli::{dispatch, Cli};
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = dispatch(cli) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,49 @@
+use super::{Conv2d, DiscriminatorConfig};
+use crate::ops::{instance_norm, leaky_relu};
+use candle_core::{Result, Tensor};
+use candle_nn::VarBuilder;
+
+/// The reference `NLayerDiscriminator` (PatchGAN): 4×4 convolutions, LeakyReLU 0.2, instance norm
+/// on all but the first and last layers. With 3 layers each output judges a 70×70 patch.
+/// Checkpoint keys: `layers.{0..=n_layers+1}`.
+#[derive(Clone)]
+pub struct PatchGan {
+    layers: Vec<Conv2d>,
+}
+
+impl PatchGan {
+    pub fn new(cfg: &DiscriminatorConfig, vb: VarBuilder) -> Result<Self> {
+        let n = cfg.n_layers;
+        let width = |i: usize| cfg.ndf * (1usize << i.min(3));
+        let mut layers = vec![Conv2d::new(cfg.in_channels, cfg.ndf, 4, 2, 1, vb.pp("layers").pp(0))?];
+        for i in 1..=n {
+            let stride = if i < n { 2 } else { 1 };
+            layers.push(Conv2d::new(width(i - 1), width(i), 4, stride, 1, vb.pp("layers").pp(i))?);
+        }
+        layers.push(Conv2d::new(width(n), 1, 4, 1, 1, vb.pp("layers").pp(n + 1))?);
+        Ok(Self { layers })
+    }
+
+    /// [B,C,H,W] → [B,1,H',W'] patch scores (logits for the vanilla loss).
+    pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let last = self.layers.len() - 1;
+        let mut h = xs.clone();
+        for (i, layer) in self.layers.iter().enumerate() {
+            h = layer.forward(&h)?;
+            if i == last {
+                break;
+            }
+            if i > 0 {
+                h = instance_norm(&h)?;
+            }
+            h = leaky_relu(&h, 0.2)?;
+        }
+        Ok(h)
+    }
+
+    /// A copy whose weights are cut off from autograd, used while the generators are updated so
+    /// that backward does not compute discriminator weight gradients it would throw away.
+    pub fn frozen(&self) -> Self {
+        Self { layers: self.layers.iter().map(Conv2d::detached).collect() }
+    }
+}

@@ -1,0 +1,1 @@
+//! Placeholder: fast CPU convolutions (being written).

@@ -1,0 +1,112 @@
+//! Tensor operations the CycleGAN networks need that candle-nn does not provide:
+//! reflection padding, instance normalisation and the activations, all with autograd.
+
+pub mod conv;
+
+use candle_core::{DType, Result, Tensor, D};
+
+/// Indices that reflect-pad a length-`n` axis by `pad` on both sides (PyTorch's ReflectionPad2d,
+/// which does not repeat the edge sample): for n=5, pad=2 gives [2,1,0,1,2,3,4,3,2].
+pub fn reflect_indices(n: usize, pad: usize) -> Vec<u32> {
+    let reflect = |i: isize| -> u32 {
+        let n = n as isize;
+        let period = 2 * (n - 1).max(1);
+        let mut j = i.rem_euclid(period);
+        if j >= n {
+            j = period - j;
+        }
+        j as u32
+    };
+    (-(pad as isize)..(n + pad) as isize).map(reflect).collect()
+}
+
+/// Reflection padding of the two spatial axes of `xs` [B,C,H,W] → [B,C,H+2p,W+2p].
+/// Built from `index_select`, whose backward (index-add) candle provides on every device.
+pub fn reflect_pad2d(xs: &Tensor, pad: usize) -> Result<Tensor> {
+    if pad == 0 {
+        return Ok(xs.clone());
+    }
+    let (_b, _c, h, w) = xs.dims4()?;
+    if pad >= h || pad >= w {
+        candle_core::bail!("reflection padding {pad} needs an input larger than {pad} on each side, got {h}x{w}");
+    }
+    let dev = xs.device();
+    let hi = Tensor::new(reflect_indices(h, pad), dev)?;
+    let wi = Tensor::new(reflect_indices(w, pad), dev)?;
+    xs.index_select(&hi, 2)?.index_select(&wi, 3)
+}
+
+/// Instance normalisation without affine parameters or running statistics (PyTorch's
+/// InstanceNorm2d defaults): every (sample, channel) plane is normalised by its own mean and
+/// biased variance, eps 1e-5.
+pub fn instance_norm(xs: &Tensor) -> Result<Tensor> {
+    const EPS: f64 = 1e-5;
+    let (b, c, h, w) = xs.dims4()?;
+    let flat = xs.reshape((b, c, h * w))?; // [B,C,HW]
+    let mean = flat.mean_keepdim(D::Minus1)?; // [B,C,1]
+    let centred = flat.broadcast_sub(&mean)?;
+    let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
+    let inv_std = (var + EPS)?.sqrt()?.recip()?;
+    centred.broadcast_mul(&inv_std)?.reshape((b, c, h, w))
+}
+
+/// LeakyReLU with the given negative slope: max(x, slope·x) for slope < 1.
+pub fn leaky_relu(xs: &Tensor, slope: f64) -> Result<Tensor> {
+    xs.maximum(&(xs * slope)?)
+}
+
+/// Mean absolute error between two tensors of the same shape.
+pub fn l1_loss(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    (a - b)?.abs()?.mean_all()
+}
+
+/// Mean squared error against a constant target (LSGAN).
+pub fn mse_to_const(pred: &Tensor, target: f64) -> Result<Tensor> {
+    (pred - target)?.sqr()?.mean_all()
+}
+
+/// Binary cross-entropy with logits against a constant 0/1 target, numerically stable:
+/// max(x,0) - x·t + log(1 + exp(-|x|)).
+pub fn bce_logits_to_const(logits: &Tensor, target: f64) -> Result<Tensor> {
+    let relu = logits.relu()?;
+    let log_term = logits.abs()?.neg()?.exp()?.affine(1.0, 1.0)?.log()?;
+    ((relu - (logits * target)?)? + log_term)?.mean_all()
+}
+
+/// Converts images between channel counts the way the generators expect them:
+/// 3→1 by ITU-R 601 luma (as PIL's `convert('L')`), 1→3 by repetition, n→n unchanged.
+pub fn adapt_channels(xs: &Tensor, channels: usize) -> Result<Tensor> {
+    let (_b, c, _h, _w) = xs.dims4()?;
+    match (c, channels) {
+        (a, b) if a == b => Ok(xs.clone()),
+        (1, n) => xs.repeat((1, n, 1, 1)),
+        (3, 1) | (4, 1) => {
+            let weights = Tensor::new(&[0.299f32, 0.587, 0.114], xs.device())?
+                .to_dtype(xs.dtype())?
+                .reshape((1, 3, 1, 1))?;
+            xs.narrow(1, 0, 3)?.broadcast_mul(&weights)?.sum_keepdim(1)
+        }
+        (4, 3) => xs.narrow(1, 0, 3),
+        (a, b) => candle_core::bail!("cannot convert {a}-channel images to {b} channels"),
+    }
+}
+
+/// True if every element of the tensor is finite.
+pub fn all_finite(xs: &Tensor) -> Result<bool> {
+    let v = xs.to_dtype(DType::F32)?.flatten_all()?;
+    let s = v.sqr()?.sum_all()?.to_scalar::<f32>()?;
+    // The sum is non-finite if any element is; a finite but overflowing sum of squares is also
+    // treated as a divergence, which is what it is for weights and losses here.
+    Ok(s.is_finite())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reflect_indices_match_pytorch() {
+        assert_eq!(reflect_indices(5, 2), vec![2, 1, 0, 1, 2, 3, 4, 3, 2]);
+        assert_eq!(reflect_indices(4, 3), vec![3, 2, 1, 0, 1, 2, 3, 2, 1, 0]);
+    }
+}

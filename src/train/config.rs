@@ -1,0 +1,152 @@
+use crate::data::DomainSpec;
+use crate::model::{DiscriminatorConfig, GeneratorConfig, GeneratorKind};
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+pub const CONFIG_FILE: &str = "config.toml";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum GanLoss {
+    /// Least squares (MSE against 1 for real, 0 for fake): the reference's CycleGAN default.
+    Lsgan,
+    /// Binary cross-entropy with logits.
+    Vanilla,
+}
+
+/// How long to train: a constant learning rate for the first part, then a linear decay to zero.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "unit", rename_all = "lowercase")]
+pub enum Schedule {
+    Iters { iters: u64, decay_iters: u64 },
+    /// Epochs as the reference counts them (max(|A|,|B|) samples); `steps_per_epoch` is fixed
+    /// when the run starts.
+    Epochs { epochs: u64, decay_epochs: u64, steps_per_epoch: u64 },
+}
+
+impl Schedule {
+    pub fn total_steps(&self) -> u64 {
+        match *self {
+            Self::Iters { iters, decay_iters } => iters + decay_iters,
+            Self::Epochs { epochs, decay_epochs, steps_per_epoch } => (epochs + decay_epochs) * steps_per_epoch,
+        }
+    }
+
+    /// Learning-rate factor for the step with 0-based index `step`, as the reference's 'linear'
+    /// policy: 1 for the first part, then 1 - k/(decay+1) in the k-th unit of the decay.
+    pub fn lr_factor(&self, step: u64) -> f64 {
+        let (unit, constant, decay) = match *self {
+            Self::Iters { iters, decay_iters } => (step + 1, iters, decay_iters),
+            Self::Epochs { epochs, decay_epochs, steps_per_epoch } => {
+                (step / steps_per_epoch.max(1) + 1, epochs, decay_epochs)
+            }
+        };
+        1.0 - unit.saturating_sub(constant) as f64 / (decay + 1) as f64
+    }
+}
+
+/// Every setting of a training run. Saved as `config.toml` next to the checkpoint so that
+/// `translate` and `--resume` never need architecture flags again.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    pub name: String,
+    pub dataset: PathBuf,
+    pub domain_a: DomainSpec,
+    pub domain_b: DomainSpec,
+    pub generator: GeneratorKind,
+    pub ngf: usize,
+    pub ndf: usize,
+    pub n_layers_d: usize,
+    pub size: usize,
+    pub load_size: usize,
+    pub batch: usize,
+    pub schedule: Schedule,
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub lambda_cycle: f64,
+    pub lambda_identity: f64,
+    /// Supervised L1 between a translation and its true pair (paired datasets only), 0 = off.
+    pub lambda_paired: f64,
+    pub paired: bool,
+    pub gan_loss: GanLoss,
+    pub pool: usize,
+    pub seed: u64,
+    pub flip: bool,
+    pub sample_every: u64,
+    pub save_every: u64,
+    pub log_every: u64,
+    /// Health metrics (diversity, discriminator balance) every this many steps, 0 = off.
+    #[serde(default)]
+    pub health_every: u64,
+    /// Device the run last used ("cpu", "cuda:0").
+    pub device: String,
+}
+
+impl TrainConfig {
+    pub fn g_ab(&self) -> GeneratorConfig {
+        GeneratorConfig { kind: self.generator, in_channels: self.domain_a.channels, out_channels: self.domain_b.channels, ngf: self.ngf }
+    }
+    pub fn g_ba(&self) -> GeneratorConfig {
+        GeneratorConfig { kind: self.generator, in_channels: self.domain_b.channels, out_channels: self.domain_a.channels, ngf: self.ngf }
+    }
+    pub fn d_a(&self) -> DiscriminatorConfig {
+        DiscriminatorConfig { in_channels: self.domain_a.channels, ndf: self.ndf, n_layers: self.n_layers_d }
+    }
+    pub fn d_b(&self) -> DiscriminatorConfig {
+        DiscriminatorConfig { in_channels: self.domain_b.channels, ndf: self.ndf, n_layers: self.n_layers_d }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let m = self.generator.size_multiple();
+        if self.size < 32 || self.size % m != 0 {
+            bail!("--size {} must be at least 32 and a multiple of {m} for {}", self.size, self.generator);
+        }
+        if self.load_size < self.size {
+            bail!("--load-size {} must be at least --size {}", self.load_size, self.size);
+        }
+        if self.batch == 0 || self.ngf == 0 || self.ndf == 0 {
+            bail!("--batch, --ngf and --ndf must be positive");
+        }
+        if self.schedule.total_steps() == 0 {
+            bail!("the schedule has no steps: give --iters/--decay-iters or --epochs/--decay-epochs");
+        }
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            bail!("--lr must be positive");
+        }
+        if self.paired && self.lambda_paired <= 0.0 {
+            bail!("--paired needs a positive --lambda-paired");
+        }
+        Ok(())
+    }
+
+    pub fn load(run_dir: &Path) -> Result<Self> {
+        let path = run_dir.join(CONFIG_FILE);
+        let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("{} is not a valid cyclestudio config", path.display()))
+    }
+
+    pub fn save(&self, run_dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(run_dir).with_context(|| format!("cannot create {}", run_dir.display()))?;
+        let text = format!("# cyclestudio training configuration (written by `cyclestudio train`)\n{}", toml::to_string(self)?);
+        crate::util::atomic_write(&run_dir.join(CONFIG_FILE), text.as_bytes())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[test]
+    fn linear_decay_matches_reference() {
+        let s = Schedule::Epochs { epochs: 100, decay_epochs: 100, steps_per_epoch: 10 };
+        assert_eq!(s.lr_factor(0), 1.0);
+        assert_eq!(s.lr_factor(999), 1.0); // epoch 100
+        assert!((s.lr_factor(1000) - (1.0 - 1.0 / 101.0)).abs() < 1e-12); // epoch 101
+        assert!((s.lr_factor(1999) - 1.0 / 101.0).abs() < 1e-12); // epoch 200
+        let s = Schedule::Iters { iters: 10, decay_iters: 9 };
+        assert_eq!(s.lr_factor(9), 1.0);
+        assert!((s.lr_factor(18) - 0.1).abs() < 1e-12);
+        assert_eq!(s.total_steps(), 19);
+    }
+}

@@ -1,0 +1,14 @@
+//! Training: the run configuration, the CycleGAN optimisation step (losses, Adam, image pool),
+//! checkpoints with exact resume, and the loop shared by the CLI and the studio.
+
+mod adam;
+mod config;
+mod pool;
+mod run;
+mod trainer;
+
+pub use adam::Adam;
+pub use config::{GanLoss, Schedule, TrainConfig};
+pub use pool::ImagePool;
+pub use run::{grid, open_device, run_training, RunControl, RunOptions, RunOutcome, StepReport, TrainEvent};
+pub use trainer::{Losses, Trainer};

@@ -1,0 +1,268 @@
+use super::trainer::Divergence;
+use super::{Losses, TrainConfig, Trainer};
+use crate::checkpoint::load_generation;
+use crate::data::dataset::Check;
+use crate::data::{image_io::png_bytes, BatchLoader, Dataset, LoaderOptions, Pixels};
+use crate::util::atomic_write;
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor};
+use image::{imageops::FilterType, DynamicImage, GenericImage, GenericImageView};
+use serde_json::json;
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub const LOG_FILE: &str = "log.jsonl";
+pub const SAMPLES_DIR: &str = "samples";
+
+/// Flags the caller flips to steer a running training from another thread.
+#[derive(Clone, Default)]
+pub struct RunControl {
+    /// Finish the current step, save a checkpoint and return.
+    pub stop: Arc<AtomicBool>,
+    /// Hold between steps until cleared (or stopped).
+    pub pause: Arc<AtomicBool>,
+}
+
+/// Progress of one step, for progress bars and charts.
+#[derive(Clone, Debug)]
+pub struct StepReport {
+    pub step: u64,
+    pub total_steps: u64,
+    pub epoch: u64,
+    pub lr: f64,
+    pub losses: Losses,
+    pub images_per_sec: f64,
+    pub eta: Duration,
+}
+
+/// What training tells its observer (the CLI's progress bar or the studio's channel).
+#[derive(Clone, Debug)]
+pub enum TrainEvent {
+    Started { step: u64, total_steps: u64, device: String, note: Option<String> },
+    Step(StepReport),
+    /// real A | fake B | rec A over real B | fake A | rec B, for the fixed preview images.
+    Preview { step: u64, grid: DynamicImage },
+    Saved { step: u64, dir: PathBuf },
+    Health(crate::health::HealthReport),
+    Warning(String),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum RunOutcome {
+    Finished { step: u64 },
+    Stopped { step: u64 },
+}
+
+/// Opens the device named like "cpu" or "cuda:0".
+pub fn open_device(name: &str) -> Result<Device> {
+    if name == "cpu" {
+        return Ok(Device::Cpu);
+    }
+    if let Some(i) = name.strip_prefix("cuda").map(|r| r.trim_start_matches(':')) {
+        let ordinal: usize = if i.is_empty() { 0 } else { i.parse().with_context(|| format!("bad device '{name}'"))? };
+        if !candle_core::utils::cuda_is_available() {
+            bail!("device {name}: this cyclestudio was built without CUDA (rebuild with --features cuda)");
+        }
+        return Device::new_cuda(ordinal).with_context(|| format!("cannot open {name}"));
+    }
+    bail!("unknown device '{name}': use cpu or cuda:N")
+}
+
+/// A square preview image of a domain: short side resized to `size`, centre crop.
+fn preview_tensor(path: &Path, size: usize, channels: usize, device: &Device) -> Result<Tensor> {
+    let img = crate::data::decode_image(path)?;
+    let (w, h) = img.dimensions();
+    let s = size as f64 / w.min(h) as f64;
+    let (nw, nh) = (((w as f64 * s).round() as u32).max(size as u32), ((h as f64 * s).round() as u32).max(size as u32));
+    let img = img.resize_exact(nw, nh, FilterType::CatmullRom);
+    let img = img.crop_imm((nw - size as u32) / 2, (nh - size as u32) / 2, size as u32, size as u32);
+    Ok(Pixels::from_image(&img, channels)?.0.to_tensor(device)?.unsqueeze(0)?)
+}
+
+/// Lays tensors [1,C,S,S] out as rows of tiles in one RGB image.
+pub fn grid(rows: &[Vec<&Tensor>]) -> Result<DynamicImage> {
+    let tiles: Vec<Vec<DynamicImage>> = rows
+        .iter()
+        .map(|r| r.iter().map(|t| Ok(DynamicImage::ImageRgb8(crate::data::tensor_to_image(t)?.to_rgb8()))).collect::<Result<Vec<_>>>())
+        .collect::<Result<_>>()?;
+    let tw = tiles.iter().flatten().map(|t| t.width()).max().unwrap_or(1);
+    let th = tiles.iter().flatten().map(|t| t.height()).max().unwrap_or(1);
+    let cols = tiles.iter().map(|r| r.len()).max().unwrap_or(1) as u32;
+    let mut out = DynamicImage::new_rgb8(tw * cols, th * tiles.len() as u32);
+    for (y, row) in tiles.iter().enumerate() {
+        for (x, t) in row.iter().enumerate() {
+            out.copy_from(t, x as u32 * tw, y as u32 * th)?;
+        }
+    }
+    Ok(out)
+}
+
+/// Removes log lines for steps after `step` (written by a run that was killed before its next
+/// checkpoint), so a resumed run's log has each step once.
+fn trim_log(path: &Path, step: u64) -> Result<()> {
+    let Ok(text) = std::fs::read_to_string(path) else { return Ok(()) };
+    let kept: String = text
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .and_then(|v| v.get("step").and_then(|s| s.as_u64()))
+                .is_some_and(|s| s <= step)
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    if kept.len() != text.len() {
+        atomic_write(path, kept.as_bytes())?;
+    }
+    Ok(())
+}
+
+/// Where a run lives and whether to continue it.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    pub run_dir: PathBuf,
+    pub resume: bool,
+}
+
+/// Trains `cfg` (a new run, or the run in `opts.run_dir` when resuming) until its schedule ends
+/// or `control.stop` is set, saving checkpoints, samples and the log. Every step and event is
+/// reported to `on_event`.
+pub fn run_training(cfg: TrainConfig, opts: &RunOptions, control: &RunControl, on_event: &mut dyn FnMut(TrainEvent)) -> Result<RunOutcome> {
+    let run_dir = &opts.run_dir;
+    let device = open_device(&cfg.device)?;
+    let dataset = Dataset::open(&cfg.dataset, Check::Header)?;
+    for (p, why) in dataset.problems() {
+        on_event(TrainEvent::Warning(format!("skipping {}: {why}", p.display())));
+    }
+    let (mut files_a, mut files_b) = (dataset.a.train.paths(), dataset.b.train.paths());
+    if cfg.paired {
+        let stem = |p: &PathBuf| p.file_stem().map(|s| s.to_os_string());
+        let b_by_stem: std::collections::HashMap<_, _> = files_b.iter().map(|p| (stem(p), p.clone())).collect();
+        let pairs: Vec<(PathBuf, PathBuf)> = files_a.iter().filter_map(|a| b_by_stem.get(&stem(a)).map(|b| (a.clone(), b.clone()))).collect();
+        if pairs.is_empty() {
+            bail!("--paired: no file names are shared between {}/trainA and trainB", cfg.dataset.display());
+        }
+        files_a = pairs.iter().map(|p| p.0.clone()).collect();
+        files_b = pairs.into_iter().map(|p| p.1).collect();
+    }
+    if files_a.is_empty() || files_b.is_empty() {
+        bail!("dataset {} needs readable images in both trainA and trainB", cfg.dataset.display());
+    }
+
+    let mut trainer = Trainer::new(cfg.clone(), device.clone())?;
+    let mut note = None;
+    if opts.resume {
+        let generation = trainer.restore(run_dir)?;
+        note = Some(match generation.fallback_reason {
+            Some(why) => format!("resumed from step {} — {why}", trainer.step),
+            None => format!("resumed from step {}", trainer.step),
+        });
+        trim_log(&run_dir.join(LOG_FILE), trainer.step)?;
+    } else if load_generation(run_dir).is_ok() {
+        bail!("{} already holds a checkpoint: add --resume to continue it, or choose another --name", run_dir.display());
+    }
+    cfg.save(run_dir)?;
+    std::fs::create_dir_all(run_dir.join(SAMPLES_DIR))?;
+
+    let total = cfg.schedule.total_steps();
+    on_event(TrainEvent::Started { step: trainer.step, total_steps: total, device: cfg.device.clone(), note });
+    if trainer.step >= total {
+        return Ok(RunOutcome::Finished { step: trainer.step });
+    }
+
+    let preview_file = |d: &crate::data::Domain| d.test.images.first().or(d.train.images.first()).map(|(p, _)| p.clone());
+    let previews = match (preview_file(&dataset.a), preview_file(&dataset.b)) {
+        (Some(a), Some(b)) => Some((
+            preview_tensor(&a, cfg.size, cfg.domain_a.channels, &device)?,
+            preview_tensor(&b, cfg.size, cfg.domain_b.channels, &device)?,
+        )),
+        _ => None,
+    };
+    let mut health = crate::health::HealthMonitor::new(&cfg, &dataset, &device)?;
+
+    let loader = BatchLoader::spawn(
+        (files_a.clone(), cfg.domain_a.channels),
+        (files_b.clone(), cfg.domain_b.channels),
+        LoaderOptions { size: cfg.size, load_size: cfg.load_size, batch: cfg.batch, seed: cfg.seed, paired: cfg.paired, flip: cfg.flip },
+        trainer.step,
+    )?;
+    let mut log = OpenOptions::new().create(true).append(true).open(run_dir.join(LOG_FILE)).context("cannot open the training log")?;
+    let started = Instant::now();
+    let first_step = trainer.step;
+    let mut window = (Instant::now(), 0u64);
+    let mut ips = 0.0f64;
+    let save = |trainer: &Trainer, on_event: &mut dyn FnMut(TrainEvent)| -> Result<()> {
+        trainer.save(run_dir).with_context(|| format!("saving the checkpoint of step {} failed; the previous checkpoint is intact", trainer.step))?;
+        on_event(TrainEvent::Saved { step: trainer.step, dir: run_dir.clone() });
+        Ok(())
+    };
+
+    while trainer.step < total {
+        while control.pause.load(Ordering::Relaxed) && !control.stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if control.stop.load(Ordering::Relaxed) {
+            save(&trainer, on_event)?;
+            return Ok(RunOutcome::Stopped { step: trainer.step });
+        }
+        let batch = loader.next()?;
+        debug_assert_eq!(batch.step, trainer.step);
+        for w in batch.warnings {
+            on_event(TrainEvent::Warning(w));
+        }
+        let lr = trainer.lr();
+        let t0 = Instant::now();
+        let losses = match trainer.train_step(&batch.real_a.to_device(&device)?, &batch.real_b.to_device(&device)?) {
+            Ok(l) => l,
+            Err(e) if e.downcast_ref::<Divergence>().is_some() => {
+                bail!("{e}. Nothing was saved over the last good checkpoint (step ≤ {}); resume it with a lower --lr, or change --gan-loss", trainer.step)
+            }
+            Err(e) => return Err(e),
+        };
+        let dt = t0.elapsed().as_secs_f64().max(1e-9);
+        let inst = cfg.batch as f64 / dt;
+        ips = if ips == 0.0 { inst } else { 0.9 * ips + 0.1 * inst };
+        let step = trainer.step;
+        let epoch = BatchLoader::epoch_of(step - 1, cfg.batch, files_a.len(), files_b.len(), cfg.paired) + 1;
+        let done = (step - first_step) as f64;
+        let eta = Duration::from_secs_f64(started.elapsed().as_secs_f64() / done * (total - step) as f64);
+        on_event(TrainEvent::Step(StepReport { step, total_steps: total, epoch, lr, losses: losses.clone(), images_per_sec: ips, eta }));
+
+        if step % cfg.log_every.max(1) == 0 || step == total {
+            let n = step - window.1.max(first_step);
+            let rate = n as f64 * cfg.batch as f64 / window.0.elapsed().as_secs_f64().max(1e-9);
+            window = (Instant::now(), step);
+            let mut line = json!({"step": step, "epoch": epoch, "lr": lr, "images_per_sec": rate});
+            for (k, v) in losses.terms() {
+                line[k] = json!(v);
+            }
+            writeln!(log, "{line}").context("cannot append to the training log")?;
+        }
+        if let Some(report) = health.observe(&trainer, &losses)? {
+            let mut line = json!({"step": step, "health": report});
+            line["step"] = json!(step);
+            writeln!(log, "{line}").context("cannot append to the training log")?;
+            for w in &report.warnings {
+                on_event(TrainEvent::Warning(w.clone()));
+            }
+            on_event(TrainEvent::Health(report));
+        }
+        if let Some((pa, pb)) = &previews {
+            if step % cfg.sample_every.max(1) == 0 || step == total {
+                let [fake_b, rec_a, fake_a, rec_b] = trainer.translate_pair(pa, pb)?;
+                let g = grid(&[vec![pa, &fake_b, &rec_a], vec![pb, &fake_a, &rec_b]])?;
+                atomic_write(&run_dir.join(SAMPLES_DIR).join(format!("step_{step:07}.png")), &png_bytes(&g)?)?;
+                on_event(TrainEvent::Preview { step, grid: g });
+            }
+        }
+        if step % cfg.save_every.max(1) == 0 || step == total {
+            log.sync_data().ok();
+            save(&trainer, on_event)?;
+        }
+    }
+    Ok(RunOutcome::Finished { step: trainer.step })
+}

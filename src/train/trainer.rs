@@ -1,0 +1,310 @@
+use super::{Adam, GanLoss, ImagePool, TrainConfig};
+use crate::checkpoint::{load_generation, safetensors_bytes, save_generation, Generation};
+use crate::model::{Generator, PatchGan};
+use crate::ops::{adapt_channels, all_finite, bce_logits_to_const, l1_loss, mse_to_const};
+use crate::util::Rng;
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::{VarBuilder, VarMap};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+const STREAM_POOL_A: u64 = 11;
+const STREAM_POOL_B: u64 = 12;
+const STREAM_INIT: u64 = 13;
+
+pub const NETWORKS: [&str; 4] = ["G_AB", "G_BA", "D_A", "D_B"];
+pub const OPTIM_FILE: &str = "optim.safetensors";
+
+/// Loss terms of one step, named after our networks: `G_AB` translates A→B and is judged by
+/// `D_B`; `D_A` judges domain A. (The reference calls G_AB `G_A` and D_B `D_A`.)
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct Losses {
+    /// LSGAN/vanilla loss of G_AB's fakes under D_B.
+    pub g_ab_adv: f32,
+    pub g_ba_adv: f32,
+    /// λ·|G_BA(G_AB(a)) − a|₁
+    pub cycle_a: f32,
+    pub cycle_b: f32,
+    /// λ·λidt·|G_AB(b) − b|₁ (identity of G_AB on B images)
+    pub idt_ab: f32,
+    pub idt_ba: f32,
+    /// Supervised L1 to the true pair (paired mode).
+    pub paired: f32,
+    pub g_total: f32,
+    /// ½(loss on real + loss on pooled fakes) for each discriminator.
+    pub d_a: f32,
+    pub d_b: f32,
+}
+
+impl Losses {
+    pub fn terms(&self) -> [(&'static str, f32); 10] {
+        [
+            ("g_ab_adv", self.g_ab_adv),
+            ("g_ba_adv", self.g_ba_adv),
+            ("cycle_a", self.cycle_a),
+            ("cycle_b", self.cycle_b),
+            ("idt_ab", self.idt_ab),
+            ("idt_ba", self.idt_ba),
+            ("paired", self.paired),
+            ("g_total", self.g_total),
+            ("d_a", self.d_a),
+            ("d_b", self.d_b),
+        ]
+    }
+}
+
+/// The four networks, their optimisers and image pools: one CycleGAN in training.
+pub struct Trainer {
+    pub cfg: TrainConfig,
+    pub device: Device,
+    /// Completed optimisation steps.
+    pub step: u64,
+    vars: [VarMap; 4],
+    pub g_ab: Generator,
+    pub g_ba: Generator,
+    pub d_a: PatchGan,
+    pub d_b: PatchGan,
+    adam_g: Adam,
+    adam_d: Adam,
+    pool_a: ImagePool,
+    pool_b: ImagePool,
+}
+
+fn sorted_vars(prefix: &str, vm: &VarMap) -> Vec<(String, Var)> {
+    let data = vm.data().lock().unwrap();
+    let mut v: Vec<(String, Var)> = data.iter().map(|(k, v)| (format!("{prefix}.{k}"), v.clone())).collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+impl Trainer {
+    /// Builds the networks with fresh weights drawn from the run's seed: N(0, 0.02) for
+    /// convolution weights, 0 for biases, as the reference's 'normal' init.
+    pub fn new(cfg: TrainConfig, device: Device) -> Result<Self> {
+        cfg.validate()?;
+        let vars: [VarMap; 4] = std::array::from_fn(|_| VarMap::new());
+        let vb = |i: usize| VarBuilder::from_varmap(&vars[i], DType::F32, &device);
+        let g_ab = Generator::new(&cfg.g_ab(), vb(0))?;
+        let g_ba = Generator::new(&cfg.g_ba(), vb(1))?;
+        let d_a = PatchGan::new(&cfg.d_a(), vb(2))?;
+        let d_b = PatchGan::new(&cfg.d_b(), vb(3))?;
+        let mut rng = Rng::stream(cfg.seed, STREAM_INIT, 0);
+        for (net, vm) in NETWORKS.iter().zip(&vars) {
+            for (name, var) in sorted_vars(net, vm) {
+                let n = var.elem_count();
+                let values: Vec<f32> = if name.ends_with(".weight") {
+                    (0..n).map(|_| (rng.normal() * 0.02) as f32).collect()
+                } else {
+                    vec![0.0; n]
+                };
+                var.set(&Tensor::from_vec(values, var.shape(), &device)?)?;
+            }
+        }
+        let params_g = [sorted_vars("G_AB", &vars[0]), sorted_vars("G_BA", &vars[1])].concat();
+        let params_d = [sorted_vars("D_A", &vars[2]), sorted_vars("D_B", &vars[3])].concat();
+        let adam_g = Adam::new(params_g, cfg.beta1, cfg.beta2)?;
+        let adam_d = Adam::new(params_d, cfg.beta1, cfg.beta2)?;
+        Ok(Self {
+            pool_a: ImagePool::new(cfg.pool),
+            pool_b: ImagePool::new(cfg.pool),
+            cfg,
+            device,
+            step: 0,
+            vars,
+            g_ab,
+            g_ba,
+            d_a,
+            d_b,
+            adam_g,
+            adam_d,
+        })
+    }
+
+    /// Named weights of one network ("G_AB", "G_BA", "D_A", "D_B").
+    pub fn weights(&self, net: &str) -> Vec<(String, Tensor)> {
+        let i = NETWORKS.iter().position(|n| *n == net).expect("known network");
+        let data = self.vars[i].data().lock().unwrap();
+        let mut v: Vec<(String, Tensor)> = data.iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    /// Replaces one network's weights (names and shapes must match exactly).
+    pub fn set_weights(&mut self, net: &str, tensors: &std::collections::HashMap<String, Tensor>) -> Result<()> {
+        let i = NETWORKS.iter().position(|n| *n == net).context("unknown network")?;
+        let data = self.vars[i].data().lock().unwrap();
+        if tensors.len() != data.len() {
+            bail!("{net}: checkpoint has {} tensors, the network {}", tensors.len(), data.len());
+        }
+        for (name, var) in data.iter() {
+            let t = tensors.get(name).with_context(|| format!("{net}: checkpoint lacks {name}"))?;
+            if t.shape() != var.shape() {
+                bail!("{net}: {name} has shape {:?} in the checkpoint, {:?} in the network", t.shape(), var.shape());
+            }
+            var.set(&t.to_device(&self.device)?.to_dtype(DType::F32)?)?;
+        }
+        Ok(())
+    }
+
+    pub fn lr(&self) -> f64 {
+        self.cfg.lr * self.cfg.schedule.lr_factor(self.step)
+    }
+
+    fn gan_loss(&self, pred: &Tensor, real: bool) -> Result<Tensor> {
+        let target = if real { 1.0 } else { 0.0 };
+        Ok(match self.cfg.gan_loss {
+            GanLoss::Lsgan => mse_to_const(pred, target)?,
+            GanLoss::Vanilla => bce_logits_to_const(pred, target)?,
+        })
+    }
+
+    /// One CycleGAN iteration as the reference's `optimize_parameters`: both generators updated
+    /// with the discriminators frozen, then both discriminators on real vs pooled fakes.
+    /// `real_a` [B,Ca,S,S], `real_b` [B,Cb,S,S] in [-1,1] on the trainer's device. Nothing is
+    /// updated if a loss is not finite (the error says which).
+    pub fn train_step(&mut self, real_a: &Tensor, real_b: &Tensor) -> Result<Losses> {
+        let cfg = &self.cfg;
+        let lr = self.lr();
+        let (ca, cb) = (cfg.domain_a.channels, cfg.domain_b.channels);
+        let lam = cfg.lambda_cycle;
+
+        // Generators.
+        let fake_b = self.g_ab.forward(real_a)?; // [B,Cb,S,S]
+        let rec_a = self.g_ba.forward(&fake_b)?;
+        let fake_a = self.g_ba.forward(real_b)?; // [B,Ca,S,S]
+        let rec_b = self.g_ab.forward(&fake_a)?;
+        let (d_a, d_b) = (self.d_a.frozen(), self.d_b.frozen());
+        let g_ab_adv = self.gan_loss(&d_b.forward(&fake_b)?, true)?;
+        let g_ba_adv = self.gan_loss(&d_a.forward(&fake_a)?, true)?;
+        let cycle_a = (l1_loss(&rec_a, real_a)? * lam)?;
+        let cycle_b = (l1_loss(&rec_b, real_b)? * lam)?;
+        let mut total = (((&g_ab_adv + &g_ba_adv)? + &cycle_a)? + &cycle_b)?;
+        let mut losses = Losses::default();
+        if cfg.lambda_identity > 0.0 {
+            let w = lam * cfg.lambda_identity;
+            // Identity: G_AB should leave B images unchanged. With different channel counts the
+            // B image enters G_AB converted to A's channels (luma or repeat) and the output is
+            // compared with the original B image.
+            let idt_ab = (l1_loss(&self.g_ab.forward(&adapt_channels(real_b, ca)?)?, real_b)? * w)?;
+            let idt_ba = (l1_loss(&self.g_ba.forward(&adapt_channels(real_a, cb)?)?, real_a)? * w)?;
+            total = ((total + &idt_ab)? + &idt_ba)?;
+            losses.idt_ab = idt_ab.to_scalar()?;
+            losses.idt_ba = idt_ba.to_scalar()?;
+        }
+        if cfg.paired && cfg.lambda_paired > 0.0 {
+            let p = ((l1_loss(&fake_b, real_b)? + l1_loss(&fake_a, real_a)?)? * cfg.lambda_paired)?;
+            total = (total + &p)?;
+            losses.paired = p.to_scalar()?;
+        }
+        losses.g_ab_adv = g_ab_adv.to_scalar()?;
+        losses.g_ba_adv = g_ba_adv.to_scalar()?;
+        losses.cycle_a = cycle_a.to_scalar()?;
+        losses.cycle_b = cycle_b.to_scalar()?;
+        losses.g_total = total.to_scalar()?;
+        if !losses.g_total.is_finite() {
+            bail!(Divergence { step: self.step + 1, what: format!("generator loss is {}", losses.g_total) });
+        }
+        let grads = total.backward()?;
+        drop((rec_a, rec_b, total));
+
+        // Discriminators on real images and on fakes from the pools.
+        let fake_b = fake_b.detach();
+        let fake_a = fake_a.detach();
+        let pooled_b = self.pool_b.query(&fake_b, &mut Rng::stream(cfg.seed, STREAM_POOL_B, self.step))?;
+        let pooled_a = self.pool_a.query(&fake_a, &mut Rng::stream(cfg.seed, STREAM_POOL_A, self.step))?;
+        let d_b_loss = ((self.gan_loss(&self.d_b.forward(real_b)?, true)? + self.gan_loss(&self.d_b.forward(&pooled_b)?, false)?)? * 0.5)?;
+        let d_a_loss = ((self.gan_loss(&self.d_a.forward(real_a)?, true)? + self.gan_loss(&self.d_a.forward(&pooled_a)?, false)?)? * 0.5)?;
+        losses.d_a = d_a_loss.to_scalar()?;
+        losses.d_b = d_b_loss.to_scalar()?;
+        if !(losses.d_a.is_finite() && losses.d_b.is_finite()) {
+            bail!(Divergence { step: self.step + 1, what: format!("discriminator losses are {} / {}", losses.d_a, losses.d_b) });
+        }
+        // Generators are updated before the discriminators' backward, like the reference; the
+        // discriminator graph above used only detached fakes, so the order does not matter.
+        self.adam_g.step(&grads, lr)?;
+        drop(grads);
+        let grads_d = (d_a_loss + d_b_loss)?.backward()?;
+        self.adam_d.step(&grads_d, lr)?;
+        self.step += 1;
+        Ok(losses)
+    }
+
+    /// True if every weight of every network is finite.
+    pub fn weights_finite(&self) -> Result<bool> {
+        for net in NETWORKS {
+            for (_, t) in self.weights(net) {
+                if !all_finite(&t)? {
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// Writes a checkpoint generation (weights, optimiser moments, pools) under `run_dir`.
+    /// Refuses to write non-finite weights over a good checkpoint.
+    pub fn save(&self, run_dir: &Path) -> Result<()> {
+        if !self.weights_finite()? {
+            bail!(Divergence { step: self.step, what: "weights contain NaN or infinity; the last good checkpoint is kept".into() });
+        }
+        let mut files = Vec::new();
+        for net in NETWORKS {
+            files.push((format!("{net}.safetensors"), safetensors_bytes(&self.weights(net))?));
+        }
+        let mut state = self.adam_g.state("G");
+        state.extend(self.adam_d.state("D"));
+        for (name, pool) in [("pool_A", &self.pool_a), ("pool_B", &self.pool_b)] {
+            if !pool.images.is_empty() {
+                state.push((name.to_string(), Tensor::cat(&pool.images, 0)?));
+            }
+        }
+        files.push((OPTIM_FILE.to_string(), safetensors_bytes(&state)?));
+        save_generation(run_dir, self.step, &files)
+    }
+
+    /// Restores weights, optimiser moments, pools and the step counter from the newest good
+    /// checkpoint generation of `run_dir`. Returns that generation (its `fallback_reason` says if
+    /// an older one had to be used).
+    pub fn restore(&mut self, run_dir: &Path) -> Result<Generation> {
+        let generation = load_generation(run_dir)?;
+        for net in NETWORKS {
+            let t = generation.load_tensors(&format!("{net}.safetensors"), &self.device)?;
+            self.set_weights(net, &t)?;
+        }
+        let state = generation.load_tensors(OPTIM_FILE, &self.device)?;
+        let step = generation.manifest.step;
+        self.adam_g.load_state("G", &state, step)?;
+        self.adam_d.load_state("D", &state, step)?;
+        for (name, pool) in [("pool_A", &mut self.pool_a), ("pool_B", &mut self.pool_b)] {
+            pool.images = match state.get(name) {
+                Some(t) => (0..t.dim(0)?).map(|i| t.narrow(0, i, 1)).collect::<candle_core::Result<_>>()?,
+                None => Vec::new(),
+            };
+        }
+        self.step = step;
+        Ok(generation)
+    }
+
+    /// Translations for previews: (fake_b, rec_a, fake_a, rec_b), detached.
+    pub fn translate_pair(&self, real_a: &Tensor, real_b: &Tensor) -> Result<[Tensor; 4]> {
+        let fake_b = self.g_ab.forward(real_a)?.detach();
+        let rec_a = self.g_ba.forward(&fake_b)?.detach();
+        let fake_a = self.g_ba.forward(real_b)?.detach();
+        let rec_b = self.g_ab.forward(&fake_a)?.detach();
+        Ok([fake_b, rec_a, fake_a, rec_b])
+    }
+
+    pub fn param_counts(&self) -> BTreeMap<&'static str, usize> {
+        NETWORKS.iter().map(|n| (*n, self.weights(n).iter().map(|(_, t)| t.elem_count()).sum())).collect()
+    }
+}
+
+/// A non-finite loss or weight: training must stop or roll back, never save.
+#[derive(Debug, thiserror::Error)]
+#[error("training diverged at step {step}: {what}")]
+pub struct Divergence {
+    pub step: u64,
+    pub what: String,
+}
