@@ -4,6 +4,7 @@ pub mod checkpoint;
 pub mod cli;
 pub mod data;
 pub mod health;
+pub mod interop;
 pub mod model;
 pub mod ops;
 pub mod train;

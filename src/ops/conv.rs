@@ -1,1 +1,403 @@
-//! Placeholder: fast CPU convolutions (being written).
+//! Fast CPU convolutions for training: 2-D convolution and transposed convolution as candle
+//! custom ops with their own backward passes.
+//!
+//! candle's CPU `conv_transpose2d` is a direct loop without a GEMM, and its conv2d backward
+//! routes the input gradient through that loop, so a training step spends most of its time
+//! there. Here every convolution is im2col/col2im around one `gemm` call per sample:
+//!
+//! * conv2d:           Y_b = W[Cout, Cin·K·K] · im2col(X_b)
+//! * conv_transpose2d: Y_b = col2im(Wᵀ[Cout·K·K, Cin] · X_b)   (the adjoint of conv2d)
+//! * weight gradient:  dW  = Σ_b G_b[Cg, Ho·Wo] · im2col(X_b)ᵀ
+//!
+//! These three ops are closed under differentiation (the input gradient of a convolution is a
+//! transposed convolution and vice versa), so `bwd` builds its results from the same fast ops,
+//! and so does a second-order backward.
+//!
+//! Semantics are PyTorch's (`Conv2d` / `ConvTranspose2d` with dilation 1, groups 1, no bias,
+//! zero padding, square kernels). Each op stores the spatial size of its image side, so
+//! gradients are exact for non-square inputs whose axes leave different remainders under the
+//! stride, which candle's own conv2d backward gets wrong. Only f32 tensors on the CPU take this
+//! path; anything else falls back to candle's native convolutions.
+
+use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+/// `xs` [B,Cin,H,W], `w` [Cout,Cin,K,K] (PyTorch layout), zero padding → [B,Cout,Ho,Wo]
+/// with Ho = (H + 2·padding − K) / stride + 1. No bias.
+pub fn conv2d(xs: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
+    if !fast_path(xs, w) {
+        return xs.conv2d(w, padding, stride, 1, 1);
+    }
+    xs.contiguous()?.apply_op2(&w.contiguous()?, Conv2dOp { stride, pad: padding })
+}
+
+/// `xs` [B,Cin,H,W], `w` [Cin,Cout,K,K] (PyTorch `ConvTranspose2d` layout) →
+/// [B, Cout, (H−1)·stride − 2·padding + K + output_padding, (W−1)·stride − 2·padding + K + output_padding].
+/// No bias. As in PyTorch, `output_padding` must be smaller than `stride`.
+pub fn conv_transpose2d(
+    xs: &Tensor,
+    w: &Tensor,
+    stride: usize,
+    padding: usize,
+    output_padding: usize,
+) -> Result<Tensor> {
+    if !fast_path(xs, w) {
+        return xs.conv_transpose2d(w, padding, output_padding, stride, 1);
+    }
+    if output_padding >= stride {
+        bail!("conv_transpose2d: output_padding {output_padding} must be smaller than stride {stride}");
+    }
+    let (_b, _c, h, wd) = xs.dims4()?;
+    let (_, _, k, _) = w.dims4()?;
+    let out_size = |n: usize| n.checked_sub(1).and_then(|m| (m * stride + k + output_padding).checked_sub(2 * padding));
+    let (Some(out_h), Some(out_w)) = (out_size(h), out_size(wd)) else {
+        bail!("conv_transpose2d: padding {padding} leaves no output for a {h}x{wd} input");
+    };
+    let op = ConvTranspose2dOp { stride, pad: padding, out_h, out_w };
+    xs.contiguous()?.apply_op2(&w.contiguous()?, op)
+}
+
+/// Whether the fast kernels apply; empty weights are left to candle too, since the kernels
+/// split buffers into per-channel chunks.
+fn fast_path(xs: &Tensor, w: &Tensor) -> bool {
+    xs.device().is_cpu() && xs.dtype() == DType::F32 && w.dtype() == DType::F32 && w.elem_count() > 0
+}
+
+/// How an image [C,H,W] maps to its im2col matrix [C·K·K, Ho·Wo]: the column of output pixel
+/// (oy, ox) holds the K×K window at (oy·stride − pad, ox·stride − pad), zero outside the image.
+#[derive(Clone, Copy, Debug)]
+struct Geom {
+    c: usize,
+    h: usize,
+    w: usize,
+    k: usize,
+    stride: usize,
+    pad: usize,
+    ho: usize,
+    wo: usize,
+}
+
+impl Geom {
+    /// The geometry of a convolution over a [c,h,w] image; its output size follows PyTorch.
+    fn conv(c: usize, h: usize, w: usize, k: usize, stride: usize, pad: usize) -> Result<Self> {
+        if c == 0 || h == 0 || w == 0 || k == 0 || stride == 0 {
+            bail!("conv: zero-sized channels, image, kernel or stride ({c}x{h}x{w}, K {k}, stride {stride})");
+        }
+        if h + 2 * pad < k || w + 2 * pad < k {
+            bail!("conv: kernel {k} is larger than the padded {h}x{w} input (padding {pad})");
+        }
+        let ho = (h + 2 * pad - k) / stride + 1;
+        let wo = (w + 2 * pad - k) / stride + 1;
+        Ok(Self { c, h, w, k, stride, pad, ho, wo })
+    }
+
+    fn rows(&self) -> usize {
+        self.c * self.k * self.k
+    }
+
+    fn cols(&self) -> usize {
+        self.ho * self.wo
+    }
+
+    fn img_len(&self) -> usize {
+        self.c * self.h * self.w
+    }
+
+    /// Output positions `o` in `[lo, hi)` whose input index o·stride + tap − pad lies in
+    /// `[0, n_in)`; every other output position reads padding.
+    fn valid(&self, n_out: usize, n_in: usize, tap: usize) -> (usize, usize) {
+        let s = self.stride;
+        let lo = self.pad.saturating_sub(tap).div_ceil(s);
+        let hi = (n_in + self.pad).saturating_sub(tap).div_ceil(s).min(n_out);
+        (lo.min(hi), hi)
+    }
+}
+
+/// Fills `cols` [C·K·K, Ho·Wo] from `img` [C,H,W]. Rows are independent, so they run in parallel.
+fn im2col(img: &[f32], g: &Geom, cols: &mut [f32]) {
+    let (k, s, n) = (g.k, g.stride, g.cols());
+    cols.par_chunks_mut(n).enumerate().for_each(|(r, row)| {
+        let (c, ki, kj) = (r / (k * k), r / k % k, r % k);
+        let plane = &img[c * g.h * g.w..(c + 1) * g.h * g.w];
+        let (y_lo, y_hi) = g.valid(g.ho, g.h, ki);
+        let (x_lo, x_hi) = g.valid(g.wo, g.w, kj);
+        row[..y_lo * g.wo].fill(0.0);
+        row[y_hi * g.wo..].fill(0.0);
+        for oy in y_lo..y_hi {
+            let out = &mut row[oy * g.wo..(oy + 1) * g.wo];
+            out[..x_lo].fill(0.0);
+            out[x_hi..].fill(0.0);
+            if x_lo == x_hi {
+                continue;
+            }
+            let src = &plane[(oy * s + ki - g.pad) * g.w..][..g.w];
+            let ix0 = x_lo * s + kj - g.pad;
+            let out = &mut out[x_lo..x_hi];
+            if s == 1 {
+                out.copy_from_slice(&src[ix0..ix0 + out.len()]);
+            } else {
+                for (o, v) in out.iter_mut().zip(src[ix0..].iter().step_by(s)) {
+                    *o = *v;
+                }
+            }
+        }
+    });
+}
+
+/// Overwrites `img` [C,H,W] with the scatter-add of `cols` [C·K·K, Ho·Wo], the adjoint of
+/// `im2col`. A channel's rows only touch that channel's plane, so planes run in parallel.
+fn col2im(cols: &[f32], g: &Geom, img: &mut [f32]) {
+    let (k, s, n) = (g.k, g.stride, g.cols());
+    img.par_chunks_mut(g.h * g.w).enumerate().for_each(|(c, plane)| {
+        plane.fill(0.0);
+        for ki in 0..k {
+            let (y_lo, y_hi) = g.valid(g.ho, g.h, ki);
+            for kj in 0..k {
+                let (x_lo, x_hi) = g.valid(g.wo, g.w, kj);
+                if x_lo == x_hi {
+                    continue;
+                }
+                let row = &cols[((c * k + ki) * k + kj) * n..][..n];
+                let ix0 = x_lo * s + kj - g.pad;
+                for oy in y_lo..y_hi {
+                    let dst = &mut plane[(oy * s + ki - g.pad) * g.w..][..g.w];
+                    let src = &row[oy * g.wo + x_lo..oy * g.wo + x_hi];
+                    if s == 1 {
+                        for (d, v) in dst[ix0..ix0 + src.len()].iter_mut().zip(src) {
+                            *d += v;
+                        }
+                    } else {
+                        for (d, v) in dst[ix0..].iter_mut().step_by(s).zip(src) {
+                            *d += v;
+                        }
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// A matrix operand: element (i, j) is `data[i·rs + j·cs]`.
+#[derive(Clone, Copy)]
+struct Mat<'a> {
+    data: &'a [f32],
+    rs: usize,
+    cs: usize,
+}
+
+impl<'a> Mat<'a> {
+    fn rows(data: &'a [f32], width: usize) -> Self {
+        Self { data, rs: width, cs: 1 }
+    }
+
+    fn transposed(data: &'a [f32], width: usize) -> Self {
+        Self { data, rs: 1, cs: width }
+    }
+
+    fn fits(&self, rows: usize, cols: usize) -> bool {
+        (rows - 1) * self.rs + (cols - 1) * self.cs < self.data.len()
+    }
+}
+
+/// `dst` [m,n] row-major = (`dst` if `accumulate`) + `lhs` [m,k] · `rhs` [k,n], multithreaded.
+fn matmul(m: usize, n: usize, k: usize, dst: &mut [f32], accumulate: bool, lhs: Mat, rhs: Mat) {
+    assert!(dst.len() == m * n && lhs.fits(m, k) && rhs.fits(k, n), "conv gemm operand out of bounds");
+    // SAFETY: the assert above keeps every element gemm reads or writes inside the slices,
+    // and `dst` is borrowed mutably, so it aliases neither operand.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            lhs.data.as_ptr(),
+            lhs.cs as isize,
+            lhs.rs as isize,
+            rhs.data.as_ptr(),
+            rhs.cs as isize,
+            rhs.rs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            Parallelism::Rayon(0),
+        )
+    }
+}
+
+/// Convolution of `x` [B, g.c, g.h, g.w] with `w` [cout, g.c·K·K] → [B, cout, g.ho, g.wo].
+fn conv_kernel(x: &[f32], w: &[f32], cout: usize, g: &Geom) -> Vec<f32> {
+    let n = g.cols();
+    let mut y = vec![0.0; x.len() / g.img_len() * cout * n];
+    let mut cols = vec![0.0; g.rows() * n];
+    for (xb, yb) in x.chunks_exact(g.img_len()).zip(y.chunks_exact_mut(cout * n)) {
+        im2col(xb, g, &mut cols);
+        matmul(cout, n, g.rows(), yb, false, Mat::rows(w, g.rows()), Mat::rows(&cols, n));
+    }
+    y
+}
+
+/// Transposed convolution of `x` [B, cin, g.ho, g.wo] with `w` [cin, g.c·K·K] →
+/// [B, g.c, g.h, g.w]: the adjoint of `conv_kernel` with respect to its image.
+fn conv_transpose_kernel(x: &[f32], w: &[f32], cin: usize, g: &Geom) -> Vec<f32> {
+    let n = g.cols();
+    let mut y = vec![0.0; x.len() / (cin * n) * g.img_len()];
+    let mut cols = vec![0.0; g.rows() * n];
+    for (xb, yb) in x.chunks_exact(cin * n).zip(y.chunks_exact_mut(g.img_len())) {
+        matmul(g.rows(), n, cin, &mut cols, false, Mat::transposed(w, g.rows()), Mat::rows(xb, n));
+        col2im(&cols, g, yb);
+    }
+    y
+}
+
+/// Σ_b `grad_b` [cg, g.ho·g.wo] · im2col(`x_b`)ᵀ → [cg, g.c·K·K]: the gradient of
+/// `conv_kernel` with respect to its weight.
+fn weight_grad_kernel(x: &[f32], grad: &[f32], cg: usize, g: &Geom) -> Vec<f32> {
+    let n = g.cols();
+    let mut dw = vec![0.0; cg * g.rows()];
+    let mut cols = vec![0.0; g.rows() * n];
+    for (b, (xb, gb)) in x.chunks_exact(g.img_len()).zip(grad.chunks_exact(cg * n)).enumerate() {
+        im2col(xb, g, &mut cols);
+        matmul(cg, g.rows(), n, &mut dw, b > 0, Mat::rows(gb, n), Mat::transposed(&cols, n));
+    }
+    dw
+}
+
+/// The f32 data of a contiguous operand (the public functions make every operand contiguous).
+fn f32_data<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
+    match l.contiguous_offsets() {
+        Some((start, end)) => Ok(&s.as_slice::<f32>()?[start..end]),
+        None => bail!("fast conv: operands must be contiguous"),
+    }
+}
+
+/// The square kernel size of a [_, _, K, K] weight.
+fn kernel_size(l: &Layout) -> Result<usize> {
+    let (_, _, kh, kw) = l.shape().dims4()?;
+    if kh != kw {
+        bail!("fast conv: only square kernels are supported, got {kh}x{kw}");
+    }
+    Ok(kh)
+}
+
+/// conv2d(x [B,Cin,H,W], w [Cout,Cin,K,K]) → [B,Cout,Ho,Wo].
+struct Conv2dOp {
+    stride: usize,
+    pad: usize,
+}
+
+impl CustomOp2 for Conv2dOp {
+    fn name(&self) -> &'static str {
+        "fast-conv2d"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (b, cin, h, w) = l1.shape().dims4()?;
+        let (cout, cin_w, _, _) = l2.shape().dims4()?;
+        if cin != cin_w {
+            bail!("conv2d: input has {cin} channels but the weight expects {cin_w}");
+        }
+        let g = Geom::conv(cin, h, w, kernel_size(l2)?, self.stride, self.pad)?;
+        let y = conv_kernel(f32_data(s1, l1)?, f32_data(s2, l2)?, cout, &g);
+        Ok((CpuStorage::F32(y), Shape::from((b, cout, g.ho, g.wo))))
+    }
+
+    fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let dy = dy.contiguous()?;
+        let (_, _, h, wd) = x.dims4()?;
+        let (_, _, k, _) = w.dims4()?;
+        let (stride, pad) = (self.stride, self.pad);
+        // The input's own size fixes the transposed convolution's output, per axis.
+        let dx = x
+            .track_op()
+            .then(|| dy.apply_op2(w, ConvTranspose2dOp { stride, pad, out_h: h, out_w: wd }))
+            .transpose()?;
+        let dw = w.track_op().then(|| x.apply_op2(&dy, WeightGradOp { k, stride, pad })).transpose()?;
+        Ok((dx, dw))
+    }
+}
+
+/// conv_transpose2d(x [B,Cin,H,W], w [Cin,Cout,K,K]) → [B,Cout,out_h,out_w], where a conv2d with
+/// the same stride and padding maps [out_h,out_w] back to [H,W].
+struct ConvTranspose2dOp {
+    stride: usize,
+    pad: usize,
+    out_h: usize,
+    out_w: usize,
+}
+
+impl CustomOp2 for ConvTranspose2dOp {
+    fn name(&self) -> &'static str {
+        "fast-conv-transpose2d"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (b, cin, h, w) = l1.shape().dims4()?;
+        let (cin_w, cout, _, _) = l2.shape().dims4()?;
+        if cin != cin_w {
+            bail!("conv_transpose2d: input has {cin} channels but the weight expects {cin_w}");
+        }
+        let g = Geom::conv(cout, self.out_h, self.out_w, kernel_size(l2)?, self.stride, self.pad)?;
+        if (g.ho, g.wo) != (h, w) {
+            bail!(
+                "conv_transpose2d: a {}x{} output does not convolve back to the {h}x{w} input",
+                self.out_h,
+                self.out_w
+            );
+        }
+        let y = conv_transpose_kernel(f32_data(s1, l1)?, f32_data(s2, l2)?, cin, &g);
+        Ok((CpuStorage::F32(y), Shape::from((b, cout, self.out_h, self.out_w))))
+    }
+
+    fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let dy = dy.contiguous()?;
+        let (_, _, k, _) = w.dims4()?;
+        let (stride, pad) = (self.stride, self.pad);
+        let dx = x.track_op().then(|| dy.apply_op2(w, Conv2dOp { stride, pad })).transpose()?;
+        let dw = w.track_op().then(|| dy.apply_op2(x, WeightGradOp { k, stride, pad })).transpose()?;
+        Ok((dx, dw))
+    }
+}
+
+/// The weight gradient of conv2d: (x [B,C,H,W], grad [B,Cg,Ho,Wo]) → [Cg,C,K,K].
+struct WeightGradOp {
+    k: usize,
+    stride: usize,
+    pad: usize,
+}
+
+impl CustomOp2 for WeightGradOp {
+    fn name(&self) -> &'static str {
+        "fast-conv2d-weight-grad"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (b, c, h, w) = l1.shape().dims4()?;
+        let (bg, cg, ho, wo) = l2.shape().dims4()?;
+        let g = Geom::conv(c, h, w, self.k, self.stride, self.pad)?;
+        if (bg, g.ho, g.wo) != (b, ho, wo) {
+            bail!("conv2d weight grad: gradient {:?} does not match input {:?}", l2.dims(), l1.dims());
+        }
+        let dw = weight_grad_kernel(f32_data(s1, l1)?, f32_data(s2, l2)?, cg, &g);
+        Ok((CpuStorage::F32(dw), Shape::from((cg, c, self.k, self.k))))
+    }
+
+    /// The op is bilinear in (x, grad): differentiating it gives a transposed convolution of
+    /// `grad` and a convolution of `x`, both with the upstream gradient as their weight.
+    fn bwd(&self, x: &Tensor, grad: &Tensor, _res: &Tensor, ddw: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let ddw = ddw.contiguous()?;
+        let (_, _, h, w) = x.dims4()?;
+        let (stride, pad) = (self.stride, self.pad);
+        let dx = x
+            .track_op()
+            .then(|| grad.apply_op2(&ddw, ConvTranspose2dOp { stride, pad, out_h: h, out_w: w }))
+            .transpose()?;
+        let dgrad = grad.track_op().then(|| x.apply_op2(&ddw, Conv2dOp { stride, pad })).transpose()?;
+        Ok((dx, dgrad))
+    }
+}

@@ -11,4 +11,4 @@ pub use adam::Adam;
 pub use config::{GanLoss, Schedule, TrainConfig};
 pub use pool::ImagePool;
 pub use run::{grid, open_device, run_training, RunControl, RunOptions, RunOutcome, StepReport, TrainEvent};
-pub use trainer::{Losses, Trainer};
+pub use trainer::{Divergence, Losses, Trainer, NETWORKS};

@@ -4,7 +4,7 @@ use crate::model::{Generator, PatchGan};
 use crate::ops::{adapt_channels, all_finite, bce_logits_to_const, l1_loss, mse_to_const};
 use crate::util::Rng;
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{backprop::GradStore, DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -165,12 +165,25 @@ impl Trainer {
     /// `real_a` [B,Ca,S,S], `real_b` [B,Cb,S,S] in [-1,1] on the trainer's device. Nothing is
     /// updated if a loss is not finite (the error says which).
     pub fn train_step(&mut self, real_a: &Tensor, real_b: &Tensor) -> Result<Losses> {
-        let cfg = &self.cfg;
         let lr = self.lr();
+        let mut g = self.generator_pass(real_a, real_b)?;
+        let d = self.discriminator_pass(real_a, real_b, &g.fake_a, &g.fake_b)?;
+        g.losses.d_a = d.d_a;
+        g.losses.d_b = d.d_b;
+        // The discriminator pass used only detached fakes, so updating the generators after it
+        // gives the same result as the reference's order.
+        self.adam_g.step(&g.grads, lr)?;
+        drop(g.grads);
+        self.adam_d.step(&d.grads, lr)?;
+        self.step += 1;
+        Ok(g.losses)
+    }
+
+    /// Generator losses and their gradients (discriminators frozen); updates nothing.
+    pub fn generator_pass(&self, real_a: &Tensor, real_b: &Tensor) -> Result<GeneratorPass> {
+        let cfg = &self.cfg;
         let (ca, cb) = (cfg.domain_a.channels, cfg.domain_b.channels);
         let lam = cfg.lambda_cycle;
-
-        // Generators.
         let fake_b = self.g_ab.forward(real_a)?; // [B,Cb,S,S]
         let rec_a = self.g_ba.forward(&fake_b)?;
         let fake_a = self.g_ba.forward(real_b)?; // [B,Ca,S,S]
@@ -207,28 +220,28 @@ impl Trainer {
             bail!(Divergence { step: self.step + 1, what: format!("generator loss is {}", losses.g_total) });
         }
         let grads = total.backward()?;
-        drop((rec_a, rec_b, total));
+        Ok(GeneratorPass { losses, grads, fake_a: fake_a.detach(), fake_b: fake_b.detach() })
+    }
 
-        // Discriminators on real images and on fakes from the pools.
-        let fake_b = fake_b.detach();
-        let fake_a = fake_a.detach();
-        let pooled_b = self.pool_b.query(&fake_b, &mut Rng::stream(cfg.seed, STREAM_POOL_B, self.step))?;
-        let pooled_a = self.pool_a.query(&fake_a, &mut Rng::stream(cfg.seed, STREAM_POOL_A, self.step))?;
-        let d_b_loss = ((self.gan_loss(&self.d_b.forward(real_b)?, true)? + self.gan_loss(&self.d_b.forward(&pooled_b)?, false)?)? * 0.5)?;
-        let d_a_loss = ((self.gan_loss(&self.d_a.forward(real_a)?, true)? + self.gan_loss(&self.d_a.forward(&pooled_a)?, false)?)? * 0.5)?;
-        losses.d_a = d_a_loss.to_scalar()?;
-        losses.d_b = d_b_loss.to_scalar()?;
-        if !(losses.d_a.is_finite() && losses.d_b.is_finite()) {
-            bail!(Divergence { step: self.step + 1, what: format!("discriminator losses are {} / {}", losses.d_a, losses.d_b) });
+    /// Discriminator losses on real images and pooled fakes, and their gradients. Advances the
+    /// pools (their random choices depend on the seed and the step only).
+    pub fn discriminator_pass(&mut self, real_a: &Tensor, real_b: &Tensor, fake_a: &Tensor, fake_b: &Tensor) -> Result<DiscriminatorPass> {
+        let seed = self.cfg.seed;
+        let pooled_b = self.pool_b.query(fake_b, &mut Rng::stream(seed, STREAM_POOL_B, self.step))?;
+        let pooled_a = self.pool_a.query(fake_a, &mut Rng::stream(seed, STREAM_POOL_A, self.step))?;
+        let d_b = ((self.gan_loss(&self.d_b.forward(real_b)?, true)? + self.gan_loss(&self.d_b.forward(&pooled_b)?, false)?)? * 0.5)?;
+        let d_a = ((self.gan_loss(&self.d_a.forward(real_a)?, true)? + self.gan_loss(&self.d_a.forward(&pooled_a)?, false)?)? * 0.5)?;
+        let (la, lb) = (d_a.to_scalar::<f32>()?, d_b.to_scalar::<f32>()?);
+        if !(la.is_finite() && lb.is_finite()) {
+            bail!(Divergence { step: self.step + 1, what: format!("discriminator losses are {la} / {lb}") });
         }
-        // Generators are updated before the discriminators' backward, like the reference; the
-        // discriminator graph above used only detached fakes, so the order does not matter.
-        self.adam_g.step(&grads, lr)?;
-        drop(grads);
-        let grads_d = (d_a_loss + d_b_loss)?.backward()?;
-        self.adam_d.step(&grads_d, lr)?;
-        self.step += 1;
-        Ok(losses)
+        let grads = (d_a + d_b)?.backward()?;
+        Ok(DiscriminatorPass { d_a: la, d_b: lb, grads })
+    }
+
+    /// The gradients of one network's weights in `grads`, by our weight names.
+    pub fn grads_of(&self, net: &str, grads: &GradStore) -> Vec<(String, Option<Tensor>)> {
+        self.weights(net).into_iter().map(|(k, t)| (k, grads.get(&t).cloned())).collect()
     }
 
     /// True if every weight of every network is finite.
@@ -299,6 +312,21 @@ impl Trainer {
     pub fn param_counts(&self) -> BTreeMap<&'static str, usize> {
         NETWORKS.iter().map(|n| (*n, self.weights(n).iter().map(|(_, t)| t.elem_count()).sum())).collect()
     }
+}
+
+/// Result of [`Trainer::generator_pass`].
+pub struct GeneratorPass {
+    pub losses: Losses,
+    pub grads: GradStore,
+    pub fake_a: Tensor,
+    pub fake_b: Tensor,
+}
+
+/// Result of [`Trainer::discriminator_pass`].
+pub struct DiscriminatorPass {
+    pub d_a: f32,
+    pub d_b: f32,
+    pub grads: GradStore,
 }
 
 /// A non-finite loss or weight: training must stop or roll back, never save.

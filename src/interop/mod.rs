@@ -1,0 +1,235 @@
+//! Interoperability with the PyTorch reference (pytorch-CycleGAN-and-pix2pix): the mapping
+//! between its state-dict keys and ours, import of its `.pth` generators, export to its keys.
+
+use crate::checkpoint::{safetensors_bytes, save_generation};
+use crate::data::DomainSpec;
+use crate::model::{Generator, GeneratorConfig, GeneratorKind};
+use crate::train::{GanLoss, Schedule, TrainConfig};
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// (our layer prefix, reference layer prefix) for every parameterised layer of a generator.
+pub fn generator_key_map(kind: GeneratorKind) -> Vec<(String, String)> {
+    match kind {
+        GeneratorKind::Resnet { blocks: n } => {
+            let mut m = vec![
+                ("stem".to_string(), "model.1".to_string()),
+                ("down.0".into(), "model.4".into()),
+                ("down.1".into(), "model.7".into()),
+            ];
+            for i in 0..n {
+                m.push((format!("blocks.{i}.conv1"), format!("model.{}.conv_block.1", 10 + i)));
+                m.push((format!("blocks.{i}.conv2"), format!("model.{}.conv_block.5", 10 + i)));
+            }
+            m.push(("up.0".into(), format!("model.{}", 10 + n)));
+            m.push(("up.1".into(), format!("model.{}", 13 + n)));
+            m.push(("head".into(), format!("model.{}", 17 + n)));
+            m
+        }
+        GeneratorKind::Unet { downs } => {
+            let mut m = vec![("down.0".to_string(), "model.model.0".to_string()), ("up.0".into(), "model.model.3".into())];
+            for i in 1..downs {
+                let prefix = format!("model.model.1.{}model", "model.3.".repeat(i - 1));
+                m.push((format!("down.{i}"), format!("{prefix}.1")));
+                let up = if i == downs - 1 { 3 } else { 5 };
+                m.push((format!("up.{i}"), format!("{prefix}.{up}")));
+            }
+            m
+        }
+    }
+}
+
+/// (our layer prefix, reference layer prefix) for a PatchGAN with `n_layers`.
+pub fn discriminator_key_map(n_layers: usize) -> Vec<(String, String)> {
+    let mut m = vec![("layers.0".to_string(), "model.0".to_string())];
+    for k in 1..=n_layers + 1 {
+        m.push((format!("layers.{k}"), format!("model.{}", 2 + 3 * (k - 1))));
+    }
+    m
+}
+
+/// Renames reference-keyed tensors to our keys (weights and biases). Extra entries that old
+/// reference checkpoints carry for instance norm (`running_mean`, `running_var`,
+/// `num_batches_tracked`) are ignored; any other unknown key is an error.
+pub fn from_reference_keys(map: &[(String, String)], tensors: &HashMap<String, Tensor>) -> Result<HashMap<String, Tensor>> {
+    let mut out = HashMap::new();
+    let mut used = 0;
+    for (ours, theirs) in map {
+        for p in ["weight", "bias"] {
+            let key = format!("{theirs}.{p}");
+            let t = tensors.get(&key).with_context(|| format!("missing {key}"))?;
+            out.insert(format!("{ours}.{p}"), t.to_dtype(DType::F32)?);
+            used += 1;
+        }
+    }
+    let ignorable = |k: &str| k.ends_with(".running_mean") || k.ends_with(".running_var") || k.ends_with(".num_batches_tracked");
+    let extra: Vec<&String> = tensors.keys().filter(|k| !ignorable(k)).collect();
+    if extra.len() != used {
+        let known: std::collections::HashSet<String> = map.iter().flat_map(|(_, t)| [format!("{t}.weight"), format!("{t}.bias")]).collect();
+        let unknown: Vec<&&String> = extra.iter().filter(|k| !known.contains(k.as_str())).take(5).collect();
+        bail!("unexpected keys for this architecture: {unknown:?}");
+    }
+    Ok(out)
+}
+
+/// Our tensors renamed to the reference's keys.
+pub fn to_reference_keys(map: &[(String, String)], tensors: &[(String, Tensor)]) -> Result<Vec<(String, Tensor)>> {
+    let lookup: HashMap<&str, &str> = map.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    tensors
+        .iter()
+        .map(|(k, t)| {
+            let (layer, p) = k.rsplit_once('.').context("bad key")?;
+            let theirs = lookup.get(layer).with_context(|| format!("no reference name for {k}"))?;
+            Ok((format!("{theirs}.{p}"), t.clone()))
+        })
+        .collect()
+}
+
+/// Infers a reference generator's architecture from its state-dict shapes.
+pub fn infer_generator(tensors: &HashMap<String, Tensor>) -> Result<GeneratorConfig> {
+    let dims = |k: &str| -> Result<Vec<usize>> { Ok(tensors.get(k).with_context(|| format!("missing {k}"))?.dims().to_vec()) };
+    if tensors.contains_key("model.model.0.weight") {
+        let mut downs = 1;
+        while tensors.contains_key(&format!("model.model.1.{}model.1.weight", "model.3.".repeat(downs - 1))) {
+            downs += 1;
+        }
+        let first = dims("model.model.0.weight")?; // [ngf, in, 4, 4]
+        let last = dims("model.model.3.weight")?; // [2ngf, out, 4, 4]
+        if first.len() != 4 || last.len() != 4 || downs < 5 {
+            bail!("shapes fit no known U-Net ({downs} levels)");
+        }
+        return Ok(GeneratorConfig { kind: GeneratorKind::Unet { downs }, in_channels: first[1], out_channels: last[1], ngf: first[0] });
+    }
+    if tensors.contains_key("model.1.weight") && tensors.contains_key("model.10.conv_block.1.weight") {
+        let mut blocks = 0;
+        while tensors.contains_key(&format!("model.{}.conv_block.1.weight", 10 + blocks)) {
+            blocks += 1;
+        }
+        let first = dims("model.1.weight")?; // [ngf, in, 7, 7]
+        let last = dims(&format!("model.{}.weight", 17 + blocks))?; // [out, ngf, 7, 7]
+        if first.len() != 4 || first[2] != 7 || last.len() != 4 {
+            bail!("shapes fit no known ResNet generator");
+        }
+        return Ok(GeneratorConfig { kind: GeneratorKind::Resnet { blocks }, in_channels: first[1], out_channels: last[0], ngf: first[0] });
+    }
+    bail!("not a CycleGAN generator state dict (no model.1.weight / model.model.0.weight)")
+}
+
+/// Reads a PyTorch `.pth` state dict (zip pickle) into named tensors.
+pub fn read_pth(path: &Path) -> Result<HashMap<String, Tensor>> {
+    let entries = candle_core::pickle::read_all(path).with_context(|| format!("{}: not a readable PyTorch checkpoint", path.display()))?;
+    if entries.is_empty() {
+        bail!("{}: contains no tensors", path.display());
+    }
+    Ok(entries.into_iter().collect())
+}
+
+/// Builds a generator from reference-keyed tensors, checking every shape.
+pub fn generator_from_reference(tensors: &HashMap<String, Tensor>, cfg: &GeneratorConfig, device: &Device) -> Result<(Generator, HashMap<String, Tensor>)> {
+    let ours = from_reference_keys(&generator_key_map(cfg.kind), tensors)?;
+    let vb = VarBuilder::from_tensors(ours.clone(), DType::F32, device);
+    let g = Generator::new(cfg, vb).map_err(|e| anyhow::anyhow!("the weights do not fit {}: {e}", cfg.kind))?;
+    Ok((g, ours))
+}
+
+/// `cyclestudio import`: one or two reference generators → a cyclestudio checkpoint folder.
+pub struct ImportRequest {
+    pub run_dir: PathBuf,
+    pub g_ab: PathBuf,
+    pub g_ba: Option<PathBuf>,
+    pub domains: [String; 2],
+    pub generator: Option<GeneratorKind>,
+}
+
+pub fn import(req: &ImportRequest) -> Result<TrainConfig> {
+    let mut files = Vec::new();
+    let mut cfg_ab: Option<GeneratorConfig> = None;
+    for (net, path) in [("G_AB", Some(&req.g_ab)), ("G_BA", req.g_ba.as_ref())] {
+        let Some(path) = path else { continue };
+        let tensors = read_pth(path)?;
+        let mut cfg = infer_generator(&tensors).with_context(|| path.display().to_string())?;
+        if let Some(kind) = req.generator {
+            if kind != cfg.kind {
+                bail!("{}: --generator {kind} given, but the weights are a {}", path.display(), cfg.kind);
+            }
+            cfg.kind = kind;
+        }
+        let (_, ours) = generator_from_reference(&tensors, &cfg, &Device::Cpu).with_context(|| path.display().to_string())?;
+        if net == "G_BA" {
+            if let Some(ab) = &cfg_ab {
+                if ab.kind != cfg.kind || ab.ngf != cfg.ngf || ab.in_channels != cfg.out_channels || ab.out_channels != cfg.in_channels {
+                    bail!("{} does not mirror the A→B generator's architecture", path.display());
+                }
+            }
+        } else {
+            cfg_ab = Some(cfg.clone());
+        }
+        let mut named: Vec<(String, Tensor)> = ours.into_iter().collect();
+        named.sort_by(|a, b| a.0.cmp(&b.0));
+        files.push((format!("{net}.safetensors"), safetensors_bytes(&named)?));
+    }
+    let g = cfg_ab.context("no A→B generator")?;
+    let config = TrainConfig {
+        name: req.run_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        dataset: PathBuf::new(),
+        domain_a: DomainSpec { name: req.domains[0].clone(), channels: g.in_channels },
+        domain_b: DomainSpec { name: req.domains[1].clone(), channels: g.out_channels },
+        generator: g.kind,
+        ngf: g.ngf,
+        ndf: 64,
+        n_layers_d: 3,
+        size: 256,
+        load_size: 286,
+        batch: 1,
+        schedule: Schedule::Iters { iters: 0, decay_iters: 0 },
+        lr: 2e-4,
+        beta1: 0.5,
+        beta2: 0.999,
+        lambda_cycle: 10.0,
+        lambda_identity: 0.5,
+        lambda_paired: 0.0,
+        paired: false,
+        gan_loss: GanLoss::Lsgan,
+        pool: 50,
+        seed: 0,
+        flip: true,
+        sample_every: 100,
+        save_every: 500,
+        log_every: 10,
+        health_every: 0,
+        device: "cpu".into(),
+    };
+    if req.run_dir.join(crate::checkpoint::LATEST).exists() {
+        bail!("{} already holds a model; choose another --name", req.run_dir.display());
+    }
+    config.save(&req.run_dir)?;
+    save_generation(&req.run_dir, 0, &files)?;
+    Ok(config)
+}
+
+/// `cyclestudio export --format torch-keys`: the generators with the reference's key names, as
+/// safetensors (`G_A.safetensors` = our G_AB, `G_B.safetensors` = our G_BA) for
+/// `load_state_dict(safetensors.torch.load_file(...))`.
+pub fn export_torch_keys(run_dir: &Path, out_dir: &Path) -> Result<Vec<PathBuf>> {
+    let cfg = TrainConfig::load(run_dir)?;
+    let generation = crate::checkpoint::load_generation(run_dir)?;
+    std::fs::create_dir_all(out_dir)?;
+    let map = generator_key_map(cfg.generator);
+    let mut written = Vec::new();
+    for (ours, theirs) in [("G_AB", "G_A"), ("G_BA", "G_B")] {
+        let file = format!("{ours}.safetensors");
+        if !generation.has(&file) {
+            continue;
+        }
+        let mut tensors: Vec<(String, Tensor)> = generation.load_tensors(&file, &Device::Cpu)?.into_iter().collect();
+        tensors.sort_by(|a, b| a.0.cmp(&b.0));
+        let renamed = to_reference_keys(&map, &tensors)?;
+        let path = out_dir.join(format!("{theirs}.safetensors"));
+        crate::util::atomic_write(&path, &safetensors_bytes(&renamed)?)?;
+        written.push(path);
+    }
+    Ok(written)
+}

@@ -1,0 +1,206 @@
+//! Numerical parity with the PyTorch reference, against fixtures made by tools/make_fixtures.py.
+
+mod common;
+use common::*;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use cyclestudio::data::DomainSpec;
+use cyclestudio::interop::{discriminator_key_map, from_reference_keys, generator_from_reference, infer_generator, read_pth};
+use cyclestudio::model::{DiscriminatorConfig, GeneratorKind, PatchGan};
+use cyclestudio::train::{GanLoss, Schedule, TrainConfig, Trainer};
+use std::collections::HashMap;
+
+const TOL: f32 = 1e-4;
+
+fn check_generator(file: &str, expect: GeneratorKind) {
+    let fx = load_fixture(file);
+    let w = with_prefix(&fx, "w.");
+    let cfg = infer_generator(&w).unwrap();
+    assert_eq!(cfg.kind, expect);
+    let (g, _) = generator_from_reference(&w, &cfg, &Device::Cpu).unwrap();
+    let out = g.forward(&fx["input"]).unwrap();
+    let e = rel_err(&out, &fx["output"]);
+    assert!(e < TOL, "{file}: relative error {e}");
+}
+
+#[test]
+fn resnet_generator_matches_reference() {
+    check_generator("resnet_3to3.safetensors", GeneratorKind::Resnet { blocks: 2 });
+}
+
+#[test]
+fn resnet_generator_grey_input_matches_reference() {
+    check_generator("resnet_1to3.safetensors", GeneratorKind::Resnet { blocks: 2 });
+}
+
+#[test]
+fn unet_generator_matches_reference() {
+    check_generator("unet.safetensors", GeneratorKind::Unet { downs: 5 });
+}
+
+#[test]
+fn patchgan_matches_reference() {
+    let fx = load_fixture("patchgan.safetensors");
+    let ours = from_reference_keys(&discriminator_key_map(3), &with_prefix(&fx, "w.")).unwrap();
+    let vb = VarBuilder::from_tensors(ours, DType::F32, &Device::Cpu);
+    let d = PatchGan::new(&DiscriminatorConfig { in_channels: 3, ndf: 8, n_layers: 3 }, vb).unwrap();
+    let out = d.forward(&fx["input"]).unwrap();
+    assert_eq!(out.dims(), &[1, 1, 6, 6]);
+    let e = rel_err(&out, &fx["output"]);
+    assert!(e < TOL, "relative error {e}");
+}
+
+#[test]
+fn imported_pth_translates_like_pytorch() {
+    let w = read_pth(&fixture_path("resnet_import.pth")).unwrap();
+    assert!(w.contains_key("model.2.running_mean"), "fixture carries old instance-norm keys");
+    let cfg = infer_generator(&w).unwrap();
+    assert_eq!((cfg.kind, cfg.ngf, cfg.in_channels, cfg.out_channels), (GeneratorKind::Resnet { blocks: 2 }, 8, 3, 3));
+    let (g, _) = generator_from_reference(&w, &cfg, &Device::Cpu).unwrap();
+    let io = load_fixture("resnet_import_io.safetensors");
+    let e = rel_err(&g.forward(&io["input"]).unwrap(), &io["output"]);
+    assert!(e < TOL, "relative error {e}");
+}
+
+#[test]
+fn not_a_generator_is_refused_clearly() {
+    let w = read_pth(&fixture_path("not_a_generator.pth")).unwrap();
+    let e = infer_generator(&w).unwrap_err().to_string();
+    assert!(e.contains("not a CycleGAN generator"), "{e}");
+}
+
+/// (reference name, our name): the reference's D_A judges domain B, so it is our D_B.
+const NETS: [(&str, &str); 4] = [("G_A", "G_AB"), ("G_B", "G_BA"), ("D_A", "D_B"), ("D_B", "D_A")];
+
+fn key_map(net: &str) -> Vec<(String, String)> {
+    if net.starts_with('G') {
+        cyclestudio::interop::generator_key_map(GeneratorKind::Resnet { blocks: 1 })
+    } else {
+        discriminator_key_map(3)
+    }
+}
+
+fn fixture_trainer(fx: &HashMap<String, Tensor>) -> Trainer {
+    let cfg = TrainConfig {
+        name: "parity".into(),
+        dataset: "unused".into(),
+        domain_a: DomainSpec { name: "A".into(), channels: 3 },
+        domain_b: DomainSpec { name: "B".into(), channels: 3 },
+        generator: GeneratorKind::Resnet { blocks: 1 },
+        ngf: 8,
+        ndf: 4,
+        n_layers_d: 3,
+        size: 32,
+        load_size: 32,
+        batch: 1,
+        schedule: Schedule::Iters { iters: 10, decay_iters: 0 },
+        lr: 2e-4,
+        beta1: 0.5,
+        beta2: 0.999,
+        lambda_cycle: 10.0,
+        lambda_identity: 0.5,
+        lambda_paired: 0.0,
+        paired: false,
+        gan_loss: GanLoss::Lsgan,
+        pool: 50,
+        seed: 0,
+        flip: false,
+        sample_every: 1,
+        save_every: 1,
+        log_every: 1,
+        health_every: 0,
+        device: "cpu".into(),
+    };
+    let mut t = Trainer::new(cfg, Device::Cpu).unwrap();
+    for (theirs, ours) in NETS {
+        let w = from_reference_keys(&key_map(theirs), &with_prefix(fx, &format!("init.{theirs}."))).unwrap();
+        t.set_weights(ours, &w).unwrap();
+    }
+    t
+}
+
+/// Our weight name → reference key, for one network.
+fn reference_name(theirs: &str, ours_key: &str) -> String {
+    let (layer, p) = ours_key.rsplit_once('.').unwrap();
+    let map = key_map(theirs);
+    let r = &map.iter().find(|(o, _)| o == layer).unwrap().1;
+    format!("{r}.{p}")
+}
+
+/// Biases of convolutions followed by instance norm have no effect on anything: their true
+/// gradient is 0 and PyTorch's is float noise, so Adam moves them in random directions.
+fn bias_before_norm(theirs: &str, ref_key: &str) -> bool {
+    let last = if theirs.starts_with('G') { "model.18.bias" } else { "model.11.bias" };
+    let first_d = theirs.starts_with('D') && ref_key == "model.0.bias";
+    ref_key.ends_with(".bias") && ref_key != last && !first_d
+}
+
+#[test]
+fn training_iteration_matches_reference() {
+    let fx = load_fixture("train_step.safetensors");
+    let mut t = fixture_trainer(&fx);
+    let (a0, b0) = (&fx["iter0.real_A"], &fx["iter0.real_B"]);
+
+    // Gradients of the first iteration.
+    let g = t.generator_pass(a0, b0).unwrap();
+    let d = t.discriminator_pass(a0, b0, &g.fake_a, &g.fake_b).unwrap();
+    for (theirs, ours) in NETS {
+        let grads = if ours.starts_with('G') { &g.grads } else { &d.grads };
+        for (k, grad) in t.grads_of(ours, grads) {
+            let rk = reference_name(theirs, &k);
+            let expect = &fx[&format!("grad0.{theirs}.{rk}")];
+            let grad = grad.unwrap_or_else(|| panic!("no gradient for {ours}.{k}"));
+            let scale = expect.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            let diff = (&grad - expect).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            let tol = if bias_before_norm(theirs, &rk) { 1e-5 } else { 1e-4 * scale.max(1e-3) };
+            assert!(diff <= tol, "gradient of {ours}.{k} ({theirs}.{rk}): max diff {diff}, scale {scale}");
+        }
+    }
+    drop((g, d));
+
+    // Two full iterations: every loss term, then the weights.
+    let mut t = fixture_trainer(&fx);
+    for it in 0..2 {
+        let l = t.train_step(&fx[&format!("iter{it}.real_A")], &fx[&format!("iter{it}.real_B")]).unwrap();
+        let pairs = [
+            ("loss_G_A", l.g_ab_adv),
+            ("loss_G_B", l.g_ba_adv),
+            ("loss_cycle_A", l.cycle_a),
+            ("loss_cycle_B", l.cycle_b),
+            ("loss_idt_A", l.idt_ab),
+            ("loss_idt_B", l.idt_ba),
+            ("loss_G", l.g_total),
+            ("loss_D_A", l.d_b),
+            ("loss_D_B", l.d_a),
+        ];
+        for (name, ours) in pairs {
+            let expect = scalar(&fx[&format!("iter{it}.{name}")]);
+            assert!((ours - expect).abs() <= TOL * expect.abs().max(1.0), "iteration {it} {name}: {ours} vs {expect}");
+        }
+    }
+    let (mut compared, mut flipped) = (0usize, 0usize);
+    for (theirs, ours) in NETS {
+        for (k, w) in t.weights(ours) {
+            let rk = reference_name(theirs, &k);
+            if bias_before_norm(theirs, &rk) {
+                continue;
+            }
+            let expect = &fx[&format!("final.{theirs}.{rk}")];
+            let grad0 = &fx[&format!("grad0.{theirs}.{rk}")];
+            let diff = (&w - expect).unwrap().abs().unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let g0 = grad0.abs().unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            for (d, g) in diff.iter().zip(&g0) {
+                compared += 1;
+                if *d > TOL {
+                    // Adam's update m/√v is ill-conditioned where an element's gradient is at
+                    // rounding level (first step: lr·sign(g)) or where the second gradient nearly
+                    // cancels the first: such elements may land up to a couple of lr apart.
+                    assert!(*d < 5e-4, "{ours}.{k} ({theirs}.{rk}) differs by {d} (gradient {g})");
+                    flipped += 1;
+                }
+            }
+        }
+    }
+    assert!(flipped * 10_000 <= compared, "{flipped} of {compared} weights differ by more than {TOL}");
+}
