@@ -8,4 +8,6 @@ pub mod interop;
 pub mod model;
 pub mod ops;
 pub mod train;
+pub mod translate;
+pub mod tui;
 pub mod util;

@@ -1,6 +1,7 @@
 //! The command line: clap definitions of every subcommand and the handlers that run them with
 //! progress bars. `main.rs` only parses and calls [`dispatch`].
 
+mod model_cmd;
 mod train_cmd;
 
 use crate::model::GeneratorKind;
@@ -26,6 +27,100 @@ pub enum Command {
     /// Create or inspect datasets.
     #[command(subcommand)]
     Dataset(DatasetCommand),
+    /// Translate one image to a domain (output beside it as STEM.DOMAIN.png).
+    Translate(TranslateArgs),
+    /// Translate every image of a folder tree into another folder.
+    Convert(ConvertArgs),
+    /// Import generators trained with the PyTorch reference (.pth state dicts).
+    Import(ImportArgs),
+    /// Export a model's generators with the PyTorch reference's key names.
+    Export(ExportArgs),
+    /// Open the terminal studio (also what `cyclestudio` alone does).
+    Tui(TuiArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct TranslateArgs {
+    pub input: PathBuf,
+    /// Target domain name (from the model's config.toml), e.g. color.
+    #[arg(long)]
+    pub to: String,
+    /// Model folder (default: <checkpoints>/default, else the most recently trained run).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Output file (default: INPUT_STEM.DOMAIN.png beside the input).
+    #[arg(short, long)]
+    pub output: Option<PathBuf>,
+    /// Replace an existing output file.
+    #[arg(long)]
+    pub overwrite: bool,
+    /// Translate in overlapping tiles of this side (automatic above ~2.4 megapixels).
+    #[arg(long)]
+    pub tile: Option<usize>,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+#[derive(Args, Debug)]
+pub struct ConvertArgs {
+    pub input_dir: PathBuf,
+    #[arg(long)]
+    pub to: String,
+    #[arg(short, long = "output")]
+    pub output_dir: PathBuf,
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Redo outputs that already exist (default: skip them, so re-runs resume).
+    #[arg(long)]
+    pub overwrite: bool,
+    /// Images of the same size translated together.
+    #[arg(long, default_value_t = 4)]
+    pub batch: usize,
+    #[arg(long)]
+    pub tile: Option<usize>,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+#[derive(Args, Debug)]
+pub struct ImportArgs {
+    /// Name of the new model folder under <checkpoints>.
+    #[arg(long)]
+    pub name: String,
+    /// The reference's G_A (A→B), e.g. latest_net_G_A.pth.
+    #[arg(long)]
+    pub g_ab: PathBuf,
+    /// The reference's G_B (B→A); optional.
+    #[arg(long)]
+    pub g_ba: Option<PathBuf>,
+    /// Domain names A,B, e.g. horse,zebra.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub domains: Vec<String>,
+    /// Architecture; inferred from the weights when omitted.
+    #[arg(long)]
+    pub generator: Option<crate::model::GeneratorKind>,
+}
+
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    #[arg(long)]
+    pub model: PathBuf,
+    /// torch-keys: safetensors with the reference's state-dict keys (G_A.safetensors, G_B.safetensors).
+    #[arg(long, default_value = "torch-keys")]
+    pub format: String,
+    /// Output folder (default: <model>/export).
+    #[arg(short, long)]
+    pub output: Option<PathBuf>,
+}
+
+#[derive(Args, Debug, Default)]
+pub struct TuiArgs {
+    /// Extra folder(s) holding datasets (default: datasets).
+    #[arg(long)]
+    pub datasets: Vec<PathBuf>,
+    /// Force the inline image protocol: kitty, sixel, iterm2 or halfblocks.
+    #[arg(long)]
+    pub graphics: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -152,6 +247,11 @@ pub fn dispatch(cli: Cli) -> Result<()> {
     match cli.command {
         Some(Command::Train(args)) => train_cmd::train(&cli.checkpoints, args),
         Some(Command::Dataset(cmd)) => train_cmd::dataset(cmd),
-        None => anyhow::bail!("no command given; try --help"),
+        Some(Command::Translate(a)) => model_cmd::translate(&cli.checkpoints, a),
+        Some(Command::Convert(a)) => model_cmd::convert(&cli.checkpoints, a),
+        Some(Command::Import(a)) => model_cmd::import(&cli.checkpoints, a),
+        Some(Command::Export(a)) => model_cmd::export(a),
+        Some(Command::Tui(a)) => model_cmd::tui(&cli.checkpoints, a),
+        None => model_cmd::tui(&cli.checkpoints, TuiArgs::default()),
     }
 }

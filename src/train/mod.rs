@@ -8,7 +8,7 @@ mod run;
 mod trainer;
 
 pub use adam::Adam;
-pub use config::{GanLoss, Schedule, TrainConfig};
+pub use config::{GanLoss, Schedule, TrainConfig, CONFIG_FILE};
 pub use pool::ImagePool;
 pub use run::{grid, open_device, run_training, RunControl, RunOptions, RunOutcome, StepReport, TrainEvent};
 pub use trainer::{Divergence, Losses, Trainer, NETWORKS};

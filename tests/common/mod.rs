@@ -36,3 +36,74 @@ pub fn gradient_image(w: u32, h: u32, seed: u8) -> image::RgbImage {
         image::Rgb([(x * 255 / w.max(1)) as u8 ^ seed, (y * 255 / h.max(1)) as u8, ((x + y) % 256) as u8])
     })
 }
+
+/// Writes `n` small colour PNGs into `dir` (varied content, sizes `w`×`h`).
+pub fn write_pngs(dir: &Path, n: usize, w: u32, h: u32) -> Vec<PathBuf> {
+    std::fs::create_dir_all(dir).unwrap();
+    (0..n)
+        .map(|i| {
+            let p = dir.join(format!("img{i}.png"));
+            gradient_image(w, h, (i * 37) as u8).save(&p).unwrap();
+            p
+        })
+        .collect()
+}
+
+/// A tiny two-domain dataset (grey A, colour B) in the reference layout with a dataset.toml.
+pub fn tiny_dataset(root: &Path) -> PathBuf {
+    let ds = root.join("tiny");
+    for sub in ["trainA", "trainB", "testA", "testB"] {
+        write_pngs(&ds.join(sub), if sub.starts_with("train") { 3 } else { 2 }, 40, 36);
+    }
+    std::fs::write(ds.join("dataset.toml"), "[a]\nname = \"gray\"\nchannels = 1\n[b]\nname = \"color\"\nchannels = 3\n").unwrap();
+    ds
+}
+
+/// A tiny training configuration on `dataset` (fast enough for tests).
+pub fn tiny_config(dataset: &Path, iters: u64) -> cyclestudio::train::TrainConfig {
+    use cyclestudio::data::DomainSpec;
+    use cyclestudio::train::{GanLoss, Schedule, TrainConfig};
+    TrainConfig {
+        name: "tiny".into(),
+        dataset: dataset.to_path_buf(),
+        domain_a: DomainSpec { name: "gray".into(), channels: 1 },
+        domain_b: DomainSpec { name: "color".into(), channels: 3 },
+        generator: "resnet_2blocks".parse().unwrap(),
+        ngf: 4,
+        ndf: 4,
+        n_layers_d: 3,
+        size: 32,
+        load_size: 36,
+        batch: 1,
+        schedule: Schedule::Iters { iters, decay_iters: 0 },
+        lr: 2e-4,
+        beta1: 0.5,
+        beta2: 0.999,
+        lambda_cycle: 10.0,
+        lambda_identity: 0.5,
+        lambda_paired: 0.0,
+        paired: false,
+        gan_loss: GanLoss::Lsgan,
+        pool: 2,
+        seed: 7,
+        flip: true,
+        sample_every: 2,
+        save_every: 2,
+        log_every: 1,
+        health_every: 2,
+        device: "cpu".into(),
+    }
+}
+
+/// Trains the tiny configuration for `iters` steps into `run_dir`.
+pub fn train_tiny(run_dir: &Path, dataset: &Path, iters: u64, resume: bool) -> cyclestudio::train::RunOutcome {
+    use cyclestudio::train::{run_training, RunControl, RunOptions};
+    let cfg = if resume {
+        let mut c = cyclestudio::train::TrainConfig::load(run_dir).unwrap();
+        c.schedule = cyclestudio::train::Schedule::Iters { iters, decay_iters: 0 };
+        c
+    } else {
+        tiny_config(dataset, iters)
+    };
+    run_training(cfg, &RunOptions { run_dir: run_dir.to_path_buf(), resume }, &RunControl::default(), &mut |_| {}).unwrap()
+}

@@ -1,0 +1,104 @@
+use super::{ConvertArgs, ExportArgs, ImportArgs, TranslateArgs, TuiArgs};
+use crate::interop::{export_torch_keys, import as import_model, ImportRequest};
+use crate::translate::{convert_folder, default_model_dir, translate_image, ConvertOptions, TranslateOptions, Translator};
+use crate::tui::TuiOptions;
+use anyhow::{bail, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::path::{Path, PathBuf};
+
+fn resolve_model(checkpoints: &Path, model: Option<PathBuf>) -> Result<PathBuf> {
+    match model {
+        Some(m) => Ok(m),
+        None => {
+            let m = default_model_dir(checkpoints)?;
+            eprintln!("using model {}", m.display());
+            Ok(m)
+        }
+    }
+}
+
+fn translate_options(tile: Option<usize>) -> TranslateOptions {
+    TranslateOptions { tile, ..Default::default() }
+}
+
+/// The default output path `INPUT_STEM.DOMAIN.png` beside the input.
+pub fn default_output(input: &Path, domain: &str) -> PathBuf {
+    let stem = input.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "image".into());
+    input.with_file_name(format!("{stem}.{domain}.png"))
+}
+
+pub fn translate(checkpoints: &Path, a: TranslateArgs) -> Result<()> {
+    let model = resolve_model(checkpoints, a.model)?;
+    let tr = Translator::load(&model, &a.device)?;
+    let (g, cin, _) = tr.generator_to(&a.to)?;
+    let output = a.output.unwrap_or_else(|| default_output(&a.input, &a.to));
+    if let (Ok(i), Ok(o)) = (a.input.canonicalize(), output.canonicalize()) {
+        if i == o {
+            bail!("the output {} is the input file; inputs are never overwritten", output.display());
+        }
+    }
+    if output.exists() && !a.overwrite {
+        bail!("{} already exists; add --overwrite to replace it", output.display());
+    }
+    let img = crate::data::decode_image(&a.input)?;
+    let out = translate_image(g, cin, tr.size_multiple(), &tr.device, &img, &translate_options(a.tile))?;
+    crate::util::atomic_write(&output, &crate::data::image_io::png_bytes(&out)?)?;
+    println!("{} → {} ({}x{}, to {})", a.input.display(), output.display(), out.width(), out.height(), a.to);
+    Ok(())
+}
+
+pub fn convert(checkpoints: &Path, a: ConvertArgs) -> Result<()> {
+    let model = resolve_model(checkpoints, a.model)?;
+    let tr = Translator::load(&model, &a.device)?;
+    let opts = ConvertOptions { to: a.to.clone(), overwrite: a.overwrite, batch: a.batch, translate: translate_options(a.tile) };
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30.cyan/blue} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    let summary = convert_folder(&tr, &a.input_dir, &a.output_dir, &opts, &mut |done, total, ips| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+        bar.set_message(format!("{ips:.2} img/s"));
+    })?;
+    bar.finish_and_clear();
+    println!("{}", summary.report());
+    if !summary.failed.is_empty() {
+        bail!("{} file(s) failed", summary.failed.len());
+    }
+    Ok(())
+}
+
+pub fn import(checkpoints: &Path, a: ImportArgs) -> Result<()> {
+    let [da, db] = <[String; 2]>::try_from(a.domains).map_err(|_| anyhow::anyhow!("--domains takes two names, e.g. horse,zebra"))?;
+    let req = ImportRequest { run_dir: checkpoints.join(&a.name), g_ab: a.g_ab, g_ba: a.g_ba, domains: [da, db], generator: a.generator };
+    let cfg = import_model(&req)?;
+    println!(
+        "imported {} ({}, ngf {}, {}→{} channels) into {}",
+        cfg.generator,
+        a.name,
+        cfg.ngf,
+        cfg.domain_a.channels,
+        cfg.domain_b.channels,
+        req.run_dir.display()
+    );
+    Ok(())
+}
+
+pub fn export(a: ExportArgs) -> Result<()> {
+    if a.format != "torch-keys" {
+        bail!("unknown export format '{}' (supported: torch-keys)", a.format);
+    }
+    let out = a.output.unwrap_or_else(|| a.model.join("export"));
+    let written = export_torch_keys(&a.model, &out).with_context(|| format!("exporting {}", a.model.display()))?;
+    for p in written {
+        println!("wrote {}", p.display());
+    }
+    Ok(())
+}
+
+pub fn tui(checkpoints: &Path, a: TuiArgs) -> Result<()> {
+    let datasets = if a.datasets.is_empty() { vec![PathBuf::from("datasets")] } else { a.datasets };
+    crate::tui::run(TuiOptions { checkpoints: checkpoints.to_path_buf(), datasets, graphics: a.graphics })
+}

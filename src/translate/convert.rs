@@ -1,0 +1,216 @@
+use super::{translate_batch, TranslateOptions, Translator};
+use crate::data::image_io::{has_image_extension, png_bytes};
+use crate::data::decode_image;
+use crate::util::atomic_write;
+use anyhow::{bail, Context, Result};
+use image::DynamicImage;
+use rayon::prelude::*;
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::sync_channel;
+use std::time::{Duration, Instant};
+use walkdir::WalkDir;
+
+#[derive(Clone, Debug)]
+pub struct ConvertOptions {
+    /// Target domain name.
+    pub to: String,
+    /// Redo outputs that already exist (otherwise they are skipped, which makes re-runs resume).
+    pub overwrite: bool,
+    /// Images of one size translated together.
+    pub batch: usize,
+    pub translate: TranslateOptions,
+}
+
+#[derive(Debug, Default)]
+pub struct ConvertSummary {
+    pub converted: usize,
+    /// Outputs that already existed.
+    pub skipped_existing: usize,
+    /// Files that are not images (by extension), left alone.
+    pub not_images: Vec<PathBuf>,
+    pub failed: Vec<(PathBuf, String)>,
+    pub elapsed: Duration,
+}
+
+impl ConvertSummary {
+    pub fn report(&self) -> String {
+        let mut s = format!(
+            "converted {}, skipped {} (already done), {} not images, failed {} in {:.1} s",
+            self.converted,
+            self.skipped_existing,
+            self.not_images.len(),
+            self.failed.len(),
+            self.elapsed.as_secs_f64()
+        );
+        for (p, why) in &self.failed {
+            s.push_str(&format!("\n  failed {}: {why}", p.display()));
+        }
+        s
+    }
+}
+
+/// One planned conversion.
+struct Job {
+    input: PathBuf,
+    output: PathBuf,
+}
+
+/// Lists the images under `in_dir` (never descending into `out_dir`) and where each output
+/// goes: the same relative folder under `out_dir`, named `STEM.png` (`NAME.EXT.png` where two
+/// inputs share a stem).
+fn plan(in_dir: &Path, out_dir: &Path, summary: &mut ConvertSummary) -> Result<Vec<Job>> {
+    let out_canon = out_dir.canonicalize()?;
+    let mut found = Vec::new();
+    let walker = WalkDir::new(in_dir).follow_links(true).sort_by_file_name().into_iter().filter_entry(|e| {
+        e.path().canonicalize().map(|c| c != out_canon).unwrap_or(true)
+    });
+    for entry in walker {
+        match entry {
+            Ok(e) if e.file_type().is_file() => {
+                if has_image_extension(e.path()) {
+                    found.push(e.into_path());
+                } else {
+                    summary.not_images.push(e.into_path());
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                let p = e.path().map(Path::to_path_buf).unwrap_or_else(|| in_dir.to_path_buf());
+                let why = if e.loop_ancestor().is_some() { "symbolic link loop (not followed)".into() } else { e.to_string() };
+                summary.failed.push((p, why));
+            }
+        }
+    }
+    let mut stems: HashMap<PathBuf, usize> = HashMap::new();
+    for p in &found {
+        *stems.entry(p.with_extension("")).or_default() += 1;
+    }
+    let inputs: HashSet<PathBuf> = found.iter().filter_map(|p| p.canonicalize().ok()).collect();
+    let mut jobs = Vec::with_capacity(found.len());
+    for input in found {
+        let rel = input.strip_prefix(in_dir).context("walked outside the input folder")?;
+        let name = if stems[&input.with_extension("")] > 1 {
+            format!("{}.png", rel.file_name().unwrap_or_default().to_string_lossy())
+        } else {
+            format!("{}.png", rel.file_stem().unwrap_or_default().to_string_lossy())
+        };
+        let output = out_dir.join(rel.parent().unwrap_or(Path::new(""))).join(name);
+        if output.canonicalize().map(|c| inputs.contains(&c)).unwrap_or(false) {
+            summary.failed.push((input, format!("its output {} would overwrite an input file", output.display())));
+            continue;
+        }
+        jobs.push(Job { input, output });
+    }
+    Ok(jobs)
+}
+
+/// Progress of a conversion: (images done, images to do, images per second).
+pub type ConvertProgress<'a> = &'a mut dyn FnMut(usize, usize, f64);
+
+/// Translates every image under `in_dir` into `out_dir`, mirroring the folder tree. Decoding
+/// runs on worker threads ahead of the network, encoding and writing behind it. A broken file is
+/// recorded and skipped; existing outputs are skipped unless `overwrite`; inputs are never
+/// written.
+pub fn convert_folder(tr: &Translator, in_dir: &Path, out_dir: &Path, opts: &ConvertOptions, progress: ConvertProgress) -> Result<ConvertSummary> {
+    if !in_dir.is_dir() {
+        bail!("{} is not a folder", in_dir.display());
+    }
+    let (g, cin, _) = tr.generator_to(&opts.to)?;
+    std::fs::create_dir_all(out_dir).with_context(|| format!("cannot create {}", out_dir.display()))?;
+    if out_dir.canonicalize()? == in_dir.canonicalize()? {
+        bail!("the output folder must differ from the input folder (inputs are never overwritten)");
+    }
+    let started = Instant::now();
+    let mut summary = ConvertSummary::default();
+    let jobs = plan(in_dir, out_dir, &mut summary)?;
+    let (todo, done): (Vec<Job>, Vec<Job>) = jobs.into_iter().partition(|j| opts.overwrite || !j.output.exists());
+    summary.skipped_existing = done.len();
+    let total = todo.len();
+    let batch = opts.batch.max(1);
+
+    let (dec_tx, dec_rx) = sync_channel::<Vec<(Job, Result<DynamicImage>)>>(2);
+    let (enc_tx, enc_rx) = sync_channel::<(Job, DynamicImage)>(2 * batch);
+    let multiple = tr.size_multiple();
+    let device = tr.device.clone();
+    let (failed, converted) = std::thread::scope(|s| -> Result<(Vec<(PathBuf, String)>, usize)> {
+        s.spawn(move || {
+            let mut todo = todo;
+            while !todo.is_empty() {
+                let chunk: Vec<Job> = todo.drain(..batch.min(todo.len())).collect();
+                let decoded = chunk.into_par_iter().map(|j| {
+                    let img = decode_image(&j.input);
+                    (j, img)
+                }).collect();
+                if dec_tx.send(decoded).is_err() {
+                    return;
+                }
+            }
+        });
+        let writer = s.spawn(move || {
+            let mut failed = Vec::new();
+            let mut converted = 0;
+            for (job, img) in enc_rx {
+                let write = || -> Result<()> {
+                    if let Some(dir) = job.output.parent() {
+                        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+                    }
+                    atomic_write(&job.output, &png_bytes(&img)?)
+                };
+                match write() {
+                    Ok(()) => converted += 1,
+                    Err(e) => failed.push((job.input, format!("{e:#}"))),
+                }
+            }
+            (failed, converted)
+        });
+        let mut failed = Vec::new();
+        let mut n = 0usize;
+        for chunk in dec_rx {
+            let mut ok: Vec<(Job, DynamicImage)> = Vec::new();
+            for (job, img) in chunk {
+                match img {
+                    Ok(i) => ok.push((job, i)),
+                    Err(e) => {
+                        let msg = format!("{e:#}");
+                        let prefix = format!("{}: ", job.input.display());
+                        failed.push((job.input.clone(), msg.strip_prefix(&prefix).unwrap_or(&msg).to_string()));
+                        n += 1;
+                    }
+                }
+            }
+            // Batch images of equal size together; the rest one by one.
+            while !ok.is_empty() {
+                let (w, h) = (ok[0].1.width(), ok[0].1.height());
+                let (same, rest): (Vec<_>, Vec<_>) = ok.into_iter().partition(|(_, i)| (i.width(), i.height()) == (w, h));
+                ok = rest;
+                let imgs: Vec<DynamicImage> = same.iter().map(|(_, i)| i.clone()).collect();
+                match translate_batch(g, cin, multiple, &device, &imgs, &opts.translate) {
+                    Ok(outs) => {
+                        for ((job, _), out) in same.into_iter().zip(outs) {
+                            n += 1;
+                            if enc_tx.send((job, out)).is_err() {
+                                bail!("the output writer stopped");
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        for (job, _) in same {
+                            n += 1;
+                            failed.push((job.input, format!("translation failed: {e:#}")));
+                        }
+                    }
+                }
+                progress(n, total, n as f64 / started.elapsed().as_secs_f64().max(1e-9));
+            }
+        }
+        drop(enc_tx);
+        let (wfailed, converted) = writer.join().map_err(|_| anyhow::anyhow!("the output writer panicked"))?;
+        failed.extend(wfailed);
+        Ok((failed, converted))
+    })?;
+    summary.failed.extend(failed);
+    summary.converted = converted;
+    summary.elapsed = started.elapsed();
+    Ok(summary)
+}

@@ -1,0 +1,97 @@
+use crate::checkpoint::load_generation;
+use crate::model::{Generator, GeneratorConfig};
+use crate::train::{open_device, TrainConfig};
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device};
+use candle_nn::VarBuilder;
+use std::path::{Path, PathBuf};
+
+/// The generators of a checkpoint, ready to translate (weights are plain tensors: no autograd).
+pub struct Translator {
+    pub run_dir: PathBuf,
+    pub config: TrainConfig,
+    pub device: Device,
+    g_ab: Option<Generator>,
+    g_ba: Option<Generator>,
+}
+
+impl Translator {
+    /// Loads `run_dir/config.toml` and the generators of its newest verified checkpoint.
+    pub fn load(run_dir: &Path, device: &str) -> Result<Self> {
+        let config = TrainConfig::load(run_dir)?;
+        let device = open_device(device)?;
+        let generation = load_generation(run_dir)?;
+        let load = |file: &str, cfg: GeneratorConfig| -> Result<Option<Generator>> {
+            if !generation.has(file) {
+                return Ok(None);
+            }
+            let tensors = generation.load_tensors(file, &device)?;
+            let vb = VarBuilder::from_tensors(tensors, DType::F32, &device);
+            let g = Generator::new(&cfg, vb).with_context(|| format!("{} does not fit the architecture in config.toml", generation.dir.join(file).display()))?;
+            Ok(Some(g))
+        };
+        let g_ab = load("G_AB.safetensors", config.g_ab())?;
+        let g_ba = load("G_BA.safetensors", config.g_ba())?;
+        if g_ab.is_none() && g_ba.is_none() {
+            bail!("{} holds no generator", generation.dir.display());
+        }
+        Ok(Self { run_dir: run_dir.to_path_buf(), config, device, g_ab, g_ba })
+    }
+
+    /// Domain names (A, B).
+    pub fn domains(&self) -> [&str; 2] {
+        [&self.config.domain_a.name, &self.config.domain_b.name]
+    }
+
+    /// The target domains this model can translate to.
+    pub fn targets(&self) -> Vec<&str> {
+        let mut t = Vec::new();
+        if self.g_ab.is_some() {
+            t.push(self.config.domain_b.name.as_str());
+        }
+        if self.g_ba.is_some() {
+            t.push(self.config.domain_a.name.as_str());
+        }
+        t
+    }
+
+    /// The generator that produces domain `to`, with its (input, output) channel counts.
+    pub fn generator_to(&self, to: &str) -> Result<(&Generator, usize, usize)> {
+        let (a, b) = (&self.config.domain_a, &self.config.domain_b);
+        let found = if to == b.name {
+            self.g_ab.as_ref().map(|g| (g, a.channels, b.channels))
+        } else if to == a.name {
+            self.g_ba.as_ref().map(|g| (g, b.channels, a.channels))
+        } else {
+            None
+        };
+        found.with_context(|| {
+            format!("model {} cannot translate to '{to}'; it knows: {}", self.run_dir.display(), self.targets().join(", "))
+        })
+    }
+
+    /// The size multiple the generators need.
+    pub fn size_multiple(&self) -> usize {
+        self.config.generator.size_multiple()
+    }
+}
+
+/// The model `translate` uses without `--model`: `<checkpoints>/default` if present, else the
+/// most recently saved run.
+pub fn default_model_dir(checkpoints: &Path) -> Result<PathBuf> {
+    let default = checkpoints.join("default");
+    if default.join(crate::train::CONFIG_FILE).exists() {
+        return Ok(default);
+    }
+    let mut best: Option<(std::time::SystemTime, PathBuf)> = None;
+    for entry in std::fs::read_dir(checkpoints).with_context(|| format!("no models: {} does not exist", checkpoints.display()))? {
+        let dir = entry?.path();
+        let latest = dir.join(crate::checkpoint::LATEST).join(crate::checkpoint::MANIFEST);
+        if let Ok(t) = std::fs::metadata(&latest).and_then(|m| m.modified()) {
+            if best.as_ref().is_none_or(|(bt, _)| t > *bt) {
+                best = Some((t, dir));
+            }
+        }
+    }
+    best.map(|(_, d)| d).with_context(|| format!("no trained model in {}; train one or pass --model", checkpoints.display()))
+}

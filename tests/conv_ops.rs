@@ -1,0 +1,397 @@
+//! Checks the fast CPU convolutions in `cyclestudio::ops::conv` against candle's native ops and
+//! against finite differences, and (ignored by default) times them against candle.
+//!
+//! The losses are sum(out · R) for a fixed random R, which is linear in each argument, so a
+//! central difference is exact up to rounding even with a large step.
+
+use candle_core::{DType, Device, Result, Tensor, Var};
+use cyclestudio::ops::conv::{conv2d, conv_transpose2d};
+use std::time::Instant;
+
+/// Deterministic uniform(-1, 1) tensor (xorshift), so failures reproduce.
+fn rand_tensor(dims: &[usize], seed: u64) -> Tensor {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let n: usize = dims.iter().product();
+    let data: Vec<f32> = (0..n)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        })
+        .collect();
+    Tensor::from_vec(data, dims, &Device::Cpu).unwrap()
+}
+
+fn flat(t: &Tensor) -> Vec<f32> {
+    t.flatten_all().unwrap().to_vec1().unwrap()
+}
+
+/// max |a − b| relative to the scale of `b` (at least 1).
+fn rel_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims(), "shape mismatch");
+    let (a, b) = (flat(a), flat(b));
+    let scale = b.iter().fold(1f32, |m, v| m.max(v.abs()));
+    a.iter().zip(&b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+}
+
+/// One convolution configuration; `out_pad` only applies to transposed convolutions.
+#[derive(Clone, Copy, Debug)]
+struct Cfg {
+    b: usize,
+    cin: usize,
+    cout: usize,
+    h: usize,
+    w: usize,
+    k: usize,
+    stride: usize,
+    pad: usize,
+    out_pad: usize,
+}
+
+const fn cfg(b: usize, cin: usize, cout: usize, h: usize, w: usize, k: usize, stride: usize, pad: usize, out_pad: usize) -> Cfg {
+    Cfg { b, cin, cout, h, w, k, stride, pad, out_pad }
+}
+
+const CONV_CFGS: [Cfg; 8] = [
+    cfg(2, 3, 8, 37, 44, 3, 2, 1, 0),
+    cfg(2, 5, 4, 36, 44, 3, 2, 1, 0),
+    cfg(2, 3, 6, 22, 19, 7, 1, 0, 0),
+    cfg(1, 4, 3, 21, 21, 4, 2, 1, 0),
+    cfg(2, 6, 5, 17, 23, 3, 1, 1, 0),
+    cfg(2, 4, 7, 16, 16, 4, 2, 0, 0),
+    cfg(2, 3, 4, 13, 18, 7, 2, 3, 0),
+    cfg(3, 2, 2, 5, 6, 3, 2, 0, 0),
+];
+
+const CONVT_CFGS: [Cfg; 7] = [
+    cfg(2, 8, 4, 17, 22, 3, 2, 1, 1),
+    cfg(2, 5, 3, 18, 13, 3, 2, 1, 0),
+    cfg(2, 4, 6, 9, 11, 4, 2, 1, 0),
+    cfg(1, 3, 5, 10, 7, 3, 1, 1, 0),
+    cfg(2, 3, 2, 8, 9, 7, 1, 0, 0),
+    cfg(2, 4, 4, 7, 12, 4, 2, 0, 1),
+    cfg(3, 2, 3, 1, 2, 3, 2, 1, 1),
+];
+
+impl Cfg {
+    fn conv_inputs(&self, seed: u64) -> (Tensor, Tensor) {
+        let x = rand_tensor(&[self.b, self.cin, self.h, self.w], seed);
+        let w = rand_tensor(&[self.cout, self.cin, self.k, self.k], seed + 1);
+        (x, w)
+    }
+
+    fn convt_inputs(&self, seed: u64) -> (Tensor, Tensor) {
+        let x = rand_tensor(&[self.b, self.cin, self.h, self.w], seed);
+        let w = rand_tensor(&[self.cin, self.cout, self.k, self.k], seed + 1);
+        (x, w)
+    }
+
+    fn conv(&self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
+        conv2d(x, w, self.stride, self.pad)
+    }
+
+    fn convt(&self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
+        conv_transpose2d(x, w, self.stride, self.pad, self.out_pad)
+    }
+
+    fn native_conv(&self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
+        x.conv2d(w, self.pad, self.stride, 1, 1)
+    }
+
+    fn native_convt(&self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
+        x.conv_transpose2d(w, self.pad, self.out_pad, self.stride, 1)
+    }
+}
+
+type Conv<'a> = dyn Fn(&Tensor, &Tensor) -> Result<Tensor> + 'a;
+
+/// Gradients of sum(f(x, w) · r) with respect to x and w.
+fn grads(f: &Conv<'_>, x: &Tensor, w: &Tensor, r: &Tensor) -> (Tensor, Tensor) {
+    let (xv, wv) = (Var::from_tensor(x).unwrap(), Var::from_tensor(w).unwrap());
+    let loss = (f(xv.as_tensor(), wv.as_tensor()).unwrap() * r).unwrap().sum_all().unwrap();
+    let g = loss.backward().unwrap();
+    (g.get(xv.as_tensor()).unwrap().clone(), g.get(wv.as_tensor()).unwrap().clone())
+}
+
+/// sum(out · r), accumulated in f64.
+fn linear_loss(out: &Tensor, r: &Tensor) -> f64 {
+    let prod = (out.to_dtype(DType::F64).unwrap() * r.to_dtype(DType::F64).unwrap()).unwrap();
+    prod.sum_all().unwrap().to_scalar::<f64>().unwrap()
+}
+
+/// `t` with element `i` (row-major) shifted by `delta`.
+fn nudge(t: &Tensor, i: usize, delta: f32) -> Tensor {
+    let mut v = flat(t);
+    v[i] += delta;
+    Tensor::from_vec(v, t.dims(), t.device()).unwrap()
+}
+
+/// Indices to probe: both ends plus a spread of interior elements.
+fn probes(n: usize) -> Vec<usize> {
+    let mut idx = vec![0, n - 1];
+    idx.extend((1..6).map(|j| (j * 7919 * n / 5 + j * 131) % n));
+    idx
+}
+
+/// Central differences of `loss` at the probed elements of `t` vs the analytic gradient `g`.
+fn check_fd(what: &str, t: &Tensor, g: &Tensor, loss: impl Fn(&Tensor) -> f64) {
+    const EPS: f32 = 0.25;
+    assert_eq!(g.dims(), t.dims(), "{what}: gradient shape");
+    let g = flat(g);
+    for i in probes(g.len()) {
+        let fd = (loss(&nudge(t, i, EPS)) - loss(&nudge(t, i, -EPS))) / (2.0 * EPS as f64);
+        let err = (fd - g[i] as f64).abs();
+        assert!(err <= 1e-3 * (g[i].abs() as f64).max(1.0), "{what}[{i}]: analytic {} vs finite difference {fd}", g[i]);
+    }
+}
+
+/// Checks both gradients of sum(f(x, w) · r) against finite differences.
+fn check_grads_fd(what: &str, f: &Conv<'_>, x: &Tensor, w: &Tensor, seed: u64) {
+    let out = f(x, w).unwrap();
+    let r = rand_tensor(out.dims(), seed);
+    let (gx, gw) = grads(f, x, w, &r);
+    check_fd(&format!("{what} dx"), x, &gx, |x| linear_loss(&f(x, w).unwrap(), &r));
+    check_fd(&format!("{what} dw"), w, &gw, |w| linear_loss(&f(x, w).unwrap(), &r));
+}
+
+#[test]
+fn conv2d_forward_matches_candle() {
+    for (i, c) in CONV_CFGS.iter().enumerate() {
+        let (x, w) = c.conv_inputs(10 + i as u64);
+        let d = rel_diff(&c.conv(&x, &w).unwrap(), &c.native_conv(&x, &w).unwrap());
+        assert!(d < 1e-4, "{c:?}: relative difference {d}");
+    }
+}
+
+#[test]
+fn conv_transpose2d_forward_matches_candle() {
+    for (i, c) in CONVT_CFGS.iter().enumerate() {
+        let (x, w) = c.convt_inputs(30 + i as u64);
+        let ours = c.convt(&x, &w).unwrap();
+        let expect_h = (c.h - 1) * c.stride + c.k + c.out_pad - 2 * c.pad;
+        let expect_w = (c.w - 1) * c.stride + c.k + c.out_pad - 2 * c.pad;
+        assert_eq!(ours.dims(), [c.b, c.cout, expect_h, expect_w], "{c:?}");
+        let d = rel_diff(&ours, &c.native_convt(&x, &w).unwrap());
+        assert!(d < 1e-4, "{c:?}: relative difference {d}");
+    }
+}
+
+#[test]
+fn conv2d_gradients_match_finite_differences() {
+    for (i, c) in CONV_CFGS.iter().enumerate() {
+        let (x, w) = c.conv_inputs(50 + i as u64);
+        check_grads_fd(&format!("conv2d {c:?}"), &|x, w| c.conv(x, w), &x, &w, 60 + i as u64);
+    }
+}
+
+#[test]
+fn conv_transpose2d_gradients_match_finite_differences() {
+    for (i, c) in CONVT_CFGS.iter().enumerate() {
+        let (x, w) = c.convt_inputs(70 + i as u64);
+        check_grads_fd(&format!("conv_transpose2d {c:?}"), &|x, w| c.convt(x, w), &x, &w, 80 + i as u64);
+    }
+}
+
+/// Square inputs, where candle's own backward passes are right.
+#[test]
+fn gradients_match_candle_on_square_inputs() {
+    let conv_cfgs = [
+        cfg(2, 3, 5, 16, 16, 3, 2, 1, 0),
+        cfg(2, 4, 6, 15, 15, 3, 2, 1, 0),
+        cfg(2, 3, 4, 12, 12, 7, 1, 3, 0),
+        cfg(1, 4, 3, 16, 16, 4, 2, 1, 0),
+        cfg(2, 5, 5, 10, 10, 3, 1, 0, 0),
+    ];
+    for (i, c) in conv_cfgs.iter().enumerate() {
+        let (x, w) = c.conv_inputs(90 + i as u64);
+        let r = rand_tensor(c.conv(&x, &w).unwrap().dims(), 100 + i as u64);
+        let (gx, gw) = grads(&|x, w| c.conv(x, w), &x, &w, &r);
+        let (nx, nw) = grads(&|x, w| c.native_conv(x, w), &x, &w, &r);
+        assert!(rel_diff(&gx, &nx) < 1e-4, "conv2d dx {c:?}");
+        assert!(rel_diff(&gw, &nw) < 1e-4, "conv2d dw {c:?}");
+    }
+    let convt_cfgs = [
+        cfg(2, 6, 4, 8, 8, 3, 2, 1, 1),
+        cfg(2, 4, 3, 9, 9, 4, 2, 1, 0),
+        cfg(1, 3, 5, 10, 10, 3, 1, 1, 0),
+    ];
+    for (i, c) in convt_cfgs.iter().enumerate() {
+        let (x, w) = c.convt_inputs(110 + i as u64);
+        let r = rand_tensor(c.convt(&x, &w).unwrap().dims(), 120 + i as u64);
+        let (gx, gw) = grads(&|x, w| c.convt(x, w), &x, &w, &r);
+        let (nx, nw) = grads(&|x, w| c.native_convt(x, w), &x, &w, &r);
+        assert!(rel_diff(&gx, &nx) < 1e-4, "conv_transpose2d dx {c:?}");
+        assert!(rel_diff(&gw, &nw) < 1e-4, "conv_transpose2d dw {c:?}");
+    }
+}
+
+/// 37×44 at stride 2: the height needs output_padding 0 to invert, the width 1. candle's conv2d
+/// backward derives output_padding from the height alone and fails on this input; ours must
+/// give an input gradient of the input's shape with the right values.
+#[test]
+fn non_square_odd_stride2_conv2d_backward() {
+    let c = cfg(1, 3, 8, 37, 44, 3, 2, 1, 0);
+    let (x, w) = c.conv_inputs(130);
+    let out = c.conv(&x, &w).unwrap();
+    assert_eq!(out.dims(), [1, 8, 19, 22]);
+    assert!(rel_diff(&out, &c.native_conv(&x, &w).unwrap()) < 1e-4);
+    let r = rand_tensor(out.dims(), 131);
+    let (gx, gw) = grads(&|x, w| c.conv(x, w), &x, &w, &r);
+    assert_eq!(gx.dims(), [1, 3, 37, 44]);
+    assert_eq!(gw.dims(), [8, 3, 3, 3]);
+    check_fd("dx", &x, &gx, |x| linear_loss(&c.conv(x, &w).unwrap(), &r));
+    check_fd("dw", &w, &gw, |w| linear_loss(&c.conv(&x, w).unwrap(), &r));
+}
+
+#[test]
+fn non_contiguous_operands() {
+    let base = rand_tensor(&[2, 4, 23, 18], 140);
+    let x = base.transpose(2, 3).unwrap(); // [2,4,18,23]
+    let w = rand_tensor(&[4, 6, 3, 3], 141).transpose(0, 1).unwrap(); // [6,4,3,3]
+    assert!(!x.is_contiguous() && !w.is_contiguous());
+    let ours = conv2d(&x, &w, 2, 1).unwrap();
+    let native = x.contiguous().unwrap().conv2d(&w.contiguous().unwrap(), 1, 2, 1, 1).unwrap();
+    assert!(rel_diff(&ours, &native) < 1e-4);
+
+    // Gradients reach the un-transposed variable through the layout change.
+    let bv = Var::from_tensor(&base).unwrap();
+    let r = rand_tensor(ours.dims(), 142);
+    let loss = (conv2d(&bv.transpose(2, 3).unwrap(), &w, 2, 1).unwrap() * &r).unwrap().sum_all().unwrap();
+    let g_base = loss.backward().unwrap().get(bv.as_tensor()).unwrap().clone();
+    let (gx, _) = grads(&|x, w| conv2d(x, w, 2, 1), &x.contiguous().unwrap(), &w, &r);
+    assert!(rel_diff(&g_base, &gx.transpose(2, 3).unwrap()) < 1e-6);
+
+    let wt = rand_tensor(&[4, 5, 3, 3], 143);
+    let ours = conv_transpose2d(&x, &wt, 2, 1, 1).unwrap();
+    let native = x.contiguous().unwrap().conv_transpose2d(&wt, 1, 1, 2, 1).unwrap();
+    assert!(rel_diff(&ours, &native) < 1e-4);
+}
+
+/// The weight gradient is itself differentiable: d/dx of sum(∂L/∂w · R2) for both ops (the
+/// conv_transpose2d case runs the weight-gradient op with x as its gradient operand).
+#[test]
+fn second_order_gradients_match_finite_differences() {
+    type Op = fn(&Tensor, &Tensor) -> Result<Tensor>;
+    let cases: [(&str, Op, Tensor, Tensor); 2] = [
+        ("conv2d", |x, w| conv2d(x, w, 2, 1), rand_tensor(&[2, 3, 11, 14], 150), rand_tensor(&[4, 3, 3, 3], 151)),
+        (
+            "conv_transpose2d",
+            |x, w| conv_transpose2d(x, w, 2, 1, 1),
+            rand_tensor(&[2, 3, 7, 9], 152),
+            rand_tensor(&[3, 4, 3, 3], 153),
+        ),
+    ];
+    for (what, f, x, w) in cases {
+        let w = Var::from_tensor(&w).unwrap(); // tracked, so that its gradient exists
+        let r = rand_tensor(f(&x, &w).unwrap().dims(), 154);
+        let r2 = rand_tensor(w.dims(), 155);
+        // ∂/∂w of sum(f(x, w) · r), as a graph that depends on x.
+        let w_grad = |x: &Var| {
+            let loss = (f(x, &w).unwrap() * &r).unwrap().sum_all().unwrap();
+            loss.backward().unwrap().get(&w).unwrap().clone()
+        };
+        let xv = Var::from_tensor(&x).unwrap();
+        let loss2 = (w_grad(&xv) * &r2).unwrap().sum_all().unwrap();
+        let gx = loss2.backward().unwrap().get(&xv).unwrap().clone();
+        check_fd(&format!("{what} second order"), &x, &gx, |x| {
+            linear_loss(&w_grad(&Var::from_tensor(x).unwrap()), &r2)
+        });
+    }
+}
+
+#[test]
+fn rejects_output_padding_not_below_stride() {
+    let x = rand_tensor(&[1, 2, 5, 5], 160);
+    let w = rand_tensor(&[2, 3, 3, 3], 161);
+    assert!(conv_transpose2d(&x, &w, 2, 1, 2).is_err());
+    assert!(conv_transpose2d(&x, &w, 1, 1, 1).is_err());
+}
+
+#[test]
+fn other_dtypes_fall_back_to_candle() {
+    let c = CONV_CFGS[0];
+    let (x, w) = c.conv_inputs(170);
+    let (x64, w64) = (x.to_dtype(DType::F64).unwrap(), w.to_dtype(DType::F64).unwrap());
+    let ours = c.conv(&x64, &w64).unwrap();
+    assert_eq!(ours.dtype(), DType::F64);
+    assert!(rel_diff(&ours.to_dtype(DType::F32).unwrap(), &c.conv(&x, &w).unwrap()) < 1e-5);
+}
+
+/// Times the fast ops against candle's on the layer shapes of a 128×128 resnet_6blocks
+/// generator (batch 1): `cargo test --release --test conv_ops -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn timing_vs_candle() {
+    struct Case {
+        name: &'static str,
+        x: [usize; 4],
+        w: [usize; 4],
+        fast: Box<Conv<'static>>,
+        native: Box<Conv<'static>>,
+    }
+    let cases = [
+        Case {
+            name: "conv 7x7 3->64 @134²",
+            x: [1, 3, 134, 134],
+            w: [64, 3, 7, 7],
+            fast: Box::new(|x, w| conv2d(x, w, 1, 0)),
+            native: Box::new(|x, w| x.conv2d(w, 0, 1, 1, 1)),
+        },
+        Case {
+            name: "conv 3x3 s2 64->128 @128²",
+            x: [1, 64, 128, 128],
+            w: [128, 64, 3, 3],
+            fast: Box::new(|x, w| conv2d(x, w, 2, 1)),
+            native: Box::new(|x, w| x.conv2d(w, 1, 2, 1, 1)),
+        },
+        Case {
+            name: "conv 3x3 256->256 @34²",
+            x: [1, 256, 34, 34],
+            w: [256, 256, 3, 3],
+            fast: Box::new(|x, w| conv2d(x, w, 1, 0)),
+            native: Box::new(|x, w| x.conv2d(w, 0, 1, 1, 1)),
+        },
+        Case {
+            name: "convT 3x3 s2 256->128 @32²",
+            x: [1, 256, 32, 32],
+            w: [256, 128, 3, 3],
+            fast: Box::new(|x, w| conv_transpose2d(x, w, 2, 1, 1)),
+            native: Box::new(|x, w| x.conv_transpose2d(w, 1, 1, 2, 1)),
+        },
+    ];
+    let median_ms = |runs: usize, f: &dyn Fn()| {
+        f();
+        let mut t: Vec<f64> = (0..runs)
+            .map(|_| {
+                let start = Instant::now();
+                f();
+                start.elapsed().as_secs_f64() * 1e3
+            })
+            .collect();
+        t.sort_by(f64::total_cmp);
+        t[runs / 2]
+    };
+    println!("{:<28} {:>12} {:>12} {:>16} {:>16}", "shape", "fwd fast", "fwd candle", "fwd+bwd fast", "fwd+bwd candle");
+    for c in &cases {
+        let x = Var::from_tensor(&rand_tensor(&c.x, 1)).unwrap();
+        let w = Var::from_tensor(&rand_tensor(&c.w, 2)).unwrap();
+        let r = rand_tensor((c.fast)(&x, &w).unwrap().dims(), 3);
+        let (xd, wd) = (x.as_tensor().detach(), w.as_tensor().detach());
+        let fwd = |f: &Conv<'_>| {
+            f(&xd, &wd).unwrap();
+        };
+        let train = |f: &Conv<'_>| {
+            let loss = (f(&x, &w).unwrap() * &r).unwrap().sum_all().unwrap();
+            loss.backward().unwrap();
+        };
+        println!(
+            "{:<28} {:>10.1}ms {:>10.1}ms {:>14.1}ms {:>14.1}ms",
+            c.name,
+            median_ms(7, &|| fwd(&*c.fast)),
+            median_ms(3, &|| fwd(&*c.native)),
+            median_ms(7, &|| train(&*c.fast)),
+            median_ms(3, &|| train(&*c.native)),
+        );
+    }
+}

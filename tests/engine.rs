@@ -1,0 +1,159 @@
+//! The training engine: op gradients, architectures, learning, checkpoints and exact resume.
+
+mod common;
+use common::*;
+
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::{VarBuilder, VarMap};
+use cyclestudio::checkpoint::load_generation;
+use cyclestudio::data::dataset::{scan_folder, Check};
+use cyclestudio::model::{count_params, DiscriminatorConfig, Generator, GeneratorConfig, PatchGan};
+use cyclestudio::ops::{instance_norm, reflect_pad2d};
+use cyclestudio::train::{RunOutcome, Trainer};
+
+/// Compares autograd's gradient of sum(op(x)·r) with central finite differences, in f64.
+fn check_gradient(op: impl Fn(&Tensor) -> Tensor, shape: (usize, usize, usize, usize)) {
+    let dev = Device::Cpu;
+    let x = Var::from_tensor(&Tensor::randn(0f64, 1.0, shape, &dev).unwrap()).unwrap();
+    let y = op(x.as_tensor());
+    let r = Tensor::randn(0f64, 1.0, y.shape(), &dev).unwrap();
+    let grads = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+    let g = grads.get(x.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+    let base = x.as_tensor().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+    let loss = |v: &[f64]| {
+        let t = Tensor::from_slice(v, shape, &dev).unwrap();
+        (op(&t) * &r).unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap()
+    };
+    let eps = 1e-5;
+    for i in (0..base.len()).step_by(7) {
+        let (mut p, mut m) = (base.clone(), base.clone());
+        p[i] += eps;
+        m[i] -= eps;
+        let fd = (loss(&p) - loss(&m)) / (2.0 * eps);
+        assert!((fd - g[i]).abs() < 1e-6 * fd.abs().max(1.0), "element {i}: autograd {} vs finite difference {fd}", g[i]);
+    }
+}
+
+#[test]
+fn reflection_pad_gradient_matches_finite_differences() {
+    check_gradient(|x| reflect_pad2d(x, 3).unwrap(), (2, 2, 5, 7));
+    check_gradient(|x| reflect_pad2d(x, 1).unwrap(), (1, 3, 4, 4));
+}
+
+#[test]
+fn instance_norm_gradient_matches_finite_differences() {
+    check_gradient(|x| instance_norm(x).unwrap(), (2, 3, 5, 6));
+}
+
+fn params_of(build: impl FnOnce(VarBuilder)) -> usize {
+    let vm = VarMap::new();
+    build(VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu));
+    count_params(&vm.all_vars().iter().map(|v| v.as_tensor().clone()).collect::<Vec<_>>())
+}
+
+#[test]
+fn parameter_counts_match_reference() {
+    let g = |kind: &str| {
+        let cfg = GeneratorConfig { kind: kind.parse().unwrap(), in_channels: 3, out_channels: 3, ngf: 64 };
+        params_of(|vb| {
+            Generator::new(&cfg, vb).unwrap();
+        })
+    };
+    assert_eq!(g("resnet_9blocks"), 11_378_179);
+    assert_eq!(g("resnet_6blocks"), 7_837_699);
+    let d = params_of(|vb| {
+        PatchGan::new(&DiscriminatorConfig { in_channels: 3, ndf: 64, n_layers: 3 }, vb).unwrap();
+    });
+    assert_eq!(d, 2_764_737);
+}
+
+#[test]
+fn networks_keep_odd_sizes_and_channels() {
+    let dev = Device::Cpu;
+    let vm = VarMap::new();
+    let cfg = GeneratorConfig { kind: "resnet_2blocks".parse().unwrap(), in_channels: 1, out_channels: 3, ngf: 4 };
+    let g = Generator::new(&cfg, VarBuilder::from_varmap(&vm, DType::F32, &dev)).unwrap();
+    let y = g.forward(&Tensor::zeros((2, 1, 36, 44), DType::F32, &dev).unwrap()).unwrap();
+    assert_eq!(y.dims(), &[2, 3, 36, 44]);
+}
+
+#[test]
+fn cycle_loss_falls_when_overfitting_one_pair() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = tiny_config(&tiny_dataset(dir.path()), 200);
+    cfg.lr = 1e-3;
+    cfg.ngf = 8;
+    let mut t = Trainer::new(cfg, Device::Cpu).unwrap();
+    let a = Tensor::rand(-1f32, 1.0, (1, 1, 32, 32), &Device::Cpu).unwrap();
+    let b = Tensor::rand(-1f32, 1.0, (1, 3, 32, 32), &Device::Cpu).unwrap();
+    let cycle: Vec<f32> = (0..60).map(|_| {
+        let l = t.train_step(&a, &b).unwrap();
+        l.cycle_a + l.cycle_b
+    }).collect();
+    let first: f32 = cycle[..5].iter().sum::<f32>() / 5.0;
+    let last: f32 = cycle[55..].iter().sum::<f32>() / 5.0;
+    assert!(last < 0.5 * first, "cycle loss {first} → {last}");
+}
+
+#[test]
+fn checkpoint_round_trip_restores_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let ds = tiny_dataset(dir.path());
+    let run = dir.path().join("run");
+    assert_eq!(train_tiny(&run, &ds, 3, false), RunOutcome::Finished { step: 3 });
+    let generation = load_generation(&run).unwrap();
+    assert_eq!(generation.manifest.step, 3);
+    for f in ["G_AB.safetensors", "G_BA.safetensors", "D_A.safetensors", "D_B.safetensors", "optim.safetensors"] {
+        assert!(generation.has(f), "{f}");
+    }
+    let cfg = cyclestudio::train::TrainConfig::load(&run).unwrap();
+    assert_eq!(cfg, tiny_config(&ds, 3));
+    let mut t = Trainer::new(cfg, Device::Cpu).unwrap();
+    t.restore(&run).unwrap();
+    assert_eq!(t.step, 3);
+    let saved = generation.load_tensors("G_AB.safetensors", &Device::Cpu).unwrap();
+    for (k, w) in t.weights("G_AB") {
+        assert_eq!(rel_err(&w, &saved[&k]), 0.0, "{k}");
+    }
+    assert!(run.join("log.jsonl").exists());
+    assert!(run.join("samples/step_0000002.png").exists());
+}
+
+#[test]
+fn resume_gives_the_same_weights_as_an_uninterrupted_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let ds = tiny_dataset(dir.path());
+    let straight = dir.path().join("straight");
+    let split = dir.path().join("split");
+    train_tiny(&straight, &ds, 7, false);
+    train_tiny(&split, &ds, 3, false);
+    assert_eq!(train_tiny(&split, &ds, 7, true), RunOutcome::Finished { step: 7 });
+    let a = load_generation(&straight).unwrap();
+    let b = load_generation(&split).unwrap();
+    for f in ["G_AB.safetensors", "G_BA.safetensors", "D_A.safetensors", "D_B.safetensors", "optim.safetensors"] {
+        assert_eq!(a.read_verified(f).unwrap(), b.read_verified(f).unwrap(), "{f} differs");
+    }
+    // The log holds each step once.
+    let log = std::fs::read_to_string(split.join("log.jsonl")).unwrap();
+    let steps: Vec<u64> = log.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?.get("step")?.as_u64()).collect();
+    assert!(steps.windows(2).all(|w| w[0] <= w[1]), "{steps:?}");
+}
+
+#[test]
+fn scanning_reports_broken_files_and_keeps_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write_pngs(d, 2, 20, 10);
+    std::fs::write(d.join("notes.txt"), "hello").unwrap();
+    std::fs::write(d.join("fake.png"), "this is text").unwrap();
+    std::fs::write(d.join("empty.jpg"), "").unwrap();
+    let good = std::fs::read(d.join("img0.png")).unwrap();
+    std::fs::write(d.join("truncated.png"), &good[..good.len() / 2]).unwrap();
+    let full = scan_folder(d, Check::Full);
+    assert_eq!(full.images.len(), 2);
+    assert_eq!(full.ignored, 1);
+    let names: Vec<String> = full.problems.iter().map(|(p, _)| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
+    assert_eq!(names, vec!["empty.jpg", "fake.png", "truncated.png"]);
+    assert!(full.problems.iter().all(|(_, why)| !why.is_empty()));
+    assert_eq!(std::fs::read(d.join("img0.png")).unwrap(), good, "inputs untouched");
+}
