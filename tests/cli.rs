@@ -1,0 +1,163 @@
+//! End-to-end tests of the command line, as a user runs it.
+
+mod common;
+use common::*;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn cyclestudio(cwd: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_cyclestudio")).current_dir(cwd).args(args).output().expect("binary runs")
+}
+
+fn ok(out: &Output) -> String {
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "command failed: {text}");
+    text
+}
+
+/// A tiny trained model at <dir>/checkpoints/tiny, made with the train command.
+fn tiny_model(dir: &Path) -> PathBuf {
+    let ds = tiny_dataset(dir);
+    let out = cyclestudio(
+        dir,
+        &[
+            "train", "--dataset", ds.to_str().unwrap(), "--name", "tiny", "--generator", "resnet_2blocks", "--ngf", "4", "--ndf", "4",
+            "--size", "32", "--iters", "2", "--quiet",
+        ],
+    );
+    let text = ok(&out);
+    assert!(text.contains("finished tiny at step 2"), "{text}");
+    dir.join("checkpoints/tiny")
+}
+
+fn dims(p: &Path) -> (u32, u32) {
+    image::image_dimensions(p).unwrap()
+}
+
+#[test]
+fn translate_keeps_size_mode_and_inputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    tiny_model(d);
+    // Odd-sized colour image → grey, and back.
+    let rgb = d.join("photo.jpg");
+    image::DynamicImage::ImageRgb8(gradient_image(333, 217, 5)).save(&rgb).unwrap();
+    let before = std::fs::read(&rgb).unwrap();
+    let text = ok(&cyclestudio(d, &["translate", "photo.jpg", "--to", "gray"]));
+    assert!(text.contains("using model"), "{text}");
+    let out = d.join("photo.gray.png");
+    assert_eq!(dims(&out), (333, 217));
+    assert_eq!(image::open(&out).unwrap().color(), image::ColorType::L8);
+    assert_eq!(std::fs::read(&rgb).unwrap(), before, "input unchanged");
+
+    // Refuses to overwrite an output, then does with --overwrite.
+    let again = cyclestudio(d, &["translate", "photo.jpg", "--to", "gray"]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("--overwrite"));
+    ok(&cyclestudio(d, &["translate", "photo.jpg", "--to", "gray", "--overwrite"]));
+
+    // A grey image to colour, and an RGBA image keeps its alpha.
+    let grey = d.join("grey.png");
+    image::DynamicImage::ImageRgb8(gradient_image(41, 19, 1)).to_luma8().save(&grey).unwrap();
+    ok(&cyclestudio(d, &["translate", "grey.png", "--to", "color", "-o", "grey_colour.png"]));
+    assert_eq!(dims(&d.join("grey_colour.png")), (41, 19));
+    let rgba = d.join("rgba.png");
+    let mut img = image::DynamicImage::ImageRgb8(gradient_image(50, 30, 2)).to_rgba8();
+    img.get_pixel_mut(3, 4).0[3] = 17;
+    img.save(&rgba).unwrap();
+    ok(&cyclestudio(d, &["translate", "rgba.png", "--to", "color"]));
+    let out = image::open(d.join("rgba.color.png")).unwrap().to_rgba8();
+    assert_eq!(out.dimensions(), (50, 30));
+    assert_eq!(out.get_pixel(3, 4).0[3], 17);
+    // A 1×1 image and a tiled translation work too.
+    image::RgbImage::from_pixel(1, 1, image::Rgb([200, 10, 10])).save(d.join("dot.png")).unwrap();
+    ok(&cyclestudio(d, &["translate", "dot.png", "--to", "gray"]));
+    assert_eq!(dims(&d.join("dot.gray.png")), (1, 1));
+    ok(&cyclestudio(d, &["translate", "photo.jpg", "--to", "gray", "--tile", "64", "-o", "tiled.png"]));
+    assert_eq!(dims(&d.join("tiled.png")), (333, 217));
+
+    // Unknown domains list the known ones.
+    let bad = cyclestudio(d, &["translate", "photo.jpg", "--to", "zebra"]);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("gray, color") || String::from_utf8_lossy(&bad.stderr).contains("color, gray"));
+}
+
+fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut v: Vec<_> = walkdir::WalkDir::new(dir)
+        .into_iter()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_file())
+        .map(|e| (e.path().to_path_buf(), std::fs::read(e.path()).unwrap()))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn convert_walks_folders_skips_broken_files_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    tiny_model(d);
+    let input = d.join("in");
+    write_pngs(&input, 2, 64, 48);
+    write_pngs(&input.join("sub/deeper"), 2, 37, 29);
+    std::fs::write(input.join("broken.png"), "not an image").unwrap();
+    std::fs::write(input.join("readme.txt"), "notes").unwrap();
+    let before = snapshot(&input);
+
+    let first = cyclestudio(d, &["convert", "in", "--to", "color", "-o", "in/out", "--model", "checkpoints/tiny"]);
+    let text = format!("{}{}", String::from_utf8_lossy(&first.stdout), String::from_utf8_lossy(&first.stderr));
+    assert!(!first.status.success(), "a failed file makes the exit status non-zero: {text}");
+    assert!(text.contains("converted 4") && text.contains("failed 1") && text.contains("broken.png"), "{text}");
+    assert!(input.join("out/img0.png").exists());
+    assert_eq!(dims(&input.join("out/sub/deeper/img1.png")), (37, 29));
+
+    // Re-running skips what is done and does not read its own outputs as inputs.
+    let second = cyclestudio(d, &["convert", "in", "--to", "color", "-o", "in/out", "--model", "checkpoints/tiny"]);
+    let text = String::from_utf8_lossy(&second.stdout).into_owned();
+    assert!(text.contains("converted 0") && text.contains("skipped 4"), "{text}");
+    let outputs = snapshot(&input.join("out"));
+    assert_eq!(outputs.len(), 4);
+
+    // Inputs are byte-identical afterwards (outputs aside).
+    let after: Vec<_> = snapshot(&input).into_iter().filter(|(p, _)| !p.starts_with(input.join("out"))).collect();
+    assert_eq!(after, before);
+}
+
+#[test]
+fn import_reference_generator_and_translate_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let pth = fixture_path("resnet_import.pth");
+    let text = ok(&cyclestudio(d, &["import", "--name", "horse2zebra", "--g-ab", pth.to_str().unwrap(), "--domains", "horse,zebra"]));
+    assert!(text.contains("resnet_2blocks"), "{text}");
+    image::DynamicImage::ImageRgb8(gradient_image(36, 44, 3)).save(d.join("horse.png")).unwrap();
+    ok(&cyclestudio(d, &["translate", "horse.png", "--to", "zebra", "--model", "checkpoints/horse2zebra"]));
+    assert_eq!(dims(&d.join("horse.zebra.png")), (36, 44));
+    // Only one direction was imported.
+    let back = cyclestudio(d, &["translate", "horse.png", "--to", "horse", "--model", "checkpoints/horse2zebra"]);
+    assert!(String::from_utf8_lossy(&back.stderr).contains("it knows: zebra"));
+    // Export with the reference's keys.
+    ok(&cyclestudio(d, &["export", "--model", "checkpoints/horse2zebra", "-o", "exported"]));
+    let t = candle_core::safetensors::load(d.join("exported/G_A.safetensors"), &candle_core::Device::Cpu).unwrap();
+    assert!(t.contains_key("model.1.weight") && t.contains_key("model.11.conv_block.5.bias"));
+    // Not a generator: a clear error.
+    let bad = cyclestudio(d, &["import", "--name", "x", "--g-ab", fixture_path("not_a_generator.pth").to_str().unwrap(), "--domains", "a,b"]);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("not a CycleGAN generator"));
+}
+
+#[test]
+fn dataset_create_and_info() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write_pngs(&d.join("photos"), 12, 30, 20);
+    std::fs::write(d.join("photos/broken.jpg"), "nope").unwrap();
+    let text = ok(&cyclestudio(d, &["dataset", "create", "g2c", "--gray2color", "photos"]));
+    assert!(text.contains("created") && text.contains("broken.jpg"), "{text}");
+    let info = ok(&cyclestudio(d, &["dataset", "info", "datasets/g2c"]));
+    assert!(info.contains("'gray' (1 channel)") && info.contains("'color' (3 channels)"), "{info}");
+    ok(&cyclestudio(d, &["dataset", "create", "pp", "--domains", "photos", "photos", "--names", "photo,painting"]));
+    assert!(ok(&cyclestudio(d, &["dataset", "info", "datasets/pp"])).contains("'painting'"));
+    // An existing dataset is never overwritten.
+    assert!(!cyclestudio(d, &["dataset", "create", "g2c", "--gray2color", "photos"]).status.success());
+}
