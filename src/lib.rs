@@ -3,6 +3,7 @@
 pub mod checkpoint;
 pub mod cli;
 pub mod data;
+pub mod eval;
 pub mod health;
 pub mod interop;
 pub mod model;

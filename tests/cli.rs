@@ -18,16 +18,21 @@ fn ok(out: &Output) -> String {
 
 /// A tiny trained model at <dir>/checkpoints/tiny, made with the train command.
 fn tiny_model(dir: &Path) -> PathBuf {
+    tiny_model_trained(dir, 2)
+}
+
+fn tiny_model_trained(dir: &Path, iters: u64) -> PathBuf {
+    let iters = iters.to_string();
     let ds = tiny_dataset(dir);
     let out = cyclestudio(
         dir,
         &[
             "train", "--dataset", ds.to_str().unwrap(), "--name", "tiny", "--generator", "resnet_2blocks", "--ngf", "4", "--ndf", "4",
-            "--size", "32", "--iters", "2", "--quiet",
+            "--size", "32", "--iters", &iters, "--quiet",
         ],
     );
     let text = ok(&out);
-    assert!(text.contains("finished tiny at step 2"), "{text}");
+    assert!(text.contains(&format!("finished tiny at step {iters}")), "{text}");
     dir.join("checkpoints/tiny")
 }
 
@@ -160,4 +165,47 @@ fn dataset_create_and_info() {
     assert!(ok(&cyclestudio(d, &["dataset", "info", "datasets/pp"])).contains("'painting'"));
     // An existing dataset is never overwritten.
     assert!(!cyclestudio(d, &["dataset", "create", "g2c", "--gray2color", "photos"]).status.success());
+}
+
+#[test]
+fn eval_reports_model_and_baseline() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    tiny_model(d);
+    let truth = d.join("truth");
+    let input = d.join("grey");
+    std::fs::create_dir_all(&input).unwrap();
+    for (i, p) in write_pngs(&truth, 3, 48, 40).iter().enumerate() {
+        image::open(p).unwrap().to_luma8().save(input.join(format!("img{i}.png"))).unwrap();
+    }
+    let text = ok(&cyclestudio(d, &["eval", "--model", "checkpoints/tiny", "--to", "color", "--input", "grey", "--truth", "truth", "--json", "r.json"]));
+    assert!(text.contains("| model |") && text.contains("| baseline"), "{text}");
+    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(d.join("r.json")).unwrap()).unwrap();
+    assert_eq!(r["images"], 3);
+    assert!(r["baseline_psnr"].as_f64().unwrap() > 5.0 && r["psnr"].as_f64().unwrap().is_finite());
+}
+
+#[test]
+fn score_ranks_planted_outliers_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // Long enough for the cycle to learn the training images' kind (smooth gradients).
+    tiny_model_trained(d, 150);
+    let pool = d.join("pool");
+    write_pngs(&pool, 6, 48, 40);
+    // Noise images do not belong to either domain: their cycle cannot reproduce them.
+    let mut state = 12345u32;
+    for k in 0..2 {
+        let img = image::RgbImage::from_fn(48, 40, |_, _| {
+            state = state.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            let v = (state >> 16) as u8;
+            image::Rgb([v, v.wrapping_mul(3), v.wrapping_add(99)])
+        });
+        img.save(pool.join(format!("noise{k}.png"))).unwrap();
+    }
+    let text = ok(&cyclestudio(d, &["score", "pool", "--model", "checkpoints/tiny", "--domain", "color", "--top", "2", "--csv", "s.csv"]));
+    let csv = std::fs::read_to_string(d.join("s.csv")).unwrap();
+    let top: Vec<&str> = csv.lines().skip(1).take(2).collect();
+    assert!(top.iter().all(|l| l.contains("noise")), "{csv}\n{text}");
+    assert_eq!(csv.lines().count(), 9);
 }

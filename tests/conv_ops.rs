@@ -395,3 +395,31 @@ fn timing_vs_candle() {
         );
     }
 }
+#[test]
+#[ignore]
+fn scratch_gemm() {
+    fn t(m: usize, n: usize, k: usize, lhs_t: bool, rhs_t: bool, dst_t: bool) -> f64 {
+        let a = vec![0.5f32; m * k];
+        let b = vec![0.25f32; k * n];
+        let mut d = vec![0f32; m * n];
+        let (lrs, lcs) = if lhs_t { (1, m) } else { (k, 1) };
+        let (rrs, rcs) = if rhs_t { (1, k) } else { (n, 1) };
+        let (drs, dcs) = if dst_t { (1, m) } else { (n, 1) };
+        let mut ts = vec![];
+        for _ in 0..7 {
+            let s = Instant::now();
+            unsafe {
+                gemm::gemm(m, n, k, d.as_mut_ptr(), dcs as isize, drs as isize, false, a.as_ptr(), lcs as isize, lrs as isize,
+                    b.as_ptr(), rcs as isize, rrs as isize, 1.0, 1.0, false, false, false, gemm::Parallelism::Rayon(0));
+            }
+            ts.push(s.elapsed().as_secs_f64());
+        }
+        ts.sort_by(f64::total_cmp);
+        2.0 * (m * n * k) as f64 / ts[3] / 1e9
+    }
+    for &(m, n, k, name) in &[(64, 16384, 147, "c7 fwd"), (147, 16384, 64, "c7 dx"), (64, 147, 16384, "c7 dw"),
+        (128, 4096, 576, "down fwd"), (576, 4096, 128, "down dx"), (128, 576, 4096, "down dw"),
+        (256, 1024, 2304, "res fwd"), (2304, 1024, 256, "res dx"), (256, 2304, 1024, "res dw")] {
+        println!("{name:10} {m}x{n}x{k}: nn {:.0}  lhsT {:.0}  rhsT {:.0} dstT {:.0}  GFLOP/s", t(m,n,k,false,false,false), t(m,n,k,true,false,false), t(m,n,k,false,true,false), t(m,n,k,false,false,true));
+    }
+}

@@ -37,6 +37,54 @@ pub enum Command {
     Export(ExportArgs),
     /// Open the terminal studio (also what `cyclestudio` alone does).
     Tui(TuiArgs),
+    /// Score translations of a folder against true images (PSNR, SSIM, and the trivial baseline).
+    Eval(EvalArgs),
+    /// Rank a domain's images by cycle-reconstruction error (most anomalous first).
+    Score(ScoreArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    #[arg(long)]
+    pub to: String,
+    /// Folder of images to translate.
+    #[arg(long)]
+    pub input: PathBuf,
+    /// Folder of the true translations, matched by file name stem.
+    #[arg(long)]
+    pub truth: PathBuf,
+    /// Short side both are resized to before scoring (0 = as is).
+    #[arg(long, default_value_t = 256)]
+    pub short_side: u32,
+    /// Also write the full report (per image) as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+#[derive(Args, Debug)]
+pub struct ScoreArgs {
+    /// Folder of images of the domain.
+    pub dir: PathBuf,
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// The domain the images are supposed to belong to.
+    #[arg(long)]
+    pub domain: String,
+    /// How many of the most anomalous images to print.
+    #[arg(long, default_value_t = 10)]
+    pub top: usize,
+    /// CSV of all scores (default: scores.csv in the current folder).
+    #[arg(long, default_value = "scores.csv")]
+    pub csv: PathBuf,
+    /// Short side images are resized to before scoring (0 = as is).
+    #[arg(long, default_value_t = 256)]
+    pub short_side: u32,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
 }
 
 #[derive(Args, Debug)]
@@ -252,6 +300,8 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Some(Command::Import(a)) => model_cmd::import(&cli.checkpoints, a),
         Some(Command::Export(a)) => model_cmd::export(a),
         Some(Command::Tui(a)) => model_cmd::tui(&cli.checkpoints, a),
+        Some(Command::Eval(a)) => model_cmd::eval(&cli.checkpoints, a),
+        Some(Command::Score(a)) => model_cmd::score(&cli.checkpoints, a),
         None => model_cmd::tui(&cli.checkpoints, TuiArgs::default()),
     }
 }

@@ -1,4 +1,4 @@
-use super::{ConvertArgs, ExportArgs, ImportArgs, TranslateArgs, TuiArgs};
+use super::{ConvertArgs, EvalArgs, ExportArgs, ImportArgs, ScoreArgs, TranslateArgs, TuiArgs};
 use crate::interop::{export_torch_keys, import as import_model, ImportRequest};
 use crate::translate::{convert_folder, default_model_dir, translate_image, ConvertOptions, TranslateOptions, Translator};
 use crate::tui::TuiOptions;
@@ -101,4 +101,41 @@ pub fn export(a: ExportArgs) -> Result<()> {
 pub fn tui(checkpoints: &Path, a: TuiArgs) -> Result<()> {
     let datasets = if a.datasets.is_empty() { vec![PathBuf::from("datasets")] } else { a.datasets };
     crate::tui::run(TuiOptions { checkpoints: checkpoints.to_path_buf(), datasets, graphics: a.graphics })
+}
+
+pub fn eval(checkpoints: &Path, a: EvalArgs) -> Result<()> {
+    let model = resolve_model(checkpoints, a.model)?;
+    let tr = Translator::load(&model, &a.device)?;
+    let report = crate::eval::evaluate(&tr, &a.to, &a.input, &a.truth, a.short_side)?;
+    for (p, why) in &report.skipped {
+        eprintln!("skipped {}: {why}", p.display());
+    }
+    print!("{}", report.table());
+    let json = serde_json::to_string_pretty(&report)?;
+    if let Some(path) = a.json {
+        crate::util::atomic_write(&path, json.as_bytes())?;
+        println!("\nfull report: {}", path.display());
+    }
+    Ok(())
+}
+
+pub fn score(checkpoints: &Path, a: ScoreArgs) -> Result<()> {
+    let model = resolve_model(checkpoints, a.model)?;
+    let tr = Translator::load(&model, &a.device)?;
+    let (scores, skipped) = crate::eval::score_anomalies(&tr, &a.domain, &a.dir, a.short_side)?;
+    for (p, why) in &skipped {
+        eprintln!("skipped {}: {why}", p.display());
+    }
+    let mut csv = String::from("rank,file,cycle_error\n");
+    for (i, s) in scores.iter().enumerate() {
+        let name = s.file.display().to_string().replace('"', "\"\"");
+        csv.push_str(&format!("{},\"{}\",{:.6}\n", i + 1, name, s.score));
+    }
+    crate::util::atomic_write(&a.csv, csv.as_bytes())?;
+    println!("{} images scored; the {} most anomalous (cycle error, 0-1 pixel units):", scores.len(), a.top.min(scores.len()));
+    for (i, s) in scores.iter().take(a.top).enumerate() {
+        println!("{:>4}. {:.4}  {}", i + 1, s.score, s.file.display());
+    }
+    println!("all scores: {}", a.csv.display());
+    Ok(())
 }

@@ -116,7 +116,6 @@ impl Geom {
 
 /// Fills `cols` [C·K·K, Ho·Wo] from `img` [C,H,W]. Rows are independent, so they run in parallel.
 fn im2col(img: &[f32], g: &Geom, cols: &mut [f32]) {
-    let __t = std::time::Instant::now();
     let (k, s, n) = (g.k, g.stride, g.cols());
     cols.par_chunks_mut(n).enumerate().for_each(|(r, row)| {
         let (c, ki, kj) = (r / (k * k), r / k % k, r % k);
@@ -144,13 +143,11 @@ fn im2col(img: &[f32], g: &Geom, cols: &mut [f32]) {
             }
         }
     });
-    eprintln!("    im2col {:.2}ms", __t.elapsed().as_secs_f64()*1e3);
 }
 
 /// Overwrites `img` [C,H,W] with the scatter-add of `cols` [C·K·K, Ho·Wo], the adjoint of
 /// `im2col`. A channel's rows only touch that channel's plane, so planes run in parallel.
 fn col2im(cols: &[f32], g: &Geom, img: &mut [f32]) {
-    let __t = std::time::Instant::now();
     let (k, s, n) = (g.k, g.stride, g.cols());
     img.par_chunks_mut(g.h * g.w).enumerate().for_each(|(c, plane)| {
         plane.fill(0.0);
@@ -179,7 +176,6 @@ fn col2im(cols: &[f32], g: &Geom, img: &mut [f32]) {
             }
         }
     });
-    eprintln!("    col2im {:.2}ms", __t.elapsed().as_secs_f64()*1e3);
 }
 
 /// A matrix operand: element (i, j) is `data[i·rs + j·cs]`.
@@ -236,7 +232,6 @@ fn matmul(m: usize, n: usize, k: usize, dst: &mut [f32], accumulate: bool, lhs: 
 
 /// Convolution of `x` [B, g.c, g.h, g.w] with `w` [cout, g.c·K·K] → [B, cout, g.ho, g.wo].
 fn conv_kernel(x: &[f32], w: &[f32], cout: usize, g: &Geom) -> Vec<f32> {
-    let __t = std::time::Instant::now();
     let n = g.cols();
     let mut y = vec![0.0; x.len() / g.img_len() * cout * n];
     let mut cols = vec![0.0; g.rows() * n];
@@ -244,14 +239,12 @@ fn conv_kernel(x: &[f32], w: &[f32], cout: usize, g: &Geom) -> Vec<f32> {
         im2col(xb, g, &mut cols);
         matmul(cout, n, g.rows(), yb, false, Mat::rows(w, g.rows()), Mat::rows(&cols, n));
     }
-    eprintln!("  conv_kernel {:?} {:.2}ms", g, __t.elapsed().as_secs_f64()*1e3);
     y
 }
 
 /// Transposed convolution of `x` [B, cin, g.ho, g.wo] with `w` [cin, g.c·K·K] →
 /// [B, g.c, g.h, g.w]: the adjoint of `conv_kernel` with respect to its image.
 fn conv_transpose_kernel(x: &[f32], w: &[f32], cin: usize, g: &Geom) -> Vec<f32> {
-    let __t = std::time::Instant::now();
     let n = g.cols();
     let mut y = vec![0.0; x.len() / (cin * n) * g.img_len()];
     let mut cols = vec![0.0; g.rows() * n];
@@ -259,14 +252,12 @@ fn conv_transpose_kernel(x: &[f32], w: &[f32], cin: usize, g: &Geom) -> Vec<f32>
         matmul(g.rows(), n, cin, &mut cols, false, Mat::transposed(w, g.rows()), Mat::rows(xb, n));
         col2im(&cols, g, yb);
     }
-    eprintln!("  conv_transpose_kernel {:?} {:.2}ms", g, __t.elapsed().as_secs_f64()*1e3);
     y
 }
 
 /// Σ_b `grad_b` [cg, g.ho·g.wo] · im2col(`x_b`)ᵀ → [cg, g.c·K·K]: the gradient of
 /// `conv_kernel` with respect to its weight.
 fn weight_grad_kernel(x: &[f32], grad: &[f32], cg: usize, g: &Geom) -> Vec<f32> {
-    let __t = std::time::Instant::now();
     let n = g.cols();
     let mut dw = vec![0.0; cg * g.rows()];
     let mut cols = vec![0.0; g.rows() * n];
@@ -274,7 +265,6 @@ fn weight_grad_kernel(x: &[f32], grad: &[f32], cg: usize, g: &Geom) -> Vec<f32> 
         im2col(xb, g, &mut cols);
         matmul(cg, g.rows(), n, &mut dw, b > 0, Mat::rows(gb, n), Mat::transposed(&cols, n));
     }
-    eprintln!("  weight_grad_kernel {:?} {:.2}ms", g, __t.elapsed().as_secs_f64()*1e3);
     dw
 }
 

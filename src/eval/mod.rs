@@ -1,0 +1,170 @@
+//! Measuring models: PSNR/SSIM of translations against true images (with the trivial
+//! baseline), and anomaly scores by cycle-reconstruction error.
+
+mod metrics;
+
+pub use metrics::{psnr, ssim};
+
+use crate::data::image_io::has_image_extension;
+use crate::data::{decode_image, Pixels};
+use crate::translate::{translate_image, TranslateOptions, Translator};
+use anyhow::{bail, Context, Result};
+use image::{imageops::FilterType, DynamicImage, GenericImageView};
+use serde::Serialize;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use walkdir::WalkDir;
+
+fn images_under(dir: &Path) -> Result<Vec<PathBuf>> {
+    if !dir.is_dir() {
+        bail!("{} is not a folder", dir.display());
+    }
+    let mut v: Vec<PathBuf> = WalkDir::new(dir)
+        .follow_links(true)
+        .sort_by_file_name()
+        .into_iter()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_file() && has_image_extension(e.path()))
+        .map(|e| e.into_path())
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
+/// Resizes so the short side is `short` (0 keeps the size).
+fn resize_short(img: &DynamicImage, short: u32) -> DynamicImage {
+    let (w, h) = img.dimensions();
+    if short == 0 || w.min(h) == short {
+        return img.clone();
+    }
+    let s = short as f64 / w.min(h) as f64;
+    img.resize_exact(((w as f64 * s).round() as u32).max(1), ((h as f64 * s).round() as u32).max(1), FilterType::CatmullRom)
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ImageScore {
+    pub file: PathBuf,
+    pub psnr: f64,
+    pub ssim: f64,
+    pub baseline_psnr: f64,
+    pub baseline_ssim: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct EvalReport {
+    pub model: PathBuf,
+    pub to: String,
+    pub images: usize,
+    pub psnr: f64,
+    pub ssim: f64,
+    /// The input itself, in the target's channels, scored against the truth.
+    pub baseline_psnr: f64,
+    pub baseline_ssim: f64,
+    pub per_image: Vec<ImageScore>,
+    pub skipped: Vec<(PathBuf, String)>,
+}
+
+impl EvalReport {
+    pub fn table(&self) -> String {
+        format!(
+            "{} images, to '{}' with {}\n\n| | PSNR (dB) | SSIM |\n|---|---|---|\n| model | {:.2} | {:.3} |\n| baseline (input as is) | {:.2} | {:.3} |\n",
+            self.images,
+            self.to,
+            self.model.display(),
+            self.psnr,
+            self.ssim,
+            self.baseline_psnr,
+            self.baseline_ssim
+        )
+    }
+}
+
+/// Translates every image of `input` to `to` and scores it against the image with the same
+/// file stem in `truth`; both are first resized so the short side is `short`.
+pub fn evaluate(tr: &Translator, to: &str, input: &Path, truth: &Path, short: u32) -> Result<EvalReport> {
+    let (g, cin, cout) = tr.generator_to(to)?;
+    let truth_by_stem: HashMap<String, PathBuf> = images_under(truth)?
+        .into_iter()
+        .filter_map(|p| Some((p.file_stem()?.to_string_lossy().into_owned(), p)))
+        .collect();
+    let mut per_image = Vec::new();
+    let mut skipped = Vec::new();
+    for path in images_under(input)? {
+        let stem = path.file_stem().unwrap_or_default().to_string_lossy().into_owned();
+        let Some(tpath) = truth_by_stem.get(&stem) else {
+            skipped.push((path, "no true image with the same name".into()));
+            continue;
+        };
+        let scored = (|| -> Result<ImageScore> {
+            let src = resize_short(&decode_image(&path)?, short);
+            let truth_img = decode_image(tpath)?.resize_exact(src.width(), src.height(), FilterType::CatmullRom);
+            let out = translate_image(g, cin, tr.size_multiple(), &tr.device, &src, &TranslateOptions::default())?;
+            let t = Pixels::from_image(&truth_img, cout)?.0;
+            let o = Pixels::from_image(&out, cout)?.0;
+            let b = Pixels::from_image(&src, cout)?.0;
+            Ok(ImageScore { file: path.clone(), psnr: psnr(&o, &t), ssim: ssim(&o, &t), baseline_psnr: psnr(&b, &t), baseline_ssim: ssim(&b, &t) })
+        })();
+        match scored {
+            Ok(s) => per_image.push(s),
+            Err(e) => skipped.push((path, format!("{e:#}"))),
+        }
+    }
+    if per_image.is_empty() {
+        bail!("no image of {} has a true counterpart in {}", input.display(), truth.display());
+    }
+    let n = per_image.len() as f64;
+    let mean = |f: fn(&ImageScore) -> f64| per_image.iter().map(f).sum::<f64>() / n;
+    Ok(EvalReport {
+        model: tr.run_dir.clone(),
+        to: to.to_string(),
+        images: per_image.len(),
+        psnr: mean(|s| s.psnr),
+        ssim: mean(|s| s.ssim),
+        baseline_psnr: mean(|s| s.baseline_psnr),
+        baseline_ssim: mean(|s| s.baseline_ssim),
+        per_image,
+        skipped,
+    })
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct AnomalyScore {
+    pub file: PathBuf,
+    /// Mean absolute cycle-reconstruction error in [0,1] pixel units.
+    pub score: f64,
+}
+
+/// Ranks the images of `dir` (taken as domain `domain`) by cycle-reconstruction error,
+/// most anomalous first. Images are resized so the short side is `short` for speed.
+pub fn score_anomalies(tr: &Translator, domain: &str, dir: &Path, short: u32) -> Result<(Vec<AnomalyScore>, Vec<(PathBuf, String)>)> {
+    let [a, b] = tr.domains();
+    let other = if domain == a {
+        b
+    } else if domain == b {
+        a
+    } else {
+        bail!("model {} has no domain '{domain}'; it has {a} and {b}", tr.run_dir.display());
+    };
+    let other = other.to_string();
+    let (g_there, cin, _) = tr.generator_to(&other).context("scoring needs both generators")?;
+    let (g_back, cin_back, cout_back) = tr.generator_to(domain).context("scoring needs both generators")?;
+    let mut scores = Vec::new();
+    let mut skipped = Vec::new();
+    for path in images_under(dir)? {
+        let s = (|| -> Result<f64> {
+            let src = resize_short(&decode_image(&path)?, short);
+            let opts = TranslateOptions::default();
+            let there = translate_image(g_there, cin, tr.size_multiple(), &tr.device, &src, &opts)?;
+            let back = translate_image(g_back, cin_back, tr.size_multiple(), &tr.device, &there, &opts)?;
+            let x = Pixels::from_image(&src, cout_back)?.0;
+            let y = Pixels::from_image(&back, cout_back)?.0;
+            Ok(x.data.iter().zip(&y.data).map(|(p, q)| (p - q).abs() as f64).sum::<f64>() / x.data.len() as f64)
+        })();
+        match s {
+            Ok(score) => scores.push(AnomalyScore { file: path, score }),
+            Err(e) => skipped.push((path, format!("{e:#}"))),
+        }
+    }
+    scores.sort_by(|x, y| y.score.total_cmp(&x.score));
+    Ok((scores, skipped))
+}
