@@ -388,38 +388,60 @@ fn timing_vs_candle() {
         println!(
             "{:<28} {:>10.1}ms {:>10.1}ms {:>14.1}ms {:>14.1}ms",
             c.name,
-            median_ms(7, &|| fwd(&*c.fast)),
-            median_ms(3, &|| fwd(&*c.native)),
-            median_ms(7, &|| train(&*c.fast)),
-            median_ms(3, &|| train(&*c.native)),
+            median_ms(15, &|| fwd(&*c.fast)),
+            median_ms(5, &|| fwd(&*c.native)),
+            median_ms(15, &|| train(&*c.fast)),
+            median_ms(5, &|| train(&*c.native)),
         );
     }
+    println!("{}", generator_timing());
 }
-#[test]
-#[ignore]
-fn scratch_gemm() {
-    fn t(m: usize, n: usize, k: usize, lhs_t: bool, rhs_t: bool, dst_t: bool) -> f64 {
-        let a = vec![0.5f32; m * k];
-        let b = vec![0.25f32; k * n];
-        let mut d = vec![0f32; m * n];
-        let (lrs, lcs) = if lhs_t { (1, m) } else { (k, 1) };
-        let (rrs, rcs) = if rhs_t { (1, k) } else { (n, 1) };
-        let (drs, dcs) = if dst_t { (1, m) } else { (n, 1) };
-        let mut ts = vec![];
-        for _ in 0..7 {
-            let s = Instant::now();
-            unsafe {
-                gemm::gemm(m, n, k, d.as_mut_ptr(), dcs as isize, drs as isize, false, a.as_ptr(), lcs as isize, lrs as isize,
-                    b.as_ptr(), rcs as isize, rrs as isize, 1.0, 1.0, false, false, false, gemm::Parallelism::Rayon(0));
-            }
-            ts.push(s.elapsed().as_secs_f64());
+
+type ConvFn = fn(&Tensor, &Tensor, usize, usize) -> Result<Tensor>;
+type ConvTFn = fn(&Tensor, &Tensor, usize, usize, usize) -> Result<Tensor>;
+
+/// The convolutions of a 128×128 resnet_6blocks generator (reflection padding, ReLU and the
+/// residual adds, no normalisation), forward + backward into every weight, once with the fast
+/// ops and once with candle's.
+fn generator_timing() -> String {
+    use cyclestudio::ops::reflect_pad2d;
+    let weight = |dims: &[usize], seed: u64| {
+        let fan_in = (dims[1] * dims[2] * dims[3]) as f64;
+        Var::from_tensor(&(rand_tensor(dims, seed) * (1.0 / fan_in.sqrt())).unwrap()).unwrap()
+    };
+    let mut ws = vec![weight(&[64, 3, 7, 7], 1), weight(&[128, 64, 3, 3], 2), weight(&[256, 128, 3, 3], 3)];
+    ws.extend((0..12).map(|i| weight(&[256, 256, 3, 3], 10 + i)));
+    ws.extend([weight(&[256, 128, 3, 3], 4), weight(&[128, 64, 3, 3], 5), weight(&[3, 64, 7, 7], 6)]);
+    let image = rand_tensor(&[1, 3, 128, 128], 7);
+    let run = |conv: ConvFn, convt: ConvTFn| {
+        let mut h = conv(&reflect_pad2d(&image, 3)?, &ws[0], 1, 0)?.relu()?;
+        h = conv(&h, &ws[1], 2, 1)?.relu()?;
+        h = conv(&h, &ws[2], 2, 1)?.relu()?;
+        for block in ws[3..15].chunks(2) {
+            let r = conv(&reflect_pad2d(&h, 1)?, &block[0], 1, 0)?.relu()?;
+            h = (&h + conv(&reflect_pad2d(&r, 1)?, &block[1], 1, 0)?)?;
         }
-        ts.sort_by(f64::total_cmp);
-        2.0 * (m * n * k) as f64 / ts[3] / 1e9
+        h = convt(&h, &ws[15], 2, 1, 1)?.relu()?;
+        h = convt(&h, &ws[16], 2, 1, 1)?.relu()?;
+        conv(&reflect_pad2d(&h, 3)?, &ws[17], 1, 0)?.tanh()?.backward()
+    };
+    let fast: (ConvFn, ConvTFn) = (conv2d, conv_transpose2d);
+    let native: (ConvFn, ConvTFn) = (
+        |x, w, s, p| x.conv2d(w, p, s, 1, 1),
+        |x, w, s, p, op| x.conv_transpose2d(w, p, op, s, 1),
+    );
+    let mut report = String::from("generator convs fwd+bwd:");
+    for (name, (conv, convt)) in [("fast", fast), ("candle", native)] {
+        run(conv, convt).unwrap();
+        let mut t: Vec<f64> = (0..3)
+            .map(|_| {
+                let start = Instant::now();
+                run(conv, convt).unwrap();
+                start.elapsed().as_secs_f64() * 1e3
+            })
+            .collect();
+        t.sort_by(f64::total_cmp);
+        report += &format!(" {name} {:.0}ms", t[1]);
     }
-    for &(m, n, k, name) in &[(64, 16384, 147, "c7 fwd"), (147, 16384, 64, "c7 dx"), (64, 147, 16384, "c7 dw"),
-        (128, 4096, 576, "down fwd"), (576, 4096, 128, "down dx"), (128, 576, 4096, "down dw"),
-        (256, 1024, 2304, "res fwd"), (2304, 1024, 256, "res dx"), (256, 2304, 1024, "res dw")] {
-        println!("{name:10} {m}x{n}x{k}: nn {:.0}  lhsT {:.0}  rhsT {:.0} dstT {:.0}  GFLOP/s", t(m,n,k,false,false,false), t(m,n,k,true,false,false), t(m,n,k,false,true,false), t(m,n,k,false,false,true));
-    }
+    report
 }

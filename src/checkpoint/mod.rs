@@ -98,16 +98,12 @@ pub fn safetensors_bytes(tensors: &[(String, Tensor)]) -> Result<Vec<u8>> {
 pub fn save_generation(run_dir: &Path, step: u64, files: &[(String, Vec<u8>)]) -> Result<()> {
     fs::create_dir_all(run_dir).with_context(|| format!("cannot create checkpoint folder {}", run_dir.display()))?;
     let staging = run_dir.join(STAGING);
-    if staging.exists() {
-        fs::remove_dir_all(&staging).with_context(|| format!("cannot clear {}", staging.display()))?;
+    let staged = stage(&staging, step, files);
+    if staged.is_err() {
+        // A half-staged folder has no manifest and is never trusted; remove it to free the space.
+        let _ = fs::remove_dir_all(&staging);
+        return staged;
     }
-    fs::create_dir(&staging).with_context(|| format!("cannot create {}", staging.display()))?;
-    let mut manifest = Manifest { step, files: BTreeMap::new() };
-    for (name, bytes) in files {
-        atomic_write(&staging.join(name), bytes)?;
-        manifest.files.insert(name.clone(), FileSum { crc32: crc32fast::hash(bytes), bytes: bytes.len() as u64 });
-    }
-    atomic_write(&staging.join(MANIFEST), toml::to_string(&manifest)?.as_bytes())?;
 
     let latest = run_dir.join(LATEST);
     let previous = run_dir.join(PREVIOUS);
@@ -127,6 +123,20 @@ pub fn save_generation(run_dir: &Path, step: u64, files: &[(String, Vec<u8>)]) -
         let _ = fs::remove_dir_all(&trash);
     }
     Ok(())
+}
+
+/// Writes every file and then the manifest into a fresh staging folder.
+fn stage(staging: &Path, step: u64, files: &[(String, Vec<u8>)]) -> Result<()> {
+    if staging.exists() {
+        fs::remove_dir_all(staging).with_context(|| format!("cannot clear {}", staging.display()))?;
+    }
+    fs::create_dir(staging).with_context(|| format!("cannot create {}", staging.display()))?;
+    let mut manifest = Manifest { step, files: BTreeMap::new() };
+    for (name, bytes) in files {
+        atomic_write(&staging.join(name), bytes)?;
+        manifest.files.insert(name.clone(), FileSum { crc32: crc32fast::hash(bytes), bytes: bytes.len() as u64 });
+    }
+    atomic_write(&staging.join(MANIFEST), toml::to_string(&manifest)?.as_bytes())
 }
 
 fn read_generation(dir: &Path) -> Result<Generation> {

@@ -285,6 +285,10 @@ pub struct TrainArgs {
     /// Health checks (collapse, discriminator balance) every N steps; 0 disables them.
     #[arg(long)]
     pub health_every: Option<u64>,
+    /// If a checkpoint cannot be written (disk full, read-only): warn and keep training instead
+    /// of stopping. The previous checkpoint stays intact either way.
+    #[arg(long)]
+    pub keep_going_on_save_error: bool,
     /// No progress bar; print a line per logged step instead.
     #[arg(long)]
     pub quiet: bool,

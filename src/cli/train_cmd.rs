@@ -90,7 +90,7 @@ fn resumed_config(run_dir: &Path, args: &TrainArgs) -> Result<TrainConfig> {
 pub fn train(checkpoints: &Path, args: TrainArgs) -> Result<()> {
     let run_dir = checkpoints.join(&args.name);
     let cfg = if args.resume { resumed_config(&run_dir, &args)? } else { config_from_args(&args)? };
-    let control = RunControl::default();
+    let control = RunControl { keep_going_on_save_error: args.keep_going_on_save_error, ..Default::default() };
     let stop = control.stop.clone();
     ctrlc::set_handler(move || {
         if stop.swap(true, Ordering::SeqCst) {

@@ -54,12 +54,13 @@ pub fn image_dimensions(path: &Path) -> Result<(u32, u32)> {
 }
 
 fn describe(e: image::ImageError) -> String {
-    match e {
+    let text = match e {
         image::ImageError::Limits(l) => format!("image too large to decode safely ({l})"),
         image::ImageError::Unsupported(u) => format!("unsupported image: {u}"),
         image::ImageError::Decoding(d) => format!("corrupt or truncated image: {d}"),
         other => other.to_string(),
-    }
+    };
+    text.trim_end().to_string()
 }
 
 /// Planar float pixels in [0,1]: `data[c*h*w + y*w + x]`.

@@ -22,6 +22,7 @@
 use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
+use std::cell::Cell;
 
 /// `xs` [B,Cin,H,W], `w` [Cout,Cin,K,K] (PyTorch layout), zero padding → [B,Cout,Ho,Wo]
 /// with Ho = (H + 2·padding − K) / stride + 1. No bias.
@@ -230,15 +231,33 @@ fn matmul(m: usize, n: usize, k: usize, dst: &mut [f32], accumulate: bool, lhs: 
     }
 }
 
+/// Runs `f` on a buffer of `len` floats with unspecified contents, reusing one allocation per
+/// thread: an im2col matrix runs to tens of MB, and allocating and zeroing it on every call
+/// costs a noticeable share of a small convolution. The buffer is taken out of the slot while
+/// in use, so a nested call on the same thread just allocates its own.
+fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    thread_local! {
+        static SCRATCH: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
+    }
+    let mut buf = SCRATCH.take();
+    if buf.len() < len {
+        buf = vec![0.0; len];
+    }
+    let out = f(&mut buf[..len]);
+    SCRATCH.set(buf);
+    out
+}
+
 /// Convolution of `x` [B, g.c, g.h, g.w] with `w` [cout, g.c·K·K] → [B, cout, g.ho, g.wo].
 fn conv_kernel(x: &[f32], w: &[f32], cout: usize, g: &Geom) -> Vec<f32> {
     let n = g.cols();
     let mut y = vec![0.0; x.len() / g.img_len() * cout * n];
-    let mut cols = vec![0.0; g.rows() * n];
-    for (xb, yb) in x.chunks_exact(g.img_len()).zip(y.chunks_exact_mut(cout * n)) {
-        im2col(xb, g, &mut cols);
-        matmul(cout, n, g.rows(), yb, false, Mat::rows(w, g.rows()), Mat::rows(&cols, n));
-    }
+    with_scratch(g.rows() * n, |cols| {
+        for (xb, yb) in x.chunks_exact(g.img_len()).zip(y.chunks_exact_mut(cout * n)) {
+            im2col(xb, g, cols);
+            matmul(cout, n, g.rows(), yb, false, Mat::rows(w, g.rows()), Mat::rows(cols, n));
+        }
+    });
     y
 }
 
@@ -247,11 +266,12 @@ fn conv_kernel(x: &[f32], w: &[f32], cout: usize, g: &Geom) -> Vec<f32> {
 fn conv_transpose_kernel(x: &[f32], w: &[f32], cin: usize, g: &Geom) -> Vec<f32> {
     let n = g.cols();
     let mut y = vec![0.0; x.len() / (cin * n) * g.img_len()];
-    let mut cols = vec![0.0; g.rows() * n];
-    for (xb, yb) in x.chunks_exact(cin * n).zip(y.chunks_exact_mut(g.img_len())) {
-        matmul(g.rows(), n, cin, &mut cols, false, Mat::transposed(w, g.rows()), Mat::rows(xb, n));
-        col2im(&cols, g, yb);
-    }
+    with_scratch(g.rows() * n, |cols| {
+        for (xb, yb) in x.chunks_exact(cin * n).zip(y.chunks_exact_mut(g.img_len())) {
+            matmul(g.rows(), n, cin, cols, false, Mat::transposed(w, g.rows()), Mat::rows(xb, n));
+            col2im(cols, g, yb);
+        }
+    });
     y
 }
 
@@ -260,11 +280,12 @@ fn conv_transpose_kernel(x: &[f32], w: &[f32], cin: usize, g: &Geom) -> Vec<f32>
 fn weight_grad_kernel(x: &[f32], grad: &[f32], cg: usize, g: &Geom) -> Vec<f32> {
     let n = g.cols();
     let mut dw = vec![0.0; cg * g.rows()];
-    let mut cols = vec![0.0; g.rows() * n];
-    for (b, (xb, gb)) in x.chunks_exact(g.img_len()).zip(grad.chunks_exact(cg * n)).enumerate() {
-        im2col(xb, g, &mut cols);
-        matmul(cg, g.rows(), n, &mut dw, b > 0, Mat::rows(gb, n), Mat::transposed(&cols, n));
-    }
+    with_scratch(g.rows() * n, |cols| {
+        for (b, (xb, gb)) in x.chunks_exact(g.img_len()).zip(grad.chunks_exact(cg * n)).enumerate() {
+            im2col(xb, g, cols);
+            matmul(cg, g.rows(), n, &mut dw, b > 0, Mat::rows(gb, n), Mat::transposed(cols, n));
+        }
+    });
     dw
 }
 

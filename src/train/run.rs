@@ -25,6 +25,10 @@ pub struct RunControl {
     pub stop: Arc<AtomicBool>,
     /// Hold between steps until cleared (or stopped).
     pub pause: Arc<AtomicBool>,
+    /// When a checkpoint cannot be written (full disk, read-only folder): warn and keep training
+    /// (trying again at the next save) instead of stopping. Either way the previous checkpoint
+    /// stays intact.
+    pub keep_going_on_save_error: bool,
 }
 
 /// Progress of one step, for progress bars and charts.
@@ -195,10 +199,23 @@ pub fn run_training(cfg: TrainConfig, opts: &RunOptions, control: &RunControl, o
     let first_step = trainer.step;
     let mut window = (Instant::now(), 0u64);
     let mut ips = 0.0f64;
-    let save = |trainer: &Trainer, on_event: &mut dyn FnMut(TrainEvent)| -> Result<()> {
-        trainer.save(run_dir).with_context(|| format!("saving the checkpoint of step {} failed; the previous checkpoint is intact", trainer.step))?;
-        on_event(TrainEvent::Saved { step: trainer.step, dir: run_dir.clone() });
-        Ok(())
+    let save = |trainer: &Trainer, on_event: &mut dyn FnMut(TrainEvent), last: bool| -> Result<()> {
+        match trainer.save(run_dir) {
+            Ok(()) => {
+                on_event(TrainEvent::Saved { step: trainer.step, dir: run_dir.clone() });
+                Ok(())
+            }
+            Err(e) if e.downcast_ref::<Divergence>().is_some() => Err(e),
+            Err(e) => {
+                let e = e.context(format!("saving the checkpoint of step {} failed; the previous checkpoint is intact", trainer.step));
+                if control.keep_going_on_save_error && !last {
+                    on_event(TrainEvent::Warning(format!("{e:#}; training goes on and will try again at the next save")));
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            }
+        }
     };
 
     while trainer.step < total {
@@ -206,7 +223,7 @@ pub fn run_training(cfg: TrainConfig, opts: &RunOptions, control: &RunControl, o
             std::thread::sleep(Duration::from_millis(50));
         }
         if control.stop.load(Ordering::Relaxed) {
-            save(&trainer, on_event)?;
+            save(&trainer, on_event, true)?;
             return Ok(RunOutcome::Stopped { step: trainer.step });
         }
         let batch = loader.next()?;
@@ -261,7 +278,7 @@ pub fn run_training(cfg: TrainConfig, opts: &RunOptions, control: &RunControl, o
         }
         if step % cfg.save_every.max(1) == 0 || step == total {
             log.sync_data().ok();
-            save(&trainer, on_event)?;
+            save(&trainer, on_event, step == total)?;
         }
     }
     Ok(RunOutcome::Finished { step: trainer.step })

@@ -140,6 +140,9 @@ impl Trainer {
         }
         for (name, var) in data.iter() {
             let t = tensors.get(name).with_context(|| format!("{net}: checkpoint lacks {name}"))?;
+            if t.id() == var.as_tensor().id() {
+                continue; // already this variable's value
+            }
             if t.shape() != var.shape() {
                 bail!("{net}: {name} has shape {:?} in the checkpoint, {:?} in the network", t.shape(), var.shape());
             }
@@ -176,6 +179,11 @@ impl Trainer {
         drop(g.grads);
         self.adam_d.step(&d.grads, lr)?;
         self.step += 1;
+        // Losses can stay finite while a weight is NaN (ReLU maps NaN to 0), so the weights are
+        // checked too: divergence is caught at the step it appears.
+        if !self.weights_finite()? {
+            bail!(Divergence { step: self.step, what: "a weight became NaN or infinite".into() });
+        }
         Ok(g.losses)
     }
 
