@@ -1,5 +1,6 @@
 //! cyclestudio: unpaired image-to-image translation (CycleGAN) with a CLI and a terminal studio.
 
+pub mod bench;
 pub mod checkpoint;
 pub mod cli;
 pub mod data;

@@ -41,6 +41,27 @@ pub enum Command {
     Eval(EvalArgs),
     /// Rank a domain's images by cycle-reconstruction error (most anomalous first).
     Score(ScoreArgs),
+    /// Time training iterations and translation, with peak memory (medians over repeats).
+    Bench(BenchArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Cases to run: train128, train256, infer256, infer1024 (default: all).
+    #[arg(long, value_delimiter = ',')]
+    pub cases: Vec<String>,
+    #[arg(long, default_value_t = 1)]
+    pub warmup: usize,
+    #[arg(long, default_value_t = 3)]
+    pub repeats: usize,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Write the results as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Internal: run one case in this process and print its JSON.
+    #[arg(long, hide = true)]
+    pub case_in_process: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -306,6 +327,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Some(Command::Tui(a)) => model_cmd::tui(&cli.checkpoints, a),
         Some(Command::Eval(a)) => model_cmd::eval(&cli.checkpoints, a),
         Some(Command::Score(a)) => model_cmd::score(&cli.checkpoints, a),
+        Some(Command::Bench(a)) => model_cmd::bench(a),
         None => model_cmd::tui(&cli.checkpoints, TuiArgs::default()),
     }
 }

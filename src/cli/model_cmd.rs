@@ -1,4 +1,4 @@
-use super::{ConvertArgs, EvalArgs, ExportArgs, ImportArgs, ScoreArgs, TranslateArgs, TuiArgs};
+use super::{BenchArgs, ConvertArgs, EvalArgs, ExportArgs, ImportArgs, ScoreArgs, TranslateArgs, TuiArgs};
 use crate::interop::{export_torch_keys, import as import_model, ImportRequest};
 use crate::translate::{convert_folder, default_model_dir, translate_image, ConvertOptions, TranslateOptions, Translator};
 use crate::tui::TuiOptions;
@@ -137,5 +137,21 @@ pub fn score(checkpoints: &Path, a: ScoreArgs) -> Result<()> {
         println!("{:>4}. {:.4}  {}", i + 1, s.score, s.file.display());
     }
     println!("all scores: {}", a.csv.display());
+    Ok(())
+}
+
+pub fn bench(a: BenchArgs) -> Result<()> {
+    if let Some(id) = a.case_in_process {
+        let r = crate::bench::run_case(&id, &a.device, a.warmup, a.repeats)?;
+        println!("{}", serde_json::to_string(&r)?);
+        return Ok(());
+    }
+    let ids: Vec<String> = if a.cases.is_empty() { crate::bench::CASES.iter().map(|c| c.id.to_string()).collect() } else { a.cases };
+    eprintln!("benchmarking {} on {} ({} warm-up, {} timed runs each)…", ids.join(", "), a.device, a.warmup, a.repeats);
+    let results = crate::bench::run_all(&ids, &a.device, a.warmup, a.repeats)?;
+    print!("{}", crate::bench::table(&results));
+    if let Some(p) = a.json {
+        crate::util::atomic_write(&p, serde_json::to_string_pretty(&results)?.as_bytes())?;
+    }
     Ok(())
 }

@@ -1,0 +1,162 @@
+//! `cyclestudio bench`: seconds per training iteration, inference time and peak memory for the
+//! reference configurations, as medians over repeats, each case in its own process.
+
+use crate::data::DomainSpec;
+use crate::model::{Generator, GeneratorConfig};
+use crate::train::{open_device, GanLoss, Schedule, TrainConfig, Trainer};
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use serde::{Deserialize, Serialize};
+use std::time::Instant;
+
+/// One benchmark case.
+#[derive(Clone, Debug)]
+pub struct Case {
+    pub id: &'static str,
+    pub what: &'static str,
+    pub generator: &'static str,
+    pub size: usize,
+    pub train: bool,
+}
+
+pub const CASES: [Case; 4] = [
+    Case { id: "train128", what: "training iteration, 128², resnet_6blocks", generator: "resnet_6blocks", size: 128, train: true },
+    Case { id: "train256", what: "training iteration, 256², resnet_9blocks", generator: "resnet_9blocks", size: 256, train: true },
+    Case { id: "infer256", what: "translate 256² (resnet_9blocks)", generator: "resnet_9blocks", size: 256, train: false },
+    Case { id: "infer1024", what: "translate 1024² (resnet_9blocks)", generator: "resnet_9blocks", size: 1024, train: false },
+];
+
+/// What one case measured.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CaseResult {
+    pub id: String,
+    pub what: String,
+    /// Seconds of each timed repeat.
+    pub seconds: Vec<f64>,
+    pub median_s: f64,
+    /// Peak resident memory of the process, MiB.
+    pub peak_rss_mib: f64,
+}
+
+fn median(xs: &[f64]) -> f64 {
+    let mut v = xs.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let n = v.len();
+    if n % 2 == 1 { v[n / 2] } else { 0.5 * (v[n / 2 - 1] + v[n / 2]) }
+}
+
+/// Peak resident set size of this process (VmHWM), MiB.
+pub fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(f64::NAN)
+}
+
+fn bench_config(case: &Case, device: &str) -> TrainConfig {
+    TrainConfig {
+        name: "bench".into(),
+        dataset: "".into(),
+        domain_a: DomainSpec { name: "A".into(), channels: 3 },
+        domain_b: DomainSpec { name: "B".into(), channels: 3 },
+        generator: case.generator.parse().expect("known generator"),
+        ngf: 64,
+        ndf: 64,
+        n_layers_d: 3,
+        size: case.size,
+        load_size: case.size,
+        batch: 1,
+        schedule: Schedule::Iters { iters: 1000, decay_iters: 0 },
+        lr: 2e-4,
+        beta1: 0.5,
+        beta2: 0.999,
+        lambda_cycle: 10.0,
+        lambda_identity: 0.5,
+        lambda_paired: 0.0,
+        paired: false,
+        gan_loss: GanLoss::Lsgan,
+        pool: 50,
+        seed: 0,
+        flip: true,
+        sample_every: 1000,
+        save_every: 1000,
+        log_every: 1000,
+        health_every: 0,
+        device: device.into(),
+    }
+}
+
+/// Runs one case in this process: `warmup` untimed then `repeats` timed runs.
+pub fn run_case(id: &str, device: &str, warmup: usize, repeats: usize) -> Result<CaseResult> {
+    let case = CASES.iter().find(|c| c.id == id).with_context(|| format!("unknown case {id}"))?;
+    let cfg = bench_config(case, device);
+    let dev = open_device(device)?;
+    let s = case.size;
+    let mut seconds = Vec::new();
+    if case.train {
+        let mut t = Trainer::new(cfg, dev.clone())?;
+        let a = Tensor::rand(-1f32, 1.0, (1, 3, s, s), &dev)?;
+        let b = Tensor::rand(-1f32, 1.0, (1, 3, s, s), &dev)?;
+        for i in 0..warmup + repeats {
+            let t0 = Instant::now();
+            t.train_step(&a, &b)?;
+            dev.synchronize()?;
+            if i >= warmup {
+                seconds.push(t0.elapsed().as_secs_f64());
+            }
+        }
+    } else {
+        let vm = VarMap::new();
+        let gcfg = GeneratorConfig { kind: cfg.generator, in_channels: 3, out_channels: 3, ngf: 64 };
+        let g = Generator::new(&gcfg, VarBuilder::from_varmap(&vm, DType::F32, &dev))?;
+        // Inference weights are plain tensors (no autograd), as `translate` loads them.
+        let plain: std::collections::HashMap<String, Tensor> =
+            vm.data().lock().unwrap().iter().map(|(k, v)| Ok((k.clone(), v.as_tensor().copy()?))).collect::<Result<_>>()?;
+        let g_plain = Generator::new(&gcfg, VarBuilder::from_tensors(plain, DType::F32, &dev))?;
+        drop(g);
+        let x = Tensor::rand(-1f32, 1.0, (1, 3, s, s), &dev)?;
+        for i in 0..warmup + repeats {
+            let t0 = Instant::now();
+            let y = g_plain.forward(&x)?;
+            dev.synchronize()?;
+            drop(y);
+            if i >= warmup {
+                seconds.push(t0.elapsed().as_secs_f64());
+            }
+        }
+    }
+    Ok(CaseResult { id: id.into(), what: case.what.into(), median_s: median(&seconds), seconds, peak_rss_mib: peak_rss_mib() })
+}
+
+/// Runs the chosen cases, each in a fresh child process (so peak memory is per case), and
+/// returns their results.
+pub fn run_all(ids: &[String], device: &str, warmup: usize, repeats: usize) -> Result<Vec<CaseResult>> {
+    let exe = std::env::current_exe()?;
+    let mut out = Vec::new();
+    for id in ids {
+        let o = std::process::Command::new(&exe)
+            .args(["bench", "--case-in-process", id, "--device", device, "--warmup", &warmup.to_string(), "--repeats", &repeats.to_string()])
+            .output()
+            .with_context(|| format!("running bench case {id}"))?;
+        if !o.status.success() {
+            bail!("bench case {id} failed: {}", String::from_utf8_lossy(&o.stderr));
+        }
+        let line = String::from_utf8_lossy(&o.stdout).lines().last().unwrap_or_default().to_string();
+        out.push(serde_json::from_str(&line).with_context(|| format!("bench case {id} printed {line}"))?);
+    }
+    Ok(out)
+}
+
+pub fn table(results: &[CaseResult]) -> String {
+    let mut s = String::from("| case | median | runs (s) | peak RSS |\n|---|---|---|---|\n");
+    for r in results {
+        let runs: Vec<String> = r.seconds.iter().map(|x| format!("{x:.3}")).collect();
+        s.push_str(&format!("| {} | {:.3} s | {} | {:.0} MiB |\n", r.what, r.median_s, runs.join(", "), r.peak_rss_mib));
+    }
+    s
+}
