@@ -108,12 +108,14 @@ pub fn train(checkpoints: &Path, args: TrainArgs) -> Result<()> {
     );
     let quiet = args.quiet;
     let log_every = cfg.log_every.max(1);
+    // A hidden bar (quiet, or no terminal) drops println: say things on stderr then.
+    let say = |msg: String| if bar.is_hidden() { eprintln!("{msg}") } else { bar.println(msg) };
     let mut on_event = |e: TrainEvent| match e {
         TrainEvent::Started { step, total_steps, device, note } => {
             bar.set_position(step);
-            bar.println(format!("training {} on {device}: steps {step}..{total_steps} → {}", cfg.name, run_dir.display()));
+            say(format!("training {} on {device}: steps {step}..{total_steps} → {}", cfg.name, run_dir.display()));
             if let Some(n) = note {
-                bar.println(n);
+                say(n);
             }
         }
         TrainEvent::Step(r) => {
@@ -128,8 +130,8 @@ pub fn train(checkpoints: &Path, args: TrainArgs) -> Result<()> {
             }
             bar.set_message(msg);
         }
-        TrainEvent::Saved { step, dir } => bar.println(format!("saved checkpoint of step {step} in {}", dir.display())),
-        TrainEvent::Warning(w) => bar.println(format!("warning: {w}")),
+        TrainEvent::Saved { step, dir } => say(format!("saved checkpoint of step {step} in {}", dir.display())),
+        TrainEvent::Warning(w) => say(format!("warning: {w}")),
         TrainEvent::Preview { .. } | TrainEvent::Health(_) => {}
     };
     let outcome = run_training(cfg.clone(), &RunOptions { run_dir: run_dir.clone(), resume: args.resume }, &control, &mut on_event);
