@@ -49,7 +49,19 @@ struct Cfg {
     out_pad: usize,
 }
 
-const fn cfg(b: usize, cin: usize, cout: usize, h: usize, w: usize, k: usize, stride: usize, pad: usize, out_pad: usize) -> Cfg {
+/// Positional constructor, so that the tables below stay one line per case.
+#[allow(clippy::too_many_arguments)]
+const fn cfg(
+    b: usize,
+    cin: usize,
+    cout: usize,
+    h: usize,
+    w: usize,
+    k: usize,
+    stride: usize,
+    pad: usize,
+    out_pad: usize,
+) -> Cfg {
     Cfg { b, cin, cout, h, w, k, stride, pad, out_pad }
 }
 
@@ -211,11 +223,7 @@ fn gradients_match_candle_on_square_inputs() {
         assert!(rel_diff(&gx, &nx) < 1e-4, "conv2d dx {c:?}");
         assert!(rel_diff(&gw, &nw) < 1e-4, "conv2d dw {c:?}");
     }
-    let convt_cfgs = [
-        cfg(2, 6, 4, 8, 8, 3, 2, 1, 1),
-        cfg(2, 4, 3, 9, 9, 4, 2, 1, 0),
-        cfg(1, 3, 5, 10, 10, 3, 1, 1, 0),
-    ];
+    let convt_cfgs = [cfg(2, 6, 4, 8, 8, 3, 2, 1, 1), cfg(2, 4, 3, 9, 9, 4, 2, 1, 0), cfg(1, 3, 5, 10, 10, 3, 1, 1, 0)];
     for (i, c) in convt_cfgs.iter().enumerate() {
         let (x, w) = c.convt_inputs(110 + i as u64);
         let r = rand_tensor(c.convt(&x, &w).unwrap().dims(), 120 + i as u64);
@@ -426,10 +434,8 @@ fn generator_timing() -> String {
         conv(&reflect_pad2d(&h, 3)?, &ws[17], 1, 0)?.tanh()?.backward()
     };
     let fast: (ConvFn, ConvTFn) = (conv2d, conv_transpose2d);
-    let native: (ConvFn, ConvTFn) = (
-        |x, w, s, p| x.conv2d(w, p, s, 1, 1),
-        |x, w, s, p, op| x.conv_transpose2d(w, p, op, s, 1),
-    );
+    let native: (ConvFn, ConvTFn) =
+        (|x, w, s, p| x.conv2d(w, p, s, 1, 1), |x, w, s, p, op| x.conv_transpose2d(w, p, op, s, 1));
     let mut report = String::from("generator convs fwd+bwd:");
     for (name, (conv, convt)) in [("fast", fast), ("candle", native)] {
         run(conv, convt).unwrap();
