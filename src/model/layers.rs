@@ -24,7 +24,7 @@ impl Conv2d {
 
     /// [B,Cin,H,W] → [B,Cout,H',W'].
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let ys = crate::ops::conv::conv2d(xs, &self.weight, self.stride, self.padding)?;
+        let ys = if std::env::var_os("CS_NATIVE_CONV").is_some() { xs.conv2d(&self.weight, self.padding, self.stride, 1, 1)? } else { crate::ops::conv::conv2d(xs, &self.weight, self.stride, self.padding)? };
         ys.broadcast_add(&self.bias.reshape((1, (), 1, 1))?)
     }
 
@@ -61,7 +61,7 @@ impl ConvTranspose2d {
 
     /// [B,Cin,H,W] → [B,Cout,(H-1)s-2p+K+op, …].
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let ys = crate::ops::conv::conv_transpose2d(xs, &self.weight, self.stride, self.padding, self.output_padding)?;
+        let ys = if std::env::var_os("CS_NATIVE_CONV").is_some() { xs.conv_transpose2d(&self.weight, self.padding, self.output_padding, self.stride, 1)? } else { crate::ops::conv::conv_transpose2d(xs, &self.weight, self.stride, self.padding, self.output_padding)? };
         ys.broadcast_add(&self.bias.reshape((1, (), 1, 1))?)
     }
 }

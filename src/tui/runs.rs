@@ -1,0 +1,64 @@
+//! Training runs on disk: the subfolders of the checkpoints folder that hold a `config.toml`.
+
+use crate::checkpoint::{Manifest, LATEST, MANIFEST};
+use crate::train::{Schedule, TrainConfig, CONFIG_FILE};
+use std::path::{Path, PathBuf};
+
+/// One run folder, readable or not.
+#[derive(Clone, Debug)]
+pub struct RunEntry {
+    pub name: String,
+    pub dir: PathBuf,
+    /// The saved configuration, or why it cannot be read.
+    pub config: Result<TrainConfig, String>,
+    /// The step of the newest checkpoint, None before the first save.
+    pub checkpoint_step: Option<u64>,
+}
+
+impl RunEntry {
+    /// Domains, architecture and crop size, for lists.
+    pub fn description(&self) -> String {
+        match &self.config {
+            Ok(c) => format!("{}→{} · {} ngf {} · {}px", c.domain_a.name, c.domain_b.name, c.generator, c.ngf, c.size),
+            Err(e) => format!("unreadable: {e}"),
+        }
+    }
+
+    /// `step 200/400`, or that nothing was saved yet.
+    pub fn progress(&self) -> String {
+        match (self.checkpoint_step, &self.config) {
+            (Some(step), Ok(c)) => format!("step {step}/{}", c.schedule.total_steps()),
+            (Some(step), Err(_)) => format!("step {step}"),
+            (None, _) => "no checkpoint yet".into(),
+        }
+    }
+
+    /// Whether this run's steps are counted in iterations (so its length may be changed when resuming).
+    pub fn has_iteration_schedule(&self) -> bool {
+        matches!(self.config, Ok(TrainConfig { schedule: Schedule::Iters { .. }, .. }))
+    }
+}
+
+/// The runs under `checkpoints`, sorted by name. A missing folder simply has no runs.
+pub fn scan_runs(checkpoints: &Path) -> Vec<RunEntry> {
+    let Ok(entries) = std::fs::read_dir(checkpoints) else { return Vec::new() };
+    let mut runs: Vec<RunEntry> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|dir| dir.join(CONFIG_FILE).is_file())
+        .map(|dir| RunEntry {
+            name: dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+            config: TrainConfig::load(&dir).map_err(|e| format!("{e:#}")),
+            checkpoint_step: checkpoint_step(&dir),
+            dir,
+        })
+        .collect();
+    runs.sort_by(|a, b| a.name.cmp(&b.name));
+    runs
+}
+
+/// The step recorded in the newest checkpoint's manifest (not verified: this is for display).
+fn checkpoint_step(run_dir: &Path) -> Option<u64> {
+    let text = std::fs::read_to_string(run_dir.join(LATEST).join(MANIFEST)).ok()?;
+    toml::from_str::<Manifest>(&text).ok().map(|m| m.step)
+}

@@ -1,0 +1,932 @@
+//! The Training screen's logic: presets and editable settings, starting or resuming a run on its
+//! own thread, pause and stop through [`RunControl`], and the live numbers the dashboard draws.
+
+use super::app::{move_cursor, App};
+use super::datasets::DatasetEntry;
+use super::event::{catch_panics, AppEvent};
+use super::form::TextInput;
+use super::preview::ShownImage;
+use super::runs::RunEntry;
+use crate::data::Dataset;
+use crate::health::HealthReport;
+use crate::model::GeneratorKind;
+use crate::train::{run_training, GanLoss, Losses, RunControl, RunOptions, RunOutcome, Schedule, TrainConfig, TrainEvent};
+use crossterm::event::{KeyCode, KeyEvent};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::Sender;
+use std::time::Duration;
+
+/// A starting point for the settings.
+pub struct Preset {
+    pub name: &'static str,
+    /// Used in default run names.
+    pub short: &'static str,
+    pub generator: &'static str,
+    pub ngf: usize,
+    pub size: usize,
+    pub length: PresetLength,
+    pub sample_every: u64,
+    pub save_every: u64,
+    pub health_every: u64,
+    pub log_every: u64,
+}
+
+/// How many steps a preset trains.
+pub enum PresetLength {
+    Iters {
+        iters: u64,
+        decay_iters: u64,
+    },
+    /// The reference's 100 epochs at the full learning rate and 100 of decay, converted to
+    /// iterations for the chosen dataset (one epoch = one pass over its larger domain).
+    ReferenceEpochs,
+}
+
+pub const PRESETS: [Preset; 3] = [
+    Preset {
+        name: "quick CPU preview",
+        short: "quick",
+        generator: "resnet_6blocks",
+        ngf: 16,
+        size: 64,
+        length: PresetLength::Iters { iters: 200, decay_iters: 200 },
+        sample_every: 10,
+        save_every: 100,
+        health_every: 50,
+        log_every: 10,
+    },
+    Preset {
+        name: "reference 128",
+        short: "ref128",
+        generator: "resnet_6blocks",
+        ngf: 64,
+        size: 128,
+        length: PresetLength::ReferenceEpochs,
+        sample_every: 500,
+        save_every: 5000,
+        health_every: 500,
+        log_every: 50,
+    },
+    Preset {
+        name: "reference 256",
+        short: "ref256",
+        generator: "resnet_9blocks",
+        ngf: 64,
+        size: 256,
+        length: PresetLength::ReferenceEpochs,
+        sample_every: 500,
+        save_every: 5000,
+        health_every: 500,
+        log_every: 50,
+    },
+];
+
+/// Epochs of each half of the reference schedule.
+const REFERENCE_EPOCHS: u64 = 100;
+/// Iterations per half when the dataset is unknown.
+const FALLBACK_REFERENCE_ITERS: u64 = 100_000;
+/// Generators offered by ←/→ (any `resnet_<N>blocks` or `unet_<size>` may be typed).
+const GENERATORS: [&str; 5] = ["resnet_9blocks", "resnet_6blocks", "resnet_2blocks", "unet_128", "unet_256"];
+const DEVICES: [&str; 2] = ["cpu", "cuda:0"];
+
+/// The rows of the settings panel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Setting {
+    Run,
+    Dataset,
+    Preset,
+    Name,
+    Generator,
+    Ngf,
+    Size,
+    Iters,
+    DecayIters,
+    Lr,
+    SampleEvery,
+    Device,
+}
+
+impl Setting {
+    pub const ALL: [Setting; 12] = [
+        Setting::Run,
+        Setting::Dataset,
+        Setting::Preset,
+        Setting::Name,
+        Setting::Generator,
+        Setting::Ngf,
+        Setting::Size,
+        Setting::Iters,
+        Setting::DecayIters,
+        Setting::Lr,
+        Setting::SampleEvery,
+        Setting::Device,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Setting::Run => "Run",
+            Setting::Dataset => "Dataset",
+            Setting::Preset => "Preset",
+            Setting::Name => "Run name",
+            Setting::Generator => "Generator",
+            Setting::Ngf => "ngf (= ndf)",
+            Setting::Size => "Image size",
+            Setting::Iters => "Iterations",
+            Setting::DecayIters => "Decay iterations",
+            Setting::Lr => "Learning rate",
+            Setting::SampleEvery => "Preview every",
+            Setting::Device => "Device",
+        }
+    }
+
+    /// Settings changed with ←/→ (Enter steps through them too); the others are typed.
+    pub fn is_choice(self) -> bool {
+        matches!(self, Setting::Run | Setting::Dataset | Setting::Preset)
+    }
+}
+
+/// The settings of the next run, as typed.
+pub struct TrainForm {
+    pub cursor: usize,
+    /// The value being typed, while editing the setting under the cursor.
+    pub editing: Option<TextInput>,
+    /// The run to continue, or None for a new run.
+    pub resume: Option<String>,
+    /// The chosen dataset folder (None: the first usable one).
+    pub dataset: Option<PathBuf>,
+    pub preset: usize,
+    /// A name the user typed; without one the name is derived from dataset and preset.
+    pub custom_name: Option<String>,
+    pub generator: String,
+    pub ngf: String,
+    pub size: String,
+    pub iters: String,
+    pub decay_iters: String,
+    pub lr: String,
+    pub sample_every: String,
+    pub device: String,
+    /// Why the last start was refused.
+    pub error: Option<String>,
+}
+
+impl Default for TrainForm {
+    fn default() -> Self {
+        let mut form = Self {
+            cursor: 0,
+            editing: None,
+            resume: None,
+            dataset: None,
+            preset: 0,
+            custom_name: None,
+            generator: String::new(),
+            ngf: String::new(),
+            size: String::new(),
+            iters: String::new(),
+            decay_iters: String::new(),
+            lr: String::new(),
+            sample_every: String::new(),
+            device: "cpu".into(),
+            error: None,
+        };
+        form.apply_preset(None);
+        form
+    }
+}
+
+impl TrainForm {
+    pub fn setting(&self) -> Setting {
+        Setting::ALL[self.cursor.min(Setting::ALL.len() - 1)]
+    }
+
+    /// Fills the architecture and length settings from the current preset.
+    fn apply_preset(&mut self, dataset: Option<&Dataset>) {
+        let preset = &PRESETS[self.preset];
+        self.generator = preset.generator.into();
+        self.ngf = preset.ngf.to_string();
+        self.size = preset.size.to_string();
+        let (iters, decay_iters) = match preset.length {
+            PresetLength::Iters { iters, decay_iters } => (iters, decay_iters),
+            PresetLength::ReferenceEpochs => {
+                let per_half = dataset.map_or(FALLBACK_REFERENCE_ITERS, |d| {
+                    let steps_per_epoch = d.a.train.images.len().max(d.b.train.images.len()).max(1) as u64;
+                    REFERENCE_EPOCHS * steps_per_epoch
+                });
+                (per_half, per_half)
+            }
+        };
+        self.iters = iters.to_string();
+        self.decay_iters = decay_iters.to_string();
+        self.lr = "0.0002".into();
+        self.sample_every = preset.sample_every.to_string();
+    }
+
+    /// Shows a saved run's settings, ready to resume it.
+    fn load_run(&mut self, run: &RunEntry) {
+        self.resume = Some(run.name.clone());
+        if let Ok(cfg) = &run.config {
+            self.generator = cfg.generator.to_string();
+            self.ngf = cfg.ngf.to_string();
+            self.size = cfg.size.to_string();
+            (self.iters, self.decay_iters) = match cfg.schedule {
+                Schedule::Iters { iters, decay_iters } => (iters.to_string(), decay_iters.to_string()),
+                Schedule::Epochs { epochs, decay_epochs, steps_per_epoch } => (
+                    format!("{} ({epochs} epochs)", epochs * steps_per_epoch),
+                    format!("{} ({decay_epochs} epochs)", decay_epochs * steps_per_epoch),
+                ),
+            };
+            self.lr = cfg.lr.to_string();
+            self.sample_every = cfg.sample_every.to_string();
+            self.device = cfg.device.clone();
+        }
+    }
+
+    fn text_mut(&mut self, setting: Setting) -> Option<&mut String> {
+        Some(match setting {
+            Setting::Generator => &mut self.generator,
+            Setting::Ngf => &mut self.ngf,
+            Setting::Size => &mut self.size,
+            Setting::Iters => &mut self.iters,
+            Setting::DecayIters => &mut self.decay_iters,
+            Setting::Lr => &mut self.lr,
+            Setting::SampleEvery => &mut self.sample_every,
+            Setting::Device => &mut self.device,
+            _ => return None,
+        })
+    }
+}
+
+/// One line of the run's event log.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LogLine {
+    pub step: u64,
+    pub text: String,
+    pub level: Level,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Level {
+    Info,
+    Warning,
+    Error,
+}
+
+/// Where a run is.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RunState {
+    /// Opening the dataset and building the networks.
+    Starting,
+    Training,
+    Paused,
+    /// Stop requested: finishing the step and saving.
+    Stopping,
+    Finished,
+    Stopped,
+    Failed(String),
+}
+
+impl RunState {
+    pub fn is_active(&self) -> bool {
+        matches!(self, RunState::Starting | RunState::Training | RunState::Paused | RunState::Stopping)
+    }
+
+    pub fn label(&self) -> &'static str {
+        match self {
+            RunState::Starting => "starting",
+            RunState::Training => "training",
+            RunState::Paused => "paused",
+            RunState::Stopping => "stopping: saving a checkpoint",
+            RunState::Finished => "finished",
+            RunState::Stopped => "stopped, checkpoint saved",
+            RunState::Failed(_) => "failed",
+        }
+    }
+}
+
+/// Names of the plotted loss curves, in the order of [`loss_values`].
+pub const LOSS_NAMES: [&str; 8] = ["G_AB adv", "G_BA adv", "cycle A", "cycle B", "identity", "paired", "D_A", "D_B"];
+
+/// The plotted value of each curve: adversarial losses of both generators, both cycle losses,
+/// the identity terms together, the paired term, and both discriminators.
+pub fn loss_values(l: &Losses) -> [f64; 8] {
+    [l.g_ab_adv, l.g_ba_adv, l.cycle_a, l.cycle_b, l.idt_ab + l.idt_ba, l.paired, l.d_a, l.d_b].map(f64::from)
+}
+
+/// Loss curves over steps in bounded memory: each point is the mean of `steps_per_point`
+/// consecutive steps, and when the curves reach [`LossHistory::MAX_POINTS`] neighbouring points
+/// are merged and the bucket doubles. Long runs thus keep their whole shape, smoothed.
+#[derive(Clone, Debug)]
+pub struct LossHistory {
+    curves: [Vec<(f64, f64)>; 8],
+    steps_per_point: u64,
+    partial_sum: [f64; 8],
+    partial_count: u64,
+}
+
+impl Default for LossHistory {
+    fn default() -> Self {
+        Self { curves: Default::default(), steps_per_point: 1, partial_sum: [0.0; 8], partial_count: 0 }
+    }
+}
+
+impl LossHistory {
+    pub const MAX_POINTS: usize = 1000;
+
+    pub fn push(&mut self, step: u64, losses: &Losses) {
+        let values = loss_values(losses);
+        // A non-finite loss ends the run with an error of its own; it would only wreck the axes.
+        if values.iter().any(|v| !v.is_finite()) {
+            return;
+        }
+        for (sum, v) in self.partial_sum.iter_mut().zip(values) {
+            *sum += v;
+        }
+        self.partial_count += 1;
+        if self.partial_count < self.steps_per_point {
+            return;
+        }
+        for (curve, sum) in self.curves.iter_mut().zip(&mut self.partial_sum) {
+            curve.push((step as f64, *sum / self.partial_count as f64));
+            *sum = 0.0;
+        }
+        self.partial_count = 0;
+        if self.curves[0].len() >= Self::MAX_POINTS {
+            for curve in &mut self.curves {
+                *curve = curve
+                    .chunks(2)
+                    .map(|pair| (pair[pair.len() - 1].0, pair.iter().map(|p| p.1).sum::<f64>() / pair.len() as f64))
+                    .collect();
+            }
+            self.steps_per_point *= 2;
+        }
+    }
+
+    /// How many steps each point averages.
+    pub fn steps_per_point(&self) -> u64 {
+        self.steps_per_point
+    }
+
+    /// The curves worth drawing (a term that stayed 0, such as `paired` in unpaired training,
+    /// is left out), with their names.
+    pub fn curves(&self) -> impl Iterator<Item = (&'static str, &[(f64, f64)])> {
+        LOSS_NAMES.into_iter().zip(&self.curves).filter(|(_, c)| c.iter().any(|p| p.1 != 0.0)).map(|(n, c)| (n, c.as_slice()))
+    }
+}
+
+/// The live state of a run (or the last one), as its events report it.
+pub struct RunMonitor {
+    pub name: String,
+    pub state: RunState,
+    control: RunControl,
+    pub device: String,
+    pub step: u64,
+    pub total_steps: u64,
+    pub epoch: u64,
+    pub lr: f64,
+    pub images_per_sec: f64,
+    pub eta: Duration,
+    pub latest: Option<Losses>,
+    pub history: LossHistory,
+    pub health: Option<HealthReport>,
+    /// The latest preview grid and its step.
+    pub preview: Option<(u64, ShownImage)>,
+    pub log: Vec<LogLine>,
+    pub saved_step: Option<u64>,
+}
+
+/// Log lines kept per run.
+const MAX_LOG_LINES: usize = 500;
+
+impl RunMonitor {
+    pub fn new(name: String, control: RunControl) -> Self {
+        Self {
+            name,
+            state: RunState::Starting,
+            control,
+            device: String::new(),
+            step: 0,
+            total_steps: 0,
+            epoch: 0,
+            lr: 0.0,
+            images_per_sec: 0.0,
+            eta: Duration::ZERO,
+            latest: None,
+            history: LossHistory::default(),
+            health: None,
+            preview: None,
+            log: Vec::new(),
+            saved_step: None,
+        }
+    }
+
+    fn log(&mut self, level: Level, text: String) {
+        if self.log.len() >= MAX_LOG_LINES {
+            self.log.remove(0);
+        }
+        self.log.push(LogLine { step: self.step, text, level });
+    }
+
+    pub fn apply(&mut self, event: TrainEvent) {
+        match event {
+            TrainEvent::Started { step, total_steps, device, note } => {
+                if self.state == RunState::Starting {
+                    self.state = RunState::Training;
+                }
+                (self.step, self.total_steps) = (step, total_steps);
+                self.log(Level::Info, format!("started at step {step} of {total_steps} on {device}"));
+                self.device = device;
+                if let Some(note) = note {
+                    self.log(Level::Info, note);
+                }
+            }
+            TrainEvent::Step(report) => {
+                self.history.push(report.step, &report.losses);
+                self.step = report.step;
+                self.total_steps = report.total_steps;
+                self.epoch = report.epoch;
+                self.lr = report.lr;
+                self.images_per_sec = report.images_per_sec;
+                self.eta = report.eta;
+                self.latest = Some(report.losses);
+            }
+            TrainEvent::Preview { step, grid } => self.preview = Some((step, ShownImage::new(grid))),
+            TrainEvent::Saved { step, .. } => {
+                self.saved_step = Some(step);
+                self.log(Level::Info, format!("checkpoint saved at step {step}"));
+            }
+            TrainEvent::Health(report) => {
+                // Training sends each health warning as a Warning event just before the report.
+                // The health panel shows the report's warnings, so drop those copies from the log.
+                while self.log.last().is_some_and(|l| l.level == Level::Warning && report.warnings.contains(&l.text)) {
+                    self.log.pop();
+                }
+                self.health = Some(report);
+            }
+            TrainEvent::Warning(text) => self.log(Level::Warning, text),
+        }
+    }
+
+    fn ended(&mut self, outcome: Result<RunOutcome, String>) {
+        match outcome {
+            Ok(RunOutcome::Finished { step }) => {
+                self.state = RunState::Finished;
+                self.log(Level::Info, format!("finished at step {step}"));
+            }
+            Ok(RunOutcome::Stopped { step }) => {
+                self.state = RunState::Stopped;
+                self.log(Level::Info, format!("stopped at step {step}; resume it from the settings (e)"));
+            }
+            Err(e) => {
+                self.log(Level::Error, e.clone());
+                self.state = RunState::Failed(e);
+            }
+        }
+    }
+
+    fn toggle_pause(&mut self) {
+        let paused = match self.state {
+            RunState::Starting | RunState::Training => true,
+            RunState::Paused => false,
+            _ => return,
+        };
+        self.control.pause.store(paused, Ordering::SeqCst);
+        self.state = if paused { RunState::Paused } else { RunState::Training };
+    }
+
+    /// Asks the run to finish its step, save and return. Says whether a run was active.
+    fn stop(&mut self) -> bool {
+        if !self.state.is_active() {
+            return false;
+        }
+        self.control.stop.store(true, Ordering::SeqCst);
+        self.state = RunState::Stopping;
+        true
+    }
+}
+
+/// Which half of the Training screen is shown.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum TrainingView {
+    #[default]
+    Settings,
+    Dashboard,
+}
+
+#[derive(Default)]
+pub struct TrainingScreen {
+    pub form: TrainForm,
+    pub run: Option<RunMonitor>,
+    pub view: TrainingView,
+}
+
+impl TrainingScreen {
+    pub fn is_running(&self) -> bool {
+        self.run.as_ref().is_some_and(|r| r.state.is_active())
+    }
+}
+
+/// What starting needs: the configuration and where the run lives.
+struct RunPlan {
+    config: TrainConfig,
+    options: RunOptions,
+}
+
+/// Runs training on its own thread, forwarding its events into the studio's channel.
+fn spawn_training(plan: RunPlan, control: RunControl, events: &Sender<AppEvent>) -> std::io::Result<()> {
+    let events = events.clone();
+    std::thread::Builder::new().name("training".into()).spawn(move || {
+        let forward = events.clone();
+        let mut on_event = move |e: TrainEvent| {
+            let _ = forward.send(AppEvent::Train(e));
+        };
+        let outcome = catch_panics(|| run_training(plan.config, &plan.options, &control, &mut on_event));
+        let _ = events.send(AppEvent::TrainingEnded(outcome));
+    })?;
+    Ok(())
+}
+
+fn parse_number<T: std::str::FromStr>(text: &str, what: &str) -> Result<T, String> {
+    text.trim().parse().map_err(|_| format!("{what} must be a number, not '{}'", text.trim()))
+}
+
+fn check_run_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.starts_with('.') || name.contains(['/', '\\']) || name.chars().any(char::is_control) {
+        return Err(format!("run name '{name}' must be a plain folder name"));
+    }
+    Ok(())
+}
+
+impl App {
+    /// The dataset a new run would use.
+    pub fn training_dataset(&self) -> Option<&DatasetEntry> {
+        let usable = || self.datasets.entries.iter().filter(|e| e.dataset.is_ok());
+        let chosen = self.training.form.dataset.as_ref().and_then(|dir| usable().find(|e| &e.dir == dir));
+        chosen.or_else(|| usable().next())
+    }
+
+    /// The name the run will get: the typed one, or `<dataset>_<preset>` made unique among the
+    /// runs in the checkpoints folder (as last scanned: this is called while drawing).
+    pub fn training_run_name(&self) -> String {
+        let form = &self.training.form;
+        if let Some(name) = form.resume.as_ref().or(form.custom_name.as_ref()) {
+            return name.clone();
+        }
+        let base = format!("{}_{}", self.training_dataset().map_or("run", |d| d.name.as_str()), PRESETS[form.preset].short);
+        let taken = |n: &str| self.runs.iter().any(|r| r.name == n);
+        let mut name = base.clone();
+        let mut counter = 2;
+        while taken(&name) {
+            name = format!("{base}_{counter}");
+            counter += 1;
+        }
+        name
+    }
+
+    fn resumed_run(&self) -> Option<&RunEntry> {
+        let name = self.training.form.resume.as_ref()?;
+        self.runs.iter().find(|r| &r.name == name)
+    }
+
+    /// The text of a setting as the panel shows it.
+    pub fn training_setting_value(&self, setting: Setting) -> String {
+        let form = &self.training.form;
+        match setting {
+            Setting::Run => match &form.resume {
+                Some(name) => format!("resume {name}"),
+                None => "new run".into(),
+            },
+            Setting::Dataset => match self.resumed_run() {
+                Some(run) => run.config.as_ref().map(|c| c.dataset.display().to_string()).unwrap_or_default(),
+                None => self.training_dataset().map_or_else(|| "none: create one on the Datasets screen".into(), |d| d.name.clone()),
+            },
+            Setting::Preset => match form.resume {
+                Some(_) => "saved settings".into(),
+                None => PRESETS[form.preset].name.into(),
+            },
+            Setting::Name => self.training_run_name(),
+            Setting::Generator => form.generator.clone(),
+            Setting::Ngf => form.ngf.clone(),
+            Setting::Size => form.size.clone(),
+            Setting::Iters => form.iters.clone(),
+            Setting::DecayIters => form.decay_iters.clone(),
+            Setting::Lr => form.lr.clone(),
+            Setting::SampleEvery => form.sample_every.clone(),
+            Setting::Device => form.device.clone(),
+        }
+    }
+
+    /// Whether a setting may be changed now. A resumed run keeps its architecture and data; its
+    /// length (when counted in iterations), preview interval and device may change.
+    pub fn training_setting_editable(&self, setting: Setting) -> bool {
+        match self.resumed_run() {
+            None => true,
+            Some(run) => match setting {
+                Setting::Run | Setting::SampleEvery | Setting::Device => true,
+                Setting::Iters | Setting::DecayIters => run.has_iteration_schedule(),
+                _ => false,
+            },
+        }
+    }
+
+    pub(super) fn training_capture_text(&self) -> bool {
+        self.training.view == TrainingView::Settings && self.training.form.editing.is_some()
+    }
+
+    pub(super) fn training_key(&mut self, key: KeyEvent) {
+        match self.training.view {
+            TrainingView::Settings => self.settings_key(key),
+            TrainingView::Dashboard => self.dashboard_key(key),
+        }
+    }
+
+    fn dashboard_key(&mut self, key: KeyEvent) {
+        let Some(run) = &mut self.training.run else {
+            self.training.view = TrainingView::Settings;
+            return;
+        };
+        match key.code {
+            KeyCode::Char('p') => run.toggle_pause(),
+            KeyCode::Char('x') if run.state.is_active() => {
+                run.stop();
+                self.set_info("stopping: finishing this step and saving a checkpoint…".into());
+            }
+            KeyCode::Char('e') if run.state.is_active() => {
+                self.set_error("a run is in progress: stop it with x first".into());
+            }
+            KeyCode::Char('e') => {
+                // Offer to continue the run that just ended.
+                let name = run.name.clone();
+                self.refresh_runs();
+                if let Some(entry) = self.runs.iter().find(|r| r.name == name && r.checkpoint_step.is_some()).cloned() {
+                    self.training.form.load_run(&entry);
+                }
+                self.training.view = TrainingView::Settings;
+            }
+            _ => {}
+        }
+    }
+
+    fn settings_key(&mut self, key: KeyEvent) {
+        let setting = self.training.form.setting();
+        if let Some(input) = &mut self.training.form.editing {
+            match key.code {
+                KeyCode::Enter => {
+                    let value = input.value.trim().to_string();
+                    self.training.form.editing = None;
+                    match setting {
+                        Setting::Name => self.training.form.custom_name = (!value.is_empty()).then_some(value),
+                        other => {
+                            if let Some(text) = self.training.form.text_mut(other) {
+                                *text = value;
+                            }
+                        }
+                    }
+                }
+                KeyCode::Esc => self.training.form.editing = None,
+                _ => {
+                    input.edit(&key, |_| true);
+                }
+            }
+            return;
+        }
+        if move_cursor(&mut self.training.form.cursor, Setting::ALL.len(), key.code) {
+            return;
+        }
+        match key.code {
+            KeyCode::Left | KeyCode::Char('h') => self.cycle_setting(setting, false),
+            KeyCode::Right | KeyCode::Char('l') => self.cycle_setting(setting, true),
+            KeyCode::Enter if setting.is_choice() => self.cycle_setting(setting, true),
+            KeyCode::Enter if self.training_setting_editable(setting) => {
+                self.training.form.editing = Some(TextInput::new(self.training_setting_value(setting)));
+            }
+            KeyCode::Enter => self.set_error(format!("{} is fixed by the saved run", setting.label())),
+            KeyCode::Char('s') => self.start_training(),
+            KeyCode::Char('e') if self.training.run.is_some() => self.training.view = TrainingView::Dashboard,
+            _ => {}
+        }
+    }
+
+    /// ←/→ on a setting: steps through runs, datasets, presets, generators or devices.
+    fn cycle_setting(&mut self, setting: Setting, forward: bool) {
+        if !self.training_setting_editable(setting) {
+            return self.set_error(format!("{} is fixed by the saved run", setting.label()));
+        }
+        let step = |i: usize, n: usize| if forward { (i + 1) % n } else { (i + n - 1) % n };
+        match setting {
+            Setting::Run => {
+                // Choices: a new run, then every run with a checkpoint.
+                let resumable: Vec<RunEntry> =
+                    self.runs.iter().filter(|r| r.checkpoint_step.is_some() && r.config.is_ok()).cloned().collect();
+                let current =
+                    self.training.form.resume.as_ref().and_then(|n| resumable.iter().position(|r| &r.name == n)).map_or(0, |i| i + 1);
+                match step(current, resumable.len() + 1) {
+                    0 => {
+                        self.training.form.resume = None;
+                        self.apply_preset();
+                    }
+                    i => self.training.form.load_run(&resumable[i - 1]),
+                }
+            }
+            Setting::Dataset => {
+                let usable: Vec<PathBuf> = self.datasets.entries.iter().filter(|e| e.dataset.is_ok()).map(|e| e.dir.clone()).collect();
+                if usable.is_empty() {
+                    return self.set_error("no dataset yet: create one on the Datasets screen (1, then n)".into());
+                }
+                let current = self.training_dataset().and_then(|d| usable.iter().position(|u| *u == d.dir)).unwrap_or(0);
+                self.training.form.dataset = Some(usable[step(current, usable.len())].clone());
+                self.apply_preset();
+            }
+            Setting::Preset => {
+                self.training.form.preset = step(self.training.form.preset, PRESETS.len());
+                self.apply_preset();
+            }
+            Setting::Generator => cycle_text(&mut self.training.form.generator, &GENERATORS, forward),
+            Setting::Device => cycle_text(&mut self.training.form.device, &DEVICES, forward),
+            _ => {}
+        }
+    }
+
+    fn apply_preset(&mut self) {
+        let dataset = self.training_dataset().and_then(|d| d.dataset.as_ref().ok()).cloned();
+        self.training.form.apply_preset(dataset.as_ref());
+    }
+
+    /// Checks the settings and turns them into a configuration, with messages a user can act on.
+    fn training_plan(&self) -> Result<RunPlan, String> {
+        let form = &self.training.form;
+        let name = self.training_run_name();
+        check_run_name(&name)?;
+        let run_dir = self.options.checkpoints.join(&name);
+        let resume = form.resume.is_some();
+        let config = if let Some(run) = self.resumed_run() {
+            if run.checkpoint_step.is_none() {
+                return Err(format!("run '{name}' has no checkpoint to resume"));
+            }
+            let mut config = run.config.clone()?;
+            if let Schedule::Iters { iters, decay_iters } = &mut config.schedule {
+                *iters = parse_number(&form.iters, "Iterations")?;
+                *decay_iters = parse_number(&form.decay_iters, "Decay iterations")?;
+            }
+            config.sample_every = parse_number(&form.sample_every, "Preview every")?;
+            config.device = form.device.trim().to_string();
+            config
+        } else {
+            if resume {
+                return Err(format!("run '{name}' is no longer in {}", self.options.checkpoints.display()));
+            }
+            if self.runs.iter().any(|r| r.name == name && r.checkpoint_step.is_some()) {
+                return Err(format!("run '{name}' already has a checkpoint: choose it under Run to resume it, or change the name"));
+            }
+            let entry = self.training_dataset().ok_or("no dataset yet: create one on the Datasets screen (1, then n)")?;
+            let dataset = entry.dataset.as_ref().map_err(Clone::clone)?;
+            self.new_run_config(name, dataset)?
+        };
+        config.validate().map_err(|e| format!("{e:#}"))?;
+        Ok(RunPlan { config, options: RunOptions { run_dir, resume } })
+    }
+
+    fn new_run_config(&self, name: String, dataset: &Dataset) -> Result<TrainConfig, String> {
+        let form = &self.training.form;
+        let preset = &PRESETS[form.preset];
+        let generator: GeneratorKind = form.generator.trim().parse()?;
+        let ngf: usize = parse_number(&form.ngf, "ngf")?;
+        let size: usize = parse_number(&form.size, "Image size")?;
+        Ok(TrainConfig {
+            name,
+            dataset: dataset.root.clone(),
+            domain_a: dataset.spec.a.clone(),
+            domain_b: dataset.spec.b.clone(),
+            generator,
+            ngf,
+            ndf: ngf,
+            n_layers_d: 3,
+            size,
+            // The reference resizes to 286 before cropping 256; keep that ratio at any size.
+            load_size: size * 286 / 256,
+            batch: 1,
+            schedule: Schedule::Iters {
+                iters: parse_number(&form.iters, "Iterations")?,
+                decay_iters: parse_number(&form.decay_iters, "Decay iterations")?,
+            },
+            lr: parse_number(&form.lr, "Learning rate")?,
+            beta1: 0.5,
+            beta2: 0.999,
+            lambda_cycle: 10.0,
+            lambda_identity: 0.5,
+            lambda_paired: 0.0,
+            paired: false,
+            gan_loss: GanLoss::Lsgan,
+            pool: 50,
+            seed: 0,
+            flip: true,
+            sample_every: parse_number(&form.sample_every, "Preview every")?,
+            save_every: preset.save_every,
+            log_every: preset.log_every,
+            health_every: preset.health_every,
+            device: form.device.trim().to_string(),
+        })
+    }
+
+    pub(super) fn start_training(&mut self) {
+        if self.training.is_running() {
+            return self.set_error("a run is in progress: stop it with x first".into());
+        }
+        let plan = match self.training_plan() {
+            Ok(plan) => plan,
+            Err(e) => {
+                self.training.form.error = Some(e.clone());
+                return self.set_error(e);
+            }
+        };
+        let name = plan.config.name.clone();
+        // A failed save (full disk) becomes a warning in the event log and is retried at the next
+        // save, so a long run is not lost while the user frees space; the last save still must work.
+        let control = RunControl { keep_going_on_save_error: true, ..Default::default() };
+        match spawn_training(plan, control.clone(), &self.events) {
+            Ok(()) => {
+                self.training.form.error = None;
+                self.training.run = Some(RunMonitor::new(name.clone(), control));
+                self.training.view = TrainingView::Dashboard;
+                self.set_info(format!("training {name}…"));
+            }
+            Err(e) => self.set_error(format!("cannot start the training thread: {e}")),
+        }
+    }
+
+    pub(super) fn training_event(&mut self, event: TrainEvent) {
+        if matches!(event, TrainEvent::Started { .. }) {
+            // The run folder and its config exist from now on.
+            self.refresh_runs();
+        }
+        // Events come only from the run started here; the monitor exists since its start.
+        if let Some(run) = &mut self.training.run {
+            run.apply(event);
+        }
+    }
+
+    pub(super) fn training_ended(&mut self, outcome: Result<RunOutcome, String>) {
+        match &outcome {
+            Ok(RunOutcome::Finished { step }) => self.set_info(format!("training finished at step {step}")),
+            Ok(RunOutcome::Stopped { step }) => self.set_info(format!("training stopped at step {step}; checkpoint saved")),
+            Err(e) => self.set_error(format!("training failed: {e}")),
+        }
+        if let Some(run) = &mut self.training.run {
+            run.ended(outcome);
+        }
+        self.refresh_runs();
+    }
+
+    /// Asks a running training to stop and save; says whether one was running.
+    pub(super) fn stop_training(&mut self) -> bool {
+        self.training.run.as_mut().is_some_and(RunMonitor::stop)
+    }
+}
+
+/// Replaces `text` by the next (or previous) of `choices`; text that is not among them goes
+/// to the first.
+fn cycle_text(text: &mut String, choices: &[&str], forward: bool) {
+    let n = choices.len();
+    let next = match choices.iter().position(|c| c == text) {
+        Some(i) if forward => (i + 1) % n,
+        Some(i) => (i + n - 1) % n,
+        None => 0,
+    };
+    *text = choices[next].to_string();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn losses(value: f32) -> Losses {
+        Losses { g_ab_adv: value, cycle_a: 2.0 * value, d_a: 1.0, ..Default::default() }
+    }
+
+    #[test]
+    fn loss_history_stays_bounded_and_keeps_the_whole_run() {
+        let mut history = LossHistory::default();
+        for step in 1..=2500 {
+            history.push(step, &losses(step as f32));
+        }
+        let curves: Vec<_> = history.curves().collect();
+        // Terms that stayed 0 are left out.
+        assert_eq!(curves.iter().map(|(name, _)| *name).collect::<Vec<_>>(), ["G_AB adv", "cycle A", "D_A"]);
+        let (_, g_ab) = curves[0];
+        assert!(g_ab.len() < LossHistory::MAX_POINTS, "{} points", g_ab.len());
+        assert_eq!(history.steps_per_point(), 4);
+        // The points still span the run, and each is the mean of its steps.
+        assert!(g_ab[0].0 <= 4.0 && g_ab.last().unwrap().0 >= 2490.0);
+        assert_eq!(g_ab[0].1, 2.5);
+        assert!(curves[2].1.iter().all(|p| p.1 == 1.0));
+    }
+
+    #[test]
+    fn health_warnings_are_not_repeated_in_the_log() {
+        let mut run = RunMonitor::new("r".into(), RunControl::default());
+        let warning = "outputs of G_AB have become near-identical".to_string();
+        run.apply(TrainEvent::Warning("skipping a.png: truncated".into()));
+        run.apply(TrainEvent::Warning(warning.clone()));
+        run.apply(TrainEvent::Health(HealthReport { warnings: vec![warning], ..Default::default() }));
+        assert_eq!(run.log.iter().map(|l| l.text.as_str()).collect::<Vec<_>>(), ["skipping a.png: truncated"]);
+    }
+}

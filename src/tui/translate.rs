@@ -1,0 +1,345 @@
+//! The Translate screen's logic: choosing a trained run and an image, translating on a worker
+//! thread, and saving the result beside the input without ever overwriting a file.
+
+use super::app::{move_cursor, App};
+use super::event::{spawn_job, JobResult};
+use super::form::{complete_path, expand_home, PathKind, TextInput};
+use super::preview::ShownImage;
+use crate::data::dataset::Check;
+use crate::data::{decode_image, Dataset};
+use crate::translate::{translate_image, TranslateOptions, Translator};
+use anyhow::{bail, Context, Result};
+use crossterm::event::{KeyCode, KeyEvent};
+use image::DynamicImage;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// A test image of the model's dataset and the direction it is translated in.
+#[derive(Clone, Debug)]
+pub struct TestImage {
+    pub path: PathBuf,
+    pub from: String,
+    pub to: String,
+}
+
+/// A run's generators, loaded, with the test images of its dataset.
+pub struct LoadedModel {
+    pub run_name: String,
+    pub translator: Arc<Translator>,
+    pub images: Vec<TestImage>,
+    /// Why there are no test images to choose from, if there are none.
+    pub images_note: Option<String>,
+}
+
+/// One finished translation.
+pub struct Translation {
+    pub source: PathBuf,
+    pub target: String,
+    pub input: DynamicImage,
+    pub output: DynamicImage,
+    pub seconds: f64,
+}
+
+/// A translation as the screen shows it.
+pub struct TranslationView {
+    pub source: PathBuf,
+    pub target: String,
+    pub input: ShownImage,
+    pub output: ShownImage,
+    pub seconds: f64,
+}
+
+pub enum ModelState {
+    None,
+    Loading(String),
+    Ready(LoadedModel),
+    Failed(String),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Focus {
+    #[default]
+    Runs,
+    Images,
+}
+
+pub struct TranslateScreen {
+    pub focus: Focus,
+    pub run_index: usize,
+    pub model: ModelState,
+    model_request: u64,
+    pub image_index: usize,
+    /// A path being typed (o), translated to `typed_target`.
+    pub path_input: Option<TextInput>,
+    pub completions: Vec<String>,
+    /// Target domain for typed paths (None: the model's first target).
+    pub typed_target: Option<String>,
+    /// What is being worked on, e.g. "translating x.png…".
+    pub busy: Option<String>,
+    pub result: Option<TranslationView>,
+    translate_request: u64,
+}
+
+impl Default for TranslateScreen {
+    fn default() -> Self {
+        Self {
+            focus: Focus::Runs,
+            run_index: 0,
+            model: ModelState::None,
+            model_request: 0,
+            image_index: 0,
+            path_input: None,
+            completions: Vec::new(),
+            typed_target: None,
+            busy: None,
+            result: None,
+            translate_request: 0,
+        }
+    }
+}
+
+impl TranslateScreen {
+    /// The domain a typed path is translated to.
+    pub fn typed_target(&self) -> Option<String> {
+        let ModelState::Ready(model) = &self.model else { return None };
+        let targets = model.translator.targets();
+        self.typed_target.clone().filter(|t| targets.contains(&t.as_str())).or_else(|| targets.first().map(|t| t.to_string()))
+    }
+}
+
+/// Loads a run's generators (on its training device, or the CPU when that is unavailable) and
+/// lists the test images of its dataset.
+fn load_model(run_name: String, run_dir: PathBuf, device: String) -> Result<LoadedModel> {
+    let translator = match Translator::load(&run_dir, &device) {
+        Err(_) if device != "cpu" => Translator::load(&run_dir, "cpu")?,
+        loaded => loaded?,
+    };
+    let targets = translator.targets();
+    let (images, images_note) = match Dataset::open(&translator.config.dataset, Check::Header) {
+        Ok(dataset) => {
+            let mut images = Vec::new();
+            for (from, to) in [(&dataset.a, &dataset.b), (&dataset.b, &dataset.a)] {
+                if targets.contains(&to.spec.name.as_str()) {
+                    images.extend(from.test.images.iter().map(|(path, _)| TestImage {
+                        path: path.clone(),
+                        from: from.spec.name.clone(),
+                        to: to.spec.name.clone(),
+                    }));
+                }
+            }
+            let note = images.is_empty().then(|| format!("{} has no test images: press o to open any image", dataset.root.display()));
+            (images, note)
+        }
+        Err(e) => (Vec::new(), Some(format!("{e:#}; press o to open any image"))),
+    };
+    Ok(LoadedModel { run_name, translator: Arc::new(translator), images, images_note })
+}
+
+fn translate_file(translator: &Translator, source: PathBuf, target: String) -> Result<Translation> {
+    let input = decode_image(&source)?;
+    let (generator, in_channels, _) = translator.generator_to(&target)?;
+    let started = Instant::now();
+    let output =
+        translate_image(generator, in_channels, translator.size_multiple(), &translator.device, &input, &TranslateOptions::default())?;
+    Ok(Translation { source, target, input, output, seconds: started.elapsed().as_secs_f64() })
+}
+
+/// Where a translation of `source` into `target` is saved: `<stem>.<target>.png` beside it.
+pub fn output_path(source: &Path, target: &str) -> PathBuf {
+    let stem = source.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "image".into());
+    source.with_file_name(format!("{stem}.{target}.png"))
+}
+
+/// Writes `image` as a new PNG at `path`; an existing file is an error, never replaced.
+fn save_new_png(image: &DynamicImage, path: PathBuf) -> Result<PathBuf> {
+    let mut png = std::io::Cursor::new(Vec::new());
+    image.write_to(&mut png, image::ImageFormat::Png).context("cannot encode the translation as PNG")?;
+    // create_new makes "does it exist?" and "create it" one step, so nothing is ever overwritten.
+    let mut file = match std::fs::OpenOptions::new().write(true).create_new(true).open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => bail!("{} already exists; it was left as it is", path.display()),
+        Err(e) => return Err(e).with_context(|| format!("cannot create {}", path.display())),
+    };
+    if let Err(e) = file.write_all(png.get_ref()).and_then(|()| file.sync_all()) {
+        let _ = std::fs::remove_file(&path);
+        return Err(e).with_context(|| format!("cannot write {}", path.display()));
+    }
+    Ok(path)
+}
+
+impl App {
+    pub(super) fn translate_capture_text(&self) -> bool {
+        self.translate.path_input.is_some()
+    }
+
+    pub(super) fn translate_key(&mut self, key: KeyEvent) {
+        if self.translate.path_input.is_some() {
+            return self.path_input_key(key);
+        }
+        let screen = &mut self.translate;
+        let moved = match screen.focus {
+            Focus::Runs => move_cursor(&mut screen.run_index, self.runs.len(), key.code),
+            Focus::Images => {
+                let count = if let ModelState::Ready(m) = &screen.model { m.images.len() } else { 0 };
+                move_cursor(&mut screen.image_index, count, key.code)
+            }
+        };
+        if moved {
+            return;
+        }
+        match key.code {
+            KeyCode::Left | KeyCode::Char('h') => screen.focus = Focus::Runs,
+            KeyCode::Right | KeyCode::Char('l') => screen.focus = Focus::Images,
+            KeyCode::Enter if screen.focus == Focus::Runs => self.load_selected_model(),
+            KeyCode::Enter => {
+                let chosen = match &screen.model {
+                    ModelState::Ready(m) => m.images.get(screen.image_index).cloned(),
+                    _ => None,
+                };
+                if let Some(image) = chosen {
+                    self.start_translation(image.path, image.to);
+                }
+            }
+            KeyCode::Char('o') => match screen.model {
+                ModelState::Ready(_) => screen.path_input = Some(TextInput::default()),
+                _ => self.set_error("choose a model first (Enter on a run)".into()),
+            },
+            KeyCode::Char('t') => {
+                if let ModelState::Ready(model) = &screen.model {
+                    let targets: Vec<String> = model.translator.targets().iter().map(|t| t.to_string()).collect();
+                    let current = screen.typed_target().and_then(|t| targets.iter().position(|x| *x == t)).unwrap_or(0);
+                    screen.typed_target = targets.get((current + 1) % targets.len().max(1)).cloned();
+                }
+            }
+            KeyCode::Char('s') => self.save_translation(),
+            KeyCode::Char('r') => self.refresh_runs(),
+            _ => {}
+        }
+    }
+
+    fn path_input_key(&mut self, key: KeyEvent) {
+        let screen = &mut self.translate;
+        let Some(input) = &mut screen.path_input else { return };
+        match key.code {
+            KeyCode::Esc => {
+                screen.path_input = None;
+                screen.completions.clear();
+            }
+            KeyCode::Tab => {
+                let completion = complete_path(&input.value, PathKind::FoldersAndFiles);
+                input.value = completion.value;
+                screen.completions = completion.candidates;
+            }
+            KeyCode::Enter => {
+                let path = expand_home(input.value.trim());
+                screen.path_input = None;
+                screen.completions.clear();
+                match screen.typed_target() {
+                    Some(target) => self.start_translation(path, target),
+                    None => self.set_error("choose a model first (Enter on a run)".into()),
+                }
+            }
+            _ => {
+                if input.edit(&key, |_| true) {
+                    screen.completions.clear();
+                }
+            }
+        }
+    }
+
+    fn load_selected_model(&mut self) {
+        let Some(run) = self.runs.get(self.translate.run_index) else { return };
+        let device = match (&run.config, run.checkpoint_step) {
+            (Err(e), _) => return self.set_error(format!("run {}: {e}", run.name)),
+            (Ok(_), None) => return self.set_error(format!("run {} has no checkpoint yet", run.name)),
+            (Ok(config), Some(_)) => config.device.clone(),
+        };
+        let (name, dir) = (run.name.clone(), run.dir.clone());
+        let screen = &mut self.translate;
+        screen.model_request += 1;
+        let request = screen.model_request;
+        screen.model = ModelState::Loading(name.clone());
+        screen.image_index = 0;
+        screen.focus = Focus::Images;
+        spawn_job(&self.events, move || load_model(name, dir, device), move |result| JobResult::ModelLoaded { request, result });
+    }
+
+    pub(super) fn model_loaded(&mut self, request: u64, result: Result<LoadedModel, String>) {
+        let screen = &mut self.translate;
+        if request != screen.model_request {
+            return;
+        }
+        screen.model = match result {
+            Ok(model) => ModelState::Ready(model),
+            Err(e) => ModelState::Failed(e),
+        };
+    }
+
+    fn start_translation(&mut self, source: PathBuf, target: String) {
+        let screen = &mut self.translate;
+        let ModelState::Ready(model) = &screen.model else { return };
+        let translator = model.translator.clone();
+        screen.translate_request += 1;
+        let request = screen.translate_request;
+        screen.busy = Some(format!("translating {} to {target}…", source.display()));
+        spawn_job(
+            &self.events,
+            move || translate_file(&translator, source, target),
+            move |result| JobResult::Translated { request, result },
+        );
+    }
+
+    pub(super) fn translated(&mut self, request: u64, result: Result<Translation, String>) {
+        if request != self.translate.translate_request {
+            return;
+        }
+        self.translate.busy = None;
+        match result {
+            Ok(t) => {
+                self.translate.result = Some(TranslationView {
+                    source: t.source,
+                    target: t.target,
+                    input: ShownImage::new(t.input),
+                    output: ShownImage::new(t.output),
+                    seconds: t.seconds,
+                })
+            }
+            Err(e) => self.set_error(format!("translation failed: {e}")),
+        }
+    }
+
+    fn save_translation(&mut self) {
+        let Some(result) = &self.translate.result else {
+            return self.set_error("nothing to save yet: translate an image first".into());
+        };
+        let path = output_path(&result.source, &result.target);
+        let image = result.output.image.clone();
+        spawn_job(&self.events, move || save_new_png(&image, path), JobResult::TranslationSaved);
+    }
+
+    pub(super) fn translation_saved(&mut self, result: Result<PathBuf, String>) {
+        match result {
+            Ok(path) => self.set_info(format!("saved {}", path.display())),
+            Err(e) => self.set_error(format!("not saved: {e}")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_goes_beside_the_input_and_never_overwrites() {
+        let tmp = tempfile::tempdir().unwrap();
+        let source = tmp.path().join("horse.jpg");
+        let out = output_path(&source, "zebra");
+        assert_eq!(out, tmp.path().join("horse.zebra.png"));
+        let image = DynamicImage::new_rgb8(4, 4);
+        assert_eq!(save_new_png(&image, out.clone()).unwrap(), out);
+        let err = save_new_png(&image, out.clone()).unwrap_err();
+        assert!(format!("{err:#}").contains("already exists"), "{err:#}");
+    }
+}

@@ -1,0 +1,309 @@
+//! The studio's screens rendered into ratatui's TestBackend: real datasets, runs and models made
+//! in a temporary folder, driven through `App` with the same events the terminal would send.
+
+mod common;
+
+use common::{tiny_dataset, train_tiny, write_pngs};
+use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+use cyclestudio::health::{HealthMetrics, HealthReport};
+use cyclestudio::train::{Losses, RunControl, RunOutcome, StepReport, TrainEvent};
+use cyclestudio::tui::app::{App, Screen};
+use cyclestudio::tui::datasets::{CreateStatus, ImageView};
+use cyclestudio::tui::event::AppEvent;
+use cyclestudio::tui::preview::ImagePanes;
+use cyclestudio::tui::training::{RunMonitor, TrainingView};
+use cyclestudio::tui::translate::ModelState;
+use cyclestudio::tui::{ui, TuiOptions};
+use ratatui::{backend::TestBackend, Terminal};
+use ratatui_image::picker::Picker;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{channel, Receiver};
+use std::time::{Duration, Instant};
+
+/// An app over `root/datasets` and `root/checkpoints`, with its event receiver.
+fn studio(root: &Path) -> (App, Receiver<AppEvent>) {
+    let (tx, rx) = channel();
+    let options = TuiOptions { checkpoints: root.join("checkpoints"), datasets: vec![root.join("datasets")], graphics: None };
+    (App::new(options, tx), rx)
+}
+
+/// Feeds the app the events its worker threads send until `done` holds.
+fn settle(app: &mut App, rx: &Receiver<AppEvent>, what: &str, done: impl Fn(&App) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !done(app) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let event = rx.recv_timeout(left).unwrap_or_else(|_| panic!("timed out waiting for {what}"));
+        app.handle(event);
+    }
+}
+
+fn press(app: &mut App, code: KeyCode) {
+    app.handle(AppEvent::Key(KeyEvent::new(code, KeyModifiers::NONE)));
+}
+
+fn type_text(app: &mut App, text: &str) {
+    for c in text.chars() {
+        press(app, KeyCode::Char(c));
+    }
+}
+
+/// The screen as text, one line per row (half-block images included as characters).
+fn render(app: &App, width: u16, height: u16) -> String {
+    // Half blocks: the terminal is never queried in tests.
+    let mut images = ImagePanes::new(Picker::halfblocks());
+    let mut terminal = Terminal::new(TestBackend::new(width, height)).unwrap();
+    terminal.draw(|frame| ui::draw(frame, app, &mut images)).unwrap();
+    let buffer = terminal.backend().buffer();
+    let cells: Vec<&str> = buffer.content().iter().map(|c| c.symbol()).collect();
+    cells.chunks(width as usize).map(|row| row.concat()).collect::<Vec<_>>().join("\n")
+}
+
+#[track_caller]
+fn assert_shows(screen: &str, texts: &[&str]) {
+    for text in texts {
+        assert!(screen.contains(text), "the screen does not show {text:?}:\n{screen}");
+    }
+}
+
+#[test]
+fn dataset_list_shows_domains_counts_sizes_and_unreadable_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = tiny_dataset(&tmp.path().join("datasets"));
+    std::fs::write(ds.join("trainB/broken.png"), b"not a png").unwrap();
+    let (mut app, rx) = studio(tmp.path());
+    settle(&mut app, &rx, "the dataset scan", |a| !a.datasets.scanning);
+
+    let screen = render(&app, 140, 40);
+    assert_shows(&screen, &["1 Datasets", "tiny", "gray (1ch)", "color (3ch)", "3 / 3", "2 / 2", "40×36", "unreadable"]);
+    let row = screen.lines().find(|l| l.contains("tiny")).unwrap();
+    assert!(row.trim_end_matches(['│', ' ']).ends_with('1'), "one unreadable file in: {row}");
+    assert_shows(&screen, &["n new dataset", "q quit", "? help"]);
+
+    // Enter browses the images, with an inline preview of the selected one.
+    press(&mut app, KeyCode::Enter);
+    settle(&mut app, &rx, "the preview image", |a| matches!(a.datasets.image, Some(ImageView::Ready { .. })));
+    let screen = render(&app, 140, 40);
+    assert_shows(&screen, &["tiny · trainA (gray) · 3 images", "testB", "trainA/img0.png  40×36", "img0.png · 40×36", "←→ folder"]);
+    assert!(screen.contains('▀') || screen.contains('▄'), "the preview is drawn with half blocks:\n{screen}");
+
+    // → goes to the next folder.
+    press(&mut app, KeyCode::Right);
+    settle(
+        &mut app,
+        &rx,
+        "the testA preview",
+        |a| matches!(&a.datasets.image, Some(ImageView::Ready { path, .. }) if path.starts_with(ds.join("testA"))),
+    );
+}
+
+#[test]
+fn new_dataset_form_completes_folders_and_creates_the_dataset() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_pngs(&tmp.path().join("my_photos"), 6, 24, 24);
+    let (mut app, rx) = studio(tmp.path());
+    settle(&mut app, &rx, "the dataset scan", |a| !a.datasets.scanning);
+    assert_shows(&render(&app, 120, 30), &["No datasets in"]);
+
+    press(&mut app, KeyCode::Char('n'));
+    type_text(&mut app, "faces");
+    press(&mut app, KeyCode::Down);
+    type_text(&mut app, &format!("{}/my_ph", tmp.path().display()));
+    press(&mut app, KeyCode::Tab);
+    let screen = render(&app, 120, 30);
+    assert_shows(&screen, &["New dataset in", "grey ↔ colour", "Dataset name", "faces", &format!("{}/my_photos/", tmp.path().display())]);
+    // Typing in the form is not taken for commands: `q` is a letter here.
+    assert!(app.captures_text());
+
+    press(&mut app, KeyCode::Enter);
+    settle(&mut app, &rx, "the dataset creation", |a| a.datasets.create.as_ref().is_some_and(|f| f.status != CreateStatus::Creating));
+    settle(&mut app, &rx, "the rescan", |a| !a.datasets.scanning);
+    let screen = render(&app, 120, 30);
+    assert_shows(&screen, &["created", "faces", "gray (1ch)", "color (3ch)"]);
+    assert!(tmp.path().join("datasets/faces/dataset.toml").is_file());
+}
+
+fn losses(step: u64) -> Losses {
+    let s = step as f32;
+    Losses {
+        g_ab_adv: 0.9 - 0.05 * s,
+        g_ba_adv: 0.8 - 0.04 * s,
+        cycle_a: 4.0 - 0.3 * s,
+        cycle_b: 3.5 - 0.2 * s,
+        idt_ab: 1.0,
+        idt_ba: 0.8,
+        paired: 0.0,
+        g_total: 10.0 - s,
+        d_a: 0.3,
+        d_b: 0.25,
+    }
+}
+
+#[test]
+fn training_dashboard_shows_chart_gauge_rates_health_and_preview() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut app, rx) = studio(tmp.path());
+    settle(&mut app, &rx, "the dataset scan", |a| !a.datasets.scanning);
+    press(&mut app, KeyCode::Char('2'));
+    assert_eq!(app.screen, Screen::Training);
+    assert_shows(&render(&app, 120, 40), &["Settings", "quick CPU preview", "resnet_6blocks", "Preview every", "s start"]);
+
+    // A run as the training thread reports it.
+    let control = RunControl::default();
+    app.training.run = Some(RunMonitor::new("demo_quick".into(), control.clone()));
+    app.training.view = TrainingView::Dashboard;
+    let events = [TrainEvent::Started { step: 0, total_steps: 10, device: "cpu".into(), note: None }]
+        .into_iter()
+        .chain((1..=3).map(|step| {
+            TrainEvent::Step(StepReport {
+                step,
+                total_steps: 10,
+                epoch: 1,
+                lr: 2e-4,
+                losses: losses(step),
+                images_per_sec: 1.5,
+                eta: Duration::from_secs(65),
+            })
+        }))
+        .chain([
+            TrainEvent::Preview { step: 2, grid: image::DynamicImage::new_rgb8(96, 64) },
+            TrainEvent::Warning("outputs of G_AB have become near-identical".into()),
+            TrainEvent::Health(HealthReport {
+                step: 3,
+                metrics: HealthMetrics {
+                    diversity_ab: 0.05,
+                    diversity_ba: 0.8,
+                    d_b_real: 0.9,
+                    d_b_fake: 0.1,
+                    d_a_real: 0.6,
+                    d_a_fake: 0.4,
+                },
+                cycle_ema: 3.1,
+                warnings: vec!["outputs of G_AB have become near-identical".into()],
+                ..Default::default()
+            }),
+            TrainEvent::Warning("skipping trainA/x.png: truncated".into()),
+            TrainEvent::Saved { step: 3, dir: tmp.path().join("checkpoints/demo_quick") },
+        ]);
+    for event in events {
+        app.handle(AppEvent::Train(event));
+    }
+    let screen = render(&app, 120, 40);
+    assert_shows(
+        &screen,
+        &[
+            "Run demo_quick",
+            "training",
+            "3/10",
+            "epoch 1",
+            "lr 2.00e-4",
+            "1.50 images/s",
+            "ETA 1m 05s",
+            "device cpu",
+            "Losses",
+            "G_AB adv",
+            "G_BA adv",
+            "cycle A",
+            "cycle B",
+            "identity",
+            "D_A",
+            "D_B",
+            "Preview · step 2",
+            "Health",
+            "diversity  A→B 0.05",
+            "near-identical",
+            "skipping trainA/x.png",
+            "checkpoint saved at step 3",
+            "p pause/resume",
+            "x stop + save",
+        ],
+    );
+    // The health warning is shown once, in the health panel, not again in the event log.
+    assert_eq!(screen.matches("near-identical").count(), 1, "{screen}");
+    // Unused terms (no paired loss in unpaired training) are not plotted.
+    assert!(!screen.contains("paired"), "{screen}");
+
+    press(&mut app, KeyCode::Char('p'));
+    assert!(control.pause.load(Ordering::SeqCst));
+    assert_shows(&render(&app, 120, 40), &["paused"]);
+    press(&mut app, KeyCode::Char('p'));
+    assert!(!control.pause.load(Ordering::SeqCst));
+
+    // q stops the run and waits for its checkpoint before quitting.
+    press(&mut app, KeyCode::Char('q'));
+    assert!(control.stop.load(Ordering::SeqCst));
+    assert!(!app.should_quit());
+    assert_shows(&render(&app, 120, 40), &["stopping: saving a checkpoint", "quitting"]);
+    app.handle(AppEvent::TrainingEnded(Ok(RunOutcome::Stopped { step: 3 })));
+    assert!(app.should_quit());
+    assert_shows(&render(&app, 120, 40), &["stopped, checkpoint saved", "e settings / resume"]);
+}
+
+#[test]
+fn training_errors_are_shown_not_raised() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut app, rx) = studio(tmp.path());
+    settle(&mut app, &rx, "the dataset scan", |a| !a.datasets.scanning);
+    press(&mut app, KeyCode::Char('2'));
+    // No dataset yet: starting explains what to do.
+    press(&mut app, KeyCode::Char('s'));
+    assert_shows(&render(&app, 120, 40), &["no dataset yet: create one on the Datasets screen"]);
+
+    app.training.run = Some(RunMonitor::new("broken".into(), RunControl::default()));
+    app.training.view = TrainingView::Dashboard;
+    app.handle(AppEvent::TrainingEnded(Err("saving the checkpoint of step 4 failed: disk full".into())));
+    let screen = render(&app, 120, 40);
+    assert_shows(&screen, &["failed", "training failed: saving the checkpoint of step 4 failed: disk full"]);
+    assert!(!app.should_quit());
+}
+
+#[test]
+fn translate_screen_lists_checkpoints_and_translates_a_test_image() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dataset = tiny_dataset(&tmp.path().join("datasets"));
+    train_tiny(&tmp.path().join("checkpoints/tiny"), &dataset, 2, false);
+    // A run whose config exists but which never saved a checkpoint.
+    let mut unfinished = common::tiny_config(&dataset, 5);
+    unfinished.name = "unfinished".into();
+    unfinished.save(&tmp.path().join("checkpoints/unfinished")).unwrap();
+
+    let (mut app, rx) = studio(tmp.path());
+    press(&mut app, KeyCode::Char('3'));
+    let screen = render(&app, 140, 40);
+    assert_shows(&screen, &["Models in", "tiny  step 2/2", "gray→color · resnet_2blocks ngf 4 · 32px", "unfinished  no checkpoint yet"]);
+
+    press(&mut app, KeyCode::Down);
+    press(&mut app, KeyCode::Enter);
+    assert_shows(&render(&app, 140, 40), &["run unfinished has no checkpoint yet"]);
+
+    press(&mut app, KeyCode::Up);
+    press(&mut app, KeyCode::Enter);
+    settle(&mut app, &rx, "the model", |a| !matches!(a.translate.model, ModelState::Loading(_)));
+    let screen = render(&app, 140, 40);
+    assert_shows(&screen, &["Test images of tiny", "img0.png  gray→color", "img0.png  color→gray"]);
+
+    press(&mut app, KeyCode::Enter);
+    settle(&mut app, &rx, "the translation", |a| a.translate.busy.is_none());
+    let screen = render(&app, 140, 40);
+    assert_shows(&screen, &["Input 40×36", "Translation → color", "img0.color.png"]);
+
+    press(&mut app, KeyCode::Char('s'));
+    settle(&mut app, &rx, "the save", |a| a.status.as_ref().is_some_and(|s| s.text.contains("saved")));
+    assert!(dataset.join("testA/img0.color.png").is_file());
+    press(&mut app, KeyCode::Char('s'));
+    settle(&mut app, &rx, "the refused save", |a| a.status.as_ref().is_some_and(|s| s.is_error && s.text.contains("already exists")));
+    assert_shows(&render(&app, 140, 40), &["not saved:", "already exists"]);
+}
+
+#[test]
+fn help_lists_keys_and_any_key_closes_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut app, _rx) = studio(tmp.path());
+    press(&mut app, KeyCode::Char('?'));
+    assert_shows(&render(&app, 130, 50), &["Keys", "switch screen", "pause / resume", "beside the input"]);
+    press(&mut app, KeyCode::Char('x'));
+    assert!(!app.show_help);
+    // Ctrl-C quits at once when nothing is training.
+    app.handle(AppEvent::Key(KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL)));
+    assert!(app.should_quit());
+}
