@@ -37,6 +37,10 @@ impl Adam {
         let inv_sqrt_bc2 = 1.0 / bc2.sqrt();
         for (i, (_, p)) in self.params.iter().enumerate() {
             let Some(g) = grads.get(p.as_tensor()) else { continue };
+            // candle leaves the accumulated gradient of a variable attached to the forward graph
+            // it came from; detached, the moments cannot keep every step's graph alive.
+            let g = g.detach();
+            let g = &g;
             let m = ((&self.m[i] * self.beta1)? + (g * (1.0 - self.beta1))?)?;
             let v = ((&self.v[i] * self.beta2)? + (g.sqr()? * (1.0 - self.beta2))?)?;
             let denom = ((v.sqrt()? * inv_sqrt_bc2)? + self.eps)?;
