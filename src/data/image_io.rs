@@ -18,6 +18,14 @@ pub fn has_image_extension(path: &Path) -> bool {
         .unwrap_or(false)
 }
 
+fn limits() -> Limits {
+    let mut limits = Limits::default();
+    limits.max_image_width = Some(MAX_SIDE);
+    limits.max_image_height = Some(MAX_SIDE);
+    limits.max_alloc = Some(MAX_DECODE_BYTES);
+    limits
+}
+
 fn reader(path: &Path) -> Result<ImageReader<std::io::BufReader<std::fs::File>>> {
     let mut reader = ImageReader::open(path)
         .with_context(|| format!("{}: cannot open", path.display()))?
@@ -26,11 +34,7 @@ fn reader(path: &Path) -> Result<ImageReader<std::io::BufReader<std::fs::File>>>
     if reader.format().is_none() {
         bail!("{}: not a recognised image format", path.display());
     }
-    let mut limits = Limits::default();
-    limits.max_image_width = Some(MAX_SIDE);
-    limits.max_image_height = Some(MAX_SIDE);
-    limits.max_alloc = Some(MAX_DECODE_BYTES);
-    reader.limits(limits);
+    reader.limits(limits());
     Ok(reader)
 }
 
@@ -44,6 +48,20 @@ pub fn decode_image(path: &Path) -> Result<DynamicImage> {
     let img = reader(path)?.decode().map_err(|e| anyhow::anyhow!("{}: {}", path.display(), describe(e)))?;
     if img.width() == 0 || img.height() == 0 {
         bail!("{}: image has no pixels", path.display());
+    }
+    Ok(img)
+}
+
+/// [`decode_image`] for bytes already in memory (same formats and limits).
+pub fn decode_image_bytes(bytes: &[u8]) -> Result<DynamicImage> {
+    let mut reader = ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format()?;
+    if reader.format().is_none() {
+        bail!("not a recognised image format");
+    }
+    reader.limits(limits());
+    let img = reader.decode().map_err(|e| anyhow::anyhow!("{}", describe(e)))?;
+    if img.width() == 0 || img.height() == 0 {
+        bail!("image has no pixels");
     }
     Ok(img)
 }
