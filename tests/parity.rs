@@ -8,7 +8,7 @@ use candle_nn::VarBuilder;
 use cyclestudio::data::DomainSpec;
 use cyclestudio::interop::{discriminator_key_map, from_reference_keys, generator_from_reference, infer_generator, read_pth};
 use cyclestudio::model::{DiscriminatorConfig, GeneratorKind, PatchGan};
-use cyclestudio::train::{GanLoss, Schedule, TrainConfig, Trainer};
+use cyclestudio::train::{Schedule, TrainConfig, Trainer};
 use std::collections::HashMap;
 
 const TOL: f32 = 1e-4;
@@ -83,34 +83,15 @@ fn key_map(net: &str) -> Vec<(String, String)> {
 
 fn fixture_trainer(fx: &HashMap<String, Tensor>) -> Trainer {
     let cfg = TrainConfig {
-        name: "parity".into(),
-        dataset: "unused".into(),
-        domain_a: DomainSpec { name: "A".into(), channels: 3 },
-        domain_b: DomainSpec { name: "B".into(), channels: 3 },
         generator: GeneratorKind::Resnet { blocks: 1 },
         ngf: 8,
         ndf: 4,
-        n_layers_d: 3,
         size: 32,
         load_size: 32,
-        batch: 1,
         schedule: Schedule::Iters { iters: 10, decay_iters: 0 },
-        lr: 2e-4,
-        beta1: 0.5,
-        beta2: 0.999,
-        lambda_cycle: 10.0,
-        lambda_identity: 0.5,
-        lambda_paired: 0.0,
-        paired: false,
-        gan_loss: GanLoss::Lsgan,
-        pool: 50,
-        seed: 0,
         flip: false,
-        sample_every: 1,
-        save_every: 1,
-        log_every: 1,
         health_every: 0,
-        device: "cpu".into(),
+        ..TrainConfig::reference("parity", "unused".into(), DomainSpec { name: "A".into(), channels: 3 }, DomainSpec { name: "B".into(), channels: 3 }, 1)
     };
     let mut t = Trainer::new(cfg, Device::Cpu).unwrap();
     for (theirs, ours) in NETS {

@@ -3,7 +3,7 @@
 
 use crate::data::DomainSpec;
 use crate::model::{Generator, GeneratorConfig};
-use crate::train::{open_device, GanLoss, Schedule, TrainConfig, Trainer};
+use crate::train::{open_device, Schedule, TrainConfig, Trainer};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Tensor};
 use candle_nn::{VarBuilder, VarMap};
@@ -60,34 +60,13 @@ pub fn peak_rss_mib() -> f64 {
 
 fn bench_config(case: &Case, device: &str) -> TrainConfig {
     TrainConfig {
-        name: "bench".into(),
-        dataset: "".into(),
-        domain_a: DomainSpec { name: "A".into(), channels: 3 },
-        domain_b: DomainSpec { name: "B".into(), channels: 3 },
         generator: case.generator.parse().expect("known generator"),
-        ngf: 64,
-        ndf: 64,
-        n_layers_d: 3,
         size: case.size,
         load_size: case.size,
-        batch: 1,
         schedule: Schedule::Iters { iters: 1000, decay_iters: 0 },
-        lr: 2e-4,
-        beta1: 0.5,
-        beta2: 0.999,
-        lambda_cycle: 10.0,
-        lambda_identity: 0.5,
-        lambda_paired: 0.0,
-        paired: false,
-        gan_loss: GanLoss::Lsgan,
-        pool: 50,
-        seed: 0,
-        flip: true,
-        sample_every: 1000,
-        save_every: 1000,
-        log_every: 1000,
         health_every: 0,
         device: device.into(),
+        ..TrainConfig::reference("bench", "".into(), DomainSpec { name: "A".into(), channels: 3 }, DomainSpec { name: "B".into(), channels: 3 }, 1)
     }
 }
 

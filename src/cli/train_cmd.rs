@@ -25,10 +25,6 @@ pub fn config_from_args(args: &TrainArgs) -> Result<TrainConfig> {
         _ => bail!("give either --iters/--decay-iters or --epochs/--decay-epochs"),
     };
     let cfg = TrainConfig {
-        name: args.name.clone(),
-        dataset,
-        domain_a: spec.a,
-        domain_b: spec.b,
         generator: args.generator,
         ngf: args.ngf,
         ndf: args.ndf,
@@ -39,7 +35,6 @@ pub fn config_from_args(args: &TrainArgs) -> Result<TrainConfig> {
         schedule,
         lr: args.lr,
         beta1: args.beta1,
-        beta2: 0.999,
         lambda_cycle: args.lambda_cycle,
         lambda_identity: args.lambda_identity,
         lambda_paired: if args.paired { args.lambda_paired } else { 0.0 },
@@ -53,6 +48,7 @@ pub fn config_from_args(args: &TrainArgs) -> Result<TrainConfig> {
         log_every: args.log_every.unwrap_or(10),
         health_every: args.health_every.unwrap_or(100),
         device: args.device.clone().unwrap_or_else(|| "cpu".into()),
+        ..TrainConfig::reference(&args.name, dataset, spec.a, spec.b, 1)
     };
     cfg.validate()?;
     Ok(cfg)

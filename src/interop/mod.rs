@@ -4,7 +4,7 @@
 use crate::checkpoint::{safetensors_bytes, save_generation};
 use crate::data::DomainSpec;
 use crate::model::{Generator, GeneratorConfig, GeneratorKind};
-use crate::train::{GanLoss, Schedule, TrainConfig};
+use crate::train::{Schedule, TrainConfig};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
@@ -172,35 +172,20 @@ pub fn import(req: &ImportRequest) -> Result<TrainConfig> {
         files.push((format!("{net}.safetensors"), safetensors_bytes(&named)?));
     }
     let g = cfg_ab.context("no A→B generator")?;
+    let name = req.run_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let config = TrainConfig {
-        name: req.run_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
-        dataset: PathBuf::new(),
-        domain_a: DomainSpec { name: req.domains[0].clone(), channels: g.in_channels },
-        domain_b: DomainSpec { name: req.domains[1].clone(), channels: g.out_channels },
         generator: g.kind,
         ngf: g.ngf,
-        ndf: 64,
-        n_layers_d: 3,
-        size: 256,
-        load_size: 286,
-        batch: 1,
+        // Imported weights come without training state: nothing to resume.
         schedule: Schedule::Iters { iters: 0, decay_iters: 0 },
-        lr: 2e-4,
-        beta1: 0.5,
-        beta2: 0.999,
-        lambda_cycle: 10.0,
-        lambda_identity: 0.5,
-        lambda_paired: 0.0,
-        paired: false,
-        gan_loss: GanLoss::Lsgan,
-        pool: 50,
-        seed: 0,
-        flip: true,
-        sample_every: 100,
-        save_every: 500,
-        log_every: 10,
         health_every: 0,
-        device: "cpu".into(),
+        ..TrainConfig::reference(
+            &name,
+            PathBuf::new(),
+            DomainSpec { name: req.domains[0].clone(), channels: g.in_channels },
+            DomainSpec { name: req.domains[1].clone(), channels: g.out_channels },
+            1,
+        )
     };
     if req.run_dir.join(crate::checkpoint::LATEST).exists() {
         bail!("{} already holds a model; choose another --name", req.run_dir.display());

@@ -85,6 +85,43 @@ pub struct TrainConfig {
 }
 
 impl TrainConfig {
+    /// The reference's CycleGAN recipe for two domains: resnet_9blocks, ngf/ndf 64, 70×70
+    /// PatchGAN, 256 crops of 286 resizes, LSGAN, λ_cycle 10, λ_identity 0.5, Adam 2e-4
+    /// β (0.5, 0.999), pool 50, flips, 100 + 100 epochs of `steps_per_epoch`, CPU. Callers change
+    /// what differs with struct update syntax.
+    pub fn reference(name: &str, dataset: PathBuf, domain_a: DomainSpec, domain_b: DomainSpec, steps_per_epoch: u64) -> Self {
+        Self {
+            name: name.to_string(),
+            dataset,
+            domain_a,
+            domain_b,
+            generator: GeneratorKind::Resnet { blocks: 9 },
+            ngf: 64,
+            ndf: 64,
+            n_layers_d: 3,
+            size: 256,
+            load_size: 286,
+            batch: 1,
+            schedule: Schedule::Epochs { epochs: 100, decay_epochs: 100, steps_per_epoch },
+            lr: 2e-4,
+            beta1: 0.5,
+            beta2: 0.999,
+            lambda_cycle: 10.0,
+            lambda_identity: 0.5,
+            lambda_paired: 0.0,
+            paired: false,
+            gan_loss: GanLoss::Lsgan,
+            pool: 50,
+            seed: 0,
+            flip: true,
+            sample_every: 100,
+            save_every: 500,
+            log_every: 10,
+            health_every: 100,
+            device: "cpu".into(),
+        }
+    }
+
     pub fn g_ab(&self) -> GeneratorConfig {
         GeneratorConfig { kind: self.generator, in_channels: self.domain_a.channels, out_channels: self.domain_b.channels, ngf: self.ngf }
     }

@@ -10,7 +10,7 @@ use super::runs::RunEntry;
 use crate::data::Dataset;
 use crate::health::HealthReport;
 use crate::model::GeneratorKind;
-use crate::train::{run_training, GanLoss, Losses, RunControl, RunOptions, RunOutcome, Schedule, TrainConfig, TrainEvent};
+use crate::train::{run_training, Losses, RunControl, RunOptions, RunOutcome, Schedule, TrainConfig, TrainEvent};
 use crossterm::event::{KeyCode, KeyEvent};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -792,38 +792,23 @@ impl App {
         let ngf: usize = parse_number(&form.ngf, "ngf")?;
         let size: usize = parse_number(&form.size, "Image size")?;
         Ok(TrainConfig {
-            name,
-            dataset: dataset.root.clone(),
-            domain_a: dataset.spec.a.clone(),
-            domain_b: dataset.spec.b.clone(),
             generator,
             ngf,
             ndf: ngf,
-            n_layers_d: 3,
             size,
             // The reference resizes to 286 before cropping 256; keep that ratio at any size.
             load_size: size * 286 / 256,
-            batch: 1,
             schedule: Schedule::Iters {
                 iters: parse_number(&form.iters, "Iterations")?,
                 decay_iters: parse_number(&form.decay_iters, "Decay iterations")?,
             },
             lr: parse_number(&form.lr, "Learning rate")?,
-            beta1: 0.5,
-            beta2: 0.999,
-            lambda_cycle: 10.0,
-            lambda_identity: 0.5,
-            lambda_paired: 0.0,
-            paired: false,
-            gan_loss: GanLoss::Lsgan,
-            pool: 50,
-            seed: 0,
-            flip: true,
             sample_every: parse_number(&form.sample_every, "Preview every")?,
             save_every: preset.save_every,
             log_every: preset.log_every,
             health_every: preset.health_every,
             device: form.device.trim().to_string(),
+            ..TrainConfig::reference(&name, dataset.root.clone(), dataset.spec.a.clone(), dataset.spec.b.clone(), 1)
         })
     }
 

@@ -62,36 +62,27 @@ pub fn tiny_dataset(root: &Path) -> PathBuf {
 /// A tiny training configuration on `dataset` (fast enough for tests).
 pub fn tiny_config(dataset: &Path, iters: u64) -> cyclestudio::train::TrainConfig {
     use cyclestudio::data::DomainSpec;
-    use cyclestudio::train::{GanLoss, Schedule, TrainConfig};
+    use cyclestudio::train::{Schedule, TrainConfig};
     TrainConfig {
-        name: "tiny".into(),
-        dataset: dataset.to_path_buf(),
-        domain_a: DomainSpec { name: "gray".into(), channels: 1 },
-        domain_b: DomainSpec { name: "color".into(), channels: 3 },
         generator: "resnet_2blocks".parse().unwrap(),
         ngf: 4,
         ndf: 4,
-        n_layers_d: 3,
         size: 32,
         load_size: 36,
-        batch: 1,
         schedule: Schedule::Iters { iters, decay_iters: 0 },
-        lr: 2e-4,
-        beta1: 0.5,
-        beta2: 0.999,
-        lambda_cycle: 10.0,
-        lambda_identity: 0.5,
-        lambda_paired: 0.0,
-        paired: false,
-        gan_loss: GanLoss::Lsgan,
         pool: 2,
         seed: 7,
-        flip: true,
         sample_every: 2,
         save_every: 2,
         log_every: 1,
         health_every: 2,
-        device: "cpu".into(),
+        ..TrainConfig::reference(
+            "tiny",
+            dataset.to_path_buf(),
+            DomainSpec { name: "gray".into(), channels: 1 },
+            DomainSpec { name: "color".into(), channels: 3 },
+            1,
+        )
     }
 }
 
