@@ -289,7 +289,9 @@ fn translate_screen_lists_checkpoints_and_translates_a_test_image() {
 
     press(&mut app, KeyCode::Char('s'));
     settle(&mut app, &rx, "the save", |a| a.status.as_ref().is_some_and(|s| s.text.contains("saved")));
-    assert!(dataset.join("testA/img0.color.png").is_file());
+    // A dataset image's translation goes to the model's folder, not into the dataset.
+    assert!(tmp.path().join("checkpoints/tiny/translations/img0.color.png").is_file());
+    assert!(!dataset.join("testA/img0.color.png").exists());
     press(&mut app, KeyCode::Char('s'));
     settle(&mut app, &rx, "the refused save", |a| a.status.as_ref().is_some_and(|s| s.is_error && s.text.contains("already exists")));
     assert_shows(&render(&app, 140, 40), &["not saved:", "already exists"]);

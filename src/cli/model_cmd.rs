@@ -1,6 +1,6 @@
 use super::{BenchArgs, ConvertArgs, EvalArgs, ExportArgs, ImportArgs, ScoreArgs, TranslateArgs, TuiArgs};
 use crate::interop::{export_torch_keys, import as import_model, ImportRequest};
-use crate::translate::{convert_folder, default_model_dir, translate_image, ConvertOptions, TranslateOptions, Translator};
+use crate::translate::{convert_folder, default_model_dir, default_output_path, translate_image, ConvertOptions, TranslateOptions, Translator};
 use crate::tui::TuiOptions;
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -21,17 +21,11 @@ fn translate_options(tile: Option<usize>) -> TranslateOptions {
     TranslateOptions { tile, ..Default::default() }
 }
 
-/// The default output path `INPUT_STEM.DOMAIN.png` beside the input.
-pub fn default_output(input: &Path, domain: &str) -> PathBuf {
-    let stem = input.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "image".into());
-    input.with_file_name(format!("{stem}.{domain}.png"))
-}
-
 pub fn translate(checkpoints: &Path, a: TranslateArgs) -> Result<()> {
     let model = resolve_model(checkpoints, a.model)?;
     let tr = Translator::load(&model, &a.device)?;
     let (g, cin, _) = tr.generator_to(&a.to)?;
-    let output = a.output.unwrap_or_else(|| default_output(&a.input, &a.to));
+    let output = a.output.unwrap_or_else(|| default_output_path(&a.input, &a.to));
     if let (Ok(i), Ok(o)) = (a.input.canonicalize(), output.canonicalize()) {
         if i == o {
             bail!("the output {} is the input file; inputs are never overwritten", output.display());

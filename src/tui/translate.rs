@@ -37,6 +37,8 @@ pub struct LoadedModel {
 pub struct Translation {
     pub source: PathBuf,
     pub target: String,
+    /// Where `s` saves it (see [`output_path`]), decided off the UI thread.
+    pub save_to: PathBuf,
     pub input: DynamicImage,
     pub output: DynamicImage,
     pub seconds: f64,
@@ -46,6 +48,7 @@ pub struct Translation {
 pub struct TranslationView {
     pub source: PathBuf,
     pub target: String,
+    pub save_to: PathBuf,
     pub input: ShownImage,
     pub output: ShownImage,
     pub seconds: f64,
@@ -143,13 +146,20 @@ fn translate_file(translator: &Translator, source: PathBuf, target: String) -> R
     let started = Instant::now();
     let output =
         translate_image(generator, in_channels, translator.size_multiple(), &translator.device, &input, &TranslateOptions::default())?;
-    Ok(Translation { source, target, input, output, seconds: started.elapsed().as_secs_f64() })
+    let save_to = output_path(&source, &target, &translator.run_dir);
+    Ok(Translation { source, target, save_to, input, output, seconds: started.elapsed().as_secs_f64() })
 }
 
-/// Where a translation of `source` into `target` is saved: `<stem>.<target>.png` beside it.
-pub fn output_path(source: &Path, target: &str) -> PathBuf {
-    let stem = source.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "image".into());
-    source.with_file_name(format!("{stem}.{target}.png"))
+/// Where a translation of `source` into `target` is saved: `<stem>.<target>.png` beside it, or in
+/// the model's `translations/` folder when the source is a dataset image (saved beside it, the
+/// result would be scanned as one more image of that domain).
+pub fn output_path(source: &Path, target: &str, model_dir: &Path) -> PathBuf {
+    let beside = crate::translate::default_output_path(source, target);
+    if crate::translate::inside_dataset(source) {
+        model_dir.join("translations").join(beside.file_name().unwrap_or_default())
+    } else {
+        beside
+    }
 }
 
 /// Writes `image` as a new PNG at `path`; an existing file is an error, never replaced.
@@ -301,6 +311,7 @@ impl App {
                 self.translate.result = Some(TranslationView {
                     source: t.source,
                     target: t.target,
+                    save_to: t.save_to,
                     input: ShownImage::new(t.input),
                     output: ShownImage::new(t.output),
                     seconds: t.seconds,
@@ -314,9 +325,18 @@ impl App {
         let Some(result) = &self.translate.result else {
             return self.set_error("nothing to save yet: translate an image first".into());
         };
-        let path = output_path(&result.source, &result.target);
+        let path = result.save_to.clone();
         let image = result.output.image.clone();
-        spawn_job(&self.events, move || save_new_png(&image, path), JobResult::TranslationSaved);
+        spawn_job(
+            &self.events,
+            move || {
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+                }
+                save_new_png(&image, path)
+            },
+            JobResult::TranslationSaved,
+        );
     }
 
     pub(super) fn translation_saved(&mut self, result: Result<PathBuf, String>) {
@@ -335,8 +355,13 @@ mod tests {
     fn output_goes_beside_the_input_and_never_overwrites() {
         let tmp = tempfile::tempdir().unwrap();
         let source = tmp.path().join("horse.jpg");
-        let out = output_path(&source, "zebra");
+        let out = output_path(&source, "zebra", &tmp.path().join("model"));
         assert_eq!(out, tmp.path().join("horse.zebra.png"));
+        // A dataset image: the translation goes to the model's folder, not into the dataset.
+        std::fs::create_dir_all(tmp.path().join("ds/trainA")).unwrap();
+        std::fs::create_dir_all(tmp.path().join("ds/trainB")).unwrap();
+        let in_ds = tmp.path().join("ds/testA/x.png");
+        assert_eq!(output_path(&in_ds, "zebra", &tmp.path().join("model")), tmp.path().join("model/translations/x.zebra.png"));
         let image = DynamicImage::new_rgb8(4, 4);
         assert_eq!(save_new_png(&image, out.clone()).unwrap(), out);
         let err = save_new_png(&image, out.clone()).unwrap_err();

@@ -4,7 +4,7 @@
 use super::{panel, run_item, selected_style, with_cursor};
 use crate::tui::app::App;
 use crate::tui::preview::{ImagePanes, Pane};
-use crate::tui::translate::{output_path, Focus, ModelState, TranslateScreen};
+use crate::tui::translate::{Focus, ModelState, TranslateScreen};
 use ratatui::{
     layout::{Constraint, Layout, Rect},
     style::{Color, Stylize},
@@ -85,7 +85,7 @@ fn render_result(frame: &mut Frame, area: Rect, screen: &TranslateScreen, images
             result.source.display(),
             result.target,
             result.seconds,
-            output_path(&result.source, &result.target).display()
+            result.save_to.display()
         )),
         (None, None) => Line::from("Choose a test image and press Enter, or press o to open any image.").dim(),
     };
