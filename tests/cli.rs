@@ -146,6 +146,10 @@ fn import_reference_generator_and_translate_with_it() {
     ok(&cyclestudio(d, &["export", "--model", "checkpoints/horse2zebra", "-o", "exported"]));
     let t = candle_core::safetensors::load(d.join("exported/G_A.safetensors"), &candle_core::Device::Cpu).unwrap();
     assert!(t.contains_key("model.1.weight") && t.contains_key("model.11.conv_block.5.bias"));
+    // A translate-only copy (generators + config) works on its own.
+    ok(&cyclestudio(d, &["export", "--model", "checkpoints/horse2zebra", "--format", "generators", "-o", "shared_model"]));
+    ok(&cyclestudio(d, &["translate", "horse.png", "--to", "zebra", "--model", "shared_model", "-o", "again.png"]));
+    assert_eq!(std::fs::read(d.join("again.png")).unwrap(), std::fs::read(d.join("horse.zebra.png")).unwrap());
     // Not a generator: a clear error.
     let bad = cyclestudio(d, &["import", "--name", "x", "--g-ab", fixture_path("not_a_generator.pth").to_str().unwrap(), "--domains", "a,b"]);
     assert!(String::from_utf8_lossy(&bad.stderr).contains("not a CycleGAN generator"));

@@ -174,7 +174,8 @@ pub struct ImportArgs {
 pub struct ExportArgs {
     #[arg(long)]
     pub model: PathBuf,
-    /// torch-keys: safetensors with the reference's state-dict keys (G_A.safetensors, G_B.safetensors).
+    /// torch-keys: safetensors with the reference's state-dict keys (G_A.safetensors, G_B.safetensors);
+    /// generators: a translate-only model folder (config.toml + generators, no training state).
     #[arg(long, default_value = "torch-keys")]
     pub format: String,
     /// Output folder (default: <model>/export).

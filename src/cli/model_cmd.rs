@@ -81,11 +81,13 @@ pub fn import(checkpoints: &Path, a: ImportArgs) -> Result<()> {
 }
 
 pub fn export(a: ExportArgs) -> Result<()> {
-    if a.format != "torch-keys" {
-        bail!("unknown export format '{}' (supported: torch-keys)", a.format);
-    }
     let out = a.output.unwrap_or_else(|| a.model.join("export"));
-    let written = export_torch_keys(&a.model, &out).with_context(|| format!("exporting {}", a.model.display()))?;
+    let written = match a.format.as_str() {
+        "torch-keys" => export_torch_keys(&a.model, &out),
+        "generators" => crate::interop::export_generators(&a.model, &out),
+        other => bail!("unknown export format '{other}' (supported: torch-keys, generators)"),
+    }
+    .with_context(|| format!("exporting {}", a.model.display()))?;
     for p in written {
         println!("wrote {}", p.display());
     }

@@ -218,3 +218,24 @@ pub fn export_torch_keys(run_dir: &Path, out_dir: &Path) -> Result<Vec<PathBuf>>
     }
     Ok(written)
 }
+
+/// `cyclestudio export --format generators`: a translate-only copy of a run (its `config.toml`
+/// and the generators of its newest checkpoint, without discriminators or optimiser state) —
+/// the small folder to share or ship.
+pub fn export_generators(run_dir: &Path, out_dir: &Path) -> Result<Vec<PathBuf>> {
+    let cfg = TrainConfig::load(run_dir)?;
+    let generation = crate::checkpoint::load_generation(run_dir)?;
+    let mut files = Vec::new();
+    for net in ["G_AB", "G_BA"] {
+        let file = format!("{net}.safetensors");
+        if generation.has(&file) {
+            files.push((file.clone(), generation.read_verified(&file)?));
+        }
+    }
+    if out_dir.join(crate::checkpoint::LATEST).exists() {
+        bail!("{} already holds a model", out_dir.display());
+    }
+    cfg.save(out_dir)?;
+    save_generation(out_dir, generation.manifest.step, &files)?;
+    Ok(files.iter().map(|(f, _)| out_dir.join(crate::checkpoint::LATEST).join(f)).collect())
+}
