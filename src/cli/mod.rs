@@ -181,6 +181,9 @@ pub struct ExportArgs {
     /// Output folder (default: <model>/export).
     #[arg(short, long)]
     pub output: Option<PathBuf>,
+    /// With --format generators: store the weights as f16 (half the size).
+    #[arg(long)]
+    pub half: bool,
 }
 
 #[derive(Args, Debug, Default)]

@@ -84,7 +84,7 @@ pub fn export(a: ExportArgs) -> Result<()> {
     let out = a.output.unwrap_or_else(|| a.model.join("export"));
     let written = match a.format.as_str() {
         "torch-keys" => export_torch_keys(&a.model, &out),
-        "generators" => crate::interop::export_generators(&a.model, &out),
+        "generators" => crate::interop::export_generators(&a.model, &out, a.half),
         other => bail!("unknown export format '{other}' (supported: torch-keys, generators)"),
     }
     .with_context(|| format!("exporting {}", a.model.display()))?;

@@ -222,15 +222,25 @@ pub fn export_torch_keys(run_dir: &Path, out_dir: &Path) -> Result<Vec<PathBuf>>
 /// `cyclestudio export --format generators`: a translate-only copy of a run (its `config.toml`
 /// and the generators of its newest checkpoint, without discriminators or optimiser state) —
 /// the small folder to share or ship.
-pub fn export_generators(run_dir: &Path, out_dir: &Path) -> Result<Vec<PathBuf>> {
+/// With `half`, weights are stored as f16 (half the size; they are widened to f32 on load).
+pub fn export_generators(run_dir: &Path, out_dir: &Path, half: bool) -> Result<Vec<PathBuf>> {
     let cfg = TrainConfig::load(run_dir)?;
     let generation = crate::checkpoint::load_generation(run_dir)?;
     let mut files = Vec::new();
     for net in ["G_AB", "G_BA"] {
         let file = format!("{net}.safetensors");
-        if generation.has(&file) {
-            files.push((file.clone(), generation.read_verified(&file)?));
+        if !generation.has(&file) {
+            continue;
         }
+        let bytes = if half {
+            let mut tensors: Vec<(String, Tensor)> = generation.load_tensors(&file, &Device::Cpu)?.into_iter().collect();
+            tensors.sort_by(|a, b| a.0.cmp(&b.0));
+            let halved = tensors.into_iter().map(|(k, t)| Ok((k, t.to_dtype(DType::F16)?))).collect::<Result<Vec<_>>>()?;
+            safetensors_bytes(&halved)?
+        } else {
+            generation.read_verified(&file)?
+        };
+        files.push((file, bytes));
     }
     if out_dir.join(crate::checkpoint::LATEST).exists() {
         bail!("{} already holds a model", out_dir.display());
