@@ -115,18 +115,20 @@ impl Geom {
     }
 }
 
-/// Fills `cols` [C·K·K, Ho·Wo] from `img` [C,H,W]. Rows are independent, so they run in parallel.
-fn im2col(img: &[f32], g: &Geom, cols: &mut [f32]) {
-    let (k, s, n) = (g.k, g.stride, g.cols());
+/// Output rows [`b0`, `b1`) of the im2col matrix: `cols` [C·K·K, (b1−b0)·Wo] from `img` [C,H,W].
+/// Rows are independent, so they run in parallel.
+fn im2col(img: &[f32], g: &Geom, (b0, b1): (usize, usize), cols: &mut [f32]) {
+    let (k, s, n) = (g.k, g.stride, (b1 - b0) * g.wo);
     cols.par_chunks_mut(n).enumerate().for_each(|(r, row)| {
         let (c, ki, kj) = (r / (k * k), r / k % k, r % k);
         let plane = &img[c * g.h * g.w..(c + 1) * g.h * g.w];
         let (y_lo, y_hi) = g.valid(g.ho, g.h, ki);
+        let (y_lo, y_hi) = (y_lo.clamp(b0, b1), y_hi.clamp(b0, b1));
         let (x_lo, x_hi) = g.valid(g.wo, g.w, kj);
-        row[..y_lo * g.wo].fill(0.0);
-        row[y_hi * g.wo..].fill(0.0);
+        row[..(y_lo - b0) * g.wo].fill(0.0);
+        row[(y_hi.max(y_lo) - b0) * g.wo..].fill(0.0);
         for oy in y_lo..y_hi {
-            let out = &mut row[oy * g.wo..(oy + 1) * g.wo];
+            let out = &mut row[(oy - b0) * g.wo..(oy - b0 + 1) * g.wo];
             out[..x_lo].fill(0.0);
             out[x_hi..].fill(0.0);
             if x_lo == x_hi {
@@ -146,14 +148,15 @@ fn im2col(img: &[f32], g: &Geom, cols: &mut [f32]) {
     });
 }
 
-/// Overwrites `img` [C,H,W] with the scatter-add of `cols` [C·K·K, Ho·Wo], the adjoint of
-/// `im2col`. A channel's rows only touch that channel's plane, so planes run in parallel.
-fn col2im(cols: &[f32], g: &Geom, img: &mut [f32]) {
-    let (k, s, n) = (g.k, g.stride, g.cols());
+/// Adds the scatter of `cols` [C·K·K, (b1−b0)·Wo] (output rows [`b0`, `b1`)) into `img` [C,H,W],
+/// the adjoint of `im2col`. A channel's rows only touch that channel's plane, so planes run in
+/// parallel.
+fn col2im_add(cols: &[f32], g: &Geom, (b0, b1): (usize, usize), img: &mut [f32]) {
+    let (k, s, n) = (g.k, g.stride, (b1 - b0) * g.wo);
     img.par_chunks_mut(g.h * g.w).enumerate().for_each(|(c, plane)| {
-        plane.fill(0.0);
         for ki in 0..k {
             let (y_lo, y_hi) = g.valid(g.ho, g.h, ki);
+            let (y_lo, y_hi) = (y_lo.clamp(b0, b1), y_hi.clamp(b0, b1));
             for kj in 0..k {
                 let (x_lo, x_hi) = g.valid(g.wo, g.w, kj);
                 if x_lo == x_hi {
@@ -163,7 +166,7 @@ fn col2im(cols: &[f32], g: &Geom, img: &mut [f32]) {
                 let ix0 = x_lo * s + kj - g.pad;
                 for oy in y_lo..y_hi {
                     let dst = &mut plane[(oy * s + ki - g.pad) * g.w..][..g.w];
-                    let src = &row[oy * g.wo + x_lo..oy * g.wo + x_hi];
+                    let src = &row[(oy - b0) * g.wo + x_lo..(oy - b0) * g.wo + x_hi];
                     if s == 1 {
                         for (d, v) in dst[ix0..ix0 + src.len()].iter_mut().zip(src) {
                             *d += v;
@@ -177,6 +180,30 @@ fn col2im(cols: &[f32], g: &Geom, img: &mut [f32]) {
             }
         }
     });
+}
+
+/// Largest im2col scratch, in floats (256 MiB): bigger convolutions (a 7×7 layer over 64
+/// channels at 1024² would need 12.5 GiB) run band by band of output rows.
+const MAX_SCRATCH: usize = 64 << 20;
+
+#[cfg(test)]
+thread_local! {
+    /// Lets the unit tests force many small bands.
+    static SCRATCH_LIMIT: Cell<usize> = const { Cell::new(MAX_SCRATCH) };
+}
+
+fn scratch_limit() -> usize {
+    #[cfg(test)]
+    return SCRATCH_LIMIT.with(Cell::get);
+    #[cfg(not(test))]
+    MAX_SCRATCH
+}
+
+/// The bands of output rows that keep the im2col matrix within [`MAX_SCRATCH`].
+fn bands(g: &Geom) -> impl Iterator<Item = (usize, usize)> {
+    let rows_per_band = (scratch_limit() / (g.rows() * g.wo).max(1)).clamp(1, g.ho);
+    let ho = g.ho;
+    (0..ho).step_by(rows_per_band).map(move |b0| (b0, (b0 + rows_per_band).min(ho)))
 }
 
 /// A matrix operand: element (i, j) is `data[i·rs + j·cs]`.
@@ -201,9 +228,13 @@ impl<'a> Mat<'a> {
     }
 }
 
-/// `dst` [m,n] row-major = (`dst` if `accumulate`) + `lhs` [m,k] · `rhs` [k,n], multithreaded.
-fn matmul(m: usize, n: usize, k: usize, dst: &mut [f32], accumulate: bool, lhs: Mat, rhs: Mat) {
-    assert!(dst.len() == m * n && lhs.fits(m, k) && rhs.fits(k, n), "conv gemm operand out of bounds");
+/// `dst` [m,n] (row stride `dst_rs`) = (`dst` if `accumulate`) + `lhs` [m,k] · `rhs` [k,n],
+/// multithreaded.
+fn matmul(m: usize, n: usize, k: usize, (dst, dst_rs): (&mut [f32], usize), accumulate: bool, lhs: Mat, rhs: Mat) {
+    assert!(
+        dst_rs >= n && (m - 1) * dst_rs + n <= dst.len() && lhs.fits(m, k) && rhs.fits(k, n),
+        "conv gemm operand out of bounds"
+    );
     // SAFETY: the assert above keeps every element gemm reads or writes inside the slices,
     // and `dst` is borrowed mutably, so it aliases neither operand.
     unsafe {
@@ -213,7 +244,7 @@ fn matmul(m: usize, n: usize, k: usize, dst: &mut [f32], accumulate: bool, lhs: 
             k,
             dst.as_mut_ptr(),
             1,
-            n as isize,
+            dst_rs as isize,
             accumulate,
             lhs.data.as_ptr(),
             lhs.cs as isize,
@@ -252,12 +283,16 @@ fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
 fn conv_kernel(x: &[f32], w: &[f32], cout: usize, g: &Geom) -> Vec<f32> {
     let n = g.cols();
     let mut y = vec![0.0; x.len() / g.img_len() * cout * n];
-    with_scratch(g.rows() * n, |cols| {
-        for (xb, yb) in x.chunks_exact(g.img_len()).zip(y.chunks_exact_mut(cout * n)) {
-            im2col(xb, g, cols);
-            matmul(cout, n, g.rows(), yb, false, Mat::rows(w, g.rows()), Mat::rows(cols, n));
+    for (xb, yb) in x.chunks_exact(g.img_len()).zip(y.chunks_exact_mut(cout * n)) {
+        for band in bands(g) {
+            let cols_n = (band.1 - band.0) * g.wo;
+            with_scratch(g.rows() * cols_n, |cols| {
+                im2col(xb, g, band, cols);
+                let dst = &mut yb[band.0 * g.wo..];
+                matmul(cout, cols_n, g.rows(), (dst, n), false, Mat::rows(w, g.rows()), Mat::rows(cols, cols_n));
+            });
         }
-    });
+    }
     y
 }
 
@@ -266,12 +301,16 @@ fn conv_kernel(x: &[f32], w: &[f32], cout: usize, g: &Geom) -> Vec<f32> {
 fn conv_transpose_kernel(x: &[f32], w: &[f32], cin: usize, g: &Geom) -> Vec<f32> {
     let n = g.cols();
     let mut y = vec![0.0; x.len() / (cin * n) * g.img_len()];
-    with_scratch(g.rows() * n, |cols| {
-        for (xb, yb) in x.chunks_exact(cin * n).zip(y.chunks_exact_mut(g.img_len())) {
-            matmul(g.rows(), n, cin, cols, false, Mat::transposed(w, g.rows()), Mat::rows(xb, n));
-            col2im(cols, g, yb);
+    for (xb, yb) in x.chunks_exact(cin * n).zip(y.chunks_exact_mut(g.img_len())) {
+        for band in bands(g) {
+            let cols_n = (band.1 - band.0) * g.wo;
+            with_scratch(g.rows() * cols_n, |cols| {
+                let rhs = Mat::rows(&xb[band.0 * g.wo..], n);
+                matmul(g.rows(), cols_n, cin, (cols, cols_n), false, Mat::transposed(w, g.rows()), rhs);
+                col2im_add(cols, g, band, yb);
+            });
         }
-    });
+    }
     y
 }
 
@@ -280,12 +319,18 @@ fn conv_transpose_kernel(x: &[f32], w: &[f32], cin: usize, g: &Geom) -> Vec<f32>
 fn weight_grad_kernel(x: &[f32], grad: &[f32], cg: usize, g: &Geom) -> Vec<f32> {
     let n = g.cols();
     let mut dw = vec![0.0; cg * g.rows()];
-    with_scratch(g.rows() * n, |cols| {
-        for (b, (xb, gb)) in x.chunks_exact(g.img_len()).zip(grad.chunks_exact(cg * n)).enumerate() {
-            im2col(xb, g, cols);
-            matmul(cg, g.rows(), n, &mut dw, b > 0, Mat::rows(gb, n), Mat::transposed(cols, n));
+    let mut first = true;
+    for (xb, gb) in x.chunks_exact(g.img_len()).zip(grad.chunks_exact(cg * n)) {
+        for band in bands(g) {
+            let cols_n = (band.1 - band.0) * g.wo;
+            with_scratch(g.rows() * cols_n, |cols| {
+                im2col(xb, g, band, cols);
+                let lhs = Mat::rows(&gb[band.0 * g.wo..], n);
+                matmul(cg, g.rows(), cols_n, (&mut dw, g.rows()), !first, lhs, Mat::transposed(cols, cols_n));
+            });
+            first = false;
         }
-    });
+    }
     dw
 }
 
@@ -420,5 +465,30 @@ impl CustomOp2 for WeightGradOp {
             .transpose()?;
         let dgrad = grad.track_op().then(|| x.apply_op2(&ddw, Conv2dOp { stride, pad })).transpose()?;
         Ok((dx, dgrad))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The kernels give the same results in one band and in many (one output row each).
+    #[test]
+    fn banded_kernels_match_single_band() {
+        let g = Geom::conv(3, 13, 11, 3, 2, 1).unwrap();
+        let (b, cout) = (2, 5);
+        let val = |i: usize| ((i * 7919) % 23) as f32 / 23.0 - 0.5;
+        let x: Vec<f32> = (0..b * g.img_len()).map(val).collect();
+        let w: Vec<f32> = (0..cout * g.rows()).map(|i| val(i + 3)).collect();
+        let dy: Vec<f32> = (0..b * cout * g.cols()).map(|i| val(i + 5)).collect();
+        let run = || (conv_kernel(&x, &w, cout, &g), conv_transpose_kernel(&dy, &w, cout, &g), weight_grad_kernel(&x, &dy, cout, &g));
+        let whole = run();
+        SCRATCH_LIMIT.with(|l| l.set(1));
+        assert!(bands(&g).count() == g.ho);
+        let banded = run();
+        SCRATCH_LIMIT.with(|l| l.set(MAX_SCRATCH));
+        for (a, b) in [(&whole.0, &banded.0), (&whole.1, &banded.1), (&whole.2, &banded.2)] {
+            assert!(a.iter().zip(b).all(|(p, q)| (p - q).abs() < 1e-5));
+        }
     }
 }
