@@ -95,7 +95,7 @@ pub fn run_case(id: &str, device: &str, warmup: usize, repeats: usize) -> Result
         let g = Generator::new(&gcfg, VarBuilder::from_varmap(&vm, DType::F32, &dev))?;
         // Inference weights are plain tensors (no autograd), as `translate` loads them.
         let plain: std::collections::HashMap<String, Tensor> =
-            vm.data().lock().unwrap().iter().map(|(k, v)| Ok((k.clone(), v.as_tensor().copy()?))).collect::<Result<_>>()?;
+            vm.data().lock().unwrap().iter().map(|(k, v)| Ok((k.clone(), v.as_tensor().detach()))).collect::<Result<_>>()?;
         let g_plain = Generator::new(&gcfg, VarBuilder::from_tensors(plain, DType::F32, &dev))?;
         drop(g);
         let x = Tensor::rand(-1f32, 1.0, (1, 3, s, s), &dev)?;
