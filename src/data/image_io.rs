@@ -162,9 +162,16 @@ impl Pixels {
     }
 }
 
-/// Decoded image → tensor [C,H,W] in [-1,1] with the given channel count.
-pub fn image_to_tensor(img: &DynamicImage, channels: usize, device: &Device) -> Result<Tensor> {
-    Pixels::from_image(img, channels)?.0.to_tensor(device)
+/// The size of a `w`×`h` image scaled so its short side is `short` (neither side below it).
+pub fn short_side_dims(w: u32, h: u32, short: u32) -> (u32, u32) {
+    let s = short as f64 / w.min(h) as f64;
+    (((w as f64 * s).round() as u32).max(short), ((h as f64 * s).round() as u32).max(short))
+}
+
+/// The centred `size`×`size` square of `img` after scaling its short side to `size` (bicubic).
+pub fn centre_square(img: &DynamicImage, size: u32) -> DynamicImage {
+    let (nw, nh) = short_side_dims(img.width(), img.height(), size);
+    img.resize_exact(nw, nh, image::imageops::FilterType::CatmullRom).crop_imm((nw - size) / 2, (nh - size) / 2, size, size)
 }
 
 /// Tensor [C,H,W] or [1,C,H,W] in [-1,1] → 8-bit image.

@@ -68,12 +68,7 @@ impl DomainFiles {
             }
         };
         let (w, h) = img.dimensions();
-        let (nw, nh) = exact.unwrap_or_else(|| {
-            let scale = load_size as f64 / w.min(h) as f64;
-            let nw = ((w as f64 * scale).round() as u32).max(load_size as u32);
-            let nh = ((h as f64 * scale).round() as u32).max(load_size as u32);
-            (nw, nh)
-        });
+        let (nw, nh) = exact.unwrap_or_else(|| super::short_side_dims(w, h, load_size as u32));
         let rgb = DynamicImage::ImageRgb8(img.to_rgb8());
         let resized = if (nw, nh) == (w, h) { rgb } else { rgb.resize_exact(nw, nh, FilterType::CatmullRom) };
         let resized = Arc::new(resized);

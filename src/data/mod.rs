@@ -7,5 +7,5 @@ pub mod image_io;
 pub mod loader;
 
 pub use dataset::{Dataset, DatasetSpec, Domain, DomainSpec, ScanReport};
-pub use image_io::{decode_image, image_to_tensor, tensor_to_image, Pixels};
+pub use image_io::{centre_square, decode_image, short_side_dims, tensor_to_image, Pixels};
 pub use loader::{Batch, BatchLoader, LoaderOptions};

@@ -5,7 +5,6 @@ use crate::data::{Dataset, Pixels};
 use crate::train::{GanLoss, Losses, TrainConfig, Trainer};
 use anyhow::Result;
 use candle_core::{Device, Tensor};
-use image::{imageops::FilterType, GenericImageView};
 use serde::Serialize;
 
 /// Diversity ratio below which a generator's outputs count as near-identical.
@@ -169,10 +168,7 @@ fn held_out(d: &crate::data::Domain, n: usize, size: usize, device: &Device) -> 
     let mut ts = Vec::new();
     for (p, _) in files.iter().take(n) {
         let Ok(img) = crate::data::decode_image(p) else { continue };
-        let (w, h) = img.dimensions();
-        let s = size as f64 / w.min(h) as f64;
-        let (nw, nh) = (((w as f64 * s).round() as u32).max(size as u32), ((h as f64 * s).round() as u32).max(size as u32));
-        let img = img.resize_exact(nw, nh, FilterType::Triangle).crop_imm((nw - size as u32) / 2, (nh - size as u32) / 2, size as u32, size as u32);
+        let img = crate::data::centre_square(&img, size as u32);
         ts.push(Pixels::from_image(&img, d.spec.channels)?.0.to_tensor(device)?);
     }
     Ok(if ts.len() >= 2 { Some(Tensor::stack(&ts, 0)?) } else { None })

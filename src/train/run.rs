@@ -6,7 +6,7 @@ use crate::data::{image_io::png_bytes, BatchLoader, Dataset, LoaderOptions, Pixe
 use crate::util::atomic_write;
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
-use image::{imageops::FilterType, DynamicImage, GenericImage, GenericImageView};
+use image::{DynamicImage, GenericImage};
 use serde_json::json;
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -78,12 +78,7 @@ pub fn open_device(name: &str) -> Result<Device> {
 
 /// A square preview image of a domain: short side resized to `size`, centre crop.
 fn preview_tensor(path: &Path, size: usize, channels: usize, device: &Device) -> Result<Tensor> {
-    let img = crate::data::decode_image(path)?;
-    let (w, h) = img.dimensions();
-    let s = size as f64 / w.min(h) as f64;
-    let (nw, nh) = (((w as f64 * s).round() as u32).max(size as u32), ((h as f64 * s).round() as u32).max(size as u32));
-    let img = img.resize_exact(nw, nh, FilterType::CatmullRom);
-    let img = img.crop_imm((nw - size as u32) / 2, (nh - size as u32) / 2, size as u32, size as u32);
+    let img = crate::data::centre_square(&crate::data::decode_image(path)?, size as u32);
     Ok(Pixels::from_image(&img, channels)?.0.to_tensor(device)?.unsqueeze(0)?)
 }
 
