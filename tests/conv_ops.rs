@@ -65,7 +65,9 @@ const fn cfg(
     Cfg { b, cin, cout, h, w, k, stride, pad, out_pad }
 }
 
-const CONV_CFGS: [Cfg; 8] = [
+/// Stride-1 layers with fewer output than input channels (the 6→5, 8→3 and 9→2 ones) take the
+/// narrow-output kernel; the rest im2col.
+const CONV_CFGS: [Cfg; 10] = [
     cfg(2, 3, 8, 37, 44, 3, 2, 1, 0),
     cfg(2, 5, 4, 36, 44, 3, 2, 1, 0),
     cfg(2, 3, 6, 22, 19, 7, 1, 0, 0),
@@ -74,6 +76,8 @@ const CONV_CFGS: [Cfg; 8] = [
     cfg(2, 4, 7, 16, 16, 4, 2, 0, 0),
     cfg(2, 3, 4, 13, 18, 7, 2, 3, 0),
     cfg(3, 2, 2, 5, 6, 3, 2, 0, 0),
+    cfg(2, 8, 3, 14, 19, 7, 1, 0, 0),
+    cfg(1, 9, 2, 11, 8, 4, 1, 2, 0),
 ];
 
 const CONVT_CFGS: [Cfg; 7] = [

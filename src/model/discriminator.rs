@@ -1,5 +1,5 @@
 use super::{Conv2d, DiscriminatorConfig};
-use crate::ops::{instance_norm, leaky_relu};
+use crate::ops::{leaky_relu, Act};
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
@@ -29,14 +29,13 @@ impl PatchGan {
         let last = self.layers.len() - 1;
         let mut h = xs.clone();
         for (i, layer) in self.layers.iter().enumerate() {
-            h = layer.forward(&h)?;
-            if i == last {
-                break;
-            }
-            if i > 0 {
-                h = instance_norm(&h)?;
-            }
-            h = leaky_relu(&h, 0.2)?;
+            h = if i == last {
+                layer.forward(&h)?
+            } else if i == 0 {
+                leaky_relu(&layer.forward(&h)?, 0.2)?
+            } else {
+                layer.forward_norm_act(&h, Act::LeakyRelu(0.2))?
+            };
         }
         Ok(h)
     }

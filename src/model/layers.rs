@@ -1,3 +1,4 @@
+use crate::ops::{instance_norm_act, Act};
 use candle_core::{Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 
@@ -24,8 +25,21 @@ impl Conv2d {
 
     /// [B,Cin,H,W] → [B,Cout,H',W'].
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let ys = if std::env::var_os("CS_NATIVE_CONV").is_some() { xs.conv2d(&self.weight, self.padding, self.stride, 1, 1)? } else { crate::ops::conv::conv2d(xs, &self.weight, self.stride, self.padding)? };
-        ys.broadcast_add(&self.bias.reshape((1, (), 1, 1))?)
+        self.forward_unbiased(xs)?.broadcast_add(&self.bias.reshape((1, (), 1, 1))?)
+    }
+
+    /// `act(instance_norm(conv(xs)))`. The bias is left out: normalisation subtracts every
+    /// plane's mean, so it cancels exactly (its true gradient is 0 and it is never updated).
+    pub fn forward_norm_act(&self, xs: &Tensor, act: Act) -> Result<Tensor> {
+        instance_norm_act(&self.forward_unbiased(xs)?, act)
+    }
+
+    fn forward_unbiased(&self, xs: &Tensor) -> Result<Tensor> {
+        if native_conv() {
+            xs.conv2d(&self.weight, self.padding, self.stride, 1, 1)
+        } else {
+            crate::ops::conv::conv2d(xs, &self.weight, self.stride, self.padding)
+        }
     }
 
     /// The same layer with weights cut off from autograd (a frozen network).
@@ -61,7 +75,25 @@ impl ConvTranspose2d {
 
     /// [B,Cin,H,W] → [B,Cout,(H-1)s-2p+K+op, …].
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let ys = if std::env::var_os("CS_NATIVE_CONV").is_some() { xs.conv_transpose2d(&self.weight, self.padding, self.output_padding, self.stride, 1)? } else { crate::ops::conv::conv_transpose2d(xs, &self.weight, self.stride, self.padding, self.output_padding)? };
-        ys.broadcast_add(&self.bias.reshape((1, (), 1, 1))?)
+        self.forward_unbiased(xs)?.broadcast_add(&self.bias.reshape((1, (), 1, 1))?)
     }
+
+    /// `act(instance_norm(conv_transpose(xs)))`, without the bias that normalisation cancels.
+    pub fn forward_norm_act(&self, xs: &Tensor, act: Act) -> Result<Tensor> {
+        instance_norm_act(&self.forward_unbiased(xs)?, act)
+    }
+
+    fn forward_unbiased(&self, xs: &Tensor) -> Result<Tensor> {
+        if native_conv() {
+            xs.conv_transpose2d(&self.weight, self.padding, self.output_padding, self.stride, 1)
+        } else {
+            crate::ops::conv::conv_transpose2d(xs, &self.weight, self.stride, self.padding, self.output_padding)
+        }
+    }
+}
+
+/// `CS_NATIVE_CONV` set: use candle's own convolutions (for comparing against them).
+fn native_conv() -> bool {
+    static NATIVE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *NATIVE.get_or_init(|| std::env::var_os("CS_NATIVE_CONV").is_some())
 }

@@ -1,5 +1,5 @@
 use super::{layers::ConvTranspose2d, Conv2d, GeneratorConfig, GeneratorKind};
-use crate::ops::{instance_norm, reflect_pad2d};
+use crate::ops::{reflect_pad2d, Act};
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
@@ -18,8 +18,8 @@ impl ResnetBlock {
     }
 
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let h = instance_norm(&self.conv1.forward(&reflect_pad2d(xs, 1)?)?)?.relu()?;
-        let h = instance_norm(&self.conv2.forward(&reflect_pad2d(&h, 1)?)?)?;
+        let h = self.conv1.forward_norm_act(&reflect_pad2d(xs, 1)?, Act::Relu)?;
+        let h = self.conv2.forward_norm_act(&reflect_pad2d(&h, 1)?, Act::Identity)?;
         xs + h
     }
 }
@@ -57,15 +57,15 @@ impl ResnetGenerator {
 
     /// [B,Cin,H,W] → [B,Cout,H,W]; H and W multiples of 4.
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let mut h = instance_norm(&self.stem.forward(&reflect_pad2d(xs, 3)?)?)?.relu()?; // [B,ngf,H,W]
+        let mut h = self.stem.forward_norm_act(&reflect_pad2d(xs, 3)?, Act::Relu)?; // [B,ngf,H,W]
         for d in &self.down {
-            h = instance_norm(&d.forward(&h)?)?.relu()?; // [B,2ngf,H/2,W/2] then [B,4ngf,H/4,W/4]
+            h = d.forward_norm_act(&h, Act::Relu)?; // [B,2ngf,H/2,W/2] then [B,4ngf,H/4,W/4]
         }
         for b in &self.blocks {
             h = b.forward(&h)?;
         }
         for u in &self.up {
-            h = instance_norm(&u.forward(&h)?)?.relu()?;
+            h = u.forward_norm_act(&h, Act::Relu)?;
         }
         self.head.forward(&reflect_pad2d(&h, 3)?)?.tanh() // [B,Cout,H,W]
     }

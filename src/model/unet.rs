@@ -1,5 +1,5 @@
 use super::{layers::ConvTranspose2d, Conv2d, GeneratorConfig, GeneratorKind};
-use crate::ops::{instance_norm, leaky_relu};
+use crate::ops::{leaky_relu, Act};
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
@@ -43,22 +43,23 @@ impl UnetGenerator {
     /// the skip connection).
     fn level(&self, i: usize, xs: &Tensor) -> Result<Tensor> {
         let last = self.down.len() - 1;
-        let mut h = self.down[i].forward(xs)?;
-        if i > 0 && i < last {
-            h = instance_norm(&h)?;
-        }
-        if i < last {
+        let h = if i < last {
             // The reference's LeakyReLU is in place, so the skip it concatenates is the activated
             // tensor, not the raw one: reproduce that.
-            let act = leaky_relu(&h, 0.2)?;
+            let act = if i == 0 {
+                leaky_relu(&self.down[i].forward(xs)?, 0.2)?
+            } else {
+                self.down[i].forward_norm_act(xs, Act::LeakyRelu(0.2))?
+            };
             let sub = self.level(i + 1, &act)?;
-            h = Tensor::cat(&[&act, &sub], 1)?;
-        }
-        let h = self.up[i].forward(&h.relu()?)?;
-        if i == 0 {
-            h.tanh()
+            Tensor::cat(&[&act, &sub], 1)?
         } else {
-            instance_norm(&h)
+            self.down[i].forward(xs)?
+        };
+        if i == 0 {
+            self.up[i].forward(&h.relu()?)?.tanh()
+        } else {
+            self.up[i].forward_norm_act(&h.relu()?, Act::Identity)
         }
     }
 }

@@ -30,6 +30,10 @@ pub fn conv2d(xs: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<
     if !fast_path(xs, w) {
         return xs.conv2d(w, padding, stride, 1, 1);
     }
+    let (cout, cin, k, _) = w.dims4()?;
+    if stride == 1 && cout < cin && padding < k {
+        return xs.contiguous()?.apply_op2(&w.contiguous()?, NarrowConv2dOp { pad: padding });
+    }
     xs.contiguous()?.apply_op2(&w.contiguous()?, Conv2dOp { stride, pad: padding })
 }
 
@@ -335,7 +339,7 @@ fn weight_grad_kernel(x: &[f32], grad: &[f32], cg: usize, g: &Geom) -> Vec<f32> 
 }
 
 /// The f32 data of a contiguous operand (the public functions make every operand contiguous).
-fn f32_data<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
+pub(crate) fn f32_data<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
     match l.contiguous_offsets() {
         Some((start, end)) => Ok(&s.as_slice::<f32>()?[start..end]),
         None => bail!("fast conv: operands must be contiguous"),
@@ -466,6 +470,104 @@ impl CustomOp2 for WeightGradOp {
         let dgrad = grad.track_op().then(|| x.apply_op2(&ddw, Conv2dOp { stride, pad })).transpose()?;
         Ok((dx, dgrad))
     }
+}
+
+/// Stride-1 convolution with fewer output than input channels (a generator's RGB head: 64 → 3
+/// channels, 7×7). Its im2col matrix would have Cin·K² rows for only Cout output rows, so the
+/// GEMM would stream a huge matrix for little arithmetic. Instead
+///   Z = W' [Cout·K², Cin] · X [Cin, H·W]   and   y[co, o] = Σ_t Z[(co, t), o + t − pad],
+/// whose intermediate has Cout·K² rows. The gradients are convolutions of `dy` (Cout channels,
+/// padded by K−1−pad), so they too only build Cout·K²-row matrices:
+///   dx = conv2d(dy, flip(W)ᵀ),   dW = flip(Σ x · im2col(dy)ᵀ)ᵀ.
+struct NarrowConv2dOp {
+    pad: usize,
+}
+
+impl CustomOp2 for NarrowConv2dOp {
+    fn name(&self) -> &'static str {
+        "fast-conv2d-narrow"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (b, cin, h, w) = l1.shape().dims4()?;
+        let (cout, cin_w, _, _) = l2.shape().dims4()?;
+        if cin != cin_w {
+            bail!("conv2d: input has {cin} channels but the weight expects {cin_w}");
+        }
+        let g = Geom::conv(cin, h, w, kernel_size(l2)?, 1, self.pad)?;
+        let y = narrow_conv_kernel(f32_data(s1, l1)?, f32_data(s2, l2)?, cout, &g);
+        Ok((CpuStorage::F32(y), Shape::from((b, cout, g.ho, g.wo))))
+    }
+
+    fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let dy = dy.contiguous()?;
+        let (_, _, k, _) = w.dims4()?;
+        let full = k - 1 - self.pad;
+        let rev = Tensor::new((0..k as u32).rev().collect::<Vec<_>>(), w.device())?;
+        let flip = |t: &Tensor| t.contiguous()?.index_select(&rev, 2)?.index_select(&rev, 3);
+        let dx = x
+            .track_op()
+            .then(|| dy.apply_op2(&flip(&w.transpose(0, 1)?)?.contiguous()?, Conv2dOp { stride: 1, pad: full }))
+            .transpose()?;
+        let dw = w
+            .track_op()
+            .then(|| flip(&dy.apply_op2(x, WeightGradOp { k, stride: 1, pad: full })?.transpose(0, 1)?)?.contiguous())
+            .transpose()?;
+        Ok((dx, dw))
+    }
+}
+
+/// The forward pass of `NarrowConv2dOp`: `x` [B, g.c, g.h, g.w], `w` [cout, g.c, K, K] (stride 1)
+/// → [B, cout, g.ho, g.wo], in bands of output rows that bound Z.
+fn narrow_conv_kernel(x: &[f32], w: &[f32], cout: usize, g: &Geom) -> Vec<f32> {
+    let (k, kk, p) = (g.k, g.k * g.k, g.pad);
+    // W' [(co, t), ci] = w[co, ci, t].
+    let mut wp = vec![0f32; cout * kk * g.c];
+    for co in 0..cout {
+        for ci in 0..g.c {
+            for t in 0..kk {
+                wp[(co * kk + t) * g.c + ci] = w[(co * g.c + ci) * kk + t];
+            }
+        }
+    }
+    let rows_per_band = (scratch_limit() / (cout * kk * g.w * 2).max(1)).clamp(1, g.ho);
+    let mut y = vec![0f32; x.len() / g.img_len() * cout * g.cols()];
+    for (xb, yb) in x.chunks_exact(g.img_len()).zip(y.chunks_exact_mut(cout * g.cols())) {
+        for b0 in (0..g.ho).step_by(rows_per_band) {
+            let b1 = (b0 + rows_per_band).min(g.ho);
+            // Input rows the band's outputs read: oy + ki − p for oy in [b0, b1), ki in [0, K).
+            let r0 = b0.saturating_sub(p);
+            let r1 = (b1 + k - 1).saturating_sub(p).min(g.h);
+            if r0 >= r1 {
+                continue;
+            }
+            let zn = (r1 - r0) * g.w;
+            with_scratch(cout * kk * zn, |z| {
+                let rhs = Mat { data: &xb[r0 * g.w..], rs: g.h * g.w, cs: 1 };
+                matmul(cout * kk, zn, g.c, (z, zn), false, Mat::rows(&wp, g.c), rhs);
+                let z: &[f32] = z;
+                yb.par_chunks_mut(g.cols()).enumerate().for_each(|(co, plane)| {
+                    for t in 0..kk {
+                        let (ki, kj) = (t / k, t % k);
+                        let (y_lo, y_hi) = g.valid(g.ho, g.h, ki);
+                        let (y_lo, y_hi) = (y_lo.clamp(b0, b1), y_hi.clamp(b0, b1));
+                        let (x_lo, x_hi) = g.valid(g.wo, g.w, kj);
+                        if x_lo >= x_hi {
+                            continue;
+                        }
+                        let zt = &z[(co * kk + t) * zn..][..zn];
+                        for oy in y_lo..y_hi {
+                            let src = &zt[(oy + ki - p - r0) * g.w + x_lo + kj - p..][..x_hi - x_lo];
+                            for (d, v) in plane[oy * g.wo + x_lo..oy * g.wo + x_hi].iter_mut().zip(src) {
+                                *d += v;
+                            }
+                        }
+                    }
+                });
+            });
+        }
+    }
+    y
 }
 
 #[cfg(test)]

@@ -1,0 +1,131 @@
+//! Reflection padding as a candle custom op: a row copy with mirrored edges forward, and the
+//! matching fold (each padded sample's gradient added back onto the sample it mirrors) backward.
+//! The composed version (two `index_select`s) builds index tensors and runs a scattered
+//! index-add in backward.
+
+use super::conv::f32_data;
+use candle_core::{bail, CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+/// `xs` [B,C,H,W] → [B,C,H+2p,W+2p], PyTorch's ReflectionPad2d; f32 CPU tensors take the
+/// custom op, others the composed `index_select` version.
+pub fn reflect_pad2d(xs: &Tensor, pad: usize) -> Result<Tensor> {
+    if pad == 0 {
+        return Ok(xs.clone());
+    }
+    let (_b, _c, h, w) = xs.dims4()?;
+    if pad >= h || pad >= w {
+        bail!("reflection padding {pad} needs an input larger than {pad} on each side, got {h}x{w}");
+    }
+    if !(xs.device().is_cpu() && xs.dtype() == DType::F32) {
+        return super::reflect_pad2d_composed(xs, pad);
+    }
+    xs.contiguous()?.apply_op1(ReflectPad { pad })
+}
+
+/// The source index of padded position `i` (in −pad..n+pad) on an axis of length n ≥ 2.
+#[inline]
+fn mirror(i: isize, n: usize) -> usize {
+    let n = n as isize;
+    let j = if i < 0 { -i } else if i >= n { 2 * (n - 1) - i } else { i };
+    j as usize
+}
+
+struct ReflectPad {
+    pad: usize,
+}
+
+impl CustomOp1 for ReflectPad {
+    fn name(&self) -> &'static str {
+        "reflect-pad2d"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = f32_data(s, l)?;
+        let (b, c, h, w) = l.shape().dims4()?;
+        let p = self.pad;
+        let (ph, pw) = (h + 2 * p, w + 2 * p);
+        let mut y = vec![0f32; b * c * ph * pw];
+        y.par_chunks_mut(ph * pw).zip(x.par_chunks(h * w)).for_each(|(yp, xp)| {
+            for (r, row) in yp.chunks_exact_mut(pw).enumerate() {
+                let src = &xp[mirror(r as isize - p as isize, h) * w..][..w];
+                row[p..p + w].copy_from_slice(src);
+                for j in 0..p {
+                    row[p - 1 - j] = src[j + 1];
+                    row[p + w + j] = src[w - 2 - j];
+                }
+            }
+        });
+        Ok((CpuStorage::F32(y), Shape::from((b, c, ph, pw))))
+    }
+
+    fn bwd(&self, x: &Tensor, _res: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
+        let (_, _, h, w) = x.dims4()?;
+        Ok(Some(dy.contiguous()?.apply_op1(ReflectPadBwd { pad: self.pad, h, w })?))
+    }
+}
+
+/// The adjoint of `ReflectPad`: [B,C,H+2p,W+2p] → [B,C,H,W]. It is linear, so its own
+/// gradient is the padding again.
+struct ReflectPadBwd {
+    pad: usize,
+    h: usize,
+    w: usize,
+}
+
+impl CustomOp1 for ReflectPadBwd {
+    fn name(&self) -> &'static str {
+        "reflect-pad2d-bwd"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let dy = f32_data(s, l)?;
+        let (b, c, ph, pw) = l.shape().dims4()?;
+        let (p, h, w) = (self.pad, self.h, self.w);
+        if ph != h + 2 * p || pw != w + 2 * p {
+            bail!("reflection padding backward: gradient {ph}x{pw} does not match {h}x{w} padded by {p}");
+        }
+        let mut dx = vec![0f32; b * c * h * w];
+        dx.par_chunks_mut(h * w).zip(dy.par_chunks(ph * pw)).for_each(|(xp, yp)| {
+            for (r, row) in yp.chunks_exact(pw).enumerate() {
+                let dst = &mut xp[mirror(r as isize - p as isize, h) * w..][..w];
+                for (d, &v) in dst.iter_mut().zip(&row[p..p + w]) {
+                    *d += v;
+                }
+                for j in 0..p {
+                    dst[j + 1] += row[p - 1 - j];
+                    dst[w - 2 - j] += row[p + w + j];
+                }
+            }
+        });
+        Ok((CpuStorage::F32(dx), Shape::from((b, c, h, w))))
+    }
+
+    fn bwd(&self, _dy: &Tensor, _res: &Tensor, ddx: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(reflect_pad2d(ddx, self.pad)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    #[test]
+    fn matches_index_select_version_forward_and_backward() {
+        for (shape, pad) in [((2, 3, 5, 7), 2), ((1, 2, 4, 4), 3), ((1, 1, 9, 2), 1), ((1, 2, 8, 8), 1)] {
+            let n = shape.0 * shape.1 * shape.2 * shape.3;
+            let x = Var::from_vec((0..n).map(|i| ((i * 37 % 101) as f32) * 0.1).collect::<Vec<_>>(), shape, &Device::Cpu).unwrap();
+            let ours = reflect_pad2d(x.as_tensor(), pad).unwrap();
+            let composed = crate::ops::reflect_pad2d_composed(x.as_tensor(), pad).unwrap();
+            let (a, b) = (ours.flatten_all().unwrap().to_vec1::<f32>().unwrap(), composed.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+            assert_eq!(a, b, "{shape:?} pad {pad} forward");
+            let weights = Tensor::arange(0f32, ours.elem_count() as f32, &Device::Cpu).unwrap().reshape(ours.shape()).unwrap();
+            let g1 = (ours * &weights).unwrap().sum_all().unwrap().backward().unwrap();
+            let g2 = (composed * &weights).unwrap().sum_all().unwrap().backward().unwrap();
+            let (a, b) = (g1.get(x.as_tensor()).unwrap(), g2.get(x.as_tensor()).unwrap());
+            let diff = (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+            assert!(diff < 1e-3, "{shape:?} pad {pad} gradient differs by {diff}");
+        }
+    }
+}
