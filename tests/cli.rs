@@ -213,3 +213,72 @@ fn score_ranks_planted_outliers_first() {
     assert!(top.iter().all(|l| l.contains("noise")), "{csv}\n{text}");
     assert_eq!(csv.lines().count(), 9);
 }
+
+/// ITU-R 601 luma of every pixel, in 8-bit levels (what a grey-domain model sees of a colour image).
+fn luma601(img: &image::RgbImage) -> Vec<f32> {
+    img.pixels().map(|p| p.0.map(f32::from)).map(|[r, g, b]| 0.299 * r + 0.587 * g + 0.114 * b).collect()
+}
+
+/// Max |luma of the image at `colour` − `luma`| over the pixels, in 8-bit levels.
+fn max_luma_error(colour: &Path, luma: &[f32]) -> f32 {
+    let out = luma601(&image::open(colour).unwrap().to_rgb8());
+    assert_eq!(out.len(), luma.len());
+    out.iter().zip(luma).map(|(o, l)| (o - l).abs()).fold(0.0, f32::max)
+}
+
+#[test]
+fn keep_luma_model_translates_converts_evaluates_and_exports() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ds = tiny_dataset(d);
+    let text = ok(&cyclestudio(
+        d,
+        &[
+            "train", "--dataset", ds.to_str().unwrap(), "--name", "luma", "--generator", "resnet_2blocks", "--ngf", "4", "--ndf", "4",
+            "--size", "32", "--iters", "2", "--keep-luma", "--quiet",
+        ],
+    ));
+    assert!(text.contains("finished luma at step 2"), "{text}");
+    assert!(std::fs::read_to_string(d.join("checkpoints/luma/config.toml")).unwrap().contains("keep_luma = true"));
+    // Resume rebuilds the chroma generator from the saved config; a run without it cannot gain it.
+    let text = ok(&cyclestudio(d, &["train", "--name", "luma", "--resume", "--iters", "3", "--quiet"]));
+    assert!(text.contains("finished luma at step 3"), "{text}");
+    let ds = ds.to_str().unwrap();
+    ok(&cyclestudio(d, &["train", "--dataset", ds, "--name", "plain", "--generator", "resnet_2blocks", "--ngf", "4", "--ndf", "4", "--size", "32", "--iters", "1", "--quiet"]));
+    let refused = cyclestudio(d, &["train", "--name", "plain", "--resume", "--iters", "2", "--keep-luma"]);
+    assert!(!refused.status.success() && String::from_utf8_lossy(&refused.stderr).contains("without --keep-luma"));
+
+    // Translating a colour photo: its luma enters the model and comes out unchanged (each
+    // channel rounded to 8 bits moves it by at most half a level).
+    let photo = gradient_image(150, 70, 9);
+    photo.save(d.join("photo.png")).unwrap();
+    let luma = luma601(&photo);
+    ok(&cyclestudio(d, &["translate", "photo.png", "--to", "color", "--model", "checkpoints/luma"]));
+    assert!(max_luma_error(&d.join("photo.color.png"), &luma) <= 0.51);
+    // Tiles are blended linearly, which keeps the luma too.
+    ok(&cyclestudio(d, &["translate", "photo.png", "--to", "color", "--model", "checkpoints/luma", "--tile", "16", "-o", "tiled.png"]));
+    assert!(max_luma_error(&d.join("tiled.png"), &luma) <= 0.51);
+
+    let input = d.join("grey");
+    std::fs::create_dir_all(&input).unwrap();
+    let grey = image::GrayImage::from_fn(150, 70, |x, y| image::Luma([luma[(y * 150 + x) as usize].round() as u8]));
+    grey.save(input.join("photo.png")).unwrap();
+    let grey_levels: Vec<f32> = grey.pixels().map(|p| f32::from(p.0[0])).collect();
+    ok(&cyclestudio(d, &["convert", "grey", "--to", "color", "-o", "out", "--model", "checkpoints/luma"]));
+    assert!(max_luma_error(&d.join("out/photo.png"), &grey_levels) <= 0.51);
+    let truth = d.join("truth");
+    write_pngs(&truth, 1, 150, 70);
+    std::fs::rename(truth.join("img0.png"), truth.join("photo.png")).unwrap();
+    let text = ok(&cyclestudio(d, &["eval", "--model", "checkpoints/luma", "--to", "color", "--input", "grey", "--truth", "truth"]));
+    assert!(text.contains("| model |"), "{text}");
+
+    // The reference has no chroma-over-luma generator; the translate-only copy keeps the mode.
+    let refused = cyclestudio(d, &["export", "--model", "checkpoints/luma", "--format", "torch-keys", "-o", "torch"]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && stderr.contains("--keep-luma") && stderr.contains("--format generators"), "{stderr}");
+    assert!(!d.join("torch").exists());
+    ok(&cyclestudio(d, &["export", "--model", "checkpoints/luma", "--format", "generators", "--half", "-o", "shared"]));
+    assert!(std::fs::read_to_string(d.join("shared/config.toml")).unwrap().contains("keep_luma = true"));
+    ok(&cyclestudio(d, &["translate", "photo.png", "--to", "color", "--model", "shared", "-o", "shared.png"]));
+    assert!(max_luma_error(&d.join("shared.png"), &luma) <= 0.51);
+}

@@ -7,7 +7,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use cyclestudio::checkpoint::load_generation;
 use cyclestudio::data::dataset::{scan_folder, Check};
-use cyclestudio::model::{count_params, DiscriminatorConfig, Generator, GeneratorConfig, PatchGan};
+use cyclestudio::model::{compose_chroma_over_luma, count_params, DiscriminatorConfig, Generator, GeneratorConfig, OutputMode, PatchGan};
 use cyclestudio::ops::{instance_norm, reflect_pad2d};
 use cyclestudio::train::{RunOutcome, Trainer};
 
@@ -45,6 +45,16 @@ fn instance_norm_gradient_matches_finite_differences() {
     check_gradient(|x| instance_norm(x).unwrap(), (2, 3, 5, 6));
 }
 
+#[test]
+fn chroma_over_luma_gradient_matches_finite_differences() {
+    // Full-range chroma puts many pixels outside the RGB gamut, where the chroma is shrunk to fit.
+    let dev = Device::Cpu;
+    let grey = Tensor::rand(-1f64, 1.0, (2, 1, 5, 6), &dev).unwrap();
+    check_gradient(|x| compose_chroma_over_luma(&grey, &x.tanh().unwrap()).unwrap(), (2, 2, 5, 6));
+    let chroma = Tensor::rand(-1f64, 1.0, (2, 2, 5, 6), &dev).unwrap();
+    check_gradient(|x| compose_chroma_over_luma(&x.tanh().unwrap(), &chroma).unwrap(), (2, 3, 5, 6));
+}
+
 fn params_of(build: impl FnOnce(VarBuilder)) -> usize {
     let vm = VarMap::new();
     build(VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu));
@@ -54,7 +64,7 @@ fn params_of(build: impl FnOnce(VarBuilder)) -> usize {
 #[test]
 fn parameter_counts_match_reference() {
     let g = |kind: &str| {
-        let cfg = GeneratorConfig { kind: kind.parse().unwrap(), in_channels: 3, out_channels: 3, ngf: 64 };
+        let cfg = GeneratorConfig { kind: kind.parse().unwrap(), in_channels: 3, out_channels: 3, ngf: 64, output: OutputMode::Direct };
         params_of(|vb| {
             Generator::new(&cfg, vb).unwrap();
         })
@@ -71,7 +81,7 @@ fn parameter_counts_match_reference() {
 fn networks_keep_odd_sizes_and_channels() {
     let dev = Device::Cpu;
     let vm = VarMap::new();
-    let cfg = GeneratorConfig { kind: "resnet_2blocks".parse().unwrap(), in_channels: 1, out_channels: 3, ngf: 4 };
+    let cfg = GeneratorConfig { kind: "resnet_2blocks".parse().unwrap(), in_channels: 1, out_channels: 3, ngf: 4, output: OutputMode::Direct };
     let g = Generator::new(&cfg, VarBuilder::from_varmap(&vm, DType::F32, &dev)).unwrap();
     let y = g.forward(&Tensor::zeros((2, 1, 36, 44), DType::F32, &dev).unwrap()).unwrap();
     assert_eq!(y.dims(), &[2, 3, 36, 44]);
@@ -190,4 +200,37 @@ fn paired_mode_aligns_crops_and_adds_the_supervised_term() {
     let b = loader.next().unwrap();
     let l = t.train_step(&b.real_a, &b.real_b).unwrap();
     assert!(l.paired > 0.0 && l.g_total > l.paired);
+}
+
+#[test]
+fn keep_luma_model_colours_without_changing_brightness() {
+    use cyclestudio::train::{run_training, RunControl, RunOptions, TrainConfig};
+    use cyclestudio::translate::{translate_image, TranslateOptions, Translator};
+    let dir = tempfile::tempdir().unwrap();
+    let ds = tiny_dataset(dir.path());
+    let run = dir.path().join("run");
+    let cfg = TrainConfig { keep_luma: true, ..tiny_config(&ds, 2) };
+    let outcome = run_training(cfg, &RunOptions { run_dir: run.clone(), resume: false }, &RunControl::default(), &mut |_| {}).unwrap();
+    assert_eq!(outcome, RunOutcome::Finished { step: 2 });
+    // Resuming rebuilds the networks from the saved config: a direct G_AB would not fit the
+    // saved weights (its head has 3 output channels, the chroma head 2).
+    assert_eq!(train_tiny(&run, &ds, 3, true), RunOutcome::Finished { step: 3 });
+    assert_eq!(load_generation(&run).unwrap().load_tensors("G_AB.safetensors", &Device::Cpu).unwrap()["head.weight"].dims()[0], 2);
+
+    let tr = Translator::load(&run, "cpu").unwrap();
+    let (g, cin, cout) = tr.generator_to("color").unwrap();
+    assert_eq!((cin, cout), (1, 3));
+    let grey = image::DynamicImage::ImageRgb8(gradient_image(45, 29, 3)).to_luma8();
+    let input = image::DynamicImage::ImageLuma8(grey.clone());
+    let out = translate_image(g, cin, tr.size_multiple(), &tr.device, &input, &TranslateOptions::default()).unwrap().to_rgb8();
+    assert_eq!(out.dimensions(), grey.dimensions());
+    let mut colourfulness = 0u8;
+    for (rgb, l) in out.pixels().zip(grey.pixels()) {
+        let [r, g, b] = rgb.0.map(f32::from);
+        let luma = 0.299 * r + 0.587 * g + 0.114 * b;
+        // Each channel is rounded to 8 bits, which moves the luma by at most half a level.
+        assert!((luma - f32::from(l.0[0])).abs() <= 0.51, "luma {luma} for grey {}", l.0[0]);
+        colourfulness = colourfulness.max(rgb.0.iter().max().unwrap() - rgb.0.iter().min().unwrap());
+    }
+    assert!(colourfulness > 5, "the output should have some colour, not only the grey input");
 }

@@ -2,7 +2,7 @@
 //! reference configurations, as medians over repeats, each case in its own process.
 
 use crate::data::DomainSpec;
-use crate::model::{Generator, GeneratorConfig};
+use crate::model::Generator;
 use crate::train::{open_device, Schedule, TrainConfig, Trainer};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Tensor};
@@ -91,7 +91,7 @@ pub fn run_case(id: &str, device: &str, warmup: usize, repeats: usize) -> Result
         }
     } else {
         let vm = VarMap::new();
-        let gcfg = GeneratorConfig { kind: cfg.generator, in_channels: 3, out_channels: 3, ngf: 64 };
+        let gcfg = cfg.g_ab();
         let g = Generator::new(&gcfg, VarBuilder::from_varmap(&vm, DType::F32, &dev))?;
         // Inference weights are plain tensors (no autograd), as `translate` loads them.
         let plain: std::collections::HashMap<String, Tensor> =

@@ -293,6 +293,9 @@ pub struct TrainArgs {
     pub paired: bool,
     #[arg(long, default_value_t = 10.0)]
     pub lambda_paired: f64,
+    /// Grey→colour: predict only colour and keep the input's brightness exactly (A→B generator).
+    #[arg(long)]
+    pub keep_luma: bool,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Turn off random horizontal flips.

@@ -39,6 +39,7 @@ pub fn config_from_args(args: &TrainArgs) -> Result<TrainConfig> {
         lambda_identity: args.lambda_identity,
         lambda_paired: if args.paired { args.lambda_paired } else { 0.0 },
         paired: args.paired,
+        keep_luma: args.keep_luma,
         gan_loss: args.gan_loss,
         pool: args.pool,
         seed: args.seed,
@@ -57,6 +58,10 @@ pub fn config_from_args(args: &TrainArgs) -> Result<TrainConfig> {
 /// The saved configuration of a run, with the settings a resume may change.
 fn resumed_config(run_dir: &Path, args: &TrainArgs) -> Result<TrainConfig> {
     let mut cfg = TrainConfig::load(run_dir)?;
+    // The generator's architecture depends on it, so it cannot be switched on mid-run.
+    if args.keep_luma && !cfg.keep_luma {
+        bail!("run '{}' was started without --keep-luma, which cannot be added on --resume", cfg.name);
+    }
     if let Schedule::Iters { iters, decay_iters } = &mut cfg.schedule {
         if let Some(i) = args.iters {
             *iters = i;

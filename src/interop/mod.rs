@@ -3,7 +3,7 @@
 
 use crate::checkpoint::{safetensors_bytes, save_generation};
 use crate::data::DomainSpec;
-use crate::model::{Generator, GeneratorConfig, GeneratorKind};
+use crate::model::{Generator, GeneratorConfig, GeneratorKind, OutputMode};
 use crate::train::{Schedule, TrainConfig};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
@@ -101,7 +101,7 @@ pub fn infer_generator(tensors: &HashMap<String, Tensor>) -> Result<GeneratorCon
         if first.len() != 4 || last.len() != 4 || downs < 5 {
             bail!("shapes fit no known U-Net ({downs} levels)");
         }
-        return Ok(GeneratorConfig { kind: GeneratorKind::Unet { downs }, in_channels: first[1], out_channels: last[1], ngf: first[0] });
+        return Ok(GeneratorConfig { kind: GeneratorKind::Unet { downs }, in_channels: first[1], out_channels: last[1], ngf: first[0], output: OutputMode::Direct });
     }
     if tensors.contains_key("model.1.weight") && tensors.contains_key("model.10.conv_block.1.weight") {
         let mut blocks = 0;
@@ -113,7 +113,7 @@ pub fn infer_generator(tensors: &HashMap<String, Tensor>) -> Result<GeneratorCon
         if first.len() != 4 || first[2] != 7 || last.len() != 4 {
             bail!("shapes fit no known ResNet generator");
         }
-        return Ok(GeneratorConfig { kind: GeneratorKind::Resnet { blocks }, in_channels: first[1], out_channels: last[0], ngf: first[0] });
+        return Ok(GeneratorConfig { kind: GeneratorKind::Resnet { blocks }, in_channels: first[1], out_channels: last[0], ngf: first[0], output: OutputMode::Direct });
     }
     bail!("not a CycleGAN generator state dict (no model.1.weight / model.model.0.weight)")
 }
@@ -197,9 +197,17 @@ pub fn import(req: &ImportRequest) -> Result<TrainConfig> {
 
 /// `cyclestudio export --format torch-keys`: the generators with the reference's key names, as
 /// safetensors (`G_A.safetensors` = our G_AB, `G_B.safetensors` = our G_BA) for
-/// `load_state_dict(safetensors.torch.load_file(...))`.
+/// `load_state_dict(safetensors.torch.load_file(...))`. Refuses a model whose generator is not
+/// [`OutputMode::Direct`]: the reference has no network that composes its output from the input.
 pub fn export_torch_keys(run_dir: &Path, out_dir: &Path) -> Result<Vec<PathBuf>> {
     let cfg = TrainConfig::load(run_dir)?;
+    if cfg.g_ab().output != OutputMode::Direct || cfg.g_ba().output != OutputMode::Direct {
+        bail!(
+            "{} was trained with --keep-luma: its A→B generator predicts only colour and keeps the input's brightness, \
+             which the PyTorch reference's generators cannot represent; export it with --format generators instead",
+            run_dir.display()
+        );
+    }
     let generation = crate::checkpoint::load_generation(run_dir)?;
     std::fs::create_dir_all(out_dir)?;
     let map = generator_key_map(cfg.generator);

@@ -64,13 +64,40 @@ impl<'de> Deserialize<'de> for GeneratorKind {
     }
 }
 
+/// How a generator turns its network's tanh output into the image it returns.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutputMode {
+    /// The tanh output is the image (the reference's generators).
+    #[default]
+    Direct,
+    /// Grey→colour: the network predicts only chroma (Cb, Cr) and the RGB image is composed with
+    /// the input's luma, so its brightness is the input's exactly (see [`crate::model::compose_chroma_over_luma`]).
+    ChromaOverLuma,
+}
+
 /// Everything needed to rebuild a generator.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct GeneratorConfig {
     pub kind: GeneratorKind,
     pub in_channels: usize,
+    /// Channels of the image the generator returns; the network itself may produce fewer
+    /// (see [`GeneratorConfig::network_out_channels`]).
     pub out_channels: usize,
     pub ngf: usize,
+    /// Absent in configs written before output modes existed, which were all direct.
+    #[serde(default)]
+    pub output: OutputMode,
+}
+
+impl GeneratorConfig {
+    /// Channels of the network's last layer: `out_channels`, or 2 (Cb, Cr) for chroma over luma.
+    pub fn network_out_channels(&self) -> usize {
+        match self.output {
+            OutputMode::Direct => self.out_channels,
+            OutputMode::ChromaOverLuma => 2,
+        }
+    }
 }
 
 /// Everything needed to rebuild a PatchGAN discriminator (70×70 receptive field for 3 layers).
@@ -91,5 +118,18 @@ mod tests {
         }
         assert!("unet_100".parse::<GeneratorKind>().is_err());
         assert!("vgg".parse::<GeneratorKind>().is_err());
+    }
+
+    #[test]
+    fn output_mode_is_snake_case_and_defaults_to_direct() {
+        let old = "kind = \"resnet_6blocks\"\nin_channels = 1\nout_channels = 3\nngf = 16\n";
+        let cfg: GeneratorConfig = toml::from_str(old).unwrap();
+        assert_eq!(cfg.output, OutputMode::Direct);
+        assert_eq!(cfg.network_out_channels(), 3);
+        let luma = GeneratorConfig { output: OutputMode::ChromaOverLuma, ..cfg };
+        let text = toml::to_string(&luma).unwrap();
+        assert!(text.contains("output = \"chroma_over_luma\""), "{text}");
+        assert_eq!(toml::from_str::<GeneratorConfig>(&text).unwrap(), luma);
+        assert_eq!(luma.network_out_channels(), 2);
     }
 }

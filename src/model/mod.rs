@@ -1,13 +1,15 @@
 //! The CycleGAN networks: ResNet and U-Net generators, the PatchGAN discriminator, their
 //! configuration (serialised into checkpoints) and the layers they are built from.
 
+mod chroma;
 mod config;
 mod discriminator;
 mod layers;
 mod resnet;
 mod unet;
 
-pub use config::{DiscriminatorConfig, GeneratorConfig, GeneratorKind};
+pub use chroma::compose_chroma_over_luma;
+pub use config::{DiscriminatorConfig, GeneratorConfig, GeneratorKind, OutputMode};
 pub use discriminator::PatchGan;
 pub use layers::{Conv2d, ConvTranspose2d};
 pub use resnet::ResnetGenerator;
@@ -16,26 +18,43 @@ pub use unet::UnetGenerator;
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
-/// A generator of any supported architecture.
-pub enum Generator {
+/// A generator of any supported architecture and output mode.
+pub struct Generator {
+    network: GeneratorNetwork,
+    output: OutputMode,
+}
+
+enum GeneratorNetwork {
     Resnet(ResnetGenerator),
     Unet(UnetGenerator),
 }
 
 impl Generator {
     pub fn new(cfg: &GeneratorConfig, vb: VarBuilder) -> Result<Self> {
-        Ok(match cfg.kind {
-            GeneratorKind::Resnet { .. } => Self::Resnet(ResnetGenerator::new(cfg, vb)?),
-            GeneratorKind::Unet { .. } => Self::Unet(UnetGenerator::new(cfg, vb)?),
-        })
+        if cfg.output == OutputMode::ChromaOverLuma && (cfg.out_channels != 3 || !matches!(cfg.in_channels, 1 | 3)) {
+            candle_core::bail!(
+                "a chroma-over-luma generator turns 1- or 3-channel images into 3-channel ones, not {} into {}",
+                cfg.in_channels,
+                cfg.out_channels
+            );
+        }
+        let network = match cfg.kind {
+            GeneratorKind::Resnet { .. } => GeneratorNetwork::Resnet(ResnetGenerator::new(cfg, vb)?),
+            GeneratorKind::Unet { .. } => GeneratorNetwork::Unet(UnetGenerator::new(cfg, vb)?),
+        };
+        Ok(Self { network, output: cfg.output })
     }
 
     /// `xs` [B,Cin,H,W] in [-1,1] → [B,Cout,H,W] in [-1,1]. H and W must be multiples of
     /// `cfg.kind.size_multiple()`.
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        match self {
-            Self::Resnet(g) => g.forward(xs),
-            Self::Unet(g) => g.forward(xs),
+        let raw = match &self.network {
+            GeneratorNetwork::Resnet(g) => g.forward(xs)?,
+            GeneratorNetwork::Unet(g) => g.forward(xs)?,
+        }; // [B,network_out_channels,H,W]
+        match self.output {
+            OutputMode::Direct => Ok(raw),
+            OutputMode::ChromaOverLuma => compose_chroma_over_luma(xs, &raw),
         }
     }
 }

@@ -51,11 +51,11 @@ impl ResnetGenerator {
         let up = (0..2)
             .map(|i| ConvTranspose2d::new(ngf << (2 - i), ngf << (1 - i), 3, 2, 1, 1, vb.pp("up").pp(i)))
             .collect::<Result<Vec<_>>>()?;
-        let head = Conv2d::new(ngf, cfg.out_channels, 7, 1, 0, vb.pp("head"))?;
+        let head = Conv2d::new(ngf, cfg.network_out_channels(), 7, 1, 0, vb.pp("head"))?;
         Ok(Self { stem, down, blocks, up, head })
     }
 
-    /// [B,Cin,H,W] → [B,Cout,H,W]; H and W multiples of 4.
+    /// [B,Cin,H,W] → [B,Cout,H,W] (Cout = `cfg.network_out_channels()`); H and W multiples of 4.
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let mut h = self.stem.forward_norm_act(&reflect_pad2d(xs, 3)?, Act::Relu)?; // [B,ngf,H,W]
         for d in &self.down {

@@ -28,13 +28,13 @@ impl UnetGenerator {
             down.push(Conv2d::new(input, inner(i), 4, 2, 1, vb.pp("down").pp(i))?);
             // The innermost level has no skip below it; others receive [skip, sub-output].
             let up_in = if i == downs - 1 { inner(i) } else { 2 * inner(i) };
-            let up_out = if i == 0 { cfg.out_channels } else { inner(i - 1) };
+            let up_out = if i == 0 { cfg.network_out_channels() } else { inner(i - 1) };
             up.push(ConvTranspose2d::new(up_in, up_out, 4, 2, 1, 0, vb.pp("up").pp(i))?);
         }
         Ok(Self { down, up })
     }
 
-    /// [B,Cin,H,W] → [B,Cout,H,W]; H and W multiples of 2^downs.
+    /// [B,Cin,H,W] → [B,Cout,H,W] (Cout = `cfg.network_out_channels()`); H and W multiples of 2^downs.
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         self.level(0, xs)
     }

@@ -1,5 +1,5 @@
 use crate::data::DomainSpec;
-use crate::model::{DiscriminatorConfig, GeneratorConfig, GeneratorKind};
+use crate::model::{DiscriminatorConfig, GeneratorConfig, GeneratorKind, OutputMode};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -70,6 +70,10 @@ pub struct TrainConfig {
     /// Supervised L1 between a translation and its true pair (paired datasets only), 0 = off.
     pub lambda_paired: f64,
     pub paired: bool,
+    /// Grey→colour: G_AB predicts only chroma and keeps its input's luma exactly
+    /// ([`OutputMode::ChromaOverLuma`]); needs a 3-channel domain B. Absent in older configs.
+    #[serde(default)]
+    pub keep_luma: bool,
     pub gan_loss: GanLoss,
     pub pool: usize,
     pub seed: u64,
@@ -110,6 +114,7 @@ impl TrainConfig {
             lambda_identity: 0.5,
             lambda_paired: 0.0,
             paired: false,
+            keep_luma: false,
             gan_loss: GanLoss::Lsgan,
             pool: 50,
             seed: 0,
@@ -123,10 +128,17 @@ impl TrainConfig {
     }
 
     pub fn g_ab(&self) -> GeneratorConfig {
-        GeneratorConfig { kind: self.generator, in_channels: self.domain_a.channels, out_channels: self.domain_b.channels, ngf: self.ngf }
+        let output = if self.keep_luma { OutputMode::ChromaOverLuma } else { OutputMode::Direct };
+        GeneratorConfig { kind: self.generator, in_channels: self.domain_a.channels, out_channels: self.domain_b.channels, ngf: self.ngf, output }
     }
     pub fn g_ba(&self) -> GeneratorConfig {
-        GeneratorConfig { kind: self.generator, in_channels: self.domain_b.channels, out_channels: self.domain_a.channels, ngf: self.ngf }
+        GeneratorConfig {
+            kind: self.generator,
+            in_channels: self.domain_b.channels,
+            out_channels: self.domain_a.channels,
+            ngf: self.ngf,
+            output: OutputMode::Direct,
+        }
     }
     pub fn d_a(&self) -> DiscriminatorConfig {
         DiscriminatorConfig { in_channels: self.domain_a.channels, ndf: self.ndf, n_layers: self.n_layers_d }
@@ -154,6 +166,13 @@ impl TrainConfig {
         }
         if self.paired && self.lambda_paired <= 0.0 {
             bail!("--paired needs a positive --lambda-paired");
+        }
+        if self.keep_luma && self.domain_b.channels != 3 {
+            bail!(
+                "--keep-luma colours A images into B, so domain B ('{}') must have 3 channels, not {}",
+                self.domain_b.name,
+                self.domain_b.channels
+            );
         }
         Ok(())
     }
@@ -185,5 +204,57 @@ mod tests {
         assert_eq!(s.lr_factor(9), 1.0);
         assert!((s.lr_factor(18) - 0.1).abs() < 1e-12);
         assert_eq!(s.total_steps(), 19);
+    }
+
+    fn grey_colour(keep_luma: bool) -> TrainConfig {
+        TrainConfig {
+            keep_luma,
+            ..TrainConfig::reference(
+                "run",
+                "data".into(),
+                DomainSpec { name: "gray".into(), channels: 1 },
+                DomainSpec { name: "color".into(), channels: 3 },
+                10,
+            )
+        }
+    }
+
+    #[test]
+    fn config_written_before_keep_luma_still_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        // A config.toml as written before output modes existed (no `keep_luma`).
+        let old = "name = \"run\"\ndataset = \"data\"\ngenerator = \"resnet_9blocks\"\nngf = 64\nndf = 64\nn_layers_d = 3\n\
+            size = 256\nload_size = 286\nbatch = 1\nlr = 0.0002\nbeta1 = 0.5\nbeta2 = 0.999\nlambda_cycle = 10.0\n\
+            lambda_identity = 0.5\nlambda_paired = 0.0\npaired = false\ngan_loss = \"lsgan\"\npool = 50\nseed = 0\nflip = true\n\
+            sample_every = 100\nsave_every = 500\nlog_every = 10\nhealth_every = 100\ndevice = \"cpu\"\n\
+            [domain_a]\nname = \"gray\"\nchannels = 1\n[domain_b]\nname = \"color\"\nchannels = 3\n\
+            [schedule]\nunit = \"epochs\"\nepochs = 100\ndecay_epochs = 100\nsteps_per_epoch = 10\n";
+        std::fs::write(dir.path().join(CONFIG_FILE), old).unwrap();
+        let cfg = TrainConfig::load(dir.path()).unwrap();
+        assert_eq!(cfg, grey_colour(false));
+        assert_eq!(cfg.g_ab().output, OutputMode::Direct);
+    }
+
+    #[test]
+    fn keep_luma_round_trips_and_makes_only_g_ab_chroma_over_luma() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = grey_colour(true);
+        cfg.save(dir.path()).unwrap();
+        let loaded = TrainConfig::load(dir.path()).unwrap();
+        assert_eq!(loaded, cfg);
+        assert_eq!(loaded.g_ab().output, OutputMode::ChromaOverLuma);
+        assert_eq!(loaded.g_ab().out_channels, 3);
+        assert_eq!(loaded.g_ba().output, OutputMode::Direct);
+        loaded.validate().unwrap();
+    }
+
+    #[test]
+    fn keep_luma_needs_a_colour_domain_b() {
+        let mut cfg = grey_colour(true);
+        std::mem::swap(&mut cfg.domain_a, &mut cfg.domain_b);
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("--keep-luma") && err.contains("'gray'"), "{err}");
+        cfg.keep_luma = false;
+        cfg.validate().unwrap();
     }
 }
