@@ -31,6 +31,9 @@ pub fn conv2d(xs: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<
         return xs.conv2d(w, padding, stride, 1, 1);
     }
     let (cout, cin, k, _) = w.dims4()?;
+    if super::winograd::applies(cin, cout, k, stride, padding) {
+        return super::winograd::conv3x3(&xs.contiguous()?, &w.contiguous()?);
+    }
     if stride == 1 && cout < cin && padding < k {
         return xs.contiguous()?.apply_op2(&w.contiguous()?, NarrowConv2dOp { pad: padding });
     }
@@ -212,18 +215,18 @@ fn bands(g: &Geom) -> impl Iterator<Item = (usize, usize)> {
 
 /// A matrix operand: element (i, j) is `data[i·rs + j·cs]`.
 #[derive(Clone, Copy)]
-struct Mat<'a> {
-    data: &'a [f32],
-    rs: usize,
-    cs: usize,
+pub(crate) struct Mat<'a> {
+    pub data: &'a [f32],
+    pub rs: usize,
+    pub cs: usize,
 }
 
 impl<'a> Mat<'a> {
-    fn rows(data: &'a [f32], width: usize) -> Self {
+    pub fn rows(data: &'a [f32], width: usize) -> Self {
         Self { data, rs: width, cs: 1 }
     }
 
-    fn transposed(data: &'a [f32], width: usize) -> Self {
+    pub fn transposed(data: &'a [f32], width: usize) -> Self {
         Self { data, rs: 1, cs: width }
     }
 
@@ -234,7 +237,7 @@ impl<'a> Mat<'a> {
 
 /// `dst` [m,n] (row stride `dst_rs`) = (`dst` if `accumulate`) + `lhs` [m,k] · `rhs` [k,n],
 /// multithreaded.
-fn matmul(m: usize, n: usize, k: usize, (dst, dst_rs): (&mut [f32], usize), accumulate: bool, lhs: Mat, rhs: Mat) {
+pub(crate) fn matmul(m: usize, n: usize, k: usize, (dst, dst_rs): (&mut [f32], usize), accumulate: bool, lhs: Mat, rhs: Mat) {
     assert!(
         dst_rs >= n && (m - 1) * dst_rs + n <= dst.len() && lhs.fits(m, k) && rhs.fits(k, n),
         "conv gemm operand out of bounds"
@@ -270,7 +273,7 @@ fn matmul(m: usize, n: usize, k: usize, (dst, dst_rs): (&mut [f32], usize), accu
 /// thread: an im2col matrix runs to tens of MB, and allocating and zeroing it on every call
 /// costs a noticeable share of a small convolution. The buffer is taken out of the slot while
 /// in use, so a nested call on the same thread just allocates its own.
-fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+pub(crate) fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     thread_local! {
         static SCRATCH: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
     }

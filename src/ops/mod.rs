@@ -4,6 +4,7 @@
 pub mod conv;
 pub mod norm;
 pub mod pad;
+mod winograd;
 
 pub use norm::{instance_norm_act, Act};
 pub use pad::reflect_pad2d;

@@ -1,5 +1,5 @@
 use anyhow::Result;
-use candle_core::{backprop::GradStore, Tensor, Var};
+use candle_core::{backprop::GradStore, CpuStorage, DType, InplaceOp2, InplaceOp3, Layout, Tensor, Var};
 use std::collections::HashMap;
 
 /// Adam exactly as PyTorch's `torch.optim.Adam` (no weight decay, eps outside the square root,
@@ -18,8 +18,9 @@ pub struct Adam {
 impl Adam {
     /// `params` in a fixed order (sorted by name by the caller).
     pub fn new(params: Vec<(String, Var)>, beta1: f64, beta2: f64) -> Result<Self> {
-        let m = params.iter().map(|(_, p)| p.zeros_like()).collect::<candle_core::Result<Vec<_>>>()?;
-        let v = m.clone();
+        // Separate allocations: the moments are updated in place.
+        let zeros = || params.iter().map(|(_, p)| p.zeros_like()).collect::<candle_core::Result<Vec<_>>>();
+        let (m, v) = (zeros()?, zeros()?);
         Ok(Self { beta1, beta2, eps: 1e-8, t: 0, params, m, v })
     }
 
@@ -40,6 +41,16 @@ impl Adam {
             // candle leaves the accumulated gradient of a variable attached to the forward graph
             // it came from; detached, the moments cannot keep every step's graph alive.
             let g = g.detach();
+            if in_place(p.as_tensor(), &g) {
+                let update = FusedUpdate { eps: self.eps, step_size, inv_sqrt_bc2 };
+                // m and v hold (m, v) after the call, p the updated weights: one pass, no
+                // allocations. Nothing else shares their storage (checkpoints copy them out
+                // synchronously between steps).
+                self.m[i].inplace_op2(&g, &MomentUpdate { beta: self.beta1, square: false })?;
+                self.v[i].inplace_op2(&g, &MomentUpdate { beta: self.beta2, square: true })?;
+                p.as_tensor().inplace_op3(&self.m[i], &self.v[i], &update)?;
+                continue;
+            }
             let g = &g;
             let m = ((&self.m[i] * self.beta1)? + (g * (1.0 - self.beta1))?)?;
             let v = ((&self.v[i] * self.beta2)? + (g.sqr()? * (1.0 - self.beta2))?)?;
@@ -72,10 +83,80 @@ impl Adam {
                 if x.shape() != p.shape() {
                     anyhow::bail!("optimiser state {key} has shape {:?}, expected {:?}", x.shape(), p.shape());
                 }
-                *slot = x.to_device(p.device())?;
+                // A copy: the moments are updated in place and must not share storage.
+                *slot = x.to_device(p.device())?.copy()?;
             }
         }
         self.t = t;
+        Ok(())
+    }
+}
+
+/// Whether the update can run in place on the CPU: f32 and contiguous, as candle creates
+/// variables and gradients.
+fn in_place(p: &Tensor, g: &Tensor) -> bool {
+    p.device().is_cpu() && p.dtype() == DType::F32 && g.dtype() == DType::F32 && p.is_contiguous() && g.is_contiguous()
+}
+
+fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&s.as_slice::<f32>()?[a..b]),
+        None => candle_core::bail!("adam: operands must be contiguous"),
+    }
+}
+
+fn contiguous_f32_mut<'a>(s: &'a mut CpuStorage, l: &Layout) -> candle_core::Result<&'a mut [f32]> {
+    let Some((a, b)) = l.contiguous_offsets() else { candle_core::bail!("adam: operands must be contiguous") };
+    match s {
+        CpuStorage::F32(v) => Ok(&mut v[a..b]),
+        _ => candle_core::bail!("adam: expected f32 storage"),
+    }
+}
+
+/// moment ← β·moment + (1−β)·g (or g² for the second moment), in place.
+struct MomentUpdate {
+    beta: f64,
+    square: bool,
+}
+
+impl InplaceOp2 for MomentUpdate {
+    fn name(&self) -> &'static str {
+        "adam-moment"
+    }
+
+    fn cpu_fwd(&self, dst: &mut CpuStorage, dst_l: &Layout, g: &CpuStorage, gl: &Layout) -> candle_core::Result<()> {
+        let g = contiguous_f32(g, gl)?;
+        let m = contiguous_f32_mut(dst, dst_l)?;
+        let (b, c) = (self.beta as f32, (1.0 - self.beta) as f32);
+        if self.square {
+            m.iter_mut().zip(g).for_each(|(m, &g)| *m = b * *m + c * (g * g));
+        } else {
+            m.iter_mut().zip(g).for_each(|(m, &g)| *m = b * *m + c * g);
+        }
+        Ok(())
+    }
+}
+
+/// p ← p − step·m / (√v/√(1−β₂ᵗ) + ε), in place (PyTorch's Adam with bias corrections).
+struct FusedUpdate {
+    eps: f64,
+    step_size: f64,
+    inv_sqrt_bc2: f64,
+}
+
+impl InplaceOp3 for FusedUpdate {
+    fn name(&self) -> &'static str {
+        "adam-update"
+    }
+
+    fn cpu_fwd(&self, dst: &mut CpuStorage, dst_l: &Layout, m: &CpuStorage, ml: &Layout, v: &CpuStorage, vl: &Layout) -> candle_core::Result<()> {
+        let (m, v) = (contiguous_f32(m, ml)?, contiguous_f32(v, vl)?);
+        let p = contiguous_f32_mut(dst, dst_l)?;
+        let (step, k, eps) = (self.step_size as f32, self.inv_sqrt_bc2 as f32, self.eps as f32);
+        for ((p, &m), &v) in p.iter_mut().zip(m).zip(v) {
+            // The same operation order as the composed path (and PyTorch's).
+            *p -= m / (v.sqrt() * k + eps) * step;
+        }
         Ok(())
     }
 }

@@ -1,0 +1,455 @@
+//! 3×3 stride-1 convolutions without padding (the residual blocks' convolutions, after their
+//! reflection pad) by Winograd's minimal filtering F(2×2, 3×3): 16 multiplications per 2×2
+//! output tile and input channel instead of 36, so 2.25× less GEMM work than im2col.
+//!
+//! With the transforms Bᵀ (4×4), G (4×3) and Aᵀ (2×4) of Lavin & Gray (2016), every 4×4 input
+//! tile d (tiles step by 2) and every filter g give V = Bᵀ d B and U = G g Gᵀ, and
+//!   y_tile = Aᵀ [ Σ_ci U[co,ci] ⊙ V[ci] ] A.
+//! For each of the 16 tile positions ξ the channel sum is one GEMM:
+//!   M[ξ] [Cout, T] = U[ξ] [Cout, Cin] · V[ξ] [Cin, T].
+//! Buffers are channel-major ([C][16][T], U as [Cout][16][Cin]) so transforms run in parallel
+//! over channels on contiguous chunks; the GEMMs read them with strides.
+//! The gradients are the adjoints of the same linear maps, so they are GEMMs in the same domain:
+//!   dM = A dY Aᵀ,  dV[ξ] = U[ξ]ᵀ · dM[ξ],  dx = Σ_tiles B dV Bᵀ,
+//!   dU[ξ] = dM[ξ] · V[ξ]ᵀ,  dW = Gᵀ dU G.
+//! The three ops (forward, data gradient, filter gradient) are bilinear and each one's
+//! derivatives are the other two, so second-order gradients work as for `conv`.
+
+use super::conv::{f32_data, matmul, with_scratch, Mat};
+use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+/// Whether a convolution takes this path: 3×3, stride 1, no padding, and enough channels for
+/// the 16 GEMMs to beat one im2col GEMM. `CS_NO_WINOGRAD` set turns it off (for benchmarks).
+pub(crate) fn applies(cin: usize, cout: usize, k: usize, stride: usize, pad: usize) -> bool {
+    static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    k == 3 && stride == 1 && pad == 0 && cin >= 16 && cout >= 16 && !*OFF.get_or_init(|| std::env::var_os("CS_NO_WINOGRAD").is_some())
+}
+
+/// `xs` [B,Cin,H,W], `w` [Cout,Cin,3,3] → [B,Cout,H−2,W−2] (contiguous f32 CPU operands).
+pub(crate) fn conv3x3(xs: &Tensor, w: &Tensor) -> Result<Tensor> {
+    xs.apply_op2(w, Forward)
+}
+
+/// Floats of transformed data (inputs plus outputs) one band of tiles may use (64 MiB).
+const BAND_FLOATS: usize = 16 << 20;
+
+#[cfg(test)]
+thread_local! {
+    /// Lets the unit tests force one tile row per band.
+    static BAND_LIMIT: std::cell::Cell<usize> = const { std::cell::Cell::new(BAND_FLOATS) };
+}
+
+fn band_limit() -> usize {
+    #[cfg(test)]
+    return BAND_LIMIT.with(std::cell::Cell::get);
+    #[cfg(not(test))]
+    BAND_FLOATS
+}
+
+/// The tiling of one [H, W] input plane: output (H−2)×(W−2) in 2×2 tiles, `th`×`tw` of them.
+#[derive(Clone, Copy, Debug)]
+struct Tiles {
+    h: usize,
+    w: usize,
+    ho: usize,
+    wo: usize,
+    th: usize,
+    tw: usize,
+}
+
+impl Tiles {
+    fn new(h: usize, w: usize) -> Result<Self> {
+        if h < 3 || w < 3 {
+            bail!("3x3 convolution of a {h}x{w} input without padding has no output");
+        }
+        let (ho, wo) = (h - 2, w - 2);
+        Ok(Self { h, w, ho, wo, th: ho.div_ceil(2), tw: wo.div_ceil(2) })
+    }
+
+    /// Bands of tile rows whose transformed data (16 floats per tile for each of `channels`)
+    /// stays within [`BAND_FLOATS`].
+    fn bands(&self, channels: usize) -> Vec<(usize, usize)> {
+        let rows = (band_limit() / (16 * channels * self.tw).max(1)).clamp(1, self.th);
+        (0..self.th).step_by(rows).map(|r0| (r0, (r0 + rows).min(self.th))).collect()
+    }
+}
+
+/// X ↦ P X Pᵀ for a square X (side N) and a P given as the map `f(v) = P v` (M outputs).
+#[inline(always)]
+fn sandwich<const N: usize, const M: usize>(x: &[[f32; N]; N], f: impl Fn([f32; N]) -> [f32; M]) -> [[f32; M]; M] {
+    // P X: f on every column.
+    let mut px = [[0f32; N]; M];
+    for j in 0..N {
+        let col = f(std::array::from_fn(|i| x[i][j]));
+        for i in 0..M {
+            px[i][j] = col[i];
+        }
+    }
+    // (P X) Pᵀ: f on every row.
+    std::array::from_fn(|i| f(px[i]))
+}
+
+// The 1-D transforms v ↦ P v of the five matrices the algorithm uses.
+#[inline(always)]
+fn bt(v: [f32; 4]) -> [f32; 4] {
+    [v[0] - v[2], v[1] + v[2], v[2] - v[1], v[1] - v[3]]
+}
+#[inline(always)]
+fn b(v: [f32; 4]) -> [f32; 4] {
+    [v[0], v[1] - v[2] + v[3], v[1] + v[2] - v[0], -v[3]]
+}
+#[inline(always)]
+fn g(v: [f32; 3]) -> [f32; 4] {
+    [v[0], 0.5 * (v[0] + v[1] + v[2]), 0.5 * (v[0] - v[1] + v[2]), v[2]]
+}
+#[inline(always)]
+fn gt(v: [f32; 4]) -> [f32; 3] {
+    [v[0] + 0.5 * (v[1] + v[2]), 0.5 * (v[1] - v[2]), 0.5 * (v[1] + v[2]) + v[3]]
+}
+#[inline(always)]
+fn at(v: [f32; 4]) -> [f32; 2] {
+    [v[0] + v[1] + v[2], v[1] - v[2] - v[3]]
+}
+#[inline(always)]
+fn a(v: [f32; 2]) -> [f32; 4] {
+    [v[0], v[0] + v[1], v[0] - v[1], -v[1]]
+}
+
+/// U [Cout][16][Cin] from `w` [Cout, Cin, 3, 3] (so each output channel's part is one
+/// contiguous chunk; the GEMMs read U[ξ] [Cout, Cin] with row stride 16·Cin).
+fn filter_transform(w: &[f32], cout: usize, cin: usize) -> Vec<f32> {
+    let mut u = vec![0f32; cout * 16 * cin];
+    u.par_chunks_mut(16 * cin).zip(w.par_chunks(9 * cin)).take(cout).for_each(|(uc, wc)| {
+        for (ci, wf) in wc.chunks_exact(9).enumerate() {
+            let gm: [[f32; 3]; 3] = std::array::from_fn(|i| std::array::from_fn(|j| wf[i * 3 + j]));
+            for (xi, &val) in sandwich(&gm, g).iter().flatten().enumerate() {
+                uc[xi * cin + ci] = val;
+            }
+        }
+    });
+    u
+}
+
+/// dW [Cout, Cin, 3, 3] from dU [Cout][16][Cin] (the adjoint of `filter_transform`).
+fn filter_transform_adjoint(du: &[f32], cout: usize, cin: usize) -> Vec<f32> {
+    let mut dw = vec![0f32; cout * cin * 9];
+    dw.par_chunks_mut(9 * cin).zip(du.par_chunks(16 * cin)).take(cout).for_each(|(wc, uc)| {
+        for (ci, out) in wc.chunks_exact_mut(9).enumerate() {
+            let m: [[f32; 4]; 4] = std::array::from_fn(|i| std::array::from_fn(|j| uc[(i * 4 + j) * cin + ci]));
+            for (o, &val) in out.iter_mut().zip(sandwich(&m, gt).iter().flatten()) {
+                *o = val;
+            }
+        }
+    });
+    dw
+}
+
+/// V [C][16][Tb] for the tile rows `band` of `x` [C, H, W]; reads past the edge are zeros.
+/// Bᵀ runs down the columns of a whole tile row at once (vectorised), then across each tile.
+fn input_transform(x: &[f32], c: usize, t: &Tiles, band: (usize, usize), v: &mut [f32]) {
+    let tb = (band.1 - band.0) * t.tw;
+    let width = 2 * t.tw + 2; // columns the tiles read, zeros past t.w
+    v.par_chunks_mut(16 * tb).zip(x.par_chunks(t.h * t.w)).take(c).for_each(|(vc, plane)| {
+        let mut rows = vec![0f32; 4 * width];
+        let mut cols = vec![0f32; 4 * width];
+        for ti in band.0..band.1 {
+            for (i, row) in rows.chunks_exact_mut(width).enumerate() {
+                let r = 2 * ti + i;
+                if r < t.h {
+                    row[..t.w].copy_from_slice(&plane[r * t.w..(r + 1) * t.w]);
+                    row[t.w..].fill(0.0);
+                } else {
+                    row.fill(0.0);
+                }
+            }
+            let (d0, rest) = rows.split_at(width);
+            let (d1, rest) = rest.split_at(width);
+            let (d2, d3) = rest.split_at(width);
+            for (col, (((c0, c1), c2), c3)) in d0.iter().zip(d1).zip(d2).zip(d3).enumerate() {
+                cols[col] = c0 - c2;
+                cols[width + col] = c1 + c2;
+                cols[2 * width + col] = c2 - c1;
+                cols[3 * width + col] = c1 - c3;
+            }
+            let base = (ti - band.0) * t.tw;
+            for (i, cr) in cols.chunks_exact(width).enumerate() {
+                for tj in 0..t.tw {
+                    let q = bt([cr[2 * tj], cr[2 * tj + 1], cr[2 * tj + 2], cr[2 * tj + 3]]);
+                    for (j, &val) in q.iter().enumerate() {
+                        vc[(i * 4 + j) * tb + base + tj] = val;
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// Adds Σ_tiles B dV Bᵀ from dV [C][16][Tb] into `dx` [C, H, W] (the adjoint of `input_transform`).
+fn input_transform_adjoint(dv: &[f32], c: usize, t: &Tiles, band: (usize, usize), dx: &mut [f32]) {
+    let tb = (band.1 - band.0) * t.tw;
+    dx.par_chunks_mut(t.h * t.w).zip(dv.par_chunks(16 * tb)).take(c).for_each(|(plane, vc)| {
+        for ti in band.0..band.1 {
+            for tj in 0..t.tw {
+                let idx = (ti - band.0) * t.tw + tj;
+                let m: [[f32; 4]; 4] = std::array::from_fn(|i| std::array::from_fn(|j| vc[(i * 4 + j) * tb + idx]));
+                let dd = sandwich(&m, b);
+                for (i, row) in dd.iter().enumerate() {
+                    let r = 2 * ti + i;
+                    if r >= t.h {
+                        break;
+                    }
+                    for (j, &val) in row.iter().enumerate() {
+                        let col = 2 * tj + j;
+                        if col < t.w {
+                            plane[r * t.w + col] += val;
+                        }
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// Writes Aᵀ M A from M [C][16][Tb] into the tiles `band` of `y` [C, Ho, Wo].
+fn output_transform(m: &[f32], c: usize, t: &Tiles, band: (usize, usize), y: &mut [f32]) {
+    let tb = (band.1 - band.0) * t.tw;
+    y.par_chunks_mut(t.ho * t.wo).zip(m.par_chunks(16 * tb)).take(c).for_each(|(plane, mc)| {
+        for ti in band.0..band.1 {
+            for tj in 0..t.tw {
+                let idx = (ti - band.0) * t.tw + tj;
+                let mm: [[f32; 4]; 4] = std::array::from_fn(|i| std::array::from_fn(|j| mc[(i * 4 + j) * tb + idx]));
+                let ym = sandwich(&mm, at);
+                for (i, row) in ym.iter().enumerate() {
+                    let r = 2 * ti + i;
+                    for (j, &val) in row.iter().enumerate() {
+                        let col = 2 * tj + j;
+                        if r < t.ho && col < t.wo {
+                            plane[r * t.wo + col] = val;
+                        }
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// dM [C][16][Tb] = A dY Aᵀ for the tiles `band` of `dy` [C, Ho, Wo] (the adjoint of
+/// `output_transform`; outputs past the edge count as zero).
+fn output_transform_adjoint(dy: &[f32], c: usize, t: &Tiles, band: (usize, usize), dm: &mut [f32]) {
+    let tb = (band.1 - band.0) * t.tw;
+    dm.par_chunks_mut(16 * tb).zip(dy.par_chunks(t.ho * t.wo)).take(c).for_each(|(mc, plane)| {
+        for ti in band.0..band.1 {
+            for tj in 0..t.tw {
+                let d: [[f32; 2]; 2] = std::array::from_fn(|i| {
+                    std::array::from_fn(|j| {
+                        let (r, col) = (2 * ti + i, 2 * tj + j);
+                        if r < t.ho && col < t.wo {
+                            plane[r * t.wo + col]
+                        } else {
+                            0.0
+                        }
+                    })
+                });
+                let mm = sandwich(&d, a);
+                let idx = (ti - band.0) * t.tw + tj;
+                for (xi, &val) in mm.iter().flatten().enumerate() {
+                    mc[xi * tb + idx] = val;
+                }
+            }
+        }
+    });
+}
+
+/// For every ξ: `dst`[ξ] (rows of a [rows][16][Tb] buffer) = U[ξ] · `src`[ξ] (rows of a
+/// [k][16][Tb] buffer), with U [Cout][16][Cin] and U[ξ] [Cout, Cin] or, `transpose_u`, its
+/// transpose [Cin, Cout].
+fn gemm_per_position(u: &[f32], transpose_u: bool, rows: usize, k: usize, src: &[f32], tb: usize, dst: &mut [f32]) {
+    let cin = if transpose_u { rows } else { k };
+    for xi in 0..16 {
+        let uxi = &u[xi * cin..];
+        let lhs = if transpose_u { Mat { data: uxi, rs: 1, cs: 16 * cin } } else { Mat { data: uxi, rs: 16 * cin, cs: 1 } };
+        let rhs = Mat { data: &src[xi * tb..], rs: 16 * tb, cs: 1 };
+        matmul(rows, tb, k, (&mut dst[xi * tb..], 16 * tb), false, lhs, rhs);
+    }
+}
+
+fn forward_kernel(x: &[f32], w: &[f32], cin: usize, cout: usize, t: &Tiles) -> Vec<f32> {
+    let u = filter_transform(w, cout, cin);
+    let mut y = vec![0f32; x.len() / (cin * t.h * t.w) * cout * t.ho * t.wo];
+    for (xb, yb) in x.chunks_exact(cin * t.h * t.w).zip(y.chunks_exact_mut(cout * t.ho * t.wo)) {
+        for band in t.bands(cin + cout) {
+            let tb = (band.1 - band.0) * t.tw;
+            with_scratch(16 * tb * (cin + cout), |buf| {
+                let (v, m) = buf.split_at_mut(16 * tb * cin);
+                input_transform(xb, cin, t, band, v);
+                gemm_per_position(&u, false, cout, cin, v, tb, m);
+                output_transform(m, cout, t, band, yb);
+            });
+        }
+    }
+    y
+}
+
+fn data_grad_kernel(dy: &[f32], w: &[f32], cin: usize, cout: usize, t: &Tiles) -> Vec<f32> {
+    let u = filter_transform(w, cout, cin);
+    let mut dx = vec![0f32; dy.len() / (cout * t.ho * t.wo) * cin * t.h * t.w];
+    for (dyb, dxb) in dy.chunks_exact(cout * t.ho * t.wo).zip(dx.chunks_exact_mut(cin * t.h * t.w)) {
+        for band in t.bands(cin + cout) {
+            let tb = (band.1 - band.0) * t.tw;
+            with_scratch(16 * tb * (cin + cout), |buf| {
+                let (dm, dv) = buf.split_at_mut(16 * tb * cout);
+                output_transform_adjoint(dyb, cout, t, band, dm);
+                // dV[ξ] [Cin, Tb] = U[ξ]ᵀ · dM[ξ]; U[ξ] is [Cout, Cin].
+                gemm_per_position(&u, true, cin, cout, dm, tb, dv);
+                input_transform_adjoint(dv, cin, t, band, dxb);
+            });
+        }
+    }
+    dx
+}
+
+fn filter_grad_kernel(x: &[f32], dy: &[f32], cin: usize, cout: usize, t: &Tiles) -> Vec<f32> {
+    let mut du = vec![0f32; 16 * cout * cin];
+    let mut first = true;
+    for (xb, dyb) in x.chunks_exact(cin * t.h * t.w).zip(dy.chunks_exact(cout * t.ho * t.wo)) {
+        for band in t.bands(cin + cout) {
+            let tb = (band.1 - band.0) * t.tw;
+            with_scratch(16 * tb * (cin + cout), |buf| {
+                let (v, dm) = buf.split_at_mut(16 * tb * cin);
+                input_transform(xb, cin, t, band, v);
+                output_transform_adjoint(dyb, cout, t, band, dm);
+                // dU[ξ] [Cout, Cin] (+)= dM[ξ] [Cout, Tb] · V[ξ]ᵀ [Tb, Cin].
+                for xi in 0..16 {
+                    let lhs = Mat { data: &dm[xi * tb..], rs: 16 * tb, cs: 1 };
+                    let rhs = Mat { data: &v[xi * tb..], rs: 1, cs: 16 * tb };
+                    matmul(cout, cin, tb, (&mut du[xi * cin..], 16 * cin), !first, lhs, rhs);
+                }
+            });
+            first = false;
+        }
+    }
+    filter_transform_adjoint(&du, cout, cin)
+}
+
+/// (x [B,Cin,H,W], w [Cout,Cin,3,3]) → y [B,Cout,H−2,W−2].
+struct Forward;
+
+/// (dy [B,Cout,H−2,W−2], w [Cout,Cin,3,3]) → dx [B,Cin,H,W].
+struct DataGrad {
+    h: usize,
+    w: usize,
+}
+
+/// (x [B,Cin,H,W], dy [B,Cout,H−2,W−2]) → dW [Cout,Cin,3,3].
+struct FilterGrad;
+
+fn check_weight(l: &Layout, cin: usize) -> Result<usize> {
+    let (cout, cin_w, kh, kw) = l.shape().dims4()?;
+    if (cin_w, kh, kw) != (cin, 3, 3) {
+        bail!("winograd conv: weight {:?} does not fit {cin} input channels and a 3x3 kernel", l.dims());
+    }
+    Ok(cout)
+}
+
+impl CustomOp2 for Forward {
+    fn name(&self) -> &'static str {
+        "winograd-conv3x3"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (bsz, cin, h, w) = l1.shape().dims4()?;
+        let cout = check_weight(l2, cin)?;
+        let t = Tiles::new(h, w)?;
+        let y = forward_kernel(f32_data(s1, l1)?, f32_data(s2, l2)?, cin, cout, &t);
+        Ok((CpuStorage::F32(y), Shape::from((bsz, cout, t.ho, t.wo))))
+    }
+
+    fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let dy = dy.contiguous()?;
+        let (_, _, h, wd) = x.dims4()?;
+        let dx = x.track_op().then(|| dy.apply_op2(w, DataGrad { h, w: wd })).transpose()?;
+        let dw = w.track_op().then(|| x.apply_op2(&dy, FilterGrad)).transpose()?;
+        Ok((dx, dw))
+    }
+}
+
+impl CustomOp2 for DataGrad {
+    fn name(&self) -> &'static str {
+        "winograd-conv3x3-data-grad"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (bsz, cout, ho, wo) = l1.shape().dims4()?;
+        let (cout_w, cin, _, _) = l2.shape().dims4()?;
+        if cout_w != cout || check_weight(l2, cin).is_err() {
+            bail!("winograd conv backward: gradient {:?} does not fit weight {:?}", l1.dims(), l2.dims());
+        }
+        let t = Tiles::new(self.h, self.w)?;
+        if (t.ho, t.wo) != (ho, wo) {
+            bail!("winograd conv backward: gradient {ho}x{wo} does not match input {}x{}", self.h, self.w);
+        }
+        let dx = data_grad_kernel(f32_data(s1, l1)?, f32_data(s2, l2)?, cin, cout, &t);
+        Ok((CpuStorage::F32(dx), Shape::from((bsz, cin, self.h, self.w))))
+    }
+
+    fn bwd(&self, dy: &Tensor, w: &Tensor, _res: &Tensor, ddx: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let ddx = ddx.contiguous()?;
+        let ddy = dy.track_op().then(|| ddx.apply_op2(w, Forward)).transpose()?;
+        let dw = w.track_op().then(|| ddx.apply_op2(dy, FilterGrad)).transpose()?;
+        Ok((ddy, dw))
+    }
+}
+
+impl CustomOp2 for FilterGrad {
+    fn name(&self) -> &'static str {
+        "winograd-conv3x3-filter-grad"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (bsz, cin, h, w) = l1.shape().dims4()?;
+        let (bg, cout, ho, wo) = l2.shape().dims4()?;
+        let t = Tiles::new(h, w)?;
+        if (bg, ho, wo) != (bsz, t.ho, t.wo) {
+            bail!("winograd conv filter gradient: gradient {:?} does not match input {:?}", l2.dims(), l1.dims());
+        }
+        let dw = filter_grad_kernel(f32_data(s1, l1)?, f32_data(s2, l2)?, cin, cout, &t);
+        Ok((CpuStorage::F32(dw), Shape::from((cout, cin, 3, 3))))
+    }
+
+    fn bwd(&self, x: &Tensor, dy: &Tensor, _res: &Tensor, ddw: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let ddw = ddw.contiguous()?;
+        let (_, _, h, w) = x.dims4()?;
+        let dx = x.track_op().then(|| dy.apply_op2(&ddw, DataGrad { h, w })).transpose()?;
+        let ddy = dy.track_op().then(|| x.apply_op2(&ddw, Forward)).transpose()?;
+        Ok((dx, ddy))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One tile row per band gives the same results as one band, for all three kernels.
+    #[test]
+    fn banded_kernels_match_single_band() {
+        let (b, cin, cout) = (2, 3, 4);
+        let t = Tiles::new(9, 8).unwrap();
+        assert_eq!((t.ho, t.wo, t.th, t.tw), (7, 6, 4, 3));
+        let val = |i: usize| ((i * 7919) % 23) as f32 / 23.0 - 0.5;
+        let x: Vec<f32> = (0..b * cin * t.h * t.w).map(val).collect();
+        let w: Vec<f32> = (0..cout * cin * 9).map(|i| val(i + 3)).collect();
+        let dy: Vec<f32> = (0..b * cout * t.ho * t.wo).map(|i| val(i + 5)).collect();
+        let run = || {
+            (forward_kernel(&x, &w, cin, cout, &t), data_grad_kernel(&dy, &w, cin, cout, &t), filter_grad_kernel(&x, &dy, cin, cout, &t))
+        };
+        let whole = run();
+        BAND_LIMIT.with(|l| l.set(1));
+        assert_eq!(t.bands(cin + cout).len(), t.th);
+        let banded = run();
+        BAND_LIMIT.with(|l| l.set(BAND_FLOATS));
+        for (a, b) in [(&whole.0, &banded.0), (&whole.1, &banded.1), (&whole.2, &banded.2)] {
+            assert!(a.iter().zip(b).all(|(p, q)| (p - q).abs() < 1e-5));
+        }
+    }
+}
