@@ -9,7 +9,7 @@ use cyclestudio::health::{HealthMetrics, HealthReport};
 use cyclestudio::train::{Losses, RunControl, RunOutcome, StepReport, TrainEvent};
 use cyclestudio::tui::app::{App, Screen};
 use cyclestudio::tui::datasets::{CreateStatus, ImageView};
-use cyclestudio::tui::event::AppEvent;
+use cyclestudio::tui::event::{AppEvent, JobResult};
 use cyclestudio::tui::preview::ImagePanes;
 use cyclestudio::tui::training::{RunMonitor, TrainingView};
 use cyclestudio::tui::translate::ModelState;
@@ -308,4 +308,59 @@ fn help_lists_keys_and_any_key_closes_it() {
     // Ctrl-C quits at once when nothing is training.
     app.handle(AppEvent::Key(KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL)));
     assert!(app.should_quit());
+}
+
+#[test]
+fn pause_and_stop_work_from_other_screens() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut app, rx) = studio(tmp.path());
+    settle(&mut app, &rx, "the dataset scan", |a| !a.datasets.scanning);
+    let control = RunControl::default();
+    app.training.run = Some(RunMonitor::new("demo".into(), control.clone()));
+    app.handle(AppEvent::Train(TrainEvent::Started { step: 0, total_steps: 10, device: "cpu".into(), note: None }));
+    press(&mut app, KeyCode::Char('1'));
+    assert_eq!(app.screen, Screen::Datasets);
+    assert_shows(&render(&app, 120, 40), &["p pause run", "x stop run"]);
+    press(&mut app, KeyCode::Char('p'));
+    assert!(control.pause.load(Ordering::SeqCst));
+    press(&mut app, KeyCode::Char('p'));
+    assert!(!control.pause.load(Ordering::SeqCst));
+    press(&mut app, KeyCode::Char('x'));
+    assert!(control.stop.load(Ordering::SeqCst));
+    assert_shows(&render(&app, 120, 40), &["saving a checkpoint"]);
+}
+
+#[test]
+fn quitting_waits_for_a_dataset_being_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut app, rx) = studio(tmp.path());
+    settle(&mut app, &rx, "the dataset scan", |a| !a.datasets.scanning);
+    // As if a creation job had been started from the form.
+    app.datasets.creating = 1;
+    press(&mut app, KeyCode::Char('q'));
+    assert!(!app.should_quit());
+    assert_shows(&render(&app, 120, 40), &["quitting: the dataset is being written"]);
+    app.handle(AppEvent::Job(JobResult::DatasetCreated(Ok("created".into()))));
+    assert!(app.should_quit());
+}
+
+#[test]
+fn a_resumed_run_charts_its_earlier_steps_from_the_log() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut app, rx) = studio(tmp.path());
+    settle(&mut app, &rx, "the dataset scan", |a| !a.datasets.scanning);
+    let run_dir = tmp.path().join("checkpoints/old");
+    std::fs::create_dir_all(&run_dir).unwrap();
+    let lines: Vec<String> = (1..=6)
+        .map(|s| format!(r#"{{"step":{s},"epoch":0,"lr":0.0002,"images_per_sec":1.0,"cycle_a":{},"d_a":0.3}}"#, 4.0 - s as f32 * 0.1))
+        .collect();
+    std::fs::write(run_dir.join("log.jsonl"), lines.join("\n")).unwrap();
+    let mut monitor = RunMonitor::new("old".into(), RunControl::default());
+    monitor.run_dir = Some(run_dir);
+    app.training.run = Some(monitor);
+    // Resumed from the checkpoint at step 4: the log's steps 5 and 6 were never saved.
+    app.handle(AppEvent::Train(TrainEvent::Started { step: 4, total_steps: 10, device: "cpu".into(), note: None }));
+    let history = &app.training.run.as_ref().unwrap().history;
+    let cycle: Vec<_> = history.curves().find(|(name, _)| *name == "cycle A").unwrap().1.to_vec();
+    assert_eq!(cycle.iter().map(|p| p.0).collect::<Vec<_>>(), [1.0, 2.0, 3.0, 4.0]);
 }

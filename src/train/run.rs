@@ -100,6 +100,25 @@ pub fn grid(rows: &[Vec<&Tensor>]) -> Result<DynamicImage> {
     Ok(out)
 }
 
+/// The losses of every logged step up to `up_to_step` from a run's `log.jsonl` (for a resumed
+/// run's charts); unreadable lines are skipped.
+pub fn read_loss_log(path: &Path, up_to_step: u64) -> Vec<(u64, Losses)> {
+    #[derive(serde::Deserialize)]
+    struct Line {
+        step: u64,
+        /// Present on loss lines only (health lines share the file).
+        lr: Option<f64>,
+        #[serde(flatten)]
+        losses: Losses,
+    }
+    let Ok(text) = std::fs::read_to_string(path) else { return Vec::new() };
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<Line>(l).ok())
+        .filter(|l| l.lr.is_some() && l.step <= up_to_step)
+        .map(|l| (l.step, l.losses))
+        .collect()
+}
+
 /// Removes log lines for steps after `step` (written by a run that was killed before its next
 /// checkpoint), so a resumed run's log has each step once.
 fn trim_log(path: &Path, step: u64) -> Result<()> {
@@ -277,4 +296,29 @@ pub fn run_training(cfg: TrainConfig, opts: &RunOptions, control: &RunControl, o
         }
     }
     Ok(RunOutcome::Finished { step: trainer.step })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loss_log_is_read_back_up_to_a_step_skipping_other_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(LOG_FILE);
+        let lines = [
+            r#"{"step":1,"epoch":0,"lr":0.0002,"images_per_sec":3.0,"cycle_a":0.5,"d_a":0.25,"g_ab_adv":1.0}"#,
+            r#"{"step":1,"health":{"diversity_ab":0.3}}"#,
+            "not json",
+            r#"{"step":2,"epoch":0,"lr":0.0002,"images_per_sec":3.0,"cycle_a":0.4,"paired":2.0}"#,
+            r#"{"step":3,"epoch":0,"lr":0.0002,"images_per_sec":3.0,"cycle_a":0.3}"#,
+        ];
+        std::fs::write(&path, lines.join("\n")).unwrap();
+        let read = read_loss_log(&path, 2);
+        let steps: Vec<u64> = read.iter().map(|(s, _)| *s).collect();
+        assert_eq!(steps, [1, 2]);
+        assert_eq!((read[0].1.cycle_a, read[0].1.d_a, read[0].1.g_ab_adv), (0.5, 0.25, 1.0));
+        assert_eq!((read[1].1.cycle_a, read[1].1.paired), (0.4, 2.0));
+        assert!(read_loss_log(&dir.path().join("missing"), 9).is_empty());
+    }
 }

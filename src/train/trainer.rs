@@ -6,7 +6,7 @@ use crate::util::Rng;
 use anyhow::{bail, Context, Result};
 use candle_core::{backprop::GradStore, DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -19,7 +19,8 @@ pub const OPTIM_FILE: &str = "optim.safetensors";
 
 /// Loss terms of one step, named after our networks: `G_AB` translates A→B and is judged by
 /// `D_B`; `D_A` judges domain A. (The reference calls G_AB `G_A` and D_B `D_A`.)
-#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 pub struct Losses {
     /// LSGAN/vanilla loss of G_AB's fakes under D_B.
     pub g_ab_adv: f32,

@@ -44,8 +44,9 @@ pub struct StatusLine {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Quit {
     No,
-    /// Waiting for the running training to save its checkpoint.
-    WhenRunStops,
+    /// Waiting for the running training to save its checkpoint and for dataset creations to
+    /// finish writing.
+    WhenIdle,
     Now,
 }
 
@@ -127,14 +128,15 @@ impl App {
             AppEvent::Train(e) => self.training_event(e),
             AppEvent::TrainingEnded(outcome) => {
                 self.training_ended(outcome);
-                if self.quit == Quit::WhenRunStops {
-                    self.quit = Quit::Now;
-                }
+                self.quit_if_idle();
             }
             AppEvent::Job(job) => match job {
                 JobResult::DatasetsScanned(result) => self.datasets_scanned(result),
                 JobResult::ImageLoaded { request, result } => self.dataset_image_loaded(request, result),
-                JobResult::DatasetCreated(result) => self.dataset_created(result),
+                JobResult::DatasetCreated(result) => {
+                    self.dataset_created(result);
+                    self.quit_if_idle();
+                }
                 JobResult::ModelLoaded { request, result } => self.model_loaded(request, result),
                 JobResult::Translated { request, result } => self.translated(request, result),
                 JobResult::TranslationSaved(result) => self.translation_saved(result),
@@ -160,6 +162,7 @@ impl App {
             KeyCode::Tab => self.switch_to(Screen::ALL[(self.screen.index() + 1) % Screen::ALL.len()]),
             KeyCode::BackTab => self.switch_to(Screen::ALL[(self.screen.index() + Screen::ALL.len() - 1) % Screen::ALL.len()]),
             KeyCode::Char(c @ '1'..='3') => self.switch_to(Screen::ALL[c as usize - '1' as usize]),
+            KeyCode::Char('p' | 'x') if self.run_control_key(key.code) => {}
             _ => self.screen_key(key),
         }
     }
@@ -180,15 +183,31 @@ impl App {
         }
     }
 
-    /// Quits, stopping a running training first and waiting for its checkpoint. A second
-    /// Ctrl-C while waiting quits at once (the previous checkpoint stays intact).
+    /// Quits, stopping a running training first and waiting for its checkpoint and for dataset
+    /// creations in progress. A second Ctrl-C while waiting quits at once (the previous
+    /// checkpoint stays intact).
     fn request_quit(&mut self, ctrl_c: bool) {
-        if self.quit == Quit::WhenRunStops && ctrl_c {
+        if self.quit == Quit::WhenIdle && ctrl_c {
             self.quit = Quit::Now;
-        } else if self.stop_training() || self.quit == Quit::WhenRunStops {
-            self.quit = Quit::WhenRunStops;
-            self.set_info("quitting: the training saves a checkpoint first (Ctrl-C again quits at once)".into());
-        } else {
+            return;
+        }
+        let training = self.stop_training() || self.training.is_running();
+        let creating = self.datasets.creating > 0;
+        if !(training || creating) {
+            self.quit = Quit::Now;
+            return;
+        }
+        self.quit = Quit::WhenIdle;
+        let waiting = match (training, creating) {
+            (true, true) => "the training saves a checkpoint and the dataset is being written",
+            (true, false) => "the training saves a checkpoint first",
+            _ => "the dataset is being written",
+        };
+        self.set_info(format!("quitting: {waiting} (Ctrl-C again quits at once)"));
+    }
+
+    fn quit_if_idle(&mut self) {
+        if self.quit == Quit::WhenIdle && !self.training.is_running() && self.datasets.creating == 0 {
             self.quit = Quit::Now;
         }
     }

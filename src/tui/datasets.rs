@@ -114,6 +114,8 @@ pub struct DatasetsScreen {
     pub create: Option<CreateForm>,
     /// The folder of a dataset to select once the next scan finds it (the one just created).
     select_after_scan: Option<PathBuf>,
+    /// Dataset creations still writing files (quitting waits for them).
+    pub creating: usize,
 }
 
 impl DatasetsScreen {
@@ -418,6 +420,7 @@ impl App {
     }
 
     pub(super) fn dataset_created(&mut self, result: Result<String, String>) {
+        self.datasets.creating = self.datasets.creating.saturating_sub(1);
         match &result {
             Ok(summary) => {
                 self.set_info(summary.lines().next().unwrap_or_default().to_string());
@@ -552,6 +555,7 @@ impl App {
                 Ok(request) => {
                     form.status = CreateStatus::Creating;
                     form.completions.clear();
+                    self.datasets.creating += 1;
                     spawn_job(&self.events, move || request.run(), JobResult::DatasetCreated);
                 }
                 Err(e) => form.status = CreateStatus::Failed(e),

@@ -10,7 +10,7 @@ use super::runs::RunEntry;
 use crate::data::Dataset;
 use crate::health::HealthReport;
 use crate::model::GeneratorKind;
-use crate::train::{run_training, Losses, RunControl, RunOptions, RunOutcome, Schedule, TrainConfig, TrainEvent};
+use crate::train::{read_loss_log, run_training, Losses, LOG_FILE, RunControl, RunOptions, RunOutcome, Schedule, TrainConfig, TrainEvent};
 use crossterm::event::{KeyCode, KeyEvent};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -361,6 +361,11 @@ impl LossHistory {
         }
     }
 
+    /// True before the first step is recorded.
+    pub fn is_empty(&self) -> bool {
+        self.curves[0].is_empty() && self.partial_count == 0
+    }
+
     /// How many steps each point averages.
     pub fn steps_per_point(&self) -> u64 {
         self.steps_per_point
@@ -392,6 +397,8 @@ pub struct RunMonitor {
     pub preview: Option<(u64, ShownImage)>,
     pub log: Vec<LogLine>,
     pub saved_step: Option<u64>,
+    /// The run's folder, whose log fills the charts of a resumed run.
+    pub run_dir: Option<PathBuf>,
 }
 
 /// Log lines kept per run.
@@ -416,6 +423,7 @@ impl RunMonitor {
             preview: None,
             log: Vec::new(),
             saved_step: None,
+            run_dir: None,
         }
     }
 
@@ -645,11 +653,6 @@ impl App {
             return;
         };
         match key.code {
-            KeyCode::Char('p') => run.toggle_pause(),
-            KeyCode::Char('x') if run.state.is_active() => {
-                run.stop();
-                self.set_info("stopping: finishing this step and saving a checkpoint…".into());
-            }
             KeyCode::Char('e') if run.state.is_active() => {
                 self.set_error("a run is in progress: stop it with x first".into());
             }
@@ -824,13 +827,16 @@ impl App {
             }
         };
         let name = plan.config.name.clone();
+        let run_dir = plan.options.run_dir.clone();
         // A failed save (full disk) becomes a warning in the event log and is retried at the next
         // save, so a long run is not lost while the user frees space; the last save still must work.
         let control = RunControl { keep_going_on_save_error: true, ..Default::default() };
         match spawn_training(plan, control.clone(), &self.events) {
             Ok(()) => {
                 self.training.form.error = None;
-                self.training.run = Some(RunMonitor::new(name.clone(), control));
+                let mut monitor = RunMonitor::new(name.clone(), control);
+                monitor.run_dir = Some(run_dir);
+                self.training.run = Some(monitor);
                 self.training.view = TrainingView::Dashboard;
                 self.set_info(format!("training {name}…"));
             }
@@ -839,9 +845,18 @@ impl App {
     }
 
     pub(super) fn training_event(&mut self, event: TrainEvent) {
-        if matches!(event, TrainEvent::Started { .. }) {
+        if let TrainEvent::Started { step, .. } = event {
             // The run folder and its config exist from now on.
             self.refresh_runs();
+            // A resumed run's charts start with its earlier steps (the log holds them; training
+            // has already dropped lines past the checkpoint it resumed from).
+            if let Some(run) = self.training.run.as_mut().filter(|r| step > 0 && r.history.is_empty()) {
+                if let Some(dir) = &run.run_dir {
+                    for (s, losses) in read_loss_log(&dir.join(LOG_FILE), step) {
+                        run.history.push(s, &losses);
+                    }
+                }
+            }
         }
         // Events come only from the run started here; the monitor exists since its start.
         if let Some(run) = &mut self.training.run {
@@ -864,6 +879,20 @@ impl App {
     /// Asks a running training to stop and save; says whether one was running.
     pub(super) fn stop_training(&mut self) -> bool {
         self.training.run.as_mut().is_some_and(RunMonitor::stop)
+    }
+
+    /// `p` and `x` work on every screen while a run is active (outside text fields).
+    pub(super) fn run_control_key(&mut self, code: KeyCode) -> bool {
+        let Some(run) = self.training.run.as_mut().filter(|r| r.state.is_active()) else { return false };
+        match code {
+            KeyCode::Char('p') => run.toggle_pause(),
+            KeyCode::Char('x') => {
+                run.stop();
+                self.set_info("stopping: finishing this step and saving a checkpoint…".into());
+            }
+            _ => return false,
+        }
+        true
     }
 }
 

@@ -167,6 +167,10 @@ fn key_hints(app: &App) -> Vec<(&'static str, &'static str)> {
     if app.captures_text() {
         hints.push(("Ctrl-C", "quit"));
     } else {
+        // Pause and stop work from every screen while a run is active.
+        if app.training.is_running() && !(app.screen == Screen::Training && app.training.view == TrainingView::Dashboard) {
+            hints.extend([("p", "pause run"), ("x", "stop run")]);
+        }
         hints.extend([("Tab/1-3", "screens"), ("?", "help"), ("q", "quit")]);
     }
     hints
