@@ -69,6 +69,9 @@ pub struct TrainConfig {
     pub lambda_identity: f64,
     /// Supervised L1 between a translation and its true pair (paired datasets only), 0 = off.
     pub lambda_paired: f64,
+    /// Weight of the generators' adversarial terms (the reference: 1). Absent in older configs.
+    #[serde(default = "one")]
+    pub lambda_gan: f64,
     pub paired: bool,
     /// Grey→colour: G_AB predicts only chroma and keeps its input's luma exactly
     /// ([`OutputMode::ChromaOverLuma`]); needs a 3-channel domain B. Absent in older configs.
@@ -86,6 +89,10 @@ pub struct TrainConfig {
     pub health_every: u64,
     /// Device the run last used ("cpu", "cuda:0").
     pub device: String,
+}
+
+fn one() -> f64 {
+    1.0
 }
 
 impl TrainConfig {
@@ -113,6 +120,7 @@ impl TrainConfig {
             lambda_cycle: 10.0,
             lambda_identity: 0.5,
             lambda_paired: 0.0,
+            lambda_gan: 1.0,
             paired: false,
             keep_luma: false,
             gan_loss: GanLoss::Lsgan,
@@ -163,6 +171,12 @@ impl TrainConfig {
         }
         if !(self.lr > 0.0 && self.lr.is_finite()) {
             bail!("--lr must be positive");
+        }
+        if !(self.lambda_gan >= 0.0 && self.lambda_gan.is_finite()) {
+            bail!("--lambda-gan must be a finite number ≥ 0, got {}", self.lambda_gan);
+        }
+        if self.lambda_gan == 0.0 && !(self.paired && self.lambda_paired > 0.0) {
+            bail!("--lambda-gan 0 leaves nothing to learn the translation from; it needs --paired");
         }
         if self.paired && self.lambda_paired <= 0.0 {
             bail!("--paired needs a positive --lambda-paired");
@@ -233,6 +247,7 @@ mod tests {
         let cfg = TrainConfig::load(dir.path()).unwrap();
         assert_eq!(cfg, grey_colour(false));
         assert_eq!(cfg.g_ab().output, OutputMode::Direct);
+        assert_eq!(cfg.lambda_gan, 1.0);
     }
 
     #[test]
@@ -246,6 +261,15 @@ mod tests {
         assert_eq!(loaded.g_ab().out_channels, 3);
         assert_eq!(loaded.g_ba().output, OutputMode::Direct);
         loaded.validate().unwrap();
+    }
+
+    #[test]
+    fn lambda_gan_zero_needs_paired_training() {
+        let unpaired = TrainConfig { lambda_gan: 0.0, ..grey_colour(false) };
+        assert!(unpaired.validate().unwrap_err().to_string().contains("--paired"));
+        let paired = TrainConfig { lambda_gan: 0.0, paired: true, lambda_paired: 10.0, ..grey_colour(false) };
+        paired.validate().unwrap();
+        assert!(TrainConfig { lambda_gan: -1.0, ..grey_colour(false) }.validate().is_err());
     }
 
     #[test]

@@ -202,7 +202,7 @@ impl Trainer {
         let g_ba_adv = self.gan_loss(&d_a.forward(&fake_a)?, true)?;
         let cycle_a = (l1_loss(&rec_a, real_a)? * lam)?;
         let cycle_b = (l1_loss(&rec_b, real_b)? * lam)?;
-        let mut total = (((&g_ab_adv + &g_ba_adv)? + &cycle_a)? + &cycle_b)?;
+        let mut total = ((((&g_ab_adv + &g_ba_adv)? * cfg.lambda_gan)? + &cycle_a)? + &cycle_b)?;
         let mut losses = Losses::default();
         if cfg.lambda_identity > 0.0 {
             let w = lam * cfg.lambda_identity;
