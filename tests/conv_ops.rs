@@ -458,3 +458,24 @@ fn generator_timing() -> String {
     }
     report
 }
+
+/// The reflection-padded convolution (padding folded into the Winograd kernels) against padding
+/// then convolving: forward and both gradients, with odd and even sizes.
+#[test]
+fn reflect_padded_conv_matches_pad_then_conv() {
+    use cyclestudio::ops::{conv::conv2d_reflect, reflect_pad2d};
+    for (i, &(b, cin, cout, h, w)) in [(2, 16, 17, 7, 10), (1, 20, 16, 2, 5), (1, 16, 16, 9, 9)].iter().enumerate() {
+        let x = Var::from_tensor(&rand_tensor(&[b, cin, h, w], 200 + i as u64)).unwrap();
+        let wt = Var::from_tensor(&rand_tensor(&[cout, cin, 3, 3], 210 + i as u64)).unwrap();
+        let r = rand_tensor(&[b, cout, h, w], 220 + i as u64);
+        let ours = conv2d_reflect(x.as_tensor(), wt.as_tensor(), 1).unwrap();
+        let reference = conv2d(&reflect_pad2d(x.as_tensor(), 1).unwrap(), wt.as_tensor(), 1, 0).unwrap();
+        assert!(rel_diff(&ours, &reference) < 1e-5, "forward {:?}", (b, cin, cout, h, w));
+        let g1 = (ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        let g2 = (reference * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        for t in [x.as_tensor(), wt.as_tensor()] {
+            let d = rel_diff(g1.get(t).unwrap(), g2.get(t).unwrap());
+            assert!(d < 1e-5, "gradient {:?}: {d}", (b, cin, cout, h, w));
+        }
+    }
+}

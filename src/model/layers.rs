@@ -34,6 +34,20 @@ impl Conv2d {
         instance_norm_act(&self.forward_unbiased(xs)?, act)
     }
 
+    /// `act(instance_norm(conv(reflect_pad(xs, pad))))` for a stride-1 layer without zero
+    /// padding (the residual blocks' convolutions), bias left out as in `forward_norm_act`.
+    pub fn forward_reflect_norm_act(&self, xs: &Tensor, pad: usize, act: Act) -> Result<Tensor> {
+        if self.stride != 1 || self.padding != 0 {
+            candle_core::bail!("a reflection-padded convolution needs stride 1 and no zero padding");
+        }
+        let ys = if native_conv() {
+            crate::ops::reflect_pad2d(xs, pad)?.conv2d(&self.weight, 0, 1, 1, 1)?
+        } else {
+            crate::ops::conv::conv2d_reflect(xs, &self.weight, pad)?
+        };
+        instance_norm_act(&ys, act)
+    }
+
     fn forward_unbiased(&self, xs: &Tensor) -> Result<Tensor> {
         if native_conv() {
             xs.conv2d(&self.weight, self.padding, self.stride, 1, 1)

@@ -18,8 +18,8 @@ impl ResnetBlock {
     }
 
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let h = self.conv1.forward_norm_act(&reflect_pad2d(xs, 1)?, Act::Relu)?;
-        let h = self.conv2.forward_norm_act(&reflect_pad2d(&h, 1)?, Act::Identity)?;
+        let h = self.conv1.forward_reflect_norm_act(xs, 1, Act::Relu)?;
+        let h = self.conv2.forward_reflect_norm_act(&h, 1, Act::Identity)?;
         xs + h
     }
 }

@@ -32,12 +32,24 @@ pub fn conv2d(xs: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<
     }
     let (cout, cin, k, _) = w.dims4()?;
     if super::winograd::applies(cin, cout, k, stride, padding) {
-        return super::winograd::conv3x3(&xs.contiguous()?, &w.contiguous()?);
+        return super::winograd::conv3x3(&xs.contiguous()?, &w.contiguous()?, 0);
     }
     if stride == 1 && cout < cin && padding < k {
         return xs.contiguous()?.apply_op2(&w.contiguous()?, NarrowConv2dOp { pad: padding });
     }
     xs.contiguous()?.apply_op2(&w.contiguous()?, Conv2dOp { stride, pad: padding })
+}
+
+/// `conv2d(reflect_pad2d(xs, pad), w, 1, 0)`: a stride-1 convolution of the reflection-padded
+/// input (the residual blocks'). Where Winograd's kernels apply (3×3, pad 1) the padding is done
+/// inside them, so no padded copy is made or kept alive for backward.
+pub fn conv2d_reflect(xs: &Tensor, w: &Tensor, pad: usize) -> Result<Tensor> {
+    let (_, _, h, wd) = xs.dims4()?;
+    let (cout, cin, k, _) = w.dims4()?;
+    if fast_path(xs, w) && pad == 1 && h > 1 && wd > 1 && super::winograd::applies(cin, cout, k, 1, 0) {
+        return super::winograd::conv3x3(&xs.contiguous()?, &w.contiguous()?, pad);
+    }
+    conv2d(&super::reflect_pad2d(xs, pad)?, w, 1, 0)
 }
 
 /// `xs` [B,Cin,H,W], `w` [Cin,Cout,K,K] (PyTorch `ConvTranspose2d` layout) →

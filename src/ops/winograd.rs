@@ -26,9 +26,11 @@ pub(crate) fn applies(cin: usize, cout: usize, k: usize, stride: usize, pad: usi
     k == 3 && stride == 1 && pad == 0 && cin >= 16 && cout >= 16 && !*OFF.get_or_init(|| std::env::var_os("CS_NO_WINOGRAD").is_some())
 }
 
-/// `xs` [B,Cin,H,W], `w` [Cout,Cin,3,3] → [B,Cout,H−2,W−2] (contiguous f32 CPU operands).
-pub(crate) fn conv3x3(xs: &Tensor, w: &Tensor) -> Result<Tensor> {
-    xs.apply_op2(w, Forward)
+/// `xs` [B,Cin,H,W] reflection-padded by `pad` (0 or 1), `w` [Cout,Cin,3,3] →
+/// [B,Cout,H+2·pad−2,W+2·pad−2] (contiguous f32 CPU operands). The padding happens inside the
+/// transforms, so no padded copy of `xs` exists or is kept for backward.
+pub(crate) fn conv3x3(xs: &Tensor, w: &Tensor, pad: usize) -> Result<Tensor> {
+    xs.apply_op2(w, Forward { pad })
 }
 
 /// Floats of transformed data (inputs plus outputs) one band of tiles may use (64 MiB).
@@ -47,9 +49,13 @@ fn band_limit() -> usize {
     BAND_FLOATS
 }
 
-/// The tiling of one [H, W] input plane: output (H−2)×(W−2) in 2×2 tiles, `th`×`tw` of them.
+/// The tiling of one stored [sh, sw] input plane, reflection-padded by `pad` (0 or 1) to the
+/// [h, w] plane the convolution sees: output (h−2)×(w−2) in 2×2 tiles, `th`×`tw` of them.
 #[derive(Clone, Copy, Debug)]
 struct Tiles {
+    sh: usize,
+    sw: usize,
+    pad: usize,
     h: usize,
     w: usize,
     ho: usize,
@@ -59,12 +65,53 @@ struct Tiles {
 }
 
 impl Tiles {
-    fn new(h: usize, w: usize) -> Result<Self> {
+    fn new(sh: usize, sw: usize, pad: usize) -> Result<Self> {
+        if pad > 1 || (pad == 1 && (sh < 2 || sw < 2)) {
+            bail!("winograd conv: reflection padding {pad} of a {sh}x{sw} input is not supported");
+        }
+        let (h, w) = (sh + 2 * pad, sw + 2 * pad);
         if h < 3 || w < 3 {
             bail!("3x3 convolution of a {h}x{w} input without padding has no output");
         }
         let (ho, wo) = (h - 2, w - 2);
-        Ok(Self { h, w, ho, wo, th: ho.div_ceil(2), tw: wo.div_ceil(2) })
+        Ok(Self { sh, sw, pad, h, w, ho, wo, th: ho.div_ceil(2), tw: wo.div_ceil(2) })
+    }
+
+    fn plane(&self) -> usize {
+        self.sh * self.sw
+    }
+
+    /// The stored row that padded row `r` (< h) shows.
+    fn source_row(&self, r: usize) -> usize {
+        match (self.pad, r) {
+            (0, r) => r,
+            (_, 0) => 1,
+            (_, r) if r > self.sh => self.sh - 2,
+            (_, r) => r - 1,
+        }
+    }
+
+    /// Writes padded row `r`'s `w` values into `row[..w]` from `src`, the stored row.
+    fn padded_row(&self, src: &[f32], row: &mut [f32]) {
+        if self.pad == 0 {
+            row[..self.sw].copy_from_slice(src);
+        } else {
+            row[0] = src[1];
+            row[1..self.sw + 1].copy_from_slice(src);
+            row[self.sw + 1] = src[self.sw - 2];
+        }
+    }
+
+    /// Adds padded row `row[..w]` into the stored row `dst` (the adjoint of `padded_row`).
+    fn fold_row(&self, row: &[f32], dst: &mut [f32]) {
+        let p = self.pad;
+        for (d, v) in dst.iter_mut().zip(&row[p..p + self.sw]) {
+            *d += v;
+        }
+        if p == 1 {
+            dst[1] += row[0];
+            dst[self.sw - 2] += row[self.sw + 1];
+        }
     }
 
     /// Bands of tile rows whose transformed data (16 floats per tile for each of `channels`)
@@ -150,14 +197,15 @@ fn filter_transform_adjoint(du: &[f32], cout: usize, cin: usize) -> Vec<f32> {
 fn input_transform(x: &[f32], c: usize, t: &Tiles, band: (usize, usize), v: &mut [f32]) {
     let tb = (band.1 - band.0) * t.tw;
     let width = 2 * t.tw + 2; // columns the tiles read, zeros past t.w
-    v.par_chunks_mut(16 * tb).zip(x.par_chunks(t.h * t.w)).take(c).for_each(|(vc, plane)| {
+    v.par_chunks_mut(16 * tb).zip(x.par_chunks(t.plane())).take(c).for_each(|(vc, plane)| {
         let mut rows = vec![0f32; 4 * width];
         let mut cols = vec![0f32; 4 * width];
         for ti in band.0..band.1 {
             for (i, row) in rows.chunks_exact_mut(width).enumerate() {
                 let r = 2 * ti + i;
                 if r < t.h {
-                    row[..t.w].copy_from_slice(&plane[r * t.w..(r + 1) * t.w]);
+                    let sr = t.source_row(r);
+                    t.padded_row(&plane[sr * t.sw..(sr + 1) * t.sw], row);
                     row[t.w..].fill(0.0);
                 } else {
                     row.fill(0.0);
@@ -185,28 +233,35 @@ fn input_transform(x: &[f32], c: usize, t: &Tiles, band: (usize, usize), v: &mut
     });
 }
 
-/// Adds Σ_tiles B dV Bᵀ from dV [C][16][Tb] into `dx` [C, H, W] (the adjoint of `input_transform`).
+/// Adds Σ_tiles B dV Bᵀ from dV [C][16][Tb] into `dx` [C, sh, sw] (the adjoint of
+/// `input_transform`): tiles add into a padded band of rows, which is then folded back.
 fn input_transform_adjoint(dv: &[f32], c: usize, t: &Tiles, band: (usize, usize), dx: &mut [f32]) {
     let tb = (band.1 - band.0) * t.tw;
-    dx.par_chunks_mut(t.h * t.w).zip(dv.par_chunks(16 * tb)).take(c).for_each(|(plane, vc)| {
+    let width = 2 * t.tw + 2;
+    let r0 = 2 * band.0; // first padded row the band's tiles touch
+    let rows = 2 * (band.1 - band.0) + 2;
+    dx.par_chunks_mut(t.plane()).zip(dv.par_chunks(16 * tb)).take(c).for_each(|(plane, vc)| {
+        let mut acc = vec![0f32; rows * width];
         for ti in band.0..band.1 {
             for tj in 0..t.tw {
                 let idx = (ti - band.0) * t.tw + tj;
                 let m: [[f32; 4]; 4] = std::array::from_fn(|i| std::array::from_fn(|j| vc[(i * 4 + j) * tb + idx]));
                 let dd = sandwich(&m, b);
                 for (i, row) in dd.iter().enumerate() {
-                    let r = 2 * ti + i;
-                    if r >= t.h {
-                        break;
-                    }
-                    for (j, &val) in row.iter().enumerate() {
-                        let col = 2 * tj + j;
-                        if col < t.w {
-                            plane[r * t.w + col] += val;
-                        }
+                    let dst = &mut acc[(2 * ti + i - r0) * width + 2 * tj..][..4];
+                    for (d, v) in dst.iter_mut().zip(row) {
+                        *d += v;
                     }
                 }
             }
+        }
+        for (i, row) in acc.chunks_exact(width).enumerate() {
+            let r = r0 + i;
+            if r >= t.h {
+                break;
+            }
+            let sr = t.source_row(r);
+            t.fold_row(row, &mut plane[sr * t.sw..(sr + 1) * t.sw]);
         }
     });
 }
@@ -276,8 +331,8 @@ fn gemm_per_position(u: &[f32], transpose_u: bool, rows: usize, k: usize, src: &
 
 fn forward_kernel(x: &[f32], w: &[f32], cin: usize, cout: usize, t: &Tiles) -> Vec<f32> {
     let u = filter_transform(w, cout, cin);
-    let mut y = vec![0f32; x.len() / (cin * t.h * t.w) * cout * t.ho * t.wo];
-    for (xb, yb) in x.chunks_exact(cin * t.h * t.w).zip(y.chunks_exact_mut(cout * t.ho * t.wo)) {
+    let mut y = vec![0f32; x.len() / (cin * t.plane()) * cout * t.ho * t.wo];
+    for (xb, yb) in x.chunks_exact(cin * t.plane()).zip(y.chunks_exact_mut(cout * t.ho * t.wo)) {
         for band in t.bands(cin + cout) {
             let tb = (band.1 - band.0) * t.tw;
             with_scratch(16 * tb * (cin + cout), |buf| {
@@ -293,8 +348,8 @@ fn forward_kernel(x: &[f32], w: &[f32], cin: usize, cout: usize, t: &Tiles) -> V
 
 fn data_grad_kernel(dy: &[f32], w: &[f32], cin: usize, cout: usize, t: &Tiles) -> Vec<f32> {
     let u = filter_transform(w, cout, cin);
-    let mut dx = vec![0f32; dy.len() / (cout * t.ho * t.wo) * cin * t.h * t.w];
-    for (dyb, dxb) in dy.chunks_exact(cout * t.ho * t.wo).zip(dx.chunks_exact_mut(cin * t.h * t.w)) {
+    let mut dx = vec![0f32; dy.len() / (cout * t.ho * t.wo) * cin * t.plane()];
+    for (dyb, dxb) in dy.chunks_exact(cout * t.ho * t.wo).zip(dx.chunks_exact_mut(cin * t.plane())) {
         for band in t.bands(cin + cout) {
             let tb = (band.1 - band.0) * t.tw;
             with_scratch(16 * tb * (cin + cout), |buf| {
@@ -312,7 +367,7 @@ fn data_grad_kernel(dy: &[f32], w: &[f32], cin: usize, cout: usize, t: &Tiles) -
 fn filter_grad_kernel(x: &[f32], dy: &[f32], cin: usize, cout: usize, t: &Tiles) -> Vec<f32> {
     let mut du = vec![0f32; 16 * cout * cin];
     let mut first = true;
-    for (xb, dyb) in x.chunks_exact(cin * t.h * t.w).zip(dy.chunks_exact(cout * t.ho * t.wo)) {
+    for (xb, dyb) in x.chunks_exact(cin * t.plane()).zip(dy.chunks_exact(cout * t.ho * t.wo)) {
         for band in t.bands(cin + cout) {
             let tb = (band.1 - band.0) * t.tw;
             with_scratch(16 * tb * (cin + cout), |buf| {
@@ -332,17 +387,22 @@ fn filter_grad_kernel(x: &[f32], dy: &[f32], cin: usize, cout: usize, t: &Tiles)
     filter_transform_adjoint(&du, cout, cin)
 }
 
-/// (x [B,Cin,H,W], w [Cout,Cin,3,3]) → y [B,Cout,H−2,W−2].
-struct Forward;
+/// (x [B,Cin,H,W], w [Cout,Cin,3,3]) → y [B,Cout,H+2p−2,W+2p−2], x reflection-padded by p.
+struct Forward {
+    pad: usize,
+}
 
-/// (dy [B,Cout,H−2,W−2], w [Cout,Cin,3,3]) → dx [B,Cin,H,W].
+/// (dy [B,Cout,H+2p−2,W+2p−2], w [Cout,Cin,3,3]) → dx [B,Cin,H,W].
 struct DataGrad {
     h: usize,
     w: usize,
+    pad: usize,
 }
 
-/// (x [B,Cin,H,W], dy [B,Cout,H−2,W−2]) → dW [Cout,Cin,3,3].
-struct FilterGrad;
+/// (x [B,Cin,H,W], dy [B,Cout,H+2p−2,W+2p−2]) → dW [Cout,Cin,3,3].
+struct FilterGrad {
+    pad: usize,
+}
 
 fn check_weight(l: &Layout, cin: usize) -> Result<usize> {
     let (cout, cin_w, kh, kw) = l.shape().dims4()?;
@@ -360,7 +420,7 @@ impl CustomOp2 for Forward {
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let (bsz, cin, h, w) = l1.shape().dims4()?;
         let cout = check_weight(l2, cin)?;
-        let t = Tiles::new(h, w)?;
+        let t = Tiles::new(h, w, self.pad)?;
         let y = forward_kernel(f32_data(s1, l1)?, f32_data(s2, l2)?, cin, cout, &t);
         Ok((CpuStorage::F32(y), Shape::from((bsz, cout, t.ho, t.wo))))
     }
@@ -368,8 +428,9 @@ impl CustomOp2 for Forward {
     fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let dy = dy.contiguous()?;
         let (_, _, h, wd) = x.dims4()?;
-        let dx = x.track_op().then(|| dy.apply_op2(w, DataGrad { h, w: wd })).transpose()?;
-        let dw = w.track_op().then(|| x.apply_op2(&dy, FilterGrad)).transpose()?;
+        let pad = self.pad;
+        let dx = x.track_op().then(|| dy.apply_op2(w, DataGrad { h, w: wd, pad })).transpose()?;
+        let dw = w.track_op().then(|| x.apply_op2(&dy, FilterGrad { pad })).transpose()?;
         Ok((dx, dw))
     }
 }
@@ -385,7 +446,7 @@ impl CustomOp2 for DataGrad {
         if cout_w != cout || check_weight(l2, cin).is_err() {
             bail!("winograd conv backward: gradient {:?} does not fit weight {:?}", l1.dims(), l2.dims());
         }
-        let t = Tiles::new(self.h, self.w)?;
+        let t = Tiles::new(self.h, self.w, self.pad)?;
         if (t.ho, t.wo) != (ho, wo) {
             bail!("winograd conv backward: gradient {ho}x{wo} does not match input {}x{}", self.h, self.w);
         }
@@ -395,8 +456,9 @@ impl CustomOp2 for DataGrad {
 
     fn bwd(&self, dy: &Tensor, w: &Tensor, _res: &Tensor, ddx: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let ddx = ddx.contiguous()?;
-        let ddy = dy.track_op().then(|| ddx.apply_op2(w, Forward)).transpose()?;
-        let dw = w.track_op().then(|| ddx.apply_op2(dy, FilterGrad)).transpose()?;
+        let pad = self.pad;
+        let ddy = dy.track_op().then(|| ddx.apply_op2(w, Forward { pad })).transpose()?;
+        let dw = w.track_op().then(|| ddx.apply_op2(dy, FilterGrad { pad })).transpose()?;
         Ok((ddy, dw))
     }
 }
@@ -409,7 +471,7 @@ impl CustomOp2 for FilterGrad {
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let (bsz, cin, h, w) = l1.shape().dims4()?;
         let (bg, cout, ho, wo) = l2.shape().dims4()?;
-        let t = Tiles::new(h, w)?;
+        let t = Tiles::new(h, w, self.pad)?;
         if (bg, ho, wo) != (bsz, t.ho, t.wo) {
             bail!("winograd conv filter gradient: gradient {:?} does not match input {:?}", l2.dims(), l1.dims());
         }
@@ -420,8 +482,9 @@ impl CustomOp2 for FilterGrad {
     fn bwd(&self, x: &Tensor, dy: &Tensor, _res: &Tensor, ddw: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let ddw = ddw.contiguous()?;
         let (_, _, h, w) = x.dims4()?;
-        let dx = x.track_op().then(|| dy.apply_op2(&ddw, DataGrad { h, w })).transpose()?;
-        let ddy = dy.track_op().then(|| x.apply_op2(&ddw, Forward)).transpose()?;
+        let pad = self.pad;
+        let dx = x.track_op().then(|| dy.apply_op2(&ddw, DataGrad { h, w, pad })).transpose()?;
+        let ddy = dy.track_op().then(|| x.apply_op2(&ddw, Forward { pad })).transpose()?;
         Ok((dx, ddy))
     }
 }
@@ -434,10 +497,16 @@ mod tests {
     #[test]
     fn banded_kernels_match_single_band() {
         let (b, cin, cout) = (2, 3, 4);
-        let t = Tiles::new(9, 8).unwrap();
+        for t in [Tiles::new(9, 8, 0).unwrap(), Tiles::new(7, 6, 1).unwrap()] {
+            check_bands(b, cin, cout, &t);
+        }
+    }
+
+    fn check_bands(b: usize, cin: usize, cout: usize, t: &Tiles) {
+        let t = *t;
         assert_eq!((t.ho, t.wo, t.th, t.tw), (7, 6, 4, 3));
         let val = |i: usize| ((i * 7919) % 23) as f32 / 23.0 - 0.5;
-        let x: Vec<f32> = (0..b * cin * t.h * t.w).map(val).collect();
+        let x: Vec<f32> = (0..b * cin * t.plane()).map(val).collect();
         let w: Vec<f32> = (0..cout * cin * 9).map(|i| val(i + 3)).collect();
         let dy: Vec<f32> = (0..b * cout * t.ho * t.wo).map(|i| val(i + 5)).collect();
         let run = || {
