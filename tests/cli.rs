@@ -282,3 +282,21 @@ fn keep_luma_model_translates_converts_evaluates_and_exports() {
     ok(&cyclestudio(d, &["translate", "photo.png", "--to", "color", "--model", "shared", "-o", "shared.png"]));
     assert!(max_luma_error(&d.join("shared.png"), &luma) <= 0.51);
 }
+
+/// A fresh clone colours a grey photo with the shipped default model, keeping its brightness.
+#[test]
+fn shipped_default_model_colours_a_grey_photo() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let grey = image::DynamicImage::ImageRgb8(common::gradient_image(96, 64, 3)).into_luma8();
+    let input = tmp.path().join("photo.png");
+    grey.save(&input).unwrap();
+    let output = tmp.path().join("photo.color.png");
+    ok(&cyclestudio(repo, &["translate", input.to_str().unwrap(), "--to", "color", "-o", output.to_str().unwrap()]));
+    let colour = image::open(&output).unwrap().into_rgb8();
+    assert_eq!(colour.dimensions(), (96, 64));
+    for (g, c) in grey.pixels().zip(colour.pixels()) {
+        let luma = 0.299 * c[0] as f32 + 0.587 * c[1] as f32 + 0.114 * c[2] as f32;
+        assert!((luma - g[0] as f32).abs() <= 1.5, "luma {luma} vs grey {}", g[0]);
+    }
+}

@@ -1,5 +1,6 @@
 use anyhow::Result;
 use candle_core::{backprop::GradStore, CpuStorage, DType, InplaceOp2, InplaceOp3, Layout, Tensor, Var};
+use rayon::prelude::*;
 use std::collections::HashMap;
 
 /// Adam exactly as PyTorch's `torch.optim.Adam` (no weight decay, eps outside the square root,
@@ -92,6 +93,9 @@ impl Adam {
     }
 }
 
+/// Elements per parallel task of the in-place updates.
+const CHUNK: usize = 1 << 16;
+
 /// Whether the update can run in place on the CPU: f32 and contiguous, as candle creates
 /// variables and gradients.
 fn in_place(p: &Tensor, g: &Tensor) -> bool {
@@ -128,11 +132,14 @@ impl InplaceOp2 for MomentUpdate {
         let g = contiguous_f32(g, gl)?;
         let m = contiguous_f32_mut(dst, dst_l)?;
         let (b, c) = (self.beta as f32, (1.0 - self.beta) as f32);
-        if self.square {
-            m.iter_mut().zip(g).for_each(|(m, &g)| *m = b * *m + c * (g * g));
-        } else {
-            m.iter_mut().zip(g).for_each(|(m, &g)| *m = b * *m + c * g);
-        }
+        let square = self.square;
+        m.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK)).for_each(|(m, g)| {
+            if square {
+                m.iter_mut().zip(g).for_each(|(m, &g)| *m = b * *m + c * (g * g));
+            } else {
+                m.iter_mut().zip(g).for_each(|(m, &g)| *m = b * *m + c * g);
+            }
+        });
         Ok(())
     }
 }
@@ -153,10 +160,12 @@ impl InplaceOp3 for FusedUpdate {
         let (m, v) = (contiguous_f32(m, ml)?, contiguous_f32(v, vl)?);
         let p = contiguous_f32_mut(dst, dst_l)?;
         let (step, k, eps) = (self.step_size as f32, self.inv_sqrt_bc2 as f32, self.eps as f32);
-        for ((p, &m), &v) in p.iter_mut().zip(m).zip(v) {
-            // The same operation order as the composed path (and PyTorch's).
-            *p -= m / (v.sqrt() * k + eps) * step;
-        }
+        p.par_chunks_mut(CHUNK).zip(m.par_chunks(CHUNK).zip(v.par_chunks(CHUNK))).for_each(|(p, (m, v))| {
+            for ((p, &m), &v) in p.iter_mut().zip(m).zip(v) {
+                // The same operation order as the composed path (and PyTorch's).
+                *p -= m / (v.sqrt() * k + eps) * step;
+            }
+        });
         Ok(())
     }
 }
