@@ -9,6 +9,10 @@
 //! * conv_transpose2d: Y_b = col2im(Wᵀ[Cout·K·K, Cin] · X_b)   (the adjoint of conv2d)
 //! * weight gradient:  dW  = Σ_b G_b[Cg, Ho·Wo] · im2col(X_b)ᵀ
 //!
+//! Two special cases have kernels of their own: stride-1 convolutions with fewer output than
+//! input channels (`NarrowConv2dOp`, below) and unpadded or reflection-padded 3×3 ones with enough
+//! channels (`super::winograd`).
+//!
 //! These three ops are closed under differentiation (the input gradient of a convolution is a
 //! transposed convolution and vice versa), so `bwd` builds its results from the same fast ops,
 //! and so does a second-order backward.
@@ -588,6 +592,24 @@ fn narrow_conv_kernel(x: &[f32], w: &[f32], cout: usize, g: &Geom) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The narrow-output kernel gives the same results in one band and in one row per band.
+    #[test]
+    fn banded_narrow_kernel_matches_single_band() {
+        let g = Geom::conv(6, 13, 11, 5, 1, 2).unwrap();
+        let (b, cout) = (2, 2);
+        let val = |i: usize| ((i * 7919) % 23) as f32 / 23.0 - 0.5;
+        let x: Vec<f32> = (0..b * g.img_len()).map(val).collect();
+        let w: Vec<f32> = (0..cout * g.rows()).map(|i| val(i + 3)).collect();
+        let whole = narrow_conv_kernel(&x, &w, cout, &g);
+        SCRATCH_LIMIT.with(|l| l.set(1));
+        let banded = narrow_conv_kernel(&x, &w, cout, &g);
+        SCRATCH_LIMIT.with(|l| l.set(MAX_SCRATCH));
+        assert!(whole.iter().zip(&banded).all(|(p, q)| (p - q).abs() < 1e-5));
+        // And both match im2col.
+        let im2col = conv_kernel(&x, &w, cout, &g);
+        assert!(whole.iter().zip(&im2col).all(|(p, q)| (p - q).abs() < 1e-4));
+    }
 
     /// The kernels give the same results in one band and in many (one output row each).
     #[test]

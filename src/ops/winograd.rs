@@ -1,5 +1,5 @@
-//! 3×3 stride-1 convolutions without padding (the residual blocks' convolutions, after their
-//! reflection pad) by Winograd's minimal filtering F(2×2, 3×3): 16 multiplications per 2×2
+//! 3×3 stride-1 convolutions without padding or with a reflection padding of 1 (the residual
+//! blocks' convolutions) by Winograd's minimal filtering F(2×2, 3×3): 16 multiplications per 2×2
 //! output tile and input channel instead of 36, so 2.25× less GEMM work than im2col.
 //!
 //! With the transforms Bᵀ (4×4), G (4×3) and Aᵀ (2×4) of Lavin & Gray (2016), every 4×4 input
@@ -192,7 +192,8 @@ fn filter_transform_adjoint(du: &[f32], cout: usize, cin: usize) -> Vec<f32> {
     dw
 }
 
-/// V [C][16][Tb] for the tile rows `band` of `x` [C, H, W]; reads past the edge are zeros.
+/// V [C][16][Tb] for the tile rows `band` of `x` [C, sh, sw], padded as `t` says; reads past
+/// the padded plane's edge (partial tiles) are zeros.
 /// Bᵀ runs down the columns of a whole tile row at once (vectorised), then across each tile.
 fn input_transform(x: &[f32], c: usize, t: &Tiles, band: (usize, usize), v: &mut [f32]) {
     let tb = (band.1 - band.0) * t.tw;
