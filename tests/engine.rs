@@ -9,7 +9,7 @@ use cyclestudio::checkpoint::load_generation;
 use cyclestudio::data::dataset::{scan_folder, Check};
 use cyclestudio::model::{compose_chroma_over_luma, count_params, DiscriminatorConfig, Generator, GeneratorConfig, OutputMode, PatchGan};
 use cyclestudio::ops::{instance_norm, reflect_pad2d};
-use cyclestudio::train::{RunOutcome, Trainer};
+use cyclestudio::train::{RunOutcome, TrainConfig, Trainer};
 
 /// Compares autograd's gradient of sum(op(x)·r) with central finite differences, in f64.
 fn check_gradient(op: impl Fn(&Tensor) -> Tensor, shape: (usize, usize, usize, usize)) {
@@ -196,10 +196,18 @@ fn paired_mode_aligns_crops_and_adds_the_supervised_term() {
     let mut cfg = tiny_config(&report.root, 2);
     cfg.paired = true;
     cfg.lambda_paired = 10.0;
-    let mut t = Trainer::new(cfg, Device::Cpu).unwrap();
     let b = loader.next().unwrap();
-    let l = t.train_step(&b.real_a, &b.real_b).unwrap();
-    assert!(l.paired > 0.0 && l.g_total > l.paired);
+    let t = Trainer::new(cfg.clone(), Device::Cpu).unwrap();
+    let l1 = t.generator_pass(&b.real_a, &b.real_b).unwrap().losses;
+    assert!(l1.paired > 0.0 && l1.g_total > l1.paired);
+    // The same untrained networks with the L2 term: λ·(mean (G_AB(a)−b)² + mean (G_BA(b)−a)²).
+    let cfg2 = TrainConfig { paired_loss: cyclestudio::train::PairedLoss::L2, ..cfg };
+    let t2 = Trainer::new(cfg2, Device::Cpu).unwrap();
+    let paired = t2.generator_pass(&b.real_a, &b.real_b).unwrap().losses.paired;
+    let [fake_b, _, fake_a, _] = t2.translate_pair(&b.real_a, &b.real_b).unwrap();
+    let mse = |x: &Tensor, y: &Tensor| (x - y).unwrap().sqr().unwrap().mean_all().unwrap().to_scalar::<f32>().unwrap();
+    let expect = 10.0 * (mse(&fake_b, &b.real_b) + mse(&fake_a, &b.real_a));
+    assert!((paired - expect).abs() <= 1e-4 * expect, "L2 paired term {paired}, expected {expect}");
 }
 
 #[test]

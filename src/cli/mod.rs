@@ -5,7 +5,7 @@ mod model_cmd;
 mod train_cmd;
 
 use crate::model::GeneratorKind;
-use crate::train::GanLoss;
+use crate::train::{GanLoss, PairedLoss};
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -297,6 +297,9 @@ pub struct TrainArgs {
     /// pure regression, which scores best on PSNR/SSIM but paints more cautiously).
     #[arg(long, default_value_t = 1.0)]
     pub lambda_gan: f64,
+    /// The paired term: l1 (pix2pix) or l2 (the mean of plausible answers; best PSNR).
+    #[arg(long, value_enum, default_value_t = PairedLoss::L1)]
+    pub paired_loss: PairedLoss,
     /// Grey→colour: predict only colour and keep the input's brightness exactly (A→B generator).
     #[arg(long)]
     pub keep_luma: bool,

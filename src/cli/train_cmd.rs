@@ -39,6 +39,7 @@ pub fn config_from_args(args: &TrainArgs) -> Result<TrainConfig> {
         lambda_identity: args.lambda_identity,
         lambda_paired: if args.paired { args.lambda_paired } else { 0.0 },
         lambda_gan: args.lambda_gan,
+        paired_loss: args.paired_loss,
         paired: args.paired,
         keep_luma: args.keep_luma,
         gan_loss: args.gan_loss,

@@ -15,6 +15,17 @@ pub enum GanLoss {
     Vanilla,
 }
 
+/// The supervised term of paired mode.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum PairedLoss {
+    /// Mean absolute error (pix2pix): pulls towards the median of plausible answers.
+    #[default]
+    L1,
+    /// Mean squared error: pulls towards their mean, which is what PSNR rewards.
+    L2,
+}
+
 /// How long to train: a constant learning rate for the first part, then a linear decay to zero.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "unit", rename_all = "lowercase")]
@@ -72,6 +83,9 @@ pub struct TrainConfig {
     /// Weight of the generators' adversarial terms (the reference: 1). Absent in older configs.
     #[serde(default = "one")]
     pub lambda_gan: f64,
+    /// L1 or L2 for the paired term. Absent in older configs (L1).
+    #[serde(default)]
+    pub paired_loss: PairedLoss,
     pub paired: bool,
     /// Grey→colour: G_AB predicts only chroma and keeps its input's luma exactly
     /// ([`OutputMode::ChromaOverLuma`]); needs a 3-channel domain B. Absent in older configs.
@@ -121,6 +135,7 @@ impl TrainConfig {
             lambda_identity: 0.5,
             lambda_paired: 0.0,
             lambda_gan: 1.0,
+            paired_loss: PairedLoss::L1,
             paired: false,
             keep_luma: false,
             gan_loss: GanLoss::Lsgan,
@@ -248,6 +263,7 @@ mod tests {
         assert_eq!(cfg, grey_colour(false));
         assert_eq!(cfg.g_ab().output, OutputMode::Direct);
         assert_eq!(cfg.lambda_gan, 1.0);
+        assert_eq!(cfg.paired_loss, PairedLoss::L1);
     }
 
     #[test]

@@ -1,4 +1,4 @@
-use super::{Adam, GanLoss, ImagePool, TrainConfig};
+use super::{Adam, GanLoss, ImagePool, PairedLoss, TrainConfig};
 use crate::checkpoint::{load_generation, safetensors_bytes, save_generation, Generation};
 use crate::model::{Generator, PatchGan};
 use crate::ops::{adapt_channels, all_finite, bce_logits_to_const, l1_loss, mse_to_const};
@@ -216,7 +216,11 @@ impl Trainer {
             losses.idt_ba = idt_ba.to_scalar()?;
         }
         if cfg.paired && cfg.lambda_paired > 0.0 {
-            let p = ((l1_loss(&fake_b, real_b)? + l1_loss(&fake_a, real_a)?)? * cfg.lambda_paired)?;
+            let paired = |fake: &Tensor, real: &Tensor| match cfg.paired_loss {
+                PairedLoss::L1 => l1_loss(fake, real),
+                PairedLoss::L2 => (fake - real)?.sqr()?.mean_all(),
+            };
+            let p = ((paired(&fake_b, real_b)? + paired(&fake_a, real_a)?)? * cfg.lambda_paired)?;
             total = (total + &p)?;
             losses.paired = p.to_scalar()?;
         }
