@@ -23,6 +23,7 @@
 //! stride, which candle's own conv2d backward gets wrong. Only f32 tensors on the CPU take this
 //! path; anything else falls back to candle's native convolutions.
 
+use super::f32_data;
 use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
@@ -85,7 +86,7 @@ pub fn conv_transpose2d(
 /// Whether the fast kernels apply; empty weights are left to candle too, since the kernels
 /// split buffers into per-channel chunks.
 fn fast_path(xs: &Tensor, w: &Tensor) -> bool {
-    xs.device().is_cpu() && xs.dtype() == DType::F32 && w.dtype() == DType::F32 && w.elem_count() > 0
+    super::cpu_f32(xs) && w.dtype() == DType::F32 && w.elem_count() > 0
 }
 
 /// How an image [C,H,W] maps to its im2col matrix [C·K·K, Ho·Wo]: the column of output pixel
@@ -355,14 +356,6 @@ fn weight_grad_kernel(x: &[f32], grad: &[f32], cg: usize, g: &Geom) -> Vec<f32> 
         }
     }
     dw
-}
-
-/// The f32 data of a contiguous operand (the public functions make every operand contiguous).
-pub(crate) fn f32_data<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
-    match l.contiguous_offsets() {
-        Some((start, end)) => Ok(&s.as_slice::<f32>()?[start..end]),
-        None => bail!("fast conv: operands must be contiguous"),
-    }
 }
 
 /// The square kernel size of a [_, _, K, K] weight.

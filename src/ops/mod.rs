@@ -9,7 +9,7 @@ mod winograd;
 pub use norm::{instance_norm_act, Act};
 pub use pad::reflect_pad2d;
 
-use candle_core::{DType, Result, Tensor, D};
+use candle_core::{CpuStorage, DType, Layout, Result, Tensor, D};
 
 /// Indices that reflect-pad a length-`n` axis by `pad` on both sides (PyTorch's ReflectionPad2d,
 /// which does not repeat the edge sample): for n=5, pad=2 gives [2,1,0,1,2,3,4,3,2].
@@ -61,6 +61,11 @@ pub fn l1_loss(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     (a - b)?.abs()?.mean_all()
 }
 
+/// Mean squared error between two tensors of the same shape.
+pub fn mse_loss(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    (a - b)?.sqr()?.mean_all()
+}
+
 /// Mean squared error against a constant target (LSGAN).
 pub fn mse_to_const(pred: &Tensor, target: f64) -> Result<Tensor> {
     (pred - target)?.sqr()?.mean_all()
@@ -99,6 +104,29 @@ pub fn all_finite(xs: &Tensor) -> Result<bool> {
     // The sum is non-finite if any element is; a finite but overflowing sum of squares is also
     // treated as a divergence, which is what it is for weights and losses here.
     Ok(s.is_finite())
+}
+
+/// Whether the custom CPU kernels can take `xs`: an f32 tensor on the CPU (anything else goes
+/// through candle's own ops).
+pub(crate) fn cpu_f32(xs: &Tensor) -> bool {
+    xs.device().is_cpu() && xs.dtype() == DType::F32
+}
+
+/// The f32 data of a contiguous operand of a custom op (callers make operands contiguous).
+pub(crate) fn f32_data<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
+    match l.contiguous_offsets() {
+        Some((start, end)) => Ok(&s.as_slice::<f32>()?[start..end]),
+        None => candle_core::bail!("custom op: operands must be contiguous"),
+    }
+}
+
+/// The f32 data of a contiguous in-place destination.
+pub(crate) fn f32_data_mut<'a>(s: &'a mut CpuStorage, l: &Layout) -> Result<&'a mut [f32]> {
+    let Some((start, end)) = l.contiguous_offsets() else { candle_core::bail!("custom op: operands must be contiguous") };
+    match s {
+        CpuStorage::F32(v) => Ok(&mut v[start..end]),
+        _ => candle_core::bail!("custom op: expected f32 storage"),
+    }
 }
 
 #[cfg(test)]

@@ -7,8 +7,8 @@
 //! `x` and `dy` twice each, keeping only `x` and the per-plane mean and 1/σ. Semantics are
 //! PyTorch's `InstanceNorm2d` defaults (no affine, no running stats, biased variance, eps 1e-5).
 
-use super::conv::f32_data;
-use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
+use super::{cpu_f32, f32_data};
+use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
 
@@ -73,7 +73,7 @@ impl Act {
 
 /// `act(instance_norm(xs))` for `xs` [B,C,H,W]; f32 CPU tensors take the fused kernel.
 pub fn instance_norm_act(xs: &Tensor, act: Act) -> Result<Tensor> {
-    if !(xs.device().is_cpu() && xs.dtype() == DType::F32) {
+    if !cpu_f32(xs) {
         return act.compose(&super::instance_norm(xs)?);
     }
     let (b, c, h, w) = xs.dims4()?;
@@ -83,18 +83,25 @@ pub fn instance_norm_act(xs: &Tensor, act: Act) -> Result<Tensor> {
     xs.contiguous()?.apply_op1(InstanceNormAct { act, stats: Arc::new(Mutex::new(Vec::new())) })
 }
 
-/// Sum of a slice with 16 independent accumulators, so the compiler vectorises it.
+/// Σ f(a_i, b_i) over two equally long slices with 16 independent accumulators, so the compiler
+/// vectorises it.
 #[inline]
-fn lane_sum(xs: &[f32], f: impl Fn(f32) -> f32) -> f64 {
+fn lane_sum2(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f64 {
     let mut acc = [0f32; 16];
-    let chunks = xs.chunks_exact(16);
-    let tail: f32 = chunks.remainder().iter().map(|&v| f(v)).sum();
-    for ch in chunks {
-        for (a, &v) in acc.iter_mut().zip(ch) {
-            *a += f(v);
+    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
+    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(&x, &y)| f(x, y)).sum();
+    for (xs, ys) in ca.zip(cb) {
+        for ((s, &x), &y) in acc.iter_mut().zip(xs).zip(ys) {
+            *s += f(x, y);
         }
     }
-    acc.iter().map(|&a| a as f64).sum::<f64>() + tail as f64
+    acc.iter().map(|&s| s as f64).sum::<f64>() + tail as f64
+}
+
+/// Σ f(x_i) with [`lane_sum2`]'s accumulators.
+#[inline]
+fn lane_sum(xs: &[f32], f: impl Fn(f32) -> f32) -> f64 {
+    lane_sum2(xs, xs, |x, _| f(x))
 }
 
 /// Mean and 1/σ of one plane (two passes, so the variance does not cancel).
@@ -163,7 +170,7 @@ impl CustomOp2 for InstanceNormActBwd {
         }
         let (_, _, h, w) = l1.shape().dims4()?;
         let hw = h * w;
-        let stats = self.stats.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
         if stats.len() * hw != x.len() {
             bail!("instance norm backward ran without its forward statistics");
         }
@@ -181,15 +188,7 @@ impl CustomOp2 for InstanceNormActBwd {
                         *o = d * act.slope_at((xv - mean) * inv_std);
                     }
                     sum_g += lane_sum(blk, |v| v);
-                    let mut acc = [0f32; 16];
-                    let (bc, xc) = (blk.chunks_exact(16), xb.chunks_exact(16));
-                    let tail: f32 = bc.remainder().iter().zip(xc.remainder()).map(|(&g, &xv)| g * (xv - mean)).sum();
-                    for (gs, xs) in bc.zip(xc) {
-                        for ((a, &g), &xv) in acc.iter_mut().zip(gs).zip(xs) {
-                            *a += g * (xv - mean);
-                        }
-                    }
-                    sum_gx += acc.iter().map(|&a| a as f64).sum::<f64>() + tail as f64;
+                    sum_gx += lane_sum2(blk, xb, |g, xv| g * (xv - mean));
                 }
                 let mean_g = (sum_g / n as f64) as f32;
                 let mean_gx = (sum_gx * inv_std as f64 / n as f64) as f32; // mean(g·x̂)
@@ -204,7 +203,7 @@ impl CustomOp2 for InstanceNormActBwd {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{Device, Var};
+    use candle_core::{DType, Device, Var};
 
     fn sample(shape: (usize, usize, usize, usize), seed: u64) -> Tensor {
         let mut rng = crate::util::Rng::new(seed);

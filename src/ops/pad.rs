@@ -3,8 +3,8 @@
 //! The composed version (two `index_select`s) builds index tensors and runs a scattered
 //! index-add in backward.
 
-use super::conv::f32_data;
-use candle_core::{bail, CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
+use super::{cpu_f32, f32_data};
+use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 /// `xs` [B,C,H,W] → [B,C,H+2p,W+2p], PyTorch's ReflectionPad2d; f32 CPU tensors take the
@@ -17,7 +17,7 @@ pub fn reflect_pad2d(xs: &Tensor, pad: usize) -> Result<Tensor> {
     if pad >= h || pad >= w {
         bail!("reflection padding {pad} needs an input larger than {pad} on each side, got {h}x{w}");
     }
-    if !(xs.device().is_cpu() && xs.dtype() == DType::F32) {
+    if !cpu_f32(xs) {
         return super::reflect_pad2d_composed(xs, pad);
     }
     xs.contiguous()?.apply_op1(ReflectPad { pad })

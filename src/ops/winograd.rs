@@ -15,7 +15,8 @@
 //! The three ops (forward, data gradient, filter gradient) are bilinear and each one's
 //! derivatives are the other two, so second-order gradients work as for `conv`.
 
-use super::conv::{f32_data, matmul, with_scratch, Mat};
+use super::conv::{matmul, with_scratch, Mat};
+use super::f32_data;
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 

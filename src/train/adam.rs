@@ -1,5 +1,6 @@
 use anyhow::Result;
 use candle_core::{backprop::GradStore, CpuStorage, DType, InplaceOp2, InplaceOp3, Layout, Tensor, Var};
+use crate::ops::{cpu_f32, f32_data, f32_data_mut};
 use rayon::prelude::*;
 use std::collections::HashMap;
 
@@ -99,22 +100,7 @@ const CHUNK: usize = 1 << 16;
 /// Whether the update can run in place on the CPU: f32 and contiguous, as candle creates
 /// variables and gradients.
 fn in_place(p: &Tensor, g: &Tensor) -> bool {
-    p.device().is_cpu() && p.dtype() == DType::F32 && g.dtype() == DType::F32 && p.is_contiguous() && g.is_contiguous()
-}
-
-fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&s.as_slice::<f32>()?[a..b]),
-        None => candle_core::bail!("adam: operands must be contiguous"),
-    }
-}
-
-fn contiguous_f32_mut<'a>(s: &'a mut CpuStorage, l: &Layout) -> candle_core::Result<&'a mut [f32]> {
-    let Some((a, b)) = l.contiguous_offsets() else { candle_core::bail!("adam: operands must be contiguous") };
-    match s {
-        CpuStorage::F32(v) => Ok(&mut v[a..b]),
-        _ => candle_core::bail!("adam: expected f32 storage"),
-    }
+    cpu_f32(p) && g.dtype() == DType::F32 && p.is_contiguous() && g.is_contiguous()
 }
 
 /// moment ← β·moment + (1−β)·g (or g² for the second moment), in place.
@@ -129,8 +115,8 @@ impl InplaceOp2 for MomentUpdate {
     }
 
     fn cpu_fwd(&self, dst: &mut CpuStorage, dst_l: &Layout, g: &CpuStorage, gl: &Layout) -> candle_core::Result<()> {
-        let g = contiguous_f32(g, gl)?;
-        let m = contiguous_f32_mut(dst, dst_l)?;
+        let g = f32_data(g, gl)?;
+        let m = f32_data_mut(dst, dst_l)?;
         let (b, c) = (self.beta as f32, (1.0 - self.beta) as f32);
         let square = self.square;
         m.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK)).for_each(|(m, g)| {
@@ -157,8 +143,8 @@ impl InplaceOp3 for FusedUpdate {
     }
 
     fn cpu_fwd(&self, dst: &mut CpuStorage, dst_l: &Layout, m: &CpuStorage, ml: &Layout, v: &CpuStorage, vl: &Layout) -> candle_core::Result<()> {
-        let (m, v) = (contiguous_f32(m, ml)?, contiguous_f32(v, vl)?);
-        let p = contiguous_f32_mut(dst, dst_l)?;
+        let (m, v) = (f32_data(m, ml)?, f32_data(v, vl)?);
+        let p = f32_data_mut(dst, dst_l)?;
         let (step, k, eps) = (self.step_size as f32, self.inv_sqrt_bc2 as f32, self.eps as f32);
         p.par_chunks_mut(CHUNK).zip(m.par_chunks(CHUNK).zip(v.par_chunks(CHUNK))).for_each(|(p, (m, v))| {
             for ((p, &m), &v) in p.iter_mut().zip(m).zip(v) {

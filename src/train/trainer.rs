@@ -1,7 +1,7 @@
 use super::{Adam, GanLoss, ImagePool, PairedLoss, TrainConfig};
 use crate::checkpoint::{load_generation, safetensors_bytes, save_generation, Generation};
 use crate::model::{Generator, PatchGan};
-use crate::ops::{adapt_channels, all_finite, bce_logits_to_const, l1_loss, mse_to_const};
+use crate::ops::{adapt_channels, all_finite, bce_logits_to_const, l1_loss, mse_loss, mse_to_const};
 use crate::util::Rng;
 use anyhow::{bail, Context, Result};
 use candle_core::{backprop::GradStore, DType, Device, Tensor, Var};
@@ -218,7 +218,7 @@ impl Trainer {
         if cfg.paired && cfg.lambda_paired > 0.0 {
             let paired = |fake: &Tensor, real: &Tensor| match cfg.paired_loss {
                 PairedLoss::L1 => l1_loss(fake, real),
-                PairedLoss::L2 => (fake - real)?.sqr()?.mean_all(),
+                PairedLoss::L2 => mse_loss(fake, real),
             };
             let p = ((paired(&fake_b, real_b)? + paired(&fake_a, real_a)?)? * cfg.lambda_paired)?;
             total = (total + &p)?;
