@@ -3,7 +3,7 @@
 //! The composed version (two `index_select`s) builds index tensors and runs a scattered
 //! index-add in backward.
 
-use super::{cpu_f32, f32_data};
+use super::{cpu_f32, f32_data, reflect_indices};
 use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -23,14 +23,6 @@ pub fn reflect_pad2d(xs: &Tensor, pad: usize) -> Result<Tensor> {
     xs.contiguous()?.apply_op1(ReflectPad { pad })
 }
 
-/// The source index of padded position `i` (in −pad..n+pad) on an axis of length n ≥ 2.
-#[inline]
-fn mirror(i: isize, n: usize) -> usize {
-    let n = n as isize;
-    let j = if i < 0 { -i } else if i >= n { 2 * (n - 1) - i } else { i };
-    j as usize
-}
-
 struct ReflectPad {
     pad: usize,
 }
@@ -45,10 +37,11 @@ impl CustomOp1 for ReflectPad {
         let (b, c, h, w) = l.shape().dims4()?;
         let p = self.pad;
         let (ph, pw) = (h + 2 * p, w + 2 * p);
+        let rows = reflect_indices(h, p);
         let mut y = vec![0f32; b * c * ph * pw];
         y.par_chunks_mut(ph * pw).zip(x.par_chunks(h * w)).for_each(|(yp, xp)| {
             for (r, row) in yp.chunks_exact_mut(pw).enumerate() {
-                let src = &xp[mirror(r as isize - p as isize, h) * w..][..w];
+                let src = &xp[rows[r] as usize * w..][..w];
                 row[p..p + w].copy_from_slice(src);
                 for j in 0..p {
                     row[p - 1 - j] = src[j + 1];
@@ -85,10 +78,11 @@ impl CustomOp1 for ReflectPadBwd {
         if ph != h + 2 * p || pw != w + 2 * p {
             bail!("reflection padding backward: gradient {ph}x{pw} does not match {h}x{w} padded by {p}");
         }
+        let rows = reflect_indices(h, p);
         let mut dx = vec![0f32; b * c * h * w];
         dx.par_chunks_mut(h * w).zip(dy.par_chunks(ph * pw)).for_each(|(xp, yp)| {
             for (r, row) in yp.chunks_exact(pw).enumerate() {
-                let dst = &mut xp[mirror(r as isize - p as isize, h) * w..][..w];
+                let dst = &mut xp[rows[r] as usize * w..][..w];
                 for (d, &v) in dst.iter_mut().zip(&row[p..p + w]) {
                     *d += v;
                 }
