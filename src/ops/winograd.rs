@@ -123,57 +123,73 @@ impl Tiles {
     }
 }
 
-/// X ↦ P X Pᵀ for a square X (side N) and a P given as the map `f(v) = P v` (M outputs).
-#[inline(always)]
-fn sandwich<const N: usize, const M: usize>(x: &[[f32; N]; N], f: impl Fn([f32; N]) -> [f32; M]) -> [[f32; M]; M] {
-    // P X: f on every column.
-    let mut px = [[0f32; N]; M];
-    for j in 0..N {
-        let col = f(std::array::from_fn(|i| x[i][j]));
-        for i in 0..M {
-            px[i][j] = col[i];
-        }
+/// Distance between the 16 position rows of one channel in a band buffer: the band's tile count
+/// rounded up to whole cache lines, and moved off multiples of 1 KiB so that the 16 rows a
+/// transform reads or writes side by side do not all fall into the same cache sets.
+fn row_stride(tb: usize) -> usize {
+    let s = tb.next_multiple_of(16);
+    if s % 256 == 0 {
+        s + 16
+    } else {
+        s
     }
-    // (P X) Pᵀ: f on every row.
-    std::array::from_fn(|i| f(px[i]))
 }
 
-// The 1-D transforms v ↦ P v of the five matrices the algorithm uses.
+/// `dst[k] = f(a[k], b[k])` over the common length (a loop LLVM vectorises).
 #[inline(always)]
-fn bt(v: [f32; 4]) -> [f32; 4] {
-    [v[0] - v[2], v[1] + v[2], v[2] - v[1], v[1] - v[3]]
+fn map2(dst: &mut [f32], a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) {
+    for ((d, &p), &q) in dst.iter_mut().zip(a).zip(b) {
+        *d = f(p, q);
+    }
 }
+
+/// `dst[k] = f(a[k], b[k], c[k])`.
 #[inline(always)]
-fn b(v: [f32; 4]) -> [f32; 4] {
-    [v[0], v[1] - v[2] + v[3], v[1] + v[2] - v[0], -v[3]]
+fn map3(dst: &mut [f32], a: &[f32], b: &[f32], c: &[f32], f: impl Fn(f32, f32, f32) -> f32) {
+    for (((d, &p), &q), &r) in dst.iter_mut().zip(a).zip(b).zip(c) {
+        *d = f(p, q, r);
+    }
 }
-#[inline(always)]
-fn g(v: [f32; 3]) -> [f32; 4] {
-    [v[0], 0.5 * (v[0] + v[1] + v[2]), 0.5 * (v[0] - v[1] + v[2]), v[2]]
-}
-#[inline(always)]
-fn gt(v: [f32; 4]) -> [f32; 3] {
-    [v[0] + 0.5 * (v[1] + v[2]), 0.5 * (v[1] - v[2]), 0.5 * (v[1] + v[2]) + v[3]]
-}
-#[inline(always)]
-fn at(v: [f32; 4]) -> [f32; 2] {
-    [v[0] + v[1] + v[2], v[1] - v[2] - v[3]]
-}
-#[inline(always)]
-fn a(v: [f32; 2]) -> [f32; 4] {
-    [v[0], v[0] + v[1], v[0] - v[1], -v[1]]
-}
+
+
+// The transforms below work on whole rows of tiles at once: every 4×4 (or 2×2, 3×3) matrix
+// entry is a vector over the tiles of a tile row (or over input channels, for the filters),
+// so each step is one vectorised loop, and each of the 16 rows of a channel's band buffer is
+// read or written in contiguous runs. The 1-D maps, on a vector v of 4 (3, 2) entries:
+//   Bᵀv = [v0−v2, v1+v2, v2−v1, v1−v3]          Bv = [v0, v1−v2+v3, v1+v2−v0, −v3]
+//   Gv  = [v0, ½(v0+v1+v2), ½(v0−v1+v2), v2]     Gᵀv = [v0+½(v1+v2), ½(v1−v2), ½(v1+v2)+v3]
+//   Aᵀv = [v0+v1+v2, v1−v2−v3]                   Av = [v0, v0+v1, v0−v1, −v1]
 
 /// U [Cout][16][Cin] from `w` [Cout, Cin, 3, 3] (so each output channel's part is one
 /// contiguous chunk; the GEMMs read U[ξ] [Cout, Cin] with row stride 16·Cin).
 fn filter_transform(w: &[f32], cout: usize, cin: usize) -> Vec<f32> {
     let mut u = vec![0f32; cout * 16 * cin];
-    u.par_chunks_mut(16 * cin).zip(w.par_chunks(9 * cin)).take(cout).for_each(|(uc, wc)| {
-        for (ci, wf) in wc.chunks_exact(9).enumerate() {
-            let gm: [[f32; 3]; 3] = std::array::from_fn(|i| std::array::from_fn(|j| wf[i * 3 + j]));
-            for (xi, &val) in sandwich(&gm, g).iter().flatten().enumerate() {
-                uc[xi * cin + ci] = val;
+    let scratch = || vec![0f32; 21 * cin];
+    u.par_chunks_mut(16 * cin).zip(w.par_chunks(9 * cin)).take(cout).for_each_init(scratch, |buf, (uc, wc)| {
+        // g[i][j] as a vector over input channels, then H = G g (4×3), then U = H Gᵀ.
+        let (g, h) = buf.split_at_mut(9 * cin);
+        for (k, gk) in g.chunks_exact_mut(cin).enumerate() {
+            for (v, wf) in gk.iter_mut().zip(wc.chunks_exact(9)) {
+                *v = wf[k];
             }
+        }
+        let gr = |i: usize, j: usize| &g[(i * 3 + j) * cin..][..cin];
+        for j in 0..3 {
+            let hr = |i: usize| (i * 3 + j) * cin;
+            h[hr(0)..][..cin].copy_from_slice(gr(0, j));
+            map3(&mut h[hr(1)..][..cin], gr(0, j), gr(1, j), gr(2, j), |a, b, c| 0.5 * (a + b + c));
+            map3(&mut h[hr(2)..][..cin], gr(0, j), gr(1, j), gr(2, j), |a, b, c| 0.5 * (a - b + c));
+            h[hr(3)..][..cin].copy_from_slice(gr(2, j));
+        }
+        for (i, ui) in uc.chunks_exact_mut(4 * cin).enumerate() {
+            let hr = |j: usize| &h[(i * 3 + j) * cin..][..cin];
+            let (u0, rest) = ui.split_at_mut(cin);
+            let (u1, rest) = rest.split_at_mut(cin);
+            let (u2, u3) = rest.split_at_mut(cin);
+            u0.copy_from_slice(hr(0));
+            map3(u1, hr(0), hr(1), hr(2), |a, b, c| 0.5 * (a + b + c));
+            map3(u2, hr(0), hr(1), hr(2), |a, b, c| 0.5 * (a - b + c));
+            u3.copy_from_slice(hr(2));
         }
     });
     u
@@ -182,26 +198,63 @@ fn filter_transform(w: &[f32], cout: usize, cin: usize) -> Vec<f32> {
 /// dW [Cout, Cin, 3, 3] from dU [Cout][16][Cin] (the adjoint of `filter_transform`).
 fn filter_transform_adjoint(du: &[f32], cout: usize, cin: usize) -> Vec<f32> {
     let mut dw = vec![0f32; cout * cin * 9];
-    dw.par_chunks_mut(9 * cin).zip(du.par_chunks(16 * cin)).take(cout).for_each(|(wc, uc)| {
-        for (ci, out) in wc.chunks_exact_mut(9).enumerate() {
-            let m: [[f32; 4]; 4] = std::array::from_fn(|i| std::array::from_fn(|j| uc[(i * 4 + j) * cin + ci]));
-            for (o, &val) in out.iter_mut().zip(sandwich(&m, gt).iter().flatten()) {
-                *o = val;
+    let scratch = || vec![0f32; 21 * cin];
+    dw.par_chunks_mut(9 * cin).zip(du.par_chunks(16 * cin)).take(cout).for_each_init(scratch, |buf, (wc, uc)| {
+        // H = Gᵀ dU (3×4), then dW = H G (3×3), each entry a vector over input channels.
+        let (h, o) = buf.split_at_mut(12 * cin);
+        let ur = |i: usize, j: usize| &uc[(i * 4 + j) * cin..][..cin];
+        for j in 0..4 {
+            let hr = |i: usize| (i * 4 + j) * cin;
+            map3(&mut h[hr(0)..][..cin], ur(0, j), ur(1, j), ur(2, j), |a, b, c| a + 0.5 * (b + c));
+            map2(&mut h[hr(1)..][..cin], ur(1, j), ur(2, j), |b, c| 0.5 * (b - c));
+            map3(&mut h[hr(2)..][..cin], ur(1, j), ur(2, j), ur(3, j), |b, c, d| 0.5 * (b + c) + d);
+        }
+        for i in 0..3 {
+            let hr = |j: usize| &h[(i * 4 + j) * cin..][..cin];
+            let or = |j: usize| (i * 3 + j) * cin;
+            map3(&mut o[or(0)..][..cin], hr(0), hr(1), hr(2), |a, b, c| a + 0.5 * (b + c));
+            map2(&mut o[or(1)..][..cin], hr(1), hr(2), |b, c| 0.5 * (b - c));
+            map3(&mut o[or(2)..][..cin], hr(1), hr(2), hr(3), |b, c, d| 0.5 * (b + c) + d);
+        }
+        for (k, ok) in o.chunks_exact(cin).enumerate() {
+            for (wf, &v) in wc.chunks_exact_mut(9).zip(ok) {
+                wf[k] = v;
             }
         }
     });
     dw
 }
 
-/// V [C][16][Tb] for the tile rows `band` of `x` [C, sh, sw], padded as `t` says; reads past
-/// the padded plane's edge (partial tiles) are zeros.
-/// Bᵀ runs down the columns of a whole tile row at once (vectorised), then across each tile.
+/// Splits `row` into its even and odd entries; entries of `even` / `odd` past the row are zeros.
+#[inline(always)]
+fn deinterleave(row: &[f32], even: &mut [f32], odd: &mut [f32]) {
+    let pairs = row.len() / 2;
+    for ((e, o), p) in even.iter_mut().zip(odd.iter_mut()).zip(row.chunks_exact(2)) {
+        *e = p[0];
+        *o = p[1];
+    }
+    let mut done = pairs;
+    if row.len() % 2 == 1 {
+        even[pairs] = row[row.len() - 1];
+        odd[pairs] = 0.0;
+        done += 1;
+    }
+    even[done..].fill(0.0);
+    odd[done..].fill(0.0);
+}
+
+/// V [C][16][ts] for the tile rows `band` of `x` [C, sh, sw], padded as `t` says; reads past
+/// the padded plane's edge (partial tiles) are zeros. Bᵀ runs down the columns of a whole tile
+/// row, then across the tiles on the even and odd columns.
 fn input_transform(x: &[f32], c: usize, t: &Tiles, band: (usize, usize), v: &mut [f32]) {
-    let tb = (band.1 - band.0) * t.tw;
-    let width = 2 * t.tw + 2; // columns the tiles read, zeros past t.w
-    v.par_chunks_mut(16 * tb).zip(x.par_chunks(t.plane())).take(c).for_each(|(vc, plane)| {
-        let mut rows = vec![0f32; 4 * width];
-        let mut cols = vec![0f32; 4 * width];
+    let tw = t.tw;
+    let ts = row_stride((band.1 - band.0) * tw);
+    let width = 2 * tw + 2; // columns the tiles read, zeros past t.w
+    let scratch = || vec![0f32; 8 * width + 2 * (tw + 1)];
+    v.par_chunks_mut(16 * ts).zip(x.par_chunks(t.plane())).take(c).for_each_init(scratch, |buf, (vc, plane)| {
+        let (rows, rest) = buf.split_at_mut(4 * width);
+        let (cols, rest) = rest.split_at_mut(4 * width);
+        let (ev, od) = rest.split_at_mut(tw + 1);
         for ti in band.0..band.1 {
             for (i, row) in rows.chunks_exact_mut(width).enumerate() {
                 let r = 2 * ti + i;
@@ -216,44 +269,79 @@ fn input_transform(x: &[f32], c: usize, t: &Tiles, band: (usize, usize), v: &mut
             let (d0, rest) = rows.split_at(width);
             let (d1, rest) = rest.split_at(width);
             let (d2, d3) = rest.split_at(width);
-            for (col, (((c0, c1), c2), c3)) in d0.iter().zip(d1).zip(d2).zip(d3).enumerate() {
-                cols[col] = c0 - c2;
-                cols[width + col] = c1 + c2;
-                cols[2 * width + col] = c2 - c1;
-                cols[3 * width + col] = c1 - c3;
-            }
-            let base = (ti - band.0) * t.tw;
+            let (c0, rest) = cols.split_at_mut(width);
+            let (c1, rest) = rest.split_at_mut(width);
+            let (c2, c3) = rest.split_at_mut(width);
+            map2(c0, d0, d2, |a, b| a - b);
+            map2(c1, d1, d2, |a, b| a + b);
+            map2(c2, d2, d1, |a, b| a - b);
+            map2(c3, d1, d3, |a, b| a - b);
+            let base = (ti - band.0) * tw;
             for (i, cr) in cols.chunks_exact(width).enumerate() {
-                for tj in 0..t.tw {
-                    let q = bt([cr[2 * tj], cr[2 * tj + 1], cr[2 * tj + 2], cr[2 * tj + 3]]);
-                    for (j, &val) in q.iter().enumerate() {
-                        vc[(i * 4 + j) * tb + base + tj] = val;
-                    }
-                }
+                deinterleave(cr, ev, od);
+                let out = |j: usize| (i * 4 + j) * ts + base;
+                let (e0, e1, o0, o1) = (&ev[..tw], &ev[1..], &od[..tw], &od[1..]);
+                map2(&mut vc[out(0)..][..tw], e0, e1, |a, b| a - b);
+                map2(&mut vc[out(1)..][..tw], o0, e1, |a, b| a + b);
+                map2(&mut vc[out(2)..][..tw], e1, o0, |a, b| a - b);
+                map2(&mut vc[out(3)..][..tw], o0, o1, |a, b| a - b);
             }
         }
     });
 }
 
-/// Adds Σ_tiles B dV Bᵀ from dV [C][16][Tb] into `dx` [C, sh, sw] (the adjoint of
+/// Adds Σ_tiles B dV Bᵀ from dV [C][16][ts] into `dx` [C, sh, sw] (the adjoint of
 /// `input_transform`): tiles add into a padded band of rows, which is then folded back.
 fn input_transform_adjoint(dv: &[f32], c: usize, t: &Tiles, band: (usize, usize), dx: &mut [f32]) {
-    let tb = (band.1 - band.0) * t.tw;
-    let width = 2 * t.tw + 2;
+    let tw = t.tw;
+    let ts = row_stride((band.1 - band.0) * tw);
+    let width = 2 * tw + 2;
     let r0 = 2 * band.0; // first padded row the band's tiles touch
     let rows = 2 * (band.1 - band.0) + 2;
-    dx.par_chunks_mut(t.plane()).zip(dv.par_chunks(16 * tb)).take(c).for_each(|(plane, vc)| {
-        let mut acc = vec![0f32; rows * width];
+    let scratch = || vec![0f32; rows * width + 32 * tw + 2 * (tw + 1)];
+    dx.par_chunks_mut(t.plane()).zip(dv.par_chunks(16 * ts)).take(c).for_each_init(scratch, |buf, (plane, vc)| {
+        let (acc, rest) = buf.split_at_mut(rows * width);
+        let (cb, rest) = rest.split_at_mut(16 * tw);
+        let (dd, rest) = rest.split_at_mut(16 * tw);
+        let (ev, od) = rest.split_at_mut(tw + 1);
+        acc.fill(0.0);
         for ti in band.0..band.1 {
-            for tj in 0..t.tw {
-                let idx = (ti - band.0) * t.tw + tj;
-                let m: [[f32; 4]; 4] = std::array::from_fn(|i| std::array::from_fn(|j| vc[(i * 4 + j) * tb + idx]));
-                let dd = sandwich(&m, b);
-                for (i, row) in dd.iter().enumerate() {
-                    let dst = &mut acc[(2 * ti + i - r0) * width + 2 * tj..][..4];
-                    for (d, v) in dst.iter_mut().zip(row) {
-                        *d += v;
-                    }
+            let base = (ti - band.0) * tw;
+            let m = |i: usize, j: usize| &vc[(i * 4 + j) * ts + base..][..tw];
+            // C = dV B (B applied to every row of dV's 4×4), then dD = B C down the columns.
+            for i in 0..4 {
+                let o = |j: usize| (i * 4 + j) * tw;
+                cb[o(0)..][..tw].copy_from_slice(m(i, 0));
+                map3(&mut cb[o(1)..][..tw], m(i, 1), m(i, 2), m(i, 3), |b, c, d| b - c + d);
+                map3(&mut cb[o(2)..][..tw], m(i, 1), m(i, 2), m(i, 0), |b, c, a| b + c - a);
+                map2(&mut cb[o(3)..][..tw], m(i, 3), m(i, 3), |d, _| -d);
+            }
+            let cr = |i: usize, j: usize| &cb[(i * 4 + j) * tw..][..tw];
+            for j in 0..4 {
+                let o = |i: usize| (i * 4 + j) * tw;
+                dd[o(0)..][..tw].copy_from_slice(cr(0, j));
+                map3(&mut dd[o(1)..][..tw], cr(1, j), cr(2, j), cr(3, j), |b, c, d| b - c + d);
+                map3(&mut dd[o(2)..][..tw], cr(1, j), cr(2, j), cr(0, j), |b, c, a| b + c - a);
+                map2(&mut dd[o(3)..][..tw], cr(3, j), cr(3, j), |d, _| -d);
+            }
+            // Row i of every tile adds into padded row 2·ti+i: columns 2·tj + j, where entries
+            // 2 and 3 of one tile meet entries 0 and 1 of the next.
+            for i in 0..4 {
+                let d = |j: usize| &dd[(i * 4 + j) * tw..][..tw];
+                ev[..tw].copy_from_slice(d(0));
+                od[..tw].copy_from_slice(d(1));
+                ev[tw] = 0.0;
+                od[tw] = 0.0;
+                for (e, &v) in ev[1..].iter_mut().zip(d(2)) {
+                    *e += v;
+                }
+                for (e, &v) in od[1..].iter_mut().zip(d(3)) {
+                    *e += v;
+                }
+                let row = &mut acc[(2 * ti + i - r0) * width..][..width];
+                for (pair, (&e, &o)) in row.chunks_exact_mut(2).zip(ev.iter().zip(od.iter())) {
+                    pair[0] += e;
+                    pair[1] += o;
                 }
             }
         }
@@ -268,51 +356,94 @@ fn input_transform_adjoint(dv: &[f32], c: usize, t: &Tiles, band: (usize, usize)
     });
 }
 
-/// Writes Aᵀ M A from M [C][16][Tb] into the tiles `band` of `y` [C, Ho, Wo].
+/// Writes Aᵀ M A from M [C][16][ts] into the tiles `band` of `y` [C, Ho, Wo].
 fn output_transform(m: &[f32], c: usize, t: &Tiles, band: (usize, usize), y: &mut [f32]) {
-    let tb = (band.1 - band.0) * t.tw;
-    y.par_chunks_mut(t.ho * t.wo).zip(m.par_chunks(16 * tb)).take(c).for_each(|(plane, mc)| {
+    let tw = t.tw;
+    let ts = row_stride((band.1 - band.0) * tw);
+    let scratch = || vec![0f32; 10 * tw];
+    y.par_chunks_mut(t.ho * t.wo).zip(m.par_chunks(16 * ts)).take(c).for_each_init(scratch, |buf, (plane, mc)| {
+        let (r, rest) = buf.split_at_mut(8 * tw);
+        let (ev, od) = rest.split_at_mut(tw);
         for ti in band.0..band.1 {
-            for tj in 0..t.tw {
-                let idx = (ti - band.0) * t.tw + tj;
-                let mm: [[f32; 4]; 4] = std::array::from_fn(|i| std::array::from_fn(|j| mc[(i * 4 + j) * tb + idx]));
-                let ym = sandwich(&mm, at);
-                for (i, row) in ym.iter().enumerate() {
-                    let r = 2 * ti + i;
-                    for (j, &val) in row.iter().enumerate() {
-                        let col = 2 * tj + j;
-                        if r < t.ho && col < t.wo {
-                            plane[r * t.wo + col] = val;
-                        }
-                    }
+            let base = (ti - band.0) * tw;
+            let mm = |i: usize, j: usize| &mc[(i * 4 + j) * ts + base..][..tw];
+            // R = Aᵀ M down the columns (2×4), then each output row R A across the tiles.
+            for j in 0..4 {
+                map3(&mut r[j * tw..][..tw], mm(0, j), mm(1, j), mm(2, j), |a, b, c| a + b + c);
+                map3(&mut r[(4 + j) * tw..][..tw], mm(1, j), mm(2, j), mm(3, j), |b, c, d| b - c - d);
+            }
+            for i in 0..2 {
+                let row = 2 * ti + i;
+                if row >= t.ho {
+                    break;
+                }
+                let rr = |j: usize| &r[(i * 4 + j) * tw..][..tw];
+                map3(ev, rr(0), rr(1), rr(2), |a, b, c| a + b + c);
+                map3(od, rr(1), rr(2), rr(3), |b, c, d| b - c - d);
+                let out = &mut plane[row * t.wo..][..t.wo];
+                let mut pairs = out.chunks_exact_mut(2);
+                for (pair, (&e, &o)) in (&mut pairs).zip(ev.iter().zip(od.iter())) {
+                    pair[0] = e;
+                    pair[1] = o;
+                }
+                if let [last] = pairs.into_remainder() {
+                    *last = ev[tw - 1];
                 }
             }
         }
     });
 }
 
-/// dM [C][16][Tb] = A dY Aᵀ for the tiles `band` of `dy` [C, Ho, Wo] (the adjoint of
+/// dM [C][16][ts] = A dY Aᵀ for the tiles `band` of `dy` [C, Ho, Wo] (the adjoint of
 /// `output_transform`; outputs past the edge count as zero).
 fn output_transform_adjoint(dy: &[f32], c: usize, t: &Tiles, band: (usize, usize), dm: &mut [f32]) {
-    let tb = (band.1 - band.0) * t.tw;
-    dm.par_chunks_mut(16 * tb).zip(dy.par_chunks(t.ho * t.wo)).take(c).for_each(|(mc, plane)| {
+    let tw = t.tw;
+    let ts = row_stride((band.1 - band.0) * tw);
+    let scratch = || vec![0f32; 6 * tw];
+    dm.par_chunks_mut(16 * ts).zip(dy.par_chunks(t.ho * t.wo)).take(c).for_each_init(scratch, |buf, (mc, plane)| {
+        let (d, p) = buf.split_at_mut(4 * tw);
+        let (pe, po) = p.split_at_mut(tw);
         for ti in band.0..band.1 {
-            for tj in 0..t.tw {
-                let d: [[f32; 2]; 2] = std::array::from_fn(|i| {
-                    std::array::from_fn(|j| {
-                        let (r, col) = (2 * ti + i, 2 * tj + j);
-                        if r < t.ho && col < t.wo {
-                            plane[r * t.wo + col]
-                        } else {
-                            0.0
-                        }
-                    })
-                });
-                let mm = sandwich(&d, a);
-                let idx = (ti - band.0) * t.tw + tj;
-                for (xi, &val) in mm.iter().flatten().enumerate() {
-                    mc[xi * tb + idx] = val;
+            let base = (ti - band.0) * tw;
+            // The tile row's two output rows as even / odd columns, zeros past the edges.
+            let (e0, rest) = d.split_at_mut(tw);
+            let (o0, rest) = rest.split_at_mut(tw);
+            let (e1, o1) = rest.split_at_mut(tw);
+            for (i, (e, o)) in [(e0, o0), (e1, o1)].into_iter().enumerate() {
+                let row = 2 * ti + i;
+                if row < t.ho {
+                    deinterleave(&plane[row * t.wo..][..t.wo], e, o);
+                } else {
+                    e.fill(0.0);
+                    o.fill(0.0);
                 }
+            }
+            let (e0, o0, e1, o1) = (&d[..tw], &d[tw..2 * tw], &d[2 * tw..3 * tw], &d[3 * tw..]);
+            // A dY down the columns gives rows [d0, d0+d1, d0−d1, −d1]; A across each row.
+            for i in 0..4 {
+                match i {
+                    0 => {
+                        pe.copy_from_slice(e0);
+                        po.copy_from_slice(o0);
+                    }
+                    1 => {
+                        map2(pe, e0, e1, |a, b| a + b);
+                        map2(po, o0, o1, |a, b| a + b);
+                    }
+                    2 => {
+                        map2(pe, e0, e1, |a, b| a - b);
+                        map2(po, o0, o1, |a, b| a - b);
+                    }
+                    _ => {
+                        map2(pe, e1, e1, |b, _| -b);
+                        map2(po, o1, o1, |b, _| -b);
+                    }
+                }
+                let out = |j: usize| (i * 4 + j) * ts + base;
+                mc[out(0)..][..tw].copy_from_slice(pe);
+                map2(&mut mc[out(1)..][..tw], pe, po, |a, b| a + b);
+                map2(&mut mc[out(2)..][..tw], pe, po, |a, b| a - b);
+                map2(&mut mc[out(3)..][..tw], po, po, |b, _| -b);
             }
         }
     });
@@ -323,11 +454,12 @@ fn output_transform_adjoint(dy: &[f32], c: usize, t: &Tiles, band: (usize, usize
 /// transpose [Cin, Cout].
 fn gemm_per_position(u: &[f32], transpose_u: bool, rows: usize, k: usize, src: &[f32], tb: usize, dst: &mut [f32]) {
     let cin = if transpose_u { rows } else { k };
+    let ts = row_stride(tb);
     for xi in 0..16 {
         let uxi = &u[xi * cin..];
         let lhs = if transpose_u { Mat { data: uxi, rs: 1, cs: 16 * cin } } else { Mat { data: uxi, rs: 16 * cin, cs: 1 } };
-        let rhs = Mat { data: &src[xi * tb..], rs: 16 * tb, cs: 1 };
-        matmul(rows, tb, k, (&mut dst[xi * tb..], 16 * tb), false, lhs, rhs);
+        let rhs = Mat { data: &src[xi * ts..], rs: 16 * ts, cs: 1 };
+        matmul(rows, tb, k, (&mut dst[xi * ts..], 16 * ts), false, lhs, rhs);
     }
 }
 
@@ -337,8 +469,9 @@ fn forward_kernel(x: &[f32], w: &[f32], cin: usize, cout: usize, t: &Tiles) -> V
     for (xb, yb) in x.chunks_exact(cin * t.plane()).zip(y.chunks_exact_mut(cout * t.ho * t.wo)) {
         for band in t.bands(cin + cout) {
             let tb = (band.1 - band.0) * t.tw;
-            with_scratch(16 * tb * (cin + cout), |buf| {
-                let (v, m) = buf.split_at_mut(16 * tb * cin);
+            let ts = row_stride(tb);
+            with_scratch(16 * ts * (cin + cout), |buf| {
+                let (v, m) = buf.split_at_mut(16 * ts * cin);
                 input_transform(xb, cin, t, band, v);
                 gemm_per_position(&u, false, cout, cin, v, tb, m);
                 output_transform(m, cout, t, band, yb);
@@ -354,8 +487,9 @@ fn data_grad_kernel(dy: &[f32], w: &[f32], cin: usize, cout: usize, t: &Tiles) -
     for (dyb, dxb) in dy.chunks_exact(cout * t.ho * t.wo).zip(dx.chunks_exact_mut(cin * t.plane())) {
         for band in t.bands(cin + cout) {
             let tb = (band.1 - band.0) * t.tw;
-            with_scratch(16 * tb * (cin + cout), |buf| {
-                let (dm, dv) = buf.split_at_mut(16 * tb * cout);
+            let ts = row_stride(tb);
+            with_scratch(16 * ts * (cin + cout), |buf| {
+                let (dm, dv) = buf.split_at_mut(16 * ts * cout);
                 output_transform_adjoint(dyb, cout, t, band, dm);
                 // dV[ξ] [Cin, Tb] = U[ξ]ᵀ · dM[ξ]; U[ξ] is [Cout, Cin].
                 gemm_per_position(&u, true, cin, cout, dm, tb, dv);
@@ -372,14 +506,15 @@ fn filter_grad_kernel(x: &[f32], dy: &[f32], cin: usize, cout: usize, t: &Tiles)
     for (xb, dyb) in x.chunks_exact(cin * t.plane()).zip(dy.chunks_exact(cout * t.ho * t.wo)) {
         for band in t.bands(cin + cout) {
             let tb = (band.1 - band.0) * t.tw;
-            with_scratch(16 * tb * (cin + cout), |buf| {
-                let (v, dm) = buf.split_at_mut(16 * tb * cin);
+            let ts = row_stride(tb);
+            with_scratch(16 * ts * (cin + cout), |buf| {
+                let (v, dm) = buf.split_at_mut(16 * ts * cin);
                 input_transform(xb, cin, t, band, v);
                 output_transform_adjoint(dyb, cout, t, band, dm);
                 // dU[ξ] [Cout, Cin] (+)= dM[ξ] [Cout, Tb] · V[ξ]ᵀ [Tb, Cin].
                 for xi in 0..16 {
-                    let lhs = Mat { data: &dm[xi * tb..], rs: 16 * tb, cs: 1 };
-                    let rhs = Mat { data: &v[xi * tb..], rs: 1, cs: 16 * tb };
+                    let lhs = Mat { data: &dm[xi * ts..], rs: 16 * ts, cs: 1 };
+                    let rhs = Mat { data: &v[xi * ts..], rs: 1, cs: 16 * ts };
                     matmul(cout, cin, tb, (&mut du[xi * cin..], 16 * cin), !first, lhs, rhs);
                 }
             });
