@@ -1,24 +1,36 @@
 #!/usr/bin/env bash
-# Runs `cyclestudio bench` and the PyTorch reference on this machine, one after the other, and
-# prints each case's medians and the ratio cyclestudio / PyTorch (below 1 = cyclestudio faster).
-# Usage: bench/compare.sh [cases, default train128,infer256,infer1024] [repeats, default 3]
+# Runs `cyclestudio bench` and the PyTorch reference on this machine in alternating rounds
+# (ours, PyTorch, ours, PyTorch, …) and prints each case's medians over all timed runs and the
+# median of the per-round ratios cyclestudio / PyTorch (below 1 = cyclestudio faster).
+# Alternating matters on a shared machine whose speed drifts by ±20 % from one minute to the next:
+# each round's ratio compares runs made a minute apart.
+# Usage: bench/compare.sh [cases, default train128,infer256,infer1024] [repeats per round, default 3] [rounds, default 3]
 # Needs: a release build (cargo build --release) and python3 with torch (pip install torch safetensors).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cases=${1:-train128,infer256,infer1024}
 repeats=${2:-3}
+rounds=${3:-3}
 out=$(mktemp -d)
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(date -u +%F)"
-./target/release/cyclestudio bench --cases "$cases" --repeats "$repeats" --json "$out/ours.json" >/dev/null
-python3 bench/torch_reference.py --cases "$cases" --repeats "$repeats" > "$out/torch.jsonl"
-python3 - "$out/ours.json" "$out/torch.jsonl" <<'PY'
-import json, sys
-ours = {r["id"]: r for r in json.load(open(sys.argv[1]))}
-torch = {r["id"]: r for r in map(json.loads, open(sys.argv[2]))}
-print("| case | cyclestudio | PyTorch %s | time ratio | peak RSS ours / torch |" % next(iter(torch.values()))["torch"])
-print("|---|---|---|---|---|")
-for k, o in ours.items():
-    t = torch[k]
-    print(f"| {o['what']} | {o['median_s']:.3f} s | {t['median_s']:.3f} s | {o['median_s'] / t['median_s']:.2f}× | "
-          f"{o['peak_rss_mib']:.0f} / {t['peak_rss_mib']:.0f} MiB |")
+echo "$rounds alternating rounds of $repeats timed runs per case (after one warm-up run)"
+for r in $(seq 1 "$rounds"); do
+    ./target/release/cyclestudio bench --cases "$cases" --repeats "$repeats" --json "$out/ours.$r.json" >/dev/null
+    python3 bench/torch_reference.py --cases "$cases" --repeats "$repeats" > "$out/torch.$r.jsonl"
+done
+python3 - "$out" "$rounds" <<'PY'
+import json, statistics, sys
+out, rounds = sys.argv[1], int(sys.argv[2])
+ours = [{r["id"]: r for r in json.load(open(f"{out}/ours.{i}.json"))} for i in range(1, rounds + 1)]
+torch = [{r["id"]: r for r in map(json.loads, open(f"{out}/torch.{i}.jsonl"))} for i in range(1, rounds + 1)]
+print("| case | cyclestudio | PyTorch %s | time ratio (median of rounds) | per-round ratios | peak RSS ours / torch |" % next(iter(torch[0].values()))["torch"])
+print("|---|---|---|---|---|---|")
+for k, o in ours[0].items():
+    mine = statistics.median(s for r in ours for s in r[k]["seconds"])
+    theirs = statistics.median(s for r in torch for s in r[k]["seconds"])
+    ratios = [a[k]["median_s"] / b[k]["median_s"] for a, b in zip(ours, torch)]
+    rss_o = max(r[k]["peak_rss_mib"] for r in ours)
+    rss_t = max(r[k]["peak_rss_mib"] for r in torch)
+    print(f"| {o['what']} | {mine:.3f} s | {theirs:.3f} s | {statistics.median(ratios):.2f}× | "
+          f"{', '.join(f'{x:.2f}' for x in ratios)} | {rss_o:.0f} / {rss_t:.0f} MiB |")
 PY

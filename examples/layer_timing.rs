@@ -35,6 +35,7 @@ fn generator(kind: &str, dev: &Device) -> (VarMap, Generator) {
 }
 
 fn main() {
+    cyclestudio::ops::limit_pool_spinning();
     let dev = Device::Cpu;
     let var = |dims: &[usize], std: f32| Var::from_tensor(&Tensor::randn(0f32, std, dims, &dev).unwrap()).unwrap();
 

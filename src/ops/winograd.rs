@@ -15,7 +15,7 @@
 //! The three ops (forward, data gradient, filter gradient) are bilinear and each one's
 //! derivatives are the other two, so second-order gradients work as for `conv`.
 
-use super::conv::{matmul, with_scratch, Mat};
+use super::conv::{matmul, matmul_split_k, with_scratch, Mat};
 use super::f32_data;
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -515,7 +515,7 @@ fn filter_grad_kernel(x: &[f32], dy: &[f32], cin: usize, cout: usize, t: &Tiles)
                 for xi in 0..16 {
                     let lhs = Mat { data: &dm[xi * ts..], rs: 16 * ts, cs: 1 };
                     let rhs = Mat { data: &v[xi * ts..], rs: 1, cs: 16 * ts };
-                    matmul(cout, cin, tb, (&mut du[xi * cin..], 16 * cin), !first, lhs, rhs);
+                    matmul_split_k(cout, cin, tb, (&mut du[xi * cin..], 16 * cin), !first, lhs, rhs);
                 }
             });
             first = false;
