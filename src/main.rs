@@ -2,7 +2,7 @@ use clap::Parser;
 use cyclestudio::cli::{dispatch, Cli};
 
 fn main() {
-    cyclestudio::ops::limit_pool_spinning();
+    cyclestudio::ops::tune_cpu_runtime();
     let cli = Cli::parse();
     if let Err(e) = dispatch(cli) {
         eprintln!("error: {e:#}");

@@ -165,7 +165,12 @@ fn map3(dst: &mut [f32], a: &[f32], b: &[f32], c: &[f32], f: impl Fn(f32, f32, f
 fn filter_transform(w: &[f32], cout: usize, cin: usize) -> Vec<f32> {
     let mut u = vec![0f32; cout * 16 * cin];
     let scratch = || vec![0f32; 21 * cin];
-    u.par_chunks_mut(16 * cin).zip(w.par_chunks(9 * cin)).take(cout).for_each_init(scratch, |buf, (uc, wc)| {
+    u.par_chunks_mut(16 * cin).zip(w.par_chunks(9 * cin)).take(cout).for_each_init(scratch, |buf, (uc, wc)| filter_plane(buf, uc, wc, cin));
+    u
+}
+
+simd_fn! {
+    fn filter_plane(buf: &mut [f32], uc: &mut [f32], wc: &[f32], cin: usize) {
         // g[i][j] as a vector over input channels, then H = G g (4×3), then U = H Gᵀ.
         let (g, h) = buf.split_at_mut(9 * cin);
         for (k, gk) in g.chunks_exact_mut(cin).enumerate() {
@@ -191,15 +196,19 @@ fn filter_transform(w: &[f32], cout: usize, cin: usize) -> Vec<f32> {
             map3(u2, hr(0), hr(1), hr(2), |a, b, c| 0.5 * (a - b + c));
             u3.copy_from_slice(hr(2));
         }
-    });
-    u
+    }
 }
 
 /// dW [Cout, Cin, 3, 3] from dU [Cout][16][Cin] (the adjoint of `filter_transform`).
 fn filter_transform_adjoint(du: &[f32], cout: usize, cin: usize) -> Vec<f32> {
     let mut dw = vec![0f32; cout * cin * 9];
     let scratch = || vec![0f32; 21 * cin];
-    dw.par_chunks_mut(9 * cin).zip(du.par_chunks(16 * cin)).take(cout).for_each_init(scratch, |buf, (wc, uc)| {
+    dw.par_chunks_mut(9 * cin).zip(du.par_chunks(16 * cin)).take(cout).for_each_init(scratch, |buf, (wc, uc)| filter_adjoint_plane(buf, wc, uc, cin));
+    dw
+}
+
+simd_fn! {
+    fn filter_adjoint_plane(buf: &mut [f32], wc: &mut [f32], uc: &[f32], cin: usize) {
         // H = Gᵀ dU (3×4), then dW = H G (3×3), each entry a vector over input channels.
         let (h, o) = buf.split_at_mut(12 * cin);
         let ur = |i: usize, j: usize| &uc[(i * 4 + j) * cin..][..cin];
@@ -221,8 +230,7 @@ fn filter_transform_adjoint(du: &[f32], cout: usize, cin: usize) -> Vec<f32> {
                 wf[k] = v;
             }
         }
-    });
-    dw
+    }
 }
 
 /// Splits `row` into its even and odd entries; entries of `even` / `odd` past the row are zeros.
@@ -251,7 +259,13 @@ fn input_transform(x: &[f32], c: usize, t: &Tiles, band: (usize, usize), v: &mut
     let ts = row_stride((band.1 - band.0) * tw);
     let width = 2 * tw + 2; // columns the tiles read, zeros past t.w
     let scratch = || vec![0f32; 8 * width + 2 * (tw + 1)];
-    v.par_chunks_mut(16 * ts).zip(x.par_chunks(t.plane())).take(c).for_each_init(scratch, |buf, (vc, plane)| {
+    v.par_chunks_mut(16 * ts).zip(x.par_chunks(t.plane())).take(c).for_each_init(scratch, |buf, (vc, plane)| input_plane(buf, vc, plane, t, band, ts));
+}
+
+simd_fn! {
+    fn input_plane(buf: &mut [f32], vc: &mut [f32], plane: &[f32], t: &Tiles, band: (usize, usize), ts: usize) {
+        let tw = t.tw;
+        let width = 2 * tw + 2;
         let (rows, rest) = buf.split_at_mut(4 * width);
         let (cols, rest) = rest.split_at_mut(4 * width);
         let (ev, od) = rest.split_at_mut(tw + 1);
@@ -287,7 +301,7 @@ fn input_transform(x: &[f32], c: usize, t: &Tiles, band: (usize, usize), v: &mut
                 map2(&mut vc[out(3)..][..tw], o0, o1, |a, b| a - b);
             }
         }
-    });
+    }
 }
 
 /// Adds Σ_tiles B dV Bᵀ from dV [C][16][ts] into `dx` [C, sh, sw] (the adjoint of
@@ -296,10 +310,17 @@ fn input_transform_adjoint(dv: &[f32], c: usize, t: &Tiles, band: (usize, usize)
     let tw = t.tw;
     let ts = row_stride((band.1 - band.0) * tw);
     let width = 2 * tw + 2;
-    let r0 = 2 * band.0; // first padded row the band's tiles touch
     let rows = 2 * (band.1 - band.0) + 2;
     let scratch = || vec![0f32; rows * width + 32 * tw + 2 * (tw + 1)];
-    dx.par_chunks_mut(t.plane()).zip(dv.par_chunks(16 * ts)).take(c).for_each_init(scratch, |buf, (plane, vc)| {
+    dx.par_chunks_mut(t.plane()).zip(dv.par_chunks(16 * ts)).take(c).for_each_init(scratch, |buf, (plane, vc)| input_adjoint_plane(buf, plane, vc, t, band, ts));
+}
+
+simd_fn! {
+    fn input_adjoint_plane(buf: &mut [f32], plane: &mut [f32], vc: &[f32], t: &Tiles, band: (usize, usize), ts: usize) {
+        let tw = t.tw;
+        let width = 2 * tw + 2;
+        let r0 = 2 * band.0; // first padded row the band's tiles touch
+        let rows = 2 * (band.1 - band.0) + 2;
         let (acc, rest) = buf.split_at_mut(rows * width);
         let (cb, rest) = rest.split_at_mut(16 * tw);
         let (dd, rest) = rest.split_at_mut(16 * tw);
@@ -353,7 +374,7 @@ fn input_transform_adjoint(dv: &[f32], c: usize, t: &Tiles, band: (usize, usize)
             let sr = t.source_row(r);
             t.fold_row(row, &mut plane[sr * t.sw..(sr + 1) * t.sw]);
         }
-    });
+    }
 }
 
 /// Writes Aᵀ M A from M [C][16][ts] into the tiles `band` of `y` [C, Ho, Wo].
@@ -361,7 +382,12 @@ fn output_transform(m: &[f32], c: usize, t: &Tiles, band: (usize, usize), y: &mu
     let tw = t.tw;
     let ts = row_stride((band.1 - band.0) * tw);
     let scratch = || vec![0f32; 10 * tw];
-    y.par_chunks_mut(t.ho * t.wo).zip(m.par_chunks(16 * ts)).take(c).for_each_init(scratch, |buf, (plane, mc)| {
+    y.par_chunks_mut(t.ho * t.wo).zip(m.par_chunks(16 * ts)).take(c).for_each_init(scratch, |buf, (plane, mc)| output_plane(buf, plane, mc, t, band, ts));
+}
+
+simd_fn! {
+    fn output_plane(buf: &mut [f32], plane: &mut [f32], mc: &[f32], t: &Tiles, band: (usize, usize), ts: usize) {
+        let tw = t.tw;
         let (r, rest) = buf.split_at_mut(8 * tw);
         let (ev, od) = rest.split_at_mut(tw);
         for ti in band.0..band.1 {
@@ -391,7 +417,7 @@ fn output_transform(m: &[f32], c: usize, t: &Tiles, band: (usize, usize), y: &mu
                 }
             }
         }
-    });
+    }
 }
 
 /// dM [C][16][ts] = A dY Aᵀ for the tiles `band` of `dy` [C, Ho, Wo] (the adjoint of
@@ -400,7 +426,12 @@ fn output_transform_adjoint(dy: &[f32], c: usize, t: &Tiles, band: (usize, usize
     let tw = t.tw;
     let ts = row_stride((band.1 - band.0) * tw);
     let scratch = || vec![0f32; 6 * tw];
-    dm.par_chunks_mut(16 * ts).zip(dy.par_chunks(t.ho * t.wo)).take(c).for_each_init(scratch, |buf, (mc, plane)| {
+    dm.par_chunks_mut(16 * ts).zip(dy.par_chunks(t.ho * t.wo)).take(c).for_each_init(scratch, |buf, (mc, plane)| output_adjoint_plane(buf, mc, plane, t, band, ts));
+}
+
+simd_fn! {
+    fn output_adjoint_plane(buf: &mut [f32], mc: &mut [f32], plane: &[f32], t: &Tiles, band: (usize, usize), ts: usize) {
+        let tw = t.tw;
         let (d, p) = buf.split_at_mut(4 * tw);
         let (pe, po) = p.split_at_mut(tw);
         for ti in band.0..band.1 {
@@ -446,8 +477,13 @@ fn output_transform_adjoint(dy: &[f32], c: usize, t: &Tiles, band: (usize, usize
                 map2(&mut mc[out(3)..][..tw], po, po, |b, _| -b);
             }
         }
-    });
+    }
 }
+
+
+
+
+
 
 /// For every ξ: `dst`[ξ] (rows of a [rows][16][Tb] buffer) = U[ξ] · `src`[ξ] (rows of a
 /// [k][16][Tb] buffer), with U [Cout][16][Cin] and U[ξ] [Cout, Cin] or, `transpose_u`, its
