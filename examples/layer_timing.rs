@@ -35,7 +35,7 @@ fn generator(kind: &str, dev: &Device) -> (VarMap, Generator) {
 }
 
 fn main() {
-    cyclestudio::ops::limit_pool_spinning();
+    cyclestudio::ops::tune_cpu_runtime();
     let dev = Device::Cpu;
     let var = |dims: &[usize], std: f32| Var::from_tensor(&Tensor::randn(0f32, std, dims, &dev).unwrap()).unwrap();
 
