@@ -14,10 +14,15 @@ rounds=${3:-3}
 out=$(mktemp -d)
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(date -u +%F)"
 echo "$rounds alternating rounds of $repeats timed runs per case (after one warm-up run)"
+stat0=$(head -1 /proc/stat)
 for r in $(seq 1 "$rounds"); do
     ./target/release/cyclestudio bench --cases "$cases" --repeats "$repeats" --json "$out/ours.$r.json" >/dev/null
     python3 bench/torch_reference.py --cases "$cases" --repeats "$repeats" > "$out/torch.$r.jsonl"
 done
+stat1=$(head -1 /proc/stat)
+# Share of CPU time the hypervisor gave to other guests during the runs (the 8th field of
+# /proc/stat's cpu line); a high or uneven share is what makes single runs unreliable here.
+python3 -c 'import sys; a, b = ([int(x) for x in s.split()[1:]] for s in sys.argv[1:]); d = [y - x for x, y in zip(a, b)]; print(f"steal: {100 * d[7] / sum(d):.0f} % of CPU time during the runs")' "$stat0" "$stat1"
 python3 - "$out" "$rounds" <<'PY'
 import json, statistics, sys
 out, rounds = sys.argv[1], int(sys.argv[2])
