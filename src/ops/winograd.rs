@@ -7,8 +7,9 @@
 //!   y_tile = Aᵀ [ Σ_ci U[co,ci] ⊙ V[ci] ] A.
 //! For each of the 16 tile positions ξ the channel sum is one GEMM:
 //!   M[ξ] [Cout, T] = U[ξ] [Cout, Cin] · V[ξ] [Cin, T].
-//! Buffers are channel-major ([C][16][T], U as [Cout][16][Cin]) so transforms run in parallel
-//! over channels on contiguous chunks; the GEMMs read them with strides.
+//! Buffers are channel-major ([C][16][ts], ts ≥ T a padded row length; U as [Cout][16][Cin]) so
+//! transforms run in parallel over channels on contiguous chunks and, within a channel, over whole
+//! rows of tiles as vector loops; the GEMMs read them with strides.
 //! The gradients are the adjoints of the same linear maps, so they are GEMMs in the same domain:
 //!   dM = A dY Aᵀ,  dV[ξ] = U[ξ]ᵀ · dM[ξ],  dx = Σ_tiles B dV Bᵀ,
 //!   dU[ξ] = dM[ξ] · V[ξ]ᵀ,  dW = Gᵀ dU G.
@@ -128,7 +129,7 @@ impl Tiles {
 /// transform reads or writes side by side do not all fall into the same cache sets.
 fn row_stride(tb: usize) -> usize {
     let s = tb.next_multiple_of(16);
-    if s % 256 == 0 {
+    if s.is_multiple_of(256) {
         s + 16
     } else {
         s
