@@ -631,7 +631,7 @@ mod tests {
     #[test]
     fn split_k_matmul_matches_matmul() {
         let (m, n, k, rs) = (5, 7, 1031, 9);
-        let val = |i: usize| ((i * 7919) % 23) as f32 / 23.0 - 0.5;
+        let val = super::super::test_value;
         let lhs: Vec<f32> = (0..m * k).map(val).collect();
         let rhs: Vec<f32> = (0..k * n).map(|i| val(i + 5)).collect();
         let (l, r) = (Mat::rows(&lhs, k), Mat::transposed(&rhs, k));
@@ -650,7 +650,7 @@ mod tests {
     fn banded_narrow_kernel_matches_single_band() {
         let g = Geom::conv(6, 13, 11, 5, 1, 2).unwrap();
         let (b, cout) = (2, 2);
-        let val = |i: usize| ((i * 7919) % 23) as f32 / 23.0 - 0.5;
+        let val = super::super::test_value;
         let x: Vec<f32> = (0..b * g.img_len()).map(val).collect();
         let w: Vec<f32> = (0..cout * g.rows()).map(|i| val(i + 3)).collect();
         let whole = narrow_conv_kernel(&x, &w, cout, &g);
@@ -668,7 +668,7 @@ mod tests {
     fn banded_kernels_match_single_band() {
         let g = Geom::conv(3, 13, 11, 3, 2, 1).unwrap();
         let (b, cout) = (2, 5);
-        let val = |i: usize| ((i * 7919) % 23) as f32 / 23.0 - 0.5;
+        let val = super::super::test_value;
         let x: Vec<f32> = (0..b * g.img_len()).map(val).collect();
         let w: Vec<f32> = (0..cout * g.rows()).map(|i| val(i + 3)).collect();
         let dy: Vec<f32> = (0..b * cout * g.cols()).map(|i| val(i + 5)).collect();

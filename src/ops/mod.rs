@@ -223,6 +223,12 @@ pub fn tune_cpu_runtime() {
     }
 }
 
+/// A fixed, varied value in [−0.5, 0.5) for index `i`: deterministic inputs for kernel tests.
+#[cfg(test)]
+pub(crate) fn test_value(i: usize) -> f32 {
+    ((i * 7919) % 23) as f32 / 23.0 - 0.5
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -83,6 +83,16 @@ impl Tiles {
         self.sh * self.sw
     }
 
+    /// Columns one row of tiles reads: 2 per tile plus the 2 the last one overlaps (zeros past `w`).
+    fn row_width(&self) -> usize {
+        2 * self.tw + 2
+    }
+
+    /// Padded rows the tile rows `band` read.
+    fn band_rows(band: (usize, usize)) -> usize {
+        2 * (band.1 - band.0) + 2
+    }
+
     /// The stored row that padded row `r` (< h) shows.
     fn source_row(&self, r: usize) -> usize {
         match (self.pad, r) {
@@ -258,7 +268,7 @@ fn deinterleave(row: &[f32], even: &mut [f32], odd: &mut [f32]) {
 fn input_transform(x: &[f32], c: usize, t: &Tiles, band: (usize, usize), v: &mut [f32]) {
     let tw = t.tw;
     let ts = row_stride((band.1 - band.0) * tw);
-    let width = 2 * tw + 2; // columns the tiles read, zeros past t.w
+    let width = t.row_width();
     let scratch = || vec![0f32; 8 * width + 2 * (tw + 1)];
     v.par_chunks_mut(16 * ts).zip(x.par_chunks(t.plane())).take(c).for_each_init(scratch, |buf, (vc, plane)| input_plane(buf, vc, plane, t, band, ts));
 }
@@ -266,7 +276,7 @@ fn input_transform(x: &[f32], c: usize, t: &Tiles, band: (usize, usize), v: &mut
 simd_fn! {
     fn input_plane(buf: &mut [f32], vc: &mut [f32], plane: &[f32], t: &Tiles, band: (usize, usize), ts: usize) {
         let tw = t.tw;
-        let width = 2 * tw + 2;
+        let width = t.row_width();
         let (rows, rest) = buf.split_at_mut(4 * width);
         let (cols, rest) = rest.split_at_mut(4 * width);
         let (ev, od) = rest.split_at_mut(tw + 1);
@@ -310,8 +320,8 @@ simd_fn! {
 fn input_transform_adjoint(dv: &[f32], c: usize, t: &Tiles, band: (usize, usize), dx: &mut [f32]) {
     let tw = t.tw;
     let ts = row_stride((band.1 - band.0) * tw);
-    let width = 2 * tw + 2;
-    let rows = 2 * (band.1 - band.0) + 2;
+    let width = t.row_width();
+    let rows = Tiles::band_rows(band);
     let scratch = || vec![0f32; rows * width + 32 * tw + 2 * (tw + 1)];
     dx.par_chunks_mut(t.plane()).zip(dv.par_chunks(16 * ts)).take(c).for_each_init(scratch, |buf, (plane, vc)| input_adjoint_plane(buf, plane, vc, t, band, ts));
 }
@@ -319,9 +329,9 @@ fn input_transform_adjoint(dv: &[f32], c: usize, t: &Tiles, band: (usize, usize)
 simd_fn! {
     fn input_adjoint_plane(buf: &mut [f32], plane: &mut [f32], vc: &[f32], t: &Tiles, band: (usize, usize), ts: usize) {
         let tw = t.tw;
-        let width = 2 * tw + 2;
+        let width = t.row_width();
         let r0 = 2 * band.0; // first padded row the band's tiles touch
-        let rows = 2 * (band.1 - band.0) + 2;
+        let rows = Tiles::band_rows(band);
         let (acc, rest) = buf.split_at_mut(rows * width);
         let (cb, rest) = rest.split_at_mut(16 * tw);
         let (dd, rest) = rest.split_at_mut(16 * tw);
@@ -679,7 +689,7 @@ mod tests {
     fn check_bands(b: usize, cin: usize, cout: usize, t: &Tiles) {
         let t = *t;
         assert_eq!((t.ho, t.wo, t.th, t.tw), (7, 6, 4, 3));
-        let val = |i: usize| ((i * 7919) % 23) as f32 / 23.0 - 0.5;
+        let val = super::super::test_value;
         let x: Vec<f32> = (0..b * cin * t.plane()).map(val).collect();
         let w: Vec<f32> = (0..cout * cin * 9).map(|i| val(i + 3)).collect();
         let dy: Vec<f32> = (0..b * cout * t.ho * t.wo).map(|i| val(i + 5)).collect();
