@@ -1,13 +1,15 @@
 //! 3×3 stride-1 convolutions without padding or with a reflection padding of 1 (the residual
-//! blocks' convolutions) by Winograd's minimal filtering F(2×2, 3×3): 16 multiplications per 2×2
-//! output tile and input channel instead of 36, so 2.25× less GEMM work than im2col.
+//! blocks' convolutions) by Winograd's minimal filtering F(m×m, 3×3): every α×α input tile
+//! (α = m + 2, tiles step by m) gives an m×m output tile with α² multiplications per input
+//! channel instead of 9m². F(4×4, 3×3) by default (36 per 16 outputs: 4× less GEMM work than
+//! im2col), F(2×2, 3×3) (16 per 4 outputs) with `CS_WINOGRAD_TILE=2`, to compare.
 //!
-//! With the transforms Bᵀ (4×4), G (4×3) and Aᵀ (2×4) of Lavin & Gray (2016), every 4×4 input
-//! tile d (tiles step by 2) and every filter g give V = Bᵀ d B and U = G g Gᵀ, and
+//! With the transforms Bᵀ (α×α), G (α×3) and Aᵀ (m×α) of Lavin & Gray (2016), every input tile
+//! d and every filter g give V = Bᵀ d B and U = G g Gᵀ, and
 //!   y_tile = Aᵀ [ Σ_ci U[co,ci] ⊙ V[ci] ] A.
-//! For each of the 16 tile positions ξ the channel sum is one GEMM:
+//! For each of the α² tile positions ξ the channel sum is one GEMM:
 //!   M[ξ] [Cout, T] = U[ξ] [Cout, Cin] · V[ξ] [Cin, T].
-//! Buffers are channel-major ([C][16][ts], ts ≥ T a padded row length; U as [Cout][16][Cin]) so
+//! Buffers are channel-major ([C][α²][ts], ts ≥ T a padded row length; U as [Cout][α²][Cin]) so
 //! transforms run in parallel over channels on contiguous chunks and, within a channel, over whole
 //! rows of tiles as vector loops; the GEMMs read them with strides.
 //! The gradients are the adjoints of the same linear maps, so they are GEMMs in the same domain:
@@ -20,11 +22,13 @@ use super::conv::{matmul, matmul_split_k, with_scratch, Mat};
 use super::f32_data;
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
+use std::sync::OnceLock;
 
 /// Whether a convolution takes this path: 3×3, stride 1, no padding, and enough channels for
-/// the 16 GEMMs to beat one im2col GEMM. `CS_NO_WINOGRAD` set turns it off (for benchmarks).
+/// the per-position GEMMs to beat one im2col GEMM. `CS_NO_WINOGRAD` set turns it off (for
+/// benchmarks).
 pub(crate) fn applies(cin: usize, cout: usize, k: usize, stride: usize, pad: usize) -> bool {
-    static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    static OFF: OnceLock<bool> = OnceLock::new();
     k == 3 && stride == 1 && pad == 0 && cin >= 16 && cout >= 16 && !*OFF.get_or_init(|| std::env::var_os("CS_NO_WINOGRAD").is_some())
 }
 
@@ -32,7 +36,96 @@ pub(crate) fn applies(cin: usize, cout: usize, k: usize, stride: usize, pad: usi
 /// [B,Cout,H+2·pad−2,W+2·pad−2] (contiguous f32 CPU operands). The padding happens inside the
 /// transforms, so no padded copy of `xs` exists or is kept for backward.
 pub(crate) fn conv3x3(xs: &Tensor, w: &Tensor, pad: usize) -> Result<Tensor> {
-    xs.apply_op2(w, Forward { pad })
+    xs.apply_op2(w, Forward { pad, m: default_tile() })
+}
+
+/// The output tile size m: 4, or 2 where `CS_WINOGRAD_TILE=2`.
+fn default_tile() -> usize {
+    static M: OnceLock<usize> = OnceLock::new();
+    *M.get_or_init(|| if std::env::var("CS_WINOGRAD_TILE").is_ok_and(|v| v.trim() == "2") { 2 } else { 4 })
+}
+
+/// A transform matrix of F(2×2, 3×3) or F(4×4, 3×3), row-major in the top-left corner.
+type Mat6 = [[f32; 6]; 6];
+
+const fn transpose(m: Mat6) -> Mat6 {
+    let mut t = [[0f32; 6]; 6];
+    let mut i = 0;
+    while i < 6 {
+        let mut j = 0;
+        while j < 6 {
+            t[j][i] = m[i][j];
+            j += 1;
+        }
+        i += 1;
+    }
+    t
+}
+
+/// The matrices of one algorithm F(m×m, 3×3), with their transposes, so that every step of a
+/// transform is "dst[r] = Σ_c mat[r][c]·src[c]" with compile-time coefficients.
+struct Scheme {
+    bt: Mat6, // Bᵀ [α, α]
+    b: Mat6,  // B [α, α]
+    g: Mat6,  // G [α, 3]
+    gt: Mat6, // Gᵀ [3, α]
+    at: Mat6, // Aᵀ [m, α]
+    a: Mat6,  // A [α, m]
+}
+
+impl Scheme {
+    const fn new(bt: Mat6, g: Mat6, at: Mat6) -> Self {
+        Self { bt, b: transpose(bt), g, gt: transpose(g), at, a: transpose(at) }
+    }
+}
+
+/// F(2×2, 3×3), interpolation points 0, ±1, ∞.
+#[rustfmt::skip]
+const F2: Scheme = Scheme::new(
+    [[1., 0., -1., 0., 0., 0.],
+     [0., 1., 1., 0., 0., 0.],
+     [0., -1., 1., 0., 0., 0.],
+     [0., 1., 0., -1., 0., 0.],
+     [0.; 6], [0.; 6]],
+    [[1., 0., 0., 0., 0., 0.],
+     [0.5, 0.5, 0.5, 0., 0., 0.],
+     [0.5, -0.5, 0.5, 0., 0., 0.],
+     [0., 0., 1., 0., 0., 0.],
+     [0.; 6], [0.; 6]],
+    [[1., 1., 1., 0., 0., 0.],
+     [0., 1., -1., -1., 0., 0.],
+     [0.; 6], [0.; 6], [0.; 6], [0.; 6]],
+);
+
+/// F(4×4, 3×3), interpolation points 0, ±1, ±2, ∞.
+#[rustfmt::skip]
+const F4: Scheme = Scheme::new(
+    [[4., 0., -5., 0., 1., 0.],
+     [0., -4., -4., 1., 1., 0.],
+     [0., 4., -4., -1., 1., 0.],
+     [0., -2., -1., 2., 1., 0.],
+     [0., 2., -1., -2., 1., 0.],
+     [0., 4., 0., -5., 0., 1.]],
+    [[1. / 4., 0., 0., 0., 0., 0.],
+     [-1. / 6., -1. / 6., -1. / 6., 0., 0., 0.],
+     [-1. / 6., 1. / 6., -1. / 6., 0., 0., 0.],
+     [1. / 24., 1. / 12., 1. / 6., 0., 0., 0.],
+     [1. / 24., -1. / 12., 1. / 6., 0., 0., 0.],
+     [0., 0., 1., 0., 0., 0.]],
+    [[1., 1., 1., 1., 1., 0.],
+     [0., 1., -1., 2., -2., 0.],
+     [0., 1., 1., 4., 4., 0.],
+     [0., 1., -1., 8., -8., 1.],
+     [0.; 6], [0.; 6]],
+);
+
+#[inline(always)]
+fn scheme<const M: usize>() -> &'static Scheme {
+    if M == 2 {
+        &F2
+    } else {
+        &F4
+    }
 }
 
 /// Floats of transformed data (inputs plus outputs) one band of tiles may use (64 MiB).
@@ -52,7 +145,7 @@ fn band_limit() -> usize {
 }
 
 /// The tiling of one stored [sh, sw] input plane, reflection-padded by `pad` (0 or 1) to the
-/// [h, w] plane the convolution sees: output (h−2)×(w−2) in 2×2 tiles, `th`×`tw` of them.
+/// [h, w] plane the convolution sees: output (h−2)×(w−2) in m×m tiles, `th`×`tw` of them.
 #[derive(Clone, Copy, Debug)]
 struct Tiles {
     sh: usize,
@@ -62,35 +155,45 @@ struct Tiles {
     w: usize,
     ho: usize,
     wo: usize,
+    m: usize,
+    alpha: usize,
     th: usize,
     tw: usize,
 }
 
 impl Tiles {
-    fn new(sh: usize, sw: usize, pad: usize) -> Result<Self> {
+    fn new(sh: usize, sw: usize, pad: usize, m: usize) -> Result<Self> {
         if pad > 1 || (pad == 1 && (sh < 2 || sw < 2)) {
             bail!("winograd conv: reflection padding {pad} of a {sh}x{sw} input is not supported");
+        }
+        if m != 2 && m != 4 {
+            bail!("winograd conv: output tiles of {m}x{m} are not supported (2 or 4)");
         }
         let (h, w) = (sh + 2 * pad, sw + 2 * pad);
         if h < 3 || w < 3 {
             bail!("3x3 convolution of a {h}x{w} input without padding has no output");
         }
         let (ho, wo) = (h - 2, w - 2);
-        Ok(Self { sh, sw, pad, h, w, ho, wo, th: ho.div_ceil(2), tw: wo.div_ceil(2) })
+        Ok(Self { sh, sw, pad, h, w, ho, wo, m, alpha: m + 2, th: ho.div_ceil(m), tw: wo.div_ceil(m) })
+    }
+
+    /// Tile positions α².
+    fn positions(&self) -> usize {
+        self.alpha * self.alpha
     }
 
     fn plane(&self) -> usize {
         self.sh * self.sw
     }
 
-    /// Columns one row of tiles reads: 2 per tile plus the 2 the last one overlaps (zeros past `w`).
+    /// Columns one row of tiles reads: m per tile plus the 2 the last one overlaps (zeros past `w`).
     fn row_width(&self) -> usize {
-        2 * self.tw + 2
+        self.m * self.tw + 2
     }
 
     /// Padded rows the tile rows `band` read.
-    fn band_rows(band: (usize, usize)) -> usize {
-        2 * (band.1 - band.0) + 2
+    fn band_rows(&self, band: (usize, usize)) -> usize {
+        self.m * (band.1 - band.0) + 2
     }
 
     /// The stored row that padded row `r` (< h) shows.
@@ -126,16 +229,21 @@ impl Tiles {
         }
     }
 
-    /// Bands of tile rows whose transformed data (16 floats per tile for each of `channels`)
+    /// Bands of tile rows whose transformed data (α² floats per tile for each of `channels`)
     /// stays within [`BAND_FLOATS`].
     fn bands(&self, channels: usize) -> Vec<(usize, usize)> {
-        let rows = (band_limit() / (16 * channels * self.tw).max(1)).clamp(1, self.th);
+        let rows = (band_limit() / (self.positions() * channels * self.tw).max(1)).clamp(1, self.th);
         (0..self.th).step_by(rows).map(|r0| (r0, (r0 + rows).min(self.th))).collect()
+    }
+
+    /// Row length of a band buffer: see [`row_stride`].
+    fn band_stride(&self, band: (usize, usize)) -> usize {
+        row_stride((band.1 - band.0) * self.tw)
     }
 }
 
-/// Distance between the 16 position rows of one channel in a band buffer: the band's tile count
-/// rounded up to whole cache lines, and moved off multiples of 1 KiB so that the 16 rows a
+/// Distance between the α² position rows of one channel in a band buffer: the band's tile count
+/// rounded up to whole cache lines, and moved off multiples of 1 KiB so that the rows a
 /// transform reads or writes side by side do not all fall into the same cache sets.
 fn row_stride(tb: usize) -> usize {
     let s = tb.next_multiple_of(16);
@@ -146,381 +254,376 @@ fn row_stride(tb: usize) -> usize {
     }
 }
 
-/// `dst[k] = f(a[k], b[k])` over the common length (a loop LLVM vectorises).
+// The transforms below work on whole rows of tiles at once: every entry of a tile's α×α (or
+// m×m, 3×3) matrix is a vector over the tiles of a tile row (or over input channels, for the
+// filters), and every step of a matrix product maps all the input vectors to all the output
+// vectors in one pass (`apply`), 8 lanes at a time in registers, with the scheme's constant
+// coefficients folded in at compile time. Each transform body is written once for the tile
+// size m (and α = m + 2) as const parameters and dispatched on `Tiles::m`.
+
+/// `dst[dst_at[r]..][..len]` = Σ_c `mat[r][c]`·`src[src_at[c]..][..len]` for r < R, c < C.
 #[inline(always)]
-fn map2(dst: &mut [f32], a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) {
-    for ((d, &p), &q) in dst.iter_mut().zip(a).zip(b) {
-        *d = f(p, q);
+fn apply<const R: usize, const C: usize>(mat: &Mat6, src: &[f32], src_at: [usize; C], dst: &mut [f32], dst_at: [usize; R], len: usize) {
+    let body = len - len % 8;
+    let mut x = [[0f32; 8]; C];
+    for q in (0..body).step_by(8) {
+        for c in 0..C {
+            x[c].copy_from_slice(&src[src_at[c] + q..][..8]);
+        }
+        for r in 0..R {
+            let mut acc = [0f32; 8];
+            for c in 0..C {
+                let k = mat[r][c];
+                if k != 0.0 {
+                    for l in 0..8 {
+                        acc[l] += k * x[c][l];
+                    }
+                }
+            }
+            dst[dst_at[r] + q..][..8].copy_from_slice(&acc);
+        }
+    }
+    for q in body..len {
+        for r in 0..R {
+            let mut acc = 0f32;
+            for c in 0..C {
+                let k = mat[r][c];
+                if k != 0.0 {
+                    acc += k * src[src_at[c] + q];
+                }
+            }
+            dst[dst_at[r] + q] = acc;
+        }
     }
 }
 
-/// `dst[k] = f(a[k], b[k], c[k])`.
+/// `N` offsets: `off`, `off + stride`, ….
 #[inline(always)]
-fn map3(dst: &mut [f32], a: &[f32], b: &[f32], c: &[f32], f: impl Fn(f32, f32, f32) -> f32) {
-    for (((d, &p), &q), &r) in dst.iter_mut().zip(a).zip(b).zip(c) {
-        *d = f(p, q, r);
+fn at<const N: usize>(off: usize, stride: usize) -> [usize; N] {
+    let mut o = [off; N];
+    for (i, v) in o.iter_mut().enumerate() {
+        *v += i * stride;
+    }
+    o
+}
+
+/// Splits `row` into its `M` phases: `ph[p·len + q]` = `row[M·q + p]`, zeros past the row.
+#[inline(always)]
+fn deinterleave<const M: usize>(row: &[f32], ph: &mut [f32], len: usize) {
+    let full = (row.len() / M).min(len);
+    let ph = &mut ph[..M * len];
+    for (q, chunk) in row.chunks_exact(M).take(full).enumerate() {
+        for p in 0..M {
+            ph[p * len + q] = chunk[p];
+        }
+    }
+    for p in 0..M {
+        for q in full..len {
+            ph[p * len + q] = row.get(M * q + p).copied().unwrap_or(0.0);
+        }
     }
 }
 
+/// The inverse of `deinterleave` into `out` (entries past `out` dropped): `out[M·q + p]`
+/// = (or += where `add`) `ph[p·len + q]`.
+#[inline(always)]
+fn interleave<const M: usize>(ph: &[f32], len: usize, out: &mut [f32], add: bool) {
+    let ph = &ph[..M * len];
+    let full = (out.len() / M).min(len);
+    for (q, chunk) in out.chunks_exact_mut(M).take(full).enumerate() {
+        for p in 0..M {
+            chunk[p] = if add { chunk[p] + ph[p * len + q] } else { ph[p * len + q] };
+        }
+    }
+    for (i, o) in out.iter_mut().enumerate().skip(M * full) {
+        let v = ph[(i % M) * len + i / M];
+        *o = if add { *o + v } else { v };
+    }
+}
 
-// The transforms below work on whole rows of tiles at once: every 4×4 (or 2×2, 3×3) matrix
-// entry is a vector over the tiles of a tile row (or over input channels, for the filters),
-// so each step is one vectorised loop, and each of the 16 rows of a channel's band buffer is
-// read or written in contiguous runs. The 1-D maps, on a vector v of 4 (3, 2) entries:
-//   Bᵀv = [v0−v2, v1+v2, v2−v1, v1−v3]          Bv = [v0, v1−v2+v3, v1+v2−v0, −v3]
-//   Gv  = [v0, ½(v0+v1+v2), ½(v0−v1+v2), v2]     Gᵀv = [v0+½(v1+v2), ½(v1−v2), ½(v1+v2)+v3]
-//   Aᵀv = [v0+v1+v2, v1−v2−v3]                   Av = [v0, v0+v1, v0−v1, −v1]
+/// Calls `$f::<2, 4>` or `$f::<4, 6>` (m and α) for the tile size `$m`.
+macro_rules! by_tile {
+    ($m:expr, $f:ident($($arg:expr),*)) => {
+        match $m {
+            2 => $f::<2, 4>($($arg),*),
+            _ => $f::<4, 6>($($arg),*),
+        }
+    };
+}
 
-/// U [Cout][16][Cin] from `w` [Cout, Cin, 3, 3] (so each output channel's part is one
-/// contiguous chunk; the GEMMs read U[ξ] [Cout, Cin] with row stride 16·Cin).
-fn filter_transform(w: &[f32], cout: usize, cin: usize) -> Vec<f32> {
-    let mut u = vec![0f32; cout * 16 * cin];
-    let scratch = || vec![0f32; 21 * cin];
-    u.par_chunks_mut(16 * cin).zip(w.par_chunks(9 * cin)).take(cout).for_each_init(scratch, |buf, (uc, wc)| filter_plane(buf, uc, wc, cin));
+/// U [Cout][α²][Cin] from `w` [Cout, Cin, 3, 3] (so each output channel's part is one
+/// contiguous chunk; the GEMMs read U[ξ] [Cout, Cin] with row stride α²·Cin).
+fn filter_transform(w: &[f32], cout: usize, cin: usize, m: usize) -> Vec<f32> {
+    let al = m + 2;
+    let mut u = vec![0f32; cout * al * al * cin];
+    let scratch = || vec![0f32; (9 + 3 * al) * cin];
+    u.par_chunks_mut(al * al * cin).zip(w.par_chunks(9 * cin)).take(cout).for_each_init(scratch, |buf, (uc, wc)| filter_plane(buf, uc, wc, cin, m));
     u
 }
 
 simd_fn! {
-    fn filter_plane(buf: &mut [f32], uc: &mut [f32], wc: &[f32], cin: usize) {
-        // g[i][j] as a vector over input channels, then H = G g (4×3), then U = H Gᵀ.
-        let (g, h) = buf.split_at_mut(9 * cin);
-        for (k, gk) in g.chunks_exact_mut(cin).enumerate() {
-            for (v, wf) in gk.iter_mut().zip(wc.chunks_exact(9)) {
-                *v = wf[k];
-            }
-        }
-        let gr = |i: usize, j: usize| &g[(i * 3 + j) * cin..][..cin];
-        for j in 0..3 {
-            let hr = |i: usize| (i * 3 + j) * cin;
-            h[hr(0)..][..cin].copy_from_slice(gr(0, j));
-            map3(&mut h[hr(1)..][..cin], gr(0, j), gr(1, j), gr(2, j), |a, b, c| 0.5 * (a + b + c));
-            map3(&mut h[hr(2)..][..cin], gr(0, j), gr(1, j), gr(2, j), |a, b, c| 0.5 * (a - b + c));
-            h[hr(3)..][..cin].copy_from_slice(gr(2, j));
-        }
-        for (i, ui) in uc.chunks_exact_mut(4 * cin).enumerate() {
-            let hr = |j: usize| &h[(i * 3 + j) * cin..][..cin];
-            let (u0, rest) = ui.split_at_mut(cin);
-            let (u1, rest) = rest.split_at_mut(cin);
-            let (u2, u3) = rest.split_at_mut(cin);
-            u0.copy_from_slice(hr(0));
-            map3(u1, hr(0), hr(1), hr(2), |a, b, c| 0.5 * (a + b + c));
-            map3(u2, hr(0), hr(1), hr(2), |a, b, c| 0.5 * (a - b + c));
-            u3.copy_from_slice(hr(2));
-        }
+    fn filter_plane(buf: &mut [f32], uc: &mut [f32], wc: &[f32], cin: usize, m: usize) {
+        by_tile!(m, filter_plane_m(buf, uc, wc, cin))
     }
 }
 
-/// dW [Cout, Cin, 3, 3] from dU [Cout][16][Cin] (the adjoint of `filter_transform`).
-fn filter_transform_adjoint(du: &[f32], cout: usize, cin: usize) -> Vec<f32> {
+#[inline(always)]
+fn filter_plane_m<const M: usize, const AL: usize>(buf: &mut [f32], uc: &mut [f32], wc: &[f32], cin: usize) {
+    // g[k][j] as a vector over input channels, then H = G g (α×3), then U = H Gᵀ (α×α).
+    let s = scheme::<M>();
+    let (g, h) = buf.split_at_mut(9 * cin);
+    for (k, gk) in g.chunks_exact_mut(cin).enumerate() {
+        for (v, wf) in gk.iter_mut().zip(wc.chunks_exact(9)) {
+            *v = wf[k];
+        }
+    }
+    for j in 0..3 {
+        apply::<AL, 3>(&s.g, g, at(j * cin, 3 * cin), h, at(j * cin, 3 * cin), cin);
+    }
+    for i in 0..AL {
+        apply::<AL, 3>(&s.g, h, at(i * 3 * cin, cin), uc, at(i * AL * cin, cin), cin);
+    }
+}
+
+/// dW [Cout, Cin, 3, 3] from dU [Cout][α²][Cin] (the adjoint of `filter_transform`).
+fn filter_transform_adjoint(du: &[f32], cout: usize, cin: usize, m: usize) -> Vec<f32> {
+    let al = m + 2;
     let mut dw = vec![0f32; cout * cin * 9];
-    let scratch = || vec![0f32; 21 * cin];
-    dw.par_chunks_mut(9 * cin).zip(du.par_chunks(16 * cin)).take(cout).for_each_init(scratch, |buf, (wc, uc)| filter_adjoint_plane(buf, wc, uc, cin));
+    let scratch = || vec![0f32; (9 + 3 * al) * cin];
+    dw.par_chunks_mut(9 * cin).zip(du.par_chunks(al * al * cin)).take(cout).for_each_init(scratch, |buf, (wc, uc)| filter_adjoint_plane(buf, wc, uc, cin, m));
     dw
 }
 
 simd_fn! {
-    fn filter_adjoint_plane(buf: &mut [f32], wc: &mut [f32], uc: &[f32], cin: usize) {
-        // H = Gᵀ dU (3×4), then dW = H G (3×3), each entry a vector over input channels.
-        let (h, o) = buf.split_at_mut(12 * cin);
-        let ur = |i: usize, j: usize| &uc[(i * 4 + j) * cin..][..cin];
-        for j in 0..4 {
-            let hr = |i: usize| (i * 4 + j) * cin;
-            map3(&mut h[hr(0)..][..cin], ur(0, j), ur(1, j), ur(2, j), |a, b, c| a + 0.5 * (b + c));
-            map2(&mut h[hr(1)..][..cin], ur(1, j), ur(2, j), |b, c| 0.5 * (b - c));
-            map3(&mut h[hr(2)..][..cin], ur(1, j), ur(2, j), ur(3, j), |b, c, d| 0.5 * (b + c) + d);
-        }
-        for i in 0..3 {
-            let hr = |j: usize| &h[(i * 4 + j) * cin..][..cin];
-            let or = |j: usize| (i * 3 + j) * cin;
-            map3(&mut o[or(0)..][..cin], hr(0), hr(1), hr(2), |a, b, c| a + 0.5 * (b + c));
-            map2(&mut o[or(1)..][..cin], hr(1), hr(2), |b, c| 0.5 * (b - c));
-            map3(&mut o[or(2)..][..cin], hr(1), hr(2), hr(3), |b, c, d| 0.5 * (b + c) + d);
-        }
-        for (k, ok) in o.chunks_exact(cin).enumerate() {
-            for (wf, &v) in wc.chunks_exact_mut(9).zip(ok) {
-                wf[k] = v;
-            }
-        }
+    fn filter_adjoint_plane(buf: &mut [f32], wc: &mut [f32], uc: &[f32], cin: usize, m: usize) {
+        by_tile!(m, filter_adjoint_plane_m(buf, wc, uc, cin))
     }
 }
 
-/// Splits `row` into its even and odd entries; entries of `even` / `odd` past the row are zeros.
 #[inline(always)]
-fn deinterleave(row: &[f32], even: &mut [f32], odd: &mut [f32]) {
-    let pairs = row.len() / 2;
-    for ((e, o), p) in even.iter_mut().zip(odd.iter_mut()).zip(row.chunks_exact(2)) {
-        *e = p[0];
-        *o = p[1];
+fn filter_adjoint_plane_m<const M: usize, const AL: usize>(buf: &mut [f32], wc: &mut [f32], uc: &[f32], cin: usize) {
+    // H = Gᵀ dU (3×α), then dW = H G (3×3), each entry a vector over input channels.
+    let s = scheme::<M>();
+    let (h, o) = buf.split_at_mut(3 * AL * cin);
+    for l in 0..AL {
+        apply::<3, AL>(&s.gt, uc, at(l * cin, AL * cin), h, at(l * cin, AL * cin), cin);
     }
-    let mut done = pairs;
-    if row.len() % 2 == 1 {
-        even[pairs] = row[row.len() - 1];
-        odd[pairs] = 0.0;
-        done += 1;
+    for k in 0..3 {
+        apply::<3, AL>(&s.gt, h, at(k * AL * cin, cin), o, at(k * 3 * cin, cin), cin);
     }
-    even[done..].fill(0.0);
-    odd[done..].fill(0.0);
+    for (k, ok) in o.chunks_exact(cin).take(9).enumerate() {
+        for (wf, &v) in wc.chunks_exact_mut(9).zip(ok) {
+            wf[k] = v;
+        }
+    }
 }
 
-/// V [C][16][ts] for the tile rows `band` of `x` [C, sh, sw], padded as `t` says; reads past
-/// the padded plane's edge (partial tiles) are zeros. Bᵀ runs down the columns of a whole tile
-/// row, then across the tiles on the even and odd columns.
+/// V [C][α²][ts] for the tile rows `band` of `x` [C, sh, sw], padded as `t` says; reads past
+/// the padded plane's edge (partial tiles) are zeros.
 fn input_transform(x: &[f32], c: usize, t: &Tiles, band: (usize, usize), v: &mut [f32]) {
-    let tw = t.tw;
-    let ts = row_stride((band.1 - band.0) * tw);
-    let width = t.row_width();
-    let scratch = || vec![0f32; 8 * width + 2 * (tw + 1)];
-    v.par_chunks_mut(16 * ts).zip(x.par_chunks(t.plane())).take(c).for_each_init(scratch, |buf, (vc, plane)| input_plane(buf, vc, plane, t, band, ts));
+    let ts = t.band_stride(band);
+    let scratch = || vec![0f32; 2 * t.alpha * t.row_width() + t.m * (t.tw + 1)];
+    v.par_chunks_mut(t.positions() * ts).zip(x.par_chunks(t.plane())).take(c).for_each_init(scratch, |buf, (vc, plane)| input_plane(buf, vc, plane, t, band, ts));
 }
 
 simd_fn! {
     fn input_plane(buf: &mut [f32], vc: &mut [f32], plane: &[f32], t: &Tiles, band: (usize, usize), ts: usize) {
-        let tw = t.tw;
-        let width = t.row_width();
-        let (rows, rest) = buf.split_at_mut(4 * width);
-        let (cols, rest) = rest.split_at_mut(4 * width);
-        let (ev, od) = rest.split_at_mut(tw + 1);
-        for ti in band.0..band.1 {
-            for (i, row) in rows.chunks_exact_mut(width).enumerate() {
-                let r = 2 * ti + i;
-                if r < t.h {
-                    let sr = t.source_row(r);
-                    t.padded_row(&plane[sr * t.sw..(sr + 1) * t.sw], row);
-                    row[t.w..].fill(0.0);
-                } else {
-                    row.fill(0.0);
-                }
+        by_tile!(t.m, input_plane_m(buf, vc, plane, t, band, ts))
+    }
+}
+
+#[inline(always)]
+fn input_plane_m<const M: usize, const AL: usize>(buf: &mut [f32], vc: &mut [f32], plane: &[f32], t: &Tiles, band: (usize, usize), ts: usize) {
+    // Bᵀ down the columns of a whole tile row's α padded rows, then, on each result row split
+    // into its m phases (column m·tj + j of tile tj is phase j mod m at tile tj + j div m),
+    // Bᵀ across the tiles.
+    let (s, tw, width) = (scheme::<M>(), t.tw, t.row_width());
+    let pl = tw + 1;
+    let (padded, rest) = buf.split_at_mut(AL * width);
+    let (cols, ph) = rest.split_at_mut(AL * width);
+    for ti in band.0..band.1 {
+        for (i, row) in padded.chunks_exact_mut(width).enumerate() {
+            let r = M * ti + i;
+            if r < t.h {
+                let sr = t.source_row(r);
+                t.padded_row(&plane[sr * t.sw..(sr + 1) * t.sw], row);
+                row[t.w..].fill(0.0);
+            } else {
+                row.fill(0.0);
             }
-            let (d0, rest) = rows.split_at(width);
-            let (d1, rest) = rest.split_at(width);
-            let (d2, d3) = rest.split_at(width);
-            let (c0, rest) = cols.split_at_mut(width);
-            let (c1, rest) = rest.split_at_mut(width);
-            let (c2, c3) = rest.split_at_mut(width);
-            map2(c0, d0, d2, |a, b| a - b);
-            map2(c1, d1, d2, |a, b| a + b);
-            map2(c2, d2, d1, |a, b| a - b);
-            map2(c3, d1, d3, |a, b| a - b);
-            let base = (ti - band.0) * tw;
-            for (i, cr) in cols.chunks_exact(width).enumerate() {
-                deinterleave(cr, ev, od);
-                let out = |j: usize| (i * 4 + j) * ts + base;
-                let (e0, e1, o0, o1) = (&ev[..tw], &ev[1..], &od[..tw], &od[1..]);
-                map2(&mut vc[out(0)..][..tw], e0, e1, |a, b| a - b);
-                map2(&mut vc[out(1)..][..tw], o0, e1, |a, b| a + b);
-                map2(&mut vc[out(2)..][..tw], e1, o0, |a, b| a - b);
-                map2(&mut vc[out(3)..][..tw], o0, o1, |a, b| a - b);
+        }
+        apply::<AL, AL>(&s.bt, padded, at(0, width), cols, at(0, width), width);
+        let base = (ti - band.0) * tw;
+        for k in 0..AL {
+            deinterleave::<M>(&cols[k * width..][..width], ph, pl);
+            let mut src_at = [0; AL];
+            for (j, o) in src_at.iter_mut().enumerate() {
+                *o = (j % M) * pl + j / M;
             }
+            apply::<AL, AL>(&s.bt, ph, src_at, vc, at(k * AL * ts + base, ts), tw);
         }
     }
 }
 
-/// Adds Σ_tiles B dV Bᵀ from dV [C][16][ts] into `dx` [C, sh, sw] (the adjoint of
+/// Adds Σ_tiles B dV Bᵀ from dV [C][α²][ts] into `dx` [C, sh, sw] (the adjoint of
 /// `input_transform`): tiles add into a padded band of rows, which is then folded back.
 fn input_transform_adjoint(dv: &[f32], c: usize, t: &Tiles, band: (usize, usize), dx: &mut [f32]) {
-    let tw = t.tw;
-    let ts = row_stride((band.1 - band.0) * tw);
-    let width = t.row_width();
-    let rows = Tiles::band_rows(band);
-    let scratch = || vec![0f32; rows * width + 32 * tw + 2 * (tw + 1)];
-    dx.par_chunks_mut(t.plane()).zip(dv.par_chunks(16 * ts)).take(c).for_each_init(scratch, |buf, (plane, vc)| input_adjoint_plane(buf, plane, vc, t, band, ts));
+    let ts = t.band_stride(band);
+    let scratch = || vec![0f32; t.band_rows(band) * t.row_width() + 2 * t.positions() * t.tw + t.m * (t.tw + 1)];
+    dx.par_chunks_mut(t.plane()).zip(dv.par_chunks(t.positions() * ts)).take(c).for_each_init(scratch, |buf, (plane, vc)| input_adjoint_plane(buf, plane, vc, t, band, ts));
 }
 
 simd_fn! {
     fn input_adjoint_plane(buf: &mut [f32], plane: &mut [f32], vc: &[f32], t: &Tiles, band: (usize, usize), ts: usize) {
-        let tw = t.tw;
-        let width = t.row_width();
-        let r0 = 2 * band.0; // first padded row the band's tiles touch
-        let rows = Tiles::band_rows(band);
-        let (acc, rest) = buf.split_at_mut(rows * width);
-        let (cb, rest) = rest.split_at_mut(16 * tw);
-        let (dd, rest) = rest.split_at_mut(16 * tw);
-        let (ev, od) = rest.split_at_mut(tw + 1);
-        acc.fill(0.0);
-        for ti in band.0..band.1 {
-            let base = (ti - band.0) * tw;
-            let m = |i: usize, j: usize| &vc[(i * 4 + j) * ts + base..][..tw];
-            // C = dV B (B applied to every row of dV's 4×4), then dD = B C down the columns.
-            for i in 0..4 {
-                let o = |j: usize| (i * 4 + j) * tw;
-                cb[o(0)..][..tw].copy_from_slice(m(i, 0));
-                map3(&mut cb[o(1)..][..tw], m(i, 1), m(i, 2), m(i, 3), |b, c, d| b - c + d);
-                map3(&mut cb[o(2)..][..tw], m(i, 1), m(i, 2), m(i, 0), |b, c, a| b + c - a);
-                map2(&mut cb[o(3)..][..tw], m(i, 3), m(i, 3), |d, _| -d);
-            }
-            let cr = |i: usize, j: usize| &cb[(i * 4 + j) * tw..][..tw];
-            for j in 0..4 {
-                let o = |i: usize| (i * 4 + j) * tw;
-                dd[o(0)..][..tw].copy_from_slice(cr(0, j));
-                map3(&mut dd[o(1)..][..tw], cr(1, j), cr(2, j), cr(3, j), |b, c, d| b - c + d);
-                map3(&mut dd[o(2)..][..tw], cr(1, j), cr(2, j), cr(0, j), |b, c, a| b + c - a);
-                map2(&mut dd[o(3)..][..tw], cr(3, j), cr(3, j), |d, _| -d);
-            }
-            // Row i of every tile adds into padded row 2·ti+i: columns 2·tj + j, where entries
-            // 2 and 3 of one tile meet entries 0 and 1 of the next.
-            for i in 0..4 {
-                let d = |j: usize| &dd[(i * 4 + j) * tw..][..tw];
-                ev[..tw].copy_from_slice(d(0));
-                od[..tw].copy_from_slice(d(1));
-                ev[tw] = 0.0;
-                od[tw] = 0.0;
-                for (e, &v) in ev[1..].iter_mut().zip(d(2)) {
-                    *e += v;
-                }
-                for (e, &v) in od[1..].iter_mut().zip(d(3)) {
-                    *e += v;
-                }
-                let row = &mut acc[(2 * ti + i - r0) * width..][..width];
-                for (pair, (&e, &o)) in row.chunks_exact_mut(2).zip(ev.iter().zip(od.iter())) {
-                    pair[0] += e;
-                    pair[1] += o;
-                }
-            }
-        }
-        for (i, row) in acc.chunks_exact(width).enumerate() {
-            let r = r0 + i;
-            if r >= t.h {
-                break;
-            }
-            let sr = t.source_row(r);
-            t.fold_row(row, &mut plane[sr * t.sw..(sr + 1) * t.sw]);
-        }
+        by_tile!(t.m, input_adjoint_plane_m(buf, plane, vc, t, band, ts))
     }
 }
 
-/// Writes Aᵀ M A from M [C][16][ts] into the tiles `band` of `y` [C, Ho, Wo].
+#[inline(always)]
+fn input_adjoint_plane_m<const M: usize, const AL: usize>(buf: &mut [f32], plane: &mut [f32], vc: &[f32], t: &Tiles, band: (usize, usize), ts: usize) {
+    let (s, tw, width) = (scheme::<M>(), t.tw, t.row_width());
+    let pl = tw + 1;
+    let r0 = M * band.0; // first padded row the band's tiles touch
+    let (acc, rest) = buf.split_at_mut(t.band_rows(band) * width);
+    let (cb, rest) = rest.split_at_mut(AL * AL * tw);
+    let (dd, ph) = rest.split_at_mut(AL * AL * tw);
+    acc.fill(0.0);
+    for ti in band.0..band.1 {
+        let base = (ti - band.0) * tw;
+        // C = dV B (row k of C from row k of dV), then dD = B C (column j from column j).
+        for k in 0..AL {
+            apply::<AL, AL>(&s.b, vc, at(k * AL * ts + base, ts), cb, at(k * AL * tw, tw), tw);
+        }
+        for j in 0..AL {
+            apply::<AL, AL>(&s.b, cb, at(j * tw, AL * tw), dd, at(j * tw, AL * tw), tw);
+        }
+        // Entry j of row i of tile tj adds into padded row m·ti + i, column m·tj + j: phase
+        // j mod m at tile tj + j div m, where the last 2 entries of a tile meet the first 2 of
+        // the next.
+        for i in 0..AL {
+            let d = |j: usize| &dd[(i * AL + j) * tw..][..tw];
+            for p in 0..M {
+                let part = &mut ph[p * pl..][..pl];
+                part[..tw].copy_from_slice(d(p));
+                part[tw] = 0.0;
+                if p + M < AL {
+                    for (v, &e) in part[1..].iter_mut().zip(d(p + M)) {
+                        *v += e;
+                    }
+                }
+            }
+            interleave::<M>(ph, pl, &mut acc[(M * ti + i - r0) * width..][..width], true);
+        }
+    }
+    for (i, row) in acc.chunks_exact(width).enumerate() {
+        let r = r0 + i;
+        if r >= t.h {
+            break;
+        }
+        let sr = t.source_row(r);
+        t.fold_row(row, &mut plane[sr * t.sw..(sr + 1) * t.sw]);
+    }
+}
+
+/// Writes Aᵀ M A from M [C][α²][ts] into the tiles `band` of `y` [C, Ho, Wo].
 fn output_transform(m: &[f32], c: usize, t: &Tiles, band: (usize, usize), y: &mut [f32]) {
-    let tw = t.tw;
-    let ts = row_stride((band.1 - band.0) * tw);
-    let scratch = || vec![0f32; 10 * tw];
-    y.par_chunks_mut(t.ho * t.wo).zip(m.par_chunks(16 * ts)).take(c).for_each_init(scratch, |buf, (plane, mc)| output_plane(buf, plane, mc, t, band, ts));
+    let ts = t.band_stride(band);
+    let scratch = || vec![0f32; (t.m * t.alpha + t.m) * t.tw];
+    y.par_chunks_mut(t.ho * t.wo).zip(m.par_chunks(t.positions() * ts)).take(c).for_each_init(scratch, |buf, (plane, mc)| output_plane(buf, plane, mc, t, band, ts));
 }
 
 simd_fn! {
     fn output_plane(buf: &mut [f32], plane: &mut [f32], mc: &[f32], t: &Tiles, band: (usize, usize), ts: usize) {
-        let tw = t.tw;
-        let (r, rest) = buf.split_at_mut(8 * tw);
-        let (ev, od) = rest.split_at_mut(tw);
-        for ti in band.0..band.1 {
-            let base = (ti - band.0) * tw;
-            let mm = |i: usize, j: usize| &mc[(i * 4 + j) * ts + base..][..tw];
-            // R = Aᵀ M down the columns (2×4), then each output row R A across the tiles.
-            for j in 0..4 {
-                map3(&mut r[j * tw..][..tw], mm(0, j), mm(1, j), mm(2, j), |a, b, c| a + b + c);
-                map3(&mut r[(4 + j) * tw..][..tw], mm(1, j), mm(2, j), mm(3, j), |b, c, d| b - c - d);
+        by_tile!(t.m, output_plane_m(buf, plane, mc, t, band, ts))
+    }
+}
+
+#[inline(always)]
+fn output_plane_m<const M: usize, const AL: usize>(buf: &mut [f32], plane: &mut [f32], mc: &[f32], t: &Tiles, band: (usize, usize), ts: usize) {
+    let (s, tw) = (scheme::<M>(), t.tw);
+    let (r, ph) = buf.split_at_mut(M * AL * tw);
+    for ti in band.0..band.1 {
+        let base = (ti - band.0) * tw;
+        // R = Aᵀ M down the columns (m×α), then each output row R A across the tiles, as its
+        // m phases.
+        for j in 0..AL {
+            apply::<M, AL>(&s.at, mc, at(j * ts + base, AL * ts), r, at(j * tw, AL * tw), tw);
+        }
+        for i in 0..M {
+            let row = M * ti + i;
+            if row >= t.ho {
+                break;
             }
-            for i in 0..2 {
-                let row = 2 * ti + i;
-                if row >= t.ho {
-                    break;
-                }
-                let rr = |j: usize| &r[(i * 4 + j) * tw..][..tw];
-                map3(ev, rr(0), rr(1), rr(2), |a, b, c| a + b + c);
-                map3(od, rr(1), rr(2), rr(3), |b, c, d| b - c - d);
-                let out = &mut plane[row * t.wo..][..t.wo];
-                let mut pairs = out.chunks_exact_mut(2);
-                for (pair, (&e, &o)) in (&mut pairs).zip(ev.iter().zip(od.iter())) {
-                    pair[0] = e;
-                    pair[1] = o;
-                }
-                if let [last] = pairs.into_remainder() {
-                    *last = ev[tw - 1];
-                }
-            }
+            apply::<M, AL>(&s.at, r, at(i * AL * tw, tw), ph, at(0, tw), tw);
+            interleave::<M>(ph, tw, &mut plane[row * t.wo..][..t.wo], false);
         }
     }
 }
 
-/// dM [C][16][ts] = A dY Aᵀ for the tiles `band` of `dy` [C, Ho, Wo] (the adjoint of
+/// dM [C][α²][ts] = A dY Aᵀ for the tiles `band` of `dy` [C, Ho, Wo] (the adjoint of
 /// `output_transform`; outputs past the edge count as zero).
 fn output_transform_adjoint(dy: &[f32], c: usize, t: &Tiles, band: (usize, usize), dm: &mut [f32]) {
-    let tw = t.tw;
-    let ts = row_stride((band.1 - band.0) * tw);
-    let scratch = || vec![0f32; 6 * tw];
-    dm.par_chunks_mut(16 * ts).zip(dy.par_chunks(t.ho * t.wo)).take(c).for_each_init(scratch, |buf, (mc, plane)| output_adjoint_plane(buf, mc, plane, t, band, ts));
+    let ts = t.band_stride(band);
+    let scratch = || vec![0f32; (t.m * t.m + t.alpha * t.m) * t.tw];
+    dm.par_chunks_mut(t.positions() * ts).zip(dy.par_chunks(t.ho * t.wo)).take(c).for_each_init(scratch, |buf, (mc, plane)| output_adjoint_plane(buf, mc, plane, t, band, ts));
 }
 
 simd_fn! {
     fn output_adjoint_plane(buf: &mut [f32], mc: &mut [f32], plane: &[f32], t: &Tiles, band: (usize, usize), ts: usize) {
-        let tw = t.tw;
-        let (d, p) = buf.split_at_mut(4 * tw);
-        let (pe, po) = p.split_at_mut(tw);
-        for ti in band.0..band.1 {
-            let base = (ti - band.0) * tw;
-            // The tile row's two output rows as even / odd columns, zeros past the edges.
-            let (e0, rest) = d.split_at_mut(tw);
-            let (o0, rest) = rest.split_at_mut(tw);
-            let (e1, o1) = rest.split_at_mut(tw);
-            for (i, (e, o)) in [(e0, o0), (e1, o1)].into_iter().enumerate() {
-                let row = 2 * ti + i;
-                if row < t.ho {
-                    deinterleave(&plane[row * t.wo..][..t.wo], e, o);
-                } else {
-                    e.fill(0.0);
-                    o.fill(0.0);
-                }
+        by_tile!(t.m, output_adjoint_plane_m(buf, mc, plane, t, band, ts))
+    }
+}
+
+#[inline(always)]
+fn output_adjoint_plane_m<const M: usize, const AL: usize>(buf: &mut [f32], mc: &mut [f32], plane: &[f32], t: &Tiles, band: (usize, usize), ts: usize) {
+    let (s, tw) = (scheme::<M>(), t.tw);
+    let (d, e) = buf.split_at_mut(M * M * tw);
+    for ti in band.0..band.1 {
+        let base = (ti - band.0) * tw;
+        // The tile row's m output rows, each as its m phases (d[i][p]), zeros past the edges.
+        for (i, di) in d.chunks_exact_mut(M * tw).enumerate() {
+            let row = M * ti + i;
+            if row < t.ho {
+                deinterleave::<M>(&plane[row * t.wo..][..t.wo], di, tw);
+            } else {
+                di.fill(0.0);
             }
-            let (e0, o0, e1, o1) = (&d[..tw], &d[tw..2 * tw], &d[2 * tw..3 * tw], &d[3 * tw..]);
-            // A dY down the columns gives rows [d0, d0+d1, d0−d1, −d1]; A across each row.
-            for i in 0..4 {
-                match i {
-                    0 => {
-                        pe.copy_from_slice(e0);
-                        po.copy_from_slice(o0);
-                    }
-                    1 => {
-                        map2(pe, e0, e1, |a, b| a + b);
-                        map2(po, o0, o1, |a, b| a + b);
-                    }
-                    2 => {
-                        map2(pe, e0, e1, |a, b| a - b);
-                        map2(po, o0, o1, |a, b| a - b);
-                    }
-                    _ => {
-                        map2(pe, e1, e1, |b, _| -b);
-                        map2(po, o1, o1, |b, _| -b);
-                    }
-                }
-                let out = |j: usize| (i * 4 + j) * ts + base;
-                mc[out(0)..][..tw].copy_from_slice(pe);
-                map2(&mut mc[out(1)..][..tw], pe, po, |a, b| a + b);
-                map2(&mut mc[out(2)..][..tw], pe, po, |a, b| a - b);
-                map2(&mut mc[out(3)..][..tw], po, po, |b, _| -b);
-            }
+        }
+        // E = A dY (α×m, column p from column p), then dM = E Aᵀ (row k from row k).
+        for p in 0..M {
+            apply::<AL, M>(&s.a, d, at(p * tw, M * tw), e, at(p * tw, M * tw), tw);
+        }
+        for k in 0..AL {
+            apply::<AL, M>(&s.a, e, at(k * M * tw, tw), mc, at(k * AL * ts + base, ts), tw);
         }
     }
 }
 
-
-
-
-
-
-/// For every ξ: `dst`[ξ] (rows of a [rows][16][Tb] buffer) = U[ξ] · `src`[ξ] (rows of a
-/// [k][16][Tb] buffer), with U [Cout][16][Cin] and U[ξ] [Cout, Cin] or, `transpose_u`, its
+/// For every ξ: `dst`[ξ] (rows of a [rows][α²][ts] buffer) = U[ξ] · `src`[ξ] (rows of a
+/// [k][α²][ts] buffer), with U [Cout][α²][Cin] and U[ξ] [Cout, Cin] or, `transpose_u`, its
 /// transpose [Cin, Cout].
-fn gemm_per_position(u: &[f32], transpose_u: bool, rows: usize, k: usize, src: &[f32], tb: usize, dst: &mut [f32]) {
+#[allow(clippy::too_many_arguments)]
+fn gemm_per_position(u: &[f32], transpose_u: bool, rows: usize, k: usize, src: &[f32], t: &Tiles, band: (usize, usize), dst: &mut [f32]) {
     let cin = if transpose_u { rows } else { k };
-    let ts = row_stride(tb);
-    for xi in 0..16 {
+    let (tb, ts, pos) = ((band.1 - band.0) * t.tw, t.band_stride(band), t.positions());
+    for xi in 0..pos {
         let uxi = &u[xi * cin..];
-        let lhs = if transpose_u { Mat { data: uxi, rs: 1, cs: 16 * cin } } else { Mat { data: uxi, rs: 16 * cin, cs: 1 } };
-        let rhs = Mat { data: &src[xi * ts..], rs: 16 * ts, cs: 1 };
-        matmul(rows, tb, k, (&mut dst[xi * ts..], 16 * ts), false, lhs, rhs);
+        let lhs = if transpose_u { Mat { data: uxi, rs: 1, cs: pos * cin } } else { Mat { data: uxi, rs: pos * cin, cs: 1 } };
+        let rhs = Mat { data: &src[xi * ts..], rs: pos * ts, cs: 1 };
+        matmul(rows, tb, k, (&mut dst[xi * ts..], pos * ts), false, lhs, rhs);
     }
 }
 
 fn forward_kernel(x: &[f32], w: &[f32], cin: usize, cout: usize, t: &Tiles) -> Vec<f32> {
-    let u = filter_transform(w, cout, cin);
+    let u = filter_transform(w, cout, cin, t.m);
     let mut y = vec![0f32; x.len() / (cin * t.plane()) * cout * t.ho * t.wo];
     for (xb, yb) in x.chunks_exact(cin * t.plane()).zip(y.chunks_exact_mut(cout * t.ho * t.wo)) {
         for band in t.bands(cin + cout) {
-            let tb = (band.1 - band.0) * t.tw;
-            let ts = row_stride(tb);
-            with_scratch(16 * ts * (cin + cout), |buf| {
-                let (v, m) = buf.split_at_mut(16 * ts * cin);
+            let len = t.positions() * t.band_stride(band);
+            with_scratch(len * (cin + cout), |buf| {
+                let (v, m) = buf.split_at_mut(len * cin);
                 input_transform(xb, cin, t, band, v);
-                gemm_per_position(&u, false, cout, cin, v, tb, m);
+                gemm_per_position(&u, false, cout, cin, v, t, band, m);
                 output_transform(m, cout, t, band, yb);
             });
         }
@@ -529,17 +632,16 @@ fn forward_kernel(x: &[f32], w: &[f32], cin: usize, cout: usize, t: &Tiles) -> V
 }
 
 fn data_grad_kernel(dy: &[f32], w: &[f32], cin: usize, cout: usize, t: &Tiles) -> Vec<f32> {
-    let u = filter_transform(w, cout, cin);
+    let u = filter_transform(w, cout, cin, t.m);
     let mut dx = vec![0f32; dy.len() / (cout * t.ho * t.wo) * cin * t.plane()];
     for (dyb, dxb) in dy.chunks_exact(cout * t.ho * t.wo).zip(dx.chunks_exact_mut(cin * t.plane())) {
         for band in t.bands(cin + cout) {
-            let tb = (band.1 - band.0) * t.tw;
-            let ts = row_stride(tb);
-            with_scratch(16 * ts * (cin + cout), |buf| {
-                let (dm, dv) = buf.split_at_mut(16 * ts * cout);
+            let len = t.positions() * t.band_stride(band);
+            with_scratch(len * (cin + cout), |buf| {
+                let (dm, dv) = buf.split_at_mut(len * cout);
                 output_transform_adjoint(dyb, cout, t, band, dm);
                 // dV[ξ] [Cin, Tb] = U[ξ]ᵀ · dM[ξ]; U[ξ] is [Cout, Cin].
-                gemm_per_position(&u, true, cin, cout, dm, tb, dv);
+                gemm_per_position(&u, true, cin, cout, dm, t, band, dv);
                 input_transform_adjoint(dv, cin, t, band, dxb);
             });
         }
@@ -548,32 +650,33 @@ fn data_grad_kernel(dy: &[f32], w: &[f32], cin: usize, cout: usize, t: &Tiles) -
 }
 
 fn filter_grad_kernel(x: &[f32], dy: &[f32], cin: usize, cout: usize, t: &Tiles) -> Vec<f32> {
-    let mut du = vec![0f32; 16 * cout * cin];
+    let pos = t.positions();
+    let mut du = vec![0f32; pos * cout * cin];
     let mut first = true;
     for (xb, dyb) in x.chunks_exact(cin * t.plane()).zip(dy.chunks_exact(cout * t.ho * t.wo)) {
         for band in t.bands(cin + cout) {
-            let tb = (band.1 - band.0) * t.tw;
-            let ts = row_stride(tb);
-            with_scratch(16 * ts * (cin + cout), |buf| {
-                let (v, dm) = buf.split_at_mut(16 * ts * cin);
+            let (tb, ts) = ((band.1 - band.0) * t.tw, t.band_stride(band));
+            with_scratch(pos * ts * (cin + cout), |buf| {
+                let (v, dm) = buf.split_at_mut(pos * ts * cin);
                 input_transform(xb, cin, t, band, v);
                 output_transform_adjoint(dyb, cout, t, band, dm);
                 // dU[ξ] [Cout, Cin] (+)= dM[ξ] [Cout, Tb] · V[ξ]ᵀ [Tb, Cin].
-                for xi in 0..16 {
-                    let lhs = Mat { data: &dm[xi * ts..], rs: 16 * ts, cs: 1 };
-                    let rhs = Mat { data: &v[xi * ts..], rs: 1, cs: 16 * ts };
-                    matmul_split_k(cout, cin, tb, (&mut du[xi * cin..], 16 * cin), !first, lhs, rhs);
+                for xi in 0..pos {
+                    let lhs = Mat { data: &dm[xi * ts..], rs: pos * ts, cs: 1 };
+                    let rhs = Mat { data: &v[xi * ts..], rs: 1, cs: pos * ts };
+                    matmul_split_k(cout, cin, tb, (&mut du[xi * cin..], pos * cin), !first, lhs, rhs);
                 }
             });
             first = false;
         }
     }
-    filter_transform_adjoint(&du, cout, cin)
+    filter_transform_adjoint(&du, cout, cin, t.m)
 }
 
 /// (x [B,Cin,H,W], w [Cout,Cin,3,3]) → y [B,Cout,H+2p−2,W+2p−2], x reflection-padded by p.
 struct Forward {
     pad: usize,
+    m: usize,
 }
 
 /// (dy [B,Cout,H+2p−2,W+2p−2], w [Cout,Cin,3,3]) → dx [B,Cin,H,W].
@@ -581,11 +684,13 @@ struct DataGrad {
     h: usize,
     w: usize,
     pad: usize,
+    m: usize,
 }
 
 /// (x [B,Cin,H,W], dy [B,Cout,H+2p−2,W+2p−2]) → dW [Cout,Cin,3,3].
 struct FilterGrad {
     pad: usize,
+    m: usize,
 }
 
 fn check_weight(l: &Layout, cin: usize) -> Result<usize> {
@@ -604,7 +709,7 @@ impl CustomOp2 for Forward {
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let (bsz, cin, h, w) = l1.shape().dims4()?;
         let cout = check_weight(l2, cin)?;
-        let t = Tiles::new(h, w, self.pad)?;
+        let t = Tiles::new(h, w, self.pad, self.m)?;
         let y = forward_kernel(f32_data(s1, l1)?, f32_data(s2, l2)?, cin, cout, &t);
         Ok((CpuStorage::F32(y), Shape::from((bsz, cout, t.ho, t.wo))))
     }
@@ -612,9 +717,9 @@ impl CustomOp2 for Forward {
     fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let dy = dy.contiguous()?;
         let (_, _, h, wd) = x.dims4()?;
-        let pad = self.pad;
-        let dx = x.track_op().then(|| dy.apply_op2(w, DataGrad { h, w: wd, pad })).transpose()?;
-        let dw = w.track_op().then(|| x.apply_op2(&dy, FilterGrad { pad })).transpose()?;
+        let (pad, m) = (self.pad, self.m);
+        let dx = x.track_op().then(|| dy.apply_op2(w, DataGrad { h, w: wd, pad, m })).transpose()?;
+        let dw = w.track_op().then(|| x.apply_op2(&dy, FilterGrad { pad, m })).transpose()?;
         Ok((dx, dw))
     }
 }
@@ -630,7 +735,7 @@ impl CustomOp2 for DataGrad {
         if cout_w != cout || check_weight(l2, cin).is_err() {
             bail!("winograd conv backward: gradient {:?} does not fit weight {:?}", l1.dims(), l2.dims());
         }
-        let t = Tiles::new(self.h, self.w, self.pad)?;
+        let t = Tiles::new(self.h, self.w, self.pad, self.m)?;
         if (t.ho, t.wo) != (ho, wo) {
             bail!("winograd conv backward: gradient {ho}x{wo} does not match input {}x{}", self.h, self.w);
         }
@@ -640,9 +745,9 @@ impl CustomOp2 for DataGrad {
 
     fn bwd(&self, dy: &Tensor, w: &Tensor, _res: &Tensor, ddx: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let ddx = ddx.contiguous()?;
-        let pad = self.pad;
-        let ddy = dy.track_op().then(|| ddx.apply_op2(w, Forward { pad })).transpose()?;
-        let dw = w.track_op().then(|| ddx.apply_op2(dy, FilterGrad { pad })).transpose()?;
+        let (pad, m) = (self.pad, self.m);
+        let ddy = dy.track_op().then(|| ddx.apply_op2(w, Forward { pad, m })).transpose()?;
+        let dw = w.track_op().then(|| ddx.apply_op2(dy, FilterGrad { pad, m })).transpose()?;
         Ok((ddy, dw))
     }
 }
@@ -655,7 +760,7 @@ impl CustomOp2 for FilterGrad {
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let (bsz, cin, h, w) = l1.shape().dims4()?;
         let (bg, cout, ho, wo) = l2.shape().dims4()?;
-        let t = Tiles::new(h, w, self.pad)?;
+        let t = Tiles::new(h, w, self.pad, self.m)?;
         if (bg, ho, wo) != (bsz, t.ho, t.wo) {
             bail!("winograd conv filter gradient: gradient {:?} does not match input {:?}", l2.dims(), l1.dims());
         }
@@ -666,9 +771,9 @@ impl CustomOp2 for FilterGrad {
     fn bwd(&self, x: &Tensor, dy: &Tensor, _res: &Tensor, ddw: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let ddw = ddw.contiguous()?;
         let (_, _, h, w) = x.dims4()?;
-        let pad = self.pad;
-        let dx = x.track_op().then(|| dy.apply_op2(&ddw, DataGrad { h, w, pad })).transpose()?;
-        let ddy = dy.track_op().then(|| x.apply_op2(&ddw, Forward { pad })).transpose()?;
+        let (pad, m) = (self.pad, self.m);
+        let dx = x.track_op().then(|| dy.apply_op2(&ddw, DataGrad { h, w, pad, m })).transpose()?;
+        let ddy = dy.track_op().then(|| x.apply_op2(&ddw, Forward { pad, m })).transpose()?;
         Ok((dx, ddy))
     }
 }
@@ -677,32 +782,86 @@ impl CustomOp2 for FilterGrad {
 mod tests {
     use super::*;
 
+    /// (x, w, dy) test inputs for `t`.
+    fn inputs(b: usize, cin: usize, cout: usize, t: &Tiles) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        let val = super::super::test_value;
+        let x = (0..b * cin * t.plane()).map(val).collect();
+        let w = (0..cout * cin * 9).map(|i| val(i + 3)).collect();
+        let dy = (0..b * cout * t.ho * t.wo).map(|i| val(i + 5)).collect();
+        (x, w, dy)
+    }
+
+    type Outputs = (Vec<f32>, Vec<f32>, Vec<f32>);
+
+    fn run_kernels(cin: usize, cout: usize, t: &Tiles, (x, w, dy): &Outputs) -> Outputs {
+        (forward_kernel(x, w, cin, cout, t), data_grad_kernel(dy, w, cin, cout, t), filter_grad_kernel(x, dy, cin, cout, t))
+    }
+
+    /// The direct convolution, its data gradient and its filter gradient, in f64.
+    fn direct(b: usize, cin: usize, cout: usize, t: &Tiles, (x, w, dy): &Outputs) -> [Vec<f64>; 3] {
+        let rows = super::super::reflect_indices(t.sh, t.pad);
+        let cols = super::super::reflect_indices(t.sw, t.pad);
+        let mut y = vec![0f64; b * cout * t.ho * t.wo];
+        let mut dx = vec![0f64; x.len()];
+        let mut dw = vec![0f64; w.len()];
+        for n in 0..b {
+            for co in 0..cout {
+                for ci in 0..cin {
+                    for (i, j, ki, kj) in (0..t.ho).flat_map(|i| (0..t.wo).flat_map(move |j| (0..9).map(move |k| (i, j, k / 3, k % 3)))) {
+                        let xi = ((n * cin + ci) * t.sh + rows[i + ki] as usize) * t.sw + cols[j + kj] as usize;
+                        let wi = ((co * cin + ci) * 3 + ki) * 3 + kj;
+                        let yi = ((n * cout + co) * t.ho + i) * t.wo + j;
+                        y[yi] += w[wi] as f64 * x[xi] as f64;
+                        dx[xi] += w[wi] as f64 * dy[yi] as f64;
+                        dw[wi] += x[xi] as f64 * dy[yi] as f64;
+                    }
+                }
+            }
+        }
+        [y, dx, dw]
+    }
+
+    fn max_rel_diff(a: &[f32], b: &[f64]) -> f64 {
+        assert_eq!(a.len(), b.len());
+        let scale = b.iter().fold(1f64, |m, v| m.max(v.abs()));
+        a.iter().zip(b).fold(0f64, |m, (&p, &q)| m.max((p as f64 - q).abs())) / scale
+    }
+
+    /// Both tile sizes, padded and not, with outputs that do and do not fill the last tiles:
+    /// all three kernels against the direct sums.
+    #[test]
+    fn kernels_match_direct_convolution() {
+        let (b, cin, cout) = (2, 5, 3);
+        for m in [2, 4] {
+            for (sh, sw, pad) in [(9, 8, 0), (7, 6, 1), (6, 11, 1), (3, 3, 0), (2, 2, 1), (12, 10, 1)] {
+                let t = Tiles::new(sh, sw, pad, m).unwrap();
+                let data = inputs(b, cin, cout, &t);
+                let ours = run_kernels(cin, cout, &t, &data);
+                let want = direct(b, cin, cout, &t, &data);
+                for (name, a, w) in [("forward", &ours.0, &want[0]), ("data grad", &ours.1, &want[1]), ("filter grad", &ours.2, &want[2])] {
+                    let d = max_rel_diff(a, w);
+                    assert!(d < 2e-6, "F({m}x{m}) {sh}x{sw} pad {pad} {name}: {d}");
+                }
+            }
+        }
+    }
+
     /// One tile row per band gives the same results as one band, for all three kernels.
     #[test]
     fn banded_kernels_match_single_band() {
         let (b, cin, cout) = (2, 3, 4);
-        for t in [Tiles::new(9, 8, 0).unwrap(), Tiles::new(7, 6, 1).unwrap()] {
-            check_bands(b, cin, cout, &t);
-        }
-    }
-
-    fn check_bands(b: usize, cin: usize, cout: usize, t: &Tiles) {
-        let t = *t;
-        assert_eq!((t.ho, t.wo, t.th, t.tw), (7, 6, 4, 3));
-        let val = super::super::test_value;
-        let x: Vec<f32> = (0..b * cin * t.plane()).map(val).collect();
-        let w: Vec<f32> = (0..cout * cin * 9).map(|i| val(i + 3)).collect();
-        let dy: Vec<f32> = (0..b * cout * t.ho * t.wo).map(|i| val(i + 5)).collect();
-        let run = || {
-            (forward_kernel(&x, &w, cin, cout, &t), data_grad_kernel(&dy, &w, cin, cout, &t), filter_grad_kernel(&x, &dy, cin, cout, &t))
-        };
-        let whole = run();
-        BAND_LIMIT.with(|l| l.set(1));
-        assert_eq!(t.bands(cin + cout).len(), t.th);
-        let banded = run();
-        BAND_LIMIT.with(|l| l.set(BAND_FLOATS));
-        for (a, b) in [(&whole.0, &banded.0), (&whole.1, &banded.1), (&whole.2, &banded.2)] {
-            assert!(a.iter().zip(b).all(|(p, q)| (p - q).abs() < 1e-5));
+        for m in [2, 4] {
+            for t in [Tiles::new(9, 8, 0, m).unwrap(), Tiles::new(7, 6, 1, m).unwrap(), Tiles::new(14, 13, 1, m).unwrap()] {
+                let data = inputs(b, cin, cout, &t);
+                let whole = run_kernels(cin, cout, &t, &data);
+                BAND_LIMIT.with(|l| l.set(1));
+                assert_eq!(t.bands(cin + cout).len(), t.th);
+                let banded = run_kernels(cin, cout, &t, &data);
+                BAND_LIMIT.with(|l| l.set(BAND_FLOATS));
+                for (a, b) in [(&whole.0, &banded.0), (&whole.1, &banded.1), (&whole.2, &banded.2)] {
+                    assert!(a.iter().zip(b).all(|(p, q)| (p - q).abs() < 1e-5), "F({m}x{m}) {t:?}");
+                }
+            }
         }
     }
 }
