@@ -329,17 +329,23 @@ fn gemm_with(m: usize, n: usize, k: usize, (dst, dst_rs): (&mut [f32], usize), a
 /// Runs `f` on a buffer of `len` floats with unspecified contents, reusing one allocation per
 /// thread: an im2col matrix runs to tens of MB, and allocating and zeroing it on every call
 /// costs a noticeable share of a small convolution. The buffer is taken out of the slot while
-/// in use, so a nested call on the same thread just allocates its own.
+/// in use, so a nested call on the same thread just allocates its own (use `with_scratch_slot`
+/// with another slot for a buffer that outlives the inner calls).
 pub(crate) fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    with_scratch_slot(0, len, f)
+}
+
+/// `with_scratch` on one of two per-thread buffers (`slot` 0 or 1).
+pub(crate) fn with_scratch_slot<R>(slot: usize, len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     thread_local! {
-        static SCRATCH: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
+        static SCRATCH: [Cell<Vec<f32>>; 2] = const { [Cell::new(Vec::new()), Cell::new(Vec::new())] };
     }
-    let mut buf = SCRATCH.take();
+    let mut buf = SCRATCH.with(|s| s[slot].take());
     if buf.len() < len {
         buf = vec![0.0; len];
     }
     let out = f(&mut buf[..len]);
-    SCRATCH.set(buf);
+    SCRATCH.with(|s| s[slot].set(buf));
     out
 }
 

@@ -18,7 +18,7 @@
 //! The three ops (forward, data gradient, filter gradient) are bilinear and each one's
 //! derivatives are the other two, so second-order gradients work as for `conv`.
 
-use super::conv::{matmul, matmul_split_k, with_scratch, Mat};
+use super::conv::{matmul, matmul_split_k, with_scratch, with_scratch_slot, Mat};
 use super::f32_data;
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -351,14 +351,21 @@ macro_rules! by_tile {
     };
 }
 
-/// U [Cout][α²][Cin] from `w` [Cout, Cin, 3, 3] (so each output channel's part is one
+/// U [Cout][α²][Cin] from `w` [Cout, Cin, 3, 3] into `u` (so each output channel's part is one
 /// contiguous chunk; the GEMMs read U[ξ] [Cout, Cin] with row stride α²·Cin).
-fn filter_transform(w: &[f32], cout: usize, cin: usize, m: usize) -> Vec<f32> {
+fn filter_transform(w: &[f32], cout: usize, cin: usize, m: usize, u: &mut [f32]) {
     let al = m + 2;
-    let mut u = vec![0f32; cout * al * al * cin];
     let scratch = || vec![0f32; (9 + 3 * al) * cin];
     u.par_chunks_mut(al * al * cin).zip(w.par_chunks(9 * cin)).take(cout).for_each_init(scratch, |buf, (uc, wc)| filter_plane(buf, uc, wc, cin, m));
-    u
+}
+
+/// Runs `f` on U for `w` in a reused per-thread buffer: U is α²/9 times the size of the weights
+/// (9.4 MB for 256 channels and 4×4 tiles), too much to allocate and zero on every call.
+fn with_filter<R>(w: &[f32], cout: usize, cin: usize, m: usize, f: impl FnOnce(&[f32]) -> R) -> R {
+    with_scratch_slot(1, (m + 2) * (m + 2) * cout * cin, |u| {
+        filter_transform(w, cout, cin, m, u);
+        f(u)
+    })
 }
 
 simd_fn! {
@@ -615,62 +622,66 @@ fn gemm_per_position(u: &[f32], transpose_u: bool, rows: usize, k: usize, src: &
 }
 
 fn forward_kernel(x: &[f32], w: &[f32], cin: usize, cout: usize, t: &Tiles) -> Vec<f32> {
-    let u = filter_transform(w, cout, cin, t.m);
     let mut y = vec![0f32; x.len() / (cin * t.plane()) * cout * t.ho * t.wo];
-    for (xb, yb) in x.chunks_exact(cin * t.plane()).zip(y.chunks_exact_mut(cout * t.ho * t.wo)) {
-        for band in t.bands(cin + cout) {
-            let len = t.positions() * t.band_stride(band);
-            with_scratch(len * (cin + cout), |buf| {
-                let (v, m) = buf.split_at_mut(len * cin);
-                input_transform(xb, cin, t, band, v);
-                gemm_per_position(&u, false, cout, cin, v, t, band, m);
-                output_transform(m, cout, t, band, yb);
-            });
+    with_filter(w, cout, cin, t.m, |u| {
+        for (xb, yb) in x.chunks_exact(cin * t.plane()).zip(y.chunks_exact_mut(cout * t.ho * t.wo)) {
+            for band in t.bands(cin + cout) {
+                let len = t.positions() * t.band_stride(band);
+                with_scratch(len * (cin + cout), |buf| {
+                    let (v, m) = buf.split_at_mut(len * cin);
+                    input_transform(xb, cin, t, band, v);
+                    gemm_per_position(u, false, cout, cin, v, t, band, m);
+                    output_transform(m, cout, t, band, yb);
+                });
+            }
         }
-    }
+    });
     y
 }
 
 fn data_grad_kernel(dy: &[f32], w: &[f32], cin: usize, cout: usize, t: &Tiles) -> Vec<f32> {
-    let u = filter_transform(w, cout, cin, t.m);
     let mut dx = vec![0f32; dy.len() / (cout * t.ho * t.wo) * cin * t.plane()];
-    for (dyb, dxb) in dy.chunks_exact(cout * t.ho * t.wo).zip(dx.chunks_exact_mut(cin * t.plane())) {
-        for band in t.bands(cin + cout) {
-            let len = t.positions() * t.band_stride(band);
-            with_scratch(len * (cin + cout), |buf| {
-                let (dm, dv) = buf.split_at_mut(len * cout);
-                output_transform_adjoint(dyb, cout, t, band, dm);
-                // dV[ξ] [Cin, Tb] = U[ξ]ᵀ · dM[ξ]; U[ξ] is [Cout, Cin].
-                gemm_per_position(&u, true, cin, cout, dm, t, band, dv);
-                input_transform_adjoint(dv, cin, t, band, dxb);
-            });
+    with_filter(w, cout, cin, t.m, |u| {
+        for (dyb, dxb) in dy.chunks_exact(cout * t.ho * t.wo).zip(dx.chunks_exact_mut(cin * t.plane())) {
+            for band in t.bands(cin + cout) {
+                let len = t.positions() * t.band_stride(band);
+                with_scratch(len * (cin + cout), |buf| {
+                    let (dm, dv) = buf.split_at_mut(len * cout);
+                    output_transform_adjoint(dyb, cout, t, band, dm);
+                    // dV[ξ] [Cin, Tb] = U[ξ]ᵀ · dM[ξ]; U[ξ] is [Cout, Cin].
+                    gemm_per_position(u, true, cin, cout, dm, t, band, dv);
+                    input_transform_adjoint(dv, cin, t, band, dxb);
+                });
+            }
         }
-    }
+    });
     dx
 }
 
 fn filter_grad_kernel(x: &[f32], dy: &[f32], cin: usize, cout: usize, t: &Tiles) -> Vec<f32> {
     let pos = t.positions();
-    let mut du = vec![0f32; pos * cout * cin];
-    let mut first = true;
-    for (xb, dyb) in x.chunks_exact(cin * t.plane()).zip(dy.chunks_exact(cout * t.ho * t.wo)) {
-        for band in t.bands(cin + cout) {
-            let (tb, ts) = ((band.1 - band.0) * t.tw, t.band_stride(band));
-            with_scratch(pos * ts * (cin + cout), |buf| {
-                let (v, dm) = buf.split_at_mut(pos * ts * cin);
-                input_transform(xb, cin, t, band, v);
-                output_transform_adjoint(dyb, cout, t, band, dm);
-                // dU[ξ] [Cout, Cin] (+)= dM[ξ] [Cout, Tb] · V[ξ]ᵀ [Tb, Cin].
-                for xi in 0..pos {
-                    let lhs = Mat { data: &dm[xi * ts..], rs: pos * ts, cs: 1 };
-                    let rhs = Mat { data: &v[xi * ts..], rs: 1, cs: pos * ts };
-                    matmul_split_k(cout, cin, tb, (&mut du[xi * cin..], pos * cin), !first, lhs, rhs);
-                }
-            });
-            first = false;
+    // dU in the reused buffer: the first band's GEMMs overwrite it, the others add.
+    with_scratch_slot(1, pos * cout * cin, |du| {
+        let mut first = true;
+        for (xb, dyb) in x.chunks_exact(cin * t.plane()).zip(dy.chunks_exact(cout * t.ho * t.wo)) {
+            for band in t.bands(cin + cout) {
+                let (tb, ts) = ((band.1 - band.0) * t.tw, t.band_stride(band));
+                with_scratch(pos * ts * (cin + cout), |buf| {
+                    let (v, dm) = buf.split_at_mut(pos * ts * cin);
+                    input_transform(xb, cin, t, band, v);
+                    output_transform_adjoint(dyb, cout, t, band, dm);
+                    // dU[ξ] [Cout, Cin] (+)= dM[ξ] [Cout, Tb] · V[ξ]ᵀ [Tb, Cin].
+                    for xi in 0..pos {
+                        let lhs = Mat { data: &dm[xi * ts..], rs: pos * ts, cs: 1 };
+                        let rhs = Mat { data: &v[xi * ts..], rs: 1, cs: pos * ts };
+                        matmul_split_k(cout, cin, tb, (&mut du[xi * cin..], pos * cin), !first, lhs, rhs);
+                    }
+                });
+                first = false;
+            }
         }
-    }
-    filter_transform_adjoint(&du, cout, cin, t.m)
+        filter_transform_adjoint(du, cout, cin, t.m)
+    })
 }
 
 /// (x [B,Cin,H,W], w [Cout,Cin,3,3]) → y [B,Cout,H+2p−2,W+2p−2], x reflection-padded by p.
