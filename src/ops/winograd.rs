@@ -355,8 +355,7 @@ macro_rules! by_tile {
 /// contiguous chunk; the GEMMs read U[ξ] [Cout, Cin] with row stride α²·Cin).
 fn filter_transform(w: &[f32], cout: usize, cin: usize, m: usize, u: &mut [f32]) {
     let al = m + 2;
-    let scratch = || vec![0f32; (9 + 3 * al) * cin];
-    u.par_chunks_mut(al * al * cin).zip(w.par_chunks(9 * cin)).take(cout).for_each_init(scratch, |buf, (uc, wc)| filter_plane(buf, uc, wc, cin, m));
+    u.par_chunks_mut(al * al * cin).zip(w.par_chunks(9 * cin)).take(cout).for_each(|(uc, wc)| filter_plane(uc, wc, cin, m));
 }
 
 /// Runs `f` on U for `w` in a reused per-thread buffer: U is α²/9 times the size of the weights
@@ -369,26 +368,51 @@ fn with_filter<R>(w: &[f32], cout: usize, cin: usize, m: usize, f: impl FnOnce(&
 }
 
 simd_fn! {
-    fn filter_plane(buf: &mut [f32], uc: &mut [f32], wc: &[f32], cin: usize, m: usize) {
-        by_tile!(m, filter_plane_m(buf, uc, wc, cin))
+    fn filter_plane(uc: &mut [f32], wc: &[f32], cin: usize, m: usize) {
+        by_tile!(m, filter_plane_m(uc, wc, cin))
     }
 }
 
 #[inline(always)]
-fn filter_plane_m<const M: usize, const AL: usize>(buf: &mut [f32], uc: &mut [f32], wc: &[f32], cin: usize) {
-    // g[k][j] as a vector over input channels, then H = G g (α×3), then U = H Gᵀ (α×α).
+fn filter_plane_m<const M: usize, const AL: usize>(uc: &mut [f32], wc: &[f32], cin: usize) {
+    // 8 input channels at a time, in registers: their 9 taps g, H = G g (α×3), U = H Gᵀ (α×α),
+    // every entry a vector over the 8 channels.
     let s = scheme::<M>();
-    let (g, h) = buf.split_at_mut(9 * cin);
-    for (k, gk) in g.chunks_exact_mut(cin).enumerate() {
-        for (v, wf) in gk.iter_mut().zip(wc.chunks_exact(9)) {
-            *v = wf[k];
+    for c0 in (0..cin).step_by(8) {
+        let n = (cin - c0).min(8);
+        let mut g = [[0f32; 8]; 9];
+        for (l, taps) in wc[c0 * 9..(c0 + n) * 9].chunks_exact(9).enumerate() {
+            for (k, &v) in taps.iter().enumerate() {
+                g[k][l] = v;
+            }
         }
-    }
-    for j in 0..3 {
-        apply::<AL, 3>(&s.g, g, at(j * cin, 3 * cin), h, at(j * cin, 3 * cin), cin);
-    }
-    for i in 0..AL {
-        apply::<AL, 3>(&s.g, h, at(i * 3 * cin, cin), uc, at(i * AL * cin, cin), cin);
+        let mut h = [[[0f32; 8]; 3]; AL];
+        for i in 0..AL {
+            for j in 0..3 {
+                for k in 0..3 {
+                    let c = s.g[i][k];
+                    if c != 0.0 {
+                        for l in 0..8 {
+                            h[i][j][l] += c * g[k * 3 + j][l];
+                        }
+                    }
+                }
+            }
+        }
+        for i in 0..AL {
+            for q in 0..AL {
+                let mut u = [0f32; 8];
+                for j in 0..3 {
+                    let c = s.g[q][j];
+                    if c != 0.0 {
+                        for l in 0..8 {
+                            u[l] += c * h[i][j][l];
+                        }
+                    }
+                }
+                uc[(i * AL + q) * cin + c0..][..n].copy_from_slice(&u[..n]);
+            }
+        }
     }
 }
 
@@ -872,6 +896,53 @@ mod tests {
                 for (a, b) in [(&whole.0, &banded.0), (&whole.1, &banded.1), (&whole.2, &banded.2)] {
                     assert!(a.iter().zip(b).all(|(p, q)| (p - q).abs() < 1e-5), "F({m}x{m}) {t:?}");
                 }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod profile {
+    use super::*;
+    use std::time::Instant;
+
+    fn med(mut f: impl FnMut()) -> f64 {
+        f();
+        let mut v: Vec<f64> = (0..15).map(|_| { let s = Instant::now(); f(); s.elapsed().as_secs_f64() * 1e3 }).collect();
+        v.sort_by(f64::total_cmp);
+        v[1]
+    }
+
+    #[test]
+    #[ignore]
+    fn profile_parts() {
+        for side in [32usize, 64] {
+            for m in [2, 4] {
+                let (cin, cout) = (256, 256);
+                let t = Tiles::new(side, side, 1, m).unwrap();
+                let x: Vec<f32> = (0..cin * t.plane()).map(super::super::test_value).collect();
+                let w: Vec<f32> = (0..cout * cin * 9).map(super::super::test_value).collect();
+                let dy: Vec<f32> = (0..cout * t.ho * t.wo).map(super::super::test_value).collect();
+                let band = (0, t.th);
+                let len = t.positions() * t.band_stride(band);
+                let mut v = vec![0f32; len * cin];
+                let mut mm = vec![0f32; len * cout];
+                let mut y = vec![0f32; cout * t.ho * t.wo];
+                let mut dx = vec![0f32; cin * t.plane()];
+                let mut u = vec![0f32; (m + 2) * (m + 2) * cout * cin];
+                filter_transform(&w, cout, cin, m, &mut u);
+                let ft = med(|| filter_transform(&w, cout, cin, m, &mut u));
+                let fta = med(|| drop(filter_transform_adjoint(&u, cout, cin, m)));
+                let it = med(|| input_transform(&x, cin, &t, band, &mut v));
+                let g = med(|| gemm_per_position(&u, false, cout, cin, &v, &t, band, &mut mm));
+                let gt = med(|| gemm_per_position(&u, true, cin, cout, &mm, &t, band, &mut v));
+                let ot = med(|| output_transform(&mm, cout, &t, band, &mut y));
+                let ota = med(|| output_transform_adjoint(&dy, cout, &t, band, &mut mm));
+                let ita = med(|| input_transform_adjoint(&v, cin, &t, band, &mut dx));
+                let fwd = med(|| drop(forward_kernel(&x, &w, cin, cout, &t)));
+                let dg = med(|| drop(data_grad_kernel(&dy, &w, cin, cout, &t)));
+                let fg = med(|| drop(filter_grad_kernel(&x, &dy, cin, cout, &t)));
+                println!("{side}² F{m}: filterT {ft:.2} filterT' {fta:.2} inputT {it:.2} gemm {g:.2} gemmT {gt:.2} outT {ot:.2} outT' {ota:.2} inT' {ita:.2} | fwd {fwd:.2} dgrad {dg:.2} fgrad {fg:.2} total {:.2}", fwd + dg + fg);
             }
         }
     }
