@@ -4,7 +4,8 @@
 //!
 //!     cargo run --release --example layer_timing
 //!
-//! `CS_NO_WINOGRAD=1` / `CS_NATIVE_CONV=1` switch the Winograd path / all our convolutions off.
+//! `CS_NO_WINOGRAD=1` / `CS_NATIVE_CONV=1` switch the Winograd path / all our convolutions off;
+//! `CS_WINOGRAD_TILE=2` uses F(2×2, 3×3) instead of F(4×4, 3×3).
 
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};

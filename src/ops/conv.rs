@@ -293,6 +293,73 @@ pub(crate) fn matmul_split_k(m: usize, n: usize, k: usize, (dst, dst_rs): (&mut 
     });
 }
 
+/// `count` independent products of one shape, each GEMM on one thread and the GEMMs spread over
+/// the rayon threads: for p < `count`, `dst` at p·`dst_step` (row stride `dst_rs`) (+)= `lhs` at
+/// p·`lhs_step` · `rhs` at p·`rhs_step`. For many mid-sized GEMMs (Winograd's per-position
+/// products) this beats splitting each one across the threads. Product p's rows are
+/// `dst[p·dst_step + i·dst_rs..][..n]`; `n ≤ dst_step` and `count·dst_step ≤ dst_rs` keep all
+/// of them apart.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn matmul_batch(
+    count: usize,
+    (m, n, k): (usize, usize, usize),
+    (dst, dst_step, dst_rs): (&mut [f32], usize, usize),
+    accumulate: bool,
+    (lhs, lhs_step): (Mat, usize),
+    (rhs, rhs_step): (Mat, usize),
+) {
+    if count == 0 || m == 0 || n == 0 {
+        return;
+    }
+    let last = count - 1;
+    assert!(
+        n <= dst_step
+            && (m == 1 || count * dst_step <= dst_rs)
+            && last * dst_step + (m - 1) * dst_rs + n <= dst.len()
+            && Mat { data: lhs.data.get(last * lhs_step..).unwrap_or(&[]), ..lhs }.fits(m, k)
+            && Mat { data: rhs.data.get(last * rhs_step..).unwrap_or(&[]), ..rhs }.fits(k, n),
+        "batched gemm operand out of bounds"
+    );
+    struct Out(*mut f32);
+    // SAFETY: the products write disjoint elements (see above), so sharing the pointer across
+    // threads never lets two of them touch the same float.
+    unsafe impl Sync for Out {}
+    impl Out {
+        fn at(&self, off: usize) -> *mut f32 {
+            self.0.wrapping_add(off)
+        }
+    }
+    let out = Out(dst.as_mut_ptr());
+    (0..count).into_par_iter().for_each(|p| {
+        let (a, b) = (&lhs.data[p * lhs_step..], &rhs.data[p * rhs_step..]);
+        // SAFETY: the assert keeps every read inside `lhs` / `rhs` and every write inside `dst`
+        // (the last product reaches furthest), and product p's writes are its own.
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                out.at(p * dst_step),
+                1,
+                dst_rs as isize,
+                accumulate,
+                a.as_ptr(),
+                lhs.cs as isize,
+                lhs.rs as isize,
+                b.as_ptr(),
+                rhs.cs as isize,
+                rhs.rs as isize,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                Parallelism::None,
+            )
+        }
+    });
+}
+
 #[allow(clippy::too_many_arguments)]
 fn gemm_with(m: usize, n: usize, k: usize, (dst, dst_rs): (&mut [f32], usize), accumulate: bool, lhs: Mat, rhs: Mat, par: Parallelism) {
     assert!(

@@ -18,7 +18,7 @@
 //! The three ops (forward, data gradient, filter gradient) are bilinear and each one's
 //! derivatives are the other two, so second-order gradients work as for `conv`.
 
-use super::conv::{matmul, matmul_split_k, with_scratch, with_scratch_slot, Mat};
+use super::conv::{matmul_batch, with_scratch, with_scratch_slot, Mat};
 use super::f32_data;
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -637,12 +637,9 @@ fn output_adjoint_plane_m<const M: usize, const AL: usize>(buf: &mut [f32], mc: 
 fn gemm_per_position(u: &[f32], transpose_u: bool, rows: usize, k: usize, src: &[f32], t: &Tiles, band: (usize, usize), dst: &mut [f32]) {
     let cin = if transpose_u { rows } else { k };
     let (tb, ts, pos) = ((band.1 - band.0) * t.tw, t.band_stride(band), t.positions());
-    for xi in 0..pos {
-        let uxi = &u[xi * cin..];
-        let lhs = if transpose_u { Mat { data: uxi, rs: 1, cs: pos * cin } } else { Mat { data: uxi, rs: pos * cin, cs: 1 } };
-        let rhs = Mat { data: &src[xi * ts..], rs: pos * ts, cs: 1 };
-        matmul(rows, tb, k, (&mut dst[xi * ts..], pos * ts), false, lhs, rhs);
-    }
+    let lhs = if transpose_u { Mat { data: u, rs: 1, cs: pos * cin } } else { Mat { data: u, rs: pos * cin, cs: 1 } };
+    let rhs = Mat { data: src, rs: pos * ts, cs: 1 };
+    matmul_batch(pos, (rows, tb, k), (dst, ts, pos * ts), false, (lhs, cin), (rhs, ts));
 }
 
 fn forward_kernel(x: &[f32], w: &[f32], cin: usize, cout: usize, t: &Tiles) -> Vec<f32> {
@@ -695,11 +692,9 @@ fn filter_grad_kernel(x: &[f32], dy: &[f32], cin: usize, cout: usize, t: &Tiles)
                     input_transform(xb, cin, t, band, v);
                     output_transform_adjoint(dyb, cout, t, band, dm);
                     // dU[ξ] [Cout, Cin] (+)= dM[ξ] [Cout, Tb] · V[ξ]ᵀ [Tb, Cin].
-                    for xi in 0..pos {
-                        let lhs = Mat { data: &dm[xi * ts..], rs: pos * ts, cs: 1 };
-                        let rhs = Mat { data: &v[xi * ts..], rs: 1, cs: pos * ts };
-                        matmul_split_k(cout, cin, tb, (&mut du[xi * cin..], pos * cin), !first, lhs, rhs);
-                    }
+                    let lhs = Mat { data: dm, rs: pos * ts, cs: 1 };
+                    let rhs = Mat { data: v, rs: 1, cs: pos * ts };
+                    matmul_batch(pos, (cout, cin, tb), (du, cin, pos * cin), !first, (lhs, ts), (rhs, ts));
                 });
                 first = false;
             }
@@ -896,53 +891,6 @@ mod tests {
                 for (a, b) in [(&whole.0, &banded.0), (&whole.1, &banded.1), (&whole.2, &banded.2)] {
                     assert!(a.iter().zip(b).all(|(p, q)| (p - q).abs() < 1e-5), "F({m}x{m}) {t:?}");
                 }
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod profile {
-    use super::*;
-    use std::time::Instant;
-
-    fn med(mut f: impl FnMut()) -> f64 {
-        f();
-        let mut v: Vec<f64> = (0..15).map(|_| { let s = Instant::now(); f(); s.elapsed().as_secs_f64() * 1e3 }).collect();
-        v.sort_by(f64::total_cmp);
-        v[1]
-    }
-
-    #[test]
-    #[ignore]
-    fn profile_parts() {
-        for side in [32usize, 64] {
-            for m in [2, 4] {
-                let (cin, cout) = (256, 256);
-                let t = Tiles::new(side, side, 1, m).unwrap();
-                let x: Vec<f32> = (0..cin * t.plane()).map(super::super::test_value).collect();
-                let w: Vec<f32> = (0..cout * cin * 9).map(super::super::test_value).collect();
-                let dy: Vec<f32> = (0..cout * t.ho * t.wo).map(super::super::test_value).collect();
-                let band = (0, t.th);
-                let len = t.positions() * t.band_stride(band);
-                let mut v = vec![0f32; len * cin];
-                let mut mm = vec![0f32; len * cout];
-                let mut y = vec![0f32; cout * t.ho * t.wo];
-                let mut dx = vec![0f32; cin * t.plane()];
-                let mut u = vec![0f32; (m + 2) * (m + 2) * cout * cin];
-                filter_transform(&w, cout, cin, m, &mut u);
-                let ft = med(|| filter_transform(&w, cout, cin, m, &mut u));
-                let fta = med(|| drop(filter_transform_adjoint(&u, cout, cin, m)));
-                let it = med(|| input_transform(&x, cin, &t, band, &mut v));
-                let g = med(|| gemm_per_position(&u, false, cout, cin, &v, &t, band, &mut mm));
-                let gt = med(|| gemm_per_position(&u, true, cin, cout, &mm, &t, band, &mut v));
-                let ot = med(|| output_transform(&mm, cout, &t, band, &mut y));
-                let ota = med(|| output_transform_adjoint(&dy, cout, &t, band, &mut mm));
-                let ita = med(|| input_transform_adjoint(&v, cin, &t, band, &mut dx));
-                let fwd = med(|| drop(forward_kernel(&x, &w, cin, cout, &t)));
-                let dg = med(|| drop(data_grad_kernel(&dy, &w, cin, cout, &t)));
-                let fg = med(|| drop(filter_grad_kernel(&x, &dy, cin, cout, &t)));
-                println!("{side}² F{m}: filterT {ft:.2} filterT' {fta:.2} inputT {it:.2} gemm {g:.2} gemmT {gt:.2} outT {ot:.2} outT' {ota:.2} inT' {ita:.2} | fwd {fwd:.2} dgrad {dg:.2} fgrad {fg:.2} total {:.2}", fwd + dg + fg);
             }
         }
     }
