@@ -82,6 +82,9 @@ fn translate_keeps_size_mode_and_inputs() {
     ok(&cyclestudio(d, &["translate", "photo.jpg", "--to", "gray", "--tile", "64", "-o", "tiled.png"]));
     assert_eq!(dims(&d.join("tiled.png")), (333, 217));
 
+    // A colour gain needs a model that predicts chroma over the input's luma.
+    let direct = cyclestudio(d, &["translate", "photo.jpg", "--to", "color", "--chroma-gain", "0.5", "-o", "muted.png"]);
+    assert!(!direct.status.success() && String::from_utf8_lossy(&direct.stderr).contains("--keep-luma"));
     // Unknown domains list the known ones.
     let bad = cyclestudio(d, &["translate", "photo.jpg", "--to", "zebra"]);
     assert!(String::from_utf8_lossy(&bad.stderr).contains("gray, color") || String::from_utf8_lossy(&bad.stderr).contains("color, gray"));
@@ -299,4 +302,16 @@ fn shipped_default_model_colours_a_grey_photo() {
         let luma = 0.299 * c[0] as f32 + 0.587 * c[1] as f32 + 0.114 * c[2] as f32;
         assert!((luma - g[0] as f32).abs() <= 1.5, "luma {luma} vs grey {}", g[0]);
     }
+    // --chroma-gain scales the predicted colour: 0 gives the grey photo back, 0.5 less colour.
+    let spread = |p: &Path| -> u32 {
+        image::open(p).unwrap().into_rgb8().pixels().map(|c| u32::from(c.0.iter().max().unwrap() - c.0.iter().min().unwrap())).sum()
+    };
+    for (gain, name) in [("0", "none.png"), ("0.5", "muted.png")] {
+        let out = tmp.path().join(name);
+        ok(&cyclestudio(repo, &["translate", input.to_str().unwrap(), "--to", "color", "--chroma-gain", gain, "-o", out.to_str().unwrap()]));
+    }
+    let none = image::open(tmp.path().join("none.png")).unwrap().into_rgb8();
+    assert!(grey.pixels().zip(none.pixels()).all(|(g, c)| c.0.iter().all(|&v| v.abs_diff(g[0]) <= 1)));
+    let (full, half) = (spread(&output), spread(&tmp.path().join("muted.png")));
+    assert!(full > 0 && half < full, "colour spread {half} at gain 0.5 vs {full} at 1");
 }

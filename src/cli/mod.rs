@@ -82,6 +82,10 @@ pub struct EvalArgs {
     /// Also write the full report (per image) as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Scale the predicted colour of a --keep-luma model: 0 gives the grey input back, 1 (default)
+    /// the colours as trained, below 1 more muted, above 1 more saturated.
+    #[arg(long)]
+    pub chroma_gain: Option<f64>,
     #[arg(long, default_value = "cpu")]
     pub device: String,
 }
@@ -126,6 +130,10 @@ pub struct TranslateArgs {
     /// Translate in overlapping tiles of this side (automatic above ~2.4 megapixels).
     #[arg(long)]
     pub tile: Option<usize>,
+    /// Scale the predicted colour of a --keep-luma model: 0 gives the grey input back, 1 (default)
+    /// the colours as trained, below 1 more muted, above 1 more saturated.
+    #[arg(long)]
+    pub chroma_gain: Option<f64>,
     #[arg(long, default_value = "cpu")]
     pub device: String,
 }
@@ -147,6 +155,10 @@ pub struct ConvertArgs {
     pub batch: usize,
     #[arg(long)]
     pub tile: Option<usize>,
+    /// Scale the predicted colour of a --keep-luma model: 0 gives the grey input back, 1 (default)
+    /// the colours as trained, below 1 more muted, above 1 more saturated.
+    #[arg(long)]
+    pub chroma_gain: Option<f64>,
     #[arg(long, default_value = "cpu")]
     pub device: String,
 }

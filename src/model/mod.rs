@@ -22,6 +22,8 @@ use candle_nn::VarBuilder;
 pub struct Generator {
     network: GeneratorNetwork,
     output: OutputMode,
+    /// Factor on the predicted chroma of a chroma-over-luma generator (1 as trained).
+    chroma_gain: f64,
 }
 
 enum GeneratorNetwork {
@@ -42,7 +44,25 @@ impl Generator {
             GeneratorKind::Resnet { .. } => GeneratorNetwork::Resnet(ResnetGenerator::new(cfg, vb)?),
             GeneratorKind::Unet { .. } => GeneratorNetwork::Unet(UnetGenerator::new(cfg, vb)?),
         };
-        Ok(Self { network, output: cfg.output })
+        Ok(Self { network, output: cfg.output, chroma_gain: 1.0 })
+    }
+
+    /// Whether this generator predicts only chroma over its input's luma (`--keep-luma`).
+    pub fn predicts_chroma(&self) -> bool {
+        self.output == OutputMode::ChromaOverLuma
+    }
+
+    /// Scales the colour a chroma-over-luma (`--keep-luma`) generator predicts before it is
+    /// composed with the input's luma: 0 returns the grey input, 1 the colours as trained.
+    pub fn set_chroma_gain(&mut self, gain: f64) -> Result<()> {
+        if self.output != OutputMode::ChromaOverLuma {
+            candle_core::bail!("a chroma gain needs a generator that predicts chroma over the input's luma (--keep-luma)");
+        }
+        if !(gain.is_finite() && (0.0..=4.0).contains(&gain)) {
+            candle_core::bail!("chroma gain {gain} is outside 0..=4");
+        }
+        self.chroma_gain = gain;
+        Ok(())
     }
 
     /// `xs` [B,Cin,H,W] in [-1,1] → [B,Cout,H,W] in [-1,1]. H and W must be multiples of
@@ -54,6 +74,7 @@ impl Generator {
         }; // [B,network_out_channels,H,W]
         match self.output {
             OutputMode::Direct => Ok(raw),
+            OutputMode::ChromaOverLuma if self.chroma_gain != 1.0 => compose_chroma_over_luma(xs, &(raw * self.chroma_gain)?),
             OutputMode::ChromaOverLuma => compose_chroma_over_luma(xs, &raw),
         }
     }

@@ -38,6 +38,20 @@ impl Translator {
         Ok(Self { run_dir: run_dir.to_path_buf(), config, device, g_ab, g_ba })
     }
 
+    /// Scales the predicted colour of the model's chroma-over-luma generators (see
+    /// [`Generator::set_chroma_gain`]); an error if it has none.
+    pub fn set_chroma_gain(&mut self, gain: f64) -> Result<()> {
+        let mut applied = false;
+        for g in [&mut self.g_ab, &mut self.g_ba].into_iter().flatten().filter(|g| g.predicts_chroma()) {
+            g.set_chroma_gain(gain)?;
+            applied = true;
+        }
+        if !applied {
+            bail!("--chroma-gain needs a model trained with --keep-luma; {} predicts its colours directly", self.run_dir.display());
+        }
+        Ok(())
+    }
+
     /// Domain names (A, B).
     pub fn domains(&self) -> [&str; 2] {
         [&self.config.domain_a.name, &self.config.domain_b.name]
