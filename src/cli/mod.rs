@@ -82,10 +82,8 @@ pub struct EvalArgs {
     /// Also write the full report (per image) as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
-    /// Scale the predicted colour of a --keep-luma model: 0 gives the grey input back, 1 (default)
-    /// the colours as trained, below 1 more muted, above 1 more saturated.
-    #[arg(long)]
-    pub chroma_gain: Option<f64>,
+    #[command(flatten)]
+    pub colour: ColourArgs,
     #[arg(long, default_value = "cpu")]
     pub device: String,
 }
@@ -112,6 +110,15 @@ pub struct ScoreArgs {
     pub device: String,
 }
 
+/// How a --keep-luma model's colour is applied (translate, convert, eval).
+#[derive(Args, Debug, Clone, Copy)]
+pub struct ColourArgs {
+    /// Scale the predicted colour of a --keep-luma model: 0 gives the grey input back, 1 (default)
+    /// the colours as trained, below 1 more muted, above 1 more saturated.
+    #[arg(long)]
+    pub chroma_gain: Option<f64>,
+}
+
 #[derive(Args, Debug)]
 pub struct TranslateArgs {
     pub input: PathBuf,
@@ -130,10 +137,8 @@ pub struct TranslateArgs {
     /// Translate in overlapping tiles of this side (automatic above ~2.4 megapixels).
     #[arg(long)]
     pub tile: Option<usize>,
-    /// Scale the predicted colour of a --keep-luma model: 0 gives the grey input back, 1 (default)
-    /// the colours as trained, below 1 more muted, above 1 more saturated.
-    #[arg(long)]
-    pub chroma_gain: Option<f64>,
+    #[command(flatten)]
+    pub colour: ColourArgs,
     #[arg(long, default_value = "cpu")]
     pub device: String,
 }
@@ -155,10 +160,8 @@ pub struct ConvertArgs {
     pub batch: usize,
     #[arg(long)]
     pub tile: Option<usize>,
-    /// Scale the predicted colour of a --keep-luma model: 0 gives the grey input back, 1 (default)
-    /// the colours as trained, below 1 more muted, above 1 more saturated.
-    #[arg(long)]
-    pub chroma_gain: Option<f64>,
+    #[command(flatten)]
+    pub colour: ColourArgs,
     #[arg(long, default_value = "cpu")]
     pub device: String,
 }

@@ -1,4 +1,4 @@
-use super::{BenchArgs, ConvertArgs, EvalArgs, ExportArgs, ImportArgs, ScoreArgs, TranslateArgs, TuiArgs};
+use super::{BenchArgs, ColourArgs, ConvertArgs, EvalArgs, ExportArgs, ImportArgs, ScoreArgs, TranslateArgs, TuiArgs};
 use crate::interop::{export_torch_keys, import as import_model, ImportRequest};
 use crate::translate::{convert_folder, default_model_dir, default_output_path, translate_image, ConvertOptions, TranslateOptions, Translator};
 use crate::tui::TuiOptions;
@@ -17,10 +17,10 @@ fn resolve_model(checkpoints: &Path, model: Option<PathBuf>) -> Result<PathBuf> 
     }
 }
 
-/// The model at `model` on `device`, its colour scaled by `chroma_gain` if given.
-fn load_translator(model: &Path, device: &str, chroma_gain: Option<f64>) -> Result<Translator> {
+/// The model at `model` on `device`, its colour set as `colour` says.
+fn load_translator(model: &Path, device: &str, colour: ColourArgs) -> Result<Translator> {
     let mut tr = Translator::load(model, device)?;
-    if let Some(gain) = chroma_gain {
+    if let Some(gain) = colour.chroma_gain {
         tr.set_chroma_gain(gain)?;
     }
     Ok(tr)
@@ -32,7 +32,7 @@ fn translate_options(tile: Option<usize>) -> TranslateOptions {
 
 pub fn translate(checkpoints: &Path, a: TranslateArgs) -> Result<()> {
     let model = resolve_model(checkpoints, a.model)?;
-    let tr = load_translator(&model, &a.device, a.chroma_gain)?;
+    let tr = load_translator(&model, &a.device, a.colour)?;
     let (g, cin, _) = tr.generator_to(&a.to)?;
     let output = a.output.unwrap_or_else(|| default_output_path(&a.input, &a.to));
     if let (Ok(i), Ok(o)) = (a.input.canonicalize(), output.canonicalize()) {
@@ -52,7 +52,7 @@ pub fn translate(checkpoints: &Path, a: TranslateArgs) -> Result<()> {
 
 pub fn convert(checkpoints: &Path, a: ConvertArgs) -> Result<()> {
     let model = resolve_model(checkpoints, a.model)?;
-    let tr = load_translator(&model, &a.device, a.chroma_gain)?;
+    let tr = load_translator(&model, &a.device, a.colour)?;
     let opts = ConvertOptions { to: a.to.clone(), overwrite: a.overwrite, batch: a.batch, translate: translate_options(a.tile) };
     let bar = ProgressBar::new(0);
     bar.set_style(
@@ -110,7 +110,7 @@ pub fn tui(checkpoints: &Path, a: TuiArgs) -> Result<()> {
 
 pub fn eval(checkpoints: &Path, a: EvalArgs) -> Result<()> {
     let model = resolve_model(checkpoints, a.model)?;
-    let tr = load_translator(&model, &a.device, a.chroma_gain)?;
+    let tr = load_translator(&model, &a.device, a.colour)?;
     let report = crate::eval::evaluate(&tr, &a.to, &a.input, &a.truth, a.short_side)?;
     for (p, why) in &report.skipped {
         eprintln!("skipped {}: {why}", p.display());

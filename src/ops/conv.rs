@@ -299,7 +299,6 @@ pub(crate) fn matmul_split_k(m: usize, n: usize, k: usize, (dst, dst_rs): (&mut 
 /// products) this beats splitting each one across the threads. Product p's rows are
 /// `dst[p·dst_step + i·dst_rs..][..n]`; `n ≤ dst_step` and `count·dst_step ≤ dst_rs` keep all
 /// of them apart.
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn matmul_batch(
     count: usize,
     (m, n, k): (usize, usize, usize),
