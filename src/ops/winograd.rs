@@ -373,6 +373,8 @@ simd_fn! {
     }
 }
 
+// The indices address several arrays at once (taps, H, U), as in the maths.
+#[allow(clippy::needless_range_loop)]
 #[inline(always)]
 fn filter_plane_m<const M: usize, const AL: usize>(uc: &mut [f32], wc: &[f32], cin: usize) {
     // 8 input channels at a time, in registers: their 9 taps g, H = G g (α×3), U = H Gᵀ (α×α),
