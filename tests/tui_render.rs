@@ -364,3 +364,54 @@ fn a_resumed_run_charts_its_earlier_steps_from_the_log() {
     let cycle: Vec<_> = history.curves().find(|(name, _)| *name == "cycle A").unwrap().1.to_vec();
     assert_eq!(cycle.iter().map(|p| p.0).collect::<Vec<_>>(), [1.0, 2.0, 3.0, 4.0]);
 }
+
+/// Sets the training setting at `index` (in `Setting::ALL`) to `text`.
+fn set_setting(app: &mut App, index: usize, text: &str) {
+    press(app, KeyCode::Home);
+    for _ in 0..index {
+        press(app, KeyCode::Down);
+    }
+    press(app, KeyCode::Enter);
+    for _ in 0..32 {
+        press(app, KeyCode::Backspace);
+    }
+    type_text(app, text);
+    press(app, KeyCode::Enter);
+}
+
+/// Paired mode, keep-brightness and the GAN weight are set in the studio and reach the run's
+/// saved configuration; a GAN weight of 0 without paired mode is refused with the reason.
+#[test]
+fn studio_starts_a_paired_keep_luma_regression() {
+    use cyclestudio::tui::training::{RunState, Setting};
+    let tmp = tempfile::tempdir().unwrap();
+    tiny_dataset(&tmp.path().join("datasets"));
+    let (mut app, rx) = studio(tmp.path());
+    settle(&mut app, &rx, "the dataset scan", |a| !a.datasets.scanning);
+    press(&mut app, KeyCode::Char('2'));
+    let at = |s: Setting| Setting::ALL.iter().position(|&x| x == s).unwrap();
+    assert_shows(&render(&app, 120, 40), &["Paired mode", "Keep brightness", "GAN weight"]);
+    for (setting, value) in [(Setting::Generator, "resnet_2blocks"), (Setting::Ngf, "4"), (Setting::Size, "32"), (Setting::Iters, "2"), (Setting::DecayIters, "0"), (Setting::LambdaGan, "0")] {
+        set_setting(&mut app, at(setting), value);
+    }
+    press(&mut app, KeyCode::Char('s'));
+    assert_shows(&render(&app, 120, 40), &["needs --paired"]);
+    assert!(app.training.run.is_none());
+
+    for setting in [Setting::Paired, Setting::KeepLuma] {
+        press(&mut app, KeyCode::Home);
+        for _ in 0..at(setting) {
+            press(&mut app, KeyCode::Down);
+        }
+        press(&mut app, KeyCode::Right);
+    }
+    assert_shows(&render(&app, 120, 40), &["on: L1 to the true pair", "on: predict only colour"]);
+    press(&mut app, KeyCode::Char('s'));
+    settle(&mut app, &rx, "the run", |a| a.training.run.as_ref().is_some_and(|r| !r.state.is_active()));
+    assert_eq!(app.training.run.as_ref().unwrap().state, RunState::Finished);
+    let name = &app.training.run.as_ref().unwrap().name;
+    let config = std::fs::read_to_string(tmp.path().join("checkpoints").join(name).join("config.toml")).unwrap();
+    for line in ["paired = true", "keep_luma = true", "lambda_gan = 0.0", "lambda_paired = 10.0"] {
+        assert!(config.contains(line), "{line} not in\n{config}");
+    }
+}

@@ -103,12 +103,15 @@ pub enum Setting {
     Iters,
     DecayIters,
     Lr,
+    Paired,
+    KeepLuma,
+    LambdaGan,
     SampleEvery,
     Device,
 }
 
 impl Setting {
-    pub const ALL: [Setting; 12] = [
+    pub const ALL: [Setting; 15] = [
         Setting::Run,
         Setting::Dataset,
         Setting::Preset,
@@ -119,6 +122,9 @@ impl Setting {
         Setting::Iters,
         Setting::DecayIters,
         Setting::Lr,
+        Setting::Paired,
+        Setting::KeepLuma,
+        Setting::LambdaGan,
         Setting::SampleEvery,
         Setting::Device,
     ];
@@ -135,6 +141,9 @@ impl Setting {
             Setting::Iters => "Iterations",
             Setting::DecayIters => "Decay iterations",
             Setting::Lr => "Learning rate",
+            Setting::Paired => "Paired mode",
+            Setting::KeepLuma => "Keep brightness",
+            Setting::LambdaGan => "GAN weight",
             Setting::SampleEvery => "Preview every",
             Setting::Device => "Device",
         }
@@ -142,9 +151,12 @@ impl Setting {
 
     /// Settings changed with ←/→ (Enter steps through them too); the others are typed.
     pub fn is_choice(self) -> bool {
-        matches!(self, Setting::Run | Setting::Dataset | Setting::Preset)
+        matches!(self, Setting::Run | Setting::Dataset | Setting::Preset | Setting::Paired | Setting::KeepLuma)
     }
 }
+
+/// λ of the paired term for runs started here (the CLI's `--lambda-paired` default).
+const PAIRED_WEIGHT: f64 = 10.0;
 
 /// The settings of the next run, as typed.
 pub struct TrainForm {
@@ -164,6 +176,11 @@ pub struct TrainForm {
     pub iters: String,
     pub decay_iters: String,
     pub lr: String,
+    /// Add the supervised term to the true pair (`--paired`; the dataset must be aligned).
+    pub paired: bool,
+    /// Predict only colour over the input's brightness (`--keep-luma`; B must have 3 channels).
+    pub keep_luma: bool,
+    pub lambda_gan: String,
     pub sample_every: String,
     pub device: String,
     /// Why the last start was refused.
@@ -185,6 +202,9 @@ impl Default for TrainForm {
             iters: String::new(),
             decay_iters: String::new(),
             lr: String::new(),
+            paired: false,
+            keep_luma: false,
+            lambda_gan: "1".into(),
             sample_every: String::new(),
             device: "cpu".into(),
             error: None,
@@ -236,6 +256,9 @@ impl TrainForm {
                 ),
             };
             self.lr = cfg.lr.to_string();
+            self.paired = cfg.paired;
+            self.keep_luma = cfg.keep_luma;
+            self.lambda_gan = cfg.lambda_gan.to_string();
             self.sample_every = cfg.sample_every.to_string();
             self.device = cfg.device.clone();
         }
@@ -249,6 +272,7 @@ impl TrainForm {
             Setting::Iters => &mut self.iters,
             Setting::DecayIters => &mut self.decay_iters,
             Setting::Lr => &mut self.lr,
+            Setting::LambdaGan => &mut self.lambda_gan,
             Setting::SampleEvery => &mut self.sample_every,
             Setting::Device => &mut self.device,
             _ => return None,
@@ -618,6 +642,9 @@ impl App {
             Setting::Iters => form.iters.clone(),
             Setting::DecayIters => form.decay_iters.clone(),
             Setting::Lr => form.lr.clone(),
+            Setting::Paired => if form.paired { "on: L1 to the true pair (λ 10), aligned datasets" } else { "off" }.into(),
+            Setting::KeepLuma => if form.keep_luma { "on: predict only colour over the input's brightness" } else { "off" }.into(),
+            Setting::LambdaGan => form.lambda_gan.clone(),
             Setting::SampleEvery => form.sample_every.clone(),
             Setting::Device => form.device.clone(),
         }
@@ -745,6 +772,8 @@ impl App {
             }
             Setting::Generator => cycle_text(&mut self.training.form.generator, &GENERATORS, forward),
             Setting::Device => cycle_text(&mut self.training.form.device, &DEVICES, forward),
+            Setting::Paired => self.training.form.paired = !self.training.form.paired,
+            Setting::KeepLuma => self.training.form.keep_luma = !self.training.form.keep_luma,
             _ => {}
         }
     }
@@ -806,6 +835,10 @@ impl App {
                 decay_iters: parse_number(&form.decay_iters, "Decay iterations")?,
             },
             lr: parse_number(&form.lr, "Learning rate")?,
+            paired: form.paired,
+            lambda_paired: if form.paired { PAIRED_WEIGHT } else { 0.0 },
+            keep_luma: form.keep_luma,
+            lambda_gan: parse_number(&form.lambda_gan, "GAN weight")?,
             sample_every: parse_number(&form.sample_every, "Preview every")?,
             save_every: preset.save_every,
             log_every: preset.log_every,
