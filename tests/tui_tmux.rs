@@ -146,7 +146,8 @@ fn studio_creates_trains_stops_resumes_and_quits_in_a_real_terminal() {
         tmux.type_text(value);
         tmux.keys(&["Enter", "Down"]);
     }
-    tmux.keys(&["Down", "Enter", "C-u"]);
+    // Past the learning rate, paired mode, keep brightness and the GAN weight to "Preview every".
+    tmux.keys(&["Down", "Down", "Down", "Down", "Enter", "C-u"]);
     tmux.type_text("2");
     tmux.keys(&["Enter"]);
     let rows = ["resnet_2blocks", "ngf (= ndf)        4", "Image size         32", "Iterations         200", "Preview every      2"];
