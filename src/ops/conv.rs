@@ -330,32 +330,11 @@ pub(crate) fn matmul_batch(
     }
     let out = Out(dst.as_mut_ptr());
     (0..count).into_par_iter().for_each(|p| {
-        let (a, b) = (&lhs.data[p * lhs_step..], &rhs.data[p * rhs_step..]);
+        let lhs = Mat { data: &lhs.data[p * lhs_step..], ..lhs };
+        let rhs = Mat { data: &rhs.data[p * rhs_step..], ..rhs };
         // SAFETY: the assert keeps every read inside `lhs` / `rhs` and every write inside `dst`
         // (the last product reaches furthest), and product p's writes are its own.
-        unsafe {
-            gemm::gemm(
-                m,
-                n,
-                k,
-                out.at(p * dst_step),
-                1,
-                dst_rs as isize,
-                accumulate,
-                a.as_ptr(),
-                lhs.cs as isize,
-                lhs.rs as isize,
-                b.as_ptr(),
-                rhs.cs as isize,
-                rhs.rs as isize,
-                1.0,
-                1.0,
-                false,
-                false,
-                false,
-                Parallelism::None,
-            )
-        }
+        unsafe { gemm_raw(m, n, k, (out.at(p * dst_step), dst_rs), accumulate, lhs, rhs, Parallelism::None) }
     });
 }
 
@@ -367,12 +346,24 @@ fn gemm_with(m: usize, n: usize, k: usize, (dst, dst_rs): (&mut [f32], usize), a
     );
     // SAFETY: the assert above keeps every element gemm reads or writes inside the slices,
     // and `dst` is borrowed mutably, so it aliases neither operand.
+    unsafe { gemm_raw(m, n, k, (dst.as_mut_ptr(), dst_rs), accumulate, lhs, rhs, par) }
+}
+
+/// The gemm crate's call in our operand conventions: `dst` [m,n] at row stride `dst_rs`
+/// (+)= `lhs` [m,k] · `rhs` [k,n].
+///
+/// # Safety
+/// `lhs` and `rhs` must fit their shapes (`Mat::fits`), and `dst` must point to m rows of n
+/// writable floats `dst_rs` apart that nothing else reads or writes during the call.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_raw(m: usize, n: usize, k: usize, (dst, dst_rs): (*mut f32, usize), accumulate: bool, lhs: Mat, rhs: Mat, par: Parallelism) {
+    // SAFETY: forwarded from the caller's contract.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            dst.as_mut_ptr(),
+            dst,
             1,
             dst_rs as isize,
             accumulate,

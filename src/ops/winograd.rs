@@ -351,6 +351,19 @@ macro_rules! by_tile {
     };
 }
 
+/// Runs `f(scratch, dst chunk, src chunk)` on the first `c` chunks of `dst` and `src` (one per
+/// channel, of the given lengths) in parallel, each thread with its own scratch of `scratch`
+/// floats: the shape of every band transform below.
+fn per_channel(
+    (dst, dst_len): (&mut [f32], usize),
+    (src, src_len): (&[f32], usize),
+    c: usize,
+    scratch: usize,
+    f: impl Fn(&mut [f32], &mut [f32], &[f32]) + Send + Sync,
+) {
+    dst.par_chunks_mut(dst_len).zip(src.par_chunks(src_len)).take(c).for_each_init(|| vec![0f32; scratch], |buf, (d, s)| f(buf, d, s));
+}
+
 /// U [Cout][α²][Cin] from `w` [Cout, Cin, 3, 3] into `u` (so each output channel's part is one
 /// contiguous chunk; the GEMMs read U[ξ] [Cout, Cin] with row stride α²·Cin).
 fn filter_transform(w: &[f32], cout: usize, cin: usize, m: usize, u: &mut [f32]) {
@@ -455,8 +468,8 @@ fn filter_adjoint_plane_m<const M: usize, const AL: usize>(buf: &mut [f32], wc: 
 /// the padded plane's edge (partial tiles) are zeros.
 fn input_transform(x: &[f32], c: usize, t: &Tiles, band: (usize, usize), v: &mut [f32]) {
     let ts = t.band_stride(band);
-    let scratch = || vec![0f32; 2 * t.alpha * t.row_width() + t.m * (t.tw + 1)];
-    v.par_chunks_mut(t.positions() * ts).zip(x.par_chunks(t.plane())).take(c).for_each_init(scratch, |buf, (vc, plane)| input_plane(buf, vc, plane, t, band, ts));
+    let scratch = 2 * t.alpha * t.row_width() + t.m * (t.tw + 1);
+    per_channel((v, t.positions() * ts), (x, t.plane()), c, scratch, |buf, vc, plane| input_plane(buf, vc, plane, t, band, ts));
 }
 
 simd_fn! {
@@ -502,8 +515,8 @@ fn input_plane_m<const M: usize, const AL: usize>(buf: &mut [f32], vc: &mut [f32
 /// `input_transform`): tiles add into a padded band of rows, which is then folded back.
 fn input_transform_adjoint(dv: &[f32], c: usize, t: &Tiles, band: (usize, usize), dx: &mut [f32]) {
     let ts = t.band_stride(band);
-    let scratch = || vec![0f32; t.band_rows(band) * t.row_width() + 2 * t.positions() * t.tw + t.m * (t.tw + 1)];
-    dx.par_chunks_mut(t.plane()).zip(dv.par_chunks(t.positions() * ts)).take(c).for_each_init(scratch, |buf, (plane, vc)| input_adjoint_plane(buf, plane, vc, t, band, ts));
+    let scratch = t.band_rows(band) * t.row_width() + 2 * t.positions() * t.tw + t.m * (t.tw + 1);
+    per_channel((dx, t.plane()), (dv, t.positions() * ts), c, scratch, |buf, plane, vc| input_adjoint_plane(buf, plane, vc, t, band, ts));
 }
 
 simd_fn! {
@@ -561,8 +574,8 @@ fn input_adjoint_plane_m<const M: usize, const AL: usize>(buf: &mut [f32], plane
 /// Writes Aᵀ M A from M [C][α²][ts] into the tiles `band` of `y` [C, Ho, Wo].
 fn output_transform(m: &[f32], c: usize, t: &Tiles, band: (usize, usize), y: &mut [f32]) {
     let ts = t.band_stride(band);
-    let scratch = || vec![0f32; (t.m * t.alpha + t.m) * t.tw];
-    y.par_chunks_mut(t.ho * t.wo).zip(m.par_chunks(t.positions() * ts)).take(c).for_each_init(scratch, |buf, (plane, mc)| output_plane(buf, plane, mc, t, band, ts));
+    let scratch = (t.m * t.alpha + t.m) * t.tw;
+    per_channel((y, t.ho * t.wo), (m, t.positions() * ts), c, scratch, |buf, plane, mc| output_plane(buf, plane, mc, t, band, ts));
 }
 
 simd_fn! {
@@ -597,8 +610,8 @@ fn output_plane_m<const M: usize, const AL: usize>(buf: &mut [f32], plane: &mut 
 /// `output_transform`; outputs past the edge count as zero).
 fn output_transform_adjoint(dy: &[f32], c: usize, t: &Tiles, band: (usize, usize), dm: &mut [f32]) {
     let ts = t.band_stride(band);
-    let scratch = || vec![0f32; (t.m * t.m + t.alpha * t.m) * t.tw];
-    dm.par_chunks_mut(t.positions() * ts).zip(dy.par_chunks(t.ho * t.wo)).take(c).for_each_init(scratch, |buf, (mc, plane)| output_adjoint_plane(buf, mc, plane, t, band, ts));
+    let scratch = (t.m * t.m + t.alpha * t.m) * t.tw;
+    per_channel((dm, t.positions() * ts), (dy, t.ho * t.wo), c, scratch, |buf, mc, plane| output_adjoint_plane(buf, mc, plane, t, band, ts));
 }
 
 simd_fn! {
