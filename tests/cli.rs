@@ -85,6 +85,8 @@ fn translate_keeps_size_mode_and_inputs() {
     // A colour gain needs a model that predicts chroma over the input's luma.
     let direct = cyclestudio(d, &["translate", "photo.jpg", "--to", "color", "--chroma-gain", "0.5", "-o", "muted.png"]);
     assert!(!direct.status.success() && String::from_utf8_lossy(&direct.stderr).contains("--keep-luma"));
+    let direct = cyclestudio(d, &["translate", "photo.jpg", "--to", "color", "--raw-chroma", "-o", "raw.png"]);
+    assert!(!direct.status.success() && String::from_utf8_lossy(&direct.stderr).contains("--raw-chroma needs a model trained with --keep-luma"));
     // Unknown domains list the known ones.
     let bad = cyclestudio(d, &["translate", "photo.jpg", "--to", "zebra"]);
     assert!(String::from_utf8_lossy(&bad.stderr).contains("gray, color") || String::from_utf8_lossy(&bad.stderr).contains("color, gray"));
@@ -261,6 +263,10 @@ fn keep_luma_model_translates_converts_evaluates_and_exports() {
     // Tiles are blended linearly, which keeps the luma too.
     ok(&cyclestudio(d, &["translate", "photo.png", "--to", "color", "--model", "checkpoints/luma", "--tile", "16", "-o", "tiled.png"]));
     assert!(max_luma_error(&d.join("tiled.png"), &luma) <= 0.51);
+    // --raw-chroma skips the low-pass of the predicted colour: other colours, the same luma.
+    ok(&cyclestudio(d, &["translate", "photo.png", "--to", "color", "--model", "checkpoints/luma", "--raw-chroma", "-o", "raw.png"]));
+    assert!(max_luma_error(&d.join("raw.png"), &luma) <= 0.51);
+    assert_ne!(image::open(d.join("raw.png")).unwrap().into_rgb8(), image::open(d.join("photo.color.png")).unwrap().into_rgb8());
 
     let input = d.join("grey");
     std::fs::create_dir_all(&input).unwrap();

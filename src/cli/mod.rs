@@ -117,6 +117,10 @@ pub struct ColourArgs {
     /// the colours as trained, below 1 more muted, above 1 more saturated.
     #[arg(long)]
     pub chroma_gain: Option<f64>,
+    /// Use a --keep-luma model's colour exactly as the network predicts it, without the low-pass
+    /// that removes the checkerboard patterns of its transposed convolutions.
+    #[arg(long)]
+    pub raw_chroma: bool,
 }
 
 #[derive(Args, Debug)]

@@ -23,6 +23,9 @@ fn load_translator(model: &Path, device: &str, colour: ColourArgs) -> Result<Tra
     if let Some(gain) = colour.chroma_gain {
         tr.set_chroma_gain(gain)?;
     }
+    if colour.raw_chroma {
+        tr.use_raw_chroma()?;
+    }
     Ok(tr)
 }
 

@@ -128,7 +128,7 @@ pub fn gray2color(datasets_root: &Path, name: &str, photos: &Path, paired: bool,
             (true, true)
         } else {
             train_index += 1;
-            (train_index % 2 == 1, train_index % 2 == 0)
+            (!train_index.is_multiple_of(2), train_index.is_multiple_of(2))
         };
         let split = if test { "test" } else { "train" };
         if to_a {

@@ -61,7 +61,7 @@ pub struct EvalReport {
     pub baseline_psnr: f64,
     pub baseline_ssim: f64,
     pub per_image: Vec<ImageScore>,
-    pub skipped: Vec<(PathBuf, String)>,
+    pub skipped: Skipped,
 }
 
 impl EvalReport {
@@ -134,9 +134,12 @@ pub struct AnomalyScore {
     pub score: f64,
 }
 
+/// Images that could not be scored, each with the reason.
+pub type Skipped = Vec<(PathBuf, String)>;
+
 /// Ranks the images of `dir` (taken as domain `domain`) by cycle-reconstruction error,
 /// most anomalous first. Images are resized so the short side is `short` for speed.
-pub fn score_anomalies(tr: &Translator, domain: &str, dir: &Path, short: u32) -> Result<(Vec<AnomalyScore>, Vec<(PathBuf, String)>)> {
+pub fn score_anomalies(tr: &Translator, domain: &str, dir: &Path, short: u32) -> Result<(Vec<AnomalyScore>, Skipped)> {
     let [a, b] = tr.domains();
     let other = if domain == a {
         b

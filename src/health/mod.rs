@@ -110,7 +110,7 @@ impl HealthRules {
         if healthy {
             self.last_healthy_step = step;
         }
-        let resume_from = if self.save_every > 0 { self.last_healthy_step / self.save_every * self.save_every } else { 0 };
+        let resume_from = self.last_healthy_step.checked_div(self.save_every).map_or(0, |n| n * self.save_every);
         let resume_hint = if resume_from > 0 { format!(", or resume from the checkpoint of step {resume_from}") } else { String::new() };
         for (net, n) in [("G_AB", self.collapse_ab), ("G_BA", self.collapse_ba)] {
             if n >= COLLAPSE_CHECKS {
@@ -198,7 +198,7 @@ impl HealthMonitor {
     /// Runs a check when the step is due; None otherwise.
     pub fn observe(&mut self, trainer: &Trainer, losses: &Losses) -> Result<Option<HealthReport>> {
         let step = trainer.step;
-        if self.every == 0 || step % self.every != 0 {
+        if self.every == 0 || !step.is_multiple_of(self.every) {
             return Ok(None);
         }
         let Some((a, b)) = &self.batch else { return Ok(None) };

@@ -1,5 +1,6 @@
 //! The colour maths of [`OutputMode::ChromaOverLuma`](super::OutputMode): an RGB image composed
-//! from an input's luma and a predicted chroma, so that its brightness is the input's.
+//! from an input's luma and a predicted chroma, so that its brightness is the input's; and the
+//! low-pass that takes transposed convolutions' checkerboard out of a predicted chroma.
 
 use crate::ops::adapt_channels;
 use candle_core::{Result, Tensor};
@@ -33,6 +34,26 @@ pub fn compose_chroma_over_luma(xs: &Tensor, chroma: &Tensor) -> Result<Tensor> 
     let rgb = y.broadcast_add(&offset.broadcast_mul(&fit)?)?; // [B,3,H,W] in [0,1]
     // The clamp only removes float rounding at the gamut's edge.
     rgb.affine(2.0, -1.0)?.clamp(-1.0, 1.0)
+}
+
+/// Low-passes a predicted chroma `chroma` [B,C,H,W] with the separable filter [1,2,2,2,1]/8
+/// (replicated borders). That filter is a 4-tap box convolved with [1,1]/2, so its response is
+/// exactly zero at periods 2 and 4 (ω = π/2, π, 3π/2): it removes the period-2 and period-4
+/// patterns that stride-2 transposed convolutions print on their outputs (checkerboard
+/// artefacts) and keeps colour detail coarser than 4 pixels, which is all the eye resolves
+/// in colour (JPEG stores chroma at half resolution).
+pub fn lowpass_chroma(chroma: &Tensor) -> Result<Tensor> {
+    let mut out = chroma.clone();
+    for dim in [2, 3] {
+        let n = out.dim(dim)?;
+        let padded = out.pad_with_same(dim, 2, 2)?;
+        let mut acc = (padded.narrow(dim, 0, n)? * 0.125)?;
+        for (i, tap) in [(1, 0.25), (2, 0.25), (3, 0.25), (4, 0.125)] {
+            acc = (acc + (padded.narrow(dim, i, n)? * tap)?)?;
+        }
+        out = acc;
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -70,6 +91,27 @@ mod tests {
         for (o, c) in out.iter().zip(rgb) {
             assert!((o - (2.0 * c - 1.0)).abs() < 1e-6, "{out:?} vs {rgb:?}");
         }
+    }
+
+    #[test]
+    fn lowpass_removes_period_2_and_4_patterns_and_keeps_smooth_chroma() {
+        let dev = Device::Cpu;
+        let (h, w) = (12usize, 16usize);
+        // A horizontal ramp plus period-2 and period-4 checkerboards of amplitude 0.1.
+        let pattern = |y: usize, x: usize| 0.1 * if (y / 2 + x / 2) % 2 == 0 { 1.0 } else { -1.0 } + 0.1 * if (y + x) % 2 == 0 { 1.0 } else { -1.0 };
+        let ramp = |_y: usize, x: usize| 0.02 * x as f32 - 0.1;
+        let make = |f: &dyn Fn(usize, usize) -> f32| {
+            let v: Vec<f32> = (0..2).flat_map(|_| (0..h).flat_map(move |y| (0..w).map(move |x| (y, x)))).map(|(y, x)| f(y, x)).collect();
+            Tensor::from_vec(v, (1, 2, h, w), &dev).unwrap()
+        };
+        let smooth = make(&ramp);
+        let out = lowpass_chroma(&make(&|y, x| ramp(y, x) + pattern(y, x))).unwrap();
+        // Away from the borders (2 pixels) the patterns are gone and the ramp is unchanged.
+        let inner = |t: &Tensor| t.narrow(2, 2, h - 4).unwrap().narrow(3, 2, w - 4).unwrap();
+        assert!(max_abs_diff(&inner(&out), &inner(&smooth)) < 1e-6);
+        // A constant stays exactly itself, borders included.
+        let flat = Tensor::full(0.3f32, (1, 2, 5, 3), &dev).unwrap();
+        assert!(max_abs_diff(&lowpass_chroma(&flat).unwrap(), &flat) < 1e-7);
     }
 
     #[test]

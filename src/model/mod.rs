@@ -8,7 +8,7 @@ mod layers;
 mod resnet;
 mod unet;
 
-pub use chroma::compose_chroma_over_luma;
+pub use chroma::{compose_chroma_over_luma, lowpass_chroma};
 pub use config::{DiscriminatorConfig, GeneratorConfig, GeneratorKind, OutputMode};
 pub use discriminator::PatchGan;
 pub use layers::{Conv2d, ConvTranspose2d};
@@ -24,6 +24,9 @@ pub struct Generator {
     output: OutputMode,
     /// Factor on the predicted chroma of a chroma-over-luma generator (1 as trained).
     chroma_gain: f64,
+    /// Whether a chroma-over-luma generator low-passes its chroma ([`lowpass_chroma`]); off in
+    /// training, on by default when translating.
+    chroma_lowpass: bool,
 }
 
 enum GeneratorNetwork {
@@ -44,7 +47,7 @@ impl Generator {
             GeneratorKind::Resnet { .. } => GeneratorNetwork::Resnet(ResnetGenerator::new(cfg, vb)?),
             GeneratorKind::Unet { .. } => GeneratorNetwork::Unet(UnetGenerator::new(cfg, vb)?),
         };
-        Ok(Self { network, output: cfg.output, chroma_gain: 1.0 })
+        Ok(Self { network, output: cfg.output, chroma_gain: 1.0, chroma_lowpass: false })
     }
 
     /// Whether this generator predicts only chroma over its input's luma (`--keep-luma`).
@@ -65,6 +68,12 @@ impl Generator {
         Ok(())
     }
 
+    /// Whether a chroma-over-luma generator low-passes its predicted chroma before composing it
+    /// ([`lowpass_chroma`]: no checkerboard in the colour). No effect on other generators.
+    pub fn set_chroma_lowpass(&mut self, on: bool) {
+        self.chroma_lowpass = on;
+    }
+
     /// `xs` [B,Cin,H,W] in [-1,1] → [B,Cout,H,W] in [-1,1]. H and W must be multiples of
     /// `cfg.kind.size_multiple()`.
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
@@ -72,11 +81,13 @@ impl Generator {
             GeneratorNetwork::Resnet(g) => g.forward(xs)?,
             GeneratorNetwork::Unet(g) => g.forward(xs)?,
         }; // [B,network_out_channels,H,W]
-        match self.output {
-            OutputMode::Direct => Ok(raw),
-            OutputMode::ChromaOverLuma if self.chroma_gain != 1.0 => compose_chroma_over_luma(xs, &(raw * self.chroma_gain)?),
-            OutputMode::ChromaOverLuma => compose_chroma_over_luma(xs, &raw),
+        if self.output == OutputMode::Direct {
+            return Ok(raw);
         }
+        // Training (gain 1, no low-pass) composes the raw output without extra passes.
+        let chroma = if self.chroma_gain != 1.0 { (raw * self.chroma_gain)? } else { raw }; // [B,2,H,W]
+        let chroma = if self.chroma_lowpass { lowpass_chroma(&chroma)? } else { chroma };
+        compose_chroma_over_luma(xs, &chroma)
     }
 }
 

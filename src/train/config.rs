@@ -172,7 +172,7 @@ impl TrainConfig {
 
     pub fn validate(&self) -> Result<()> {
         let m = self.generator.size_multiple();
-        if self.size < 32 || self.size % m != 0 {
+        if self.size < 32 || !self.size.is_multiple_of(m) {
             bail!("--size {} must be at least 32 and a multiple of {m} for {}", self.size, self.generator);
         }
         if self.load_size < self.size {

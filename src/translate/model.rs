@@ -27,7 +27,9 @@ impl Translator {
             }
             let tensors = generation.load_tensors(file, &device)?;
             let vb = VarBuilder::from_tensors(tensors, DType::F32, &device);
-            let g = Generator::new(&cfg, vb).with_context(|| format!("{} does not fit the architecture in config.toml", generation.dir.join(file).display()))?;
+            let mut g = Generator::new(&cfg, vb).with_context(|| format!("{} does not fit the architecture in config.toml", generation.dir.join(file).display()))?;
+            // Translations of --keep-luma models get their colour without checkerboard.
+            g.set_chroma_lowpass(true);
             Ok(Some(g))
         };
         let g_ab = load("G_AB.safetensors", config.g_ab())?;
@@ -48,6 +50,21 @@ impl Translator {
         }
         if !applied {
             bail!("--chroma-gain needs a model trained with --keep-luma; {} predicts its colours directly", self.run_dir.display());
+        }
+        Ok(())
+    }
+
+    /// Turns the low-pass of predicted chroma ([`crate::model::lowpass_chroma`], on by default
+    /// when translating) off, for the network's colour as it is; an error if the model has no
+    /// chroma-over-luma generator.
+    pub fn use_raw_chroma(&mut self) -> Result<()> {
+        let mut applied = false;
+        for g in [&mut self.g_ab, &mut self.g_ba].into_iter().flatten().filter(|g| g.predicts_chroma()) {
+            g.set_chroma_lowpass(false);
+            applied = true;
+        }
+        if !applied {
+            bail!("--raw-chroma needs a model trained with --keep-luma; {} predicts its colours directly", self.run_dir.display());
         }
         Ok(())
     }
