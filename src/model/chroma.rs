@@ -98,7 +98,8 @@ mod tests {
         let dev = Device::Cpu;
         let (h, w) = (12usize, 16usize);
         // A horizontal ramp plus period-2 and period-4 checkerboards of amplitude 0.1.
-        let pattern = |y: usize, x: usize| 0.1 * if (y / 2 + x / 2) % 2 == 0 { 1.0 } else { -1.0 } + 0.1 * if (y + x) % 2 == 0 { 1.0 } else { -1.0 };
+        let sign = |n: usize| if n.is_multiple_of(2) { 1.0 } else { -1.0 };
+        let pattern = |y: usize, x: usize| 0.1 * sign(y / 2 + x / 2) + 0.1 * sign(y + x);
         let ramp = |_y: usize, x: usize| 0.02 * x as f32 - 0.1;
         let make = |f: &dyn Fn(usize, usize) -> f32| {
             let v: Vec<f32> = (0..2).flat_map(|_| (0..h).flat_map(move |y| (0..w).map(move |x| (y, x)))).map(|(y, x)| f(y, x)).collect();
