@@ -657,20 +657,30 @@ fn gemm_per_position(u: &[f32], transpose_u: bool, rows: usize, k: usize, src: &
     matmul_batch(pos, (rows, tb, k), (dst, ts, pos * ts), false, (lhs, cin), (rhs, ts));
 }
 
+/// Runs `step(image, band, first, second)` for every image that `images` yields (its slices)
+/// and every band of its tiles, with per-thread scratch for the band's planes in the transform
+/// domain: `first` holds `split` channels of them, `second` the other `cin + cout − split`.
+fn for_each_band<I>(t: &Tiles, cin: usize, cout: usize, split: usize, images: impl Iterator<Item = I>, mut step: impl FnMut(&mut I, (usize, usize), &mut [f32], &mut [f32])) {
+    for mut image in images {
+        for band in t.bands(cin + cout) {
+            let len = t.positions() * t.band_stride(band);
+            with_scratch(len * (cin + cout), |buf| {
+                let (first, second) = buf.split_at_mut(len * split);
+                step(&mut image, band, first, second);
+            });
+        }
+    }
+}
+
 fn forward_kernel(x: &[f32], w: &[f32], cin: usize, cout: usize, t: &Tiles) -> Vec<f32> {
     let mut y = vec![0f32; x.len() / (cin * t.plane()) * cout * t.ho * t.wo];
     with_filter(w, cout, cin, t.m, |u| {
-        for (xb, yb) in x.chunks_exact(cin * t.plane()).zip(y.chunks_exact_mut(cout * t.ho * t.wo)) {
-            for band in t.bands(cin + cout) {
-                let len = t.positions() * t.band_stride(band);
-                with_scratch(len * (cin + cout), |buf| {
-                    let (v, m) = buf.split_at_mut(len * cin);
-                    input_transform(xb, cin, t, band, v);
-                    gemm_per_position(u, false, cout, cin, v, t, band, m);
-                    output_transform(m, cout, t, band, yb);
-                });
-            }
-        }
+        let images = x.chunks_exact(cin * t.plane()).zip(y.chunks_exact_mut(cout * t.ho * t.wo));
+        for_each_band(t, cin, cout, cin, images, |(xb, yb), band, v, m| {
+            input_transform(xb, cin, t, band, v);
+            gemm_per_position(u, false, cout, cin, v, t, band, m);
+            output_transform(m, cout, t, band, yb);
+        });
     });
     y
 }
@@ -678,18 +688,13 @@ fn forward_kernel(x: &[f32], w: &[f32], cin: usize, cout: usize, t: &Tiles) -> V
 fn data_grad_kernel(dy: &[f32], w: &[f32], cin: usize, cout: usize, t: &Tiles) -> Vec<f32> {
     let mut dx = vec![0f32; dy.len() / (cout * t.ho * t.wo) * cin * t.plane()];
     with_filter(w, cout, cin, t.m, |u| {
-        for (dyb, dxb) in dy.chunks_exact(cout * t.ho * t.wo).zip(dx.chunks_exact_mut(cin * t.plane())) {
-            for band in t.bands(cin + cout) {
-                let len = t.positions() * t.band_stride(band);
-                with_scratch(len * (cin + cout), |buf| {
-                    let (dm, dv) = buf.split_at_mut(len * cout);
-                    output_transform_adjoint(dyb, cout, t, band, dm);
-                    // dV[ξ] [Cin, Tb] = U[ξ]ᵀ · dM[ξ]; U[ξ] is [Cout, Cin].
-                    gemm_per_position(u, true, cin, cout, dm, t, band, dv);
-                    input_transform_adjoint(dv, cin, t, band, dxb);
-                });
-            }
-        }
+        let images = dy.chunks_exact(cout * t.ho * t.wo).zip(dx.chunks_exact_mut(cin * t.plane()));
+        for_each_band(t, cin, cout, cout, images, |(dyb, dxb), band, dm, dv| {
+            output_transform_adjoint(dyb, cout, t, band, dm);
+            // dV[ξ] [Cin, Tb] = U[ξ]ᵀ · dM[ξ]; U[ξ] is [Cout, Cin].
+            gemm_per_position(u, true, cin, cout, dm, t, band, dv);
+            input_transform_adjoint(dv, cin, t, band, dxb);
+        });
     });
     dx
 }
@@ -699,21 +704,17 @@ fn filter_grad_kernel(x: &[f32], dy: &[f32], cin: usize, cout: usize, t: &Tiles)
     // dU in the reused buffer: the first band's GEMMs overwrite it, the others add.
     with_scratch_slot(1, pos * cout * cin, |du| {
         let mut first = true;
-        for (xb, dyb) in x.chunks_exact(cin * t.plane()).zip(dy.chunks_exact(cout * t.ho * t.wo)) {
-            for band in t.bands(cin + cout) {
-                let (tb, ts) = ((band.1 - band.0) * t.tw, t.band_stride(band));
-                with_scratch(pos * ts * (cin + cout), |buf| {
-                    let (v, dm) = buf.split_at_mut(pos * ts * cin);
-                    input_transform(xb, cin, t, band, v);
-                    output_transform_adjoint(dyb, cout, t, band, dm);
-                    // dU[ξ] [Cout, Cin] (+)= dM[ξ] [Cout, Tb] · V[ξ]ᵀ [Tb, Cin].
-                    let lhs = Mat { data: dm, rs: pos * ts, cs: 1 };
-                    let rhs = Mat { data: v, rs: 1, cs: pos * ts };
-                    matmul_batch(pos, (cout, cin, tb), (du, cin, pos * cin), !first, (lhs, ts), (rhs, ts));
-                });
-                first = false;
-            }
-        }
+        let images = x.chunks_exact(cin * t.plane()).zip(dy.chunks_exact(cout * t.ho * t.wo));
+        for_each_band(t, cin, cout, cin, images, |(xb, dyb), band, v, dm| {
+            let (tb, ts) = ((band.1 - band.0) * t.tw, t.band_stride(band));
+            input_transform(xb, cin, t, band, v);
+            output_transform_adjoint(dyb, cout, t, band, dm);
+            // dU[ξ] [Cout, Cin] (+)= dM[ξ] [Cout, Tb] · V[ξ]ᵀ [Tb, Cin].
+            let lhs = Mat { data: dm, rs: pos * ts, cs: 1 };
+            let rhs = Mat { data: v, rs: 1, cs: pos * ts };
+            matmul_batch(pos, (cout, cin, tb), (du, cin, pos * cin), !first, (lhs, ts), (rhs, ts));
+            first = false;
+        });
         filter_transform_adjoint(du, cout, cin, t.m)
     })
 }
