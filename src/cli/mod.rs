@@ -310,7 +310,7 @@ pub struct TrainArgs {
     /// Supervised mode for aligned datasets: adds L1 between each translation and its true pair.
     #[arg(long)]
     pub paired: bool,
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(long, default_value_t = crate::train::DEFAULT_LAMBDA_PAIRED)]
     pub lambda_paired: f64,
     /// Weight of the generators' adversarial terms (1 = the reference; 0 with --paired trains a
     /// pure regression, which scores best on PSNR/SSIM but paints more cautiously).

@@ -57,6 +57,10 @@ impl Schedule {
     }
 }
 
+/// λ of the supervised term to the true pair when `--paired` is on and no weight is given
+/// (the CLI's `--lambda-paired` default; runs the studio starts in paired mode use it too).
+pub const DEFAULT_LAMBDA_PAIRED: f64 = 10.0;
+
 /// Every setting of a training run. Saved as `config.toml` next to the checkpoint so that
 /// `translate` and `--resume` never need architecture flags again.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

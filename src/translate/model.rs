@@ -43,30 +43,26 @@ impl Translator {
     /// Scales the predicted colour of the model's chroma-over-luma generators (see
     /// [`Generator::set_chroma_gain`]); an error if it has none.
     pub fn set_chroma_gain(&mut self, gain: f64) -> Result<()> {
-        let mut applied = false;
-        for g in [&mut self.g_ab, &mut self.g_ba].into_iter().flatten().filter(|g| g.predicts_chroma()) {
-            g.set_chroma_gain(gain)?;
-            applied = true;
-        }
-        if !applied {
-            bail!("--chroma-gain needs a model trained with --keep-luma; {} predicts its colours directly", self.run_dir.display());
-        }
-        Ok(())
+        self.each_chroma_generator("--chroma-gain", |g| Ok(g.set_chroma_gain(gain)?))
     }
 
     /// Turns the low-pass of predicted chroma ([`crate::model::lowpass_chroma`], on by default
     /// when translating) off, for the network's colour as it is; an error if the model has no
     /// chroma-over-luma generator.
     pub fn use_raw_chroma(&mut self) -> Result<()> {
-        let mut applied = false;
-        for g in [&mut self.g_ab, &mut self.g_ba].into_iter().flatten().filter(|g| g.predicts_chroma()) {
+        self.each_chroma_generator("--raw-chroma", |g| {
             g.set_chroma_lowpass(false);
-            applied = true;
+            Ok(())
+        })
+    }
+
+    /// Applies `f` to each chroma-over-luma generator; an error naming `option` if there is none.
+    fn each_chroma_generator(&mut self, option: &str, f: impl FnMut(&mut Generator) -> Result<()>) -> Result<()> {
+        let mut chroma = [&mut self.g_ab, &mut self.g_ba].into_iter().flatten().filter(|g| g.predicts_chroma()).peekable();
+        if chroma.peek().is_none() {
+            bail!("{option} needs a model trained with --keep-luma; {} predicts its colours directly", self.run_dir.display());
         }
-        if !applied {
-            bail!("--raw-chroma needs a model trained with --keep-luma; {} predicts its colours directly", self.run_dir.display());
-        }
-        Ok(())
+        chroma.try_for_each(f)
     }
 
     /// Domain names (A, B).

@@ -10,7 +10,7 @@ use super::runs::RunEntry;
 use crate::data::Dataset;
 use crate::health::HealthReport;
 use crate::model::GeneratorKind;
-use crate::train::{read_loss_log, run_training, Losses, LOG_FILE, RunControl, RunOptions, RunOutcome, Schedule, TrainConfig, TrainEvent};
+use crate::train::{read_loss_log, run_training, Losses, DEFAULT_LAMBDA_PAIRED, LOG_FILE, RunControl, RunOptions, RunOutcome, Schedule, TrainConfig, TrainEvent};
 use crossterm::event::{KeyCode, KeyEvent};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -154,9 +154,6 @@ impl Setting {
         matches!(self, Setting::Run | Setting::Dataset | Setting::Preset | Setting::Paired | Setting::KeepLuma)
     }
 }
-
-/// λ of the paired term for runs started here (the CLI's `--lambda-paired` default).
-const PAIRED_WEIGHT: f64 = 10.0;
 
 /// The settings of the next run, as typed.
 pub struct TrainForm {
@@ -642,7 +639,8 @@ impl App {
             Setting::Iters => form.iters.clone(),
             Setting::DecayIters => form.decay_iters.clone(),
             Setting::Lr => form.lr.clone(),
-            Setting::Paired => if form.paired { "on: L1 to the true pair (λ 10), aligned datasets" } else { "off" }.into(),
+            Setting::Paired if form.paired => format!("on: L1 to the true pair (λ {DEFAULT_LAMBDA_PAIRED}), aligned datasets"),
+            Setting::Paired => "off".into(),
             Setting::KeepLuma => if form.keep_luma { "on: predict only colour over the input's brightness" } else { "off" }.into(),
             Setting::LambdaGan => form.lambda_gan.clone(),
             Setting::SampleEvery => form.sample_every.clone(),
@@ -836,7 +834,7 @@ impl App {
             },
             lr: parse_number(&form.lr, "Learning rate")?,
             paired: form.paired,
-            lambda_paired: if form.paired { PAIRED_WEIGHT } else { 0.0 },
+            lambda_paired: if form.paired { DEFAULT_LAMBDA_PAIRED } else { 0.0 },
             keep_luma: form.keep_luma,
             lambda_gan: parse_number(&form.lambda_gan, "GAN weight")?,
             sample_every: parse_number(&form.sample_every, "Preview every")?,
