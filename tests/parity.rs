@@ -193,3 +193,31 @@ fn training_iteration_matches_reference() {
     }
     assert!(flipped * 2_000 <= compared, "{flipped} of {compared} weights differ by more than {TOL}");
 }
+
+/// The reference's `test.py` runs the generator on the whole image as it is; `import` followed by
+/// `translate --margin 0` must give its output (to 8-bit rounding) through the command line.
+#[test]
+fn cli_translate_with_margin_0_matches_the_reference_whole_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_cyclestudio")).current_dir(d).args(args).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    let pth = fixture_path("cli_parity.pth");
+    run(&["import", "--name", "reference", "--g-ab", pth.to_str().unwrap(), "--domains", "a,b"]);
+    let input = fixture_path("cli_parity_input.png");
+    run(&["translate", input.to_str().unwrap(), "--to", "b", "--model", "checkpoints/reference", "--margin", "0", "-o", "ours.png"]);
+    let ours = image::open(d.join("ours.png")).unwrap().into_rgb8();
+    let theirs = load_fixture("cli_parity_output.safetensors")["output"].squeeze(0).unwrap(); // [3,H,W] in [-1,1]
+    let (c, h, w) = theirs.dims3().unwrap();
+    assert_eq!((ours.width() as usize, ours.height() as usize, c), (w, h, 3));
+    let theirs = theirs.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let mut worst = 0f32;
+    for (i, t) in theirs.iter().enumerate() {
+        let (ch, y, x) = (i / (h * w), i / w % h, i % w);
+        let level = (t * 0.5 + 0.5).clamp(0.0, 1.0) * 255.0;
+        worst = worst.max((ours.get_pixel(x as u32, y as u32)[ch] as f32 - level).abs());
+    }
+    assert!(worst <= 1.5, "largest difference from the reference: {worst} levels");
+}

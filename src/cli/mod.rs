@@ -83,6 +83,8 @@ pub struct EvalArgs {
     #[arg(long)]
     pub json: Option<PathBuf>,
     #[command(flatten)]
+    pub layout: LayoutArgs,
+    #[command(flatten)]
     pub colour: ColourArgs,
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -123,13 +125,27 @@ pub struct ColourArgs {
     pub raw_chroma: bool,
 }
 
+/// How an image is laid out for the network (translate, convert, eval).
+#[derive(Args, Debug, Clone, Copy)]
+pub struct LayoutArgs {
+    /// Translate in overlapping tiles of this side (automatic above ~2.4 megapixels); tiles use
+    /// the whole image's normalisation statistics, so they agree with the whole-image result.
+    #[arg(long)]
+    pub tile: Option<usize>,
+    /// Pixels of mirrored context around the image while translating (cropped off after).
+    /// 0 translates the image exactly as it is, as the PyTorch reference's test.py does.
+    #[arg(long, default_value_t = crate::translate::DEFAULT_MARGIN)]
+    pub margin: usize,
+}
+
 #[derive(Args, Debug)]
 pub struct TranslateArgs {
     pub input: PathBuf,
     /// Target domain name (from the model's config.toml), e.g. color.
     #[arg(long)]
     pub to: String,
-    /// Model folder (default: <checkpoints>/default, else the most recently trained run).
+    /// Model folder (default: <checkpoints>/default, else the most recently trained run, else
+    /// the grey→colour model built into cyclestudio).
     #[arg(long)]
     pub model: Option<PathBuf>,
     /// Output file (default: INPUT_STEM.DOMAIN.png beside the input).
@@ -138,9 +154,8 @@ pub struct TranslateArgs {
     /// Replace an existing output file.
     #[arg(long)]
     pub overwrite: bool,
-    /// Translate in overlapping tiles of this side (automatic above ~2.4 megapixels).
-    #[arg(long)]
-    pub tile: Option<usize>,
+    #[command(flatten)]
+    pub layout: LayoutArgs,
     #[command(flatten)]
     pub colour: ColourArgs,
     #[arg(long, default_value = "cpu")]
@@ -162,8 +177,12 @@ pub struct ConvertArgs {
     /// Images of the same size translated together.
     #[arg(long, default_value_t = 4)]
     pub batch: usize,
-    #[arg(long)]
-    pub tile: Option<usize>,
+    /// Convert only part K of N (K from 1 to N) of the tree, split by each file's path relative
+    /// to IN_DIR: N processes with K = 1..N convert disjoint parts into one output tree.
+    #[arg(long, value_name = "K/N")]
+    pub shard: Option<crate::translate::Shard>,
+    #[command(flatten)]
+    pub layout: LayoutArgs,
     #[command(flatten)]
     pub colour: ColourArgs,
     #[arg(long, default_value = "cpu")]

@@ -1,25 +1,26 @@
-use super::{BenchArgs, ColourArgs, ConvertArgs, EvalArgs, ExportArgs, ImportArgs, ScoreArgs, TranslateArgs, TuiArgs};
+use super::{BenchArgs, ColourArgs, ConvertArgs, EvalArgs, ExportArgs, ImportArgs, LayoutArgs, ScoreArgs, TranslateArgs, TuiArgs};
 use crate::interop::{export_torch_keys, import as import_model, ImportRequest};
-use crate::translate::{convert_folder, default_model_dir, default_output_path, translate_image, ConvertOptions, TranslateOptions, Translator};
+use crate::translate::{convert_folder, default_output_path, translate_image, ConvertOptions, ModelSource, TranslateOptions, Translator};
 use crate::tui::TuiOptions;
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
 
-fn resolve_model(checkpoints: &Path, model: Option<PathBuf>) -> Result<PathBuf> {
+fn resolve_model(checkpoints: &Path, model: Option<PathBuf>) -> ModelSource {
     match model {
-        Some(m) => Ok(m),
+        Some(m) => ModelSource::Dir(m),
         None => {
-            let m = default_model_dir(checkpoints)?;
-            eprintln!("using model {}", m.display());
-            Ok(m)
+            let m = ModelSource::default_in(checkpoints);
+            eprintln!("using model {m}");
+            m
         }
     }
 }
 
-/// The model at `model` on `device`, its colour set as `colour` says.
-fn load_translator(model: &Path, device: &str, colour: ColourArgs) -> Result<Translator> {
-    let mut tr = Translator::load(model, device)?;
+/// The model at `model` on `device`, laid out and coloured as `layout` and `colour` say.
+fn load_translator(model: &ModelSource, device: &str, layout: LayoutArgs, colour: ColourArgs) -> Result<Translator> {
+    let mut tr = Translator::open(model, device)?;
+    tr.options = translate_options(layout);
     if let Some(gain) = colour.chroma_gain {
         tr.set_chroma_gain(gain)?;
     }
@@ -29,13 +30,13 @@ fn load_translator(model: &Path, device: &str, colour: ColourArgs) -> Result<Tra
     Ok(tr)
 }
 
-fn translate_options(tile: Option<usize>) -> TranslateOptions {
-    TranslateOptions { tile, ..Default::default() }
+fn translate_options(layout: LayoutArgs) -> TranslateOptions {
+    TranslateOptions { tile: layout.tile, margin: layout.margin, ..Default::default() }
 }
 
 pub fn translate(checkpoints: &Path, a: TranslateArgs) -> Result<()> {
-    let model = resolve_model(checkpoints, a.model)?;
-    let tr = load_translator(&model, &a.device, a.colour)?;
+    let model = resolve_model(checkpoints, a.model);
+    let tr = load_translator(&model, &a.device, a.layout, a.colour)?;
     let (g, cin, _) = tr.generator_to(&a.to)?;
     let output = a.output.unwrap_or_else(|| default_output_path(&a.input, &a.to));
     if let (Ok(i), Ok(o)) = (a.input.canonicalize(), output.canonicalize()) {
@@ -47,16 +48,16 @@ pub fn translate(checkpoints: &Path, a: TranslateArgs) -> Result<()> {
         bail!("{} already exists; add --overwrite to replace it", output.display());
     }
     let img = crate::data::decode_image(&a.input)?;
-    let out = translate_image(g, cin, tr.size_multiple(), &tr.device, &img, &translate_options(a.tile))?;
+    let out = translate_image(g, cin, tr.size_multiple(), &tr.device, &img, &tr.options)?;
     crate::util::atomic_write(&output, &crate::data::image_io::png_bytes(&out)?)?;
     println!("{} → {} ({}x{}, to {})", a.input.display(), output.display(), out.width(), out.height(), a.to);
     Ok(())
 }
 
 pub fn convert(checkpoints: &Path, a: ConvertArgs) -> Result<()> {
-    let model = resolve_model(checkpoints, a.model)?;
-    let tr = load_translator(&model, &a.device, a.colour)?;
-    let opts = ConvertOptions { to: a.to.clone(), overwrite: a.overwrite, batch: a.batch, translate: translate_options(a.tile) };
+    let model = resolve_model(checkpoints, a.model);
+    let tr = load_translator(&model, &a.device, a.layout, a.colour)?;
+    let opts = ConvertOptions { to: a.to.clone(), overwrite: a.overwrite, batch: a.batch, translate: tr.options.clone(), shard: a.shard };
     let bar = ProgressBar::new(0);
     bar.set_style(
         ProgressStyle::with_template("{bar:30.cyan/blue} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}")
@@ -69,6 +70,9 @@ pub fn convert(checkpoints: &Path, a: ConvertArgs) -> Result<()> {
         bar.set_message(format!("{ips:.2} img/s"));
     })?;
     bar.finish_and_clear();
+    if let Some(shard) = a.shard {
+        print!("shard {shard}: ");
+    }
     println!("{}", summary.report());
     if !summary.failed.is_empty() {
         bail!("{} file(s) failed", summary.failed.len());
@@ -112,8 +116,8 @@ pub fn tui(checkpoints: &Path, a: TuiArgs) -> Result<()> {
 }
 
 pub fn eval(checkpoints: &Path, a: EvalArgs) -> Result<()> {
-    let model = resolve_model(checkpoints, a.model)?;
-    let tr = load_translator(&model, &a.device, a.colour)?;
+    let model = resolve_model(checkpoints, a.model);
+    let tr = load_translator(&model, &a.device, a.layout, a.colour)?;
     let report = crate::eval::evaluate(&tr, &a.to, &a.input, &a.truth, a.short_side)?;
     for (p, why) in &report.skipped {
         eprintln!("skipped {}: {why}", p.display());
@@ -128,8 +132,8 @@ pub fn eval(checkpoints: &Path, a: EvalArgs) -> Result<()> {
 }
 
 pub fn score(checkpoints: &Path, a: ScoreArgs) -> Result<()> {
-    let model = resolve_model(checkpoints, a.model)?;
-    let tr = Translator::load(&model, &a.device)?;
+    let model = resolve_model(checkpoints, a.model);
+    let tr = Translator::open(&model, &a.device)?;
     let (scores, skipped) = crate::eval::score_anomalies(&tr, &a.domain, &a.dir, a.short_side)?;
     for (p, why) in &skipped {
         eprintln!("skipped {}: {why}", p.display());

@@ -7,7 +7,7 @@ pub use metrics::{psnr, ssim};
 
 use crate::data::image_io::has_image_extension;
 use crate::data::{decode_image, Pixels};
-use crate::translate::{translate_image, TranslateOptions, Translator};
+use crate::translate::{translate_image, Translator};
 use anyhow::{bail, Context, Result};
 use image::{imageops::FilterType, DynamicImage, GenericImageView};
 use serde::Serialize;
@@ -98,7 +98,7 @@ pub fn evaluate(tr: &Translator, to: &str, input: &Path, truth: &Path, short: u3
         let scored = (|| -> Result<ImageScore> {
             let src = resize_short(&decode_image(&path)?, short);
             let truth_img = decode_image(tpath)?.resize_exact(src.width(), src.height(), FilterType::CatmullRom);
-            let out = translate_image(g, cin, tr.size_multiple(), &tr.device, &src, &TranslateOptions::default())?;
+            let out = translate_image(g, cin, tr.size_multiple(), &tr.device, &src, &tr.options)?;
             let t = Pixels::from_image(&truth_img, cout)?.0;
             let o = Pixels::from_image(&out, cout)?.0;
             let b = Pixels::from_image(&src, cout)?.0;
@@ -156,9 +156,8 @@ pub fn score_anomalies(tr: &Translator, domain: &str, dir: &Path, short: u32) ->
     for path in images_under(dir)? {
         let s = (|| -> Result<f64> {
             let src = resize_short(&decode_image(&path)?, short);
-            let opts = TranslateOptions::default();
-            let there = translate_image(g_there, cin, tr.size_multiple(), &tr.device, &src, &opts)?;
-            let back = translate_image(g_back, cin_back, tr.size_multiple(), &tr.device, &there, &opts)?;
+            let there = translate_image(g_there, cin, tr.size_multiple(), &tr.device, &src, &tr.options)?;
+            let back = translate_image(g_back, cin_back, tr.size_multiple(), &tr.device, &there, &tr.options)?;
             let x = Pixels::from_image(&src, cout_back)?.0;
             let y = Pixels::from_image(&back, cout_back)?.0;
             Ok(x.data.iter().zip(&y.data).map(|(p, q)| (p - q).abs() as f64).sum::<f64>() / x.data.len() as f64)

@@ -5,6 +5,7 @@ mod chroma;
 mod config;
 mod discriminator;
 mod layers;
+pub mod norm_stats;
 mod resnet;
 mod unet;
 

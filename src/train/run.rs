@@ -171,6 +171,8 @@ pub fn run_training(cfg: TrainConfig, opts: &RunOptions, control: &RunControl, o
         bail!("dataset {} needs readable images in both trainA and trainB", cfg.dataset.display());
     }
 
+    // Held until this function returns: a second trainer of the run (CLI or studio) stops here.
+    let _lock = super::RunLock::acquire(run_dir)?;
     let mut trainer = Trainer::new(cfg.clone(), device.clone())?;
     let mut note = None;
     if opts.resume {
