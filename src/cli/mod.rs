@@ -33,7 +33,7 @@ pub enum Command {
     Convert(ConvertArgs),
     /// Import generators trained with the PyTorch reference (.pth state dicts).
     Import(ImportArgs),
-    /// Export a model's generators with the PyTorch reference's key names.
+    /// Export a model's generators: reference key names, a translate-only copy, or ONNX.
     Export(ExportArgs),
     /// Open the terminal studio (also what `cyclestudio` alone does).
     Tui(TuiArgs),
@@ -212,16 +212,28 @@ pub struct ImportArgs {
 pub struct ExportArgs {
     #[arg(long)]
     pub model: PathBuf,
-    /// torch-keys: safetensors with the reference's state-dict keys (G_A.safetensors, G_B.safetensors);
-    /// generators: a translate-only model folder (config.toml + generators, no training state).
-    #[arg(long, default_value = "torch-keys")]
-    pub format: String,
-    /// Output folder (default: <model>/export).
+    #[arg(long, value_enum, default_value_t = ExportFormat::TorchKeys)]
+    pub format: ExportFormat,
+    /// Output folder (default: <model>/export); with --format onnx the .onnx file
+    /// (default: <model>/export/<DOMAIN>.onnx).
     #[arg(short, long)]
     pub output: Option<PathBuf>,
-    /// With --format generators: store the weights as f16 (half the size).
+    /// With --format onnx: the direction, by target domain (default: domain B).
+    #[arg(long)]
+    pub to: Option<String>,
+    /// With --format generators or onnx: store the weights as f16 (half the size).
     #[arg(long)]
     pub half: bool,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExportFormat {
+    /// Safetensors with the reference's state-dict keys (G_A.safetensors, G_B.safetensors).
+    TorchKeys,
+    /// A translate-only model folder (config.toml + generators, no training state).
+    Generators,
+    /// One generator as an ONNX model (opset 17) for ONNX Runtime and other runtimes.
+    Onnx,
 }
 
 #[derive(Args, Debug, Default)]

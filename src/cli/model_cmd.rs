@@ -1,4 +1,4 @@
-use super::{BenchArgs, ColourArgs, ConvertArgs, EvalArgs, ExportArgs, ImportArgs, LayoutArgs, ScoreArgs, TranslateArgs, TuiArgs};
+use super::{BenchArgs, ColourArgs, ConvertArgs, EvalArgs, ExportArgs, ExportFormat, ImportArgs, LayoutArgs, ScoreArgs, TranslateArgs, TuiArgs};
 use crate::interop::{export_torch_keys, import as import_model, ImportRequest};
 use crate::translate::{convert_folder, default_output_path, translate_image, ConvertOptions, ModelSource, TranslateOptions, Translator};
 use crate::tui::TuiOptions;
@@ -97,16 +97,38 @@ pub fn import(checkpoints: &Path, a: ImportArgs) -> Result<()> {
 }
 
 pub fn export(a: ExportArgs) -> Result<()> {
+    if a.format == ExportFormat::Onnx {
+        return export_onnx(a);
+    }
+    if a.to.is_some() {
+        bail!("--to applies to --format onnx only (the other formats export both generators)");
+    }
     let out = a.output.unwrap_or_else(|| a.model.join("export"));
-    let written = match a.format.as_str() {
-        "torch-keys" => export_torch_keys(&a.model, &out),
-        "generators" => crate::interop::export_generators(&a.model, &out, a.half),
-        other => bail!("unknown export format '{other}' (supported: torch-keys, generators)"),
+    let written = match a.format {
+        ExportFormat::TorchKeys => export_torch_keys(&a.model, &out),
+        ExportFormat::Generators => crate::interop::export_generators(&a.model, &out, a.half),
+        ExportFormat::Onnx => unreachable!("handled above"),
     }
     .with_context(|| format!("exporting {}", a.model.display()))?;
     for p in written {
         println!("wrote {}", p.display());
     }
+    Ok(())
+}
+
+/// `export --format onnx`: one direction to one .onnx file.
+fn export_onnx(a: ExportArgs) -> Result<()> {
+    let e = crate::interop::onnx::export_onnx(&a.model, a.to.as_deref(), a.half, a.output.as_deref()).with_context(|| format!("exporting {} to ONNX", a.model.display()))?;
+    println!(
+        "wrote {} ({} bytes): {} → {}, {} channel(s) in, {} out, image sides multiples of {}",
+        e.path.display(),
+        e.bytes,
+        e.from.name,
+        e.to.name,
+        e.from.channels,
+        e.to.channels,
+        e.size_multiple
+    );
     Ok(())
 }
 
