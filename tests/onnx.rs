@@ -257,6 +257,27 @@ fn default_model_exports_and_matches_onnx_runtime() {
     }
     println!("default model ONNX file: {} bytes (f32), {} bytes (--half)", sizes[0], sizes[1]);
     assert!(sizes[1] < sizes[0] * 6 / 10, "{sizes:?}");
+
+    // `translate --margin 0` of a PNG whose sides are multiples of 128 gives the ONNX model's output.
+    let (w, h) = (256u32, 128u32);
+    let grey = image::GrayImage::from_fn(w, h, |x, y| image::Luma([((x * 7 + y * 3) % 256) as u8 ^ ((x / 16 + y / 16) as u8 * 40)]));
+    let png = dir.path().join("grey.png");
+    grey.save(&png).unwrap();
+    let out = dir.path().join("grey.color.png");
+    let t = cyclestudio(&["translate", png.to_str().unwrap(), "--to", "color", "--model", model.to_str().unwrap(), "--margin", "0", "-o", out.to_str().unwrap()]);
+    assert!(t.status.success(), "{}", text(&t));
+    let pixels: Vec<f32> = grey.pixels().map(|p| p[0] as f32 / 255.0 * 2.0 - 1.0).collect();
+    let input = Tensor::from_vec(pixels, (1, 1, h as usize, w as usize), &Device::Cpu).unwrap();
+    let (_, outputs) = run_onnx(&dir.path().join("default.onnx"), &[input], dir.path());
+    let onnx = outputs[0].squeeze(0).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap(); // [3,H,W]
+    let ours = image::open(&out).unwrap().into_rgb8();
+    let n = (w * h) as usize;
+    let worst = onnx.iter().enumerate().fold(0f32, |m, (i, v)| {
+        let (c, p) = (i / n, i % n);
+        let level = ((v * 0.5 + 0.5).clamp(0.0, 1.0) * 255.0).round();
+        m.max((ours.get_pixel(p as u32 % w, p as u32 / w)[c] as f32 - level).abs())
+    });
+    assert!(worst <= 1.0, "translate --margin 0 vs ONNX: {worst} levels");
 }
 
 /// A direction the model lacks and unwritable paths: clear errors, and no file or temporary

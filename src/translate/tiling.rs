@@ -18,7 +18,7 @@ pub struct TranslateOptions {
 }
 
 /// The default `--margin`, chosen by measurement (README, "Translating").
-pub const DEFAULT_MARGIN: usize = 8;
+pub const DEFAULT_MARGIN: usize = 0;
 
 impl Default for TranslateOptions {
     fn default() -> Self {
@@ -57,8 +57,9 @@ impl<'a> Padded<'a> {
     /// `src` with `margin` pixels of context on every side, rounded up to the network's
     /// `multiple` (and to a minimum size), centred.
     fn new(src: &'a Pixels, multiple: usize, margin: usize) -> Self {
-        // ResNet generators need at least 2 pixels per side after their two down-samplings.
-        let min_side = (2 * multiple).max(8);
+        // ResNet generators (multiple 4) need at least 2 pixels per side after their two
+        // down-samplings; a U-Net's innermost level is 1×1 at one multiple.
+        let min_side = multiple.max(8);
         let width = round_up((src.width + 2 * margin).max(min_side), multiple);
         let height = round_up((src.height + 2 * margin).max(min_side), multiple);
         Self { src, left: (width - src.width) / 2, top: (height - src.height) / 2, width, height }
