@@ -298,6 +298,25 @@ fn translate_screen_lists_checkpoints_and_translates_a_test_image() {
 }
 
 #[test]
+fn fresh_studio_offers_the_built_in_model_with_test_images_that_exist() {
+    // No runs, and the built-in model's own dataset (datasets/landscapes) is not here: the studio
+    // lists the built-in model and offers the test images of a dataset with its domains.
+    let tmp = tempfile::tempdir().unwrap();
+    tiny_dataset(&tmp.path().join("datasets"));
+    let (mut app, rx) = studio(tmp.path());
+    settle(&mut app, &rx, "the dataset scan", |a| !a.datasets.entries.is_empty());
+    press(&mut app, KeyCode::Char('3'));
+    assert_shows(&render(&app, 140, 40), &["built-in grey→colour", "gray→color · shipped with cyclestudio"]);
+    press(&mut app, KeyCode::Enter);
+    settle(&mut app, &rx, "the model", |a| !matches!(a.translate.model, ModelState::Loading(_)));
+    let screen = render(&app, 140, 40);
+    assert_shows(&screen, &["img0.png  gray→color", "from tiny; datasets/landscapes is not here"]);
+    press(&mut app, KeyCode::Enter);
+    settle(&mut app, &rx, "the translation", |a| a.translate.busy.is_none());
+    assert_shows(&render(&app, 140, 40), &["Input 40×36", "Translation → color"]);
+}
+
+#[test]
 fn help_lists_keys_and_any_key_closes_it() {
     let tmp = tempfile::tempdir().unwrap();
     let (mut app, _rx) = studio(tmp.path());

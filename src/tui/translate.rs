@@ -152,7 +152,7 @@ fn load_model(name: String, source: ModelSource, device: String, others: Vec<Pat
                 if let Ok(dataset) = Dataset::open(dir, Check::Header) {
                     let found = test_images(&translator, &dataset);
                     if !found.is_empty() {
-                        used.push(dir.display().to_string());
+                        used.push(dir.file_name().map_or_else(|| dir.display().to_string(), |n| n.to_string_lossy().into_owned()));
                         images.extend(found);
                     }
                 }
@@ -160,7 +160,7 @@ fn load_model(name: String, source: ModelSource, device: String, others: Vec<Pat
             let note = if images.is_empty() {
                 format!("the model's dataset {} is not here and no other dataset has its domains: press o to open any image", own.display())
             } else {
-                format!("test images of {} (the model's dataset {} is not here)", used.join(", "), own.display())
+                format!("from {}; {} is not here", used.join(", "), own.display())
             };
             (images, Some(note))
         }

@@ -55,7 +55,12 @@ fn render_test_images(frame: &mut Frame, area: Rect, screen: &TranslateScreen) {
         let name = image.path.file_name().map_or_else(|| image.path.display().to_string(), |n| n.to_string_lossy().into_owned());
         ListItem::new(format!("{name}  {}→{}", image.from, image.to))
     });
-    let list = List::new(items).block(panel(title, focused)).highlight_style(selected_style()).highlight_symbol("› ");
+    // Where the images come from when they are not the model's own dataset's.
+    let block = match &model.images_note {
+        Some(note) => panel(title, focused).title_bottom(Line::from(format!(" {note} ")).dim()),
+        None => panel(title, focused),
+    };
+    let list = List::new(items).block(block).highlight_style(selected_style()).highlight_symbol("› ");
     let mut state = ListState::default().with_selected(Some(screen.image_index));
     frame.render_stateful_widget(list, area, &mut state);
 }
