@@ -10,5 +10,5 @@ mod trainer;
 pub use adam::Adam;
 pub use config::{GanLoss, PairedLoss, Schedule, TrainConfig, CONFIG_FILE, DEFAULT_LAMBDA_PAIRED};
 pub use pool::ImagePool;
-pub use run::{grid, open_device, read_loss_log, run_training, LOG_FILE, RunControl, RunOptions, RunOutcome, StepReport, TrainEvent};
+pub use run::{cuda_devices, grid, open_device, read_loss_log, run_training, LOG_FILE, RunControl, RunOptions, RunOutcome, StepReport, TrainEvent};
 pub use trainer::{Divergence, Losses, Trainer, NETWORKS};

@@ -88,7 +88,19 @@ const REFERENCE_EPOCHS: u64 = 100;
 const FALLBACK_REFERENCE_ITERS: u64 = 100_000;
 /// Generators offered by ←/→ (any `resnet_<N>blocks` or `unet_<size>` may be typed).
 const GENERATORS: [&str; 5] = ["resnet_9blocks", "resnet_6blocks", "resnet_2blocks", "unet_128", "unet_256"];
-const DEVICES: [&str; 2] = ["cpu", "cuda:0"];
+
+/// The devices ←/→ offers: the CPU, then every CUDA device the driver reports (looked up once),
+/// and the reason there is none where there is none.
+pub fn device_choices() -> &'static (Vec<(String, String)>, Option<String>) {
+    static CHOICES: std::sync::OnceLock<(Vec<(String, String)>, Option<String>)> = std::sync::OnceLock::new();
+    CHOICES.get_or_init(|| {
+        let cpu = ("cpu".to_string(), "CPU".to_string());
+        match crate::train::cuda_devices() {
+            Ok(cuda) => (std::iter::once(cpu).chain(cuda).collect(), None),
+            Err(why) => (vec![cpu], Some(why)),
+        }
+    })
+}
 
 /// The rows of the settings panel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -769,7 +781,14 @@ impl App {
                 self.apply_preset();
             }
             Setting::Generator => cycle_text(&mut self.training.form.generator, &GENERATORS, forward),
-            Setting::Device => cycle_text(&mut self.training.form.device, &DEVICES, forward),
+            Setting::Device => {
+                let (choices, none) = device_choices();
+                if let (Some(why), 1) = (none, choices.len()) {
+                    return self.set_error(format!("only the CPU: {why}"));
+                }
+                let names: Vec<&str> = choices.iter().map(|(n, _)| n.as_str()).collect();
+                cycle_text(&mut self.training.form.device, &names, forward)
+            }
             Setting::Paired => self.training.form.paired = !self.training.form.paired,
             Setting::KeepLuma => self.training.form.keep_luma = !self.training.form.keep_luma,
             _ => {}
