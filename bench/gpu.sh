@@ -95,8 +95,13 @@ echo "== GPU tests (tests/gpu.rs on cuda:0)"
 t0=$(date +%s)
 "$BIN_DIR/gpu-tests" --test-threads=1 2>&1 | tee /tmp/gpu-tests.log
 [ "${PIPESTATUS[0]}" = 0 ] || status=1
-grep -q '^skipped:' /tmp/gpu-tests.log && { echo "gpu.sh: the GPU tests skipped: no usable CUDA device" >&2; status=1; }
 echo "== GPU tests took $(( $(date +%s) - t0 )) s"
+if grep -q 'skipped: ' /tmp/gpu-tests.log; then
+    # Nothing below can run either: stop before spending device time on it.
+    echo "gpu.sh: the GPU tests skipped: no usable CUDA device (see above)" >&2
+    [ -n "$OUTDIR" ] && mkdir -p "$OUTDIR" && cp /tmp/gpu-tests.log "$OUTDIR"/
+    exit 1
+fi
 
 echo "== cyclestudio bench --device cuda:0 --cases $CASES (warm-up $WARMUP, $REPEATS timed runs)"
 # The first CUDA call of a process compiles candle's PTX in the driver (cached on disk after):

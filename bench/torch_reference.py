@@ -119,10 +119,18 @@ def main():
             torch.set_num_threads(a.threads)
         print(json.dumps(run_case(a.one, a.warmup, a.repeats, a.device)))
         return
+    failed = []
     for case in a.cases.split(","):
         out = subprocess.run([sys.executable, __file__, "--one", case, "--warmup", str(a.warmup), "--repeats", str(a.repeats),
-                              "--threads", str(a.threads), "--device", a.device], check=True, capture_output=True, text=True)
+                              "--threads", str(a.threads), "--device", a.device], capture_output=True, text=True)
+        if out.returncode != 0 or not out.stdout.strip():
+            # The other cases may still run; say why this one did not.
+            sys.stderr.write(f"case {case} failed:\n{out.stderr}")
+            failed.append(case)
+            continue
         print(out.stdout.strip().splitlines()[-1], flush=True)
+    if failed:
+        sys.exit(f"failed: {', '.join(failed)}")
 
 
 if __name__ == "__main__":

@@ -89,15 +89,34 @@ const FALLBACK_REFERENCE_ITERS: u64 = 100_000;
 /// Generators offered by ←/→ (any `resnet_<N>blocks` or `unet_<size>` may be typed).
 const GENERATORS: [&str; 5] = ["resnet_9blocks", "resnet_6blocks", "resnet_2blocks", "unet_128", "unet_256"];
 
-/// The devices ←/→ offers: the CPU, then every CUDA device the driver reports (looked up once),
-/// and the reason there is none where there is none.
-pub fn device_choices() -> &'static (Vec<(String, String)>, Option<String>) {
-    static CHOICES: std::sync::OnceLock<(Vec<(String, String)>, Option<String>)> = std::sync::OnceLock::new();
+/// The devices ←/→ offers for training.
+pub struct DeviceChoices {
+    /// ("cpu", "CPU"), then ("cuda:N", model name) for every CUDA device the driver reports.
+    pub devices: Vec<(String, String)>,
+    /// Why there is no CUDA device (a build without CUDA, no driver, no device).
+    pub no_cuda: Option<String>,
+}
+
+impl DeviceChoices {
+    /// What the device row says besides its value: the CUDA devices, or why there are none
+    /// (short: the row has little room; ←/→ gives the whole reason).
+    pub fn note(&self) -> String {
+        match &self.no_cuda {
+            Some(_) if !cfg!(feature = "cuda") => "no CUDA in this build".into(),
+            Some(why) => why.clone(),
+            None => self.devices.iter().skip(1).map(|(n, model)| format!("{n} {model}")).collect::<Vec<_>>().join(", "),
+        }
+    }
+}
+
+/// The device choices, looked up once (counting devices opens none).
+pub fn device_choices() -> &'static DeviceChoices {
+    static CHOICES: std::sync::OnceLock<DeviceChoices> = std::sync::OnceLock::new();
     CHOICES.get_or_init(|| {
         let cpu = ("cpu".to_string(), "CPU".to_string());
         match crate::train::cuda_devices() {
-            Ok(cuda) => (std::iter::once(cpu).chain(cuda).collect(), None),
-            Err(why) => (vec![cpu], Some(why)),
+            Ok(cuda) => DeviceChoices { devices: std::iter::once(cpu).chain(cuda).collect(), no_cuda: None },
+            Err(why) => DeviceChoices { devices: vec![cpu], no_cuda: Some(why) },
         }
     })
 }
@@ -782,11 +801,11 @@ impl App {
             }
             Setting::Generator => cycle_text(&mut self.training.form.generator, &GENERATORS, forward),
             Setting::Device => {
-                let (choices, none) = device_choices();
-                if let (Some(why), 1) = (none, choices.len()) {
+                let choices = device_choices();
+                if let (Some(why), 1) = (&choices.no_cuda, choices.devices.len()) {
                     return self.set_error(format!("only the CPU: {why}"));
                 }
-                let names: Vec<&str> = choices.iter().map(|(n, _)| n.as_str()).collect();
+                let names: Vec<&str> = choices.devices.iter().map(|(n, _)| n.as_str()).collect();
                 cycle_text(&mut self.training.form.device, &names, forward)
             }
             Setting::Paired => self.training.form.paired = !self.training.form.paired,

@@ -4,7 +4,7 @@
 use super::{panel, render_message, run_item, selected_style, state_color, with_cursor};
 use crate::tui::app::App;
 use crate::tui::preview::{ImagePanes, Pane};
-use crate::tui::training::{Level, RunMonitor, RunState, Setting, TrainingView, LOSS_NAMES};
+use crate::tui::training::{device_choices, Level, RunMonitor, RunState, Setting, TrainingView, LOSS_NAMES};
 use ratatui::{
     layout::{Constraint, Layout, Rect},
     style::{Color, Style, Stylize},
@@ -40,7 +40,7 @@ fn render_settings(frame: &mut Frame, area: Rect, app: &App) {
         let value = match (&form.editing, selected) {
             (Some(input), true) => with_cursor(&input.value),
             _ if selected && setting.is_choice() => format!("‹ {} ›", app.training_setting_value(setting)),
-            _ if setting == Setting::Device => format!("{}  ({})", app.training_setting_value(setting), device_note()),
+            _ if setting == Setting::Device => format!("{}  ({})", app.training_setting_value(setting), device_choices().note()),
             _ => app.training_setting_value(setting),
         };
         let style = if app.training_setting_editable(setting) { Style::new() } else { Style::new().dim() };
@@ -52,14 +52,6 @@ fn render_settings(frame: &mut Frame, area: Rect, app: &App) {
     frame.render_stateful_widget(list, list_area, &mut state);
     if let Some(error) = &form.error {
         render_message(frame, error_area, error.clone(), Style::new().fg(Color::Red));
-    }
-}
-
-/// What the device row says besides its value: the CUDA devices the studio can use, or why none.
-fn device_note() -> String {
-    match crate::tui::training::device_choices() {
-        (_, Some(why)) => why.clone(),
-        (choices, None) => choices.iter().skip(1).map(|(n, model)| format!("{n} {model}")).collect::<Vec<_>>().join(", "),
     }
 }
 
