@@ -5,7 +5,8 @@
 //! These run on `cuda:0` (a build with `--features cuda` on a machine with a CUDA device). Where
 //! there is none, each test prints why it skipped and passes. `CS_TEST_DEVICE` names another
 //! device: `CS_GENERIC_OPS=1 CS_TEST_DEVICE=cpu` runs them on the CPU through the path a GPU
-//! takes (candle's own ops), which checks the tests themselves without a GPU.
+//! takes (candle's own ops), which checks the tests themselves without a GPU; the last test
+//! does that in a child process on every run.
 
 mod common;
 use common::*;
@@ -197,4 +198,19 @@ fn a_run_moves_between_the_device_and_the_cpu_across_ctrl_c() {
             assert!(d <= 3e-3, "{f} {k}: the moved run's weight differs by {d}");
         }
     }
+}
+
+/// The tests above with the CPU's generic path as the device (what the GPU runs, on the CPU), in
+/// a child process: keeps them working on machines without a GPU, CI's included.
+#[test]
+fn these_tests_pass_with_the_cpu_generic_path_as_the_device() {
+    rerun_on_generic_path_with(
+        &[
+            "parity_fixtures_on_the_device",
+            "training_step_on_the_device_matches_the_cpu",
+            "translate_on_the_device_matches_the_cpu_within_one_level",
+            "a_run_moves_between_the_device_and_the_cpu_across_ctrl_c",
+        ],
+        &[("CS_TEST_DEVICE", "cpu")],
+    );
 }

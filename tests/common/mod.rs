@@ -109,6 +109,11 @@ pub fn train_tiny(run_dir: &Path, dataset: &Path, iters: u64, resume: bool) -> c
 /// ops; our CPU kernels refuse to run), and fails with the child's output if any of them fails
 /// or does not run. In that child it does nothing.
 pub fn rerun_on_generic_path(tests: &[&str]) {
+    rerun_on_generic_path_with(tests, &[]);
+}
+
+/// `rerun_on_generic_path` with more environment variables for the child.
+pub fn rerun_on_generic_path_with(tests: &[&str], env: &[(&str, &str)]) {
     use cyclestudio::ops::GENERIC_OPS_VAR;
     if std::env::var_os(GENERIC_OPS_VAR).is_some() {
         return;
@@ -118,6 +123,7 @@ pub fn rerun_on_generic_path(tests: &[&str]) {
         .args(tests)
         .args(["--exact", "--nocapture"])
         .env(GENERIC_OPS_VAR, "1")
+        .envs(env.iter().copied())
         .output()
         .expect("test executable runs");
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
