@@ -12,7 +12,8 @@
 #
 # On the GPU machine it needs python3 with torch (its pip CUDA 13 libraries provide cuBLAS and
 # cuRAND) and the driver's libcuda.so.1. Results also go to $OUT (or GPU_OUT) when set:
-# gpu-tests.log, bench-ours.json, bench-torch.jsonl, gpu-table.md. About 3-4 minutes on an H200.
+# gpu-tests.log, bench-ours.json, bench-torch.jsonl, gpu-table.md. Expected to take 3-5 minutes on an
+# H200 (not yet run there); if the GPU tests skip (no usable device) it stops after them.
 # Env: CASES (default train128,train256,infer256,infer1024), WARMUP (2), REPEATS (5).
 set -uo pipefail
 cd "$(dirname "$0")/.."
