@@ -434,3 +434,27 @@ fn studio_starts_a_paired_keep_luma_regression() {
         assert!(config.contains(line), "{line} not in\n{config}");
     }
 }
+
+/// The device setting lists the CUDA devices the studio can use, or says why there are none; in
+/// a build without CUDA, ←/→ explains instead of offering a device that cannot open.
+#[test]
+fn device_setting_lists_cuda_devices_or_says_there_are_none() {
+    use cyclestudio::tui::training::{device_choices, Setting};
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut app, rx) = studio(tmp.path());
+    settle(&mut app, &rx, "the dataset scan", |a| !a.datasets.scanning);
+    press(&mut app, KeyCode::Char('2'));
+    let note = device_choices().note();
+    // The row may cut a long reason off.
+    assert_shows(&render(&app, 160, 40), &[&format!("cpu  ({}", note.chars().take(20).collect::<String>())]);
+    press(&mut app, KeyCode::Home);
+    for _ in 0..Setting::ALL.iter().position(|&s| s == Setting::Device).unwrap() {
+        press(&mut app, KeyCode::Down);
+    }
+    press(&mut app, KeyCode::Right);
+    if cfg!(feature = "cuda") {
+        return; // what follows depends on the machine's devices
+    }
+    assert_eq!(app.training.form.device, "cpu");
+    assert_shows(&render(&app, 160, 40), &["only the CPU: this build has no CUDA"]);
+}

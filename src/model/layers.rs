@@ -109,6 +109,5 @@ impl ConvTranspose2d {
 
 /// `CS_NATIVE_CONV` set: use candle's own convolutions (for comparing against them).
 fn native_conv() -> bool {
-    static NATIVE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *NATIVE.get_or_init(|| std::env::var_os("CS_NATIVE_CONV").is_some())
+    crate::ops::settings().native_conv
 }

@@ -76,6 +76,29 @@ pub fn open_device(name: &str) -> Result<Device> {
     bail!("unknown device '{name}': use cpu or cuda:N")
 }
 
+/// The CUDA devices the driver reports, as ("cuda:N", model name), for choosing a device (the
+/// studio); Err says why there are none: a build without CUDA, no driver or no device. Counting
+/// and naming devices creates no context, so this is cheap.
+pub fn cuda_devices() -> std::result::Result<Vec<(String, String)>, String> {
+    #[cfg(feature = "cuda")]
+    {
+        use candle_core::cuda_backend::cudarc::driver::result;
+        let list = || -> std::result::Result<Vec<(String, String)>, result::DriverError> {
+            result::init()?;
+            (0..result::device::get_count()?)
+                .map(|i| Ok((format!("cuda:{i}"), result::device::get_name(result::device::get(i)?)?)))
+                .collect()
+        };
+        match list() {
+            Ok(v) if v.is_empty() => Err("no CUDA device found".into()),
+            Ok(v) => Ok(v),
+            Err(e) => Err(format!("no usable CUDA device ({e})")),
+        }
+    }
+    #[cfg(not(feature = "cuda"))]
+    Err("this build has no CUDA (rebuild with --features cuda)".into())
+}
+
 /// A square preview image of a domain: short side resized to `size`, centre crop.
 fn preview_tensor(path: &Path, size: usize, channels: usize, device: &Device) -> Result<Tensor> {
     let img = crate::data::centre_square(&crate::data::decode_image(path)?, size as u32);
