@@ -423,3 +423,39 @@ fn a_second_trainer_of_a_run_stops_at_once_naming_the_first() {
     let resumed = ok(&cyclestudio(d, &["train", "--name", "tiny", "--resume", "--iters", "3", "--quiet"]));
     assert!(resumed.contains("tiny at step"), "{resumed}");
 }
+
+#[test]
+fn colour_classes_model_trains_translates_at_a_temperature_and_keeps_luma() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ds = tiny_dataset(d);
+    let train = |extra: &[&str]| {
+        let mut args = vec![
+            "train", "--dataset", ds.to_str().unwrap(), "--generator", "resnet_2blocks", "--ngf", "4", "--ndf", "4", "--size", "32",
+            "--iters", "3", "--paired", "--keep-luma", "--lambda-gan", "0", "--quiet",
+        ];
+        args.extend_from_slice(extra);
+        cyclestudio(d, &args)
+    };
+    let text = ok(&train(&["--name", "classes", "--paired-loss", "classify"]));
+    assert!(text.contains("finished classes at step 3"), "{text}");
+    assert!(std::fs::read_to_string(d.join("checkpoints/classes/config.toml")).unwrap().contains("paired_loss = \"classify\""));
+    // Without --keep-luma it is refused clearly.
+    let bad = cyclestudio(d, &["train", "--dataset", ds.to_str().unwrap(), "--name", "bad", "--paired", "--paired-loss", "classify", "--iters", "1"]);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("needs --paired and --keep-luma"));
+    let grey = image::DynamicImage::ImageRgb8(gradient_image(40, 36, 9)).into_luma8();
+    grey.save(d.join("g.png")).unwrap();
+    let luma = grey.pixels().map(|p| p[0] as f32).collect::<Vec<_>>();
+    for t in ["0.2", "1"] {
+        let out = d.join(format!("t{t}.png"));
+        ok(&cyclestudio(d, &["translate", "g.png", "--to", "color", "--model", "checkpoints/classes", "--temperature", t, "-o", out.to_str().unwrap()]));
+        assert!(max_luma_error(&out, &luma) <= 1.5, "temperature {t}");
+    }
+    // A model without colour classes refuses a temperature.
+    ok(&train(&["--name", "direct"]));
+    let refused = cyclestudio(d, &["translate", "g.png", "--to", "color", "--model", "checkpoints/direct", "--temperature", "0.5", "-o", "x.png"]);
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--temperature needs a model trained with --paired-loss classify"));
+    // eval reports colourfulness beside PSNR/SSIM.
+    let report = ok(&cyclestudio(d, &["eval", "--model", "checkpoints/classes", "--to", "color", "--input", ds.join("testA").to_str().unwrap(), "--truth", ds.join("testB").to_str().unwrap()]));
+    assert!(report.contains("colourfulness") && report.contains("× the truth's"), "{report}");
+}

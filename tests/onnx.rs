@@ -50,16 +50,29 @@ fn text(out: &Output) -> String {
 /// biases N(0, 0.1), larger than the reference's initialisation so that the tanh outputs cover
 /// much of [-1, 1] and keep-luma colours often leave the gamut (exercising the chroma fit).
 fn random_model(dir: &Path, kind: &str, ngf: usize, channels: [usize; 2], keep_luma: bool, seed: u64) -> PathBuf {
+    random_model_with(dir, kind, ngf, channels, keep_luma, cyclestudio::train::PairedLoss::L1, seed)
+}
+
+fn random_model_with(
+    dir: &Path,
+    kind: &str,
+    ngf: usize,
+    channels: [usize; 2],
+    keep_luma: bool,
+    paired_loss: cyclestudio::train::PairedLoss,
+    seed: u64,
+) -> PathBuf {
     let domains = [DomainSpec { name: "a".into(), channels: channels[0] }, DomainSpec { name: "b".into(), channels: channels[1] }];
     let [da, db] = domains;
     let cfg = TrainConfig {
         generator: kind.parse().unwrap(),
         ngf,
         keep_luma,
+        paired_loss,
         schedule: Schedule::Iters { iters: 0, decay_iters: 0 },
         ..TrainConfig::reference(kind, PathBuf::new(), da, db, 1)
     };
-    let run = dir.join(format!("{kind}_{}to{}{}", channels[0], channels[1], if keep_luma { "_luma" } else { "" }));
+    let run = dir.join(format!("{kind}_{}to{}{}_{paired_loss:?}", channels[0], channels[1], if keep_luma { "_luma" } else { "" }));
     let mut rng = Rng::new(seed);
     let mut files = Vec::new();
     for (net, gcfg) in [("G_AB", cfg.g_ab()), ("G_BA", cfg.g_ba())] {
@@ -199,6 +212,9 @@ fn unet_generators_match_onnx_runtime() {
     // 3→3 direct.
     let m = random_model(dir.path(), "unet_256", 4, [3, 3], false, 4);
     check_direction(&m, &m, "b", false, &[(1, 256, 256), (1, 256, 512)], dir.path());
+    // 1→3 with colour classes (--paired-loss classify), read out at the default temperature.
+    let m = random_model_with(dir.path(), "unet_128", 4, [1, 3], true, cyclestudio::train::PairedLoss::Classify, 5);
+    check_direction(&m, &m, "b", false, &[(1, 128, 128), (1, 256, 128)], dir.path());
 }
 
 #[test]

@@ -123,6 +123,11 @@ pub struct ColourArgs {
     /// that removes the checkerboard patterns of its transposed convolutions.
     #[arg(long)]
     pub raw_chroma: bool,
+    /// Read-out temperature of a model trained with --paired-loss classify: lower gives more
+    /// vivid colour (the most likely colour), 1 the mean colour of its prediction (cautious).
+    /// Default 0.38.
+    #[arg(long)]
+    pub temperature: Option<f64>,
 }
 
 /// How an image is laid out for the network (translate, convert, eval).

@@ -27,6 +27,9 @@ fn load_translator(model: &ModelSource, device: &str, layout: LayoutArgs, colour
     if colour.raw_chroma {
         tr.use_raw_chroma()?;
     }
+    if let Some(t) = colour.temperature {
+        tr.set_temperature(t)?;
+    }
     Ok(tr)
 }
 

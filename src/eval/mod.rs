@@ -3,7 +3,7 @@
 
 mod metrics;
 
-pub use metrics::{psnr, ssim};
+pub use metrics::{colourfulness, psnr, ssim};
 
 use crate::data::image_io::has_image_extension;
 use crate::data::{decode_image, Pixels};
@@ -48,6 +48,9 @@ pub struct ImageScore {
     pub ssim: f64,
     pub baseline_psnr: f64,
     pub baseline_ssim: f64,
+    /// Colourfulness (Hasler & Süsstrunk) of the translation and of the true image.
+    pub colourfulness: f64,
+    pub truth_colourfulness: f64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -60,6 +63,10 @@ pub struct EvalReport {
     /// The input itself, in the target's channels, scored against the truth.
     pub baseline_psnr: f64,
     pub baseline_ssim: f64,
+    /// Mean colourfulness of the translations and of the true images, and their ratio.
+    pub colourfulness: f64,
+    pub truth_colourfulness: f64,
+    pub colourfulness_ratio: f64,
     pub per_image: Vec<ImageScore>,
     pub skipped: Skipped,
 }
@@ -67,14 +74,17 @@ pub struct EvalReport {
 impl EvalReport {
     pub fn table(&self) -> String {
         format!(
-            "{} images, to '{}' with {}\n\n| | PSNR (dB) | SSIM |\n|---|---|---|\n| model | {:.2} | {:.3} |\n| baseline (input as is) | {:.2} | {:.3} |\n",
+            "{} images, to '{}' with {}\n\n| | PSNR (dB) | SSIM | colourfulness |\n|---|---|---|---|\n| model | {:.2} | {:.3} | {:.1} ({:.2}× the truth's) |\n| baseline (input as is) | {:.2} | {:.3} | |\n| truth | | | {:.1} |\n",
             self.images,
             self.to,
             self.model.display(),
             self.psnr,
             self.ssim,
+            self.colourfulness,
+            self.colourfulness_ratio,
             self.baseline_psnr,
-            self.baseline_ssim
+            self.baseline_ssim,
+            self.truth_colourfulness
         )
     }
 }
@@ -102,7 +112,15 @@ pub fn evaluate(tr: &Translator, to: &str, input: &Path, truth: &Path, short: u3
             let t = Pixels::from_image(&truth_img, cout)?.0;
             let o = Pixels::from_image(&out, cout)?.0;
             let b = Pixels::from_image(&src, cout)?.0;
-            Ok(ImageScore { file: path.clone(), psnr: psnr(&o, &t), ssim: ssim(&o, &t), baseline_psnr: psnr(&b, &t), baseline_ssim: ssim(&b, &t) })
+            Ok(ImageScore {
+                file: path.clone(),
+                psnr: psnr(&o, &t),
+                ssim: ssim(&o, &t),
+                baseline_psnr: psnr(&b, &t),
+                baseline_ssim: ssim(&b, &t),
+                colourfulness: colourfulness(&o),
+                truth_colourfulness: colourfulness(&t),
+            })
         })();
         match scored {
             Ok(s) => per_image.push(s),
@@ -122,6 +140,9 @@ pub fn evaluate(tr: &Translator, to: &str, input: &Path, truth: &Path, short: u3
         ssim: mean(|s| s.ssim),
         baseline_psnr: mean(|s| s.baseline_psnr),
         baseline_ssim: mean(|s| s.baseline_ssim),
+        colourfulness: mean(|s| s.colourfulness),
+        truth_colourfulness: mean(|s| s.truth_colourfulness),
+        colourfulness_ratio: mean(|s| s.colourfulness) / mean(|s| s.truth_colourfulness).max(1e-9),
         per_image,
         skipped,
     })

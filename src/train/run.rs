@@ -142,6 +142,21 @@ pub fn read_loss_log(path: &Path, up_to_step: u64) -> Vec<(u64, Losses)> {
         .collect()
 }
 
+/// The colour classes' rebalancing weights from the colours of `files` (RGB photos), each
+/// resized so its short side is `short` (the training scale); unreadable files are skipped.
+fn colour_prior_weights(files: &[PathBuf], short: u32) -> Result<Vec<f32>> {
+    use crate::model::colour_classes;
+    let mut counts = vec![0f64; colour_classes::bins().len()];
+    for f in files {
+        let Ok(img) = crate::data::decode_image(f) else { continue };
+        let (w, h) = crate::data::image_io::short_side_dims(img.width(), img.height(), short);
+        let img = img.resize_exact(w, h, image::imageops::FilterType::Triangle);
+        let (pixels, _) = Pixels::from_image(&img, 3)?;
+        colour_classes::histogram(&pixels.data, &mut counts);
+    }
+    Ok(colour_classes::rebalancing_weights(&counts))
+}
+
 /// Removes log lines for steps after `step` (written by a run that was killed before its next
 /// checkpoint), so a resumed run's log has each step once.
 fn trim_log(path: &Path, step: u64) -> Result<()> {
@@ -197,6 +212,10 @@ pub fn run_training(cfg: TrainConfig, opts: &RunOptions, control: &RunControl, o
     // Held until this function returns: a second trainer of the run (CLI or studio) stops here.
     let _lock = super::RunLock::acquire(run_dir)?;
     let mut trainer = Trainer::new(cfg.clone(), device.clone())?;
+    if cfg.paired_loss == super::PairedLoss::Classify {
+        // A function of the training photos only, so a resumed run computes the same weights.
+        trainer.set_class_weights(colour_prior_weights(&files_b, cfg.load_size as u32)?)?;
+    }
     let mut note = None;
     if opts.resume {
         let generation = trainer.restore(run_dir)?;

@@ -53,6 +53,9 @@ fn translation_generator(tensors: std::collections::HashMap<String, candle_core:
     let mut g = Generator::new(cfg, vb).with_context(|| format!("{} does not fit the architecture in config.toml", file.display()))?;
     // Translations of --keep-luma models get their colour without checkerboard.
     g.set_chroma_lowpass(true);
+    if g.predicts_colour_classes() {
+        g.set_temperature(crate::model::colour_classes::DEFAULT_TEMPERATURE)?;
+    }
     Ok(g)
 }
 
@@ -113,6 +116,16 @@ impl Translator {
     /// [`Generator::set_chroma_gain`]); an error if it has none.
     pub fn set_chroma_gain(&mut self, gain: f64) -> Result<()> {
         self.each_chroma_generator("--chroma-gain", |g| Ok(g.set_chroma_gain(gain)?))
+    }
+
+    /// The read-out temperature of a colour-classes model (`--paired-loss classify`; see
+    /// [`Generator::set_temperature`]); an error for other models.
+    pub fn set_temperature(&mut self, t: f64) -> Result<()> {
+        let mut classes = [&mut self.g_ab, &mut self.g_ba].into_iter().flatten().filter(|g| g.predicts_colour_classes()).peekable();
+        if classes.peek().is_none() {
+            bail!("--temperature needs a model trained with --paired-loss classify; {} predicts its colours directly", self.run_dir.display());
+        }
+        classes.try_for_each(|g| Ok(g.set_temperature(t)?))
     }
 
     /// Turns the low-pass of predicted chroma ([`crate::model::lowpass_chroma`], on by default

@@ -10,7 +10,7 @@ mod proto;
 
 use crate::checkpoint::load_generation;
 use crate::data::DomainSpec;
-use crate::model::{Generator, GeneratorConfig, GeneratorKind, OutputMode};
+use crate::model::{colour_classes, Generator, GeneratorConfig, GeneratorKind, OutputMode};
 use crate::train::TrainConfig;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
@@ -97,7 +97,7 @@ pub fn export_onnx(run_dir: &Path, to: Option<&str>, half: bool, out: Option<&Pa
         ("size_multiple", gcfg.kind.size_multiple().to_string()),
         ("architecture", gcfg.kind.to_string()),
         ("ngf", gcfg.ngf.to_string()),
-        ("keep_luma", (gcfg.output == OutputMode::ChromaOverLuma).to_string()),
+        ("keep_luma", (gcfg.output != OutputMode::Direct).to_string()),
         ("weights", if half { "float16" } else { "float32" }.to_string()),
         ("source_model", model_name),
         ("training_step", generation.manifest.step.to_string()),
@@ -132,6 +132,11 @@ pub fn generator_onnx(cfg: &GeneratorConfig, tensors: &HashMap<String, Tensor>, 
             let chroma = g.lowpass_chroma(&net)?;
             g.compose_chroma_over_luma(INPUT_NAME, cfg.in_channels, &chroma)?
         }
+        OutputMode::ChromaClasses => {
+            let mean = g.annealed_mean(&net, colour_classes::DEFAULT_TEMPERATURE)?;
+            let chroma = g.lowpass_chroma(&mean)?;
+            g.compose_chroma_over_luma(INPUT_NAME, cfg.in_channels, &chroma)?
+        }
     };
     // The node that computes the image (the last one) writes the graph's output name.
     let last = g.nodes.last_mut().context("empty graph")?;
@@ -154,6 +159,12 @@ pub fn generator_onnx(cfg: &GeneratorConfig, tensors: &HashMap<String, Tensor>, 
     );
     if cfg.output == OutputMode::ChromaOverLuma {
         doc.push_str(" Keep-luma: the network predicts Cb, Cr, low-passed by [1,2,2,2,1]/8 and composed over the input's ITU-R 601 luma.");
+    }
+    if cfg.output == OutputMode::ChromaClasses {
+        doc.push_str(&format!(
+            " Keep-luma with colour classes: the network predicts a distribution over quantised Cb, Cr, read out as its annealed mean at temperature {}, low-passed by [1,2,2,2,1]/8 and composed over the input's ITU-R 601 luma.",
+            colour_classes::DEFAULT_TEMPERATURE
+        ));
     }
     let model = ModelProto {
         ir_version: IR_VERSION,
@@ -385,6 +396,19 @@ impl GraphBuilder<'_> {
 
     /// `model::lowpass_chroma` on the 2-channel chroma: replicated borders (Pad edge), then the
     /// separable [1,2,2,2,1]/8 filter as two depthwise convolutions (vertical, horizontal).
+    /// The annealed mean of colour-class logits at temperature `t` (as
+    /// [`colour_classes::annealed_mean`]): softmax of logits/t over the classes, then the
+    /// expected (Cb, Cr) as a 1×1 convolution whose weights are the class centres.
+    fn annealed_mean(&mut self, logits: &str, t: f64) -> Result<String> {
+        let inv_t = self.scalar((1.0 / t) as f32);
+        let scaled = self.node("Mul", &[logits, &inv_t], vec![]);
+        let p = self.node("Softmax", &[&scaled], vec![attr_i("axis", 1)]);
+        let bins = colour_classes::bins();
+        let centres: Vec<f32> = bins.iter().map(|c| 2.0 * c.0).chain(bins.iter().map(|c| 2.0 * c.1)).collect();
+        let w = self.const_f32("class_centres", &[2, bins.len(), 1, 1], &centres);
+        Ok(self.node("Conv", &[&p, &w], vec![]))
+    }
+
     fn lowpass_chroma(&mut self, chroma: &str) -> Result<String> {
         let taps = [0.125f32, 0.25, 0.25, 0.25, 0.125];
         let kernel: Vec<f32> = taps.iter().chain(taps.iter()).copied().collect(); // one filter per channel
