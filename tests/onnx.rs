@@ -361,7 +361,7 @@ fn weights_that_do_not_fit_the_architecture_are_refused() {
     Generator::new(&cfg, VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu)).unwrap();
     let tensors: std::collections::HashMap<String, Tensor> = vm.data().lock().unwrap().iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect();
     let bigger = GeneratorConfig { kind: GeneratorKind::Resnet { blocks: 3 }, ..cfg.clone() };
-    let err = cyclestudio::interop::onnx::generator_onnx(&bigger, &tensors, &[], false).unwrap_err();
+    let err = cyclestudio::interop::onnx::generator_onnx(&bigger, &tensors, &[], false, 1.0).unwrap_err();
     assert!(format!("{err:#}").contains("do not fit resnet_3blocks"), "{err:#}");
-    assert!(!cyclestudio::interop::onnx::generator_onnx(&cfg, &tensors, &[], false).unwrap().is_empty());
+    assert!(!cyclestudio::interop::onnx::generator_onnx(&cfg, &tensors, &[], false, 1.0).unwrap().is_empty());
 }

@@ -111,6 +111,11 @@ pub struct TrainConfig {
     pub health_every: u64,
     /// Device the run last used ("cpu", "cuda:0").
     pub device: String,
+    /// The colour gain translations of a `--keep-luma` model apply unless `--chroma-gain` is
+    /// given (absent: 1, the colours as trained). Training ignores it; the shipped default model
+    /// sets it (README, "The default model").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub translate_chroma_gain: Option<f64>,
 }
 
 fn one() -> f64 {
@@ -155,6 +160,7 @@ impl TrainConfig {
             log_every: 10,
             health_every: 100,
             device: "cpu".into(),
+            translate_chroma_gain: None,
         }
     }
 

@@ -100,7 +100,7 @@ impl Translator {
         if g_ab.is_none() && g_ba.is_none() {
             bail!("{} holds no generator", generation.dir.display());
         }
-        Ok(Self { run_dir: run_dir.to_path_buf(), config, device, g_ab, g_ba, options: TranslateOptions::default() })
+        Self { run_dir: run_dir.to_path_buf(), config, device, g_ab, g_ba, options: TranslateOptions::default() }.with_model_gain()
     }
 
     /// The grey→colour model built into the binary (its A→B generator only).
@@ -109,7 +109,15 @@ impl Translator {
         let device = open_device(device)?;
         let tensors = candle_core::safetensors::load_buffer(BUILTIN_G_AB, &device)?;
         let g_ab = translation_generator(tensors, &config.g_ab(), &device, Path::new("built-in G_AB"))?;
-        Ok(Self { run_dir: PathBuf::from("(built-in)"), config, device, g_ab: Some(g_ab), g_ba: None, options: TranslateOptions::default() })
+        Self { run_dir: PathBuf::from("(built-in)"), config, device, g_ab: Some(g_ab), g_ba: None, options: TranslateOptions::default() }.with_model_gain()
+    }
+
+    /// Applies the colour gain the model's config asks translations to use, if any.
+    fn with_model_gain(mut self) -> Result<Self> {
+        if let Some(gain) = self.config.translate_chroma_gain {
+            self.set_chroma_gain(gain).context("the model's translate_chroma_gain")?;
+        }
+        Ok(self)
     }
 
     /// Scales the predicted colour of the model's chroma-over-luma generators (see

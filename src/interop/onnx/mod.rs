@@ -87,6 +87,8 @@ pub fn export_onnx(run_dir: &Path, to: Option<&str>, half: bool, out: Option<&Pa
     }
     let tensors = generation.load_tensors(file, &Device::Cpu)?;
     let model_name = run_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    // The model's own colour gain (the shipped default model has one), as `translate` applies it.
+    let gain = if gcfg.output == OutputMode::Direct { 1.0 } else { cfg.translate_chroma_gain.unwrap_or(1.0) };
     let metadata = vec![
         ("from_domain", from.name.clone()),
         ("to_domain", to_spec.name.clone()),
@@ -98,11 +100,12 @@ pub fn export_onnx(run_dir: &Path, to: Option<&str>, half: bool, out: Option<&Pa
         ("architecture", gcfg.kind.to_string()),
         ("ngf", gcfg.ngf.to_string()),
         ("keep_luma", (gcfg.output != OutputMode::Direct).to_string()),
+        ("chroma_gain", gain.to_string()),
         ("weights", if half { "float16" } else { "float32" }.to_string()),
         ("source_model", model_name),
         ("training_step", generation.manifest.step.to_string()),
     ];
-    let bytes = generator_onnx(&gcfg, &tensors, &metadata, half).with_context(|| generation.dir.join(file).display().to_string())?;
+    let bytes = generator_onnx(&gcfg, &tensors, &metadata, half, gain).with_context(|| generation.dir.join(file).display().to_string())?;
     if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
         if out.starts_with(run_dir.join("export")) {
             std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -116,7 +119,8 @@ pub fn export_onnx(run_dir: &Path, to: Option<&str>, half: bool, out: Option<&Pa
 
 /// The serialised ONNX model of the generator `cfg` with weights `tensors` (named as in
 /// checkpoints), with `metadata` as the model's metadata properties.
-pub fn generator_onnx(cfg: &GeneratorConfig, tensors: &HashMap<String, Tensor>, metadata: &[(&str, String)], half: bool) -> Result<Vec<u8>> {
+/// `chroma_gain` scales a keep-luma generator's predicted colour before its low-pass (1: as trained).
+pub fn generator_onnx(cfg: &GeneratorConfig, tensors: &HashMap<String, Tensor>, metadata: &[(&str, String)], half: bool, chroma_gain: f64) -> Result<Vec<u8>> {
     // Building the network checks that every tensor is present with the shape the architecture needs.
     let vb = VarBuilder::from_tensors(tensors.clone(), DType::F32, &Device::Cpu);
     Generator::new(cfg, vb).map_err(|e| anyhow::anyhow!("the weights do not fit {} ({}→{} channels): {e}", cfg.kind, cfg.in_channels, cfg.out_channels))?;
@@ -129,12 +133,14 @@ pub fn generator_onnx(cfg: &GeneratorConfig, tensors: &HashMap<String, Tensor>, 
     let image = match cfg.output {
         OutputMode::Direct => net,
         OutputMode::ChromaOverLuma => {
-            let chroma = g.lowpass_chroma(&net)?;
+            let scaled = g.chroma_gain(&net, chroma_gain);
+            let chroma = g.lowpass_chroma(&scaled)?;
             g.compose_chroma_over_luma(INPUT_NAME, cfg.in_channels, &chroma)?
         }
         OutputMode::ChromaClasses => {
             let mean = g.annealed_mean(&net, colour_classes::DEFAULT_TEMPERATURE)?;
-            let chroma = g.lowpass_chroma(&mean)?;
+            let scaled = g.chroma_gain(&mean, chroma_gain);
+            let chroma = g.lowpass_chroma(&scaled)?;
             g.compose_chroma_over_luma(INPUT_NAME, cfg.in_channels, &chroma)?
         }
     };
@@ -407,6 +413,15 @@ impl GraphBuilder<'_> {
         let centres: Vec<f32> = bins.iter().map(|c| 2.0 * c.0).chain(bins.iter().map(|c| 2.0 * c.1)).collect();
         let w = self.const_f32("class_centres", &[2, bins.len(), 1, 1], &centres);
         Ok(self.node("Conv", &[&p, &w], vec![]))
+    }
+
+    /// `chroma` × `gain` (nothing added for 1).
+    fn chroma_gain(&mut self, chroma: &str, gain: f64) -> String {
+        if gain == 1.0 {
+            return chroma.to_string();
+        }
+        let g = self.scalar(gain as f32);
+        self.node("Mul", &[chroma, &g], vec![])
     }
 
     fn lowpass_chroma(&mut self, chroma: &str) -> Result<String> {
