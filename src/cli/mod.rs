@@ -66,16 +66,42 @@ pub struct BenchArgs {
 
 #[derive(Args, Debug)]
 pub struct EvalArgs {
+    /// Model to translate --input with (PSNR/SSIM; with --fid-weights, FID/KID of the translations).
     #[arg(long)]
     pub model: Option<PathBuf>,
+    /// Target domain of the translation (needed with --truth or --model).
     #[arg(long)]
-    pub to: String,
-    /// Folder of images to translate.
+    pub to: Option<String>,
+    /// Folder of images: translated with the model, or with --fid-weights and no --model, the
+    /// images to judge as they are (e.g. translations made elsewhere).
     #[arg(long)]
     pub input: PathBuf,
-    /// Folder of the true translations, matched by file name stem.
+    /// Folder of the true translations, matched by file name stem (PSNR/SSIM).
     #[arg(long)]
-    pub truth: PathBuf,
+    pub truth: Option<PathBuf>,
+    /// FID/KID: the FID Inception weights, pt_inception-2015-12-05-6726825d.pth (downloaded once
+    /// from pytorch-fid's release page, see README).
+    #[arg(long, value_name = "FILE")]
+    pub fid_weights: Option<PathBuf>,
+    /// Use --fid-weights even if it is not the standard file (scores are then not comparable to
+    /// pytorch-fid's).
+    #[arg(long)]
+    pub fid_weights_unchecked: bool,
+    /// FID/KID: folder of real images of the target domain.
+    #[arg(long)]
+    pub reference: Option<PathBuf>,
+    /// Folder of the feature cache (default: ~/.cache/cyclestudio/fid).
+    #[arg(long)]
+    pub fid_cache: Option<PathBuf>,
+    /// Do not read or write the feature cache.
+    #[arg(long)]
+    pub no_fid_cache: bool,
+    /// KID subsets and subset size (torch-fidelity's defaults; the size is lowered to the
+    /// smaller set's).
+    #[arg(long, default_value_t = 100)]
+    pub kid_subsets: usize,
+    #[arg(long, default_value_t = 1000)]
+    pub kid_subset_size: usize,
     /// Short side both are resized to before scoring (0 = as is).
     #[arg(long, default_value_t = 256)]
     pub short_side: u32,
