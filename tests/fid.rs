@@ -95,3 +95,83 @@ fn wrong_or_missing_weights_are_refused_by_name() {
     let e = load_fid_inception(&wrong, true).err().unwrap().to_string();
     assert!(e.contains("not FID Inception weights"), "{e}");
 }
+
+fn cli(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_cyclestudio")).args(args).output().expect("cyclestudio runs")
+}
+
+/// The synthetic full-size weights as a safetensors file (accepted with --fid-weights-unchecked).
+fn synthetic_weights_file(dir: &std::path::Path) -> std::path::PathBuf {
+    let path = dir.join("synthetic_inception.safetensors");
+    let named = synthetic_weights().unwrap();
+    std::fs::write(&path, cyclestudio::checkpoint::safetensors_bytes(&named).unwrap()).unwrap();
+    path
+}
+
+#[test]
+fn eval_fid_kid_without_truth_and_cache_reuse() {
+    let tmp = tempfile::tempdir().unwrap();
+    let weights = synthetic_weights_file(tmp.path());
+    let (input, reference) = (tmp.path().join("input"), tmp.path().join("ref"));
+    common::write_pngs(&input, 3, 50, 40);
+    common::write_pngs(&reference, 4, 64, 48);
+    let cache = tmp.path().join("cache");
+    let args = |json: &str| {
+        let v: Vec<String> = ["eval", "--fid-weights", weights.to_str().unwrap(), "--fid-weights-unchecked", "--input", input.to_str().unwrap()]
+            .iter()
+            .map(|s| s.to_string())
+            .chain(["--reference", reference.to_str().unwrap(), "--fid-cache", cache.to_str().unwrap(), "--json", json].iter().map(|s| s.to_string()))
+            .collect();
+        v
+    };
+    let j1 = tmp.path().join("r1.json");
+    let a1 = args(j1.to_str().unwrap());
+    let o = cli(&a1.iter().map(String::as_str).collect::<Vec<_>>());
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{out}\n{}", String::from_utf8_lossy(&o.stderr));
+    assert!(out.contains("| FID |") && out.contains("| KID |") && out.contains("3 images") && out.contains("N = 3"), "{out}");
+    assert!(out.contains("NOT the standard FID Inception"), "{out}");
+    let j2 = tmp.path().join("r2.json");
+    let a2 = args(j2.to_str().unwrap());
+    let o = cli(&a2.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("4 of 4 reference features read from the cache"), "{}", String::from_utf8_lossy(&o.stderr));
+    let r1: serde_json::Value = serde_json::from_slice(&std::fs::read(&j1).unwrap()).unwrap();
+    let r2: serde_json::Value = serde_json::from_slice(&std::fs::read(&j2).unwrap()).unwrap();
+    assert_eq!(r1["fid"], r2["fid"]);
+    assert_eq!(r1["kid"]["mean"], r2["kid"]["mean"]);
+    // Without the flag, the same weights are refused by name.
+    let o = cli(&["eval", "--fid-weights", weights.to_str().unwrap(), "--input", input.to_str().unwrap(), "--reference", reference.to_str().unwrap(), "--no-fid-cache"]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("synthetic_inception.safetensors"));
+}
+
+#[test]
+fn train_eval_every_logs_kid_and_keeps_the_best_generation() {
+    let tmp = tempfile::tempdir().unwrap();
+    let weights = synthetic_weights_file(tmp.path());
+    let ds = common::tiny_dataset(tmp.path());
+    let ck = tmp.path().join("ck");
+    let o = cli(&[
+        "--checkpoints", ck.to_str().unwrap(), "train", "--dataset", ds.to_str().unwrap(), "--name", "val", "--generator", "resnet_2blocks",
+        "--ngf", "4", "--ndf", "4", "--size", "32", "--iters", "6", "--eval-every", "2", "--fid-weights", weights.to_str().unwrap(),
+        "--fid-weights-unchecked", "--quiet", "--sample-every", "3", "--save-every", "3",
+    ]);
+    assert!(o.status.success(), "{}\n{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    let run = ck.join("val");
+    let log = std::fs::read_to_string(run.join("log.jsonl")).unwrap();
+    let vals: Vec<serde_json::Value> = log.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).filter(|v| v.get("validation").is_some()).collect();
+    let steps: Vec<u64> = vals.iter().map(|v| v["step"].as_u64().unwrap()).collect();
+    assert_eq!(steps, [2, 4, 6]);
+    let kid_of = |v: &serde_json::Value| v["validation"]["kid"].as_f64().unwrap();
+    assert!(vals.iter().all(|v| kid_of(v).is_finite() && v["validation"]["fid_ab"].as_f64().unwrap().is_finite()));
+    let best = vals.iter().min_by(|a, b| kid_of(a).total_cmp(&kid_of(b))).unwrap();
+    let manifest = std::fs::read_to_string(run.join("best/manifest.toml")).unwrap();
+    assert!(manifest.contains(&format!("step = {}", best["step"])), "best/ {manifest} vs log {steps:?} {:?}", vals.iter().map(kid_of).collect::<Vec<_>>());
+    let scores: serde_json::Value = serde_json::from_slice(&std::fs::read(run.join("best/validation.json")).unwrap()).unwrap();
+    assert_eq!(scores["kid"].as_f64().unwrap(), kid_of(best));
+    // The kept generators translate.
+    let img = ds.join("testA/img0.png");
+    let out = tmp.path().join("best.png");
+    let o = cli(&["translate", img.to_str().unwrap(), "--to", "color", "--model", run.to_str().unwrap(), "--generation", "best", "-o", out.to_str().unwrap()]);
+    assert!(o.status.success() && out.exists(), "{}", String::from_utf8_lossy(&o.stderr));
+}

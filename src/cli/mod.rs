@@ -167,6 +167,10 @@ pub struct TranslateArgs {
     /// Translate in overlapping tiles of this side (automatic above ~2.4 megapixels).
     #[arg(long)]
     pub tile: Option<usize>,
+    /// Which generation of the model: latest, or best (the lowest held-out KID of a run trained
+    /// with --eval-every).
+    #[arg(long, default_value = "latest")]
+    pub generation: String,
     #[command(flatten)]
     pub colour: ColourArgs,
     #[arg(long, default_value = "cpu")]
@@ -372,6 +376,21 @@ pub struct TrainArgs {
     /// No progress bar; print a line per logged step instead.
     #[arg(long)]
     pub quiet: bool,
+    /// Score held-out images (KID, FID; PSNR/SSIM on paired data) every N steps, keeping the
+    /// generators with the lowest KID in <run>/best/. Needs --fid-weights.
+    #[arg(long)]
+    pub eval_every: Option<u64>,
+    /// The FID Inception weights for --eval-every (pt_inception-2015-12-05-6726825d.pth).
+    #[arg(long, value_name = "FILE")]
+    pub fid_weights: Option<PathBuf>,
+    /// Accept --fid-weights that are not the standard file.
+    #[arg(long)]
+    pub fid_weights_unchecked: bool,
+    /// Held-out images of domain A / B for --eval-every (default: the dataset's testA / testB).
+    #[arg(long, value_name = "DIR")]
+    pub val_a: Option<PathBuf>,
+    #[arg(long, value_name = "DIR")]
+    pub val_b: Option<PathBuf>,
 }
 
 /// Runs a parsed command line.

@@ -19,7 +19,12 @@ fn resolve_model(checkpoints: &Path, model: Option<PathBuf>) -> Result<PathBuf> 
 
 /// The model at `model` on `device`, its colour set as `colour` says.
 fn load_translator(model: &Path, device: &str, colour: ColourArgs) -> Result<Translator> {
-    let mut tr = Translator::load(model, device)?;
+    load_translator_generation(model, device, colour, crate::checkpoint::LATEST)
+}
+
+/// `load_translator` for a named generation (`latest` or `best`).
+fn load_translator_generation(model: &Path, device: &str, colour: ColourArgs, generation: &str) -> Result<Translator> {
+    let mut tr = Translator::load_generation(model, device, generation)?;
     if let Some(gain) = colour.chroma_gain {
         tr.set_chroma_gain(gain)?;
     }
@@ -35,7 +40,7 @@ fn translate_options(tile: Option<usize>) -> TranslateOptions {
 
 pub fn translate(checkpoints: &Path, a: TranslateArgs) -> Result<()> {
     let model = resolve_model(checkpoints, a.model)?;
-    let tr = load_translator(&model, &a.device, a.colour)?;
+    let tr = load_translator_generation(&model, &a.device, a.colour, &a.generation)?;
     let (g, cin, _) = tr.generator_to(&a.to)?;
     let output = a.output.unwrap_or_else(|| default_output_path(&a.input, &a.to));
     if let (Ok(i), Ok(o)) = (a.input.canonicalize(), output.canonicalize()) {

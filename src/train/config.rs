@@ -107,6 +107,9 @@ pub struct TrainConfig {
     pub health_every: u64,
     /// Device the run last used ("cpu", "cuda:0").
     pub device: String,
+    /// Validation on held-out images with KID/FID (`--eval-every`); absent = none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation: Option<super::ValidationConfig>,
 }
 
 fn one() -> f64 {
@@ -151,6 +154,7 @@ impl TrainConfig {
             log_every: 10,
             health_every: 100,
             device: "cpu".into(),
+            validation: None,
         }
     }
 

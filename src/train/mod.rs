@@ -6,9 +6,11 @@ mod config;
 mod pool;
 mod run;
 mod trainer;
+pub mod validation;
 
 pub use adam::Adam;
 pub use config::{GanLoss, PairedLoss, Schedule, TrainConfig, CONFIG_FILE, DEFAULT_LAMBDA_PAIRED};
 pub use pool::ImagePool;
 pub use run::{grid, open_device, read_loss_log, run_training, LOG_FILE, RunControl, RunOptions, RunOutcome, StepReport, TrainEvent};
 pub use trainer::{Divergence, Losses, Trainer, NETWORKS};
+pub use validation::{ValidationConfig, ValidationScores};

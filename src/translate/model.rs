@@ -18,9 +18,14 @@ pub struct Translator {
 impl Translator {
     /// Loads `run_dir/config.toml` and the generators of its newest verified checkpoint.
     pub fn load(run_dir: &Path, device: &str) -> Result<Self> {
+        Self::load_generation(run_dir, device, crate::checkpoint::LATEST)
+    }
+
+    /// [`Translator::load`] from a named generation: `latest`, or `best` (kept by validation).
+    pub fn load_generation(run_dir: &Path, device: &str, which: &str) -> Result<Self> {
         let config = TrainConfig::load(run_dir)?;
         let device = open_device(device)?;
-        let generation = load_generation(run_dir)?;
+        let generation = if which == crate::checkpoint::LATEST { load_generation(run_dir)? } else { crate::checkpoint::load_generation_named(run_dir, which)? };
         let load = |file: &str, cfg: GeneratorConfig| -> Result<Option<Generator>> {
             if !generation.has(file) {
                 return Ok(None);

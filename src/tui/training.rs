@@ -491,6 +491,7 @@ impl RunMonitor {
                 }
                 self.health = Some(report);
             }
+            TrainEvent::Validation(scores) => self.log(Level::Info, format!("held-out {}", scores.summary())),
             TrainEvent::Warning(text) => self.log(Level::Warning, text),
         }
     }
