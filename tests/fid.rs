@@ -27,19 +27,35 @@ fn synthetic_model() -> LoadedInception {
     LoadedInception { model: FidInception::new(&InceptionConfig::default(), vb).unwrap(), sha256: "0".repeat(64), standard: false }
 }
 
-#[test]
-fn inception_features_match_pytorch_fid() {
-    let model = synthetic_model();
+/// Features of the fixture images through `model` against pytorch-fid's.
+fn check_features_against_pytorch_fid(model: &LoadedInception) {
     let want = fid_fixture("inception_features.safetensors");
     for name in ["img_0", "img_1", "img_2"] {
         let img = cyclestudio::data::decode_image(&fixture_path("fid").join(format!("{name}.png"))).unwrap();
-        let got = features_of_inputs(&model, &[image_input(&img)]).unwrap();
+        let got = features_of_inputs(model, &[image_input(&img)]).unwrap();
         let want = want[name].to_vec1::<f32>().unwrap();
         let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
         let err = got.iter().zip(&want).fold(0f32, |m, (a, b)| m.max((a - b).abs())) / scale;
         println!("{name}: max |Δ| / max |f| = {err:.2e}");
         assert!(err < 1e-4, "{name}: relative error {err}");
     }
+}
+
+#[test]
+fn inception_features_match_pytorch_fid() {
+    check_features_against_pytorch_fid(&synthetic_model());
+}
+
+/// The whole synthetic network as torch wrote it, a legacy-format .pth like the real weights
+/// (`python3 tools/make_fid_fixtures.py --full-pth PATH`, ≈95 MB, not committed), loaded the way
+/// `--fid-weights` loads: `FID_FULL_PTH=PATH cargo test --release --test fid -- --ignored`.
+#[test]
+#[ignore]
+fn full_size_pth_written_by_torch_loads_and_matches() {
+    let path = std::env::var("FID_FULL_PTH").expect("set FID_FULL_PTH to the .pth written by make_fid_fixtures.py --full-pth");
+    let model = load_fid_inception(std::path::Path::new(&path), true).unwrap();
+    assert!(!model.standard);
+    check_features_against_pytorch_fid(&model);
 }
 
 #[test]
