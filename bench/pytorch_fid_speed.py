@@ -8,6 +8,7 @@ images at 299², `torch.no_grad()`, eval mode, as pytorch-fid's get_activations 
     python3 bench/pytorch_fid_speed.py [--threads 2] [--warmup 1] [--repeats 5]
 """
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -23,6 +24,7 @@ ap.add_argument("--threads", type=int, default=2)
 ap.add_argument("--batch", type=int, default=8)
 ap.add_argument("--warmup", type=int, default=1)
 ap.add_argument("--repeats", type=int, default=5)
+ap.add_argument("--json", action="store_true", help="print only {\"median_s\": ...} (for bench/compare_fid.sh)")
 args = ap.parse_args()
 torch.set_num_threads(args.threads)
 model = fid_model(synthetic_state_dict())
@@ -35,5 +37,8 @@ with torch.no_grad():
         if i >= args.warmup:
             times.append(time.perf_counter() - t0)
 med = statistics.median(times)
+if args.json:
+    print(json.dumps({"median_s": med, "seconds": times}))
+    sys.exit(0)
 print(f"torch {torch.__version__}, {args.threads} threads, batch {args.batch}: runs {[round(t, 3) for t in times]} s, "
       f"median {med:.3f} s per batch = {med / args.batch:.4f} s per image")

@@ -190,4 +190,14 @@ fn train_eval_every_logs_kid_and_keeps_the_best_generation() {
     let out = tmp.path().join("best.png");
     let o = cli(&["translate", img.to_str().unwrap(), "--to", "color", "--model", run.to_str().unwrap(), "--generation", "best", "-o", out.to_str().unwrap()]);
     assert!(o.status.success() && out.exists(), "{}", String::from_utf8_lossy(&o.stderr));
+    // Paired data: the validation PSNR/SSIM the same way.
+    let o = cli(&[
+        "--checkpoints", ck.to_str().unwrap(), "train", "--dataset", ds.to_str().unwrap(), "--name", "paired", "--generator", "resnet_2blocks",
+        "--ngf", "4", "--ndf", "4", "--size", "32", "--iters", "2", "--paired", "--eval-every", "2", "--fid-weights", weights.to_str().unwrap(),
+        "--fid-weights-unchecked", "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let log = std::fs::read_to_string(ck.join("paired/log.jsonl")).unwrap();
+    let v: serde_json::Value = log.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).find(|v| v.get("validation").is_some()).unwrap();
+    assert!(v["validation"]["psnr_ab"].as_f64().unwrap() > 0.0 && v["validation"]["ssim_ba"].as_f64().is_some(), "{v}");
 }
