@@ -68,6 +68,18 @@ fn fid_matches_pytorch_fid() {
         println!("{tag}: FID {got:.6} vs pytorch-fid {want:.6}");
         assert!((got - want).abs() <= 1e-3 * want.abs().max(1.0), "{tag}: {got} vs {want}");
     }
+    // 2048-d sets from a formula (as make_fid_fixtures.py), rank-deficient with fewer images than
+    // dimensions, and with more: tiny FIDs, where the last digits are rounding of either side.
+    let formula = sets["formula"].to_vec2::<f64>().unwrap();
+    for row in formula {
+        let (n1, n2, p, want) = (row[0] as usize, row[1] as usize, row[2] as usize, row[3]);
+        let mk = |n: usize, seed: usize| {
+            Features::new(n, 2048, (0..n * 2048).map(|i| ((i * 7919 + seed) % p) as f32 / p as f32).map(|x| x * x).collect()).unwrap()
+        };
+        let got = fid(&mk(n1, 1), &mk(n2, 5)).unwrap();
+        println!("formula {n1}/{n2}/{p}: FID {got:.6} vs pytorch-fid {want:.6}");
+        assert!((got - want).abs() <= 1e-3, "{got} vs {want}");
+    }
 }
 
 #[test]

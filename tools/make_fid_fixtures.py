@@ -104,6 +104,12 @@ def fid_model(sd):
     return model.eval()
 
 
+def formula_features(n, seed, p, d=2048):
+    i = np.arange(n * d, dtype=np.int64)
+    x = ((i * 7919 + seed) % p).astype(np.float32) / np.float32(p)
+    return (x * x).reshape(n, d)
+
+
 def make_images():
     rng = np.random.RandomState(7)
     imgs = {}
@@ -158,6 +164,15 @@ def main():
         fid_sets[f"{tag}_b"] = torch.from_numpy(b)
         fid_sets[f"{tag}_fid"] = torch.tensor([float(value)], dtype=torch.float64)
         print(f"fid {tag}: {value:.6f}")
+    # Full-length (2048-d) sets from a formula the Rust test recomputes (so only the values are
+    # stored): ((i·7919 + seed) mod p / p)², rank-deficient and ill-conditioned on purpose.
+    formula = []
+    for n1, n2, p in [(500, 600, 100003), (2100, 2100, 1013)]:
+        a, b = formula_features(n1, 1, p), formula_features(n2, 5, p)
+        value = calculate_frechet_distance(a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False))
+        formula.append([n1, n2, p, float(value)])
+        print(f"fid formula {n1}/{n2}/{p}: {value:.6f}")
+    fid_sets["formula"] = torch.tensor(formula, dtype=torch.float64)
     save_file(fid_sets, os.path.join(OUT, "fid_sets.safetensors"))
 
     kid_sets = {}
