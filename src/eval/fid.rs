@@ -5,9 +5,9 @@
 //! `RandomState(2020)`, reproduced exactly).
 //!
 //! tr √(Σ₁Σ₂) is the sum of the square roots of the eigenvalues of Σ₁Σ₂, which are those of
-//! the symmetric matrix LᵀΣ₂L (Σ₁ = LLᵀ) or, with fewer images than dimensions, the non-zero ones
-//! of X₁Σ₂X₁ᵀ/(n₁−1) (X₁ the centred features): a symmetric eigenvalue problem in f64 instead
-//! of scipy's general `sqrtm`, exact for the rank-deficient covariances of small sets too.
+//! the symmetric matrix LᵀΣ₂L (Σ₁ = LLᵀ) or, with fewer images than dimensions or a singular
+//! Σ₁, the non-zero ones of X₁Σ₂X₁ᵀ/(n₁−1) (X₁ the centred features): a symmetric eigenvalue
+//! problem in f64 instead of scipy's general `sqrtm`, exact for rank-deficient covariances too.
 
 use anyhow::{bail, Result};
 use gemm::Parallelism;
