@@ -321,3 +321,141 @@ fn shipped_default_model_colours_a_grey_photo() {
     let (full, half) = (spread(&output), spread(&tmp.path().join("muted.png")));
     assert!(full > 0 && half < full, "colour spread {half} at gain 0.5 vs {full} at 1");
 }
+
+#[test]
+fn built_in_model_translates_from_any_folder() {
+    // No checkpoints folder here: the grey→colour model inside the binary is used.
+    let tmp = tempfile::tempdir().unwrap();
+    let grey = image::DynamicImage::ImageRgb8(common::gradient_image(96, 64, 5)).into_luma8();
+    grey.save(tmp.path().join("photo.png")).unwrap();
+    let text = ok(&cyclestudio(tmp.path(), &["translate", "photo.png", "--to", "color"]));
+    assert!(text.contains("built-in"), "{text}");
+    // The same as the repository's checkpoints/default gives.
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = tmp.path().join("repo.png");
+    ok(&cyclestudio(repo, &["translate", tmp.path().join("photo.png").to_str().unwrap(), "--to", "color", "-o", out.to_str().unwrap()]));
+    assert_eq!(std::fs::read(tmp.path().join("photo.color.png")).unwrap(), std::fs::read(&out).unwrap());
+    // It has one direction; asking for the other names what it knows.
+    let back = cyclestudio(tmp.path(), &["translate", "photo.color.png", "--to", "gray"]);
+    assert!(!back.status.success() && String::from_utf8_lossy(&back.stderr).contains("it knows: color"));
+    // convert and eval use it too.
+    std::fs::create_dir_all(tmp.path().join("in")).unwrap();
+    grey.save(tmp.path().join("in/a.png")).unwrap();
+    ok(&cyclestudio(tmp.path(), &["convert", "in", "--to", "color", "-o", "out"]));
+    assert!(tmp.path().join("out/a.png").is_file());
+    image::DynamicImage::ImageRgb8(common::gradient_image(96, 64, 5)).save(tmp.path().join("truth.png")).unwrap();
+    std::fs::create_dir_all(tmp.path().join("truth")).unwrap();
+    std::fs::rename(tmp.path().join("truth.png"), tmp.path().join("truth/a.png")).unwrap();
+    ok(&cyclestudio(tmp.path(), &["eval", "--to", "color", "--input", "in", "--truth", "truth"]));
+}
+
+#[test]
+fn sharded_conversion_by_three_processes_covers_the_tree_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let model = tiny_model(d);
+    let mut all = Vec::new();
+    for sub in ["", "x", "x/y", "z"] {
+        for p in write_pngs(&d.join("tree").join(sub), 4, 24, 20) {
+            all.push(p.strip_prefix(d.join("tree")).unwrap().with_extension("png"));
+        }
+    }
+    let children: Vec<_> = (1..=3)
+        .map(|k| {
+            Command::new(env!("CARGO_BIN_EXE_cyclestudio"))
+                .current_dir(d)
+                .args(["convert", "tree", "--to", "color", "-o", "out", "--model", model.to_str().unwrap(), "--shard", &format!("{k}/3")])
+                .output()
+        })
+        .collect();
+    let mut converted = 0;
+    for out in children {
+        let text = ok(&out.unwrap());
+        let n: usize = text.split("converted ").nth(1).and_then(|r| r.split(',').next()).and_then(|n| n.trim().parse().ok()).expect(&text);
+        assert!(text.contains("shard "), "{text}");
+        converted += n;
+    }
+    assert_eq!(converted, all.len(), "every image converted exactly once over the shards");
+    for rel in &all {
+        assert!(d.join("out").join(rel).is_file(), "{} missing", rel.display());
+    }
+    // The split depends only on the relative paths: the same shard again has nothing to do.
+    let again = ok(&cyclestudio(d, &["convert", "tree", "--to", "color", "-o", "out", "--model", model.to_str().unwrap(), "--shard", "2/3"]));
+    assert!(again.contains("converted 0"), "{again}");
+    let bad = cyclestudio(d, &["convert", "tree", "--to", "color", "-o", "out", "--shard", "0/3"]);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("1 ≤ K ≤ N"));
+}
+
+#[test]
+fn a_second_trainer_of_a_run_stops_at_once_naming_the_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ds = tiny_dataset(d);
+    let mut first = Command::new(env!("CARGO_BIN_EXE_cyclestudio"))
+        .current_dir(d)
+        .args([
+            "train", "--dataset", ds.to_str().unwrap(), "--name", "tiny", "--generator", "resnet_2blocks", "--ngf", "4", "--ndf", "4",
+            "--size", "32", "--iters", "100000", "--save-every", "2", "--quiet",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let manifest = d.join("checkpoints/tiny/latest/manifest.toml");
+    let started = std::time::Instant::now();
+    while !manifest.exists() && started.elapsed().as_secs() < 120 {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let result = std::panic::catch_unwind(|| {
+        assert!(manifest.exists(), "the first trainer saved no checkpoint");
+        let second = cyclestudio(d, &["train", "--name", "tiny", "--resume", "--iters", "3", "--quiet"]);
+        let err = String::from_utf8_lossy(&second.stderr).to_string();
+        assert!(!second.status.success(), "{err}");
+        assert!(err.contains("being trained by another process") && err.contains(&format!("PID {}", first.id())), "{err}");
+        // Translating from the run being trained works.
+        image::DynamicImage::ImageRgb8(gradient_image(40, 36, 1)).into_luma8().save(d.join("g.png")).unwrap();
+        ok(&cyclestudio(d, &["translate", "g.png", "--to", "color", "--model", "checkpoints/tiny"]));
+    });
+    // kill -9 leaves no stale lock: the run can be resumed right after.
+    first.kill().unwrap();
+    first.wait().unwrap();
+    result.unwrap();
+    let resumed = ok(&cyclestudio(d, &["train", "--name", "tiny", "--resume", "--iters", "3", "--quiet"]));
+    assert!(resumed.contains("tiny at step"), "{resumed}");
+}
+
+#[test]
+fn colour_classes_model_trains_translates_at_a_temperature_and_keeps_luma() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ds = tiny_dataset(d);
+    let train = |extra: &[&str]| {
+        let mut args = vec![
+            "train", "--dataset", ds.to_str().unwrap(), "--generator", "resnet_2blocks", "--ngf", "4", "--ndf", "4", "--size", "32",
+            "--iters", "3", "--paired", "--keep-luma", "--lambda-gan", "0", "--quiet",
+        ];
+        args.extend_from_slice(extra);
+        cyclestudio(d, &args)
+    };
+    let text = ok(&train(&["--name", "classes", "--paired-loss", "classify"]));
+    assert!(text.contains("finished classes at step 3"), "{text}");
+    assert!(std::fs::read_to_string(d.join("checkpoints/classes/config.toml")).unwrap().contains("paired_loss = \"classify\""));
+    // Without --keep-luma it is refused clearly.
+    let bad = cyclestudio(d, &["train", "--dataset", ds.to_str().unwrap(), "--name", "bad", "--paired", "--paired-loss", "classify", "--iters", "1"]);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("needs --paired and --keep-luma"));
+    let grey = image::DynamicImage::ImageRgb8(gradient_image(40, 36, 9)).into_luma8();
+    grey.save(d.join("g.png")).unwrap();
+    let luma = grey.pixels().map(|p| p[0] as f32).collect::<Vec<_>>();
+    for t in ["0.2", "1"] {
+        let out = d.join(format!("t{t}.png"));
+        ok(&cyclestudio(d, &["translate", "g.png", "--to", "color", "--model", "checkpoints/classes", "--temperature", t, "-o", out.to_str().unwrap()]));
+        assert!(max_luma_error(&out, &luma) <= 1.5, "temperature {t}");
+    }
+    // A model without colour classes refuses a temperature.
+    ok(&train(&["--name", "direct"]));
+    let refused = cyclestudio(d, &["translate", "g.png", "--to", "color", "--model", "checkpoints/direct", "--temperature", "0.5", "-o", "x.png"]);
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--temperature needs a model trained with --paired-loss classify"));
+    // eval reports colourfulness beside PSNR/SSIM.
+    let report = ok(&cyclestudio(d, &["eval", "--model", "checkpoints/classes", "--to", "color", "--input", ds.join("testA").to_str().unwrap(), "--truth", ds.join("testB").to_str().unwrap()]));
+    assert!(report.contains("colourfulness") && report.contains("× the truth's"), "{report}");
+}

@@ -242,3 +242,10 @@ fn keep_luma_model_colours_without_changing_brightness() {
     }
     assert!(colourfulness > 5, "the output should have some colour, not only the grey input");
 }
+
+/// Exact resume on the path a GPU takes (`CS_GENERIC_OPS`: candle's own ops and the composed
+/// Adam update), in a child process.
+#[test]
+fn resume_is_exact_on_the_device_generic_path() {
+    rerun_on_generic_path(&["resume_gives_the_same_weights_as_an_uninterrupted_run", "checkpoint_round_trip_restores_everything"]);
+}

@@ -3,13 +3,10 @@
 mod common;
 use common::*;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
-use cyclestudio::data::DomainSpec;
 use cyclestudio::interop::{discriminator_key_map, from_reference_keys, generator_from_reference, infer_generator, read_pth};
 use cyclestudio::model::{DiscriminatorConfig, GeneratorKind, PatchGan};
-use cyclestudio::train::{Schedule, TrainConfig, Trainer};
-use std::collections::HashMap;
 
 const TOL: f32 = 1e-4;
 
@@ -70,37 +67,6 @@ fn not_a_generator_is_refused_clearly() {
     assert!(e.contains("not a CycleGAN generator"), "{e}");
 }
 
-/// (reference name, our name): the reference's D_A judges domain B, so it is our D_B.
-const NETS: [(&str, &str); 4] = [("G_A", "G_AB"), ("G_B", "G_BA"), ("D_A", "D_B"), ("D_B", "D_A")];
-
-fn key_map(net: &str) -> Vec<(String, String)> {
-    if net.starts_with('G') {
-        cyclestudio::interop::generator_key_map(GeneratorKind::Resnet { blocks: 1 })
-    } else {
-        discriminator_key_map(3)
-    }
-}
-
-fn fixture_trainer(fx: &HashMap<String, Tensor>) -> Trainer {
-    let cfg = TrainConfig {
-        generator: GeneratorKind::Resnet { blocks: 1 },
-        ngf: 8,
-        ndf: 4,
-        size: 32,
-        load_size: 32,
-        schedule: Schedule::Iters { iters: 10, decay_iters: 0 },
-        flip: false,
-        health_every: 0,
-        ..TrainConfig::reference("parity", "unused".into(), DomainSpec { name: "A".into(), channels: 3 }, DomainSpec { name: "B".into(), channels: 3 }, 1)
-    };
-    let mut t = Trainer::new(cfg, Device::Cpu).unwrap();
-    for (theirs, ours) in NETS {
-        let w = from_reference_keys(&key_map(theirs), &with_prefix(fx, &format!("init.{theirs}."))).unwrap();
-        t.set_weights(ours, &w).unwrap();
-    }
-    t
-}
-
 /// Our weight name → reference key, for one network.
 fn reference_name(theirs: &str, ours_key: &str) -> String {
     let (layer, p) = ours_key.rsplit_once('.').unwrap();
@@ -121,7 +87,7 @@ fn bias_before_norm(theirs: &str, ref_key: &str) -> bool {
 #[test]
 fn training_iteration_matches_reference() {
     let fx = load_fixture("train_step.safetensors");
-    let mut t = fixture_trainer(&fx);
+    let mut t = fixture_trainer(&fx, &Device::Cpu);
     let (a0, b0) = (&fx["iter0.real_A"], &fx["iter0.real_B"]);
 
     // Gradients of the first iteration.
@@ -149,7 +115,7 @@ fn training_iteration_matches_reference() {
     drop((g, d));
 
     // Two full iterations: every loss term, then the weights.
-    let mut t = fixture_trainer(&fx);
+    let mut t = fixture_trainer(&fx, &Device::Cpu);
     for it in 0..2 {
         let l = t.train_step(&fx[&format!("iter{it}.real_A")], &fx[&format!("iter{it}.real_B")]).unwrap();
         let pairs = [
@@ -192,4 +158,47 @@ fn training_iteration_matches_reference() {
         }
     }
     assert!(flipped * 2_000 <= compared, "{flipped} of {compared} weights differ by more than {TOL}");
+}
+
+/// The reference's `test.py` runs the generator on the whole image as it is; `import` followed by
+/// `translate --margin 0` must give its output (to 8-bit rounding) through the command line.
+#[test]
+fn cli_translate_with_margin_0_matches_the_reference_whole_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_cyclestudio")).current_dir(d).args(args).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    let pth = fixture_path("cli_parity.pth");
+    run(&["import", "--name", "reference", "--g-ab", pth.to_str().unwrap(), "--domains", "a,b"]);
+    let input = fixture_path("cli_parity_input.png");
+    run(&["translate", input.to_str().unwrap(), "--to", "b", "--model", "checkpoints/reference", "--margin", "0", "-o", "ours.png"]);
+    let ours = image::open(d.join("ours.png")).unwrap().into_rgb8();
+    let theirs = load_fixture("cli_parity_output.safetensors")["output"].squeeze(0).unwrap(); // [3,H,W] in [-1,1]
+    let (c, h, w) = theirs.dims3().unwrap();
+    assert_eq!((ours.width() as usize, ours.height() as usize, c), (w, h, 3));
+    let theirs = theirs.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let mut worst = 0f32;
+    for (i, t) in theirs.iter().enumerate() {
+        let (ch, y, x) = (i / (h * w), i / w % h, i % w);
+        let level = (t * 0.5 + 0.5).clamp(0.0, 1.0) * 255.0;
+        worst = worst.max((ours.get_pixel(x as u32, y as u32)[ch] as f32 - level).abs());
+    }
+    assert!(worst <= 1.5, "largest difference from the reference: {worst} levels");
+}
+
+/// The same fixtures on the path a GPU takes (`CS_GENERIC_OPS`: candle's own ops, no CPU
+/// kernels), in a child process.
+#[test]
+fn parity_holds_on_the_device_generic_path() {
+    rerun_on_generic_path(&[
+        "resnet_generator_matches_reference",
+        "resnet_generator_grey_input_matches_reference",
+        "unet_generator_matches_reference",
+        "patchgan_matches_reference",
+        "imported_pth_translates_like_pytorch",
+        "training_iteration_matches_reference",
+        "cli_translate_with_margin_0_matches_the_reference_whole_image",
+    ]);
 }

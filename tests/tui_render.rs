@@ -298,6 +298,25 @@ fn translate_screen_lists_checkpoints_and_translates_a_test_image() {
 }
 
 #[test]
+fn fresh_studio_offers_the_built_in_model_with_test_images_that_exist() {
+    // No runs, and the built-in model's own dataset (datasets/landscapes) is not here: the studio
+    // lists the built-in model and offers the test images of a dataset with its domains.
+    let tmp = tempfile::tempdir().unwrap();
+    tiny_dataset(&tmp.path().join("datasets"));
+    let (mut app, rx) = studio(tmp.path());
+    settle(&mut app, &rx, "the dataset scan", |a| !a.datasets.entries.is_empty());
+    press(&mut app, KeyCode::Char('3'));
+    assert_shows(&render(&app, 140, 40), &["built-in grey→colour", "gray→color · shipped with cyclestudio"]);
+    press(&mut app, KeyCode::Enter);
+    settle(&mut app, &rx, "the model", |a| !matches!(a.translate.model, ModelState::Loading(_)));
+    let screen = render(&app, 140, 40);
+    assert_shows(&screen, &["img0.png  gray→color", "from tiny; datasets/landscapes is not here"]);
+    press(&mut app, KeyCode::Enter);
+    settle(&mut app, &rx, "the translation", |a| a.translate.busy.is_none());
+    assert_shows(&render(&app, 140, 40), &["Input 40×36", "Translation → color"]);
+}
+
+#[test]
 fn help_lists_keys_and_any_key_closes_it() {
     let tmp = tempfile::tempdir().unwrap();
     let (mut app, _rx) = studio(tmp.path());
@@ -414,4 +433,28 @@ fn studio_starts_a_paired_keep_luma_regression() {
     for line in ["paired = true", "keep_luma = true", "lambda_gan = 0.0", "lambda_paired = 10.0"] {
         assert!(config.contains(line), "{line} not in\n{config}");
     }
+}
+
+/// The device setting lists the CUDA devices the studio can use, or says why there are none; in
+/// a build without CUDA, ←/→ explains instead of offering a device that cannot open.
+#[test]
+fn device_setting_lists_cuda_devices_or_says_there_are_none() {
+    use cyclestudio::tui::training::{device_choices, Setting};
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut app, rx) = studio(tmp.path());
+    settle(&mut app, &rx, "the dataset scan", |a| !a.datasets.scanning);
+    press(&mut app, KeyCode::Char('2'));
+    let note = device_choices().note();
+    // The row may cut a long reason off.
+    assert_shows(&render(&app, 160, 40), &[&format!("cpu  ({}", note.chars().take(20).collect::<String>())]);
+    press(&mut app, KeyCode::Home);
+    for _ in 0..Setting::ALL.iter().position(|&s| s == Setting::Device).unwrap() {
+        press(&mut app, KeyCode::Down);
+    }
+    press(&mut app, KeyCode::Right);
+    if cfg!(feature = "cuda") {
+        return; // what follows depends on the machine's devices
+    }
+    assert_eq!(app.training.form.device, "cpu");
+    assert_shows(&render(&app, 160, 40), &["only the CPU: this build has no CUDA"]);
 }

@@ -472,6 +472,30 @@ def fixture_import():
     save("resnet_import_io.safetensors", {"input": f32(x), "output": f32(y)})
 
 
+def fixture_cli_parity():
+    """A reference-layout .pth and an 8-bit PNG whose sides are multiples of 4, with the
+    reference's output for the whole image as it is (what its test.py computes): the CLI's
+    import + translate --margin 0 must reproduce it."""
+    from PIL import Image
+
+    torch.manual_seed(1007)
+    net = init_weights(ResnetGenerator(3, 3, ngf=16, n_blocks=1)).eval()
+    h, w = 40, 52
+    # Smooth structure plus noise, quantised to 8 bits like any real image.
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, h), torch.linspace(0, 1, w), indexing="ij")
+    base = torch.stack([xx, yy, 1 - xx * yy])
+    img = ((base * 0.7 + torch.rand(3, h, w) * 0.3) * 255).round().clamp(0, 255).to(torch.uint8)
+    png = os.path.join(OUT_DIR, "cli_parity_input.png")
+    Image.fromarray(img.permute(1, 2, 0).numpy(), "RGB").save(png)
+    x = img.float().unsqueeze(0) / 255 * 2 - 1
+    with torch.no_grad():
+        y = net(x)
+    path = os.path.join(OUT_DIR, "cli_parity.pth")
+    torch.save(net.state_dict(), path)
+    save("cli_parity_output.safetensors", {"output": f32(y)})
+    print(f"wrote {os.path.relpath(png, ROOT)}, {os.path.relpath(path, ROOT)}")
+
+
 def fixture_not_a_generator():
     path = os.path.join(OUT_DIR, "not_a_generator.pth")
     torch.save({"foo.weight": torch.zeros(3, 3)}, path)
@@ -499,16 +523,16 @@ def check_all():
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--check", action="store_true", help="reload and list every fixture afterwards")
+    ap.add_argument("--only", help="write only this fixture (e.g. cli_parity)")
     args = ap.parse_args()
     setup()
     os.makedirs(OUT_DIR, exist_ok=True)
     print(f"torch {torch.__version__}")
-    fixture_resnet()
-    fixture_unet()
-    fixture_patchgan()
-    fixture_train_step()
-    fixture_import()
-    fixture_not_a_generator()
+    fixtures = [fixture_resnet, fixture_unet, fixture_patchgan, fixture_train_step, fixture_import,
+                fixture_cli_parity, fixture_not_a_generator]
+    for fixture in fixtures:
+        if args.only is None or fixture.__name__ == "fixture_" + args.only:
+            fixture()
     if args.check:
         check_all()
 

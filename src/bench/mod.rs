@@ -1,11 +1,12 @@
 //! `cyclestudio bench`: seconds per training iteration, inference time and peak memory for the
-//! reference configurations, as medians over repeats, each case in its own process.
+//! reference configurations, as medians over repeats, each case in its own process. On a CUDA
+//! device the peak is the driver's own high-water mark of device memory (`device_memory`).
 
 use crate::data::DomainSpec;
 use crate::model::Generator;
 use crate::train::{open_device, Schedule, TrainConfig, Trainer};
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Tensor};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use serde::{Deserialize, Serialize};
 use std::time::Instant;
@@ -43,6 +44,58 @@ pub struct CaseResult {
     pub median_s: f64,
     /// Peak resident memory of the process, MiB.
     pub peak_rss_mib: f64,
+    /// On a CUDA device: the driver's figures for the case's process (absent on the CPU).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_memory: Option<DeviceMemory>,
+}
+
+/// Device memory as the CUDA driver reports it, MiB. candle allocates through the device's
+/// stream-ordered memory pool (`cuMemAllocAsync`), whose high-water marks the driver keeps.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DeviceMemory {
+    /// Peak of memory held by live allocations (the pool's `USED_MEM_HIGH`; PyTorch's
+    /// counterpart is `torch.cuda.max_memory_allocated`).
+    pub peak_used_mib: f64,
+    /// Peak of memory the pool took from the device (`RESERVED_MEM_HIGH`; PyTorch's
+    /// `max_memory_reserved`).
+    pub peak_reserved_mib: f64,
+    /// Memory in use on the whole device at the end of the case (total − free from
+    /// `cuMemGetInfo`: this process's context, kernels and cuBLAS workspace included, and any
+    /// other process on the device).
+    pub device_used_mib: f64,
+}
+
+/// The driver's memory figures for `dev`; None on the CPU, in a build without CUDA, or where the
+/// device has no memory pool (candle then allocates with `cuMemAlloc`, which keeps no peak).
+pub fn device_memory(dev: &Device) -> Option<DeviceMemory> {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(cuda) = dev {
+        return cuda_memory(cuda).ok().flatten();
+    }
+    let _ = dev;
+    None
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_memory(dev: &candle_core::CudaDevice) -> std::result::Result<Option<DeviceMemory>, candle_core::cuda_backend::cudarc::driver::DriverError> {
+    use candle_core::cuda_backend::cudarc::driver::{result, sys};
+    let ctx = dev.cuda_stream().context().clone();
+    if !ctx.has_async_alloc() {
+        return Ok(None);
+    }
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    let (free, total) = ctx.mem_get_info()?;
+    // SAFETY: the device handle comes from a live context; each attribute is a cuuint64_t.
+    let (used, reserved) = unsafe {
+        let pool = result::device::get_mem_pool(ctx.cu_device())?;
+        let get = |attr| -> std::result::Result<u64, _> {
+            let mut v: u64 = 0;
+            result::mem_pool::get_attribute(pool, attr, (&mut v as *mut u64).cast())?;
+            Ok(v)
+        };
+        (get(sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH)?, get(sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RESERVED_MEM_HIGH)?)
+    };
+    Ok(Some(DeviceMemory { peak_used_mib: mib(used), peak_reserved_mib: mib(reserved), device_used_mib: mib((total - free) as u64) }))
 }
 
 fn median(xs: &[f64]) -> f64 {
@@ -118,7 +171,8 @@ pub fn run_case(id: &str, device: &str, warmup: usize, repeats: usize) -> Result
             }
         }
     }
-    Ok(CaseResult { id: id.into(), what: case.what.into(), median_s: median(&seconds), seconds, peak_rss_mib: peak_rss_mib() })
+    let device_memory = device_memory(&dev);
+    Ok(CaseResult { id: id.into(), what: case.what.into(), median_s: median(&seconds), seconds, peak_rss_mib: peak_rss_mib(), device_memory })
 }
 
 fn run_inception_case(warmup: usize, repeats: usize) -> Result<CaseResult> {
@@ -137,7 +191,7 @@ fn run_inception_case(warmup: usize, repeats: usize) -> Result<CaseResult> {
         }
     }
     let what = format!("FID Inception features, batch of {INCEPTION_BATCH} at 299² (CPU)");
-    Ok(CaseResult { id: INCEPTION_CASE.into(), what, median_s: median(&seconds), seconds, peak_rss_mib: peak_rss_mib() })
+    Ok(CaseResult { id: INCEPTION_CASE.into(), what, median_s: median(&seconds), seconds, peak_rss_mib: peak_rss_mib(), device_memory: None })
 }
 
 /// Runs the chosen cases, each in a fresh child process (so peak memory is per case), and
@@ -160,10 +214,18 @@ pub fn run_all(ids: &[String], device: &str, warmup: usize, repeats: usize) -> R
 }
 
 pub fn table(results: &[CaseResult]) -> String {
-    let mut s = String::from("| case | median | runs (s) | peak RSS |\n|---|---|---|---|\n");
+    let on_device = results.iter().any(|r| r.device_memory.is_some());
+    let mut s = String::from("| case | median | runs (s) | peak RSS |");
+    s.push_str(if on_device { " peak device memory: used / pool / device |\n|---|---|---|---|---|\n" } else { "\n|---|---|---|---|\n" });
     for r in results {
         let runs: Vec<String> = r.seconds.iter().map(|x| format!("{x:.3}")).collect();
-        s.push_str(&format!("| {} | {:.3} s | {} | {:.0} MiB |\n", r.what, r.median_s, runs.join(", "), r.peak_rss_mib));
+        s.push_str(&format!("| {} | {:.3} s | {} | {:.0} MiB |", r.what, r.median_s, runs.join(", "), r.peak_rss_mib));
+        match (&r.device_memory, on_device) {
+            (Some(m), _) => s.push_str(&format!(" {:.0} / {:.0} / {:.0} MiB |", m.peak_used_mib, m.peak_reserved_mib, m.device_used_mib)),
+            (None, true) => s.push_str(" – |"),
+            (None, false) => {}
+        }
+        s.push('\n');
     }
     s
 }

@@ -33,7 +33,7 @@ pub enum Command {
     Convert(ConvertArgs),
     /// Import generators trained with the PyTorch reference (.pth state dicts).
     Import(ImportArgs),
-    /// Export a model's generators with the PyTorch reference's key names.
+    /// Export a model's generators: reference key names, a translate-only copy, or ONNX.
     Export(ExportArgs),
     /// Open the terminal studio (also what `cyclestudio` alone does).
     Tui(TuiArgs),
@@ -109,6 +109,8 @@ pub struct EvalArgs {
     #[arg(long)]
     pub json: Option<PathBuf>,
     #[command(flatten)]
+    pub layout: LayoutArgs,
+    #[command(flatten)]
     pub colour: ColourArgs,
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -147,6 +149,24 @@ pub struct ColourArgs {
     /// that removes the checkerboard patterns of its transposed convolutions.
     #[arg(long)]
     pub raw_chroma: bool,
+    /// Read-out temperature of a model trained with --paired-loss classify: lower gives more
+    /// vivid colour (the most likely colour), 1 the mean colour of its prediction (cautious).
+    /// Default 0.38.
+    #[arg(long)]
+    pub temperature: Option<f64>,
+}
+
+/// How an image is laid out for the network (translate, convert, eval).
+#[derive(Args, Debug, Clone, Copy)]
+pub struct LayoutArgs {
+    /// Translate in overlapping tiles of this side (automatic above ~2.4 megapixels); tiles use
+    /// the whole image's normalisation statistics, so they agree with the whole-image result.
+    #[arg(long)]
+    pub tile: Option<usize>,
+    /// Pixels of mirrored context around the image while translating (cropped off after).
+    /// 0 translates the image exactly as it is, as the PyTorch reference's test.py does.
+    #[arg(long, default_value_t = crate::translate::DEFAULT_MARGIN)]
+    pub margin: usize,
 }
 
 #[derive(Args, Debug)]
@@ -155,7 +175,8 @@ pub struct TranslateArgs {
     /// Target domain name (from the model's config.toml), e.g. color.
     #[arg(long)]
     pub to: String,
-    /// Model folder (default: <checkpoints>/default, else the most recently trained run).
+    /// Model folder (default: <checkpoints>/default, else the most recently trained run, else
+    /// the grey→colour model built into cyclestudio).
     #[arg(long)]
     pub model: Option<PathBuf>,
     /// Output file (default: INPUT_STEM.DOMAIN.png beside the input).
@@ -164,9 +185,8 @@ pub struct TranslateArgs {
     /// Replace an existing output file.
     #[arg(long)]
     pub overwrite: bool,
-    /// Translate in overlapping tiles of this side (automatic above ~2.4 megapixels).
-    #[arg(long)]
-    pub tile: Option<usize>,
+    #[command(flatten)]
+    pub layout: LayoutArgs,
     /// Which generation of the model: latest, or best (the lowest held-out KID of a run trained
     /// with --eval-every).
     #[arg(long, default_value = "latest")]
@@ -192,8 +212,12 @@ pub struct ConvertArgs {
     /// Images of the same size translated together.
     #[arg(long, default_value_t = 4)]
     pub batch: usize,
-    #[arg(long)]
-    pub tile: Option<usize>,
+    /// Convert only part K of N (K from 1 to N) of the tree, split by each file's path relative
+    /// to IN_DIR: N processes with K = 1..N convert disjoint parts into one output tree.
+    #[arg(long, value_name = "K/N")]
+    pub shard: Option<crate::translate::Shard>,
+    #[command(flatten)]
+    pub layout: LayoutArgs,
     #[command(flatten)]
     pub colour: ColourArgs,
     #[arg(long, default_value = "cpu")]
@@ -223,16 +247,28 @@ pub struct ImportArgs {
 pub struct ExportArgs {
     #[arg(long)]
     pub model: PathBuf,
-    /// torch-keys: safetensors with the reference's state-dict keys (G_A.safetensors, G_B.safetensors);
-    /// generators: a translate-only model folder (config.toml + generators, no training state).
-    #[arg(long, default_value = "torch-keys")]
-    pub format: String,
-    /// Output folder (default: <model>/export).
+    #[arg(long, value_enum, default_value_t = ExportFormat::TorchKeys)]
+    pub format: ExportFormat,
+    /// Output folder (default: <model>/export); with --format onnx the .onnx file
+    /// (default: <model>/export/<DOMAIN>.onnx).
     #[arg(short, long)]
     pub output: Option<PathBuf>,
-    /// With --format generators: store the weights as f16 (half the size).
+    /// With --format onnx: the direction, by target domain (default: domain B).
+    #[arg(long)]
+    pub to: Option<String>,
+    /// With --format generators or onnx: store the weights as f16 (half the size).
     #[arg(long)]
     pub half: bool,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExportFormat {
+    /// Safetensors with the reference's state-dict keys (G_A.safetensors, G_B.safetensors).
+    TorchKeys,
+    /// A translate-only model folder (config.toml + generators, no training state).
+    Generators,
+    /// One generator as an ONNX model (opset 17) for ONNX Runtime and other runtimes.
+    Onnx,
 }
 
 #[derive(Args, Debug, Default)]

@@ -1,46 +1,54 @@
-use super::{BenchArgs, ColourArgs, ConvertArgs, EvalArgs, ExportArgs, ImportArgs, ScoreArgs, TranslateArgs, TuiArgs};
+use super::{BenchArgs, ColourArgs, ConvertArgs, EvalArgs, ExportArgs, ExportFormat, ImportArgs, LayoutArgs, ScoreArgs, TranslateArgs, TuiArgs};
 use crate::interop::{export_torch_keys, import as import_model, ImportRequest};
-use crate::translate::{convert_folder, default_model_dir, default_output_path, translate_image, ConvertOptions, TranslateOptions, Translator};
+use crate::translate::{convert_folder, default_output_path, translate_image, ConvertOptions, ModelSource, TranslateOptions, Translator};
 use crate::tui::TuiOptions;
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
 
-fn resolve_model(checkpoints: &Path, model: Option<PathBuf>) -> Result<PathBuf> {
+fn resolve_model(checkpoints: &Path, model: Option<PathBuf>) -> ModelSource {
     match model {
-        Some(m) => Ok(m),
+        Some(m) => ModelSource::Dir(m),
         None => {
-            let m = default_model_dir(checkpoints)?;
-            eprintln!("using model {}", m.display());
-            Ok(m)
+            let m = ModelSource::default_in(checkpoints);
+            eprintln!("using model {m}");
+            m
         }
     }
 }
 
-/// The model at `model` on `device`, its colour set as `colour` says.
-fn load_translator(model: &Path, device: &str, colour: ColourArgs) -> Result<Translator> {
-    load_translator_generation(model, device, colour, crate::checkpoint::LATEST)
+/// The model at `model` on `device`, laid out and coloured as `layout` and `colour` say.
+fn load_translator(model: &ModelSource, device: &str, layout: LayoutArgs, colour: ColourArgs) -> Result<Translator> {
+    load_translator_generation(model, device, layout, colour, crate::checkpoint::LATEST)
 }
 
-/// `load_translator` for a named generation (`latest` or `best`).
-fn load_translator_generation(model: &Path, device: &str, colour: ColourArgs, generation: &str) -> Result<Translator> {
-    let mut tr = Translator::load_generation(model, device, generation)?;
+/// `load_translator` for a named generation of a run (`latest` or `best`).
+fn load_translator_generation(model: &ModelSource, device: &str, layout: LayoutArgs, colour: ColourArgs, generation: &str) -> Result<Translator> {
+    let mut tr = match (model, generation) {
+        (_, crate::checkpoint::LATEST) => Translator::open(model, device)?,
+        (ModelSource::Dir(d), which) => Translator::load_generation(d, device, which)?,
+        (ModelSource::BuiltIn, which) => bail!("the built-in model has only one generation; --generation {which} needs --model DIR"),
+    };
+    tr.options = translate_options(layout);
     if let Some(gain) = colour.chroma_gain {
         tr.set_chroma_gain(gain)?;
     }
     if colour.raw_chroma {
         tr.use_raw_chroma()?;
     }
+    if let Some(t) = colour.temperature {
+        tr.set_temperature(t)?;
+    }
     Ok(tr)
 }
 
-fn translate_options(tile: Option<usize>) -> TranslateOptions {
-    TranslateOptions { tile, ..Default::default() }
+fn translate_options(layout: LayoutArgs) -> TranslateOptions {
+    TranslateOptions { tile: layout.tile, margin: layout.margin, ..Default::default() }
 }
 
 pub fn translate(checkpoints: &Path, a: TranslateArgs) -> Result<()> {
-    let model = resolve_model(checkpoints, a.model)?;
-    let tr = load_translator_generation(&model, &a.device, a.colour, &a.generation)?;
+    let model = resolve_model(checkpoints, a.model);
+    let tr = load_translator_generation(&model, &a.device, a.layout, a.colour, &a.generation)?;
     let (g, cin, _) = tr.generator_to(&a.to)?;
     let output = a.output.unwrap_or_else(|| default_output_path(&a.input, &a.to));
     if let (Ok(i), Ok(o)) = (a.input.canonicalize(), output.canonicalize()) {
@@ -52,16 +60,16 @@ pub fn translate(checkpoints: &Path, a: TranslateArgs) -> Result<()> {
         bail!("{} already exists; add --overwrite to replace it", output.display());
     }
     let img = crate::data::decode_image(&a.input)?;
-    let out = translate_image(g, cin, tr.size_multiple(), &tr.device, &img, &translate_options(a.tile))?;
+    let out = translate_image(g, cin, tr.size_multiple(), &tr.device, &img, &tr.options)?;
     crate::util::atomic_write(&output, &crate::data::image_io::png_bytes(&out)?)?;
     println!("{} → {} ({}x{}, to {})", a.input.display(), output.display(), out.width(), out.height(), a.to);
     Ok(())
 }
 
 pub fn convert(checkpoints: &Path, a: ConvertArgs) -> Result<()> {
-    let model = resolve_model(checkpoints, a.model)?;
-    let tr = load_translator(&model, &a.device, a.colour)?;
-    let opts = ConvertOptions { to: a.to.clone(), overwrite: a.overwrite, batch: a.batch, translate: translate_options(a.tile) };
+    let model = resolve_model(checkpoints, a.model);
+    let tr = load_translator(&model, &a.device, a.layout, a.colour)?;
+    let opts = ConvertOptions { to: a.to.clone(), overwrite: a.overwrite, batch: a.batch, translate: tr.options.clone(), shard: a.shard };
     let bar = ProgressBar::new(0);
     bar.set_style(
         ProgressStyle::with_template("{bar:30.cyan/blue} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}")
@@ -74,6 +82,9 @@ pub fn convert(checkpoints: &Path, a: ConvertArgs) -> Result<()> {
         bar.set_message(format!("{ips:.2} img/s"));
     })?;
     bar.finish_and_clear();
+    if let Some(shard) = a.shard {
+        print!("shard {shard}: ");
+    }
     println!("{}", summary.report());
     if !summary.failed.is_empty() {
         bail!("{} file(s) failed", summary.failed.len());
@@ -98,16 +109,38 @@ pub fn import(checkpoints: &Path, a: ImportArgs) -> Result<()> {
 }
 
 pub fn export(a: ExportArgs) -> Result<()> {
+    if a.format == ExportFormat::Onnx {
+        return export_onnx(a);
+    }
+    if a.to.is_some() {
+        bail!("--to applies to --format onnx only (the other formats export both generators)");
+    }
     let out = a.output.unwrap_or_else(|| a.model.join("export"));
-    let written = match a.format.as_str() {
-        "torch-keys" => export_torch_keys(&a.model, &out),
-        "generators" => crate::interop::export_generators(&a.model, &out, a.half),
-        other => bail!("unknown export format '{other}' (supported: torch-keys, generators)"),
+    let written = match a.format {
+        ExportFormat::TorchKeys => export_torch_keys(&a.model, &out),
+        ExportFormat::Generators => crate::interop::export_generators(&a.model, &out, a.half),
+        ExportFormat::Onnx => unreachable!("handled above"),
     }
     .with_context(|| format!("exporting {}", a.model.display()))?;
     for p in written {
         println!("wrote {}", p.display());
     }
+    Ok(())
+}
+
+/// `export --format onnx`: one direction to one .onnx file.
+fn export_onnx(a: ExportArgs) -> Result<()> {
+    let e = crate::interop::onnx::export_onnx(&a.model, a.to.as_deref(), a.half, a.output.as_deref()).with_context(|| format!("exporting {} to ONNX", a.model.display()))?;
+    println!(
+        "wrote {} ({} bytes): {} → {}, {} channel(s) in, {} out, image sides multiples of {}",
+        e.path.display(),
+        e.bytes,
+        e.from.name,
+        e.to.name,
+        e.from.channels,
+        e.to.channels,
+        e.size_multiple
+    );
     Ok(())
 }
 
@@ -125,8 +158,8 @@ pub fn eval(checkpoints: &Path, a: EvalArgs) -> Result<()> {
     }
     let needs_model = a.truth.is_some() || a.model.is_some();
     let tr = if needs_model {
-        let model = resolve_model(checkpoints, a.model.clone())?;
-        Some(load_translator(&model, &a.device, a.colour)?)
+        let model = resolve_model(checkpoints, a.model.clone());
+        Some(load_translator(&model, &a.device, a.layout, a.colour)?)
     } else {
         None
     };
@@ -195,8 +228,8 @@ pub fn eval(checkpoints: &Path, a: EvalArgs) -> Result<()> {
 }
 
 pub fn score(checkpoints: &Path, a: ScoreArgs) -> Result<()> {
-    let model = resolve_model(checkpoints, a.model)?;
-    let tr = Translator::load(&model, &a.device)?;
+    let model = resolve_model(checkpoints, a.model);
+    let tr = Translator::open(&model, &a.device)?;
     let (scores, skipped) = crate::eval::score_anomalies(&tr, &a.domain, &a.dir, a.short_side)?;
     for (p, why) in &skipped {
         eprintln!("skipped {}: {why}", p.display());

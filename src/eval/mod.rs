@@ -8,11 +8,11 @@ pub mod inception;
 mod metrics;
 mod pth_legacy;
 
-pub use metrics::{psnr, ssim};
+pub use metrics::{colourfulness, psnr, ssim};
 
 use crate::data::image_io::has_image_extension;
 use crate::data::{decode_image, Pixels};
-use crate::translate::{translate_image, TranslateOptions, Translator};
+use crate::translate::{translate_image, Translator};
 use anyhow::{bail, Context, Result};
 use image::{imageops::FilterType, DynamicImage, GenericImageView};
 use serde::Serialize;
@@ -53,6 +53,9 @@ pub struct ImageScore {
     pub ssim: f64,
     pub baseline_psnr: f64,
     pub baseline_ssim: f64,
+    /// Colourfulness (Hasler & Süsstrunk) of the translation and of the true image.
+    pub colourfulness: f64,
+    pub truth_colourfulness: f64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -65,6 +68,10 @@ pub struct EvalReport {
     /// The input itself, in the target's channels, scored against the truth.
     pub baseline_psnr: f64,
     pub baseline_ssim: f64,
+    /// Mean colourfulness of the translations and of the true images, and their ratio.
+    pub colourfulness: f64,
+    pub truth_colourfulness: f64,
+    pub colourfulness_ratio: f64,
     pub per_image: Vec<ImageScore>,
     pub skipped: Skipped,
 }
@@ -72,14 +79,17 @@ pub struct EvalReport {
 impl EvalReport {
     pub fn table(&self) -> String {
         format!(
-            "{} images, to '{}' with {}\n\n| | PSNR (dB) | SSIM |\n|---|---|---|\n| model | {:.2} | {:.3} |\n| baseline (input as is) | {:.2} | {:.3} |\n",
+            "{} images, to '{}' with {}\n\n| | PSNR (dB) | SSIM | colourfulness |\n|---|---|---|---|\n| model | {:.2} | {:.3} | {:.1} ({:.2}× the truth's) |\n| baseline (input as is) | {:.2} | {:.3} | |\n| truth | | | {:.1} |\n",
             self.images,
             self.to,
             self.model.display(),
             self.psnr,
             self.ssim,
+            self.colourfulness,
+            self.colourfulness_ratio,
             self.baseline_psnr,
-            self.baseline_ssim
+            self.baseline_ssim,
+            self.truth_colourfulness
         )
     }
 }
@@ -103,11 +113,19 @@ pub fn evaluate(tr: &Translator, to: &str, input: &Path, truth: &Path, short: u3
         let scored = (|| -> Result<ImageScore> {
             let src = resize_short(&decode_image(&path)?, short);
             let truth_img = decode_image(tpath)?.resize_exact(src.width(), src.height(), FilterType::CatmullRom);
-            let out = translate_image(g, cin, tr.size_multiple(), &tr.device, &src, &TranslateOptions::default())?;
+            let out = translate_image(g, cin, tr.size_multiple(), &tr.device, &src, &tr.options)?;
             let t = Pixels::from_image(&truth_img, cout)?.0;
             let o = Pixels::from_image(&out, cout)?.0;
             let b = Pixels::from_image(&src, cout)?.0;
-            Ok(ImageScore { file: path.clone(), psnr: psnr(&o, &t), ssim: ssim(&o, &t), baseline_psnr: psnr(&b, &t), baseline_ssim: ssim(&b, &t) })
+            Ok(ImageScore {
+                file: path.clone(),
+                psnr: psnr(&o, &t),
+                ssim: ssim(&o, &t),
+                baseline_psnr: psnr(&b, &t),
+                baseline_ssim: ssim(&b, &t),
+                colourfulness: colourfulness(&o),
+                truth_colourfulness: colourfulness(&t),
+            })
         })();
         match scored {
             Ok(s) => per_image.push(s),
@@ -127,6 +145,9 @@ pub fn evaluate(tr: &Translator, to: &str, input: &Path, truth: &Path, short: u3
         ssim: mean(|s| s.ssim),
         baseline_psnr: mean(|s| s.baseline_psnr),
         baseline_ssim: mean(|s| s.baseline_ssim),
+        colourfulness: mean(|s| s.colourfulness),
+        truth_colourfulness: mean(|s| s.truth_colourfulness),
+        colourfulness_ratio: mean(|s| s.colourfulness) / mean(|s| s.truth_colourfulness).max(1e-9),
         per_image,
         skipped,
     })
@@ -142,7 +163,7 @@ pub fn translate_folder(tr: &Translator, to: &str, input: &Path, short: u32, pro
     for (i, path) in files.iter().enumerate() {
         let r = (|| -> Result<DynamicImage> {
             let src = resize_short(&decode_image(path)?, short);
-            translate_image(g, cin, tr.size_multiple(), &tr.device, &src, &TranslateOptions::default())
+            translate_image(g, cin, tr.size_multiple(), &tr.device, &src, &tr.options)
         })();
         match r {
             Ok(img) => out.push(img),
@@ -182,9 +203,8 @@ pub fn score_anomalies(tr: &Translator, domain: &str, dir: &Path, short: u32) ->
     for path in images_under(dir)? {
         let s = (|| -> Result<f64> {
             let src = resize_short(&decode_image(&path)?, short);
-            let opts = TranslateOptions::default();
-            let there = translate_image(g_there, cin, tr.size_multiple(), &tr.device, &src, &opts)?;
-            let back = translate_image(g_back, cin_back, tr.size_multiple(), &tr.device, &there, &opts)?;
+            let there = translate_image(g_there, cin, tr.size_multiple(), &tr.device, &src, &tr.options)?;
+            let back = translate_image(g_back, cin_back, tr.size_multiple(), &tr.device, &there, &tr.options)?;
             let x = Pixels::from_image(&src, cout_back)?.0;
             let y = Pixels::from_image(&back, cout_back)?.0;
             Ok(x.data.iter().zip(&y.data).map(|(p, q)| (p - q).abs() as f64).sum::<f64>() / x.data.len() as f64)

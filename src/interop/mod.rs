@@ -1,5 +1,8 @@
 //! Interoperability with the PyTorch reference (pytorch-CycleGAN-and-pix2pix): the mapping
 //! between its state-dict keys and ours, import of its `.pth` generators, export to its keys.
+//! [`onnx`]: export of one generator as an ONNX model.
+
+pub mod onnx;
 
 use crate::checkpoint::{safetensors_bytes, save_generation};
 use crate::data::DomainSpec;

@@ -74,6 +74,9 @@ pub enum OutputMode {
     /// Grey→colour: the network predicts only chroma (Cb, Cr) and the RGB image is composed with
     /// the input's luma, so its brightness is the input's exactly (see [`crate::model::compose_chroma_over_luma`]).
     ChromaOverLuma,
+    /// Grey→colour like `ChromaOverLuma`, but the network predicts a distribution over quantised
+    /// colours ([`crate::model::colour_classes`]), read out as its annealed mean.
+    ChromaClasses,
 }
 
 /// Everything needed to rebuild a generator.
@@ -96,6 +99,7 @@ impl GeneratorConfig {
         match self.output {
             OutputMode::Direct => self.out_channels,
             OutputMode::ChromaOverLuma => 2,
+            OutputMode::ChromaClasses => super::colour_classes::bins().len(),
         }
     }
 }

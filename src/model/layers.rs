@@ -1,4 +1,5 @@
-use crate::ops::{instance_norm_act, Act};
+use super::norm_stats::norm_act;
+use crate::ops::Act;
 use candle_core::{Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 
@@ -31,7 +32,7 @@ impl Conv2d {
     /// `act(instance_norm(conv(xs)))`. The bias is left out: normalisation subtracts every
     /// plane's mean, so it cancels exactly (its true gradient is 0 and it is never updated).
     pub fn forward_norm_act(&self, xs: &Tensor, act: Act) -> Result<Tensor> {
-        instance_norm_act(&self.forward_unbiased(xs)?, act)
+        norm_act(&self.forward_unbiased(xs)?, act)
     }
 
     /// `act(instance_norm(conv(reflect_pad(xs, pad))))` for a stride-1 layer without zero
@@ -45,7 +46,7 @@ impl Conv2d {
         } else {
             crate::ops::conv::conv2d_reflect(xs, &self.weight, pad)?
         };
-        instance_norm_act(&ys, act)
+        norm_act(&ys, act)
     }
 
     fn forward_unbiased(&self, xs: &Tensor) -> Result<Tensor> {
@@ -94,7 +95,7 @@ impl ConvTranspose2d {
 
     /// `act(instance_norm(conv_transpose(xs)))`, without the bias that normalisation cancels.
     pub fn forward_norm_act(&self, xs: &Tensor, act: Act) -> Result<Tensor> {
-        instance_norm_act(&self.forward_unbiased(xs)?, act)
+        norm_act(&self.forward_unbiased(xs)?, act)
     }
 
     fn forward_unbiased(&self, xs: &Tensor) -> Result<Tensor> {
@@ -108,6 +109,5 @@ impl ConvTranspose2d {
 
 /// `CS_NATIVE_CONV` set: use candle's own convolutions (for comparing against them).
 fn native_conv() -> bool {
-    static NATIVE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *NATIVE.get_or_init(|| std::env::var_os("CS_NATIVE_CONV").is_some())
+    crate::ops::settings().native_conv
 }

@@ -2,9 +2,11 @@
 //! configuration (serialised into checkpoints) and the layers they are built from.
 
 mod chroma;
+pub mod colour_classes;
 mod config;
 mod discriminator;
 mod layers;
+pub mod norm_stats;
 mod resnet;
 mod unet;
 
@@ -27,6 +29,8 @@ pub struct Generator {
     /// Whether a chroma-over-luma generator low-passes its chroma ([`lowpass_chroma`]); off in
     /// training, on by default when translating.
     chroma_lowpass: bool,
+    /// Read-out temperature of a colour-classes generator (1, the mean, in training).
+    temperature: f64,
 }
 
 enum GeneratorNetwork {
@@ -36,7 +40,7 @@ enum GeneratorNetwork {
 
 impl Generator {
     pub fn new(cfg: &GeneratorConfig, vb: VarBuilder) -> Result<Self> {
-        if cfg.output == OutputMode::ChromaOverLuma && (cfg.out_channels != 3 || !matches!(cfg.in_channels, 1 | 3)) {
+        if cfg.output != OutputMode::Direct && (cfg.out_channels != 3 || !matches!(cfg.in_channels, 1 | 3)) {
             candle_core::bail!(
                 "a chroma-over-luma generator turns 1- or 3-channel images into 3-channel ones, not {} into {}",
                 cfg.in_channels,
@@ -47,18 +51,37 @@ impl Generator {
             GeneratorKind::Resnet { .. } => GeneratorNetwork::Resnet(ResnetGenerator::new(cfg, vb)?),
             GeneratorKind::Unet { .. } => GeneratorNetwork::Unet(UnetGenerator::new(cfg, vb)?),
         };
-        Ok(Self { network, output: cfg.output, chroma_gain: 1.0, chroma_lowpass: false })
+        Ok(Self { network, output: cfg.output, chroma_gain: 1.0, chroma_lowpass: false, temperature: 1.0 })
     }
 
     /// Whether this generator predicts only chroma over its input's luma (`--keep-luma`).
     pub fn predicts_chroma(&self) -> bool {
-        self.output == OutputMode::ChromaOverLuma
+        self.output != OutputMode::Direct
+    }
+
+    /// Whether this generator predicts a distribution over colour classes (`--paired-loss classify`).
+    pub fn predicts_colour_classes(&self) -> bool {
+        self.output == OutputMode::ChromaClasses
+    }
+
+    /// The read-out temperature of a colour-classes generator: 1 gives the mean colour of its
+    /// predicted distribution (cautious), lower values move towards the most likely colour
+    /// (vivid); [`colour_classes::DEFAULT_TEMPERATURE`] when translating.
+    pub fn set_temperature(&mut self, t: f64) -> Result<()> {
+        if self.output != OutputMode::ChromaClasses {
+            candle_core::bail!("a temperature needs a generator trained with --paired-loss classify");
+        }
+        if !(t.is_finite() && (0.01..=10.0).contains(&t)) {
+            candle_core::bail!("temperature {t} is outside 0.01..=10");
+        }
+        self.temperature = t;
+        Ok(())
     }
 
     /// Scales the colour a chroma-over-luma (`--keep-luma`) generator predicts before it is
     /// composed with the input's luma: 0 returns the grey input, 1 the colours as trained.
     pub fn set_chroma_gain(&mut self, gain: f64) -> Result<()> {
-        if self.output != OutputMode::ChromaOverLuma {
+        if self.output == OutputMode::Direct {
             candle_core::bail!("a chroma gain needs a generator that predicts chroma over the input's luma (--keep-luma)");
         }
         if !(gain.is_finite() && (0.0..=4.0).contains(&gain)) {
@@ -77,17 +100,25 @@ impl Generator {
     /// `xs` [B,Cin,H,W] in [-1,1] → [B,Cout,H,W] in [-1,1]. H and W must be multiples of
     /// `cfg.kind.size_multiple()`.
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        Ok(self.forward_parts(xs)?.0)
+    }
+
+    /// The output and the network's own output before it is turned into an image: for a
+    /// colour-classes generator the logits [B,Q,H,W] its training loss needs.
+    pub fn forward_parts(&self, xs: &Tensor) -> Result<(Tensor, Tensor)> {
         let raw = match &self.network {
             GeneratorNetwork::Resnet(g) => g.forward(xs)?,
             GeneratorNetwork::Unet(g) => g.forward(xs)?,
         }; // [B,network_out_channels,H,W]
-        if self.output == OutputMode::Direct {
-            return Ok(raw);
-        }
+        let chroma = match self.output {
+            OutputMode::Direct => return Ok((raw.clone(), raw)),
+            OutputMode::ChromaOverLuma => raw.clone(),
+            OutputMode::ChromaClasses => colour_classes::annealed_mean(&raw, self.temperature)?,
+        }; // [B,2,H,W]
         // Training (gain 1, no low-pass) composes the raw output without extra passes.
-        let chroma = if self.chroma_gain != 1.0 { (raw * self.chroma_gain)? } else { raw }; // [B,2,H,W]
+        let chroma = if self.chroma_gain != 1.0 { (chroma * self.chroma_gain)? } else { chroma };
         let chroma = if self.chroma_lowpass { lowpass_chroma(&chroma)? } else { chroma };
-        compose_chroma_over_luma(xs, &chroma)
+        Ok((compose_chroma_over_luma(xs, &chroma)?, raw))
     }
 }
 

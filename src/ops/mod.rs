@@ -1,5 +1,6 @@
 //! Tensor operations the CycleGAN networks need, with autograd: fast CPU kernels (convolutions,
-//! Winograd, fused instance norm, reflection padding), composed fallbacks, losses, CPU settings.
+//! Winograd, fused instance norm, reflection padding), the device-generic fallbacks built from
+//! candle's ops (what a GPU runs), losses, CPU settings and the switches between the two paths.
 
 /// Defines a function whose body is compiled for AVX-512, for AVX2 + FMA and for the build's
 /// baseline, and runs the best one the CPU has (detected once). For the vectorised loops of our
@@ -36,10 +37,12 @@ macro_rules! simd_fn {
 pub mod conv;
 pub mod norm;
 pub mod pad;
+pub mod settings;
 mod winograd;
 
 pub use norm::{instance_norm_act, Act};
 pub use pad::reflect_pad2d;
+pub use settings::{settings, Settings, GENERIC_OPS_VAR};
 
 use candle_core::{CpuStorage, DType, Layout, Result, Tensor, D};
 
@@ -146,35 +149,31 @@ pub(crate) enum SimdLevel {
     Avx512,
 }
 
-/// Detected once; `CS_NO_SIMD` set forces the baseline (to compare).
+/// Detected once (`settings`); `CS_NO_SIMD` set forces the baseline (to compare).
+#[inline]
 pub(crate) fn simd_level() -> SimdLevel {
-    static LEVEL: std::sync::OnceLock<SimdLevel> = std::sync::OnceLock::new();
-    *LEVEL.get_or_init(|| {
-        if std::env::var_os("CS_NO_SIMD").is_some() {
-            return SimdLevel::Baseline;
-        }
-        #[cfg(target_arch = "x86_64")]
-        {
-            use std::arch::is_x86_feature_detected as has;
-            if has!("avx512f") && has!("avx512vl") && has!("avx512dq") && has!("avx512bw") {
-                return SimdLevel::Avx512;
-            }
-            if has!("avx2") && has!("fma") {
-                return SimdLevel::Avx2;
-            }
-        }
-        SimdLevel::Baseline
-    })
+    settings().simd
 }
 
-/// Whether the custom CPU kernels can take `xs`: an f32 tensor on the CPU (anything else goes
-/// through candle's own ops).
+/// Whether the custom CPU kernels can take `xs`: an f32 tensor on the CPU, unless
+/// `CS_GENERIC_OPS` sends everything down the device-generic path (anything else goes through
+/// candle's own ops, as on a GPU).
 pub(crate) fn cpu_f32(xs: &Tensor) -> bool {
-    xs.device().is_cpu() && xs.dtype() == DType::F32
+    !settings().generic && xs.device().is_cpu() && xs.dtype() == DType::F32
+}
+
+/// Under `CS_GENERIC_OPS` a custom CPU kernel must not run: on a GPU it has no implementation,
+/// so reaching one means an op whose dispatch skipped the `cpu_f32` check.
+fn refuse_under_generic() -> Result<()> {
+    if settings().generic {
+        candle_core::bail!("a CPU-only kernel ran under {GENERIC_OPS_VAR}: this op has no device-generic path (it would fail on a GPU)");
+    }
+    Ok(())
 }
 
 /// The f32 data of a contiguous operand of a custom op (callers make operands contiguous).
 pub(crate) fn f32_data<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
+    refuse_under_generic()?;
     match l.contiguous_offsets() {
         Some((start, end)) => Ok(&s.as_slice::<f32>()?[start..end]),
         None => candle_core::bail!("custom op: operands must be contiguous"),
@@ -183,6 +182,7 @@ pub(crate) fn f32_data<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
 
 /// The f32 data of a contiguous in-place destination.
 pub(crate) fn f32_data_mut<'a>(s: &'a mut CpuStorage, l: &Layout) -> Result<&'a mut [f32]> {
+    refuse_under_generic()?;
     let Some((start, end)) = l.contiguous_offsets() else { candle_core::bail!("custom op: operands must be contiguous") };
     match s {
         CpuStorage::F32(v) => Ok(&mut v[start..end]),

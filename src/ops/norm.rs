@@ -62,7 +62,7 @@ impl Act {
     }
 
     /// The activation composed from generic candle ops (other devices and dtypes).
-    fn compose(self, xs: &Tensor) -> Result<Tensor> {
+    pub fn compose(self, xs: &Tensor) -> Result<Tensor> {
         match self {
             Act::Identity => Ok(xs.clone()),
             Act::Relu => xs.relu(),

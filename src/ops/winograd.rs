@@ -22,14 +22,12 @@ use super::conv::{matmul_batch, with_scratch, with_scratch_slot, Mat};
 use super::f32_data;
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
-use std::sync::OnceLock;
 
 /// Whether a convolution takes this path: 3×3, stride 1, no padding, and enough channels for
 /// the per-position GEMMs to beat one im2col GEMM. `CS_NO_WINOGRAD` set turns it off (for
 /// benchmarks).
 pub(crate) fn applies(cin: usize, cout: usize, k: usize, stride: usize, pad: usize) -> bool {
-    static OFF: OnceLock<bool> = OnceLock::new();
-    k == 3 && stride == 1 && pad == 0 && cin >= 16 && cout >= 16 && !*OFF.get_or_init(|| std::env::var_os("CS_NO_WINOGRAD").is_some())
+    k == 3 && stride == 1 && pad == 0 && cin >= 16 && cout >= 16 && !super::settings().no_winograd
 }
 
 /// `xs` [B,Cin,H,W] reflection-padded by `pad` (0 or 1), `w` [Cout,Cin,3,3] →
@@ -41,8 +39,7 @@ pub(crate) fn conv3x3(xs: &Tensor, w: &Tensor, pad: usize) -> Result<Tensor> {
 
 /// The output tile size m: 4, or 2 where `CS_WINOGRAD_TILE=2`.
 fn default_tile() -> usize {
-    static M: OnceLock<usize> = OnceLock::new();
-    *M.get_or_init(|| if std::env::var("CS_WINOGRAD_TILE").is_ok_and(|v| v.trim() == "2") { 2 } else { 4 })
+    super::settings().winograd_tile
 }
 
 /// A transform matrix of F(2×2, 3×3) or F(4×4, 3×3), row-major in the top-left corner.

@@ -78,6 +78,29 @@ pub fn open_device(name: &str) -> Result<Device> {
     bail!("unknown device '{name}': use cpu or cuda:N")
 }
 
+/// The CUDA devices the driver reports, as ("cuda:N", model name), for choosing a device (the
+/// studio); Err says why there are none: a build without CUDA, no driver or no device. Counting
+/// and naming devices creates no context, so this is cheap.
+pub fn cuda_devices() -> std::result::Result<Vec<(String, String)>, String> {
+    #[cfg(feature = "cuda")]
+    {
+        use candle_core::cuda_backend::cudarc::driver::result;
+        let list = || -> std::result::Result<Vec<(String, String)>, result::DriverError> {
+            result::init()?;
+            (0..result::device::get_count()?)
+                .map(|i| Ok((format!("cuda:{i}"), result::device::get_name(result::device::get(i)?)?)))
+                .collect()
+        };
+        match list() {
+            Ok(v) if v.is_empty() => Err("no CUDA device found".into()),
+            Ok(v) => Ok(v),
+            Err(e) => Err(format!("no usable CUDA device ({e})")),
+        }
+    }
+    #[cfg(not(feature = "cuda"))]
+    Err("this build has no CUDA (rebuild with --features cuda)".into())
+}
+
 /// A square preview image of a domain: short side resized to `size`, centre crop.
 fn preview_tensor(path: &Path, size: usize, channels: usize, device: &Device) -> Result<Tensor> {
     let img = crate::data::centre_square(&crate::data::decode_image(path)?, size as u32);
@@ -119,6 +142,21 @@ pub fn read_loss_log(path: &Path, up_to_step: u64) -> Vec<(u64, Losses)> {
         .filter(|l| l.lr.is_some() && l.step <= up_to_step)
         .map(|l| (l.step, l.losses))
         .collect()
+}
+
+/// The colour classes' rebalancing weights from the colours of `files` (RGB photos), each
+/// resized so its short side is `short` (the training scale); unreadable files are skipped.
+fn colour_prior_weights(files: &[PathBuf], short: u32) -> Result<Vec<f32>> {
+    use crate::model::colour_classes;
+    let mut counts = vec![0f64; colour_classes::bins().len()];
+    for f in files {
+        let Ok(img) = crate::data::decode_image(f) else { continue };
+        let (w, h) = crate::data::image_io::short_side_dims(img.width(), img.height(), short);
+        let img = img.resize_exact(w, h, image::imageops::FilterType::Triangle);
+        let (pixels, _) = Pixels::from_image(&img, 3)?;
+        colour_classes::histogram(&pixels.data, &mut counts);
+    }
+    Ok(colour_classes::rebalancing_weights(&counts))
 }
 
 /// Removes log lines for steps after `step` (written by a run that was killed before its next
@@ -173,7 +211,13 @@ pub fn run_training(cfg: TrainConfig, opts: &RunOptions, control: &RunControl, o
         bail!("dataset {} needs readable images in both trainA and trainB", cfg.dataset.display());
     }
 
+    // Held until this function returns: a second trainer of the run (CLI or studio) stops here.
+    let _lock = super::RunLock::acquire(run_dir)?;
     let mut trainer = Trainer::new(cfg.clone(), device.clone())?;
+    if cfg.paired_loss == super::PairedLoss::Classify {
+        // A function of the training photos only, so a resumed run computes the same weights.
+        trainer.set_class_weights(colour_prior_weights(&files_b, cfg.load_size as u32)?)?;
+    }
     let mut note = None;
     if opts.resume {
         let generation = trainer.restore(run_dir)?;

@@ -1,6 +1,6 @@
 use super::{Adam, GanLoss, ImagePool, PairedLoss, TrainConfig};
 use crate::checkpoint::{load_generation, safetensors_bytes, save_generation, Generation};
-use crate::model::{Generator, PatchGan};
+use crate::model::{colour_classes, Generator, PatchGan};
 use crate::ops::{adapt_channels, all_finite, bce_logits_to_const, l1_loss, mse_loss, mse_to_const};
 use crate::util::Rng;
 use anyhow::{bail, Context, Result};
@@ -71,6 +71,9 @@ pub struct Trainer {
     adam_d: Adam,
     pool_a: ImagePool,
     pool_b: ImagePool,
+    /// `--paired-loss classify`: the rebalancing weight of each colour class, from the training
+    /// photos' colour prior (uniform until [`Trainer::set_class_weights`]).
+    class_weights: Option<Vec<f32>>,
 }
 
 fn sorted_vars(prefix: &str, vm: &VarMap) -> Vec<(String, Var)> {
@@ -120,7 +123,17 @@ impl Trainer {
             d_b,
             adam_g,
             adam_d,
+            class_weights: None,
         })
+    }
+
+    /// Sets the colour classes' rebalancing weights (see [`colour_classes::rebalancing_weights`]).
+    pub fn set_class_weights(&mut self, weights: Vec<f32>) -> Result<()> {
+        if weights.len() != colour_classes::bins().len() {
+            bail!("{} class weights for {} colour classes", weights.len(), colour_classes::bins().len());
+        }
+        self.class_weights = Some(weights);
+        Ok(())
     }
 
     /// Named weights of one network ("G_AB", "G_BA", "D_A", "D_B").
@@ -193,7 +206,7 @@ impl Trainer {
         let cfg = &self.cfg;
         let (ca, cb) = (cfg.domain_a.channels, cfg.domain_b.channels);
         let lam = cfg.lambda_cycle;
-        let fake_b = self.g_ab.forward(real_a)?; // [B,Cb,S,S]
+        let (fake_b, logits_b) = self.g_ab.forward_parts(real_a)?; // [B,Cb,S,S], the network's output
         let rec_a = self.g_ba.forward(&fake_b)?;
         let fake_a = self.g_ba.forward(real_b)?; // [B,Ca,S,S]
         let rec_b = self.g_ab.forward(&fake_a)?;
@@ -217,10 +230,24 @@ impl Trainer {
         }
         if cfg.paired && cfg.lambda_paired > 0.0 {
             let paired = |fake: &Tensor, real: &Tensor| match cfg.paired_loss {
-                PairedLoss::L1 => l1_loss(fake, real),
+                PairedLoss::L1 | PairedLoss::Classify => l1_loss(fake, real),
                 PairedLoss::L2 => mse_loss(fake, real),
             };
-            let p = ((paired(&fake_b, real_b)? + paired(&fake_a, real_a)?)? * cfg.lambda_paired)?;
+            let to_b = if cfg.paired_loss == PairedLoss::Classify {
+                let uniform;
+                let weights = match &self.class_weights {
+                    Some(w) => w.as_slice(),
+                    None => {
+                        uniform = vec![1.0; colour_classes::bins().len()];
+                        &uniform
+                    }
+                };
+                let (targets, pixel_w) = colour_classes::soft_targets(real_b, weights)?;
+                colour_classes::class_loss(&logits_b, &targets, &pixel_w)?
+            } else {
+                paired(&fake_b, real_b)?
+            };
+            let p = ((to_b + paired(&fake_a, real_a)?)? * cfg.lambda_paired)?;
             total = (total + &p)?;
             losses.paired = p.to_scalar()?;
         }

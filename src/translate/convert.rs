@@ -20,6 +20,46 @@ pub struct ConvertOptions {
     /// Images of one size translated together.
     pub batch: usize,
     pub translate: TranslateOptions,
+    /// Convert only this part of the tree.
+    pub shard: Option<Shard>,
+}
+
+/// Part K of N of a folder tree (K from 1 to N): the files whose path relative to the tree's
+/// root hashes to K−1 modulo N. The split depends only on those paths, so N processes given
+/// K = 1..N convert disjoint parts whose union is the whole tree.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shard {
+    pub index: u64,
+    pub count: u64,
+}
+
+impl Shard {
+    /// Whether the file at `rel` (relative to the tree's root) belongs to this shard.
+    pub fn contains(&self, rel: &Path) -> bool {
+        // FNV-1a over the path with '/' separators, so every platform splits a tree alike.
+        let key = rel.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/");
+        let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3));
+        hash % self.count == self.index - 1
+    }
+}
+
+impl std::str::FromStr for Shard {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let bad = || format!("'{s}' is not a shard: give K/N with 1 ≤ K ≤ N, e.g. 2/8");
+        let (k, n) = s.split_once('/').ok_or_else(bad)?;
+        let (index, count): (u64, u64) = (k.trim().parse().map_err(|_| bad())?, n.trim().parse().map_err(|_| bad())?);
+        if count == 0 || index == 0 || index > count {
+            return Err(bad());
+        }
+        Ok(Self { index, count })
+    }
+}
+
+impl std::fmt::Display for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.index, self.count)
+    }
 }
 
 #[derive(Debug, Default)]
@@ -58,8 +98,9 @@ struct Job {
 
 /// Lists the images under `in_dir` (never descending into `out_dir`) and where each output
 /// goes: the same relative folder under `out_dir`, named `STEM.png` (`NAME.EXT.png` where two
-/// inputs share a stem).
-fn plan(in_dir: &Path, out_dir: &Path, summary: &mut ConvertSummary) -> Result<Vec<Job>> {
+/// inputs share a stem). With a `shard`, only that part of the tree (names are still chosen
+/// looking at the whole tree, so every shard names its outputs as an unsharded run would).
+fn plan(in_dir: &Path, out_dir: &Path, shard: Option<Shard>, summary: &mut ConvertSummary) -> Result<Vec<Job>> {
     let out_canon = out_dir.canonicalize()?;
     let mut found = Vec::new();
     let walker = WalkDir::new(in_dir).follow_links(true).sort_by_file_name().into_iter().filter_entry(|e| {
@@ -87,6 +128,12 @@ fn plan(in_dir: &Path, out_dir: &Path, summary: &mut ConvertSummary) -> Result<V
         *stems.entry(p.with_extension("")).or_default() += 1;
     }
     let inputs: HashSet<PathBuf> = found.iter().filter_map(|p| p.canonicalize().ok()).collect();
+    if let Some(shard) = shard {
+        let mine = |p: &PathBuf| shard.contains(p.strip_prefix(in_dir).unwrap_or(p));
+        found.retain(mine);
+        summary.not_images.retain(mine);
+        summary.failed.retain(|(p, _)| mine(p));
+    }
     let mut jobs = Vec::with_capacity(found.len());
     for input in found {
         let rel = input.strip_prefix(in_dir).context("walked outside the input folder")?;
@@ -123,7 +170,7 @@ pub fn convert_folder(tr: &Translator, in_dir: &Path, out_dir: &Path, opts: &Con
     }
     let started = Instant::now();
     let mut summary = ConvertSummary::default();
-    let jobs = plan(in_dir, out_dir, &mut summary)?;
+    let jobs = plan(in_dir, out_dir, opts.shard, &mut summary)?;
     let (todo, done): (Vec<Job>, Vec<Job>) = jobs.into_iter().partition(|j| opts.overwrite || !j.output.exists());
     summary.skipped_existing = done.len();
     let total = todo.len();

@@ -5,9 +5,9 @@ mod convert;
 mod model;
 mod tiling;
 
-pub use convert::{convert_folder, ConvertOptions, ConvertSummary};
-pub use model::{default_model_dir, Translator};
-pub use tiling::{translate_batch, translate_image, TranslateOptions};
+pub use convert::{convert_folder, ConvertOptions, ConvertSummary, Shard};
+pub use model::{default_model_dir, ModelSource, Translator};
+pub use tiling::{translate_batch, translate_image, TranslateOptions, DEFAULT_MARGIN};
 
 use std::path::{Path, PathBuf};
 

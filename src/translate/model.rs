@@ -1,5 +1,6 @@
 use crate::checkpoint::load_generation;
 use crate::model::{Generator, GeneratorConfig};
+use super::TranslateOptions;
 use crate::train::{open_device, TrainConfig};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
@@ -13,16 +14,82 @@ pub struct Translator {
     pub device: Device,
     g_ab: Option<Generator>,
     g_ba: Option<Generator>,
+    /// How images are laid out for the network (margin, tiles).
+    pub options: TranslateOptions,
+}
+
+/// The grey→colour generator shipped with cyclestudio (`checkpoints/default`), inside the
+/// binary so that `translate --to color` works from any folder and after `cargo install`.
+const BUILTIN_CONFIG: &str = include_str!("../../checkpoints/default/config.toml");
+const BUILTIN_G_AB: &[u8] = include_bytes!("../../checkpoints/default/latest/G_AB.safetensors");
+
+/// Where a model comes from: a run folder, or the one built into the binary.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ModelSource {
+    Dir(PathBuf),
+    BuiltIn,
+}
+
+impl ModelSource {
+    /// The model used when none is named: `<checkpoints>/default` if present, else the most
+    /// recently saved run there, else the built-in grey→colour model.
+    pub fn default_in(checkpoints: &Path) -> Self {
+        default_model_dir(checkpoints).map(Self::Dir).unwrap_or(Self::BuiltIn)
+    }
+}
+
+impl std::fmt::Display for ModelSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Dir(d) => write!(f, "{}", d.display()),
+            Self::BuiltIn => write!(f, "the built-in grey→colour model"),
+        }
+    }
+}
+
+/// Builds a generator for translation from its tensors (weights plain: no autograd).
+fn translation_generator(tensors: std::collections::HashMap<String, candle_core::Tensor>, cfg: &GeneratorConfig, device: &Device, file: &Path) -> Result<Generator> {
+    let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
+    let mut g = Generator::new(cfg, vb).with_context(|| format!("{} does not fit the architecture in config.toml", file.display()))?;
+    // Translations of --keep-luma models get their colour without checkerboard.
+    g.set_chroma_lowpass(true);
+    if g.predicts_colour_classes() {
+        g.set_temperature(crate::model::colour_classes::DEFAULT_TEMPERATURE)?;
+    }
+    Ok(g)
 }
 
 impl Translator {
-    /// Loads `run_dir/config.toml` and the generators of its newest verified checkpoint.
+    /// Loads a model from `source` onto `device`.
+    pub fn open(source: &ModelSource, device: &str) -> Result<Self> {
+        match source {
+            ModelSource::Dir(d) => Self::load(d, device),
+            ModelSource::BuiltIn => Self::builtin(device),
+        }
+    }
+
+    /// Loads `run_dir/config.toml` and the generators of its newest verified checkpoint. While
+    /// the run is being trained, a save may swap the checkpoint folders under the reader: it then
+    /// tries again (for up to a few seconds) instead of failing.
     pub fn load(run_dir: &Path, device: &str) -> Result<Self> {
         Self::load_generation(run_dir, device, crate::checkpoint::LATEST)
     }
 
     /// [`Translator::load`] from a named generation: `latest`, or `best` (kept by validation).
     pub fn load_generation(run_dir: &Path, device: &str, which: &str) -> Result<Self> {
+        let mut attempt = 0;
+        loop {
+            match Self::load_once(run_dir, device, which) {
+                Err(_) if attempt < 50 && crate::train::is_being_trained(run_dir) => {
+                    attempt += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                loaded => return loaded,
+            }
+        }
+    }
+
+    fn load_once(run_dir: &Path, device: &str, which: &str) -> Result<Self> {
         let config = TrainConfig::load(run_dir)?;
         let device = open_device(device)?;
         let generation = if which == crate::checkpoint::LATEST { load_generation(run_dir)? } else { crate::checkpoint::load_generation_named(run_dir, which)? };
@@ -31,24 +98,39 @@ impl Translator {
                 return Ok(None);
             }
             let tensors = generation.load_tensors(file, &device)?;
-            let vb = VarBuilder::from_tensors(tensors, DType::F32, &device);
-            let mut g = Generator::new(&cfg, vb).with_context(|| format!("{} does not fit the architecture in config.toml", generation.dir.join(file).display()))?;
-            // Translations of --keep-luma models get their colour without checkerboard.
-            g.set_chroma_lowpass(true);
-            Ok(Some(g))
+            translation_generator(tensors, &cfg, &device, &generation.dir.join(file)).map(Some)
         };
         let g_ab = load("G_AB.safetensors", config.g_ab())?;
         let g_ba = load("G_BA.safetensors", config.g_ba())?;
         if g_ab.is_none() && g_ba.is_none() {
             bail!("{} holds no generator", generation.dir.display());
         }
-        Ok(Self { run_dir: run_dir.to_path_buf(), config, device, g_ab, g_ba })
+        Ok(Self { run_dir: run_dir.to_path_buf(), config, device, g_ab, g_ba, options: TranslateOptions::default() })
+    }
+
+    /// The grey→colour model built into the binary (its A→B generator only).
+    pub fn builtin(device: &str) -> Result<Self> {
+        let config: TrainConfig = toml::from_str(BUILTIN_CONFIG).context("the built-in model's config does not parse")?;
+        let device = open_device(device)?;
+        let tensors = candle_core::safetensors::load_buffer(BUILTIN_G_AB, &device)?;
+        let g_ab = translation_generator(tensors, &config.g_ab(), &device, Path::new("built-in G_AB"))?;
+        Ok(Self { run_dir: PathBuf::from("(built-in)"), config, device, g_ab: Some(g_ab), g_ba: None, options: TranslateOptions::default() })
     }
 
     /// Scales the predicted colour of the model's chroma-over-luma generators (see
     /// [`Generator::set_chroma_gain`]); an error if it has none.
     pub fn set_chroma_gain(&mut self, gain: f64) -> Result<()> {
         self.each_chroma_generator("--chroma-gain", |g| Ok(g.set_chroma_gain(gain)?))
+    }
+
+    /// The read-out temperature of a colour-classes model (`--paired-loss classify`; see
+    /// [`Generator::set_temperature`]); an error for other models.
+    pub fn set_temperature(&mut self, t: f64) -> Result<()> {
+        let mut classes = [&mut self.g_ab, &mut self.g_ba].into_iter().flatten().filter(|g| g.predicts_colour_classes()).peekable();
+        if classes.peek().is_none() {
+            bail!("--temperature needs a model trained with --paired-loss classify; {} predicts its colours directly", self.run_dir.display());
+        }
+        classes.try_for_each(|g| Ok(g.set_temperature(t)?))
     }
 
     /// Turns the low-pass of predicted chroma ([`crate::model::lowpass_chroma`], on by default

@@ -88,7 +88,38 @@ const REFERENCE_EPOCHS: u64 = 100;
 const FALLBACK_REFERENCE_ITERS: u64 = 100_000;
 /// Generators offered by ←/→ (any `resnet_<N>blocks` or `unet_<size>` may be typed).
 const GENERATORS: [&str; 5] = ["resnet_9blocks", "resnet_6blocks", "resnet_2blocks", "unet_128", "unet_256"];
-const DEVICES: [&str; 2] = ["cpu", "cuda:0"];
+
+/// The devices ←/→ offers for training.
+pub struct DeviceChoices {
+    /// ("cpu", "CPU"), then ("cuda:N", model name) for every CUDA device the driver reports.
+    pub devices: Vec<(String, String)>,
+    /// Why there is no CUDA device (a build without CUDA, no driver, no device).
+    pub no_cuda: Option<String>,
+}
+
+impl DeviceChoices {
+    /// What the device row says besides its value: the CUDA devices, or why there are none
+    /// (short: the row has little room; ←/→ gives the whole reason).
+    pub fn note(&self) -> String {
+        match &self.no_cuda {
+            Some(_) if !cfg!(feature = "cuda") => "no CUDA in this build".into(),
+            Some(why) => why.clone(),
+            None => self.devices.iter().skip(1).map(|(n, model)| format!("{n} {model}")).collect::<Vec<_>>().join(", "),
+        }
+    }
+}
+
+/// The device choices, looked up once (counting devices opens none).
+pub fn device_choices() -> &'static DeviceChoices {
+    static CHOICES: std::sync::OnceLock<DeviceChoices> = std::sync::OnceLock::new();
+    CHOICES.get_or_init(|| {
+        let cpu = ("cpu".to_string(), "CPU".to_string());
+        match crate::train::cuda_devices() {
+            Ok(cuda) => DeviceChoices { devices: std::iter::once(cpu).chain(cuda).collect(), no_cuda: None },
+            Err(why) => DeviceChoices { devices: vec![cpu], no_cuda: Some(why) },
+        }
+    })
+}
 
 /// The rows of the settings panel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -777,7 +808,14 @@ impl App {
                 self.apply_preset();
             }
             Setting::Generator => cycle_text(&mut self.training.form.generator, &GENERATORS, forward),
-            Setting::Device => cycle_text(&mut self.training.form.device, &DEVICES, forward),
+            Setting::Device => {
+                let choices = device_choices();
+                if let (Some(why), 1) = (&choices.no_cuda, choices.devices.len()) {
+                    return self.set_error(format!("only the CPU: {why}"));
+                }
+                let names: Vec<&str> = choices.devices.iter().map(|(n, _)| n.as_str()).collect();
+                cycle_text(&mut self.training.form.device, &names, forward)
+            }
             Setting::Paired => self.training.form.paired = !self.training.form.paired,
             Setting::KeepLuma => self.training.form.keep_luma = !self.training.form.keep_luma,
             _ => {}

@@ -7,7 +7,7 @@ use super::form::{complete_path, expand_home, PathKind, TextInput};
 use super::preview::ShownImage;
 use crate::data::dataset::Check;
 use crate::data::{decode_image, Dataset};
-use crate::translate::{translate_image, TranslateOptions, Translator};
+use crate::translate::{translate_image, ModelSource, Translator};
 use anyhow::{bail, Context, Result};
 use crossterm::event::{KeyCode, KeyEvent};
 use image::DynamicImage;
@@ -15,6 +15,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
+
+/// The name the models list gives the grey→colour model built into cyclestudio.
+pub const BUILTIN_NAME: &str = "built-in grey→colour";
 
 /// A test image of the model's dataset and the direction it is translated in.
 #[derive(Clone, Debug)]
@@ -112,40 +115,64 @@ impl TranslateScreen {
     }
 }
 
-/// Loads a run's generators (on its training device, or the CPU when that is unavailable) and
-/// lists the test images of its dataset.
-fn load_model(run_name: String, run_dir: PathBuf, device: String) -> Result<LoadedModel> {
-    let translator = match Translator::load(&run_dir, &device) {
-        Err(_) if device != "cpu" => Translator::load(&run_dir, "cpu")?,
+/// The test images of `dataset` that `translator` can translate: those of a domain whose
+/// name is one of the model's source domains, going to the model's other domain.
+fn test_images(translator: &Translator, dataset: &Dataset) -> Vec<TestImage> {
+    let [a, b] = translator.domains();
+    let targets = translator.targets();
+    let mut images = Vec::new();
+    for (from, to) in [(a, b), (b, a)] {
+        let Some(domain) = [&dataset.a, &dataset.b].into_iter().find(|d| d.spec.name == from) else { continue };
+        if targets.contains(&to) {
+            images.extend(domain.test.images.iter().map(|(path, _)| TestImage { path: path.clone(), from: from.to_string(), to: to.to_string() }));
+        }
+    }
+    images
+}
+
+/// Loads a model (on its training device, or the CPU when that is unavailable) and lists the
+/// test images of its dataset; when that dataset is not here, those of the studio's datasets
+/// (`others`) with the model's domains.
+fn load_model(name: String, source: ModelSource, device: String, others: Vec<PathBuf>) -> Result<LoadedModel> {
+    let translator = match Translator::open(&source, &device) {
+        Err(_) if device != "cpu" => Translator::open(&source, "cpu")?,
         loaded => loaded?,
     };
-    let targets = translator.targets();
-    let (images, images_note) = match Dataset::open(&translator.config.dataset, Check::Header) {
+    let own = &translator.config.dataset;
+    let (images, images_note) = match Dataset::open(own, Check::Header) {
         Ok(dataset) => {
-            let mut images = Vec::new();
-            for (from, to) in [(&dataset.a, &dataset.b), (&dataset.b, &dataset.a)] {
-                if targets.contains(&to.spec.name.as_str()) {
-                    images.extend(from.test.images.iter().map(|(path, _)| TestImage {
-                        path: path.clone(),
-                        from: from.spec.name.clone(),
-                        to: to.spec.name.clone(),
-                    }));
-                }
-            }
+            let images = test_images(&translator, &dataset);
             let note = images.is_empty().then(|| format!("{} has no test images: press o to open any image", dataset.root.display()));
             (images, note)
         }
-        Err(e) => (Vec::new(), Some(format!("{e:#}; press o to open any image"))),
+        Err(_) => {
+            let mut images = Vec::new();
+            let mut used = Vec::new();
+            for dir in others.iter().filter(|d| *d != own) {
+                if let Ok(dataset) = Dataset::open(dir, Check::Header) {
+                    let found = test_images(&translator, &dataset);
+                    if !found.is_empty() {
+                        used.push(dir.file_name().map_or_else(|| dir.display().to_string(), |n| n.to_string_lossy().into_owned()));
+                        images.extend(found);
+                    }
+                }
+            }
+            let note = if images.is_empty() {
+                format!("the model's dataset {} is not here and no other dataset has its domains: press o to open any image", own.display())
+            } else {
+                format!("from {}; {} is not here", used.join(", "), own.display())
+            };
+            (images, Some(note))
+        }
     };
-    Ok(LoadedModel { run_name, translator: Arc::new(translator), images, images_note })
+    Ok(LoadedModel { run_name: name, translator: Arc::new(translator), images, images_note })
 }
 
 fn translate_file(translator: &Translator, source: PathBuf, target: String) -> Result<Translation> {
     let input = decode_image(&source)?;
     let (generator, in_channels, _) = translator.generator_to(&target)?;
     let started = Instant::now();
-    let output =
-        translate_image(generator, in_channels, translator.size_multiple(), &translator.device, &input, &TranslateOptions::default())?;
+    let output = translate_image(generator, in_channels, translator.size_multiple(), &translator.device, &input, &translator.options)?;
     let save_to = output_path(&source, &target, &translator.run_dir);
     Ok(Translation { source, target, save_to, input, output, seconds: started.elapsed().as_secs_f64() })
 }
@@ -190,7 +217,8 @@ impl App {
         }
         let screen = &mut self.translate;
         let moved = match screen.focus {
-            Focus::Runs => move_cursor(&mut screen.run_index, self.runs.len(), key.code),
+            // The built-in model follows the runs.
+            Focus::Runs => move_cursor(&mut screen.run_index, self.runs.len() + 1, key.code),
             Focus::Images => {
                 let count = if let ModelState::Ready(m) = &screen.model { m.images.len() } else { 0 };
                 move_cursor(&mut screen.image_index, count, key.code)
@@ -260,20 +288,22 @@ impl App {
     }
 
     fn load_selected_model(&mut self) {
-        let Some(run) = self.runs.get(self.translate.run_index) else { return };
-        let device = match (&run.config, run.checkpoint_step) {
-            (Err(e), _) => return self.set_error(format!("run {}: {e}", run.name)),
-            (Ok(_), None) => return self.set_error(format!("run {} has no checkpoint yet", run.name)),
-            (Ok(config), Some(_)) => config.device.clone(),
+        let (name, source, device) = match self.runs.get(self.translate.run_index) {
+            Some(run) => match (&run.config, run.checkpoint_step) {
+                (Err(e), _) => return self.set_error(format!("run {}: {e}", run.name)),
+                (Ok(_), None) => return self.set_error(format!("run {} has no checkpoint yet", run.name)),
+                (Ok(config), Some(_)) => (run.name.clone(), ModelSource::Dir(run.dir.clone()), config.device.clone()),
+            },
+            None => (BUILTIN_NAME.to_string(), ModelSource::BuiltIn, "cpu".to_string()),
         };
-        let (name, dir) = (run.name.clone(), run.dir.clone());
+        let others: Vec<PathBuf> = self.datasets.entries.iter().map(|d| d.dir.clone()).collect();
         let screen = &mut self.translate;
         screen.model_request += 1;
         let request = screen.model_request;
         screen.model = ModelState::Loading(name.clone());
         screen.image_index = 0;
         screen.focus = Focus::Images;
-        spawn_job(&self.events, move || load_model(name, dir, device), move |result| JobResult::ModelLoaded { request, result });
+        spawn_job(&self.events, move || load_model(name, source, device, others), move |result| JobResult::ModelLoaded { request, result });
     }
 
     pub(super) fn model_loaded(&mut self, request: u64, result: Result<LoadedModel, String>) {

@@ -2,11 +2,16 @@
 #![allow(dead_code)]
 
 use candle_core::{Device, Tensor};
+use cyclestudio::train::Trainer;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+/// A file of tests/fixtures: in the source tree the executable was built from, or, for a test
+/// executable carried to another machine (bench/gpu.sh), under the current directory.
 pub fn fixture_path(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    let built = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let dir = if built.is_dir() { built } else { PathBuf::from("tests/fixtures") };
+    dir.join(name)
 }
 
 pub fn load_fixture(name: &str) -> HashMap<String, Tensor> {
@@ -97,4 +102,66 @@ pub fn train_tiny(run_dir: &Path, dataset: &Path, iters: u64, resume: bool) -> c
         tiny_config(dataset, iters)
     };
     run_training(cfg, &RunOptions { run_dir: run_dir.to_path_buf(), resume }, &RunControl::default(), &mut |_| {}).unwrap()
+}
+
+/// Runs the named tests of this test executable again in a child process with
+/// `CS_GENERIC_OPS=1`, where every op takes the device-generic path a GPU takes (candle's own
+/// ops; our CPU kernels refuse to run), and fails with the child's output if any of them fails
+/// or does not run. In that child it does nothing.
+pub fn rerun_on_generic_path(tests: &[&str]) {
+    rerun_on_generic_path_with(tests, &[]);
+}
+
+/// `rerun_on_generic_path` with more environment variables for the child.
+pub fn rerun_on_generic_path_with(tests: &[&str], env: &[(&str, &str)]) {
+    use cyclestudio::ops::GENERIC_OPS_VAR;
+    if std::env::var_os(GENERIC_OPS_VAR).is_some() {
+        return;
+    }
+    let exe = std::env::current_exe().expect("test executable");
+    let out = std::process::Command::new(exe)
+        .args(tests)
+        .args(["--exact", "--nocapture"])
+        .env(GENERIC_OPS_VAR, "1")
+        .envs(env.iter().copied())
+        .output()
+        .expect("test executable runs");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    // A renamed test would otherwise be filtered out silently.
+    let passed = format!("test result: ok. {} passed", tests.len());
+    assert!(out.status.success() && text.contains(&passed), "under {GENERIC_OPS_VAR}=1:\n{text}");
+}
+
+/// (reference name, our name): the reference's D_A judges domain B, so it is our D_B.
+pub const NETS: [(&str, &str); 4] = [("G_A", "G_AB"), ("G_B", "G_BA"), ("D_A", "D_B"), ("D_B", "D_A")];
+
+pub fn key_map(net: &str) -> Vec<(String, String)> {
+    if net.starts_with('G') {
+        cyclestudio::interop::generator_key_map(cyclestudio::model::GeneratorKind::Resnet { blocks: 1 })
+    } else {
+        cyclestudio::interop::discriminator_key_map(3)
+    }
+}
+
+/// A trainer on `device` with the weights of the training-step fixture (tests/fixtures/train_step).
+pub fn fixture_trainer(fx: &HashMap<String, Tensor>, device: &Device) -> Trainer {
+    use cyclestudio::data::DomainSpec;
+    use cyclestudio::train::{Schedule, TrainConfig};
+    let cfg = TrainConfig {
+        generator: cyclestudio::model::GeneratorKind::Resnet { blocks: 1 },
+        ngf: 8,
+        ndf: 4,
+        size: 32,
+        load_size: 32,
+        schedule: Schedule::Iters { iters: 10, decay_iters: 0 },
+        flip: false,
+        health_every: 0,
+        ..TrainConfig::reference("parity", "unused".into(), DomainSpec { name: "A".into(), channels: 3 }, DomainSpec { name: "B".into(), channels: 3 }, 1)
+    };
+    let mut t = Trainer::new(cfg, device.clone()).unwrap();
+    for (theirs, ours) in NETS {
+        let w = cyclestudio::interop::from_reference_keys(&key_map(theirs), &with_prefix(fx, &format!("init.{theirs}."))).unwrap();
+        t.set_weights(ours, &w).unwrap();
+    }
+    t
 }

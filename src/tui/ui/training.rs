@@ -4,7 +4,7 @@
 use super::{panel, render_message, run_item, selected_style, state_color, with_cursor};
 use crate::tui::app::App;
 use crate::tui::preview::{ImagePanes, Pane};
-use crate::tui::training::{Level, RunMonitor, RunState, Setting, TrainingView, LOSS_NAMES};
+use crate::tui::training::{device_choices, Level, RunMonitor, RunState, Setting, TrainingView, LOSS_NAMES};
 use ratatui::{
     layout::{Constraint, Layout, Rect},
     style::{Color, Style, Stylize},
@@ -40,6 +40,7 @@ fn render_settings(frame: &mut Frame, area: Rect, app: &App) {
         let value = match (&form.editing, selected) {
             (Some(input), true) => with_cursor(&input.value),
             _ if selected && setting.is_choice() => format!("‹ {} ›", app.training_setting_value(setting)),
+            _ if setting == Setting::Device => format!("{}  ({})", app.training_setting_value(setting), device_choices().note()),
             _ => app.training_setting_value(setting),
         };
         let style = if app.training_setting_editable(setting) { Style::new() } else { Style::new().dim() };

@@ -4,7 +4,7 @@
 use super::{panel, run_item, selected_style, with_cursor};
 use crate::tui::app::App;
 use crate::tui::preview::{ImagePanes, Pane};
-use crate::tui::translate::{Focus, ModelState, TranslateScreen};
+use crate::tui::translate::{Focus, ModelState, TranslateScreen, BUILTIN_NAME};
 use ratatui::{
     layout::{Constraint, Layout, Rect},
     style::{Color, Stylize},
@@ -24,12 +24,12 @@ pub fn render(frame: &mut Frame, area: Rect, app: &App, images: &mut ImagePanes)
 fn render_runs(frame: &mut Frame, area: Rect, app: &App) {
     let screen = &app.translate;
     let block = panel(format!(" Models in {}/ ", app.options.checkpoints.display()), screen.focus == Focus::Runs);
-    if app.runs.is_empty() {
-        let text = "No trained runs yet: train one on the Training screen (2).";
-        frame.render_widget(Paragraph::new(text).dim().block(block).wrap(Wrap { trim: false }), area);
-        return;
-    }
-    let items = app.runs.iter().map(run_item);
+    // The built-in model is always there, after the runs.
+    let builtin = ListItem::new(vec![
+        Line::from(BUILTIN_NAME).bold(),
+        Line::from("  gray→color · shipped with cyclestudio").dim(),
+    ]);
+    let items = app.runs.iter().map(run_item).chain(std::iter::once(builtin));
     let list = List::new(items).block(block).highlight_style(selected_style()).highlight_symbol("› ");
     let mut state = ListState::default().with_selected(Some(screen.run_index));
     frame.render_stateful_widget(list, area, &mut state);
@@ -55,7 +55,12 @@ fn render_test_images(frame: &mut Frame, area: Rect, screen: &TranslateScreen) {
         let name = image.path.file_name().map_or_else(|| image.path.display().to_string(), |n| n.to_string_lossy().into_owned());
         ListItem::new(format!("{name}  {}→{}", image.from, image.to))
     });
-    let list = List::new(items).block(panel(title, focused)).highlight_style(selected_style()).highlight_symbol("› ");
+    // Where the images come from when they are not the model's own dataset's.
+    let block = match &model.images_note {
+        Some(note) => panel(title, focused).title_bottom(Line::from(format!(" {note} ")).dim()),
+        None => panel(title, focused),
+    };
+    let list = List::new(items).block(block).highlight_style(selected_style()).highlight_symbol("› ");
     let mut state = ListState::default().with_selected(Some(screen.image_index));
     frame.render_stateful_widget(list, area, &mut state);
 }
