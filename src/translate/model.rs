@@ -126,11 +126,9 @@ impl Translator {
     /// The read-out temperature of a colour-classes model (`--paired-loss classify`; see
     /// [`Generator::set_temperature`]); an error for other models.
     pub fn set_temperature(&mut self, t: f64) -> Result<()> {
-        let mut classes = [&mut self.g_ab, &mut self.g_ba].into_iter().flatten().filter(|g| g.predicts_colour_classes()).peekable();
-        if classes.peek().is_none() {
-            bail!("--temperature needs a model trained with --paired-loss classify; {} predicts its colours directly", self.run_dir.display());
-        }
-        classes.try_for_each(|g| Ok(g.set_temperature(t)?))
+        self.each_generator_that(Generator::predicts_colour_classes, "--temperature needs a model trained with --paired-loss classify", |g| {
+            Ok(g.set_temperature(t)?)
+        })
     }
 
     /// Turns the low-pass of predicted chroma ([`crate::model::lowpass_chroma`], on by default
@@ -145,11 +143,17 @@ impl Translator {
 
     /// Applies `f` to each chroma-over-luma generator; an error naming `option` if there is none.
     fn each_chroma_generator(&mut self, option: &str, f: impl FnMut(&mut Generator) -> Result<()>) -> Result<()> {
-        let mut chroma = [&mut self.g_ab, &mut self.g_ba].into_iter().flatten().filter(|g| g.predicts_chroma()).peekable();
-        if chroma.peek().is_none() {
-            bail!("{option} needs a model trained with --keep-luma; {} predicts its colours directly", self.run_dir.display());
+        self.each_generator_that(Generator::predicts_chroma, &format!("{option} needs a model trained with --keep-luma"), f)
+    }
+
+    /// Applies `f` to each generator for which `which` holds; if there is none, an error that
+    /// says `needs` and names the model.
+    fn each_generator_that(&mut self, which: fn(&Generator) -> bool, needs: &str, f: impl FnMut(&mut Generator) -> Result<()>) -> Result<()> {
+        let mut chosen = [&mut self.g_ab, &mut self.g_ba].into_iter().flatten().filter(|g| which(g)).peekable();
+        if chosen.peek().is_none() {
+            bail!("{needs}, which {} is not", self.run_dir.display());
         }
-        chroma.try_for_each(f)
+        chosen.try_for_each(f)
     }
 
     /// Domain names (A, B).
