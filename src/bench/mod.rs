@@ -28,6 +28,12 @@ pub const CASES: [Case; 4] = [
     Case { id: "infer1024", what: "translate 1024² (resnet_9blocks)", generator: "resnet_9blocks", size: 1024, train: false },
 ];
 
+/// The FID Inception case (`--cases inception8`, not in the default set): features of a batch
+/// of 8 images at 299² with synthetic weights (the same network as pytorch-fid's; compare with
+/// `bench/pytorch_fid_speed.py`).
+pub const INCEPTION_CASE: &str = "inception8";
+const INCEPTION_BATCH: usize = 8;
+
 /// What one case measured.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct CaseResult {
@@ -125,6 +131,9 @@ fn bench_config(case: &Case, device: &str) -> TrainConfig {
 
 /// Runs one case in this process: `warmup` untimed then `repeats` timed runs.
 pub fn run_case(id: &str, device: &str, warmup: usize, repeats: usize) -> Result<CaseResult> {
+    if id == INCEPTION_CASE {
+        return run_inception_case(warmup, repeats);
+    }
     let case = CASES.iter().find(|c| c.id == id).with_context(|| format!("unknown case {id}"))?;
     let cfg = bench_config(case, device);
     let dev = open_device(device)?;
@@ -164,6 +173,25 @@ pub fn run_case(id: &str, device: &str, warmup: usize, repeats: usize) -> Result
     }
     let device_memory = device_memory(&dev);
     Ok(CaseResult { id: id.into(), what: case.what.into(), median_s: median(&seconds), seconds, peak_rss_mib: peak_rss_mib(), device_memory })
+}
+
+fn run_inception_case(warmup: usize, repeats: usize) -> Result<CaseResult> {
+    use crate::eval::inception::{synthetic_weights, FidInception, InceptionConfig, INPUT_SIZE};
+    let dev = candle_core::Device::Cpu;
+    let tensors: std::collections::HashMap<String, Tensor> = synthetic_weights()?.into_iter().collect();
+    let model = FidInception::new(&InceptionConfig::default(), VarBuilder::from_tensors(tensors, DType::F32, &dev))?;
+    let x = Tensor::rand(0f32, 1.0, (INCEPTION_BATCH, 3, INPUT_SIZE, INPUT_SIZE), &dev)?;
+    let mut seconds = Vec::new();
+    for i in 0..warmup + repeats {
+        let t0 = Instant::now();
+        let y = model.forward(&x)?;
+        drop(y);
+        if i >= warmup {
+            seconds.push(t0.elapsed().as_secs_f64());
+        }
+    }
+    let what = format!("FID Inception features, batch of {INCEPTION_BATCH} at 299² (CPU)");
+    Ok(CaseResult { id: INCEPTION_CASE.into(), what, median_s: median(&seconds), seconds, peak_rss_mib: peak_rss_mib(), device_memory: None })
 }
 
 /// Runs the chosen cases, each in a fresh child process (so peak memory is per case), and

@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 
 pub const LATEST: &str = "latest";
 pub const PREVIOUS: &str = "previous";
+/// The generators of the step that scored best in validation (`train --eval-every`).
+pub const BEST: &str = "best";
 const STAGING: &str = ".saving";
 const TRASH: &str = ".trash";
 pub const MANIFEST: &str = "manifest.toml";
@@ -177,6 +179,50 @@ pub fn load_generation(run_dir: &Path) -> Result<Generation> {
         best.fallback_reason = Some(format!("using {} (step {}): {}", best.dir.display(), best.manifest.step, why));
     }
     Ok(best)
+}
+
+/// Replaces the run's `name` generation (e.g. [`BEST`]) with `files`: staged in `.NAME.saving`,
+/// then swapped in. A crash leaves either the old or the new one complete (or, during the swap,
+/// the staged one, which [`load_generation_named`] also accepts).
+pub fn save_named_generation(run_dir: &Path, name: &str, step: u64, files: &[(String, Vec<u8>)]) -> Result<()> {
+    fs::create_dir_all(run_dir).with_context(|| format!("cannot create checkpoint folder {}", run_dir.display()))?;
+    let staging = run_dir.join(format!(".{name}.saving"));
+    if let Err(e) = stage(&staging, step, files) {
+        let _ = fs::remove_dir_all(&staging);
+        return Err(e);
+    }
+    let target = run_dir.join(name);
+    let trash = run_dir.join(format!(".{name}.trash"));
+    if target.exists() {
+        if trash.exists() {
+            fs::remove_dir_all(&trash)?;
+        }
+        fs::rename(&target, &trash).with_context(|| format!("cannot retire {}", target.display()))?;
+    }
+    fs::rename(&staging, &target).with_context(|| format!("cannot publish {}", target.display()))?;
+    fsync_dir(run_dir)?;
+    let _ = fs::remove_dir_all(&trash);
+    Ok(())
+}
+
+/// The generation a user asks for by name: `latest` (the newest verified one, as
+/// [`load_generation`]) or `best` (kept by validation during training).
+pub fn load_generation_named(run_dir: &Path, which: &str) -> Result<Generation> {
+    match which {
+        LATEST => load_generation(run_dir),
+        BEST => {
+            let dir = run_dir.join(BEST);
+            if !dir.exists() {
+                let staged = run_dir.join(format!(".{BEST}.saving"));
+                if staged.join(MANIFEST).exists() {
+                    return read_generation(&staged);
+                }
+                bail!("{} has no best generation (it is kept by training with --eval-every and --fid-weights)", run_dir.display());
+            }
+            read_generation(&dir)
+        }
+        other => bail!("unknown generation '{other}': use latest or best"),
+    }
 }
 
 #[cfg(test)]

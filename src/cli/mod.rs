@@ -66,16 +66,42 @@ pub struct BenchArgs {
 
 #[derive(Args, Debug)]
 pub struct EvalArgs {
+    /// Model to translate --input with (PSNR/SSIM; with --fid-weights, FID/KID of the translations).
     #[arg(long)]
     pub model: Option<PathBuf>,
+    /// Target domain of the translation (needed with --truth or --model).
     #[arg(long)]
-    pub to: String,
-    /// Folder of images to translate.
+    pub to: Option<String>,
+    /// Folder of images: translated with the model, or with --fid-weights and no --model, the
+    /// images to judge as they are (e.g. translations made elsewhere).
     #[arg(long)]
     pub input: PathBuf,
-    /// Folder of the true translations, matched by file name stem.
+    /// Folder of the true translations, matched by file name stem (PSNR/SSIM).
     #[arg(long)]
-    pub truth: PathBuf,
+    pub truth: Option<PathBuf>,
+    /// FID/KID: the FID Inception weights, pt_inception-2015-12-05-6726825d.pth (downloaded once
+    /// from pytorch-fid's release page, see README).
+    #[arg(long, value_name = "FILE")]
+    pub fid_weights: Option<PathBuf>,
+    /// Use --fid-weights even if it is not the standard file (scores are then not comparable to
+    /// pytorch-fid's).
+    #[arg(long)]
+    pub fid_weights_unchecked: bool,
+    /// FID/KID: folder of real images of the target domain.
+    #[arg(long)]
+    pub reference: Option<PathBuf>,
+    /// Folder of the feature cache (default: ~/.cache/cyclestudio/fid).
+    #[arg(long)]
+    pub fid_cache: Option<PathBuf>,
+    /// Do not read or write the feature cache.
+    #[arg(long)]
+    pub no_fid_cache: bool,
+    /// KID subsets and subset size (torch-fidelity's defaults; the size is lowered to the
+    /// smaller set's).
+    #[arg(long, default_value_t = 100)]
+    pub kid_subsets: usize,
+    #[arg(long, default_value_t = 1000)]
+    pub kid_subset_size: usize,
     /// Short side both are resized to before scoring (0 = as is).
     #[arg(long, default_value_t = 256)]
     pub short_side: u32,
@@ -161,6 +187,10 @@ pub struct TranslateArgs {
     pub overwrite: bool,
     #[command(flatten)]
     pub layout: LayoutArgs,
+    /// Which generation of the model: latest, or best (the lowest held-out KID of a run trained
+    /// with --eval-every).
+    #[arg(long, default_value = "latest")]
+    pub generation: String,
     #[command(flatten)]
     pub colour: ColourArgs,
     #[arg(long, default_value = "cpu")]
@@ -382,6 +412,21 @@ pub struct TrainArgs {
     /// No progress bar; print a line per logged step instead.
     #[arg(long)]
     pub quiet: bool,
+    /// Score held-out images (KID, FID; PSNR/SSIM on paired data) every N steps, keeping the
+    /// generators with the lowest KID in <run>/best/. Needs --fid-weights.
+    #[arg(long)]
+    pub eval_every: Option<u64>,
+    /// The FID Inception weights for --eval-every (pt_inception-2015-12-05-6726825d.pth).
+    #[arg(long, value_name = "FILE")]
+    pub fid_weights: Option<PathBuf>,
+    /// Accept --fid-weights that are not the standard file.
+    #[arg(long)]
+    pub fid_weights_unchecked: bool,
+    /// Held-out images of domain A / B for --eval-every (default: the dataset's testA / testB).
+    #[arg(long, value_name = "DIR")]
+    pub val_a: Option<PathBuf>,
+    #[arg(long, value_name = "DIR")]
+    pub val_b: Option<PathBuf>,
 }
 
 /// Runs a parsed command line.

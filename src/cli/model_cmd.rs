@@ -19,7 +19,16 @@ fn resolve_model(checkpoints: &Path, model: Option<PathBuf>) -> ModelSource {
 
 /// The model at `model` on `device`, laid out and coloured as `layout` and `colour` say.
 fn load_translator(model: &ModelSource, device: &str, layout: LayoutArgs, colour: ColourArgs) -> Result<Translator> {
-    let mut tr = Translator::open(model, device)?;
+    load_translator_generation(model, device, layout, colour, crate::checkpoint::LATEST)
+}
+
+/// `load_translator` for a named generation of a run (`latest` or `best`).
+fn load_translator_generation(model: &ModelSource, device: &str, layout: LayoutArgs, colour: ColourArgs, generation: &str) -> Result<Translator> {
+    let mut tr = match (model, generation) {
+        (_, crate::checkpoint::LATEST) => Translator::open(model, device)?,
+        (ModelSource::Dir(d), which) => Translator::load_generation(d, device, which)?,
+        (ModelSource::BuiltIn, which) => bail!("the built-in model has only one generation; --generation {which} needs --model DIR"),
+    };
     tr.options = translate_options(layout);
     if let Some(gain) = colour.chroma_gain {
         tr.set_chroma_gain(gain)?;
@@ -39,7 +48,7 @@ fn translate_options(layout: LayoutArgs) -> TranslateOptions {
 
 pub fn translate(checkpoints: &Path, a: TranslateArgs) -> Result<()> {
     let model = resolve_model(checkpoints, a.model);
-    let tr = load_translator(&model, &a.device, a.layout, a.colour)?;
+    let tr = load_translator_generation(&model, &a.device, a.layout, a.colour, &a.generation)?;
     let (g, cin, _) = tr.generator_to(&a.to)?;
     let output = a.output.unwrap_or_else(|| default_output_path(&a.input, &a.to));
     if let (Ok(i), Ok(o)) = (a.input.canonicalize(), output.canonicalize()) {
@@ -141,16 +150,78 @@ pub fn tui(checkpoints: &Path, a: TuiArgs) -> Result<()> {
 }
 
 pub fn eval(checkpoints: &Path, a: EvalArgs) -> Result<()> {
-    let model = resolve_model(checkpoints, a.model);
-    let tr = load_translator(&model, &a.device, a.layout, a.colour)?;
-    let report = crate::eval::evaluate(&tr, &a.to, &a.input, &a.truth, a.short_side)?;
-    for (p, why) in &report.skipped {
-        eprintln!("skipped {}: {why}", p.display());
+    if a.truth.is_none() && a.fid_weights.is_none() {
+        bail!("eval needs --truth DIR (PSNR/SSIM against true images) or --fid-weights FILE --reference DIR (FID/KID)");
     }
-    print!("{}", report.table());
-    let json = serde_json::to_string_pretty(&report)?;
+    if a.fid_weights.is_some() && a.reference.is_none() {
+        bail!("--fid-weights needs --reference DIR: real images of the target domain to compare with");
+    }
+    let needs_model = a.truth.is_some() || a.model.is_some();
+    let tr = if needs_model {
+        let model = resolve_model(checkpoints, a.model.clone());
+        Some(load_translator(&model, &a.device, a.layout, a.colour)?)
+    } else {
+        None
+    };
+    let to = || a.to.clone().context("--to DOMAIN is needed to translate");
+    let mut json = serde_json::Map::new();
+    if let (Some(truth), Some(tr)) = (&a.truth, &tr) {
+        let report = crate::eval::evaluate(tr, &to()?, &a.input, truth, a.short_side)?;
+        for (p, why) in &report.skipped {
+            eprintln!("skipped {}: {why}", p.display());
+        }
+        print!("{}", report.table());
+        json.insert("psnr_ssim".into(), serde_json::to_value(&report)?);
+    }
+    if let (Some(weights), Some(reference)) = (&a.fid_weights, &a.reference) {
+        use crate::eval::fid_features as ff;
+        let model = crate::eval::inception::load_fid_inception(weights, a.fid_weights_unchecked)?;
+        let cache = if a.no_fid_cache { None } else { a.fid_cache.clone().or_else(ff::default_cache_dir) };
+        let bar = ProgressBar::new(0);
+        bar.set_style(ProgressStyle::with_template("{msg} {bar:30.cyan/blue} {pos}/{len} [{elapsed_precise}<{eta_precise}]").expect("valid template").progress_chars("=> "));
+        let input = match &tr {
+            Some(tr) => {
+                bar.set_message("translating + features");
+                let translations = crate::eval::translate_folder(tr, &to()?, &a.input, a.short_side, &mut |d, t| {
+                    bar.set_length(t as u64);
+                    bar.set_position(d as u64);
+                })?;
+                for (p, why) in &translations.1 {
+                    eprintln!("skipped {}: {why}", p.display());
+                }
+                ff::features_of_images(&model, &translations.0)?
+            }
+            None => {
+                bar.set_message("features of --input");
+                let f = ff::folder_features(&model, &a.input, cache.as_deref(), &mut |d, t| {
+                    bar.set_length(t as u64);
+                    bar.set_position(d as u64);
+                })?;
+                for (p, why) in &f.skipped {
+                    eprintln!("skipped {}: {why}", p.display());
+                }
+                f.features
+            }
+        };
+        bar.set_message("features of --reference");
+        let kid_opts = crate::eval::fid::KidOptions { subsets: a.kid_subsets.max(1), subset_size: a.kid_subset_size, ..Default::default() };
+        let report = ff::compare_with_reference(&model, &a.input, &input, reference, cache.as_deref(), &kid_opts, &mut |d, t| {
+            bar.set_length(t as u64);
+            bar.set_position(d as u64);
+        })?;
+        bar.finish_and_clear();
+        for (p, why) in &report.skipped {
+            eprintln!("skipped {}: {why}", p.display());
+        }
+        if report.reference_cached > 0 {
+            eprintln!("{} of {} reference features read from the cache", report.reference_cached, report.reference_images);
+        }
+        print!("{}", report.table());
+        json.insert("fid_kid".into(), serde_json::to_value(&report)?);
+    }
     if let Some(path) = a.json {
-        crate::util::atomic_write(&path, json.as_bytes())?;
+        let value = if json.len() == 1 { json.into_iter().next().map(|(_, v)| v).unwrap_or_default() } else { serde_json::Value::Object(json) };
+        crate::util::atomic_write(&path, serde_json::to_string_pretty(&value)?.as_bytes())?;
         println!("\nfull report: {}", path.display());
     }
     Ok(())

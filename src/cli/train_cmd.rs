@@ -51,10 +51,28 @@ pub fn config_from_args(args: &TrainArgs) -> Result<TrainConfig> {
         log_every: args.log_every.unwrap_or(10),
         health_every: args.health_every.unwrap_or(100),
         device: args.device.clone().unwrap_or_else(|| "cpu".into()),
+        validation: validation_from_args(args)?,
         ..TrainConfig::reference(&args.name, dataset, spec.a, spec.b, 1)
     };
     cfg.validate()?;
     Ok(cfg)
+}
+
+/// `--eval-every N --fid-weights FILE [--val-a DIR --val-b DIR]`.
+fn validation_from_args(args: &TrainArgs) -> Result<Option<crate::train::ValidationConfig>> {
+    match (args.eval_every, &args.fid_weights) {
+        (None, None) => Ok(None),
+        (Some(0), _) => bail!("--eval-every must be positive"),
+        (Some(every), Some(w)) => Ok(Some(crate::train::ValidationConfig {
+            every,
+            fid_weights: w.clone(),
+            weights_unchecked: args.fid_weights_unchecked,
+            held_out_a: args.val_a.clone(),
+            held_out_b: args.val_b.clone(),
+        })),
+        (Some(_), None) => bail!("--eval-every needs --fid-weights FILE (the FID Inception weights, see README)"),
+        (None, Some(_)) => bail!("--fid-weights in training needs --eval-every N"),
+    }
 }
 
 /// The saved configuration of a run, with the settings a resume may change.
@@ -86,6 +104,9 @@ fn resumed_config(run_dir: &Path, args: &TrainArgs) -> Result<TrainConfig> {
     }
     if let Some(v) = args.health_every {
         cfg.health_every = v;
+    }
+    if args.eval_every.is_some() || args.fid_weights.is_some() {
+        cfg.validation = validation_from_args(args)?;
     }
     Ok(cfg)
 }
@@ -135,6 +156,7 @@ pub fn train(checkpoints: &Path, args: TrainArgs) -> Result<()> {
         }
         TrainEvent::Saved { step, dir } => say(format!("saved checkpoint of step {step} in {}", dir.display())),
         TrainEvent::Warning(w) => say(format!("warning: {w}")),
+        TrainEvent::Validation(v) => say(format!("step {}: held-out {}", v.step, v.summary())),
         TrainEvent::Preview { .. } | TrainEvent::Health(_) => {}
     };
     let outcome = run_training(cfg.clone(), &RunOptions { run_dir: run_dir.clone(), resume: args.resume }, &control, &mut on_event);

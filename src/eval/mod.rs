@@ -1,7 +1,12 @@
 //! Measuring models: PSNR/SSIM of translations against true images (with the trivial
-//! baseline), and anomaly scores by cycle-reconstruction error.
+//! baseline), FID/KID against a reference folder (`fid`, `inception`, `fid_features`), and
+//! anomaly scores by cycle-reconstruction error.
 
+pub mod fid;
+pub mod fid_features;
+pub mod inception;
 mod metrics;
+mod pth_legacy;
 
 pub use metrics::{colourfulness, psnr, ssim};
 
@@ -15,7 +20,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use walkdir::WalkDir;
 
-fn images_under(dir: &Path) -> Result<Vec<PathBuf>> {
+pub(crate) fn images_under(dir: &Path) -> Result<Vec<PathBuf>> {
     if !dir.is_dir() {
         bail!("{} is not a folder", dir.display());
     }
@@ -32,7 +37,7 @@ fn images_under(dir: &Path) -> Result<Vec<PathBuf>> {
 }
 
 /// Resizes so the short side is `short` (0 keeps the size).
-fn resize_short(img: &DynamicImage, short: u32) -> DynamicImage {
+pub(crate) fn resize_short(img: &DynamicImage, short: u32) -> DynamicImage {
     let (w, h) = img.dimensions();
     if short == 0 || w.min(h) == short {
         return img.clone();
@@ -146,6 +151,27 @@ pub fn evaluate(tr: &Translator, to: &str, input: &Path, truth: &Path, short: u3
         per_image,
         skipped,
     })
+}
+
+/// Every image of `input` translated to `to` (resized so the short side is `short` first), in
+/// path order; images that fail are skipped with the reason.
+pub fn translate_folder(tr: &Translator, to: &str, input: &Path, short: u32, progress: &mut dyn FnMut(usize, usize)) -> Result<(Vec<DynamicImage>, Skipped)> {
+    let (g, cin, _) = tr.generator_to(to)?;
+    let files = images_under(input)?;
+    let mut out = Vec::new();
+    let mut skipped = Vec::new();
+    for (i, path) in files.iter().enumerate() {
+        let r = (|| -> Result<DynamicImage> {
+            let src = resize_short(&decode_image(path)?, short);
+            translate_image(g, cin, tr.size_multiple(), &tr.device, &src, &tr.options)
+        })();
+        match r {
+            Ok(img) => out.push(img),
+            Err(e) => skipped.push((path.clone(), format!("{e:#}"))),
+        }
+        progress(i + 1, files.len());
+    }
+    Ok((out, skipped))
 }
 
 #[derive(Clone, Debug, Serialize)]

@@ -116,6 +116,9 @@ pub struct TrainConfig {
     /// sets it (README, "The default model").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub translate_chroma_gain: Option<f64>,
+    /// Validation on held-out images with KID/FID (`--eval-every`); absent = none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation: Option<super::ValidationConfig>,
 }
 
 fn one() -> f64 {
@@ -161,6 +164,7 @@ impl TrainConfig {
             health_every: 100,
             device: "cpu".into(),
             translate_chroma_gain: None,
+            validation: None,
         }
     }
 

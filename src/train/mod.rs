@@ -7,6 +7,7 @@ mod lock;
 mod pool;
 mod run;
 mod trainer;
+pub mod validation;
 
 pub use adam::Adam;
 pub use config::{GanLoss, PairedLoss, Schedule, TrainConfig, CONFIG_FILE, DEFAULT_LAMBDA_PAIRED};
@@ -14,3 +15,4 @@ pub use lock::{is_being_trained, RunLock, LOCK_FILE};
 pub use pool::ImagePool;
 pub use run::{cuda_devices, grid, open_device, read_loss_log, run_training, LOG_FILE, RunControl, RunOptions, RunOutcome, StepReport, TrainEvent};
 pub use trainer::{Divergence, Losses, Trainer, NETWORKS};
+pub use validation::{ValidationConfig, ValidationScores};

@@ -52,6 +52,8 @@ pub enum TrainEvent {
     Preview { step: u64, grid: DynamicImage },
     Saved { step: u64, dir: PathBuf },
     Health(crate::health::HealthReport),
+    /// Held-out scores (`--eval-every`); `best` set when its generators were kept in `best/`.
+    Validation(super::ValidationScores),
     Warning(String),
 }
 
@@ -245,6 +247,10 @@ pub fn run_training(cfg: TrainConfig, opts: &RunOptions, control: &RunControl, o
         _ => None,
     };
     let mut health = crate::health::HealthMonitor::new(&cfg, &dataset, &device)?;
+    let mut validator = match &cfg.validation {
+        Some(v) => Some((v.every.max(1), super::validation::Validator::new(&cfg, v, run_dir)?)),
+        None => None,
+    };
 
     let loader = BatchLoader::spawn(
         (files_a.clone(), cfg.domain_a.channels),
@@ -337,6 +343,24 @@ pub fn run_training(cfg: TrainConfig, opts: &RunOptions, control: &RunControl, o
         if step % cfg.save_every.max(1) == 0 || step == total {
             log.sync_data().ok();
             save(&trainer, on_event, step == total)?;
+        }
+        if let Some((every, v)) = validator.as_mut() {
+            if step % *every == 0 || step == total {
+                match v.run(&trainer) {
+                    Ok(scores) => {
+                        if scores.best {
+                            let mut files = trainer.generator_files()?;
+                            files.push((super::validation::BEST_SCORES_FILE.to_string(), serde_json::to_vec_pretty(&scores)?));
+                            if let Err(e) = crate::checkpoint::save_named_generation(run_dir, crate::checkpoint::BEST, step, &files) {
+                                on_event(TrainEvent::Warning(format!("could not keep the best generation of step {step}: {e:#}")));
+                            }
+                        }
+                        writeln!(log, "{}", json!({"step": step, "validation": scores})).context("cannot append to the training log")?;
+                        on_event(TrainEvent::Validation(scores));
+                    }
+                    Err(e) => on_event(TrainEvent::Warning(format!("validation at step {step} failed: {e:#}"))),
+                }
+            }
         }
     }
     Ok(RunOutcome::Finished { step: trainer.step })

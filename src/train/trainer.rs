@@ -317,6 +317,11 @@ impl Trainer {
         save_generation(run_dir, self.step, &files)
     }
 
+    /// The generators' safetensors files (`G_AB.safetensors`, `G_BA.safetensors`), as `save` writes them.
+    pub fn generator_files(&self) -> Result<Vec<(String, Vec<u8>)>> {
+        ["G_AB", "G_BA"].iter().map(|net| Ok((format!("{net}.safetensors"), safetensors_bytes(&self.weights(net))?))).collect()
+    }
+
     /// Restores weights, optimiser moments, pools and the step counter from the newest good
     /// checkpoint generation of `run_dir`. Returns that generation (its `fallback_reason` says if
     /// an older one had to be used).

@@ -72,9 +72,14 @@ impl Translator {
     /// the run is being trained, a save may swap the checkpoint folders under the reader: it then
     /// tries again (for up to a few seconds) instead of failing.
     pub fn load(run_dir: &Path, device: &str) -> Result<Self> {
+        Self::load_generation(run_dir, device, crate::checkpoint::LATEST)
+    }
+
+    /// [`Translator::load`] from a named generation: `latest`, or `best` (kept by validation).
+    pub fn load_generation(run_dir: &Path, device: &str, which: &str) -> Result<Self> {
         let mut attempt = 0;
         loop {
-            match Self::load_once(run_dir, device) {
+            match Self::load_once(run_dir, device, which) {
                 Err(_) if attempt < 50 && crate::train::is_being_trained(run_dir) => {
                     attempt += 1;
                     std::thread::sleep(std::time::Duration::from_millis(100));
@@ -84,10 +89,10 @@ impl Translator {
         }
     }
 
-    fn load_once(run_dir: &Path, device: &str) -> Result<Self> {
+    fn load_once(run_dir: &Path, device: &str, which: &str) -> Result<Self> {
         let config = TrainConfig::load(run_dir)?;
         let device = open_device(device)?;
-        let generation = load_generation(run_dir)?;
+        let generation = if which == crate::checkpoint::LATEST { load_generation(run_dir)? } else { crate::checkpoint::load_generation_named(run_dir, which)? };
         let load = |file: &str, cfg: GeneratorConfig| -> Result<Option<Generator>> {
             if !generation.has(file) {
                 return Ok(None);

@@ -449,6 +449,8 @@ pub struct RunMonitor {
     pub preview: Option<(u64, ShownImage)>,
     pub log: Vec<LogLine>,
     pub saved_step: Option<u64>,
+    /// The latest held-out scores (`--eval-every`) and the best mean KID so far with its step.
+    pub validation: Option<(crate::train::ValidationScores, Option<(u64, f64)>)>,
     /// The run's folder, whose log fills the charts of a resumed run.
     pub run_dir: Option<PathBuf>,
 }
@@ -475,6 +477,7 @@ impl RunMonitor {
             preview: None,
             log: Vec::new(),
             saved_step: None,
+            validation: None,
             run_dir: None,
         }
     }
@@ -521,6 +524,11 @@ impl RunMonitor {
                     self.log.pop();
                 }
                 self.health = Some(report);
+            }
+            TrainEvent::Validation(scores) => {
+                self.log(Level::Info, format!("held-out {}", scores.summary()));
+                let best = if scores.best { Some((scores.step, scores.kid)) } else { self.validation.as_ref().and_then(|(_, b)| *b) };
+                self.validation = Some((scores, best));
             }
             TrainEvent::Warning(text) => self.log(Level::Warning, text),
         }
@@ -1011,5 +1019,17 @@ mod tests {
         run.apply(TrainEvent::Warning(warning.clone()));
         run.apply(TrainEvent::Health(HealthReport { warnings: vec![warning], ..Default::default() }));
         assert_eq!(run.log.iter().map(|l| l.text.as_str()).collect::<Vec<_>>(), ["skipping a.png: truncated"]);
+    }
+
+    #[test]
+    fn held_out_scores_are_logged_and_the_best_remembered() {
+        use crate::train::ValidationScores;
+        let mut run = RunMonitor::new("r".into(), RunControl::default());
+        run.apply(TrainEvent::Validation(ValidationScores { step: 100, kid: 0.05, best: true, ..Default::default() }));
+        run.apply(TrainEvent::Validation(ValidationScores { step: 200, kid: 0.07, best: false, ..Default::default() }));
+        let (latest, best) = run.validation.as_ref().unwrap();
+        assert_eq!((latest.step, *best), (200, Some((100, 0.05))));
+        assert_eq!(run.log.len(), 2);
+        assert!(run.log[0].text.starts_with("held-out KID A→B") && run.log[0].text.ends_with("best so far"), "{}", run.log[0].text);
     }
 }

@@ -111,6 +111,13 @@ fn render_stats(frame: &mut Frame, area: Rect, run: &RunMonitor) {
     if let Some(step) = run.saved_step {
         parts.push(format!("last checkpoint: step {step}"));
     }
+    if let Some((v, best)) = &run.validation {
+        let mut s = format!("held-out KID {:.4} (step {})", v.kid, v.step);
+        if let Some((step, kid)) = best {
+            s.push_str(&format!(", best {kid:.4} at {step}"));
+        }
+        parts.push(s);
+    }
     frame.render_widget(Paragraph::new(format!(" {}", parts.join("  │  "))), area);
 }
 
