@@ -79,14 +79,8 @@ pub struct EvalArgs {
     /// Folder of the true translations, matched by file name stem (PSNR/SSIM).
     #[arg(long)]
     pub truth: Option<PathBuf>,
-    /// FID/KID: the FID Inception weights, pt_inception-2015-12-05-6726825d.pth (downloaded once
-    /// from pytorch-fid's release page, see README).
-    #[arg(long, value_name = "FILE")]
-    pub fid_weights: Option<PathBuf>,
-    /// Use --fid-weights even if it is not the standard file (scores are then not comparable to
-    /// pytorch-fid's).
-    #[arg(long)]
-    pub fid_weights_unchecked: bool,
+    #[command(flatten)]
+    pub fid: FidWeightsArgs,
     /// FID/KID: folder of real images of the target domain.
     #[arg(long)]
     pub reference: Option<PathBuf>,
@@ -136,6 +130,19 @@ pub struct ScoreArgs {
     pub short_side: u32,
     #[arg(long, default_value = "cpu")]
     pub device: String,
+}
+
+/// The FID Inception network's weights (eval's FID/KID, train's --eval-every).
+#[derive(Args, Debug, Clone)]
+pub struct FidWeightsArgs {
+    /// The FID Inception weights, pt_inception-2015-12-05-6726825d.pth (downloaded once from
+    /// pytorch-fid's release page, see README).
+    #[arg(long, value_name = "FILE")]
+    pub fid_weights: Option<PathBuf>,
+    /// Use --fid-weights even if it is not the standard file (scores are then not comparable to
+    /// pytorch-fid's).
+    #[arg(long)]
+    pub fid_weights_unchecked: bool,
 }
 
 /// How a --keep-luma model's colour is applied (translate, convert, eval).
@@ -416,12 +423,8 @@ pub struct TrainArgs {
     /// generators with the lowest KID in <run>/best/. Needs --fid-weights.
     #[arg(long)]
     pub eval_every: Option<u64>,
-    /// The FID Inception weights for --eval-every (pt_inception-2015-12-05-6726825d.pth).
-    #[arg(long, value_name = "FILE")]
-    pub fid_weights: Option<PathBuf>,
-    /// Accept --fid-weights that are not the standard file.
-    #[arg(long)]
-    pub fid_weights_unchecked: bool,
+    #[command(flatten)]
+    pub fid: FidWeightsArgs,
     /// Held-out images of domain A / B for --eval-every (default: the dataset's testA / testB).
     #[arg(long, value_name = "DIR")]
     pub val_a: Option<PathBuf>,

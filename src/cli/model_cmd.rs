@@ -150,10 +150,10 @@ pub fn tui(checkpoints: &Path, a: TuiArgs) -> Result<()> {
 }
 
 pub fn eval(checkpoints: &Path, a: EvalArgs) -> Result<()> {
-    if a.truth.is_none() && a.fid_weights.is_none() {
+    if a.truth.is_none() && a.fid.fid_weights.is_none() {
         bail!("eval needs --truth DIR (PSNR/SSIM against true images) or --fid-weights FILE --reference DIR (FID/KID)");
     }
-    if a.fid_weights.is_some() && a.reference.is_none() {
+    if a.fid.fid_weights.is_some() && a.reference.is_none() {
         bail!("--fid-weights needs --reference DIR: real images of the target domain to compare with");
     }
     let needs_model = a.truth.is_some() || a.model.is_some();
@@ -173,9 +173,9 @@ pub fn eval(checkpoints: &Path, a: EvalArgs) -> Result<()> {
         print!("{}", report.table());
         json.insert("psnr_ssim".into(), serde_json::to_value(&report)?);
     }
-    if let (Some(weights), Some(reference)) = (&a.fid_weights, &a.reference) {
+    if let (Some(weights), Some(reference)) = (&a.fid.fid_weights, &a.reference) {
         use crate::eval::fid_features as ff;
-        let model = crate::eval::inception::load_fid_inception(weights, a.fid_weights_unchecked)?;
+        let model = crate::eval::inception::load_fid_inception(weights, a.fid.fid_weights_unchecked)?;
         let cache = if a.no_fid_cache { None } else { a.fid_cache.clone().or_else(ff::default_cache_dir) };
         let bar = ProgressBar::new(0);
         bar.set_style(ProgressStyle::with_template("{msg} {bar:30.cyan/blue} {pos}/{len} [{elapsed_precise}<{eta_precise}]").expect("valid template").progress_chars("=> "));

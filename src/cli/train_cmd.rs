@@ -60,13 +60,13 @@ pub fn config_from_args(args: &TrainArgs) -> Result<TrainConfig> {
 
 /// `--eval-every N --fid-weights FILE [--val-a DIR --val-b DIR]`.
 fn validation_from_args(args: &TrainArgs) -> Result<Option<crate::train::ValidationConfig>> {
-    match (args.eval_every, &args.fid_weights) {
+    match (args.eval_every, &args.fid.fid_weights) {
         (None, None) => Ok(None),
         (Some(0), _) => bail!("--eval-every must be positive"),
         (Some(every), Some(w)) => Ok(Some(crate::train::ValidationConfig {
             every,
             fid_weights: w.clone(),
-            weights_unchecked: args.fid_weights_unchecked,
+            weights_unchecked: args.fid.fid_weights_unchecked,
             held_out_a: args.val_a.clone(),
             held_out_b: args.val_b.clone(),
         })),
@@ -105,7 +105,7 @@ fn resumed_config(run_dir: &Path, args: &TrainArgs) -> Result<TrainConfig> {
     if let Some(v) = args.health_every {
         cfg.health_every = v;
     }
-    if args.eval_every.is_some() || args.fid_weights.is_some() {
+    if args.eval_every.is_some() || args.fid.fid_weights.is_some() {
         cfg.validation = validation_from_args(args)?;
     }
     Ok(cfg)
