@@ -9,7 +9,7 @@
 //! load time, every convolution is im2col + one GEMM over the whole batch (1×1 convolutions are
 //! the GEMM alone), and the 1×1 convolutions of a block that read the same input are one GEMM.
 
-use crate::ops::conv::{matmul, Mat};
+use crate::ops::gemm::{matmul, Mat};
 use anyhow::{bail, Context};
 use candle_core::{DType, Device, Result, Shape, Tensor};
 use candle_nn::VarBuilder;

@@ -1,6 +1,8 @@
 //! Tensor operations the CycleGAN networks need, with autograd: fast CPU kernels (convolutions,
 //! Winograd, fused instance norm, reflection padding), the device-generic fallbacks built from
 //! candle's ops (what a GPU runs), losses, CPU settings and the switches between the two paths.
+//! Layers: `gemm` (matrix products, scratch buffers) is the leaf; `winograd` uses it; `conv` uses
+//! both; `norm` and `pad` stand alone.
 
 /// Defines a function whose body is compiled for AVX-512, for AVX2 + FMA and for the build's
 /// baseline, and runs the best one the CPU has (detected once). For the vectorised loops of our
@@ -35,6 +37,7 @@ macro_rules! simd_fn {
 }
 
 pub mod conv;
+pub(crate) mod gemm;
 pub mod norm;
 pub mod pad;
 pub mod settings;

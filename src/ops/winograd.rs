@@ -18,7 +18,7 @@
 //! The three ops (forward, data gradient, filter gradient) are bilinear and each one's
 //! derivatives are the other two, so second-order gradients work as for `conv`.
 
-use super::conv::{matmul_batch, with_scratch, with_scratch_slot, Mat};
+use super::gemm::{matmul_batch, with_scratch, with_scratch_slot, Mat};
 use super::f32_data;
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
