@@ -17,6 +17,40 @@ const STAGING: &str = ".saving";
 const TRASH: &str = ".trash";
 pub const MANIFEST: &str = "manifest.toml";
 
+/// The four networks of a CycleGAN checkpoint. Their names are this project's (G_AB translates
+/// A→B and is judged by D_B) and name the checkpoint's files: `G_AB.safetensors`, …
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Network {
+    GAb,
+    GBa,
+    DA,
+    DB,
+}
+
+impl Network {
+    pub const ALL: [Network; 4] = [Network::GAb, Network::GBa, Network::DA, Network::DB];
+    pub const GENERATORS: [Network; 2] = [Network::GAb, Network::GBa];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Network::GAb => "G_AB",
+            Network::GBa => "G_BA",
+            Network::DA => "D_A",
+            Network::DB => "D_B",
+        }
+    }
+
+    /// The file holding its weights in a generation folder.
+    pub const fn file(self) -> &'static str {
+        match self {
+            Network::GAb => "G_AB.safetensors",
+            Network::GBa => "G_BA.safetensors",
+            Network::DA => "D_A.safetensors",
+            Network::DB => "D_B.safetensors",
+        }
+    }
+}
+
 /// What a generation folder holds, written last so that its presence means the files are complete.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Manifest {

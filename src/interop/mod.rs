@@ -4,7 +4,7 @@
 
 pub mod onnx;
 
-use crate::checkpoint::{safetensors_bytes, save_generation};
+use crate::checkpoint::{safetensors_bytes, save_generation, Network};
 use crate::data::DomainSpec;
 use crate::model::{Generator, GeneratorConfig, GeneratorKind, OutputMode};
 use crate::train::{Schedule, TrainConfig};
@@ -150,7 +150,7 @@ pub struct ImportRequest {
 pub fn import(req: &ImportRequest) -> Result<TrainConfig> {
     let mut files = Vec::new();
     let mut cfg_ab: Option<GeneratorConfig> = None;
-    for (net, path) in [("G_AB", Some(&req.g_ab)), ("G_BA", req.g_ba.as_ref())] {
+    for (net, path) in [(Network::GAb, Some(&req.g_ab)), (Network::GBa, req.g_ba.as_ref())] {
         let Some(path) = path else { continue };
         let tensors = read_pth(path)?;
         let mut cfg = infer_generator(&tensors).with_context(|| path.display().to_string())?;
@@ -161,7 +161,7 @@ pub fn import(req: &ImportRequest) -> Result<TrainConfig> {
             cfg.kind = kind;
         }
         let (_, ours) = generator_from_reference(&tensors, &cfg, &Device::Cpu).with_context(|| path.display().to_string())?;
-        if net == "G_BA" {
+        if net == Network::GBa {
             if let Some(ab) = &cfg_ab {
                 if ab.kind != cfg.kind || ab.ngf != cfg.ngf || ab.in_channels != cfg.out_channels || ab.out_channels != cfg.in_channels {
                     bail!("{} does not mirror the A→B generator's architecture", path.display());
@@ -172,7 +172,7 @@ pub fn import(req: &ImportRequest) -> Result<TrainConfig> {
         }
         let mut named: Vec<(String, Tensor)> = ours.into_iter().collect();
         named.sort_by(|a, b| a.0.cmp(&b.0));
-        files.push((format!("{net}.safetensors"), safetensors_bytes(&named)?));
+        files.push((net.file().to_string(), safetensors_bytes(&named)?));
     }
     let g = cfg_ab.context("no A→B generator")?;
     let name = req.run_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
@@ -215,12 +215,12 @@ pub fn export_torch_keys(run_dir: &Path, out_dir: &Path) -> Result<Vec<PathBuf>>
     std::fs::create_dir_all(out_dir)?;
     let map = generator_key_map(cfg.generator);
     let mut written = Vec::new();
-    for (ours, theirs) in [("G_AB", "G_A"), ("G_BA", "G_B")] {
-        let file = format!("{ours}.safetensors");
-        if !generation.has(&file) {
+    for (ours, theirs) in [(Network::GAb, "G_A"), (Network::GBa, "G_B")] {
+        let file = ours.file();
+        if !generation.has(file) {
             continue;
         }
-        let mut tensors: Vec<(String, Tensor)> = generation.load_tensors(&file, &Device::Cpu)?.into_iter().collect();
+        let mut tensors: Vec<(String, Tensor)> = generation.load_tensors(file, &Device::Cpu)?.into_iter().collect();
         tensors.sort_by(|a, b| a.0.cmp(&b.0));
         let renamed = to_reference_keys(&map, &tensors)?;
         let path = out_dir.join(format!("{theirs}.safetensors"));
@@ -238,20 +238,20 @@ pub fn export_generators(run_dir: &Path, out_dir: &Path, half: bool) -> Result<V
     let cfg = TrainConfig::load(run_dir)?;
     let generation = crate::checkpoint::load_generation(run_dir)?;
     let mut files = Vec::new();
-    for net in ["G_AB", "G_BA"] {
-        let file = format!("{net}.safetensors");
-        if !generation.has(&file) {
+    for net in Network::GENERATORS {
+        let file = net.file();
+        if !generation.has(file) {
             continue;
         }
         let bytes = if half {
-            let mut tensors: Vec<(String, Tensor)> = generation.load_tensors(&file, &Device::Cpu)?.into_iter().collect();
+            let mut tensors: Vec<(String, Tensor)> = generation.load_tensors(file, &Device::Cpu)?.into_iter().collect();
             tensors.sort_by(|a, b| a.0.cmp(&b.0));
             let halved = tensors.into_iter().map(|(k, t)| Ok((k, t.to_dtype(DType::F16)?))).collect::<Result<Vec<_>>>()?;
             safetensors_bytes(&halved)?
         } else {
-            generation.read_verified(&file)?
+            generation.read_verified(file)?
         };
-        files.push((file, bytes));
+        files.push((file.to_string(), bytes));
     }
     if out_dir.join(crate::checkpoint::LATEST).exists() {
         bail!("{} already holds a model", out_dir.display());

@@ -1,5 +1,5 @@
 use super::{Adam, GanLoss, ImagePool, PairedLoss, TrainConfig};
-use crate::checkpoint::{load_generation, safetensors_bytes, save_generation, Generation};
+use crate::checkpoint::{load_generation, safetensors_bytes, save_generation, Generation, Network};
 use crate::model::{colour_classes, Generator, PatchGan};
 use crate::ops::{adapt_channels, all_finite, bce_logits_to_const, l1_loss, mse_loss, mse_to_const};
 use crate::util::Rng;
@@ -14,7 +14,7 @@ const STREAM_POOL_A: u64 = 11;
 const STREAM_POOL_B: u64 = 12;
 const STREAM_INIT: u64 = 13;
 
-pub const NETWORKS: [&str; 4] = ["G_AB", "G_BA", "D_A", "D_B"];
+pub const NETWORKS: [&str; 4] = [Network::GAb.name(), Network::GBa.name(), Network::DA.name(), Network::DB.name()];
 pub const OPTIM_FILE: &str = "optim.safetensors";
 
 /// Loss terms of one step, named after our networks: `G_AB` translates A→B and is judged by
@@ -106,8 +106,8 @@ impl Trainer {
                 var.set(&Tensor::from_vec(values, var.shape(), &device)?)?;
             }
         }
-        let params_g = [sorted_vars("G_AB", &vars[0]), sorted_vars("G_BA", &vars[1])].concat();
-        let params_d = [sorted_vars("D_A", &vars[2]), sorted_vars("D_B", &vars[3])].concat();
+        let params_g = [sorted_vars(NETWORKS[0], &vars[0]), sorted_vars(NETWORKS[1], &vars[1])].concat();
+        let params_d = [sorted_vars(NETWORKS[2], &vars[2]), sorted_vars(NETWORKS[3], &vars[3])].concat();
         let adam_g = Adam::new(params_g, cfg.beta1, cfg.beta2)?;
         let adam_d = Adam::new(params_d, cfg.beta1, cfg.beta2)?;
         Ok(Self {
@@ -303,8 +303,8 @@ impl Trainer {
             bail!(Divergence { step: self.step, what: "weights contain NaN or infinity; the last good checkpoint is kept".into() });
         }
         let mut files = Vec::new();
-        for net in NETWORKS {
-            files.push((format!("{net}.safetensors"), safetensors_bytes(&self.weights(net))?));
+        for net in Network::ALL {
+            files.push((net.file().to_string(), safetensors_bytes(&self.weights(net.name()))?));
         }
         let mut state = self.adam_g.state("G");
         state.extend(self.adam_d.state("D"));
@@ -319,7 +319,7 @@ impl Trainer {
 
     /// The generators' safetensors files (`G_AB.safetensors`, `G_BA.safetensors`), as `save` writes them.
     pub fn generator_files(&self) -> Result<Vec<(String, Vec<u8>)>> {
-        ["G_AB", "G_BA"].iter().map(|net| Ok((format!("{net}.safetensors"), safetensors_bytes(&self.weights(net))?))).collect()
+        Network::GENERATORS.iter().map(|net| Ok((net.file().to_string(), safetensors_bytes(&self.weights(net.name()))?))).collect()
     }
 
     /// Restores weights, optimiser moments, pools and the step counter from the newest good
@@ -327,9 +327,9 @@ impl Trainer {
     /// an older one had to be used).
     pub fn restore(&mut self, run_dir: &Path) -> Result<Generation> {
         let generation = load_generation(run_dir)?;
-        for net in NETWORKS {
-            let t = generation.load_tensors(&format!("{net}.safetensors"), &self.device)?;
-            self.set_weights(net, &t)?;
+        for net in Network::ALL {
+            let t = generation.load_tensors(net.file(), &self.device)?;
+            self.set_weights(net.name(), &t)?;
         }
         let state = generation.load_tensors(OPTIM_FILE, &self.device)?;
         let step = generation.manifest.step;

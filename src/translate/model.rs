@@ -1,4 +1,4 @@
-use crate::checkpoint::load_generation;
+use crate::checkpoint::{load_generation, Network};
 use crate::model::{Generator, GeneratorConfig};
 use super::TranslateOptions;
 use crate::train::{open_device, TrainConfig};
@@ -100,8 +100,8 @@ impl Translator {
             let tensors = generation.load_tensors(file, &device)?;
             translation_generator(tensors, &cfg, &device, &generation.dir.join(file)).map(Some)
         };
-        let g_ab = load("G_AB.safetensors", config.g_ab())?;
-        let g_ba = load("G_BA.safetensors", config.g_ba())?;
+        let g_ab = load(Network::GAb.file(), config.g_ab())?;
+        let g_ba = load(Network::GBa.file(), config.g_ba())?;
         if g_ab.is_none() && g_ba.is_none() {
             bail!("{} holds no generator", generation.dir.display());
         }

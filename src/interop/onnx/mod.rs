@@ -8,7 +8,7 @@
 
 mod proto;
 
-use crate::checkpoint::load_generation;
+use crate::checkpoint::{load_generation, Network};
 use crate::data::DomainSpec;
 use crate::model::{colour_classes, Generator, GeneratorConfig, GeneratorKind, OutputMode};
 use crate::train::TrainConfig;
@@ -52,7 +52,7 @@ pub fn export_onnx(run_dir: &Path, to: Option<&str>, half: bool, out: Option<&Pa
     let generation = load_generation(run_dir)?;
     let (a, b) = (&cfg.domain_a, &cfg.domain_b);
     let has = |file: &str| generation.has(file);
-    let targets: Vec<&str> = [(has("G_AB.safetensors"), b.name.as_str()), (has("G_BA.safetensors"), a.name.as_str())]
+    let targets: Vec<&str> = [(has(Network::GAb.file()), b.name.as_str()), (has(Network::GBa.file()), a.name.as_str())]
         .into_iter()
         .filter_map(|(present, name)| present.then_some(name))
         .collect();
@@ -61,9 +61,9 @@ pub fn export_onnx(run_dir: &Path, to: Option<&str>, half: bool, out: Option<&Pa
         None => targets.first().copied().with_context(|| format!("model {} holds no generator", run_dir.display()))?,
     };
     let (file, gcfg, from, to_spec) = if to == b.name {
-        ("G_AB.safetensors", cfg.g_ab(), a, b)
+        (Network::GAb.file(), cfg.g_ab(), a, b)
     } else if to == a.name {
-        ("G_BA.safetensors", cfg.g_ba(), b, a)
+        (Network::GBa.file(), cfg.g_ba(), b, a)
     } else {
         bail!("model {} has no domain '{to}'; it translates to: {}", run_dir.display(), targets.join(", "))
     };
