@@ -314,6 +314,10 @@ fn fresh_studio_offers_the_built_in_model_with_test_images_that_exist() {
     press(&mut app, KeyCode::Enter);
     settle(&mut app, &rx, "the translation", |a| a.translate.busy.is_none());
     assert_shows(&render(&app, 140, 40), &["Input 40×36", "Translation → color"]);
+    // A dataset image's translation is saved under the checkpoints folder, not in the dataset.
+    press(&mut app, KeyCode::Char('s'));
+    settle(&mut app, &rx, "the save", |a| a.status.as_ref().is_some_and(|s| s.text.contains("saved")));
+    assert!(tmp.path().join("checkpoints/built-in/translations/img0.color.png").is_file());
 }
 
 #[test]

@@ -34,6 +34,9 @@ pub struct LoadedModel {
     pub images: Vec<TestImage>,
     /// Why there are no test images to choose from, if there are none.
     pub images_note: Option<String>,
+    /// Where translations of dataset images are saved (`<folder>/translations/`): the run's
+    /// folder, or `<checkpoints>/built-in` for the built-in model.
+    pub save_dir: PathBuf,
 }
 
 /// One finished translation.
@@ -133,7 +136,7 @@ fn test_images(translator: &Translator, dataset: &Dataset) -> Vec<TestImage> {
 /// Loads a model (on its training device, or the CPU when that is unavailable) and lists the
 /// test images of its dataset; when that dataset is not here, those of the studio's datasets
 /// (`others`) with the model's domains.
-fn load_model(name: String, source: ModelSource, device: String, others: Vec<PathBuf>) -> Result<LoadedModel> {
+fn load_model(name: String, source: ModelSource, device: String, others: Vec<PathBuf>, save_dir: PathBuf) -> Result<LoadedModel> {
     let translator = match Translator::open(&source, &device) {
         Err(_) if device != "cpu" => Translator::open(&source, "cpu")?,
         loaded => loaded?,
@@ -165,15 +168,15 @@ fn load_model(name: String, source: ModelSource, device: String, others: Vec<Pat
             (images, Some(note))
         }
     };
-    Ok(LoadedModel { run_name: name, translator: Arc::new(translator), images, images_note })
+    Ok(LoadedModel { run_name: name, translator: Arc::new(translator), images, images_note, save_dir })
 }
 
-fn translate_file(translator: &Translator, source: PathBuf, target: String) -> Result<Translation> {
+fn translate_file(translator: &Translator, save_dir: &Path, source: PathBuf, target: String) -> Result<Translation> {
     let input = decode_image(&source)?;
     let (generator, in_channels, _) = translator.generator_to(&target)?;
     let started = Instant::now();
     let output = translate_image(generator, in_channels, translator.size_multiple(), &translator.device, &input, &translator.options)?;
-    let save_to = output_path(&source, &target, &translator.run_dir);
+    let save_to = output_path(&source, &target, save_dir);
     Ok(Translation { source, target, save_to, input, output, seconds: started.elapsed().as_secs_f64() })
 }
 
@@ -296,6 +299,10 @@ impl App {
             },
             None => (BUILTIN_NAME.to_string(), ModelSource::BuiltIn, "cpu".to_string()),
         };
+        let save_dir = match &source {
+            ModelSource::Dir(d) => d.clone(),
+            ModelSource::BuiltIn => self.options.checkpoints.join("built-in"),
+        };
         let others: Vec<PathBuf> = self.datasets.entries.iter().map(|d| d.dir.clone()).collect();
         let screen = &mut self.translate;
         screen.model_request += 1;
@@ -303,7 +310,7 @@ impl App {
         screen.model = ModelState::Loading(name.clone());
         screen.image_index = 0;
         screen.focus = Focus::Images;
-        spawn_job(&self.events, move || load_model(name, source, device, others), move |result| JobResult::ModelLoaded { request, result });
+        spawn_job(&self.events, move || load_model(name, source, device, others, save_dir), move |result| JobResult::ModelLoaded { request, result });
     }
 
     pub(super) fn model_loaded(&mut self, request: u64, result: Result<LoadedModel, String>) {
@@ -321,12 +328,13 @@ impl App {
         let screen = &mut self.translate;
         let ModelState::Ready(model) = &screen.model else { return };
         let translator = model.translator.clone();
+        let save_dir = model.save_dir.clone();
         screen.translate_request += 1;
         let request = screen.translate_request;
         screen.busy = Some(format!("translating {} to {target}…", source.display()));
         spawn_job(
             &self.events,
-            move || translate_file(&translator, source, target),
+            move || translate_file(&translator, &save_dir, source, target),
             move |result| JobResult::Translated { request, result },
         );
     }
