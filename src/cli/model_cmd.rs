@@ -1,6 +1,6 @@
 use super::{BenchArgs, ColourArgs, ConvertArgs, EvalArgs, ExportArgs, ExportFormat, ImportArgs, LayoutArgs, ScoreArgs, TranslateArgs, TuiArgs};
 use crate::interop::{export_torch_keys, import as import_model, ImportRequest};
-use crate::translate::{convert_folder, default_output_path, translate_image, ConvertOptions, ModelSource, TranslateOptions, Translator};
+use crate::translate::{convert_folder, default_output_path, ConvertOptions, ModelSource, TranslateOptions, Translator};
 use crate::tui::TuiOptions;
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -49,7 +49,8 @@ fn translate_options(layout: LayoutArgs) -> TranslateOptions {
 pub fn translate(checkpoints: &Path, a: TranslateArgs) -> Result<()> {
     let model = resolve_model(checkpoints, a.model);
     let tr = load_translator_generation(&model, &a.device, a.layout, a.colour, &a.generation)?;
-    let (g, cin, _) = tr.generator_to(&a.to)?;
+    // An unknown domain is reported before anything else is checked.
+    tr.generator_to(&a.to)?;
     let output = a.output.unwrap_or_else(|| default_output_path(&a.input, &a.to));
     if let (Ok(i), Ok(o)) = (a.input.canonicalize(), output.canonicalize()) {
         if i == o {
@@ -60,7 +61,7 @@ pub fn translate(checkpoints: &Path, a: TranslateArgs) -> Result<()> {
         bail!("{} already exists; add --overwrite to replace it", output.display());
     }
     let img = crate::data::decode_image(&a.input)?;
-    let out = translate_image(g, cin, tr.size_multiple(), &tr.device, &img, &tr.options)?;
+    let out = tr.translate(&a.to, &img)?;
     crate::util::atomic_write(&output, &crate::data::image_io::png_bytes(&out)?)?;
     println!("{} → {} ({}x{}, to {})", a.input.display(), output.display(), out.width(), out.height(), a.to);
     Ok(())
@@ -69,7 +70,7 @@ pub fn translate(checkpoints: &Path, a: TranslateArgs) -> Result<()> {
 pub fn convert(checkpoints: &Path, a: ConvertArgs) -> Result<()> {
     let model = resolve_model(checkpoints, a.model);
     let tr = load_translator(&model, &a.device, a.layout, a.colour)?;
-    let opts = ConvertOptions { to: a.to.clone(), overwrite: a.overwrite, batch: a.batch, translate: tr.options.clone(), shard: a.shard };
+    let opts = ConvertOptions { to: a.to.clone(), overwrite: a.overwrite, batch: a.batch, shard: a.shard };
     let bar = ProgressBar::new(0);
     bar.set_style(
         ProgressStyle::with_template("{bar:30.cyan/blue} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}")

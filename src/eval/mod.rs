@@ -12,7 +12,7 @@ pub use metrics::{colourfulness, psnr, ssim};
 
 use crate::data::image_io::has_image_extension;
 use crate::data::{decode_image, Pixels};
-use crate::translate::{translate_image, Translator};
+use crate::translate::Translator;
 use anyhow::{bail, Context, Result};
 use image::{imageops::FilterType, DynamicImage, GenericImageView};
 use serde::Serialize;
@@ -97,7 +97,7 @@ impl EvalReport {
 /// Translates every image of `input` to `to` and scores it against the image with the same
 /// file stem in `truth`; both are first resized so the short side is `short`.
 pub fn evaluate(tr: &Translator, to: &str, input: &Path, truth: &Path, short: u32) -> Result<EvalReport> {
-    let (g, cin, cout) = tr.generator_to(to)?;
+    let (_, _, cout) = tr.generator_to(to)?;
     let truth_by_stem: HashMap<String, PathBuf> = images_under(truth)?
         .into_iter()
         .filter_map(|p| Some((p.file_stem()?.to_string_lossy().into_owned(), p)))
@@ -113,7 +113,7 @@ pub fn evaluate(tr: &Translator, to: &str, input: &Path, truth: &Path, short: u3
         let scored = (|| -> Result<ImageScore> {
             let src = resize_short(&decode_image(&path)?, short);
             let truth_img = decode_image(tpath)?.resize_exact(src.width(), src.height(), FilterType::CatmullRom);
-            let out = translate_image(g, cin, tr.size_multiple(), &tr.device, &src, &tr.options)?;
+            let out = tr.translate(to, &src)?;
             let t = Pixels::from_image(&truth_img, cout)?.0;
             let o = Pixels::from_image(&out, cout)?.0;
             let b = Pixels::from_image(&src, cout)?.0;
@@ -156,14 +156,15 @@ pub fn evaluate(tr: &Translator, to: &str, input: &Path, truth: &Path, short: u3
 /// Every image of `input` translated to `to` (resized so the short side is `short` first), in
 /// path order; images that fail are skipped with the reason.
 pub fn translate_folder(tr: &Translator, to: &str, input: &Path, short: u32, progress: &mut dyn FnMut(usize, usize)) -> Result<(Vec<DynamicImage>, Skipped)> {
-    let (g, cin, _) = tr.generator_to(to)?;
+    // A domain the model lacks is one error, not a skip per image.
+    tr.generator_to(to)?;
     let files = images_under(input)?;
     let mut out = Vec::new();
     let mut skipped = Vec::new();
     for (i, path) in files.iter().enumerate() {
         let r = (|| -> Result<DynamicImage> {
             let src = resize_short(&decode_image(path)?, short);
-            translate_image(g, cin, tr.size_multiple(), &tr.device, &src, &tr.options)
+            tr.translate(to, &src)
         })();
         match r {
             Ok(img) => out.push(img),
@@ -196,15 +197,15 @@ pub fn score_anomalies(tr: &Translator, domain: &str, dir: &Path, short: u32) ->
         bail!("model {} has no domain '{domain}'; it has {a} and {b}", tr.run_dir.display());
     };
     let other = other.to_string();
-    let (g_there, cin, _) = tr.generator_to(&other).context("scoring needs both generators")?;
-    let (g_back, cin_back, cout_back) = tr.generator_to(domain).context("scoring needs both generators")?;
+    tr.generator_to(&other).context("scoring needs both generators")?;
+    let (_, _, cout_back) = tr.generator_to(domain).context("scoring needs both generators")?;
     let mut scores = Vec::new();
     let mut skipped = Vec::new();
     for path in images_under(dir)? {
         let s = (|| -> Result<f64> {
             let src = resize_short(&decode_image(&path)?, short);
-            let there = translate_image(g_there, cin, tr.size_multiple(), &tr.device, &src, &tr.options)?;
-            let back = translate_image(g_back, cin_back, tr.size_multiple(), &tr.device, &there, &tr.options)?;
+            let there = tr.translate(&other, &src)?;
+            let back = tr.translate(domain, &there)?;
             let x = Pixels::from_image(&src, cout_back)?.0;
             let y = Pixels::from_image(&back, cout_back)?.0;
             Ok(x.data.iter().zip(&y.data).map(|(p, q)| (p - q).abs() as f64).sum::<f64>() / x.data.len() as f64)

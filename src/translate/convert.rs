@@ -1,4 +1,4 @@
-use super::{translate_batch, TranslateOptions, Translator};
+use super::{translate_batch, Translator};
 use crate::data::image_io::{has_image_extension, png_bytes};
 use crate::data::decode_image;
 use crate::util::atomic_write;
@@ -19,7 +19,6 @@ pub struct ConvertOptions {
     pub overwrite: bool,
     /// Images of one size translated together.
     pub batch: usize,
-    pub translate: TranslateOptions,
     /// Convert only this part of the tree.
     pub shard: Option<Shard>,
 }
@@ -232,7 +231,7 @@ pub fn convert_folder(tr: &Translator, in_dir: &Path, out_dir: &Path, opts: &Con
                 let (same, rest): (Vec<_>, Vec<_>) = ok.into_iter().partition(|(_, i)| (i.width(), i.height()) == (w, h));
                 ok = rest;
                 let imgs: Vec<DynamicImage> = same.iter().map(|(_, i)| i.clone()).collect();
-                match translate_batch(g, cin, multiple, &device, &imgs, &opts.translate) {
+                match translate_batch(g, cin, multiple, &device, &imgs, &tr.options) {
                     Ok(outs) => {
                         for ((job, _), out) in same.into_iter().zip(outs) {
                             n += 1;

@@ -196,6 +196,12 @@ impl Translator {
         })
     }
 
+    /// Translates `img` to domain `to` at its own size, laid out as `self.options` says.
+    pub fn translate(&self, to: &str, img: &image::DynamicImage) -> Result<image::DynamicImage> {
+        let (g, cin, _) = self.generator_to(to)?;
+        super::translate_image(g, cin, self.size_multiple(), &self.device, img, &self.options)
+    }
+
     /// The size multiple the generators need.
     pub fn size_multiple(&self) -> usize {
         self.config.generator.size_multiple()

@@ -7,7 +7,7 @@ use super::form::{complete_path, expand_home, PathKind, TextInput};
 use super::preview::ShownImage;
 use crate::data::dataset::Check;
 use crate::data::{decode_image, Dataset};
-use crate::translate::{translate_image, ModelSource, Translator};
+use crate::translate::{ModelSource, Translator};
 use anyhow::{bail, Context, Result};
 use crossterm::event::{KeyCode, KeyEvent};
 use image::DynamicImage;
@@ -173,9 +173,8 @@ fn load_model(name: String, source: ModelSource, device: String, others: Vec<Pat
 
 fn translate_file(translator: &Translator, save_dir: &Path, source: PathBuf, target: String) -> Result<Translation> {
     let input = decode_image(&source)?;
-    let (generator, in_channels, _) = translator.generator_to(&target)?;
     let started = Instant::now();
-    let output = translate_image(generator, in_channels, translator.size_multiple(), &translator.device, &input, &translator.options)?;
+    let output = translator.translate(&target, &input)?;
     let save_to = output_path(&source, &target, save_dir);
     Ok(Translation { source, target, save_to, input, output, seconds: started.elapsed().as_secs_f64() })
 }
