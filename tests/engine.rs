@@ -64,7 +64,7 @@ fn params_of(build: impl FnOnce(VarBuilder)) -> usize {
 #[test]
 fn parameter_counts_match_reference() {
     let g = |kind: &str| {
-        let cfg = GeneratorConfig { kind: kind.parse().unwrap(), in_channels: 3, out_channels: 3, ngf: 64, output: OutputMode::Direct };
+        let cfg = GeneratorConfig { kind: kind.parse().unwrap(), in_channels: 3, out_channels: 3, ngf: 64, output: OutputMode::Direct, antialias: false };
         params_of(|vb| {
             Generator::new(&cfg, vb).unwrap();
         })

@@ -25,11 +25,15 @@ pub enum Network {
     GBa,
     DA,
     DB,
+    /// CUT's MLP heads (`netF`) that project encoder features for PatchNCE.
+    F,
 }
 
 impl Network {
     pub const ALL: [Network; 4] = [Network::GAb, Network::GBa, Network::DA, Network::DB];
     pub const GENERATORS: [Network; 2] = [Network::GAb, Network::GBa];
+    /// The networks of a CUT/FastCUT run: G_AB, its judge D_B and the PatchNCE heads.
+    pub const ONE_SIDED: [Network; 3] = [Network::GAb, Network::DB, Network::F];
 
     pub const fn name(self) -> &'static str {
         match self {
@@ -37,6 +41,7 @@ impl Network {
             Network::GBa => "G_BA",
             Network::DA => "D_A",
             Network::DB => "D_B",
+            Network::F => "F",
         }
     }
 
@@ -47,6 +52,7 @@ impl Network {
             Network::GBa => "G_BA.safetensors",
             Network::DA => "D_A.safetensors",
             Network::DB => "D_B.safetensors",
+            Network::F => "F.safetensors",
         }
     }
 }

@@ -104,7 +104,7 @@ pub fn infer_generator(tensors: &HashMap<String, Tensor>) -> Result<GeneratorCon
         if first.len() != 4 || last.len() != 4 || downs < 5 {
             bail!("shapes fit no known U-Net ({downs} levels)");
         }
-        return Ok(GeneratorConfig { kind: GeneratorKind::Unet { downs }, in_channels: first[1], out_channels: last[1], ngf: first[0], output: OutputMode::Direct });
+        return Ok(GeneratorConfig { kind: GeneratorKind::Unet { downs }, in_channels: first[1], out_channels: last[1], ngf: first[0], output: OutputMode::Direct, antialias: false });
     }
     if tensors.contains_key("model.1.weight") && tensors.contains_key("model.10.conv_block.1.weight") {
         let mut blocks = 0;
@@ -116,7 +116,7 @@ pub fn infer_generator(tensors: &HashMap<String, Tensor>) -> Result<GeneratorCon
         if first.len() != 4 || first[2] != 7 || last.len() != 4 {
             bail!("shapes fit no known ResNet generator");
         }
-        return Ok(GeneratorConfig { kind: GeneratorKind::Resnet { blocks }, in_channels: first[1], out_channels: last[0], ngf: first[0], output: OutputMode::Direct });
+        return Ok(GeneratorConfig { kind: GeneratorKind::Resnet { blocks }, in_channels: first[1], out_channels: last[0], ngf: first[0], output: OutputMode::Direct, antialias: false });
     }
     bail!("not a CycleGAN generator state dict (no model.1.weight / model.model.0.weight)")
 }

@@ -91,6 +91,15 @@ pub struct GeneratorConfig {
     /// Absent in configs written before output modes existed, which were all direct.
     #[serde(default)]
     pub output: OutputMode,
+    /// CUT's anti-aliased ResNet: stride-1 convolutions followed by a fixed blur-pool to go
+    /// down, a blur up-sampling followed by a convolution to go up (the reference's default
+    /// for CUT, `no_antialias`/`no_antialias_up` off). Absent in older configs: off.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub antialias: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 impl GeneratorConfig {
@@ -110,6 +119,9 @@ pub struct DiscriminatorConfig {
     pub in_channels: usize,
     pub ndf: usize,
     pub n_layers: usize,
+    /// CUT's anti-aliased PatchGAN: stride-1 convolutions followed by blur-pools.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub antialias: bool,
 }
 
 #[cfg(test)]

@@ -30,6 +30,70 @@ pub enum PairedLoss {
     Classify,
 }
 
+/// The training method: which networks a run has and which losses train them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    /// Two generators and two discriminators, cycle-consistency and identity losses (Zhu et al. 2017).
+    #[default]
+    Cyclegan,
+    /// Contrastive unpaired translation (Park et al. 2020): one generator A→B, one discriminator,
+    /// PatchNCE between input and output patches, identity NCE on B images.
+    Cut,
+    /// CUT's faster variant: PatchNCE ×10 without identity NCE, with flip-equivariance.
+    Fastcut,
+}
+
+impl Method {
+    /// Whether the run trains only A→B (no G_BA, no D_A).
+    pub fn one_sided(self) -> bool {
+        self != Self::Cyclegan
+    }
+}
+
+impl std::fmt::Display for Method {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Cyclegan => "cyclegan",
+            Self::Cut => "cut",
+            Self::Fastcut => "fastcut",
+        })
+    }
+}
+
+/// PatchNCE settings of a CUT/FastCUT run, the reference's (`models/cut_model.py`) by default.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NceConfig {
+    /// λ_NCE: 1 for CUT, 10 for FastCUT.
+    pub lambda_nce: f64,
+    /// Identity NCE on B images (G(b) against b): CUT yes, FastCUT no.
+    pub nce_idt: bool,
+    /// Layers of the generator's encoder whose features are compared, numbered as the
+    /// reference's `nn.Sequential` (0 = the padded input, 4 and 8 = the down-sampling
+    /// convolutions, 12.. = residual blocks).
+    pub nce_layers: Vec<usize>,
+    /// Patches sampled per layer and image.
+    pub num_patches: usize,
+    /// Width of the MLP heads (`netF_nc`).
+    pub netf_nc: usize,
+    /// Temperature τ of the contrastive softmax.
+    pub nce_t: f64,
+    /// Flip the batch at random and ask the features to flip with it (FastCUT).
+    pub flip_equivariance: bool,
+}
+
+impl NceConfig {
+    /// The reference's settings for `method` (None for CycleGAN).
+    pub fn for_method(method: Method) -> Option<Self> {
+        let cut = Self { lambda_nce: 1.0, nce_idt: true, nce_layers: vec![0, 4, 8, 12, 16], num_patches: 256, netf_nc: 256, nce_t: 0.07, flip_equivariance: false };
+        match method {
+            Method::Cyclegan => None,
+            Method::Cut => Some(cut),
+            Method::Fastcut => Some(Self { lambda_nce: 10.0, nce_idt: false, flip_equivariance: true, ..cut }),
+        }
+    }
+}
+
 /// How long to train: a constant learning rate for the first part, then a linear decay to zero.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "unit", rename_all = "lowercase")]
@@ -70,6 +134,12 @@ pub const DEFAULT_LAMBDA_PAIRED: f64 = 10.0;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TrainConfig {
     pub name: String,
+    /// CycleGAN (absent in older configs), CUT or FastCUT.
+    #[serde(default)]
+    pub method: Method,
+    /// PatchNCE settings; present exactly for CUT and FastCUT runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nce: Option<NceConfig>,
     pub dataset: PathBuf,
     pub domain_a: DomainSpec,
     pub domain_b: DomainSpec,
@@ -133,6 +203,8 @@ impl TrainConfig {
     pub fn reference(name: &str, dataset: PathBuf, domain_a: DomainSpec, domain_b: DomainSpec, steps_per_epoch: u64) -> Self {
         Self {
             name: name.to_string(),
+            method: Method::Cyclegan,
+            nce: None,
             dataset,
             domain_a,
             domain_b,
@@ -174,7 +246,14 @@ impl TrainConfig {
             (true, _) => OutputMode::ChromaOverLuma,
             (false, _) => OutputMode::Direct,
         };
-        GeneratorConfig { kind: self.generator, in_channels: self.domain_a.channels, out_channels: self.domain_b.channels, ngf: self.ngf, output }
+        GeneratorConfig {
+            kind: self.generator,
+            in_channels: self.domain_a.channels,
+            out_channels: self.domain_b.channels,
+            ngf: self.ngf,
+            output,
+            antialias: self.method.one_sided(),
+        }
     }
     pub fn g_ba(&self) -> GeneratorConfig {
         GeneratorConfig {
@@ -183,16 +262,23 @@ impl TrainConfig {
             out_channels: self.domain_a.channels,
             ngf: self.ngf,
             output: OutputMode::Direct,
+            antialias: false,
         }
     }
     pub fn d_a(&self) -> DiscriminatorConfig {
-        DiscriminatorConfig { in_channels: self.domain_a.channels, ndf: self.ndf, n_layers: self.n_layers_d }
+        DiscriminatorConfig { in_channels: self.domain_a.channels, ndf: self.ndf, n_layers: self.n_layers_d, antialias: false }
     }
     pub fn d_b(&self) -> DiscriminatorConfig {
-        DiscriminatorConfig { in_channels: self.domain_b.channels, ndf: self.ndf, n_layers: self.n_layers_d }
+        DiscriminatorConfig { in_channels: self.domain_b.channels, ndf: self.ndf, n_layers: self.n_layers_d, antialias: self.method.one_sided() }
     }
 
     pub fn validate(&self) -> Result<()> {
+        if self.method.one_sided() != self.nce.is_some() {
+            bail!("a {} run {} PatchNCE settings", self.method, if self.nce.is_some() { "has no" } else { "needs" });
+        }
+        if self.method.one_sided() && self.paired {
+            bail!("--model {} is unpaired; --paired needs --model cyclegan", self.method);
+        }
         let m = self.generator.size_multiple();
         if self.size < 32 || !self.size.is_multiple_of(m) {
             bail!("--size {} must be at least 32 and a multiple of {m} for {}", self.size, self.generator);

@@ -10,7 +10,7 @@ mod trainer;
 pub mod validation;
 
 pub use adam::Adam;
-pub use config::{GanLoss, PairedLoss, Schedule, TrainConfig, CONFIG_FILE, DEFAULT_LAMBDA_PAIRED};
+pub use config::{GanLoss, Method, NceConfig, PairedLoss, Schedule, TrainConfig, CONFIG_FILE, DEFAULT_LAMBDA_PAIRED};
 pub use lock::{is_being_trained, RunLock, LOCK_FILE};
 pub use pool::ImagePool;
 pub use run::{cuda_devices, grid, open_device, read_loss_log, run_training, LOG_FILE, RunControl, RunOptions, RunOutcome, StepReport, TrainEvent};

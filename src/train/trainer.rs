@@ -33,6 +33,10 @@ pub struct Losses {
     pub idt_ba: f32,
     /// Supervised L1 to the true pair (paired mode).
     pub paired: f32,
+    /// CUT/FastCUT: λ_NCE·PatchNCE(a, G(a)) (the reference's `NCE`).
+    pub nce: f32,
+    /// CUT: λ_NCE·PatchNCE(b, G(b)) (the reference's `NCE_Y`).
+    pub nce_idt: f32,
     pub g_total: f32,
     /// ½(loss on real + loss on pooled fakes) for each discriminator.
     pub d_a: f32,
@@ -40,7 +44,7 @@ pub struct Losses {
 }
 
 impl Losses {
-    pub fn terms(&self) -> [(&'static str, f32); 10] {
+    pub fn terms(&self) -> [(&'static str, f32); 12] {
         [
             ("g_ab_adv", self.g_ab_adv),
             ("g_ba_adv", self.g_ba_adv),
@@ -49,6 +53,8 @@ impl Losses {
             ("idt_ab", self.idt_ab),
             ("idt_ba", self.idt_ba),
             ("paired", self.paired),
+            ("nce", self.nce),
+            ("nce_idt", self.nce_idt),
             ("g_total", self.g_total),
             ("d_a", self.d_a),
             ("d_b", self.d_b),

@@ -270,7 +270,7 @@ mod tests {
         let device = Device::Cpu;
         let varmap = candle_nn::VarMap::new();
         let vb = candle_nn::VarBuilder::from_varmap(&varmap, candle_core::DType::F32, &device);
-        let cfg = GeneratorConfig { kind: GeneratorKind::Resnet { blocks: 2 }, in_channels: 3, out_channels: 3, ngf: 8, output: OutputMode::Direct };
+        let cfg = GeneratorConfig { kind: GeneratorKind::Resnet { blocks: 2 }, in_channels: 3, out_channels: 3, ngf: 8, output: OutputMode::Direct, antialias: false };
         let g = Generator::new(&cfg, vb).unwrap();
         let img = DynamicImage::ImageRgb8(image::RgbImage::from_fn(212, 150, |x, y| {
             image::Rgb([(x * 255 / 212) as u8, (y * 255 / 150) as u8, ((x * y) % 251) as u8])
