@@ -356,7 +356,7 @@ fn malformed_export_requests_fail_cleanly() {
 /// The graph's architecture follows config.toml; weights of another architecture are refused.
 #[test]
 fn weights_that_do_not_fit_the_architecture_are_refused() {
-    let cfg = GeneratorConfig { kind: GeneratorKind::Resnet { blocks: 2 }, in_channels: 1, out_channels: 3, ngf: 4, output: OutputMode::Direct };
+    let cfg = GeneratorConfig { kind: GeneratorKind::Resnet { blocks: 2 }, in_channels: 1, out_channels: 3, ngf: 4, output: OutputMode::Direct, antialias: false };
     let vm = VarMap::new();
     Generator::new(&cfg, VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu)).unwrap();
     let tensors: std::collections::HashMap<String, Tensor> = vm.data().lock().unwrap().iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect();
