@@ -136,6 +136,7 @@ fn losses(step: u64) -> Losses {
         g_total: 10.0 - s,
         d_a: 0.3,
         d_b: 0.25,
+        ..Default::default()
     }
 }
 
