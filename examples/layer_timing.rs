@@ -30,7 +30,7 @@ fn time<F: FnMut()>(name: &str, n: usize, mut f: F) {
 
 fn generator(kind: &str, dev: &Device) -> (VarMap, Generator) {
     let vm = VarMap::new();
-    let cfg = GeneratorConfig { kind: kind.parse().unwrap(), in_channels: 3, out_channels: 3, ngf: 64, output: Default::default() };
+    let cfg = GeneratorConfig { kind: kind.parse().unwrap(), in_channels: 3, out_channels: 3, ngf: 64, output: Default::default(), antialias: false };
     let g = Generator::new(&cfg, VarBuilder::from_varmap(&vm, DType::F32, dev)).unwrap();
     (vm, g)
 }
