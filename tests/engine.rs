@@ -81,7 +81,7 @@ fn parameter_counts_match_reference() {
 fn networks_keep_odd_sizes_and_channels() {
     let dev = Device::Cpu;
     let vm = VarMap::new();
-    let cfg = GeneratorConfig { kind: "resnet_2blocks".parse().unwrap(), in_channels: 1, out_channels: 3, ngf: 4, output: OutputMode::Direct };
+    let cfg = GeneratorConfig { kind: "resnet_2blocks".parse().unwrap(), in_channels: 1, out_channels: 3, ngf: 4, output: OutputMode::Direct, antialias: false };
     let g = Generator::new(&cfg, VarBuilder::from_varmap(&vm, DType::F32, &dev)).unwrap();
     let y = g.forward(&Tensor::zeros((2, 1, 36, 44), DType::F32, &dev).unwrap()).unwrap();
     assert_eq!(y.dims(), &[2, 3, 36, 44]);
