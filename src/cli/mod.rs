@@ -5,7 +5,7 @@ mod model_cmd;
 mod train_cmd;
 
 use crate::model::GeneratorKind;
-use crate::train::{GanLoss, PairedLoss};
+use crate::train::{GanLoss, Method, PairedLoss};
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -22,8 +22,8 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Train a CycleGAN on a two-domain dataset (or continue one with --resume).
-    Train(TrainArgs),
+    /// Train a CycleGAN (or CUT/FastCUT) on a two-domain dataset (or continue one with --resume).
+    Train(Box<TrainArgs>),
     /// Create or inspect datasets.
     #[command(subcommand)]
     Dataset(DatasetCommand),
@@ -54,7 +54,7 @@ pub struct BenchArgs {
     pub warmup: usize,
     #[arg(long, default_value_t = 3)]
     pub repeats: usize,
-    #[arg(long, default_value = "cpu")]
+    #[arg(long, default_value = crate::train::request::DEFAULT_DEVICE)]
     pub device: String,
     /// Write the results as JSON here.
     #[arg(long)]
@@ -106,7 +106,7 @@ pub struct EvalArgs {
     pub layout: LayoutArgs,
     #[command(flatten)]
     pub colour: ColourArgs,
-    #[arg(long, default_value = "cpu")]
+    #[arg(long, default_value = crate::train::request::DEFAULT_DEVICE)]
     pub device: String,
 }
 
@@ -128,7 +128,7 @@ pub struct ScoreArgs {
     /// Short side images are resized to before scoring (0 = as is).
     #[arg(long, default_value_t = 256)]
     pub short_side: u32,
-    #[arg(long, default_value = "cpu")]
+    #[arg(long, default_value = crate::train::request::DEFAULT_DEVICE)]
     pub device: String,
 }
 
@@ -200,7 +200,7 @@ pub struct TranslateArgs {
     pub generation: String,
     #[command(flatten)]
     pub colour: ColourArgs,
-    #[arg(long, default_value = "cpu")]
+    #[arg(long, default_value = crate::train::request::DEFAULT_DEVICE)]
     pub device: String,
 }
 
@@ -227,7 +227,7 @@ pub struct ConvertArgs {
     pub layout: LayoutArgs,
     #[command(flatten)]
     pub colour: ColourArgs,
-    #[arg(long, default_value = "cpu")]
+    #[arg(long, default_value = crate::train::request::DEFAULT_DEVICE)]
     pub device: String,
 }
 
@@ -338,18 +338,24 @@ pub struct TrainArgs {
     /// Continue the run in <checkpoints>/NAME from its latest checkpoint, with its saved settings.
     #[arg(long)]
     pub resume: bool,
-    #[arg(long, default_value = "resnet_9blocks")]
-    pub generator: GeneratorKind,
-    #[arg(long, default_value_t = 64)]
-    pub ngf: usize,
-    #[arg(long, default_value_t = 64)]
-    pub ndf: usize,
-    /// Layers of the PatchGAN discriminator (3 = 70×70 patches).
-    #[arg(long, default_value_t = 3)]
-    pub n_layers_d: usize,
-    /// Training crop size.
-    #[arg(long, default_value_t = 256)]
-    pub size: usize,
+    /// cyclegan (two generators, cycle and identity losses), cut or fastcut (one generator A→B
+    /// with PatchNCE; the CUT reference's defaults). Default cyclegan.
+    #[arg(long = "model", value_enum)]
+    pub method: Option<Method>,
+    /// Generator architecture (default resnet_9blocks).
+    #[arg(long)]
+    pub generator: Option<GeneratorKind>,
+    /// Generator / discriminator base widths (default 64).
+    #[arg(long)]
+    pub ngf: Option<usize>,
+    #[arg(long)]
+    pub ndf: Option<usize>,
+    /// Layers of the PatchGAN discriminator (default 3 = 70×70 patches).
+    #[arg(long)]
+    pub n_layers_d: Option<usize>,
+    /// Training crop size (default 256).
+    #[arg(long)]
+    pub size: Option<usize>,
     /// Short side images are resized to before cropping (default size·286/256).
     #[arg(long)]
     pub load_size: Option<usize>,
@@ -358,45 +364,50 @@ pub struct TrainArgs {
     pub iters: Option<u64>,
     #[arg(long)]
     pub decay_iters: Option<u64>,
-    /// Epochs at the initial learning rate (reference: 100).
+    /// Epochs at the initial learning rate (the reference's: CycleGAN 100, CUT 200, FastCUT 150).
     #[arg(long)]
     pub epochs: Option<u64>,
-    /// Epochs of linear decay to zero (reference: 100).
+    /// Epochs of linear decay to zero (CycleGAN 100, CUT 200, FastCUT 50).
     #[arg(long)]
     pub decay_epochs: Option<u64>,
-    #[arg(long, default_value_t = 1)]
-    pub batch: usize,
-    #[arg(long, default_value_t = 2e-4)]
-    pub lr: f64,
-    #[arg(long, default_value_t = 0.5)]
-    pub beta1: f64,
-    #[arg(long, default_value_t = 10.0)]
-    pub lambda_cycle: f64,
-    /// Identity loss weight relative to --lambda-cycle (0 disables it).
-    #[arg(long, default_value_t = 0.5)]
-    pub lambda_identity: f64,
-    #[arg(long, value_enum, default_value_t = GanLoss::Lsgan)]
-    pub gan_loss: GanLoss,
-    /// Size of the pool of earlier fakes shown to the discriminators.
-    #[arg(long, default_value_t = 50)]
-    pub pool: usize,
+    #[arg(long)]
+    pub batch: Option<usize>,
+    /// Adam learning rate (default 2e-4) and β1 (default 0.5).
+    #[arg(long)]
+    pub lr: Option<f64>,
+    #[arg(long)]
+    pub beta1: Option<f64>,
+    /// Cycle-consistency weight (default 10).
+    #[arg(long)]
+    pub lambda_cycle: Option<f64>,
+    /// Identity loss weight relative to --lambda-cycle (default 0.5; 0 disables it).
+    #[arg(long)]
+    pub lambda_identity: Option<f64>,
+    /// lsgan (default) or vanilla.
+    #[arg(long, value_enum)]
+    pub gan_loss: Option<GanLoss>,
+    /// Size of the pool of earlier fakes shown to the discriminators (default 50; CUT: none).
+    #[arg(long)]
+    pub pool: Option<usize>,
     /// Supervised mode for aligned datasets: adds L1 between each translation and its true pair.
     #[arg(long)]
     pub paired: bool,
-    #[arg(long, default_value_t = crate::train::DEFAULT_LAMBDA_PAIRED)]
-    pub lambda_paired: f64,
-    /// Weight of the generators' adversarial terms (1 = the reference; 0 with --paired trains a
-    /// pure regression, which scores best on PSNR/SSIM but paints more cautiously).
-    #[arg(long, default_value_t = 1.0)]
-    pub lambda_gan: f64,
-    /// The paired term: l1 (pix2pix) or l2 (the mean of plausible answers; best PSNR).
-    #[arg(long, value_enum, default_value_t = PairedLoss::L1)]
-    pub paired_loss: PairedLoss,
+    /// Weight of the paired term (default 10).
+    #[arg(long)]
+    pub lambda_paired: Option<f64>,
+    /// Weight of the generators' adversarial terms (default 1 = the reference; 0 with --paired
+    /// trains a pure regression, which scores best on PSNR/SSIM but paints more cautiously).
+    #[arg(long)]
+    pub lambda_gan: Option<f64>,
+    /// The paired term: l1 (pix2pix, default) or l2 (the mean of plausible answers; best PSNR).
+    #[arg(long, value_enum)]
+    pub paired_loss: Option<PairedLoss>,
     /// Grey→colour: predict only colour and keep the input's brightness exactly (A→B generator).
     #[arg(long)]
     pub keep_luma: bool,
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
+    /// Random seed (default 0).
+    #[arg(long)]
+    pub seed: Option<u64>,
     /// Turn off random horizontal flips.
     #[arg(long)]
     pub no_flip: bool,
@@ -435,7 +446,7 @@ pub struct TrainArgs {
 /// Runs a parsed command line.
 pub fn dispatch(cli: Cli) -> Result<()> {
     match cli.command {
-        Some(Command::Train(args)) => train_cmd::train(&cli.checkpoints, args),
+        Some(Command::Train(args)) => train_cmd::train(&cli.checkpoints, *args),
         Some(Command::Dataset(cmd)) => train_cmd::dataset(cmd),
         Some(Command::Translate(a)) => model_cmd::translate(&cli.checkpoints, a),
         Some(Command::Convert(a)) => model_cmd::convert(&cli.checkpoints, a),

@@ -1,61 +1,55 @@
 use super::{DatasetCommand, TrainArgs};
 use crate::data::create::{self, CreateOptions};
 use crate::data::dataset::{Check, Dataset};
-use crate::train::{run_training, RunControl, RunOutcome, Schedule, TrainConfig, TrainEvent};
-use crate::train::RunOptions;
-use anyhow::{bail, Context, Result};
+use crate::train::request::{Intervals, Length, RunRequest};
+use crate::train::{run_training, RunControl, RunOptions, RunOutcome, TrainEvent};
+use anyhow::{bail, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::Path;
 use std::sync::atomic::Ordering;
 
-/// Builds the configuration of a new run from the command line.
-pub fn config_from_args(args: &TrainArgs) -> Result<TrainConfig> {
-    let dataset = args.dataset.clone().context("--dataset is required for a new run (or add --resume)")?;
-    let spec = Dataset::read_spec(&dataset)?;
-    let ds = Dataset::open(&dataset, Check::Header)?;
-    let n = if args.paired { ds.a.train.images.len() } else { ds.a.train.images.len().max(ds.b.train.images.len()) };
-    let schedule = match (args.iters, args.decay_iters, args.epochs, args.decay_epochs) {
-        (Some(i), d, None, None) => Schedule::Iters { iters: i, decay_iters: d.unwrap_or(0) },
-        (None, Some(d), None, None) => Schedule::Iters { iters: 0, decay_iters: d },
-        (None, None, e, d) => Schedule::Epochs {
-            epochs: e.unwrap_or(100),
-            decay_epochs: d.unwrap_or(100),
-            steps_per_epoch: (n as u64).div_ceil(args.batch.max(1) as u64).max(1),
-        },
+/// The run the command line asks for; every unset value is the library's default.
+pub fn request_from_args(args: &TrainArgs) -> Result<RunRequest> {
+    let length = match (args.iters, args.decay_iters, args.epochs, args.decay_epochs) {
+        (None, None, None, None) => Length::ReferenceEpochs,
+        (i, d, None, None) => Length::Iters { iters: i.unwrap_or(0), decay_iters: d.unwrap_or(0) },
+        (None, None, epochs, decay_epochs) => Length::Epochs { epochs, decay_epochs },
         _ => bail!("give either --iters/--decay-iters or --epochs/--decay-epochs"),
     };
-    let cfg = TrainConfig {
+    Ok(RunRequest {
+        name: args.name.clone(),
+        dataset: args.dataset.clone(),
+        method: args.method,
         generator: args.generator,
         ngf: args.ngf,
         ndf: args.ndf,
         n_layers_d: args.n_layers_d,
         size: args.size,
-        load_size: args.load_size.unwrap_or(args.size * 286 / 256),
+        load_size: args.load_size,
         batch: args.batch,
-        schedule,
+        length,
         lr: args.lr,
         beta1: args.beta1,
         lambda_cycle: args.lambda_cycle,
         lambda_identity: args.lambda_identity,
-        lambda_paired: if args.paired { args.lambda_paired } else { 0.0 },
         lambda_gan: args.lambda_gan,
+        lambda_paired: args.lambda_paired,
         paired_loss: args.paired_loss,
-        paired: args.paired,
-        keep_luma: args.keep_luma,
         gan_loss: args.gan_loss,
         pool: args.pool,
+        paired: args.paired,
+        keep_luma: args.keep_luma,
         seed: args.seed,
-        flip: !args.no_flip,
-        sample_every: args.sample_every.unwrap_or(100),
-        save_every: args.save_every.unwrap_or(500),
-        log_every: args.log_every.unwrap_or(10),
-        health_every: args.health_every.unwrap_or(100),
-        device: args.device.clone().unwrap_or_else(|| "cpu".into()),
+        no_flip: args.no_flip,
+        device: args.device.clone(),
+        intervals: Intervals {
+            sample_every: args.sample_every,
+            save_every: args.save_every,
+            log_every: args.log_every,
+            health_every: args.health_every,
+        },
         validation: validation_from_args(args)?,
-        ..TrainConfig::reference(&args.name, dataset, spec.a, spec.b, 1)
-    };
-    cfg.validate()?;
-    Ok(cfg)
+    })
 }
 
 /// `--eval-every N --fid-weights FILE [--val-a DIR --val-b DIR]`.
@@ -75,45 +69,17 @@ fn validation_from_args(args: &TrainArgs) -> Result<Option<crate::train::Validat
     }
 }
 
-/// The saved configuration of a run, with the settings a resume may change.
-fn resumed_config(run_dir: &Path, args: &TrainArgs) -> Result<TrainConfig> {
-    let mut cfg = TrainConfig::load(run_dir)?;
-    // The generator's architecture depends on it, so it cannot be switched on mid-run.
-    if args.keep_luma && !cfg.keep_luma {
-        bail!("run '{}' was started without --keep-luma, which cannot be added on --resume", cfg.name);
-    }
-    if let Schedule::Iters { iters, decay_iters } = &mut cfg.schedule {
-        if let Some(i) = args.iters {
-            *iters = i;
-        }
-        if let Some(d) = args.decay_iters {
-            *decay_iters = d;
-        }
-    }
-    if let Some(d) = &args.device {
-        cfg.device = d.clone();
-    }
-    if let Some(v) = args.sample_every {
-        cfg.sample_every = v;
-    }
-    if let Some(v) = args.save_every {
-        cfg.save_every = v;
-    }
-    if let Some(v) = args.log_every {
-        cfg.log_every = v;
-    }
-    if let Some(v) = args.health_every {
-        cfg.health_every = v;
-    }
-    if args.eval_every.is_some() || args.fid.fid_weights.is_some() {
-        cfg.validation = validation_from_args(args)?;
-    }
-    Ok(cfg)
-}
-
 pub fn train(checkpoints: &Path, args: TrainArgs) -> Result<()> {
     let run_dir = checkpoints.join(&args.name);
-    let cfg = if args.resume { resumed_config(&run_dir, &args)? } else { config_from_args(&args)? };
+    let request = request_from_args(&args)?;
+    let cfg = if args.resume {
+        request.resume(&run_dir)?
+    } else {
+        if args.dataset.is_none() {
+            bail!("--dataset is required for a new run (or add --resume)");
+        }
+        request.new_run()?
+    };
     let control = RunControl { keep_going_on_save_error: args.keep_going_on_save_error, ..Default::default() };
     let stop = control.stop.clone();
     ctrlc::set_handler(move || {

@@ -129,6 +129,9 @@ impl Schedule {
 /// (the CLI's `--lambda-paired` default; runs the studio starts in paired mode use it too).
 pub const DEFAULT_LAMBDA_PAIRED: f64 = 10.0;
 
+/// Adam's learning rate in the reference (the studio's form starts from it).
+pub const DEFAULT_LR: f64 = 2e-4;
+
 /// Every setting of a training run. Saved as `config.toml` next to the checkpoint so that
 /// `translate` and `--resume` never need architecture flags again.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -213,10 +216,10 @@ impl TrainConfig {
             ndf: 64,
             n_layers_d: 3,
             size: 256,
-            load_size: 286,
+            load_size: super::request::default_load_size(256),
             batch: 1,
             schedule: Schedule::Epochs { epochs: 100, decay_epochs: 100, steps_per_epoch },
-            lr: 2e-4,
+            lr: DEFAULT_LR,
             beta1: 0.5,
             beta2: 0.999,
             lambda_cycle: 10.0,
@@ -234,7 +237,7 @@ impl TrainConfig {
             save_every: 500,
             log_every: 10,
             health_every: 100,
-            device: "cpu".into(),
+            device: super::request::DEFAULT_DEVICE.into(),
             translate_chroma_gain: None,
             validation: None,
         }

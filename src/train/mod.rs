@@ -5,12 +5,13 @@ mod adam;
 mod config;
 mod lock;
 mod pool;
+pub mod request;
 mod run;
 mod trainer;
 pub mod validation;
 
 pub use adam::Adam;
-pub use config::{GanLoss, Method, NceConfig, PairedLoss, Schedule, TrainConfig, CONFIG_FILE, DEFAULT_LAMBDA_PAIRED};
+pub use config::{GanLoss, Method, NceConfig, PairedLoss, Schedule, TrainConfig, CONFIG_FILE, DEFAULT_LAMBDA_PAIRED, DEFAULT_LR};
 pub use lock::{is_being_trained, RunLock, LOCK_FILE};
 pub use pool::ImagePool;
 pub use run::{cuda_devices, grid, open_device, read_loss_log, run_training, LOG_FILE, RunControl, RunOptions, RunOutcome, StepReport, TrainEvent};

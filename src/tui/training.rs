@@ -9,8 +9,8 @@ use super::preview::ShownImage;
 use super::runs::RunEntry;
 use crate::data::Dataset;
 use crate::health::HealthReport;
-use crate::model::GeneratorKind;
-use crate::train::{read_loss_log, run_training, Losses, DEFAULT_LAMBDA_PAIRED, LOG_FILE, RunControl, RunOptions, RunOutcome, Schedule, TrainConfig, TrainEvent};
+use crate::train::request::{self, Intervals, Length, RunRequest};
+use crate::train::{read_loss_log, run_training, Losses, Method, DEFAULT_LAMBDA_PAIRED, DEFAULT_LR, LOG_FILE, RunControl, RunOptions, RunOutcome, Schedule, TrainConfig, TrainEvent};
 use crossterm::event::{KeyCode, KeyEvent};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -82,10 +82,8 @@ pub const PRESETS: [Preset; 3] = [
     },
 ];
 
-/// Epochs of each half of the reference schedule.
-const REFERENCE_EPOCHS: u64 = 100;
-/// Iterations per half when the dataset is unknown.
-const FALLBACK_REFERENCE_ITERS: u64 = 100_000;
+/// Steps per epoch assumed while no dataset is chosen.
+const FALLBACK_STEPS_PER_EPOCH: u64 = 1000;
 /// Generators offered by ←/→ (any `resnet_<N>blocks` or `unet_<size>` may be typed).
 const GENERATORS: [&str; 5] = ["resnet_9blocks", "resnet_6blocks", "resnet_2blocks", "unet_128", "unet_256"];
 
@@ -113,7 +111,7 @@ impl DeviceChoices {
 pub fn device_choices() -> &'static DeviceChoices {
     static CHOICES: std::sync::OnceLock<DeviceChoices> = std::sync::OnceLock::new();
     CHOICES.get_or_init(|| {
-        let cpu = ("cpu".to_string(), "CPU".to_string());
+        let cpu = (request::DEFAULT_DEVICE.to_string(), "CPU".to_string());
         match crate::train::cuda_devices() {
             Ok(cuda) => DeviceChoices { devices: std::iter::once(cpu).chain(cuda).collect(), no_cuda: None },
             Err(why) => DeviceChoices { devices: vec![cpu], no_cuda: Some(why) },
@@ -234,7 +232,7 @@ impl Default for TrainForm {
             keep_luma: false,
             lambda_gan: "1".into(),
             sample_every: String::new(),
-            device: "cpu".into(),
+            device: request::DEFAULT_DEVICE.into(),
             error: None,
         };
         form.apply_preset(None);
@@ -256,16 +254,14 @@ impl TrainForm {
         let (iters, decay_iters) = match preset.length {
             PresetLength::Iters { iters, decay_iters } => (iters, decay_iters),
             PresetLength::ReferenceEpochs => {
-                let per_half = dataset.map_or(FALLBACK_REFERENCE_ITERS, |d| {
-                    let steps_per_epoch = d.a.train.images.len().max(d.b.train.images.len()).max(1) as u64;
-                    REFERENCE_EPOCHS * steps_per_epoch
-                });
-                (per_half, per_half)
+                let (epochs, decay_epochs) = request::reference_epochs(Method::Cyclegan);
+                let steps = dataset.map_or(FALLBACK_STEPS_PER_EPOCH, |d| request::steps_per_epoch(d, self.paired, 1));
+                (epochs * steps, decay_epochs * steps)
             }
         };
         self.iters = iters.to_string();
         self.decay_iters = decay_iters.to_string();
-        self.lr = "0.0002".into();
+        self.lr = DEFAULT_LR.to_string();
         self.sample_every = preset.sample_every.to_string();
     }
 
@@ -834,18 +830,12 @@ impl App {
         check_run_name(&name)?;
         let run_dir = self.options.checkpoints.join(&name);
         let resume = form.resume.is_some();
+        let request = self.run_request(name.clone())?;
         let config = if let Some(run) = self.resumed_run() {
             if run.checkpoint_step.is_none() {
                 return Err(format!("run '{name}' has no checkpoint to resume"));
             }
-            let mut config = run.config.clone()?;
-            if let Schedule::Iters { iters, decay_iters } = &mut config.schedule {
-                *iters = parse_number(&form.iters, "Iterations")?;
-                *decay_iters = parse_number(&form.decay_iters, "Decay iterations")?;
-            }
-            config.sample_every = parse_number(&form.sample_every, "Preview every")?;
-            config.device = form.device.trim().to_string();
-            config
+            request.resume(&run_dir).map_err(|e| format!("{e:#}"))?
         } else {
             if resume {
                 return Err(format!("run '{name}' is no longer in {}", self.options.checkpoints.display()));
@@ -854,41 +844,48 @@ impl App {
                 return Err(format!("run '{name}' already has a checkpoint: choose it under Run to resume it, or change the name"));
             }
             let entry = self.training_dataset().ok_or("no dataset yet: create one on the Datasets screen (1, then n)")?;
-            let dataset = entry.dataset.as_ref().map_err(Clone::clone)?;
-            self.new_run_config(name, dataset)?
+            entry.dataset.as_ref().map_err(Clone::clone)?;
+            request.new_run().map_err(|e| format!("{e:#}"))?
         };
-        config.validate().map_err(|e| format!("{e:#}"))?;
         Ok(RunPlan { config, options: RunOptions { run_dir, resume } })
     }
 
-    fn new_run_config(&self, name: String, dataset: &Dataset) -> Result<TrainConfig, String> {
+    /// The form as a run request. For a resumed run only the length (of an iteration
+    /// schedule), the preview interval and the device apply.
+    fn run_request(&self, name: String) -> Result<RunRequest, String> {
         let form = &self.training.form;
         let preset = &PRESETS[form.preset];
-        let generator: GeneratorKind = form.generator.trim().parse()?;
         let ngf: usize = parse_number(&form.ngf, "ngf")?;
-        let size: usize = parse_number(&form.size, "Image size")?;
-        Ok(TrainConfig {
-            generator,
-            ngf,
-            ndf: ngf,
-            size,
-            // The reference resizes to 286 before cropping 256; keep that ratio at any size.
-            load_size: size * 286 / 256,
-            schedule: Schedule::Iters {
+        let resuming = self.resumed_run().is_some();
+        let length = if self.resumed_run().is_some_and(|r| r.config.as_ref().is_ok_and(|c| !matches!(c.schedule, Schedule::Iters { .. }))) {
+            Length::ReferenceEpochs // an epoch schedule keeps its length
+        } else {
+            Length::Iters {
                 iters: parse_number(&form.iters, "Iterations")?,
                 decay_iters: parse_number(&form.decay_iters, "Decay iterations")?,
-            },
-            lr: parse_number(&form.lr, "Learning rate")?,
+            }
+        };
+        Ok(RunRequest {
+            name,
+            dataset: self.training_dataset().map(|d| d.dir.clone()),
+            generator: Some(form.generator.trim().parse()?),
+            ngf: Some(ngf),
+            ndf: Some(ngf),
+            size: Some(parse_number(&form.size, "Image size")?),
+            length,
+            lr: Some(parse_number(&form.lr, "Learning rate")?),
             paired: form.paired,
-            lambda_paired: if form.paired { DEFAULT_LAMBDA_PAIRED } else { 0.0 },
             keep_luma: form.keep_luma,
-            lambda_gan: parse_number(&form.lambda_gan, "GAN weight")?,
-            sample_every: parse_number(&form.sample_every, "Preview every")?,
-            save_every: preset.save_every,
-            log_every: preset.log_every,
-            health_every: preset.health_every,
-            device: form.device.trim().to_string(),
-            ..TrainConfig::reference(&name, dataset.root.clone(), dataset.spec.a.clone(), dataset.spec.b.clone(), 1)
+            lambda_gan: Some(parse_number(&form.lambda_gan, "GAN weight")?),
+            device: Some(form.device.trim().to_string()),
+            intervals: Intervals {
+                sample_every: Some(parse_number(&form.sample_every, "Preview every")?),
+                // A resumed run keeps its own; the preset's are for new runs.
+                save_every: (!resuming).then_some(preset.save_every),
+                log_every: (!resuming).then_some(preset.log_every),
+                health_every: (!resuming).then_some(preset.health_every),
+            },
+            ..Default::default()
         })
     }
 

@@ -1,6 +1,7 @@
 //! The Translate screen's logic: choosing a trained run and an image, translating on a worker
 //! thread, and saving the result beside the input without ever overwriting a file.
 
+use crate::train::request::DEFAULT_DEVICE;
 use super::app::{move_cursor, App};
 use super::event::{spawn_job, JobResult};
 use super::form::{complete_path, expand_home, PathKind, TextInput};
@@ -138,7 +139,7 @@ fn test_images(translator: &Translator, dataset: &Dataset) -> Vec<TestImage> {
 /// (`others`) with the model's domains.
 fn load_model(name: String, source: ModelSource, device: String, others: Vec<PathBuf>, save_dir: PathBuf) -> Result<LoadedModel> {
     let translator = match Translator::open(&source, &device) {
-        Err(_) if device != "cpu" => Translator::open(&source, "cpu")?,
+        Err(_) if device != DEFAULT_DEVICE => Translator::open(&source, DEFAULT_DEVICE)?,
         loaded => loaded?,
     };
     let own = &translator.config.dataset;
@@ -296,7 +297,7 @@ impl App {
                 (Ok(_), None) => return self.set_error(format!("run {} has no checkpoint yet", run.name)),
                 (Ok(config), Some(_)) => (run.name.clone(), ModelSource::Dir(run.dir.clone()), config.device.clone()),
             },
-            None => (BUILTIN_NAME.to_string(), ModelSource::BuiltIn, "cpu".to_string()),
+            None => (BUILTIN_NAME.to_string(), ModelSource::BuiltIn, DEFAULT_DEVICE.to_string()),
         };
         let save_dir = match &source {
             ModelSource::Dir(d) => d.clone(),
