@@ -1,3 +1,4 @@
+use super::antialias::blur_down;
 use super::{Conv2d, DiscriminatorConfig};
 use crate::ops::{leaky_relu, Act};
 use candle_core::{Result, Tensor};
@@ -5,23 +6,28 @@ use candle_nn::VarBuilder;
 
 /// The reference `NLayerDiscriminator` (PatchGAN): 4×4 convolutions, LeakyReLU 0.2, instance norm
 /// on all but the first and last layers. With 3 layers each output judges a 70×70 patch.
-/// Checkpoint keys: `layers.{0..=n_layers+1}`.
+/// Checkpoint keys: `layers.{0..=n_layers+1}`. The anti-aliased variant (CUT) has the same keys
+/// and shapes: each stride-2 convolution becomes a stride-1 one followed (after its norm and
+/// activation) by a [`blur_down`].
 #[derive(Clone)]
 pub struct PatchGan {
     layers: Vec<Conv2d>,
+    /// Layers followed by a blur-pool (the first `n_layers` when anti-aliased).
+    pooled: usize,
 }
 
 impl PatchGan {
     pub fn new(cfg: &DiscriminatorConfig, vb: VarBuilder) -> Result<Self> {
         let n = cfg.n_layers;
         let width = |i: usize| cfg.ndf * (1usize << i.min(3));
-        let mut layers = vec![Conv2d::new(cfg.in_channels, cfg.ndf, 4, 2, 1, vb.pp("layers").pp(0))?];
+        let down = if cfg.antialias { 1 } else { 2 };
+        let mut layers = vec![Conv2d::new(cfg.in_channels, cfg.ndf, 4, down, 1, vb.pp("layers").pp(0))?];
         for i in 1..=n {
-            let stride = if i < n { 2 } else { 1 };
+            let stride = if i < n { down } else { 1 };
             layers.push(Conv2d::new(width(i - 1), width(i), 4, stride, 1, vb.pp("layers").pp(i))?);
         }
         layers.push(Conv2d::new(width(n), 1, 4, 1, 1, vb.pp("layers").pp(n + 1))?);
-        Ok(Self { layers })
+        Ok(Self { layers, pooled: if cfg.antialias { n } else { 0 } })
     }
 
     /// [B,C,H,W] → [B,1,H',W'] patch scores (logits for the vanilla loss).
@@ -36,6 +42,9 @@ impl PatchGan {
             } else {
                 layer.forward_norm_act(&h, Act::LeakyRelu(0.2))?
             };
+            if i < self.pooled {
+                h = blur_down(&h)?;
+            }
         }
         Ok(h)
     }
@@ -43,6 +52,6 @@ impl PatchGan {
     /// A copy whose weights are cut off from autograd, used while the generators are updated so
     /// that backward does not compute discriminator weight gradients it would throw away.
     pub fn frozen(&self) -> Self {
-        Self { layers: self.layers.iter().map(Conv2d::detached).collect() }
+        Self { layers: self.layers.iter().map(Conv2d::detached).collect(), pooled: self.pooled }
     }
 }

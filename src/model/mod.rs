@@ -1,6 +1,7 @@
 //! The CycleGAN networks: ResNet and U-Net generators, the PatchGAN discriminator, their
 //! configuration (serialised into checkpoints) and the layers they are built from.
 
+pub mod antialias;
 mod chroma;
 pub mod colour_classes;
 mod config;
@@ -49,9 +50,19 @@ impl Generator {
         }
         let network = match cfg.kind {
             GeneratorKind::Resnet { .. } => GeneratorNetwork::Resnet(ResnetGenerator::new(cfg, vb)?),
+            GeneratorKind::Unet { .. } if cfg.antialias => candle_core::bail!("the anti-aliased (CUT) generator is a ResNet, not {}", cfg.kind),
             GeneratorKind::Unet { .. } => GeneratorNetwork::Unet(UnetGenerator::new(cfg, vb)?),
         };
         Ok(Self { network, output: cfg.output, chroma_gain: 1.0, chroma_lowpass: false, temperature: 1.0 })
+    }
+
+    /// Encoder features at the reference's `nn.Sequential` indices (see
+    /// [`ResnetGenerator::encode`]), for PatchNCE. Only the anti-aliased ResNet (CUT) has them.
+    pub fn encode(&self, xs: &Tensor, layers: &[usize]) -> Result<Vec<Tensor>> {
+        match &self.network {
+            GeneratorNetwork::Resnet(g) => g.encode(xs, layers),
+            GeneratorNetwork::Unet(_) => candle_core::bail!("encode needs a ResNet generator"),
+        }
     }
 
     /// Whether this generator predicts only chroma over its input's luma (`--keep-luma`).

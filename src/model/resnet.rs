@@ -1,3 +1,5 @@
+use super::antialias::{blur_down, blur_up};
+use super::norm_stats::norm_act;
 use super::{layers::ConvTranspose2d, Conv2d, GeneratorConfig, GeneratorKind};
 use crate::ops::{reflect_pad2d, Act};
 use candle_core::{Result, Tensor};
@@ -24,16 +26,30 @@ impl ResnetBlock {
     }
 }
 
+/// One up-sampling layer: CycleGAN's transposed convolution, or CUT's blur up-sampling
+/// followed by a stride-1 convolution (both then instance norm and ReLU).
+enum Up {
+    Transposed(ConvTranspose2d),
+    Blur(Conv2d),
+}
+
 /// The reference `ResnetGenerator` (Johnson et al.): c7s1-ngf, d2ngf, d4ngf, N residual blocks,
 /// u2ngf, ungf, c7s1-out with tanh. Checkpoint keys: `stem`, `down.{0,1}`, `blocks.{i}.conv{1,2}`,
-/// `up.{0,1}`, `head`, each with `.weight` and `.bias`.
+/// `up.{0,1}`, `head`, each with `.weight` and `.bias`. The anti-aliased variant (CUT) has the
+/// same keys and shapes: its down convolutions have stride 1 and are followed by [`blur_down`],
+/// its up layers are [`blur_up`] then a 3×3 convolution.
 pub struct ResnetGenerator {
     stem: Conv2d,
     down: Vec<Conv2d>,
     blocks: Vec<ResnetBlock>,
-    up: Vec<ConvTranspose2d>,
+    up: Vec<Up>,
     head: Conv2d,
+    antialias: bool,
 }
+
+/// Index in the reference's `nn.Sequential` of the first residual block of the anti-aliased
+/// generator (pad, conv, norm, relu, then 2 × (conv, norm, relu, Downsample)).
+const FIRST_BLOCK: usize = 12;
 
 impl ResnetGenerator {
     pub fn new(cfg: &GeneratorConfig, vb: VarBuilder) -> Result<Self> {
@@ -42,17 +58,87 @@ impl ResnetGenerator {
         };
         let ngf = cfg.ngf;
         let stem = Conv2d::new(cfg.in_channels, ngf, 7, 1, 0, vb.pp("stem"))?;
+        let stride = if cfg.antialias { 1 } else { 2 };
         let down = (0..2)
-            .map(|i| Conv2d::new(ngf << i, ngf << (i + 1), 3, 2, 1, vb.pp("down").pp(i)))
+            .map(|i| Conv2d::new(ngf << i, ngf << (i + 1), 3, stride, 1, vb.pp("down").pp(i)))
             .collect::<Result<Vec<_>>>()?;
         let blocks = (0..n_blocks)
             .map(|i| ResnetBlock::new(ngf * 4, vb.pp("blocks").pp(i)))
             .collect::<Result<Vec<_>>>()?;
         let up = (0..2)
-            .map(|i| ConvTranspose2d::new(ngf << (2 - i), ngf << (1 - i), 3, 2, 1, 1, vb.pp("up").pp(i)))
+            .map(|i| {
+                let (cin, cout, vb) = (ngf << (2 - i), ngf << (1 - i), vb.pp("up").pp(i));
+                Ok(if cfg.antialias {
+                    Up::Blur(Conv2d::new(cin, cout, 3, 1, 1, vb)?)
+                } else {
+                    Up::Transposed(ConvTranspose2d::new(cin, cout, 3, 2, 1, 1, vb)?)
+                })
+            })
             .collect::<Result<Vec<_>>>()?;
         let head = Conv2d::new(ngf, cfg.network_out_channels(), 7, 1, 0, vb.pp("head"))?;
-        Ok(Self { stem, down, blocks, up, head })
+        Ok(Self { stem, down, blocks, up, head, antialias: cfg.antialias })
+    }
+
+    /// The reference's `forward(x, layers, encode_only=True)` for the anti-aliased generator:
+    /// the outputs of the `nn.Sequential` layers numbered in `layers` (0 the reflection-padded
+    /// input; 1, 2, 3 the stem's conv, norm, relu; 4–7 and 8–11 the down-sampling conv, norm,
+    /// relu, blur-pool; 12.. the residual blocks), in increasing layer order as the reference
+    /// returns them. Stops after the last requested layer. A requested convolution output
+    /// includes its bias (the reference's features do; the norm after it cancels it).
+    pub fn encode(&self, xs: &Tensor, layers: &[usize]) -> Result<Vec<Tensor>> {
+        if !self.antialias {
+            candle_core::bail!("encode needs the anti-aliased (CUT) ResNet generator");
+        }
+        let Some(&last) = layers.iter().max() else { return Ok(Vec::new()) };
+        let top = FIRST_BLOCK + self.blocks.len() - 1;
+        if last > top {
+            candle_core::bail!("encoder layer {last} requested; this generator's encoder ends at layer {top}");
+        }
+        let want = |i: usize| layers.contains(&i);
+        let mut feats = Vec::new();
+        let mut h = reflect_pad2d(xs, 3)?; // 0: [B,Cin,H+6,W+6]
+        if want(0) {
+            feats.push(h.clone());
+        }
+        // conv (base), norm (base+1), relu (base+2); then a blur-pool (base+3) for the downs.
+        let stages = std::iter::once((&self.stem, 1, false)).chain(self.down.iter().zip([4, 8]).map(|(c, b)| (c, b, true)));
+        for (conv, base, pool) in stages {
+            if last < base {
+                return Ok(feats);
+            }
+            h = if want(base) || want(base + 1) {
+                let y = conv.forward(&h)?;
+                if want(base) {
+                    feats.push(y.clone());
+                }
+                let n = norm_act(&y, Act::Identity)?;
+                if want(base + 1) {
+                    feats.push(n.clone());
+                }
+                n.relu()?
+            } else {
+                conv.forward_norm_act(&h, Act::Relu)?
+            };
+            if want(base + 2) {
+                feats.push(h.clone());
+            }
+            if pool && last >= base + 3 {
+                h = blur_down(&h)?; // [B,2C,H/2,W/2]
+                if want(base + 3) {
+                    feats.push(h.clone());
+                }
+            }
+        }
+        for (i, b) in self.blocks.iter().enumerate() {
+            if last < FIRST_BLOCK + i {
+                break;
+            }
+            h = b.forward(&h)?; // [B,4ngf,H/4,W/4]
+            if want(FIRST_BLOCK + i) {
+                feats.push(h.clone());
+            }
+        }
+        Ok(feats)
     }
 
     /// [B,Cin,H,W] → [B,Cout,H,W] (Cout = `cfg.network_out_channels()`); H and W multiples of 4.
@@ -60,12 +146,18 @@ impl ResnetGenerator {
         let mut h = self.stem.forward_norm_act(&reflect_pad2d(xs, 3)?, Act::Relu)?; // [B,ngf,H,W]
         for d in &self.down {
             h = d.forward_norm_act(&h, Act::Relu)?; // [B,2ngf,H/2,W/2] then [B,4ngf,H/4,W/4]
+            if self.antialias {
+                h = blur_down(&h)?; // the convolution kept the size; the blur-pool halves it
+            }
         }
         for b in &self.blocks {
             h = b.forward(&h)?;
         }
         for u in &self.up {
-            h = u.forward_norm_act(&h, Act::Relu)?;
+            h = match u {
+                Up::Transposed(t) => t.forward_norm_act(&h, Act::Relu)?,
+                Up::Blur(c) => c.forward_norm_act(&blur_up(&h)?, Act::Relu)?,
+            }; // [B,2ngf,H/2,W/2] then [B,ngf,H,W]
         }
         self.head.forward(&reflect_pad2d(&h, 3)?)?.tanh() // [B,Cout,H,W]
     }

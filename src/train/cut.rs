@@ -1,0 +1,324 @@
+//! The CUT / FastCUT optimisation step (the reference's `CUTModel.optimize_parameters`): one
+//! anti-aliased generator A→B, one anti-aliased PatchGAN on B, the PatchNCE heads `F`, their
+//! optimisers, checkpoints with exact resume.
+
+use super::patchnce::{draw_patch_ids, patch_nce_loss, PatchSampleF};
+use super::trainer::{Divergence, Losses, OPTIM_FILE};
+use super::{Adam, GanLoss, NceConfig, TrainConfig};
+use crate::checkpoint::{load_generation, safetensors_bytes, save_generation, Generation, Network};
+use crate::model::{Generator, GeneratorKind, PatchGan};
+use crate::ops::{all_finite, bce_logits_to_const, mse_to_const};
+use crate::util::Rng;
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::{VarBuilder, VarMap};
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+/// Rng streams (the CycleGAN trainer uses 11–13).
+const STREAM_INIT: u64 = 21;
+const STREAM_FLIP: u64 = 22;
+const STREAM_PATCHES: u64 = 23;
+
+/// The networks of a CUT run, in the order of their variable maps.
+pub const CUT_NETWORKS: [Network; 3] = Network::ONE_SIDED;
+
+/// The random choices of one step, given explicitly (parity fixtures) instead of drawn.
+#[derive(Clone, Debug, Default)]
+pub struct CutDraws {
+    /// FastCUT's flip-equivariance: the batch is flipped horizontally (ignored without it).
+    pub flip: bool,
+    /// Patch ids per NCE layer for PatchNCE(real_a, fake_b).
+    pub patch_ids: Vec<Vec<u32>>,
+    /// Patch ids per NCE layer for the identity term PatchNCE(real_b, G(real_b)) (CUT only).
+    pub patch_ids_idt: Vec<Vec<u32>>,
+}
+
+/// G (saved as `G_AB`), D (as `D_B`), F (as `F`), their three Adams: one CUT/FastCUT run.
+pub struct CutTrainer {
+    pub cfg: TrainConfig,
+    pub device: Device,
+    /// Completed optimisation steps.
+    pub step: u64,
+    vars: [VarMap; 3],
+    pub g: Generator,
+    pub d: PatchGan,
+    pub f: PatchSampleF,
+    nce: NceConfig,
+    adam_g: Adam,
+    adam_d: Adam,
+    adam_f: Adam,
+}
+
+fn sorted_vars(prefix: &str, vm: &VarMap) -> Vec<(String, Var)> {
+    let data = vm.data().lock().unwrap();
+    let mut v: Vec<(String, Var)> = data.iter().map(|(k, v)| (format!("{prefix}.{k}"), v.clone())).collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+/// xavier_normal_ standard deviation of a conv ([out,in,k,k]) or linear ([out,in]) weight.
+fn xavier_std(dims: &[usize], gain: f64) -> f64 {
+    let receptive: usize = dims[2..].iter().product();
+    let (fan_in, fan_out) = (dims[1] * receptive, dims[0] * receptive);
+    gain * (2.0 / (fan_in + fan_out) as f64).sqrt()
+}
+
+/// Horizontal flip of [B,C,H,W] (`torch.flip(x, [3])`).
+fn flip_w(xs: &Tensor) -> Result<Tensor> {
+    let w = xs.dim(3)?;
+    let idx = Tensor::from_vec((0..w as u32).rev().collect::<Vec<_>>(), w, xs.device())?;
+    Ok(xs.index_select(&idx, 3)?)
+}
+
+fn net_index(net: &str) -> Option<usize> {
+    CUT_NETWORKS.iter().position(|n| n.name() == net)
+}
+
+impl CutTrainer {
+    /// Builds the networks with fresh weights drawn from the run's seed as the reference's CUT
+    /// default init ('xavier', gain 0.02): xavier_normal for every convolution and linear
+    /// weight, 0 for biases. F's heads are created here, not at the first batch (see
+    /// [`PatchSampleF`]).
+    pub fn new(cfg: TrainConfig, device: Device) -> Result<Self> {
+        cfg.validate()?;
+        let nce = cfg.nce.clone().with_context(|| format!("a {} run has no PatchNCE settings", cfg.method))?;
+        let GeneratorKind::Resnet { blocks } = cfg.generator else { bail!("CUT needs a ResNet generator, not {}", cfg.generator) };
+        let top = 11 + blocks;
+        if nce.nce_layers.is_empty() || !nce.nce_layers.windows(2).all(|w| w[0] < w[1]) || nce.nce_layers[nce.nce_layers.len() - 1] > top {
+            bail!("NCE layers {:?} must be increasing and at most {top} (the last residual block of {})", nce.nce_layers, cfg.generator);
+        }
+        let vars: [VarMap; 3] = std::array::from_fn(|_| VarMap::new());
+        let vb = |i: usize| VarBuilder::from_varmap(&vars[i], DType::F32, &device);
+        let gcfg = cfg.g_ab();
+        let g = Generator::new(&gcfg, vb(0))?;
+        let d = PatchGan::new(&cfg.d_b(), vb(1))?;
+        let channels: Vec<usize> = nce.nce_layers.iter().map(|&l| PatchSampleF::channels(l, gcfg.in_channels, gcfg.ngf)).collect();
+        let f = PatchSampleF::new(&channels, nce.netf_nc, vb(2))?;
+        let mut rng = Rng::stream(cfg.seed, STREAM_INIT, 0);
+        for (net, vm) in CUT_NETWORKS.iter().zip(&vars) {
+            for (name, var) in sorted_vars(net.name(), vm) {
+                let n = var.elem_count();
+                let values: Vec<f32> = if name.ends_with(".weight") {
+                    let std = xavier_std(var.dims(), 0.02);
+                    (0..n).map(|_| (rng.normal() * std) as f32).collect()
+                } else {
+                    vec![0.0; n]
+                };
+                var.set(&Tensor::from_vec(values, var.shape(), &device)?)?;
+            }
+        }
+        let adam = |i: usize| Adam::new(sorted_vars(CUT_NETWORKS[i].name(), &vars[i]), cfg.beta1, cfg.beta2);
+        let (adam_g, adam_d, adam_f) = (adam(0)?, adam(1)?, adam(2)?);
+        Ok(Self { cfg, device, step: 0, vars, g, d, f, nce, adam_g, adam_d, adam_f })
+    }
+
+    pub fn lr(&self) -> f64 {
+        self.cfg.lr * self.cfg.schedule.lr_factor(self.step)
+    }
+
+    /// Named weights of one network ("G_AB", "D_B", "F"), sorted by name.
+    pub fn weights(&self, net: &str) -> Vec<(String, Tensor)> {
+        let i = net_index(net).expect("a CUT network");
+        let data = self.vars[i].data().lock().unwrap();
+        let mut v: Vec<(String, Tensor)> = data.iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    /// Replaces one network's weights (names and shapes must match exactly).
+    pub fn set_weights(&mut self, net: &str, tensors: &HashMap<String, Tensor>) -> Result<()> {
+        let i = net_index(net).with_context(|| format!("{net} is not a CUT network"))?;
+        let data = self.vars[i].data().lock().unwrap();
+        if tensors.len() != data.len() {
+            bail!("{net}: checkpoint has {} tensors, the network {}", tensors.len(), data.len());
+        }
+        for (name, var) in data.iter() {
+            let t = tensors.get(name).with_context(|| format!("{net}: checkpoint lacks {name}"))?;
+            if t.id() == var.as_tensor().id() {
+                continue;
+            }
+            if t.shape() != var.shape() {
+                bail!("{net}: {name} has shape {:?} in the checkpoint, {:?} in the network", t.shape(), var.shape());
+            }
+            var.set(&t.to_device(&self.device)?.to_dtype(DType::F32)?)?;
+        }
+        Ok(())
+    }
+
+    /// True if every weight of every network is finite.
+    pub fn weights_finite(&self) -> Result<bool> {
+        for net in CUT_NETWORKS {
+            for (_, t) in self.weights(net.name()) {
+                if !all_finite(&t)? {
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    fn gan_loss(&self, pred: &Tensor, real: bool) -> Result<Tensor> {
+        let target = if real { 1.0 } else { 0.0 };
+        Ok(match self.cfg.gan_loss {
+            GanLoss::Lsgan => mse_to_const(pred, target)?,
+            GanLoss::Vanilla => bce_logits_to_const(pred, target)?,
+        })
+    }
+
+    /// One CUT/FastCUT iteration, its random choices (flip, patch ids) drawn from the seed and
+    /// the step. `real_a` [B,Ca,S,S], `real_b` [B,Cb,S,S] in [-1,1] on the trainer's device.
+    pub fn train_step(&mut self, real_a: &Tensor, real_b: &Tensor) -> Result<Losses> {
+        let flip = self.nce.flip_equivariance && Rng::stream(self.cfg.seed, STREAM_FLIP, self.step).uniform() < 0.5;
+        self.step_inner(real_a, real_b, flip, None)
+    }
+
+    /// [`CutTrainer::train_step`] with the given flip and patch ids.
+    pub fn train_step_with(&mut self, real_a: &Tensor, real_b: &Tensor, draws: &CutDraws) -> Result<Losses> {
+        let flip = self.nce.flip_equivariance && draws.flip;
+        self.step_inner(real_a, real_b, flip, Some((&draws.patch_ids, &draws.patch_ids_idt)))
+    }
+
+    /// As the reference: forward, then D on the detached fake and real B (updated), then G and F
+    /// on the GAN loss under the updated D plus PatchNCE. If a generator loss is not finite the
+    /// discriminator has already been updated; the error stops the run, which rolls back to a
+    /// checkpoint.
+    fn step_inner(&mut self, real_a: &Tensor, real_b: &Tensor, flip: bool, ids: Option<(&[Vec<u32>], &[Vec<u32>])>) -> Result<Losses> {
+        let lr = self.lr();
+        let b = real_a.dim(0)?;
+        let idt = self.nce.nce_idt;
+        let real = if idt { Tensor::cat(&[real_a, real_b], 0)? } else { real_a.clone() }; // [B or 2B,C,S,S]
+        let real = if flip { flip_w(&real)? } else { real };
+        let fake = self.g.forward(&real)?;
+        let fake_b = fake.narrow(0, 0, b)?;
+        let idt_b = if idt { Some(fake.narrow(0, b, b)?) } else { None };
+
+        // D: ½(fake → 0, real → 1), stepped before G's loss is computed.
+        let loss_d = ((self.gan_loss(&self.d.forward(&fake_b.detach())?, false)? + self.gan_loss(&self.d.forward(real_b)?, true)?)? * 0.5)?;
+        let d_b = loss_d.to_scalar::<f32>()?;
+        if !d_b.is_finite() {
+            bail!(Divergence { step: self.step + 1, what: format!("discriminator loss is {d_b}") });
+        }
+        let grads = loss_d.backward()?;
+        self.adam_d.step(&grads, lr)?;
+        drop(grads);
+
+        // G and F, judged by the updated (frozen) D.
+        let d = self.d.frozen();
+        let g_gan = (self.gan_loss(&d.forward(&fake_b)?, true)? * self.cfg.lambda_gan)?;
+        let mut rng = Rng::stream(self.cfg.seed, STREAM_PATCHES, self.step);
+        let mut losses = Losses { g_ab_adv: g_gan.to_scalar()?, d_b, ..Losses::default() };
+        let nce_total = if self.nce.lambda_nce > 0.0 {
+            let nce_x = self.nce_loss(real_a, &fake_b, flip, ids.map(|i| i.0), &mut rng)?;
+            losses.nce = nce_x.to_scalar()?;
+            match &idt_b {
+                Some(idt_b) => {
+                    let nce_y = self.nce_loss(real_b, idt_b, flip, ids.map(|i| i.1), &mut rng)?;
+                    losses.nce_idt = nce_y.to_scalar()?;
+                    Some(((nce_x + nce_y)? * 0.5)?)
+                }
+                None => Some(nce_x),
+            }
+        } else {
+            None
+        };
+        let total = match nce_total {
+            Some(n) => (g_gan + n)?,
+            None => g_gan,
+        };
+        losses.g_total = total.to_scalar()?;
+        if !losses.g_total.is_finite() {
+            bail!(Divergence { step: self.step + 1, what: format!("generator loss is {}", losses.g_total) });
+        }
+        let grads = total.backward()?;
+        self.adam_g.step(&grads, lr)?;
+        self.adam_f.step(&grads, lr)?;
+        drop(grads);
+        self.step += 1;
+        if !self.weights_finite()? {
+            bail!(Divergence { step: self.step, what: "a weight became NaN or infinite".into() });
+        }
+        Ok(losses)
+    }
+
+    /// The reference's `calculate_NCE_loss(src, tgt)`: λ_NCE·PatchNCE between G's encoder
+    /// features of the output `tgt` (queries; flipped back under flip-equivariance) and of the
+    /// input `src` (keys, no gradient: the reference detaches them in the loss), averaged over
+    /// the NCE layers. Patch ids are drawn per layer for the keys (unless given) and reused for
+    /// the queries.
+    pub fn nce_loss(&self, src: &Tensor, tgt: &Tensor, flip: bool, ids: Option<&[Vec<u32>]>, rng: &mut Rng) -> Result<Tensor> {
+        let layers = &self.nce.nce_layers;
+        let mut feat_q = self.g.encode(tgt, layers)?;
+        if flip {
+            feat_q = feat_q.iter().map(flip_w).collect::<Result<_>>()?;
+        }
+        let feat_k: Vec<Tensor> = self.g.encode(src, layers)?.iter().map(Tensor::detach).collect();
+        let ids: Vec<Vec<u32>> = match ids {
+            Some(ids) => ids.to_vec(),
+            None => feat_k
+                .iter()
+                .map(|f| Ok(draw_patch_ids(f.dim(2)? * f.dim(3)?, self.nce.num_patches, rng)))
+                .collect::<Result<_>>()?,
+        };
+        let k_pool = self.f.forward(&feat_k, &ids)?;
+        let q_pool = self.f.forward(&feat_q, &ids)?;
+        let batch = src.dim(0)?;
+        let mut total: Option<Tensor> = None;
+        for (q, k) in q_pool.iter().zip(&k_pool) {
+            let l = (patch_nce_loss(q, &k.detach(), batch, self.nce.nce_t)? * self.nce.lambda_nce)?.mean_all()?;
+            total = Some(match total {
+                Some(t) => (t + l)?,
+                None => l,
+            });
+        }
+        Ok((total.context("no NCE layers")? / layers.len() as f64)?)
+    }
+
+    /// Writes a checkpoint generation (G_AB, D_B, F and the three optimisers' moments) under
+    /// `run_dir`. Refuses to write non-finite weights over a good checkpoint.
+    pub fn save(&self, run_dir: &Path) -> Result<()> {
+        if !self.weights_finite()? {
+            bail!(Divergence { step: self.step, what: "weights contain NaN or infinity; the last good checkpoint is kept".into() });
+        }
+        let mut files = Vec::new();
+        for net in CUT_NETWORKS {
+            files.push((net.file().to_string(), safetensors_bytes(&self.weights(net.name()))?));
+        }
+        let mut state = self.adam_g.state("G");
+        state.extend(self.adam_d.state("D"));
+        state.extend(self.adam_f.state("F"));
+        files.push((OPTIM_FILE.to_string(), safetensors_bytes(&state)?));
+        save_generation(run_dir, self.step, &files)
+    }
+
+    /// Restores weights, optimiser moments and the step counter from the newest good checkpoint
+    /// generation of `run_dir`.
+    pub fn restore(&mut self, run_dir: &Path) -> Result<Generation> {
+        let generation = load_generation(run_dir)?;
+        for net in CUT_NETWORKS {
+            let t = generation.load_tensors(net.file(), &self.device)?;
+            self.set_weights(net.name(), &t)?;
+        }
+        let state = generation.load_tensors(OPTIM_FILE, &self.device)?;
+        let step = generation.manifest.step;
+        self.adam_g.load_state("G", &state, step)?;
+        self.adam_d.load_state("D", &state, step)?;
+        self.adam_f.load_state("F", &state, step)?;
+        self.step = step;
+        Ok(generation)
+    }
+
+    /// The generator's safetensors file (`G_AB.safetensors`), as `save` writes it.
+    pub fn generator_files(&self) -> Result<Vec<(String, Vec<u8>)>> {
+        Ok(vec![(Network::GAb.file().to_string(), safetensors_bytes(&self.weights(Network::GAb.name()))?)])
+    }
+
+    /// G(real_a), detached, for previews.
+    pub fn translate(&self, real_a: &Tensor) -> Result<Tensor> {
+        Ok(self.g.forward(real_a)?.detach())
+    }
+
+    pub fn param_counts(&self) -> BTreeMap<&'static str, usize> {
+        CUT_NETWORKS.iter().map(|n| (n.name(), self.weights(n.name()).iter().map(|(_, t)| t.elem_count()).sum())).collect()
+    }
+}

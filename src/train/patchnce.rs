@@ -1,0 +1,159 @@
+//! PatchNCE (CUT, Park et al. 2020): the projection heads `F`, the sampling of patch features and
+//! the contrastive loss, as the reference's `PatchSampleF` (`mlp_sample`) and `PatchNCELoss`
+//! with `nce_includes_all_negatives_from_minibatch` off.
+
+use crate::util::Rng;
+use candle_core::{DType, Result, Tensor, D};
+use candle_nn::{Init, VarBuilder};
+
+/// `nn.Linear`: weight [out,in] and bias [out] as in PyTorch.
+struct Linear {
+    weight: Tensor,
+    bias: Tensor,
+}
+
+impl Linear {
+    fn new(cin: usize, cout: usize, vb: VarBuilder) -> Result<Self> {
+        // Placeholder init: the trainer re-draws every weight from the run's seed (xavier).
+        let weight = vb.get_with_hints((cout, cin), "weight", Init::Randn { mean: 0.0, stdev: 0.02 })?;
+        let bias = vb.get_with_hints(cout, "bias", Init::Const(0.0))?;
+        Ok(Self { weight, bias })
+    }
+
+    /// [N,in] → [N,out].
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        xs.matmul(&self.weight.t()?)?.broadcast_add(&self.bias)
+    }
+}
+
+/// One head: Linear(C, nc) → ReLU → Linear(nc, nc).
+struct Mlp {
+    fc1: Linear,
+    fc2: Linear,
+}
+
+/// The reference's `Normalize(2)`: x / (‖x‖₂ + 1e-7) over dimension 1.
+pub fn l2_normalize(xs: &Tensor) -> Result<Tensor> {
+    let norm = xs.sqr()?.sum_keepdim(1)?.sqrt()?;
+    xs.broadcast_div(&(norm + 1e-7)?)
+}
+
+/// The MLP heads of `F`, one per NCE layer. Checkpoint keys `mlp.{i}.fc{1,2}.{weight,bias}`.
+///
+/// The reference creates them lazily at the first batch from the features' channel counts; those
+/// are known up front (layer 0: the input's channels, 1–7: ngf or 2ngf, 8 and beyond: 4ngf; see
+/// [`PatchSampleF::channels`]), so ours are created in `new` and initialised like the rest
+/// (xavier_normal, gain 0.02) by the trainer.
+pub struct PatchSampleF {
+    mlps: Vec<Mlp>,
+}
+
+impl PatchSampleF {
+    /// Channels of the anti-aliased ResNet generator's feature at `layer` of the reference's
+    /// `nn.Sequential` (see `ResnetGenerator::encode`).
+    pub fn channels(layer: usize, in_channels: usize, ngf: usize) -> usize {
+        match layer {
+            0 => in_channels,
+            1..=3 => ngf,
+            4..=7 => 2 * ngf,
+            _ => 4 * ngf,
+        }
+    }
+
+    /// One head per entry of `channels` (the features' channel counts), each of width `nc`.
+    pub fn new(channels: &[usize], nc: usize, vb: VarBuilder) -> Result<Self> {
+        let mlps = channels
+            .iter()
+            .enumerate()
+            .map(|(i, &c)| {
+                let vb = vb.pp("mlp").pp(i);
+                Ok(Mlp { fc1: Linear::new(c, nc, vb.pp("fc1"))?, fc2: Linear::new(nc, nc, vb.pp("fc2"))? })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self { mlps })
+    }
+
+    /// Projects the sampled patches of every layer: `feats[i]` [B,C,H,W] with `ids[i]` (indices
+    /// into H·W) → [B·P, nc], L2-normalised. Patches are ordered image-major as the reference's
+    /// `permute(0,2,3,1).flatten(1,2)[:, ids, :].flatten(0,1)`.
+    pub fn forward(&self, feats: &[Tensor], ids: &[Vec<u32>]) -> Result<Vec<Tensor>> {
+        if feats.len() != self.mlps.len() || ids.len() != feats.len() {
+            candle_core::bail!("{} features and {} id lists for {} heads", feats.len(), ids.len(), self.mlps.len());
+        }
+        feats
+            .iter()
+            .zip(ids)
+            .zip(&self.mlps)
+            .map(|((f, ids), mlp)| {
+                let x = sample_patches(f, ids)?; // [B·P,C]
+                let x = mlp.fc2.forward(&mlp.fc1.forward(&x)?.relu()?)?; // [B·P,nc]
+                l2_normalize(&x)
+            })
+            .collect()
+    }
+}
+
+/// `feat` [B,C,H,W] → the features at positions `ids` of each image, [B·P,C].
+pub fn sample_patches(feat: &Tensor, ids: &[u32]) -> Result<Tensor> {
+    let (b, c, h, w) = feat.dims4()?;
+    let flat = feat.permute((0, 2, 3, 1))?.reshape((b, h * w, c))?; // [B,HW,C]
+    let idx = Tensor::from_slice(ids, ids.len(), feat.device())?;
+    flat.index_select(&idx, 1)?.reshape((b * ids.len(), c))
+}
+
+/// Patch ids as the reference draws them: the first `min(num_patches, hw)` entries of a random
+/// permutation of 0..hw (`np.random.permutation`, here from our own generator).
+pub fn draw_patch_ids(hw: usize, num_patches: usize, rng: &mut Rng) -> Vec<u32> {
+    let mut ids: Vec<u32> = (0..hw as u32).collect();
+    rng.shuffle(&mut ids);
+    ids.truncate(num_patches.min(hw));
+    ids
+}
+
+/// The reference's `PatchNCELoss` per patch (reduction 'none'): `feat_q`, `feat_k` [B·P,D] with
+/// the P patches of each of the `batch` images together. The positive of query i is key i; its
+/// negatives are the other keys of the same image. Cross-entropy to the positive of the logits
+/// /τ, the self-similarities of the negatives replaced by −10. Keys carry no gradient.
+/// Returns [B·P].
+pub fn patch_nce_loss(feat_q: &Tensor, feat_k: &Tensor, batch: usize, tau: f64) -> Result<Tensor> {
+    let (n, dim) = feat_q.dims2()?;
+    let feat_k = feat_k.detach();
+    let l_pos = (feat_q * &feat_k)?.sum_keepdim(1)?; // [N,1]
+    let p = n / batch;
+    let q = feat_q.reshape((batch, p, dim))?;
+    let k = feat_k.reshape((batch, p, dim))?;
+    let l_neg = q.matmul(&k.t()?)?; // [B,P,P]
+    // masked_fill of the diagonal with −10: its entries take no gradient.
+    let eye = Tensor::eye(p, DType::F32, feat_q.device())?.unsqueeze(0)?; // [1,P,P]
+    let l_neg = (l_neg.broadcast_mul(&(1.0 - &eye)?)? + (eye * -10.0)?.broadcast_as((batch, p, p))?)?;
+    let l_neg = l_neg.reshape((n, p))?;
+    let logits = (Tensor::cat(&[l_pos, l_neg], 1)? / tau)?; // [N,1+P]
+    candle_nn::ops::log_softmax(&logits, D::Minus1)?.narrow(1, 0, 1)?.squeeze(1)?.neg()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn patches_are_taken_image_major() {
+        // feat[b,c,y,x] = 100b + 10c + (2y + x) for a 2×2 image.
+        let v: Vec<f32> = (0..2).flat_map(|b| (0..3).flat_map(move |c| (0..4).map(move |p| (100 * b + 10 * c + p) as f32))).collect();
+        let feat = Tensor::from_vec(v, (2, 3, 2, 2), &Device::Cpu).unwrap();
+        let s = sample_patches(&feat, &[3, 1]).unwrap().to_vec2::<f32>().unwrap();
+        assert_eq!(s, vec![vec![3., 13., 23.], vec![1., 11., 21.], vec![103., 113., 123.], vec![101., 111., 121.]]);
+    }
+
+    #[test]
+    fn patch_ids_are_distinct_and_bounded() {
+        let ids = draw_patch_ids(64, 16, &mut Rng::new(3));
+        assert_eq!(ids.len(), 16);
+        let mut s = ids.clone();
+        s.sort();
+        s.dedup();
+        assert_eq!(s.len(), 16);
+        assert!(ids.iter().all(|&i| i < 64));
+        assert_eq!(draw_patch_ids(9, 256, &mut Rng::new(3)).len(), 9);
+    }
+}
