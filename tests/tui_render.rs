@@ -440,6 +440,41 @@ fn studio_starts_a_paired_keep_luma_regression() {
     }
 }
 
+/// The model setting starts a CUT run: its config says so and the dashboard draws its own loss
+/// curves (NCE terms, D_B; no cycle or D_A curves).
+#[test]
+fn studio_trains_a_cut_model_with_its_own_loss_curves() {
+    use cyclestudio::tui::training::{RunState, Setting};
+    let tmp = tempfile::tempdir().unwrap();
+    tiny_dataset(&tmp.path().join("datasets"));
+    let (mut app, rx) = studio(tmp.path());
+    settle(&mut app, &rx, "the dataset scan", |a| !a.datasets.scanning);
+    press(&mut app, KeyCode::Char('2'));
+    let at = |s: Setting| Setting::ALL.iter().position(|&x| x == s).unwrap();
+    for (setting, value) in [(Setting::Generator, "resnet_2blocks"), (Setting::Ngf, "4"), (Setting::Size, "32"), (Setting::Iters, "2"), (Setting::DecayIters, "0")] {
+        set_setting(&mut app, at(setting), value);
+    }
+    press(&mut app, KeyCode::Home);
+    for _ in 0..at(Setting::Method) {
+        press(&mut app, KeyCode::Down);
+    }
+    press(&mut app, KeyCode::Right);
+    assert_shows(&render(&app, 120, 40), &["cut: one generator A→B, PatchNCE"]);
+    press(&mut app, KeyCode::Char('s'));
+    settle(&mut app, &rx, "the run", |a| a.training.run.as_ref().is_some_and(|r| !r.state.is_active()));
+    let run = app.training.run.as_ref().unwrap();
+    assert_eq!(run.state, RunState::Finished);
+    let config = std::fs::read_to_string(tmp.path().join("checkpoints").join(&run.name).join("config.toml")).unwrap();
+    assert!(config.contains("method = \"cut\""), "{config}");
+    let curves: Vec<&str> = run.history.curves().map(|(n, _)| n).collect();
+    for name in ["G_AB adv", "NCE", "NCE idt", "D_B"] {
+        assert!(curves.contains(&name), "{name} not in {curves:?}");
+    }
+    for name in ["cycle A", "D_A", "G_BA adv"] {
+        assert!(!curves.contains(&name), "{name} in {curves:?}");
+    }
+}
+
 /// The device setting lists the CUDA devices the studio can use, or says why there are none; in
 /// a build without CUDA, ←/→ explains instead of offering a device that cannot open.
 #[test]

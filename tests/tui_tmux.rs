@@ -140,7 +140,8 @@ fn studio_creates_trains_stops_resumes_and_quits_in_a_real_terminal() {
     // Training: a tiny configuration, typed into the settings.
     tmux.keys(&["2"]);
     tmux.wait_for_text("quick CPU preview");
-    tmux.keys(&["Down", "Down", "Down", "Down"]);
+    // Past the run, dataset, preset, name and model (CycleGAN) to the generator.
+    tmux.keys(&["Down", "Down", "Down", "Down", "Down"]);
     for value in ["resnet_2blocks", "4", "32", "200", "0"] {
         tmux.keys(&["Enter", "C-u"]);
         tmux.type_text(value);

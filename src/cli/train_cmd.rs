@@ -111,10 +111,17 @@ pub fn train(checkpoints: &Path, args: TrainArgs) -> Result<()> {
         TrainEvent::Step(r) => {
             bar.set_position(r.step);
             let l = &r.losses;
-            let msg = format!(
-                "ep {} lr {:.2e} G {:.3} cyc {:.3}/{:.3} idt {:.3}/{:.3} D {:.3}/{:.3} {:.2} img/s",
-                r.epoch, r.lr, l.g_total, l.cycle_a, l.cycle_b, l.idt_ab, l.idt_ba, l.d_a, l.d_b, r.images_per_sec
-            );
+            let msg = if cfg.method.one_sided() {
+                format!(
+                    "ep {} lr {:.2e} G {:.3} GAN {:.3} NCE {:.3}/{:.3} D {:.3} {:.2} img/s",
+                    r.epoch, r.lr, l.g_total, l.g_ab_adv, l.nce, l.nce_idt, l.d_b, r.images_per_sec
+                )
+            } else {
+                format!(
+                    "ep {} lr {:.2e} G {:.3} cyc {:.3}/{:.3} idt {:.3}/{:.3} D {:.3}/{:.3} {:.2} img/s",
+                    r.epoch, r.lr, l.g_total, l.cycle_a, l.cycle_b, l.idt_ab, l.idt_ba, l.d_a, l.d_b, r.images_per_sec
+                )
+            };
             if quiet && r.step % log_every == 0 {
                 println!("step {}/{} {msg}", r.step, r.total_steps);
             }

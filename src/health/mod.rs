@@ -2,7 +2,7 @@
 //! trends on a fixed held-out batch, turned into plain-language warnings by documented rules.
 
 use crate::data::{Dataset, Pixels};
-use crate::train::{GanLoss, Losses, TrainConfig, Trainer};
+use crate::train::{GanLoss, Losses, MethodTrainer, TrainConfig};
 use anyhow::Result;
 use candle_core::{Device, Tensor};
 use serde::Serialize;
@@ -24,6 +24,7 @@ pub const D_CHANCE_GAP: f64 = 0.05;
 pub struct HealthMetrics {
     /// Mean pairwise distance of G_AB's outputs relative to that of its inputs (→ 0 under collapse).
     pub diversity_ab: f64,
+    /// NaN for a one-sided (CUT) run, which has no G_BA; likewise D_A's scores.
     pub diversity_ba: f64,
     /// D_B's mean score on real B and on G_AB's fakes (probabilities for the vanilla loss,
     /// clamped LSGAN scores otherwise).
@@ -196,22 +197,29 @@ impl HealthMonitor {
     }
 
     /// Runs a check when the step is due; None otherwise.
-    pub fn observe(&mut self, trainer: &Trainer, losses: &Losses) -> Result<Option<HealthReport>> {
-        let step = trainer.step;
+    /// A one-sided run's B→A metrics are NaN, which no rule counts.
+    pub fn observe(&mut self, trainer: &MethodTrainer, losses: &Losses) -> Result<Option<HealthReport>> {
+        let step = trainer.step();
         if self.every == 0 || !step.is_multiple_of(self.every) {
             return Ok(None);
         }
         let Some((a, b)) = &self.batch else { return Ok(None) };
-        let fake_b = trainer.g_ab.forward(a)?.detach();
-        let fake_a = trainer.g_ba.forward(b)?.detach();
-        let m = HealthMetrics {
+        let ((g_ab, g_ba), (d_b, d_a)) = (trainer.generators(), trainer.discriminators());
+        let fake_b = g_ab.forward(a)?.detach();
+        let mut m = HealthMetrics {
             diversity_ab: diversity_ratio(a, &fake_b)?,
-            diversity_ba: diversity_ratio(b, &fake_a)?,
-            d_b_real: self.score(&trainer.d_b.forward(b)?.detach())?,
-            d_b_fake: self.score(&trainer.d_b.forward(&fake_b)?.detach())?,
-            d_a_real: self.score(&trainer.d_a.forward(a)?.detach())?,
-            d_a_fake: self.score(&trainer.d_a.forward(&fake_a)?.detach())?,
+            d_b_real: self.score(&d_b.forward(b)?.detach())?,
+            d_b_fake: self.score(&d_b.forward(&fake_b)?.detach())?,
+            diversity_ba: f64::NAN,
+            d_a_real: f64::NAN,
+            d_a_fake: f64::NAN,
         };
+        if let (Some(g_ba), Some(d_a)) = (g_ba, d_a) {
+            let fake_a = g_ba.forward(b)?.detach();
+            m.diversity_ba = diversity_ratio(b, &fake_a)?;
+            m.d_a_real = self.score(&d_a.forward(a)?.detach())?;
+            m.d_a_fake = self.score(&d_a.forward(&fake_a)?.detach())?;
+        }
         Ok(Some(self.rules.update(step, m, losses)))
     }
 }

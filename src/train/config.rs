@@ -83,6 +83,12 @@ pub struct NceConfig {
 }
 
 impl NceConfig {
+    /// The highest encoder layer of a ResNet generator with `blocks` residual blocks (its last
+    /// block, in the reference's numbering).
+    pub fn last_layer(blocks: usize) -> usize {
+        11 + blocks
+    }
+
     /// The reference's settings for `method` (None for CycleGAN).
     pub fn for_method(method: Method) -> Option<Self> {
         let cut = Self { lambda_nce: 1.0, nce_idt: true, nce_layers: vec![0, 4, 8, 12, 16], num_patches: 256, netf_nc: 256, nce_t: 0.07, flip_equivariance: false };
@@ -281,6 +287,15 @@ impl TrainConfig {
         }
         if self.method.one_sided() && self.paired {
             bail!("--model {} is unpaired; --paired needs --model cyclegan", self.method);
+        }
+        if let Some(nce) = &self.nce {
+            let GeneratorKind::Resnet { blocks } = self.generator else {
+                bail!("--model {} needs a ResNet generator (resnet_<N>blocks), not {}", self.method, self.generator)
+            };
+            let top = NceConfig::last_layer(blocks);
+            if nce.nce_layers.is_empty() || !nce.nce_layers.windows(2).all(|w| w[0] < w[1]) || nce.nce_layers.iter().any(|&l| l > top) {
+                bail!("NCE layers {:?} must be increasing and at most {top} (the last residual block of {})", nce.nce_layers, self.generator);
+            }
         }
         let m = self.generator.size_multiple();
         if self.size < 32 || !self.size.is_multiple_of(m) {

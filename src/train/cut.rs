@@ -7,7 +7,7 @@ use super::trainer::{Divergence, Losses, OPTIM_FILE};
 use super::{Adam, GanLoss, NceConfig, TrainConfig};
 use crate::checkpoint::{load_generation, safetensors_bytes, save_generation, Generation, Network};
 use crate::model::{Generator, GeneratorKind, PatchGan};
-use crate::ops::{all_finite, bce_logits_to_const, mse_to_const};
+use crate::ops::{adapt_channels, all_finite, bce_logits_to_const, mse_to_const};
 use crate::util::Rng;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor, Var};
@@ -84,7 +84,7 @@ impl CutTrainer {
         cfg.validate()?;
         let nce = cfg.nce.clone().with_context(|| format!("a {} run has no PatchNCE settings", cfg.method))?;
         let GeneratorKind::Resnet { blocks } = cfg.generator else { bail!("CUT needs a ResNet generator, not {}", cfg.generator) };
-        let top = 11 + blocks;
+        let top = NceConfig::last_layer(blocks);
         if nce.nce_layers.is_empty() || !nce.nce_layers.windows(2).all(|w| w[0] < w[1]) || nce.nce_layers[nce.nce_layers.len() - 1] > top {
             bail!("NCE layers {:?} must be increasing and at most {top} (the last residual block of {})", nce.nce_layers, cfg.generator);
         }
@@ -187,7 +187,12 @@ impl CutTrainer {
         let lr = self.lr();
         let b = real_a.dim(0)?;
         let idt = self.nce.nce_idt;
-        let real = if idt { Tensor::cat(&[real_a, real_b], 0)? } else { real_a.clone() }; // [B or 2B,C,S,S]
+        // G and its encoder take A's channels. Between domains of different channel counts
+        // (grey ↔ colour) B images and G's outputs enter them converted (luma or repetition), as
+        // the CycleGAN identity term does; with equal counts (the reference) nothing changes.
+        let ca = self.cfg.domain_a.channels;
+        let real_b_in = adapt_channels(real_b, ca)?;
+        let real = if idt { Tensor::cat(&[real_a, &real_b_in], 0)? } else { real_a.clone() }; // [B or 2B,Ca,S,S]
         let real = if flip { flip_w(&real)? } else { real };
         let fake = self.g.forward(&real)?;
         let fake_b = fake.narrow(0, 0, b)?;
@@ -209,11 +214,11 @@ impl CutTrainer {
         let mut rng = Rng::stream(self.cfg.seed, STREAM_PATCHES, self.step);
         let mut losses = Losses { g_ab_adv: g_gan.to_scalar()?, d_b, ..Losses::default() };
         let nce_total = if self.nce.lambda_nce > 0.0 {
-            let nce_x = self.nce_loss(real_a, &fake_b, flip, ids.map(|i| i.0), &mut rng)?;
+            let nce_x = self.nce_loss(real_a, &adapt_channels(&fake_b, ca)?, flip, ids.map(|i| i.0), &mut rng)?;
             losses.nce = nce_x.to_scalar()?;
             match &idt_b {
                 Some(idt_b) => {
-                    let nce_y = self.nce_loss(real_b, idt_b, flip, ids.map(|i| i.1), &mut rng)?;
+                    let nce_y = self.nce_loss(&real_b_in, &adapt_channels(idt_b, ca)?, flip, ids.map(|i| i.1), &mut rng)?;
                     losses.nce_idt = nce_y.to_scalar()?;
                     Some(((nce_x + nce_y)? * 0.5)?)
                 }

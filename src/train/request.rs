@@ -111,11 +111,18 @@ impl RunRequest {
             }
         };
         let size = self.size.unwrap_or(base.size);
+        let generator = self.generator.unwrap_or(base.generator);
+        let mut nce = NceConfig::for_method(method);
+        if let (Some(nce), GeneratorKind::Resnet { blocks }) = (&mut nce, generator) {
+            // A generator with fewer residual blocks than the reference's layers reach compares
+            // the layers it has (resnet_2blocks: 0, 4, 8, 12).
+            nce.nce_layers.retain(|&l| l <= NceConfig::last_layer(blocks));
+        }
         let i = &self.intervals;
         let cfg = TrainConfig {
             method,
-            nce: NceConfig::for_method(method),
-            generator: self.generator.unwrap_or(base.generator),
+            nce,
+            generator,
             ngf: self.ngf.unwrap_or(base.ngf),
             ndf: self.ndf.unwrap_or(base.ndf),
             n_layers_d: self.n_layers_d.unwrap_or(base.n_layers_d),

@@ -1,5 +1,5 @@
 use super::trainer::Divergence;
-use super::{Losses, TrainConfig, Trainer};
+use super::{Losses, MethodTrainer, TrainConfig};
 use crate::checkpoint::load_generation;
 use crate::data::dataset::Check;
 use crate::data::{image_io::png_bytes, BatchLoader, Dataset, LoaderOptions, Pixels};
@@ -213,19 +213,19 @@ pub fn run_training(cfg: TrainConfig, opts: &RunOptions, control: &RunControl, o
 
     // Held until this function returns: a second trainer of the run (CLI or studio) stops here.
     let _lock = super::RunLock::acquire(run_dir)?;
-    let mut trainer = Trainer::new(cfg.clone(), device.clone())?;
-    if cfg.paired_loss == super::PairedLoss::Classify {
+    let mut trainer = MethodTrainer::new(cfg.clone(), device.clone())?;
+    if let (MethodTrainer::CycleGan(t), super::PairedLoss::Classify) = (&mut trainer, cfg.paired_loss) {
         // A function of the training photos only, so a resumed run computes the same weights.
-        trainer.set_class_weights(colour_prior_weights(&files_b, cfg.load_size as u32)?)?;
+        t.set_class_weights(colour_prior_weights(&files_b, cfg.load_size as u32)?)?;
     }
     let mut note = None;
     if opts.resume {
         let generation = trainer.restore(run_dir)?;
         note = Some(match generation.fallback_reason {
-            Some(why) => format!("resumed from step {} — {why}", trainer.step),
-            None => format!("resumed from step {}", trainer.step),
+            Some(why) => format!("resumed from step {} — {why}", trainer.step()),
+            None => format!("resumed from step {}", trainer.step()),
         });
-        trim_log(&run_dir.join(LOG_FILE), trainer.step)?;
+        trim_log(&run_dir.join(LOG_FILE), trainer.step())?;
     } else if load_generation(run_dir).is_ok() {
         bail!("{} already holds a checkpoint: add --resume to continue it, or choose another --name", run_dir.display());
     }
@@ -233,9 +233,9 @@ pub fn run_training(cfg: TrainConfig, opts: &RunOptions, control: &RunControl, o
     std::fs::create_dir_all(run_dir.join(SAMPLES_DIR))?;
 
     let total = cfg.schedule.total_steps();
-    on_event(TrainEvent::Started { step: trainer.step, total_steps: total, device: cfg.device.clone(), note });
-    if trainer.step >= total {
-        return Ok(RunOutcome::Finished { step: trainer.step });
+    on_event(TrainEvent::Started { step: trainer.step(), total_steps: total, device: cfg.device.clone(), note });
+    if trainer.step() >= total {
+        return Ok(RunOutcome::Finished { step: trainer.step() });
     }
 
     let preview_file = |d: &crate::data::Domain| d.test.images.first().or(d.train.images.first()).map(|(p, _)| p.clone());
@@ -256,22 +256,22 @@ pub fn run_training(cfg: TrainConfig, opts: &RunOptions, control: &RunControl, o
         (files_a.clone(), cfg.domain_a.channels),
         (files_b.clone(), cfg.domain_b.channels),
         LoaderOptions { size: cfg.size, load_size: cfg.load_size, batch: cfg.batch, seed: cfg.seed, paired: cfg.paired, flip: cfg.flip },
-        trainer.step,
+        trainer.step(),
     )?;
     let mut log = OpenOptions::new().create(true).append(true).open(run_dir.join(LOG_FILE)).context("cannot open the training log")?;
     let started = Instant::now();
-    let first_step = trainer.step;
+    let first_step = trainer.step();
     let mut window = (Instant::now(), 0u64);
     let mut ips = 0.0f64;
-    let save = |trainer: &Trainer, on_event: &mut dyn FnMut(TrainEvent), last: bool| -> Result<()> {
+    let save = |trainer: &MethodTrainer, on_event: &mut dyn FnMut(TrainEvent), last: bool| -> Result<()> {
         match trainer.save(run_dir) {
             Ok(()) => {
-                on_event(TrainEvent::Saved { step: trainer.step, dir: run_dir.clone() });
+                on_event(TrainEvent::Saved { step: trainer.step(), dir: run_dir.clone() });
                 Ok(())
             }
             Err(e) if e.downcast_ref::<Divergence>().is_some() => Err(e),
             Err(e) => {
-                let e = e.context(format!("saving the checkpoint of step {} failed; the previous checkpoint is intact", trainer.step));
+                let e = e.context(format!("saving the checkpoint of step {} failed; the previous checkpoint is intact", trainer.step()));
                 if control.keep_going_on_save_error && !last {
                     on_event(TrainEvent::Warning(format!("{e:#}; training goes on and will try again at the next save")));
                     Ok(())
@@ -282,16 +282,16 @@ pub fn run_training(cfg: TrainConfig, opts: &RunOptions, control: &RunControl, o
         }
     };
 
-    while trainer.step < total {
+    while trainer.step() < total {
         while control.pause.load(Ordering::Relaxed) && !control.stop.load(Ordering::Relaxed) {
             std::thread::sleep(Duration::from_millis(50));
         }
         if control.stop.load(Ordering::Relaxed) {
             save(&trainer, on_event, true)?;
-            return Ok(RunOutcome::Stopped { step: trainer.step });
+            return Ok(RunOutcome::Stopped { step: trainer.step() });
         }
         let batch = loader.next()?;
-        debug_assert_eq!(batch.step, trainer.step);
+        debug_assert_eq!(batch.step, trainer.step());
         for w in batch.warnings {
             on_event(TrainEvent::Warning(w));
         }
@@ -300,14 +300,14 @@ pub fn run_training(cfg: TrainConfig, opts: &RunOptions, control: &RunControl, o
         let losses = match trainer.train_step(&batch.real_a.to_device(&device)?, &batch.real_b.to_device(&device)?) {
             Ok(l) => l,
             Err(e) if e.downcast_ref::<Divergence>().is_some() => {
-                bail!("{e}. Nothing was saved over the last good checkpoint (step ≤ {}); resume it with a lower --lr, or change --gan-loss", trainer.step)
+                bail!("{e}. Nothing was saved over the last good checkpoint (step ≤ {}); resume it with a lower --lr, or change --gan-loss", trainer.step())
             }
             Err(e) => return Err(e),
         };
         let dt = t0.elapsed().as_secs_f64().max(1e-9);
         let inst = cfg.batch as f64 / dt;
         ips = if ips == 0.0 { inst } else { 0.9 * ips + 0.1 * inst };
-        let step = trainer.step;
+        let step = trainer.step();
         let epoch = BatchLoader::epoch_of(step - 1, cfg.batch, files_a.len(), files_b.len(), cfg.paired) + 1;
         let done = (step - first_step) as f64;
         let eta = Duration::from_secs_f64(started.elapsed().as_secs_f64() / done * (total - step) as f64);
@@ -334,8 +334,7 @@ pub fn run_training(cfg: TrainConfig, opts: &RunOptions, control: &RunControl, o
         }
         if let Some((pa, pb)) = &previews {
             if step % cfg.sample_every.max(1) == 0 || step == total {
-                let [fake_b, rec_a, fake_a, rec_b] = trainer.translate_pair(pa, pb)?;
-                let g = grid(&[vec![pa, &fake_b, &rec_a], vec![pb, &fake_a, &rec_b]])?;
+                let g = trainer.preview(pa, pb)?;
                 atomic_write(&run_dir.join(SAMPLES_DIR).join(format!("step_{step:07}.png")), &png_bytes(&g)?)?;
                 on_event(TrainEvent::Preview { step, grid: g });
             }
@@ -363,7 +362,7 @@ pub fn run_training(cfg: TrainConfig, opts: &RunOptions, control: &RunControl, o
             }
         }
     }
-    Ok(RunOutcome::Finished { step: trainer.step })
+    Ok(RunOutcome::Finished { step: trainer.step() })
 }
 
 #[cfg(test)]

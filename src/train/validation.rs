@@ -4,7 +4,7 @@
 //! (and, on paired data, PSNR/SSIM against their pairs). The scores go to `log.jsonl` and the
 //! studio; the generators of the step with the lowest KID so far are kept in `best/`.
 
-use super::{TrainConfig, Trainer};
+use super::{MethodTrainer, TrainConfig};
 use crate::eval::fid::{fid, kid, Features, KidOptions};
 use crate::eval::fid_features::features_of_images;
 use crate::eval::inception::{load_fid_inception, LoadedInception};
@@ -61,12 +61,19 @@ pub struct ValidationScores {
     /// This step became the best so far (its generators are in `best/`).
     #[serde(default)]
     pub best: bool,
+    /// A CUT/FastCUT run: A→B only (the B→A fields stay 0).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub one_sided: bool,
 }
 
 impl ValidationScores {
     /// One line for progress displays.
     pub fn summary(&self) -> String {
-        let mut s = format!("KID A→B {:.4} B→A {:.4} · FID {:.1} / {:.1}", self.kid_ab, self.kid_ba, self.fid_ab, self.fid_ba);
+        let mut s = if self.one_sided {
+            format!("KID A→B {:.4} · FID {:.1}", self.kid_ab, self.fid_ab)
+        } else {
+            format!("KID A→B {:.4} B→A {:.4} · FID {:.1} / {:.1}", self.kid_ab, self.kid_ba, self.fid_ab, self.fid_ba)
+        };
         if let (Some(p), Some(q)) = (self.psnr_ab, self.ssim_ab) {
             s.push_str(&format!(" · A→B PSNR {p:.2} SSIM {q:.3}"));
         }
@@ -129,34 +136,43 @@ impl Validator {
 
     /// Translates both held-out sets with the trainer's generators and scores them; `best` is
     /// set when the mean KID is the lowest so far.
-    pub fn run(&mut self, trainer: &Trainer) -> Result<ValidationScores> {
-        let cfg = &trainer.cfg;
+    pub fn run(&mut self, trainer: &MethodTrainer) -> Result<ValidationScores> {
+        let cfg = trainer.cfg();
+        let device = trainer.device();
+        let (g_ab, g_ba) = trainer.generators();
         let multiple = cfg.generator.size_multiple();
         let opts = TranslateOptions::default();
         let translate = |g, cin, set: &HeldOut| -> Result<Vec<DynamicImage>> {
-            set.images.iter().map(|(_, img)| translate_image(g, cin, multiple, &trainer.device, img, &opts)).collect()
+            set.images.iter().map(|(_, img)| translate_image(g, cin, multiple, device, img, &opts)).collect()
         };
-        let fake_b = translate(&trainer.g_ab, cfg.domain_a.channels, &self.a)?;
-        let fake_a = translate(&trainer.g_ba, cfg.domain_b.channels, &self.b)?;
+        let fake_b = translate(g_ab, cfg.domain_a.channels, &self.a)?;
         let kid_opts = KidOptions::default();
-        let (fb, fa) = (features_of_images(&self.model, &fake_b)?, features_of_images(&self.model, &fake_a)?);
-        let (kab, kba) = (kid(&fb, &self.b.features, &kid_opts)?, kid(&fa, &self.a.features, &kid_opts)?);
+        let fb = features_of_images(&self.model, &fake_b)?;
+        let kab = kid(&fb, &self.b.features, &kid_opts)?;
         let mut s = ValidationScores {
-            step: trainer.step,
+            step: trainer.step(),
             n_a: self.a.images.len(),
             n_b: self.b.images.len(),
-            kid: 0.5 * (kab.mean + kba.mean),
+            kid: kab.mean,
             kid_ab: kab.mean,
             kid_ab_std: kab.std,
             fid_ab: fid(&fb, &self.b.features)?,
-            kid_ba: kba.mean,
-            kid_ba_std: kba.std,
-            fid_ba: fid(&fa, &self.a.features)?,
+            one_sided: g_ba.is_none(),
             ..Default::default()
         };
         if self.paired {
             (s.psnr_ab, s.ssim_ab) = paired_scores(&fake_b, &self.a, &self.b, cfg.domain_b.channels)?;
-            (s.psnr_ba, s.ssim_ba) = paired_scores(&fake_a, &self.b, &self.a, cfg.domain_a.channels)?;
+        }
+        // A one-sided (CUT) run is judged on A→B alone; CycleGAN on the mean of both directions.
+        if let Some(g_ba) = g_ba {
+            let fake_a = translate(g_ba, cfg.domain_b.channels, &self.b)?;
+            let fa = features_of_images(&self.model, &fake_a)?;
+            let kba = kid(&fa, &self.a.features, &kid_opts)?;
+            s.kid = 0.5 * (kab.mean + kba.mean);
+            (s.kid_ba, s.kid_ba_std, s.fid_ba) = (kba.mean, kba.std, fid(&fa, &self.a.features)?);
+            if self.paired {
+                (s.psnr_ba, s.ssim_ba) = paired_scores(&fake_a, &self.b, &self.a, cfg.domain_a.channels)?;
+            }
         }
         if self.best.is_none_or(|b| s.kid < b) {
             self.best = Some(s.kid);

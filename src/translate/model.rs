@@ -192,7 +192,17 @@ impl Translator {
             None
         };
         found.with_context(|| {
-            format!("model {} cannot translate to '{to}'; it knows: {}", self.run_dir.display(), self.targets().join(", "))
+            if self.config.method.one_sided() && to == a.name {
+                format!(
+                    "model {} is a {} model: it translates only {}→{} (one generator, no way back to '{to}')",
+                    self.run_dir.display(),
+                    self.config.method,
+                    a.name,
+                    b.name
+                )
+            } else {
+                format!("model {} cannot translate to '{to}'; it knows: {}", self.run_dir.display(), self.targets().join(", "))
+            }
         })
     }
 

@@ -126,6 +126,7 @@ pub enum Setting {
     Dataset,
     Preset,
     Name,
+    Method,
     Generator,
     Ngf,
     Size,
@@ -140,11 +141,12 @@ pub enum Setting {
 }
 
 impl Setting {
-    pub const ALL: [Setting; 15] = [
+    pub const ALL: [Setting; 16] = [
         Setting::Run,
         Setting::Dataset,
         Setting::Preset,
         Setting::Name,
+        Setting::Method,
         Setting::Generator,
         Setting::Ngf,
         Setting::Size,
@@ -164,6 +166,7 @@ impl Setting {
             Setting::Dataset => "Dataset",
             Setting::Preset => "Preset",
             Setting::Name => "Run name",
+            Setting::Method => "Model",
             Setting::Generator => "Generator",
             Setting::Ngf => "ngf (= ndf)",
             Setting::Size => "Image size",
@@ -180,7 +183,7 @@ impl Setting {
 
     /// Settings changed with ←/→ (Enter steps through them too); the others are typed.
     pub fn is_choice(self) -> bool {
-        matches!(self, Setting::Run | Setting::Dataset | Setting::Preset | Setting::Paired | Setting::KeepLuma)
+        matches!(self, Setting::Run | Setting::Dataset | Setting::Preset | Setting::Method | Setting::Paired | Setting::KeepLuma)
     }
 }
 
@@ -196,6 +199,8 @@ pub struct TrainForm {
     pub preset: usize,
     /// A name the user typed; without one the name is derived from dataset and preset.
     pub custom_name: Option<String>,
+    /// CycleGAN, CUT or FastCUT.
+    pub method: Method,
     pub generator: String,
     pub ngf: String,
     pub size: String,
@@ -222,6 +227,7 @@ impl Default for TrainForm {
             dataset: None,
             preset: 0,
             custom_name: None,
+            method: Method::Cyclegan,
             generator: String::new(),
             ngf: String::new(),
             size: String::new(),
@@ -269,6 +275,7 @@ impl TrainForm {
     fn load_run(&mut self, run: &RunEntry) {
         self.resume = Some(run.name.clone());
         if let Ok(cfg) = &run.config {
+            self.method = cfg.method;
             self.generator = cfg.generator.to_string();
             self.ngf = cfg.ngf.to_string();
             self.size = cfg.size.to_string();
@@ -352,12 +359,13 @@ impl RunState {
 }
 
 /// Names of the plotted loss curves, in the order of [`loss_values`].
-pub const LOSS_NAMES: [&str; 8] = ["G_AB adv", "G_BA adv", "cycle A", "cycle B", "identity", "paired", "D_A", "D_B"];
+pub const LOSS_NAMES: [&str; 10] = ["G_AB adv", "G_BA adv", "cycle A", "cycle B", "identity", "paired", "NCE", "NCE idt", "D_A", "D_B"];
 
 /// The plotted value of each curve: adversarial losses of both generators, both cycle losses,
-/// the identity terms together, the paired term, and both discriminators.
-pub fn loss_values(l: &Losses) -> [f64; 8] {
-    [l.g_ab_adv, l.g_ba_adv, l.cycle_a, l.cycle_b, l.idt_ab + l.idt_ba, l.paired, l.d_a, l.d_b].map(f64::from)
+/// the identity terms together, the paired term, CUT's two PatchNCE terms, and both
+/// discriminators. Terms a method does not have stay 0 and are not drawn.
+pub fn loss_values(l: &Losses) -> [f64; 10] {
+    [l.g_ab_adv, l.g_ba_adv, l.cycle_a, l.cycle_b, l.idt_ab + l.idt_ba, l.paired, l.nce, l.nce_idt, l.d_a, l.d_b].map(f64::from)
 }
 
 /// Loss curves over steps in bounded memory: each point is the mean of `steps_per_point`
@@ -365,15 +373,15 @@ pub fn loss_values(l: &Losses) -> [f64; 8] {
 /// are merged and the bucket doubles. Long runs thus keep their whole shape, smoothed.
 #[derive(Clone, Debug)]
 pub struct LossHistory {
-    curves: [Vec<(f64, f64)>; 8],
+    curves: [Vec<(f64, f64)>; 10],
     steps_per_point: u64,
-    partial_sum: [f64; 8],
+    partial_sum: [f64; 10],
     partial_count: u64,
 }
 
 impl Default for LossHistory {
     fn default() -> Self {
-        Self { curves: Default::default(), steps_per_point: 1, partial_sum: [0.0; 8], partial_count: 0 }
+        Self { curves: Default::default(), steps_per_point: 1, partial_sum: [0.0; 10], partial_count: 0 }
     }
 }
 
@@ -668,6 +676,11 @@ impl App {
                 None => PRESETS[form.preset].name.into(),
             },
             Setting::Name => self.training_run_name(),
+            Setting::Method => match form.method {
+                Method::Cyclegan => "cyclegan: two generators, cycle + identity losses".into(),
+                Method::Cut => "cut: one generator A→B, PatchNCE (+ identity NCE)".into(),
+                Method::Fastcut => "fastcut: one generator A→B, PatchNCE ×10, flip-equivariance".into(),
+            },
             Setting::Generator => form.generator.clone(),
             Setting::Ngf => form.ngf.clone(),
             Setting::Size => form.size.clone(),
@@ -812,6 +825,12 @@ impl App {
                 let names: Vec<&str> = choices.devices.iter().map(|(n, _)| n.as_str()).collect();
                 cycle_text(&mut self.training.form.device, &names, forward)
             }
+            Setting::Method => {
+                use clap::ValueEnum;
+                let all = Method::value_variants();
+                let i = all.iter().position(|m| *m == self.training.form.method).unwrap_or(0);
+                self.training.form.method = all[step(i, all.len())];
+            }
             Setting::Paired => self.training.form.paired = !self.training.form.paired,
             Setting::KeepLuma => self.training.form.keep_luma = !self.training.form.keep_luma,
             _ => {}
@@ -868,6 +887,7 @@ impl App {
         Ok(RunRequest {
             name,
             dataset: self.training_dataset().map(|d| d.dir.clone()),
+            method: Some(form.method),
             generator: Some(form.generator.trim().parse()?),
             ngf: Some(ngf),
             ndf: Some(ngf),

@@ -150,8 +150,18 @@ fn legend_lines(curves: &[(&str, &[(f64, f64)])], width: u16) -> Vec<Line<'stati
 }
 
 /// One colour per loss curve, in the order of [`LOSS_NAMES`].
-const CURVE_COLORS: [Color; 8] =
-    [Color::Red, Color::Magenta, Color::Blue, Color::Cyan, Color::Green, Color::White, Color::Yellow, Color::LightYellow];
+const CURVE_COLORS: [Color; 10] = [
+    Color::Red,
+    Color::Magenta,
+    Color::Blue,
+    Color::Cyan,
+    Color::Green,
+    Color::White,
+    Color::LightBlue,
+    Color::LightGreen,
+    Color::Yellow,
+    Color::LightYellow,
+];
 
 fn curve_color(name: &str) -> Color {
     LOSS_NAMES.iter().position(|n| *n == name).map_or(Color::Gray, |i| CURVE_COLORS[i])
@@ -234,8 +244,17 @@ fn render_health(frame: &mut Frame, area: Rect, run: &RunMonitor) {
     };
     let mut lines = vec![
         Line::from(format!("check at step {}", report.step)).dim(),
-        Line::from(format!("diversity  A→B {:.2}  B→A {:.2}  (0: outputs all alike)", m.diversity_ab, m.diversity_ba)),
-        Line::from(format!("D_B real {:.2} fake {:.2}   D_A real {:.2} fake {:.2}", m.d_b_real, m.d_b_fake, m.d_a_real, m.d_a_fake)),
+        // A one-sided (CUT) run has no B→A side: its metrics are NaN.
+        if m.diversity_ba.is_nan() {
+            Line::from(format!("diversity  A→B {:.2}  (0: outputs all alike)", m.diversity_ab))
+        } else {
+            Line::from(format!("diversity  A→B {:.2}  B→A {:.2}  (0: outputs all alike)", m.diversity_ab, m.diversity_ba))
+        },
+        if m.d_a_real.is_nan() {
+            Line::from(format!("D_B real {:.2} fake {:.2}", m.d_b_real, m.d_b_fake))
+        } else {
+            Line::from(format!("D_B real {:.2} fake {:.2}   D_A real {:.2} fake {:.2}", m.d_b_real, m.d_b_fake, m.d_a_real, m.d_a_fake))
+        },
         Line::from(format!("cycle loss (avg) {:.3}, {}", report.cycle_ema, trend(report.cycle_trend))),
     ];
     if report.warnings.is_empty() {
