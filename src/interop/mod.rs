@@ -7,7 +7,7 @@ pub mod onnx;
 use crate::checkpoint::{safetensors_bytes, save_generation, Network};
 use crate::data::DomainSpec;
 use crate::model::{Generator, GeneratorConfig, GeneratorKind, OutputMode};
-use crate::train::{Schedule, TrainConfig};
+use crate::train::{Method, NceConfig, Schedule, TrainConfig};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
@@ -43,6 +43,50 @@ pub fn generator_key_map(kind: GeneratorKind) -> Vec<(String, String)> {
             m
         }
     }
+}
+
+/// (our layer prefix, reference layer prefix) for every parameterised layer of the CUT
+/// reference's anti-aliased ResNet generator (`no_antialias`/`no_antialias_up` off): its
+/// `nn.Sequential` has a blur-pool after each down-sampling convolution and a blur up-sampling
+/// before each up-sampling one.
+pub fn antialiased_generator_key_map(blocks: usize) -> Vec<(String, String)> {
+    let n = blocks;
+    let mut m = vec![("stem".to_string(), "model.1".to_string()), ("down.0".into(), "model.4".into()), ("down.1".into(), "model.8".into())];
+    for i in 0..n {
+        m.push((format!("blocks.{i}.conv1"), format!("model.{}.conv_block.1", 12 + i)));
+        m.push((format!("blocks.{i}.conv2"), format!("model.{}.conv_block.5", 12 + i)));
+    }
+    m.push(("up.0".into(), format!("model.{}", 13 + n)));
+    m.push(("up.1".into(), format!("model.{}", 17 + n)));
+    m.push(("head".into(), format!("model.{}", 21 + n)));
+    m
+}
+
+/// The key map of a generator of either layout.
+pub fn key_map_of(cfg: &GeneratorConfig) -> Result<Vec<(String, String)>> {
+    Ok(match (cfg.kind, cfg.antialias) {
+        (_, false) => generator_key_map(cfg.kind),
+        (GeneratorKind::Resnet { blocks }, true) => antialiased_generator_key_map(blocks),
+        (kind, true) => bail!("an anti-aliased {kind} has no reference layout"),
+    })
+}
+
+/// The fixed blur filters the CUT reference keeps as buffers in its state dict (`model.K.filt`,
+/// [C,1,k,k]): after each down-sampling convolution [1,2,1]⊗[1,2,1]/16, before each up-sampling
+/// one [1,3,3,1]⊗[1,3,3,1]/64·4.
+pub fn antialiased_blur_buffers(blocks: usize, ngf: usize) -> Result<Vec<(String, Tensor)>> {
+    let filt = |taps: &[f32], scale: f32, channels: usize| -> Result<Tensor> {
+        let k = taps.len();
+        let sum: f32 = taps.iter().sum::<f32>().powi(2);
+        let plane: Vec<f32> = (0..k * k).map(|i| taps[i / k] * taps[i % k] / sum * scale).collect();
+        Ok(Tensor::from_vec(plane, (1, 1, k, k), &Device::Cpu)?.repeat((channels, 1, 1, 1))?)
+    };
+    Ok(vec![
+        ("model.7.filt".to_string(), filt(&[1., 2., 1.], 1.0, 2 * ngf)?),
+        ("model.11.filt".to_string(), filt(&[1., 2., 1.], 1.0, 4 * ngf)?),
+        (format!("model.{}.filt", 12 + blocks), filt(&[1., 3., 3., 1.], 4.0, 4 * ngf)?),
+        (format!("model.{}.filt", 16 + blocks), filt(&[1., 3., 3., 1.], 4.0, 2 * ngf)?),
+    ])
 }
 
 /// (our layer prefix, reference layer prefix) for a PatchGAN with `n_layers`.
@@ -106,6 +150,19 @@ pub fn infer_generator(tensors: &HashMap<String, Tensor>) -> Result<GeneratorCon
         }
         return Ok(GeneratorConfig { kind: GeneratorKind::Unet { downs }, in_channels: first[1], out_channels: last[1], ngf: first[0], output: OutputMode::Direct, antialias: false });
     }
+    if tensors.contains_key("model.1.weight") && tensors.contains_key("model.7.filt") && tensors.contains_key("model.12.conv_block.1.weight") {
+        // The CUT reference's anti-aliased ResNet.
+        let mut blocks = 0;
+        while tensors.contains_key(&format!("model.{}.conv_block.1.weight", 12 + blocks)) {
+            blocks += 1;
+        }
+        let first = dims("model.1.weight")?; // [ngf, in, 7, 7]
+        let last = dims(&format!("model.{}.weight", 21 + blocks))?; // [out, ngf, 7, 7]
+        if first.len() != 4 || first[2] != 7 || last.len() != 4 {
+            bail!("shapes fit no known anti-aliased ResNet generator");
+        }
+        return Ok(GeneratorConfig { kind: GeneratorKind::Resnet { blocks }, in_channels: first[1], out_channels: last[0], ngf: first[0], output: OutputMode::Direct, antialias: true });
+    }
     if tensors.contains_key("model.1.weight") && tensors.contains_key("model.10.conv_block.1.weight") {
         let mut blocks = 0;
         while tensors.contains_key(&format!("model.{}.conv_block.1.weight", 10 + blocks)) {
@@ -118,7 +175,7 @@ pub fn infer_generator(tensors: &HashMap<String, Tensor>) -> Result<GeneratorCon
         }
         return Ok(GeneratorConfig { kind: GeneratorKind::Resnet { blocks }, in_channels: first[1], out_channels: last[0], ngf: first[0], output: OutputMode::Direct, antialias: false });
     }
-    bail!("not a CycleGAN generator state dict (no model.1.weight / model.model.0.weight)")
+    bail!("not a CycleGAN or CUT generator state dict (no model.1.weight / model.model.0.weight)")
 }
 
 /// Reads a PyTorch `.pth` state dict (zip pickle) into named tensors.
@@ -130,9 +187,24 @@ pub fn read_pth(path: &Path) -> Result<HashMap<String, Tensor>> {
     Ok(entries.into_iter().collect())
 }
 
-/// Builds a generator from reference-keyed tensors, checking every shape.
+/// Builds a generator from reference-keyed tensors, checking every shape. The blur filters of
+/// an anti-aliased (CUT) generator must be the fixed ones; they are not weights of ours.
 pub fn generator_from_reference(tensors: &HashMap<String, Tensor>, cfg: &GeneratorConfig, device: &Device) -> Result<(Generator, HashMap<String, Tensor>)> {
-    let ours = from_reference_keys(&generator_key_map(cfg.kind), tensors)?;
+    let mut tensors = tensors.clone();
+    if let (true, GeneratorKind::Resnet { blocks }) = (cfg.antialias, cfg.kind) {
+        for (key, expected) in antialiased_blur_buffers(blocks, cfg.ngf)? {
+            let t = tensors.remove(&key).with_context(|| format!("missing {key} (the anti-aliasing filter)"))?;
+            let diff = (t.to_dtype(DType::F32)?.to_device(&Device::Cpu)? - &expected)
+                .map_err(|_| anyhow::anyhow!("{key} has shape {:?}, expected {:?}", t.dims(), expected.dims()))?
+                .abs()?
+                .max_all()?
+                .to_scalar::<f32>()?;
+            if diff > 1e-6 {
+                bail!("{key} is not the reference's fixed blur filter (differs by {diff})");
+            }
+        }
+    }
+    let ours = from_reference_keys(&key_map_of(cfg)?, &tensors)?;
     let vb = VarBuilder::from_tensors(ours.clone(), DType::F32, device);
     let g = Generator::new(cfg, vb).map_err(|e| anyhow::anyhow!("the weights do not fit {}: {e}", cfg.kind))?;
     Ok((g, ours))
@@ -162,6 +234,9 @@ pub fn import(req: &ImportRequest) -> Result<TrainConfig> {
         }
         let (_, ours) = generator_from_reference(&tensors, &cfg, &Device::Cpu).with_context(|| path.display().to_string())?;
         if net == Network::GBa {
+            if cfg.antialias || cfg_ab.as_ref().is_some_and(|ab| ab.antialias) {
+                bail!("{}: a CUT/FastCUT model has one generator (A→B); import it without --g-ba", path.display());
+            }
             if let Some(ab) = &cfg_ab {
                 if ab.kind != cfg.kind || ab.ngf != cfg.ngf || ab.in_channels != cfg.out_channels || ab.out_channels != cfg.in_channels {
                     bail!("{} does not mirror the A→B generator's architecture", path.display());
@@ -176,7 +251,12 @@ pub fn import(req: &ImportRequest) -> Result<TrainConfig> {
     }
     let g = cfg_ab.context("no A→B generator")?;
     let name = req.run_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    // The CUT reference's anti-aliased generator makes this a one-sided (CUT) model; CUT and
+    // FastCUT share that generator, so the weights cannot tell which trained it.
+    let method = if g.antialias { Method::Cut } else { Method::Cyclegan };
     let config = TrainConfig {
+        method,
+        nce: NceConfig::for_method(method),
         generator: g.kind,
         ngf: g.ngf,
         // Imported weights come without training state: nothing to resume.
@@ -199,7 +279,8 @@ pub fn import(req: &ImportRequest) -> Result<TrainConfig> {
 }
 
 /// `cyclestudio export --format torch-keys`: the generators with the reference's key names, as
-/// safetensors (`G_A.safetensors` = our G_AB, `G_B.safetensors` = our G_BA) for
+/// safetensors (`G_A.safetensors` = our G_AB, `G_B.safetensors` = our G_BA; a CUT model's one
+/// generator as `G.safetensors`, with its blur filters, for the CUT reference's `netG`) for
 /// `load_state_dict(safetensors.torch.load_file(...))`. Refuses a model whose generator is not
 /// [`OutputMode::Direct`]: the reference has no network that composes its output from the input.
 pub fn export_torch_keys(run_dir: &Path, out_dir: &Path) -> Result<Vec<PathBuf>> {
@@ -213,16 +294,23 @@ pub fn export_torch_keys(run_dir: &Path, out_dir: &Path) -> Result<Vec<PathBuf>>
     }
     let generation = crate::checkpoint::load_generation(run_dir)?;
     std::fs::create_dir_all(out_dir)?;
-    let map = generator_key_map(cfg.generator);
+    let g_ab = cfg.g_ab();
+    let map = key_map_of(&g_ab)?;
+    // The CUT reference calls its one generator G; CycleGAN's are G_A and G_B.
+    let names = if cfg.method.one_sided() { [(Network::GAb, "G"), (Network::GBa, "")] } else { [(Network::GAb, "G_A"), (Network::GBa, "G_B")] };
     let mut written = Vec::new();
-    for (ours, theirs) in [(Network::GAb, "G_A"), (Network::GBa, "G_B")] {
+    for (ours, theirs) in names {
         let file = ours.file();
-        if !generation.has(file) {
+        if theirs.is_empty() || !generation.has(file) {
             continue;
         }
         let mut tensors: Vec<(String, Tensor)> = generation.load_tensors(file, &Device::Cpu)?.into_iter().collect();
         tensors.sort_by(|a, b| a.0.cmp(&b.0));
-        let renamed = to_reference_keys(&map, &tensors)?;
+        let mut renamed = to_reference_keys(&map, &tensors)?;
+        if let (true, GeneratorKind::Resnet { blocks }) = (g_ab.antialias, g_ab.kind) {
+            // Its state dict holds the blur filters too; load_state_dict(strict) expects them.
+            renamed.extend(antialiased_blur_buffers(blocks, g_ab.ngf)?);
+        }
         let path = out_dir.join(format!("{theirs}.safetensors"));
         crate::util::atomic_write(&path, &safetensors_bytes(&renamed)?)?;
         written.push(path);

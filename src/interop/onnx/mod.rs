@@ -67,6 +67,14 @@ pub fn export_onnx(run_dir: &Path, to: Option<&str>, half: bool, out: Option<&Pa
     } else {
         bail!("model {} has no domain '{to}'; it translates to: {}", run_dir.display(), targets.join(", "))
     };
+    if gcfg.antialias {
+        bail!(
+            "model {} is a {} model: ONNX export of its anti-aliased generator (blur-pool layers) is not supported yet; \
+             export it with --format generators (cyclestudio) or --format torch-keys (the CUT reference)",
+            run_dir.display(),
+            cfg.method
+        );
+    }
     if !has(file) {
         bail!(
             "model {} has no generator that translates to '{to}' ({file} is not in its checkpoint); it translates to: {}",
