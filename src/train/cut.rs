@@ -88,6 +88,10 @@ impl CutTrainer {
         if nce.nce_layers.is_empty() || !nce.nce_layers.windows(2).all(|w| w[0] < w[1]) || nce.nce_layers[nce.nce_layers.len() - 1] > top {
             bail!("NCE layers {:?} must be increasing and at most {top} (the last residual block of {})", nce.nce_layers, cfg.generator);
         }
+        if nce.num_patches == 0 || nce.netf_nc == 0 || !nce.nce_t.is_finite() || nce.nce_t <= 0.0 {
+            // The reference's num_patches 0 (every position, unsampled) is not supported.
+            bail!("PatchNCE needs num_patches, netF_nc and a finite τ above 0");
+        }
         let vars: [VarMap; 3] = std::array::from_fn(|_| VarMap::new());
         let vb = |i: usize| VarBuilder::from_varmap(&vars[i], DType::F32, &device);
         let gcfg = cfg.g_ab();
