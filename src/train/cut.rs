@@ -88,6 +88,10 @@ impl CutTrainer {
         if nce.nce_layers.is_empty() || !nce.nce_layers.windows(2).all(|w| w[0] < w[1]) || nce.nce_layers[nce.nce_layers.len() - 1] > top {
             bail!("NCE layers {:?} must be increasing and at most {top} (the last residual block of {})", nce.nce_layers, cfg.generator);
         }
+        if nce.num_patches == 0 || nce.netf_nc == 0 || !nce.nce_t.is_finite() || nce.nce_t <= 0.0 {
+            // The reference's num_patches 0 (every position, unsampled) is not supported.
+            bail!("PatchNCE needs num_patches, netF_nc and a finite τ above 0");
+        }
         let vars: [VarMap; 3] = std::array::from_fn(|_| VarMap::new());
         let vb = |i: usize| VarBuilder::from_varmap(&vars[i], DType::F32, &device);
         let gcfg = cfg.g_ab();
@@ -176,14 +180,14 @@ impl CutTrainer {
     /// [`CutTrainer::train_step`] with the given flip and patch ids.
     pub fn train_step_with(&mut self, real_a: &Tensor, real_b: &Tensor, draws: &CutDraws) -> Result<Losses> {
         let flip = self.nce.flip_equivariance && draws.flip;
-        self.step_inner(real_a, real_b, flip, Some((&draws.patch_ids, &draws.patch_ids_idt)))
+        self.step_inner(real_a, real_b, flip, Some(draws))
     }
 
     /// As the reference: forward, then D on the detached fake and real B (updated), then G and F
     /// on the GAN loss under the updated D plus PatchNCE. If a generator loss is not finite the
     /// discriminator has already been updated; the error stops the run, which rolls back to a
     /// checkpoint.
-    fn step_inner(&mut self, real_a: &Tensor, real_b: &Tensor, flip: bool, ids: Option<(&[Vec<u32>], &[Vec<u32>])>) -> Result<Losses> {
+    fn step_inner(&mut self, real_a: &Tensor, real_b: &Tensor, flip: bool, ids: Option<&CutDraws>) -> Result<Losses> {
         let lr = self.lr();
         let b = real_a.dim(0)?;
         let idt = self.nce.nce_idt;
@@ -214,11 +218,11 @@ impl CutTrainer {
         let mut rng = Rng::stream(self.cfg.seed, STREAM_PATCHES, self.step);
         let mut losses = Losses { g_ab_adv: g_gan.to_scalar()?, d_b, ..Losses::default() };
         let nce_total = if self.nce.lambda_nce > 0.0 {
-            let nce_x = self.nce_loss(real_a, &adapt_channels(&fake_b, ca)?, flip, ids.map(|i| i.0), &mut rng)?;
+            let nce_x = self.nce_loss(real_a, &adapt_channels(&fake_b, ca)?, flip, ids.map(|d| d.patch_ids.as_slice()), &mut rng)?;
             losses.nce = nce_x.to_scalar()?;
             match &idt_b {
                 Some(idt_b) => {
-                    let nce_y = self.nce_loss(&real_b_in, &adapt_channels(idt_b, ca)?, flip, ids.map(|i| i.1), &mut rng)?;
+                    let nce_y = self.nce_loss(&real_b_in, &adapt_channels(idt_b, ca)?, flip, ids.map(|d| d.patch_ids_idt.as_slice()), &mut rng)?;
                     losses.nce_idt = nce_y.to_scalar()?;
                     Some(((nce_x + nce_y)? * 0.5)?)
                 }
