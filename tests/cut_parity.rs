@@ -256,3 +256,41 @@ fn cut_parity_holds_on_the_device_generic_path() {
         "fastcut_flipped_step_matches_reference",
     ]);
 }
+
+/// `import` of the reference's own `latest_net_G.pth` (blur filters included) makes a one-way
+/// CUT model whose translation is the reference's output; `export --format torch-keys` gives
+/// the state dict back, filters included.
+#[test]
+fn reference_cut_generator_imports_translates_and_exports_back() {
+    use cyclestudio::interop::{export_torch_keys, import, read_pth, ImportRequest};
+    use cyclestudio::translate::Translator;
+    let fx = load_fixture("cut_generator.safetensors");
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("cut_ref");
+    let req = ImportRequest { run_dir: run.clone(), g_ab: fixture_path("cut_G.pth"), g_ba: None, domains: ["photo".into(), "art".into()], generator: None };
+    let cfg = import(&req).unwrap();
+    assert_eq!((cfg.method, cfg.generator, cfg.ngf), (Method::Cut, GeneratorKind::Resnet { blocks: 6 }, 4));
+    let tr = Translator::load(&run, "cpu").unwrap();
+    let (g, _, _) = tr.generator_to("art").unwrap();
+    let e = rel_err(&g.forward(&fx["input"]).unwrap(), &fx["output"]);
+    assert!(e < TOL, "imported generator: relative error {e}");
+    let err = tr.generator_to("photo").err().unwrap().to_string();
+    assert!(err.contains("cut model") && err.contains("only photo→art"), "{err}");
+    // A second generator makes no sense for a one-sided model.
+    let two = ImportRequest { run_dir: tmp.path().join("two"), g_ba: Some(fixture_path("cut_G.pth")), ..req };
+    assert!(import(&two).unwrap_err().to_string().contains("without --g-ba"));
+
+    let written = export_torch_keys(&run, &tmp.path().join("export")).unwrap();
+    assert_eq!(written.len(), 1);
+    assert!(written[0].ends_with("G.safetensors"));
+    let back = candle_core::safetensors::load(&written[0], &Device::Cpu).unwrap();
+    let pth = read_pth(&fixture_path("cut_G.pth")).unwrap();
+    let mut keys: Vec<&String> = back.keys().collect();
+    let mut want: Vec<&String> = pth.keys().collect();
+    keys.sort();
+    want.sort();
+    assert_eq!(keys, want);
+    for (k, t) in &pth {
+        assert!(max_diff(&back[k], t) == 0.0, "{k} differs");
+    }
+}

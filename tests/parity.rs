@@ -64,7 +64,7 @@ fn imported_pth_translates_like_pytorch() {
 fn not_a_generator_is_refused_clearly() {
     let w = read_pth(&fixture_path("not_a_generator.pth")).unwrap();
     let e = infer_generator(&w).unwrap_err().to_string();
-    assert!(e.contains("not a CycleGAN generator"), "{e}");
+    assert!(e.contains("not a CycleGAN or CUT generator"), "{e}");
 }
 
 /// Our weight name → reference key, for one network.

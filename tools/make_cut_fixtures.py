@@ -18,6 +18,7 @@ replaced by given values that are stored too, so the Rust side can replay them.
 Files (all float32; scalars have shape [1]; patch ids are stored as float32 integers):
   cut_blur.safetensors       x, down (blur_down(x)), up (blur_up(x)) for an odd-sized x
   cut_generator.safetensors  w.* (anti-aliased resnet_6blocks, ngf 4), input, output, feat.<layer>
+  cut_G.pth                  that generator's state dict as the reference saves it (import)
   cut_patchgan.safetensors   w.* (anti-aliased basic PatchGAN, ndf 4), input, output
   cut_patchnce.safetensors   feat_q.i, feat_k.i, ids.i, w.* (F heads), lambda, tau, loss,
                              grad.feat_q.i, grad.w.* (batch 2)
@@ -132,6 +133,9 @@ def fixture_generator(networks):
     for layer, f in zip(layers, feats):
         t[f"feat.{layer}"] = f
     save("cut_generator.safetensors", t)
+    # The same generator as the reference saves it (latest_net_G.pth: its own keys, blur
+    # filters included), for `cyclestudio import`.
+    torch.save(g.state_dict(), os.path.join(OUT_DIR, "cut_G.pth"))
 
 
 def fixture_patchgan(networks):
