@@ -4,7 +4,7 @@
 
 use crate::data::DomainSpec;
 use crate::model::Generator;
-use crate::train::{open_device, Schedule, TrainConfig, Trainer};
+use crate::train::{open_device, Method, MethodTrainer, NceConfig, Schedule, TrainConfig};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
@@ -19,13 +19,23 @@ pub struct Case {
     pub generator: &'static str,
     pub size: usize,
     pub train: bool,
+    /// The training method (CycleGAN for the inference cases).
+    pub method: Method,
 }
 
-pub const CASES: [Case; 4] = [
-    Case { id: "train128", what: "training iteration, 128², resnet_6blocks", generator: "resnet_6blocks", size: 128, train: true },
-    Case { id: "train256", what: "training iteration, 256², resnet_9blocks", generator: "resnet_9blocks", size: 256, train: true },
-    Case { id: "infer256", what: "translate 256² (resnet_9blocks)", generator: "resnet_9blocks", size: 256, train: false },
-    Case { id: "infer1024", what: "translate 1024² (resnet_9blocks)", generator: "resnet_9blocks", size: 1024, train: false },
+const fn case(id: &'static str, what: &'static str, generator: &'static str, size: usize, train: bool, method: Method) -> Case {
+    Case { id, what, generator, size, train, method }
+}
+
+pub const CASES: [Case; 8] = [
+    case("train128", "training iteration, 128², resnet_6blocks", "resnet_6blocks", 128, true, Method::Cyclegan),
+    case("train256", "training iteration, 256², resnet_9blocks", "resnet_9blocks", 256, true, Method::Cyclegan),
+    case("cut128", "CUT training iteration, 128², resnet_6blocks", "resnet_6blocks", 128, true, Method::Cut),
+    case("fastcut128", "FastCUT training iteration, 128², resnet_6blocks", "resnet_6blocks", 128, true, Method::Fastcut),
+    case("cut256", "CUT training iteration, 256², resnet_9blocks", "resnet_9blocks", 256, true, Method::Cut),
+    case("fastcut256", "FastCUT training iteration, 256², resnet_9blocks", "resnet_9blocks", 256, true, Method::Fastcut),
+    case("infer256", "translate 256² (resnet_9blocks)", "resnet_9blocks", 256, false, Method::Cyclegan),
+    case("infer1024", "translate 1024² (resnet_9blocks)", "resnet_9blocks", 1024, false, Method::Cyclegan),
 ];
 
 /// The FID Inception case (`--cases inception8`, not in the default set): features of a batch
@@ -118,14 +128,19 @@ pub fn peak_rss_mib() -> f64 {
 }
 
 fn bench_config(case: &Case, device: &str) -> TrainConfig {
+    let base = TrainConfig::reference("bench", "".into(), DomainSpec { name: "A".into(), channels: 3 }, DomainSpec { name: "B".into(), channels: 3 }, 1);
     TrainConfig {
+        method: case.method,
+        nce: NceConfig::for_method(case.method),
+        // CUT keeps no pool of fakes (the reference's pool_size 0).
+        pool: if case.method.one_sided() { 0 } else { base.pool },
         generator: case.generator.parse().expect("known generator"),
         size: case.size,
         load_size: case.size,
         schedule: Schedule::Iters { iters: 1000, decay_iters: 0 },
         health_every: 0,
         device: device.into(),
-        ..TrainConfig::reference("bench", "".into(), DomainSpec { name: "A".into(), channels: 3 }, DomainSpec { name: "B".into(), channels: 3 }, 1)
+        ..base
     }
 }
 
@@ -140,7 +155,7 @@ pub fn run_case(id: &str, device: &str, warmup: usize, repeats: usize) -> Result
     let s = case.size;
     let mut seconds = Vec::new();
     if case.train {
-        let mut t = Trainer::new(cfg, dev.clone())?;
+        let mut t = MethodTrainer::new(cfg, dev.clone())?;
         let a = Tensor::rand(-1f32, 1.0, (1, 3, s, s), &dev)?;
         let b = Tensor::rand(-1f32, 1.0, (1, 3, s, s), &dev)?;
         for i in 0..warmup + repeats {

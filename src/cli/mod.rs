@@ -47,7 +47,7 @@ pub enum Command {
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// Cases to run: train128, train256, infer256, infer1024 (default: all).
+    /// Cases to run: train128, train256, cut128, fastcut128, cut256, fastcut256, infer256, infer1024 (default: all).
     #[arg(long, value_delimiter = ',')]
     pub cases: Vec<String>,
     #[arg(long, default_value_t = 1)]

@@ -1,0 +1,54 @@
+//! Where a CUT step spends its time on the CPU (medians): the anti-aliased generator against the
+//! plain one, the blur layers, the anti-aliased discriminator. Compare lines from one run only.
+//!
+//!     cargo run --release --example cut_timing
+
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::{VarBuilder, VarMap};
+use cyclestudio::model::antialias::{blur_down, blur_up};
+use cyclestudio::model::{DiscriminatorConfig, Generator, GeneratorConfig, PatchGan};
+use std::time::Instant;
+
+fn time<F: FnMut()>(name: &str, n: usize, mut f: F) {
+    f();
+    let mut v: Vec<f64> = (0..n)
+        .map(|_| {
+            let s = Instant::now();
+            f();
+            s.elapsed().as_secs_f64()
+        })
+        .collect();
+    v.sort_by(f64::total_cmp);
+    println!("{name:<48} {:8.1} ms", v[n / 2] * 1e3);
+}
+
+fn main() {
+    cyclestudio::ops::tune_cpu_runtime();
+    let dev = Device::Cpu;
+    let x = Tensor::randn(0f32, 1.0, (1, 3, 256, 256), &dev).unwrap();
+    for antialias in [false, true] {
+        let vm = VarMap::new();
+        let cfg = GeneratorConfig { kind: "resnet_9blocks".parse().unwrap(), in_channels: 3, out_channels: 3, ngf: 64, output: Default::default(), antialias };
+        let g = Generator::new(&cfg, VarBuilder::from_varmap(&vm, DType::F32, &dev)).unwrap();
+        time(&format!("G 256² forward (antialias {antialias})"), 3, || drop(g.forward(&x).unwrap()));
+        time(&format!("G 256² forward+backward (antialias {antialias})"), 3, || drop(g.forward(&x).unwrap().sum_all().unwrap().backward().unwrap()));
+        if antialias {
+            time("G encode 0,4,8,12,16 fwd+bwd", 3, || {
+                let f = g.encode(&x, &[0, 4, 8, 12, 16]).unwrap();
+                let s = f.iter().map(|t| t.sum_all().unwrap()).reduce(|a, b| (a + b).unwrap()).unwrap();
+                drop(s.backward().unwrap())
+            });
+        }
+        let vm = VarMap::new();
+        let dcfg = DiscriminatorConfig { in_channels: 3, ndf: 64, n_layers: 3, antialias };
+        let d = PatchGan::new(&dcfg, VarBuilder::from_varmap(&vm, DType::F32, &dev)).unwrap();
+        time(&format!("D 256² forward+backward (antialias {antialias})"), 3, || drop(d.forward(&x).unwrap().sum_all().unwrap().backward().unwrap()));
+    }
+    for (c, side) in [(128usize, 256usize), (256, 128)] {
+        let v = Var::from_tensor(&Tensor::randn(0f32, 1.0, (1, c, side, side), &dev).unwrap()).unwrap();
+        time(&format!("blur_down {c}ch {side}² fwd+bwd"), 5, || drop(blur_down(v.as_tensor()).unwrap().sum_all().unwrap().backward().unwrap()));
+        let h = side / 2;
+        let v = Var::from_tensor(&Tensor::randn(0f32, 1.0, (1, c * 2, h, h), &dev).unwrap()).unwrap();
+        time(&format!("blur_up {}ch {h}² fwd+bwd", c * 2), 5, || drop(blur_up(v.as_tensor()).unwrap().sum_all().unwrap().backward().unwrap()));
+    }
+}
