@@ -44,6 +44,18 @@ fn main() {
         let d = PatchGan::new(&dcfg, VarBuilder::from_varmap(&vm, DType::F32, &dev)).unwrap();
         time(&format!("D 256² forward+backward (antialias {antialias})"), 3, || drop(d.forward(&x).unwrap().sum_all().unwrap().backward().unwrap()));
     }
+    // The anti-aliased generator's four full-resolution 3×3 convolutions and their norms.
+    for (name, cin, cout, side) in [("down0 64→128", 64, 128, 256), ("down1 128→256", 128, 256, 128), ("up0 256→128", 256, 128, 128), ("up1 128→64", 128, 64, 256)] {
+        let xv = Var::from_tensor(&Tensor::randn(0f32, 1.0, (1, cin, side, side), &dev).unwrap()).unwrap();
+        let wv = Var::from_tensor(&Tensor::randn(0f32, 0.02, (cout, cin, 3, 3), &dev).unwrap()).unwrap();
+        time(&format!("{name} 3×3 pad 1, {side}² fwd+bwd"), 3, || {
+            drop(cyclestudio::ops::conv::conv2d(xv.as_tensor(), wv.as_tensor(), 1, 1).unwrap().sum_all().unwrap().backward().unwrap())
+        });
+        let yv = Var::from_tensor(&Tensor::randn(0f32, 1.0, (1, cout, side, side), &dev).unwrap()).unwrap();
+        time(&format!("{name} norm+relu {side}² fwd+bwd"), 3, || {
+            drop(cyclestudio::ops::instance_norm_act(yv.as_tensor(), cyclestudio::ops::Act::Relu).unwrap().sum_all().unwrap().backward().unwrap())
+        });
+    }
     for (c, side) in [(128usize, 256usize), (256, 128)] {
         let v = Var::from_tensor(&Tensor::randn(0f32, 1.0, (1, c, side, side), &dev).unwrap()).unwrap();
         time(&format!("blur_down {c}ch {side}² fwd+bwd"), 5, || drop(blur_down(v.as_tensor()).unwrap().sum_all().unwrap().backward().unwrap()));

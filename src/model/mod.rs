@@ -65,6 +65,14 @@ impl Generator {
         }
     }
 
+    /// The output and the encoder features at `layers` from one pass (see
+    /// [`ResnetGenerator::forward_with_features`]).
+    pub fn forward_with_features(&self, xs: &Tensor, layers: &[usize]) -> Result<(Tensor, Vec<Tensor>)> {
+        let GeneratorNetwork::Resnet(g) = &self.network else { candle_core::bail!("encode needs a ResNet generator") };
+        let (raw, feats) = g.forward_with_features(xs, layers)?;
+        Ok((self.output_from(xs, raw)?.0, feats))
+    }
+
     /// Whether this generator predicts only chroma over its input's luma (`--keep-luma`).
     pub fn predicts_chroma(&self) -> bool {
         self.output != OutputMode::Direct
@@ -121,6 +129,11 @@ impl Generator {
             GeneratorNetwork::Resnet(g) => g.forward(xs)?,
             GeneratorNetwork::Unet(g) => g.forward(xs)?,
         }; // [B,network_out_channels,H,W]
+        self.output_from(xs, raw)
+    }
+
+    /// The image this generator returns for input `xs` from its network's output `raw`, and `raw`.
+    fn output_from(&self, xs: &Tensor, raw: Tensor) -> Result<(Tensor, Tensor)> {
         let chroma = match self.output {
             OutputMode::Direct => return Ok((raw.clone(), raw)),
             OutputMode::ChromaOverLuma => raw.clone(),

@@ -86,13 +86,27 @@ impl ResnetGenerator {
     /// returns them. Stops after the last requested layer. A requested convolution output
     /// includes its bias (the reference's features do; the norm after it cancels it).
     pub fn encode(&self, xs: &Tensor, layers: &[usize]) -> Result<Vec<Tensor>> {
+        let Some(&last) = layers.iter().max() else { return Ok(Vec::new()) };
+        Ok(self.encode_through(xs, layers, last)?.1)
+    }
+
+    /// The output and the encoder features at `layers` from one pass: what [`Self::forward`]
+    /// and [`Self::encode`] give, without running the encoder twice (CUT's PatchNCE keys are the
+    /// features of the very images the generator translates).
+    pub fn forward_with_features(&self, xs: &Tensor, layers: &[usize]) -> Result<(Tensor, Vec<Tensor>)> {
+        let top = FIRST_BLOCK + self.blocks.len() - 1;
+        let (h, feats) = self.encode_through(xs, layers, top)?;
+        Ok((self.decode(&h)?, feats))
+    }
+
+    /// The encoder up to layer `last` (its output) and the features at `layers` on the way.
+    fn encode_through(&self, xs: &Tensor, layers: &[usize], last: usize) -> Result<(Tensor, Vec<Tensor>)> {
         if !self.antialias {
             candle_core::bail!("encode needs the anti-aliased (CUT) ResNet generator");
         }
-        let Some(&last) = layers.iter().max() else { return Ok(Vec::new()) };
         let top = FIRST_BLOCK + self.blocks.len() - 1;
-        if last > top {
-            candle_core::bail!("encoder layer {last} requested; this generator's encoder ends at layer {top}");
+        if last > top || layers.iter().any(|&l| l > top) {
+            candle_core::bail!("encoder layer {} requested; this generator's encoder ends at layer {top}", last.max(layers.iter().copied().max().unwrap_or(0)));
         }
         let want = |i: usize| layers.contains(&i);
         let mut feats = Vec::new();
@@ -104,7 +118,7 @@ impl ResnetGenerator {
         let stages = std::iter::once((&self.stem, 1, false)).chain(self.down.iter().zip([4, 8]).map(|(c, b)| (c, b, true)));
         for (conv, base, pool) in stages {
             if last < base {
-                return Ok(feats);
+                return Ok((h, feats));
             }
             h = if want(base) || want(base + 1) {
                 let y = conv.forward(&h)?;
@@ -138,7 +152,7 @@ impl ResnetGenerator {
                 feats.push(h.clone());
             }
         }
-        Ok(feats)
+        Ok((h, feats))
     }
 
     /// [B,Cin,H,W] → [B,Cout,H,W] (Cout = `cfg.network_out_channels()`); H and W multiples of 4.
@@ -153,6 +167,12 @@ impl ResnetGenerator {
         for b in &self.blocks {
             h = b.forward(&h)?;
         }
+        self.decode(&h)
+    }
+
+    /// The up-sampling layers and the head: [B,4ngf,H/4,W/4] → [B,Cout,H,W].
+    fn decode(&self, h: &Tensor) -> Result<Tensor> {
+        let mut h = h.clone();
         for u in &self.up {
             h = match u {
                 Up::Transposed(t) => t.forward_norm_act(&h, Act::Relu)?,

@@ -40,6 +40,12 @@ pub fn conv2d(xs: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<
     if super::winograd::applies(cin, cout, k, stride, padding) {
         return super::winograd::conv3x3(&xs.contiguous()?, &w.contiguous()?, 0);
     }
+    if padding == 1 && super::winograd::applies(cin, cout, k, stride, 0) {
+        // A zero-padded 3×3 (CUT's anti-aliased down- and up-sampling convolutions): a padded
+        // copy costs far less than the im2col GEMM that Winograd replaces.
+        let padded = xs.pad_with_zeros(2, 1, 1)?.pad_with_zeros(3, 1, 1)?;
+        return super::winograd::conv3x3(&padded.contiguous()?, &w.contiguous()?, 0);
+    }
     if stride == 1 && cout < cin && padding < k {
         return xs.contiguous()?.apply_op2(&w.contiguous()?, NarrowConv2dOp { pad: padding });
     }

@@ -198,7 +198,17 @@ impl CutTrainer {
         let real_b_in = adapt_channels(real_b, ca)?;
         let real = if idt { Tensor::cat(&[real_a, &real_b_in], 0)? } else { real_a.clone() }; // [B or 2B,Ca,S,S]
         let real = if flip { flip_w(&real)? } else { real };
-        let fake = self.g.forward(&real)?;
+        // Unflipped, PatchNCE's keys (the input images' encoder features, detached) come from
+        // this same pass; the reference runs the encoder on the inputs again for them.
+        let (fake, keys) = if flip || self.nce.lambda_nce <= 0.0 {
+            (self.g.forward(&real)?, None)
+        } else {
+            let (fake, feats) = self.g.forward_with_features(&real, &self.nce.nce_layers)?;
+            (fake, Some(feats.iter().map(Tensor::detach).collect::<Vec<_>>()))
+        };
+        let keys_of = |from: usize| -> Result<Option<Vec<Tensor>>> {
+            keys.as_ref().map(|k| k.iter().map(|f| Ok(f.narrow(0, from, b)?)).collect()).transpose()
+        };
         let fake_b = fake.narrow(0, 0, b)?;
         let idt_b = if idt { Some(fake.narrow(0, b, b)?) } else { None };
 
@@ -218,11 +228,11 @@ impl CutTrainer {
         let mut rng = Rng::stream(self.cfg.seed, STREAM_PATCHES, self.step);
         let mut losses = Losses { g_ab_adv: g_gan.to_scalar()?, d_b, ..Losses::default() };
         let nce_total = if self.nce.lambda_nce > 0.0 {
-            let nce_x = self.nce_loss(real_a, &adapt_channels(&fake_b, ca)?, flip, ids.map(|d| d.patch_ids.as_slice()), &mut rng)?;
+            let nce_x = self.nce_loss(real_a, &adapt_channels(&fake_b, ca)?, flip, ids.map(|d| d.patch_ids.as_slice()), keys_of(0)?, &mut rng)?;
             losses.nce = nce_x.to_scalar()?;
             match &idt_b {
                 Some(idt_b) => {
-                    let nce_y = self.nce_loss(&real_b_in, &adapt_channels(idt_b, ca)?, flip, ids.map(|d| d.patch_ids_idt.as_slice()), &mut rng)?;
+                    let nce_y = self.nce_loss(&real_b_in, &adapt_channels(idt_b, ca)?, flip, ids.map(|d| d.patch_ids_idt.as_slice()), keys_of(b)?, &mut rng)?;
                     losses.nce_idt = nce_y.to_scalar()?;
                     Some(((nce_x + nce_y)? * 0.5)?)
                 }
@@ -254,14 +264,17 @@ impl CutTrainer {
     /// features of the output `tgt` (queries; flipped back under flip-equivariance) and of the
     /// input `src` (keys, no gradient: the reference detaches them in the loss), averaged over
     /// the NCE layers. Patch ids are drawn per layer for the keys (unless given) and reused for
-    /// the queries.
-    pub fn nce_loss(&self, src: &Tensor, tgt: &Tensor, flip: bool, ids: Option<&[Vec<u32>]>, rng: &mut Rng) -> Result<Tensor> {
+    /// the queries. `keys`: the features of `src` when already computed.
+    pub fn nce_loss(&self, src: &Tensor, tgt: &Tensor, flip: bool, ids: Option<&[Vec<u32>]>, keys: Option<Vec<Tensor>>, rng: &mut Rng) -> Result<Tensor> {
         let layers = &self.nce.nce_layers;
         let mut feat_q = self.g.encode(tgt, layers)?;
         if flip {
             feat_q = feat_q.iter().map(flip_w).collect::<Result<_>>()?;
         }
-        let feat_k: Vec<Tensor> = self.g.encode(src, layers)?.iter().map(Tensor::detach).collect();
+        let feat_k: Vec<Tensor> = match keys {
+            Some(k) => k,
+            None => self.g.encode(src, layers)?.iter().map(Tensor::detach).collect(),
+        };
         let ids: Vec<Vec<u32>> = match ids {
             Some(ids) => ids.to_vec(),
             None => feat_k
