@@ -5,7 +5,8 @@
 //! Both filters are outer products of a 1-D kernel and their paddings (reflect, replicate) act
 //! on each axis on its own, so each is applied as two 1-D passes built from `index_select` and
 //! weighted sums: plain tensor ops, hence autograd and every device work, with no per-channel
-//! loop.
+//! loop. f32 tensors on the CPU take fused custom ops instead (`ops::blur`: both axes in one
+//! pass per plane, forward and backward), unless `CS_GENERIC_OPS` is set.
 
 use candle_core::{Result, Tensor};
 
@@ -37,6 +38,14 @@ fn blur_down_axis(xs: &Tensor, dim: usize) -> Result<Tensor> {
 /// The reference's `Downsample(channels)` (filt_size 3, stride 2, reflect padding): a depthwise
 /// [1,2,1]⊗[1,2,1]/16 blur with stride 2. `xs` [B,C,H,W] → [B,C,⌊(H−1)/2⌋+1,⌊(W−1)/2⌋+1].
 pub fn blur_down(xs: &Tensor) -> Result<Tensor> {
+    if crate::ops::blur::applies(xs) {
+        return crate::ops::blur::blur_down(xs);
+    }
+    blur_down_composed(xs)
+}
+
+/// `blur_down` from tensor ops (any device and dtype; what a GPU runs).
+pub(crate) fn blur_down_composed(xs: &Tensor) -> Result<Tensor> {
     blur_down_axis(&blur_down_axis(xs, 2)?, 3)
 }
 
@@ -60,6 +69,14 @@ fn blur_up_axis(xs: &Tensor, dim: usize) -> Result<Tensor> {
 /// The reference's `Upsample(channels)` (filt_size 4, stride 2, replicate padding): blur
 /// up-sampling by 2 with [1,3,3,1]⊗[1,3,3,1]/16. `xs` [B,C,H,W] → [B,C,2H,2W].
 pub fn blur_up(xs: &Tensor) -> Result<Tensor> {
+    if crate::ops::blur::applies(xs) {
+        return crate::ops::blur::blur_up(xs);
+    }
+    blur_up_composed(xs)
+}
+
+/// `blur_up` from tensor ops (any device and dtype; what a GPU runs).
+pub(crate) fn blur_up_composed(xs: &Tensor) -> Result<Tensor> {
     blur_up_axis(&blur_up_axis(xs, 2)?, 3)
 }
 
