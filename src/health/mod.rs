@@ -205,7 +205,8 @@ impl HealthMonitor {
         }
         let Some((a, b)) = &self.batch else { return Ok(None) };
         let ((g_ab, g_ba), (d_b, d_a)) = (trainer.generators(), trainer.discriminators());
-        let fake_b = g_ab.forward(a)?.detach();
+        // A CUT generator may take more channels than domain A has (see `TrainConfig::g_ab`).
+        let fake_b = g_ab.forward(&crate::ops::adapt_channels(a, trainer.cfg().g_ab().in_channels)?)?.detach();
         let mut m = HealthMetrics {
             diversity_ab: diversity_ratio(a, &fake_b)?,
             d_b_real: self.score(&d_b.forward(b)?.detach())?,

@@ -255,9 +255,13 @@ impl TrainConfig {
             (true, _) => OutputMode::ChromaOverLuma,
             (false, _) => OutputMode::Direct,
         };
+        // CUT's generator also encodes its own outputs and B images for PatchNCE, so it takes as
+        // many channels as either domain has (the reference loads every image as RGB); A images
+        // enter it converted (grey repeated), as they would there.
+        let in_channels = if self.method.one_sided() { self.domain_a.channels.max(self.domain_b.channels) } else { self.domain_a.channels };
         GeneratorConfig {
             kind: self.generator,
-            in_channels: self.domain_a.channels,
+            in_channels,
             out_channels: self.domain_b.channels,
             ngf: self.ngf,
             output,

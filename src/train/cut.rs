@@ -191,12 +191,12 @@ impl CutTrainer {
         let lr = self.lr();
         let b = real_a.dim(0)?;
         let idt = self.nce.nce_idt;
-        // G and its encoder take A's channels. Between domains of different channel counts
-        // (grey ↔ colour) B images and G's outputs enter them converted (luma or repetition), as
-        // the CycleGAN identity term does; with equal counts (the reference) nothing changes.
-        let ca = self.cfg.domain_a.channels;
-        let real_b_in = adapt_channels(real_b, ca)?;
-        let real = if idt { Tensor::cat(&[real_a, &real_b_in], 0)? } else { real_a.clone() }; // [B or 2B,Ca,S,S]
+        // G and its encoder take as many channels as either domain has (`TrainConfig::g_ab`):
+        // between grey and colour, grey images and outputs enter them repeated to RGB, as the
+        // reference loads every image; with equal counts (the reference) nothing changes.
+        let gin = self.g_in();
+        let (real_a_in, real_b_in) = (adapt_channels(real_a, gin)?, adapt_channels(real_b, gin)?);
+        let real = if idt { Tensor::cat(&[&real_a_in, &real_b_in], 0)? } else { real_a_in.clone() }; // [B or 2B,Cg,S,S]
         let real = if flip { flip_w(&real)? } else { real };
         // Unflipped, PatchNCE's keys (the input images' encoder features, detached) come from
         // this same pass; the reference runs the encoder on the inputs again for them.
@@ -228,11 +228,11 @@ impl CutTrainer {
         let mut rng = Rng::stream(self.cfg.seed, STREAM_PATCHES, self.step);
         let mut losses = Losses { g_ab_adv: g_gan.to_scalar()?, d_b, ..Losses::default() };
         let nce_total = if self.nce.lambda_nce > 0.0 {
-            let nce_x = self.nce_loss(real_a, &adapt_channels(&fake_b, ca)?, flip, ids.map(|d| d.patch_ids.as_slice()), keys_of(0)?, &mut rng)?;
+            let nce_x = self.nce_loss(&real_a_in, &adapt_channels(&fake_b, gin)?, flip, ids.map(|d| d.patch_ids.as_slice()), keys_of(0)?, &mut rng)?;
             losses.nce = nce_x.to_scalar()?;
             match &idt_b {
                 Some(idt_b) => {
-                    let nce_y = self.nce_loss(&real_b_in, &adapt_channels(idt_b, ca)?, flip, ids.map(|d| d.patch_ids_idt.as_slice()), keys_of(b)?, &mut rng)?;
+                    let nce_y = self.nce_loss(&real_b_in, &adapt_channels(idt_b, gin)?, flip, ids.map(|d| d.patch_ids_idt.as_slice()), keys_of(b)?, &mut rng)?;
                     losses.nce_idt = nce_y.to_scalar()?;
                     Some(((nce_x + nce_y)? * 0.5)?)
                 }
@@ -335,9 +335,15 @@ impl CutTrainer {
         Ok(vec![(Network::GAb.file().to_string(), safetensors_bytes(&self.weights(Network::GAb.name()))?)])
     }
 
-    /// G(real_a), detached, for previews.
-    pub fn translate(&self, real_a: &Tensor) -> Result<Tensor> {
-        Ok(self.g.forward(real_a)?.detach())
+    /// Channels of G's input (A and B images are converted to it).
+    fn g_in(&self) -> usize {
+        self.cfg.g_ab().in_channels
+    }
+
+    /// G(x), detached, for previews: `x` an A image (or a B image, for the identity G asks of
+    /// itself), converted to G's input channels.
+    pub fn translate(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(self.g.forward(&adapt_channels(x, self.g_in())?)?.detach())
     }
 
     pub fn param_counts(&self) -> BTreeMap<&'static str, usize> {

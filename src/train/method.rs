@@ -108,8 +108,7 @@ impl MethodTrainer {
                 super::grid(&[vec![real_a, &fake_b, &rec_a], vec![real_b, &fake_a, &rec_b]])
             }
             Self::Cut(t) => {
-                let b_in = crate::ops::adapt_channels(real_b, t.cfg.domain_a.channels)?;
-                let (fake_b, idt_b) = (t.translate(real_a)?, t.translate(&b_in)?);
+                let (fake_b, idt_b) = (t.translate(real_a)?, t.translate(real_b)?);
                 super::grid(&[vec![real_a, &fake_b], vec![real_b, &idt_b]])
             }
         }

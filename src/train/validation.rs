@@ -145,7 +145,7 @@ impl Validator {
         let translate = |g, cin, set: &HeldOut| -> Result<Vec<DynamicImage>> {
             set.images.iter().map(|(_, img)| translate_image(g, cin, multiple, device, img, &opts)).collect()
         };
-        let fake_b = translate(g_ab, cfg.domain_a.channels, &self.a)?;
+        let fake_b = translate(g_ab, cfg.g_ab().in_channels, &self.a)?;
         let kid_opts = KidOptions::default();
         let fb = features_of_images(&self.model, &fake_b)?;
         let kab = kid(&fb, &self.b.features, &kid_opts)?;

@@ -185,7 +185,8 @@ impl Translator {
     pub fn generator_to(&self, to: &str) -> Result<(&Generator, usize, usize)> {
         let (a, b) = (&self.config.domain_a, &self.config.domain_b);
         let found = if to == b.name {
-            self.g_ab.as_ref().map(|g| (g, a.channels, b.channels))
+            // A CUT generator may take more channels than domain A has (see `TrainConfig::g_ab`).
+            self.g_ab.as_ref().map(|g| (g, self.config.g_ab().in_channels, b.channels))
         } else if to == a.name {
             self.g_ba.as_ref().map(|g| (g, b.channels, a.channels))
         } else {
