@@ -34,6 +34,13 @@ pub struct CutDraws {
     pub patch_ids_idt: Vec<Vec<u32>>,
 }
 
+/// PatchNCE's keys for one term: the patch ids per layer and F's projections of the source
+/// images' features there ([B·P, nc] per layer, no gradient).
+struct NceKeys {
+    ids: Vec<Vec<u32>>,
+    pooled: Vec<Tensor>,
+}
+
 /// G (saved as `G_AB`), D (as `D_B`), F (as `F`), their three Adams: one CUT/FastCUT run.
 pub struct CutTrainer {
     pub cfg: TrainConfig,
@@ -198,16 +205,31 @@ impl CutTrainer {
         let (real_a_in, real_b_in) = (adapt_channels(real_a, gin)?, adapt_channels(real_b, gin)?);
         let real = if idt { Tensor::cat(&[&real_a_in, &real_b_in], 0)? } else { real_a_in.clone() }; // [B or 2B,Cg,S,S]
         let real = if flip { flip_w(&real)? } else { real };
-        // Unflipped, PatchNCE's keys (the input images' encoder features, detached) come from
-        // this same pass; the reference runs the encoder on the inputs again for them.
-        let (fake, keys) = if flip || self.nce.lambda_nce <= 0.0 {
-            (self.g.forward(&real)?, None)
+        // PatchNCE's keys: the inputs' encoder features at the sampled patches, through F,
+        // detached (the reference detaches them in the loss); only those rows are kept. Patch ids
+        // are drawn as the reference draws them: for A's term, then for the identity term.
+        let layers = &self.nce.nce_layers;
+        let mut rng = Rng::stream(self.cfg.seed, STREAM_PATCHES, self.step);
+        let (ids_x, ids_y) = (ids.map(|d| d.patch_ids.as_slice()), ids.map(|d| d.patch_ids_idt.as_slice()));
+        let (fake, keys) = if self.nce.lambda_nce <= 0.0 {
+            (self.g.forward(&real)?, Vec::new())
+        } else if flip {
+            // The keys are features of the unflipped inputs: a pass of their own.
+            let fake = self.g.forward(&real)?;
+            let mut keys = vec![self.nce_keys(&self.g.encode(&real_a_in, layers)?, ids_x, &mut rng)?];
+            if idt {
+                keys.push(self.nce_keys(&self.g.encode(&real_b_in, layers)?, ids_y, &mut rng)?);
+            }
+            (fake, keys)
         } else {
-            let (fake, feats) = self.g.forward_with_features(&real, &self.nce.nce_layers)?;
-            (fake, Some(feats.iter().map(Tensor::detach).collect::<Vec<_>>()))
-        };
-        let keys_of = |from: usize| -> Result<Option<Vec<Tensor>>> {
-            keys.as_ref().map(|k| k.iter().map(|f| Ok(f.narrow(0, from, b)?)).collect()).transpose()
+            // Unflipped they come from this same pass (the reference encodes the inputs again).
+            let (fake, feats) = self.g.forward_with_features(&real, layers)?;
+            let part = |from: usize| feats.iter().map(|f| f.narrow(0, from, b)).collect::<candle_core::Result<Vec<_>>>();
+            let mut keys = vec![self.nce_keys(&part(0)?, ids_x, &mut rng)?];
+            if idt {
+                keys.push(self.nce_keys(&part(b)?, ids_y, &mut rng)?);
+            }
+            (fake, keys)
         };
         let fake_b = fake.narrow(0, 0, b)?;
         let idt_b = if idt { Some(fake.narrow(0, b, b)?) } else { None };
@@ -225,14 +247,13 @@ impl CutTrainer {
         // G and F, judged by the updated (frozen) D.
         let d = self.d.frozen();
         let g_gan = (self.gan_loss(&d.forward(&fake_b)?, true)? * self.cfg.lambda_gan)?;
-        let mut rng = Rng::stream(self.cfg.seed, STREAM_PATCHES, self.step);
         let mut losses = Losses { g_ab_adv: g_gan.to_scalar()?, d_b, ..Losses::default() };
         let nce_total = if self.nce.lambda_nce > 0.0 {
-            let nce_x = self.nce_loss(&real_a_in, &adapt_channels(&fake_b, gin)?, flip, ids.map(|d| d.patch_ids.as_slice()), keys_of(0)?, &mut rng)?;
+            let nce_x = self.nce_loss(&keys[0], &adapt_channels(&fake_b, gin)?, flip)?;
             losses.nce = nce_x.to_scalar()?;
             match &idt_b {
                 Some(idt_b) => {
-                    let nce_y = self.nce_loss(&real_b_in, &adapt_channels(idt_b, gin)?, flip, ids.map(|d| d.patch_ids_idt.as_slice()), keys_of(b)?, &mut rng)?;
+                    let nce_y = self.nce_loss(&keys[1], &adapt_channels(idt_b, gin)?, flip)?;
                     losses.nce_idt = nce_y.to_scalar()?;
                     Some(((nce_x + nce_y)? * 0.5)?)
                 }
@@ -260,34 +281,33 @@ impl CutTrainer {
         Ok(losses)
     }
 
+    /// The keys of PatchNCE for the encoder features `feat_k` of its source images: patch ids
+    /// per layer (given, or drawn as the reference draws them) and F's projections of those
+    /// patches, detached.
+    fn nce_keys(&self, feat_k: &[Tensor], ids: Option<&[Vec<u32>]>, rng: &mut Rng) -> Result<NceKeys> {
+        let ids: Vec<Vec<u32>> = match ids {
+            Some(ids) => ids.to_vec(),
+            None => feat_k.iter().map(|f| Ok(draw_patch_ids(f.dim(2)? * f.dim(3)?, self.nce.num_patches, rng))).collect::<Result<_>>()?,
+        };
+        let detached: Vec<Tensor> = feat_k.iter().map(Tensor::detach).collect();
+        let pooled = self.f.forward(&detached, &ids)?.iter().map(Tensor::detach).collect();
+        Ok(NceKeys { ids, pooled })
+    }
+
     /// The reference's `calculate_NCE_loss(src, tgt)`: λ_NCE·PatchNCE between G's encoder
-    /// features of the output `tgt` (queries; flipped back under flip-equivariance) and of the
-    /// input `src` (keys, no gradient: the reference detaches them in the loss), averaged over
-    /// the NCE layers. Patch ids are drawn per layer for the keys (unless given) and reused for
-    /// the queries. `keys`: the features of `src` when already computed.
-    pub fn nce_loss(&self, src: &Tensor, tgt: &Tensor, flip: bool, ids: Option<&[Vec<u32>]>, keys: Option<Vec<Tensor>>, rng: &mut Rng) -> Result<Tensor> {
+    /// features of the output `tgt` (queries; flipped back under flip-equivariance) at the
+    /// patches of `keys` and the keys (of `src`), averaged over the NCE layers.
+    fn nce_loss(&self, keys: &NceKeys, tgt: &Tensor, flip: bool) -> Result<Tensor> {
         let layers = &self.nce.nce_layers;
         let mut feat_q = self.g.encode(tgt, layers)?;
         if flip {
             feat_q = feat_q.iter().map(flip_w).collect::<Result<_>>()?;
         }
-        let feat_k: Vec<Tensor> = match keys {
-            Some(k) => k,
-            None => self.g.encode(src, layers)?.iter().map(Tensor::detach).collect(),
-        };
-        let ids: Vec<Vec<u32>> = match ids {
-            Some(ids) => ids.to_vec(),
-            None => feat_k
-                .iter()
-                .map(|f| Ok(draw_patch_ids(f.dim(2)? * f.dim(3)?, self.nce.num_patches, rng)))
-                .collect::<Result<_>>()?,
-        };
-        let k_pool = self.f.forward(&feat_k, &ids)?;
-        let q_pool = self.f.forward(&feat_q, &ids)?;
-        let batch = src.dim(0)?;
+        let q_pool = self.f.forward(&feat_q, &keys.ids)?;
+        let batch = tgt.dim(0)?;
         let mut total: Option<Tensor> = None;
-        for (q, k) in q_pool.iter().zip(&k_pool) {
-            let l = (patch_nce_loss(q, &k.detach(), batch, self.nce.nce_t)? * self.nce.lambda_nce)?.mean_all()?;
+        for (q, k) in q_pool.iter().zip(&keys.pooled) {
+            let l = (patch_nce_loss(q, k, batch, self.nce.nce_t)? * self.nce.lambda_nce)?.mean_all()?;
             total = Some(match total {
                 Some(t) => (t + l)?,
                 None => l,
