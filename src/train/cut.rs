@@ -196,43 +196,16 @@ impl CutTrainer {
     /// checkpoint.
     fn step_inner(&mut self, real_a: &Tensor, real_b: &Tensor, flip: bool, ids: Option<&CutDraws>) -> Result<Losses> {
         let lr = self.lr();
-        let b = real_a.dim(0)?;
-        let idt = self.nce.nce_idt;
+        let idt = self.nce.nce_idt && self.nce.lambda_nce > 0.0;
         // G and its encoder take as many channels as either domain has (`TrainConfig::g_ab`):
         // between grey and colour, grey images and outputs enter them repeated to RGB, as the
         // reference loads every image; with equal counts (the reference) nothing changes.
         let gin = self.g_in();
         let (real_a_in, real_b_in) = (adapt_channels(real_a, gin)?, adapt_channels(real_b, gin)?);
-        let real = if idt { Tensor::cat(&[&real_a_in, &real_b_in], 0)? } else { real_a_in.clone() }; // [B or 2B,Cg,S,S]
-        let real = if flip { flip_w(&real)? } else { real };
-        // PatchNCE's keys: the inputs' encoder features at the sampled patches, through F,
-        // detached (the reference detaches them in the loss); only those rows are kept. Patch ids
-        // are drawn as the reference draws them: for A's term, then for the identity term.
-        let layers = &self.nce.nce_layers;
+        // Patch ids are drawn as the reference draws them: for A's term, then the identity term.
         let mut rng = Rng::stream(self.cfg.seed, STREAM_PATCHES, self.step);
         let (ids_x, ids_y) = (ids.map(|d| d.patch_ids.as_slice()), ids.map(|d| d.patch_ids_idt.as_slice()));
-        let (fake, keys) = if self.nce.lambda_nce <= 0.0 {
-            (self.g.forward(&real)?, Vec::new())
-        } else if flip {
-            // The keys are features of the unflipped inputs: a pass of their own.
-            let fake = self.g.forward(&real)?;
-            let mut keys = vec![self.nce_keys(&self.g.encode(&real_a_in, layers)?, ids_x, &mut rng)?];
-            if idt {
-                keys.push(self.nce_keys(&self.g.encode(&real_b_in, layers)?, ids_y, &mut rng)?);
-            }
-            (fake, keys)
-        } else {
-            // Unflipped they come from this same pass (the reference encodes the inputs again).
-            let (fake, feats) = self.g.forward_with_features(&real, layers)?;
-            let part = |from: usize| feats.iter().map(|f| f.narrow(0, from, b)).collect::<candle_core::Result<Vec<_>>>();
-            let mut keys = vec![self.nce_keys(&part(0)?, ids_x, &mut rng)?];
-            if idt {
-                keys.push(self.nce_keys(&part(b)?, ids_y, &mut rng)?);
-            }
-            (fake, keys)
-        };
-        let fake_b = fake.narrow(0, 0, b)?;
-        let idt_b = if idt { Some(fake.narrow(0, b, b)?) } else { None };
+        let (fake_b, keys_x) = self.translate_with_keys(&real_a_in, flip, ids_x, &mut rng)?;
 
         // D: ½(fake → 0, real → 1), stepped before G's loss is computed.
         let loss_d = ((self.gan_loss(&self.d.forward(&fake_b.detach())?, false)? + self.gan_loss(&self.d.forward(real_b)?, true)?)? * 0.5)?;
@@ -244,33 +217,51 @@ impl CutTrainer {
         self.adam_d.step(&grads, lr)?;
         drop(grads);
 
-        // G and F, judged by the updated (frozen) D.
+        // G and F, judged by the updated (frozen) D. The reference runs G on A and B images as
+        // one batch and takes one backward of GAN + ½(NCE + NCE_Y); instance norm keeps images
+        // independent, so A's terms and the identity term are done one after the other and
+        // their gradients summed: the same step (up to float summation order) with half the
+        // activations alive at once.
         let d = self.d.frozen();
         let g_gan = (self.gan_loss(&d.forward(&fake_b)?, true)? * self.cfg.lambda_gan)?;
         let mut losses = Losses { g_ab_adv: g_gan.to_scalar()?, d_b, ..Losses::default() };
-        let nce_total = if self.nce.lambda_nce > 0.0 {
-            let nce_x = self.nce_loss(&keys[0], &adapt_channels(&fake_b, gin)?, flip)?;
-            losses.nce = nce_x.to_scalar()?;
-            match &idt_b {
-                Some(idt_b) => {
-                    let nce_y = self.nce_loss(&keys[1], &adapt_channels(idt_b, gin)?, flip)?;
-                    losses.nce_idt = nce_y.to_scalar()?;
-                    Some(((nce_x + nce_y)? * 0.5)?)
-                }
-                None => Some(nce_x),
+        let nce_weight = if idt { 0.5 } else { 1.0 };
+        let loss_x = match &keys_x {
+            Some(keys) => {
+                let nce_x = self.nce_loss(keys, &adapt_channels(&fake_b, gin)?, flip)?;
+                losses.nce = nce_x.to_scalar()?;
+                (g_gan + (nce_x * nce_weight)?)?
             }
-        } else {
-            None
-        };
-        let total = match nce_total {
-            Some(n) => (g_gan + n)?,
             None => g_gan,
         };
-        losses.g_total = total.to_scalar()?;
+        losses.g_total = loss_x.to_scalar()?;
         if !losses.g_total.is_finite() {
             bail!(Divergence { step: self.step + 1, what: format!("generator loss is {}", losses.g_total) });
         }
-        let grads = total.backward()?;
+        let mut grads = loss_x.backward()?;
+        drop((loss_x, fake_b));
+        if idt {
+            // Only G's and F's gradients of A's terms are kept (detached), so the first pass's
+            // activations and their gradients are freed before the second pass.
+            let g_and_f: Vec<Var> = [(Network::GAb, 0), (Network::F, 2)].iter().flat_map(|&(n, i)| sorted_vars(n.name(), &self.vars[i])).map(|(_, v)| v).collect();
+            let kept: Vec<(Var, Tensor)> = g_and_f.into_iter().filter_map(|v| grads.get(v.as_tensor()).map(|g| (v.clone(), g.detach()))).collect();
+            drop(grads);
+            let (idt_b, keys_y) = self.translate_with_keys(&real_b_in, flip, ids_y, &mut rng)?;
+            let nce_y = self.nce_loss(&keys_y.context("identity NCE without keys")?, &adapt_channels(&idt_b, gin)?, flip)?;
+            losses.nce_idt = nce_y.to_scalar()?;
+            losses.g_total += nce_weight as f32 * losses.nce_idt;
+            if !losses.g_total.is_finite() {
+                bail!(Divergence { step: self.step + 1, what: format!("generator loss is {}", losses.g_total) });
+            }
+            grads = (nce_y * nce_weight)?.backward()?;
+            for (var, gx) in kept {
+                let sum = match grads.get(var.as_tensor()) {
+                    Some(gy) => (gx + gy)?,
+                    None => gx,
+                };
+                grads.insert(var.as_tensor(), sum);
+            }
+        }
         self.adam_g.step(&grads, lr)?;
         self.adam_f.step(&grads, lr)?;
         drop(grads);
@@ -279,6 +270,24 @@ impl CutTrainer {
             bail!(Divergence { step: self.step, what: "a weight became NaN or infinite".into() });
         }
         Ok(losses)
+    }
+
+    /// G(x) (flipped first under flip-equivariance) and, with PatchNCE on, its keys: the input's
+    /// encoder features at the sampled patches through F, detached (the reference detaches
+    /// them in the loss); only those rows are kept. Unflipped the features come from the same
+    /// pass (the reference encodes the input again); flipped they are the unflipped input's.
+    fn translate_with_keys(&self, x: &Tensor, flip: bool, ids: Option<&[Vec<u32>]>, rng: &mut Rng) -> Result<(Tensor, Option<NceKeys>)> {
+        let layers = &self.nce.nce_layers;
+        if self.nce.lambda_nce <= 0.0 {
+            return Ok((self.g.forward(&if flip { flip_w(x)? } else { x.clone() })?, None));
+        }
+        if flip {
+            let fake = self.g.forward(&flip_w(x)?)?;
+            let keys = self.nce_keys(&self.g.encode(x, layers)?, ids, rng)?;
+            return Ok((fake, Some(keys)));
+        }
+        let (fake, feats) = self.g.forward_with_features(x, layers)?;
+        Ok((fake, Some(self.nce_keys(&feats, ids, rng)?)))
     }
 
     /// The keys of PatchNCE for the encoder features `feat_k` of its source images: patch ids
