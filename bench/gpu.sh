@@ -109,6 +109,8 @@ echo "== cyclestudio bench --device cuda:0 --cases $CASES (warm-up $WARMUP, $REP
 # one translation first, so no case's warm-up pays for it.
 "$BIN_DIR/cyclestudio" bench --device cuda:0 --cases infer256 --warmup 0 --repeats 1 >/dev/null 2>&1
 "$BIN_DIR/cyclestudio" bench --device cuda:0 --cases "$CASES" --warmup "$WARMUP" --repeats "$REPEATS" --json /tmp/bench-ours.json || status=1
+echo "== CUT and FastCUT beside CycleGAN (ours only; the PyTorch script has no CUT)"
+"$BIN_DIR/cyclestudio" bench --device cuda:0 --cases "${CUT_CASES:-train256,cut256,fastcut256}" --warmup "$WARMUP" --repeats "$REPEATS" --json /tmp/bench-cut.json || status=1
 echo "== PyTorch reference on cuda"
 "$PY" bench/torch_reference.py --device cuda --cases "$CASES" --warmup "$WARMUP" --repeats "$REPEATS" | tee /tmp/bench-torch.jsonl || status=1
 
@@ -145,7 +147,7 @@ EOF
 
 if [ -n "$OUTDIR" ]; then
     mkdir -p "$OUTDIR"
-    cp /tmp/gpu-tests.log /tmp/bench-ours.json /tmp/bench-torch.jsonl /tmp/gpu-table.md "$OUTDIR"/ 2>/dev/null
+    cp /tmp/gpu-tests.log /tmp/bench-ours.json /tmp/bench-cut.json /tmp/bench-torch.jsonl /tmp/gpu-table.md "$OUTDIR"/ 2>/dev/null
 fi
 rm -rf "$BIN_DIR"
 exit $status
