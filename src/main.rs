@@ -1,3 +1,5 @@
+//! The `cyclestudio` binary: parses the command line and hands it to the library.
+
 use clap::Parser;
 use cyclestudio::cli::{dispatch, Cli};
 

@@ -1,7 +1,10 @@
 //! The command line: clap definitions of every subcommand and the handlers that run them with
 //! progress bars. `main.rs` only parses and calls [`dispatch`].
 
+mod bench_cmd;
+mod dataset_cmd;
 mod model_cmd;
+mod studio_cmd;
 mod train_cmd;
 
 use crate::model::GeneratorKind;
@@ -283,9 +286,9 @@ pub struct TuiArgs {
     /// Extra folder(s) holding datasets (default: datasets).
     #[arg(long)]
     pub datasets: Vec<PathBuf>,
-    /// Force the inline image protocol: kitty, sixel, iterm2 or halfblocks.
-    #[arg(long)]
-    pub graphics: Option<String>,
+    /// Force the inline image protocol.
+    #[arg(long, value_enum)]
+    pub graphics: Option<crate::tui::preview::Graphics>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -447,15 +450,15 @@ pub struct TrainArgs {
 pub fn dispatch(cli: Cli) -> Result<()> {
     match cli.command {
         Some(Command::Train(args)) => train_cmd::train(&cli.checkpoints, *args),
-        Some(Command::Dataset(cmd)) => train_cmd::dataset(cmd),
+        Some(Command::Dataset(cmd)) => dataset_cmd::run(cmd),
         Some(Command::Translate(a)) => model_cmd::translate(&cli.checkpoints, a),
         Some(Command::Convert(a)) => model_cmd::convert(&cli.checkpoints, a),
         Some(Command::Import(a)) => model_cmd::import(&cli.checkpoints, a),
         Some(Command::Export(a)) => model_cmd::export(a),
-        Some(Command::Tui(a)) => model_cmd::tui(&cli.checkpoints, a),
+        Some(Command::Tui(a)) => studio_cmd::open(&cli.checkpoints, a),
         Some(Command::Eval(a)) => model_cmd::eval(&cli.checkpoints, a),
         Some(Command::Score(a)) => model_cmd::score(&cli.checkpoints, a),
-        Some(Command::Bench(a)) => model_cmd::bench(a),
-        None => model_cmd::tui(&cli.checkpoints, TuiArgs::default()),
+        Some(Command::Bench(a)) => bench_cmd::run(a),
+        None => studio_cmd::open(&cli.checkpoints, TuiArgs::default()),
     }
 }

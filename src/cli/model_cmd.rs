@@ -1,7 +1,8 @@
-use super::{BenchArgs, ColourArgs, ConvertArgs, EvalArgs, ExportArgs, ExportFormat, ImportArgs, LayoutArgs, ScoreArgs, TranslateArgs, TuiArgs};
+//! The CLI's model commands: translate, convert, import, export, eval and score.
+
+use super::{ColourArgs, ConvertArgs, EvalArgs, ExportArgs, ExportFormat, ImportArgs, LayoutArgs, ScoreArgs, TranslateArgs};
 use crate::interop::{export_torch_keys, import as import_model, ImportRequest};
 use crate::translate::{convert_folder, default_output_path, ConvertOptions, ModelSource, TranslateOptions, Translator};
-use crate::tui::TuiOptions;
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
@@ -145,11 +146,6 @@ fn export_onnx(a: ExportArgs) -> Result<()> {
     Ok(())
 }
 
-pub fn tui(checkpoints: &Path, a: TuiArgs) -> Result<()> {
-    let datasets = if a.datasets.is_empty() { vec![PathBuf::from("datasets")] } else { a.datasets };
-    crate::tui::run(TuiOptions { checkpoints: checkpoints.to_path_buf(), datasets, graphics: a.graphics })
-}
-
 pub fn eval(checkpoints: &Path, a: EvalArgs) -> Result<()> {
     if a.truth.is_none() && a.fid.fid_weights.is_none() {
         bail!("eval needs --truth DIR (PSNR/SSIM against true images) or --fid-weights FILE --reference DIR (FID/KID)");
@@ -246,21 +242,5 @@ pub fn score(checkpoints: &Path, a: ScoreArgs) -> Result<()> {
         println!("{:>4}. {:.4}  {}", i + 1, s.score, s.file.display());
     }
     println!("all scores: {}", a.csv.display());
-    Ok(())
-}
-
-pub fn bench(a: BenchArgs) -> Result<()> {
-    if let Some(id) = a.case_in_process {
-        let r = crate::bench::run_case(&id, &a.device, a.warmup, a.repeats)?;
-        println!("{}", serde_json::to_string(&r)?);
-        return Ok(());
-    }
-    let ids: Vec<String> = if a.cases.is_empty() { crate::bench::CASES.iter().map(|c| c.id.to_string()).collect() } else { a.cases };
-    eprintln!("benchmarking {} on {} ({} warm-up, {} timed runs each)…", ids.join(", "), a.device, a.warmup, a.repeats);
-    let results = crate::bench::run_all(&ids, &a.device, a.warmup, a.repeats)?;
-    print!("{}", crate::bench::table(&results));
-    if let Some(p) = a.json {
-        crate::util::atomic_write(&p, serde_json::to_string_pretty(&results)?.as_bytes())?;
-    }
     Ok(())
 }

@@ -1,6 +1,6 @@
-use super::{DatasetCommand, TrainArgs};
-use crate::data::create::{self, CreateOptions};
-use crate::data::dataset::{Check, Dataset};
+//! The CLI's `train`: a run request from the flags, a progress bar, Ctrl-C.
+
+use super::TrainArgs;
 use crate::train::request::{Intervals, Length, RunRequest};
 use crate::train::{run_training, RunControl, RunOptions, RunOutcome, TrainEvent};
 use anyhow::{bail, Result};
@@ -142,36 +142,4 @@ pub fn train(checkpoints: &Path, args: TrainArgs) -> Result<()> {
         ),
     }
     Ok(())
-}
-
-pub fn dataset(cmd: DatasetCommand) -> Result<()> {
-    match cmd {
-        DatasetCommand::Info { dir } => {
-            let ds = Dataset::open(&dir, Check::Full)?;
-            print!("{}", ds.summary());
-            Ok(())
-        }
-        DatasetCommand::Create(a) => {
-            let opts = CreateOptions { test_percent: a.test_percent, max_side: a.max_side };
-            let report = match (&a.gray2color, &a.domains) {
-                (Some(photos), None) => create::gray2color(&a.datasets, &a.name, photos, a.paired, &opts)?,
-                (None, Some(dirs)) => {
-                    if a.names.len() != 2 || a.channels.len() != 2 {
-                        bail!("--names and --channels take two values each, e.g. --names photo,painting --channels 3,3");
-                    }
-                    create::from_domains(
-                        &a.datasets,
-                        &a.name,
-                        [&dirs[0], &dirs[1]],
-                        [&a.names[0], &a.names[1]],
-                        [a.channels[0], a.channels[1]],
-                        &opts,
-                    )?
-                }
-                _ => bail!("give --gray2color PHOTOS_DIR or --domains DIR_A DIR_B"),
-            };
-            println!("{}", report.summary());
-            Ok(())
-        }
-    }
 }

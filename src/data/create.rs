@@ -1,3 +1,5 @@
+//! `dataset create`: a dataset folder from colour photos (grey ↔ colour) or from two folders.
+
 use super::dataset::{scan_folder, Check, DatasetSpec, DomainSpec, SPEC_FILE};
 use super::image_io::{decode_image, Pixels};
 use crate::util::atomic_write;

@@ -1,3 +1,6 @@
+//! A dataset on disk (`trainA/`, `trainB/`, `testA/`, `testB/`, `dataset.toml`): opening, checking,
+//! summarising.
+
 use super::image_io::{decode_image, has_image_extension, image_dimensions};
 use anyhow::{bail, Context, Result};
 use rayon::prelude::*;

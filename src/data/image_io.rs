@@ -1,3 +1,6 @@
+//! Images in and out: decoding with clear errors, conversion to and from [-1, 1] tensors, PNG
+//! bytes, resizing by the short side.
+
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use image::{DynamicImage, ImageReader, Limits, Rgba32FImage};

@@ -1,3 +1,6 @@
+//! The background batch loader: resized, cropped, flipped training pairs whose every random
+//! choice is a function of the seed and the step.
+
 use super::image_io::{decode_image, Pixels};
 use crate::util::Rng;
 use anyhow::{bail, Result};

@@ -1,3 +1,5 @@
+//! Image quality measures: PSNR, SSIM and colourfulness (Hasler & Süsstrunk).
+
 use crate::data::Pixels;
 
 /// Peak signal-to-noise ratio in dB for pixels in [0,1] (capped at 100 dB for identical images).

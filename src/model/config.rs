@@ -1,3 +1,6 @@
+//! What a network is made of: generator kind and output mode, generator and discriminator
+//! configurations as saved in `config.toml`.
+
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;

@@ -1,3 +1,5 @@
+//! The PatchGAN discriminator (70×70 for 3 layers), plain or anti-aliased (CUT).
+
 use super::antialias::blur_down;
 use super::{Conv2d, DiscriminatorConfig};
 use crate::ops::{leaky_relu, Act};

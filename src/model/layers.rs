@@ -1,3 +1,6 @@
+//! The convolution layers the networks are built from (PyTorch weight layouts, bias left out
+//! where instance norm cancels it), dispatched to `ops::conv`.
+
 use super::norm_stats::norm_act;
 use crate::ops::Act;
 use candle_core::{Result, Tensor};
@@ -41,20 +44,11 @@ impl Conv2d {
         if self.stride != 1 || self.padding != 0 {
             candle_core::bail!("a reflection-padded convolution needs stride 1 and no zero padding");
         }
-        let ys = if native_conv() {
-            crate::ops::reflect_pad2d(xs, pad)?.conv2d(&self.weight, 0, 1, 1, 1)?
-        } else {
-            crate::ops::conv::conv2d_reflect(xs, &self.weight, pad)?
-        };
-        norm_act(&ys, act)
+        norm_act(&crate::ops::conv::conv2d_reflect(xs, &self.weight, pad)?, act)
     }
 
     fn forward_unbiased(&self, xs: &Tensor) -> Result<Tensor> {
-        if native_conv() {
-            xs.conv2d(&self.weight, self.padding, self.stride, 1, 1)
-        } else {
-            crate::ops::conv::conv2d(xs, &self.weight, self.stride, self.padding)
-        }
+        crate::ops::conv::conv2d(xs, &self.weight, self.stride, self.padding)
     }
 
     /// The same layer with weights cut off from autograd (a frozen network).
@@ -99,15 +93,6 @@ impl ConvTranspose2d {
     }
 
     fn forward_unbiased(&self, xs: &Tensor) -> Result<Tensor> {
-        if native_conv() {
-            xs.conv_transpose2d(&self.weight, self.padding, self.output_padding, self.stride, 1)
-        } else {
-            crate::ops::conv::conv_transpose2d(xs, &self.weight, self.stride, self.padding, self.output_padding)
-        }
+        crate::ops::conv::conv_transpose2d(xs, &self.weight, self.stride, self.padding, self.output_padding)
     }
-}
-
-/// `CS_NATIVE_CONV` set: use candle's own convolutions (for comparing against them).
-fn native_conv() -> bool {
-    crate::ops::settings().native_conv
 }

@@ -1,3 +1,6 @@
+//! The ResNet generator (Johnson et al.), plain as the CycleGAN reference's or anti-aliased as
+//! CUT's, and the encoder features PatchNCE compares.
+
 use super::antialias::{blur_down, blur_up};
 use super::norm_stats::norm_act;
 use super::{layers::ConvTranspose2d, Conv2d, GeneratorConfig, GeneratorKind};

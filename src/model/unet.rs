@@ -1,3 +1,5 @@
+//! The U-Net generator (pix2pix's `unet_128` / `unet_256`).
+
 use super::{layers::ConvTranspose2d, Conv2d, GeneratorConfig, GeneratorKind};
 use crate::ops::{leaky_relu, Act};
 use candle_core::{Result, Tensor};

@@ -90,10 +90,11 @@ pub fn conv_transpose2d(
     xs.contiguous()?.apply_op2(&w.contiguous()?, op)
 }
 
-/// Whether the fast kernels apply; empty weights are left to candle too, since the kernels
-/// split buffers into per-channel chunks.
+/// Whether the fast kernels apply: the one place a convolution's kernel is chosen. Not with
+/// `CS_NATIVE_CONV` (candle's own convolutions, for comparing against them); empty weights are
+/// left to candle too, since the kernels split buffers into per-channel chunks.
 fn fast_path(xs: &Tensor, w: &Tensor) -> bool {
-    super::cpu_f32(xs) && w.dtype() == DType::F32 && w.elem_count() > 0
+    !super::settings().native_conv && super::cpu_f32(xs) && w.dtype() == DType::F32 && w.elem_count() > 0
 }
 
 /// How an image [C,H,W] maps to its im2col matrix [C·K·K, Ho·Wo]: the column of output pixel

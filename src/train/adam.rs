@@ -1,3 +1,6 @@
+//! Adam as PyTorch's (no weight decay), with its moments saved for exact resume and a fused
+//! in-place update on the CPU.
+
 use anyhow::Result;
 use candle_core::{backprop::GradStore, CpuStorage, DType, InplaceOp2, InplaceOp3, Layout, Tensor, Var};
 use crate::ops::{cpu_f32, f32_data, f32_data_mut};

@@ -1,3 +1,6 @@
+//! A run's settings as data (`config.toml` beside the checkpoint): method, networks, losses,
+//! schedule, intervals; the networks' configurations derived from them.
+
 use crate::data::DomainSpec;
 use crate::model::{DiscriminatorConfig, GeneratorConfig, GeneratorKind, OutputMode};
 use anyhow::{bail, Context, Result};

@@ -1,3 +1,5 @@
+//! The image pool of earlier fakes that the CycleGAN discriminators see (the reference's 50).
+
 use crate::util::Rng;
 use anyhow::Result;
 use candle_core::Tensor;

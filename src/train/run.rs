@@ -1,3 +1,6 @@
+//! The training loop shared by the CLI and the studio: lock, data, steps, logs, previews,
+//! checkpoints, health checks and validation, steered through `RunControl`.
+
 use super::trainer::Divergence;
 use super::{Losses, MethodTrainer, TrainConfig};
 use crate::checkpoint::load_generation;

@@ -1,3 +1,6 @@
+//! The CycleGAN optimisation step (the reference's `optimize_parameters`): four networks, their
+//! losses and optimisers, checkpoints with exact resume.
+
 use super::{Adam, GanLoss, ImagePool, PairedLoss, TrainConfig};
 use crate::checkpoint::{load_generation, safetensors_bytes, save_generation, Generation, Network};
 use crate::model::{colour_classes, Generator, PatchGan};

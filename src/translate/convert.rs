@@ -1,3 +1,6 @@
+//! `convert`: translating a folder tree into another, skipping and reporting broken files,
+//! never overwriting an input, in shards for several processes.
+
 use super::{translate_batch, Translator};
 use crate::data::image_io::{has_image_extension, png_bytes};
 use crate::data::decode_image;

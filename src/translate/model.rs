@@ -1,3 +1,6 @@
+//! A model ready to translate: `Translator` (a run folder's generators, or the built-in model)
+//! and where a model comes from when none is named.
+
 use crate::checkpoint::{load_generation, Network};
 use crate::model::{Generator, GeneratorConfig};
 use super::TranslateOptions;

@@ -1,3 +1,6 @@
+//! Laying an image out for a generator: padding to its size multiple, margins, and tiles that
+//! agree with the whole image (whole-image norm statistics, real neighbouring context).
+
 use crate::data::Pixels;
 use crate::model::{norm_stats, Generator};
 use anyhow::Result;

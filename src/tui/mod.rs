@@ -26,7 +26,7 @@ pub struct TuiOptions {
     /// Folders holding datasets (default: `datasets`).
     pub datasets: Vec<PathBuf>,
     /// Force a graphics protocol for previews: kitty, sixel, iterm2 or halfblocks.
-    pub graphics: Option<String>,
+    pub graphics: Option<preview::Graphics>,
 }
 
 /// How often the screen is redrawn when nothing happens (clocks, ETA).
@@ -35,7 +35,7 @@ const TICK: Duration = Duration::from_millis(250);
 /// Runs the studio until the user quits. A running training is stopped (and checkpointed) first.
 pub fn run(opts: TuiOptions) -> anyhow::Result<()> {
     // Checked before the terminal is touched, so a typo is an ordinary error message.
-    let forced_protocol = preview::parse_graphics(opts.graphics.as_deref())?;
+    let forced_protocol = opts.graphics.map(preview::Graphics::protocol);
     let mut session = TerminalSession::enter()?;
     // The picker talks to the terminal over stdin/stdout, so it must run before the input thread
     // starts reading events.

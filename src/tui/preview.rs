@@ -1,7 +1,6 @@
 //! Inline images: choosing the terminal's graphics protocol, and one encoded image per on-screen
 //! pane, rebuilt only when the picture shown in that pane changes.
 
-use anyhow::{bail, Result};
 use image::DynamicImage;
 use ratatui::{layout::Rect, Frame};
 use ratatui_image::{
@@ -14,16 +13,24 @@ use std::io::IsTerminal;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-/// The protocol named by `--graphics`, if any.
-pub fn parse_graphics(name: Option<&str>) -> Result<Option<ProtocolType>> {
-    Ok(match name.map(str::to_ascii_lowercase).as_deref() {
-        None => None,
-        Some("kitty") => Some(ProtocolType::Kitty),
-        Some("sixel") => Some(ProtocolType::Sixel),
-        Some("iterm2") => Some(ProtocolType::Iterm2),
-        Some("halfblocks") => Some(ProtocolType::Halfblocks),
-        Some(other) => bail!("unknown --graphics '{other}': use kitty, sixel, iterm2 or halfblocks"),
-    })
+/// The inline image protocols `--graphics` can force.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Graphics {
+    Kitty,
+    Sixel,
+    Iterm2,
+    Halfblocks,
+}
+
+impl Graphics {
+    pub fn protocol(self) -> ProtocolType {
+        match self {
+            Self::Kitty => ProtocolType::Kitty,
+            Self::Sixel => ProtocolType::Sixel,
+            Self::Iterm2 => ProtocolType::Iterm2,
+            Self::Halfblocks => ProtocolType::Halfblocks,
+        }
+    }
 }
 
 /// Asks the terminal which graphics protocol and font size it has, falling back to half blocks,

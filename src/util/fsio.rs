@@ -1,3 +1,5 @@
+//! Crash-safe file writes: write to a temporary file, fsync, rename, fsync the folder.
+
 use anyhow::{Context, Result};
 use std::fs::{self, File};
 use std::io::Write;

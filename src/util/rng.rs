@@ -1,3 +1,6 @@
+//! The project's random numbers: a specified generator whose streams are functions of (seed,
+//! purpose, step), which makes exact resume possible.
+
 /// SplitMix64: tiny, fast and fully specified, so a seed gives the same stream in every build.
 /// Training derives an independent stream per (purpose, step), which makes every random choice a
 /// function of the seed and the step: exact resume needs only the step counter.
