@@ -3,11 +3,11 @@
 //! optimisers, checkpoints with exact resume.
 
 use super::patchnce::{draw_patch_ids, patch_nce_loss, PatchSampleF};
-use super::trainer::{Divergence, Losses, OPTIM_FILE};
-use super::{Adam, GanLoss, NceConfig, TrainConfig};
+use super::trainer::{gan_loss, named_weights, set_named_weights, sorted_vars, Divergence, Losses, OPTIM_FILE};
+use super::{Adam, NceConfig, TrainConfig};
 use crate::checkpoint::{load_generation, safetensors_bytes, save_generation, Generation, Network};
 use crate::model::{Generator, GeneratorKind, PatchGan};
-use crate::ops::{adapt_channels, all_finite, bce_logits_to_const, mse_to_const};
+use crate::ops::{adapt_channels, all_finite};
 use crate::util::Rng;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor, Var};
@@ -55,13 +55,6 @@ pub struct CutTrainer {
     adam_g: Adam,
     adam_d: Adam,
     adam_f: Adam,
-}
-
-fn sorted_vars(prefix: &str, vm: &VarMap) -> Vec<(String, Var)> {
-    let data = vm.data().lock().unwrap();
-    let mut v: Vec<(String, Var)> = data.iter().map(|(k, v)| (format!("{prefix}.{k}"), v.clone())).collect();
-    v.sort_by(|a, b| a.0.cmp(&b.0));
-    v
 }
 
 /// xavier_normal_ standard deviation of a conv ([out,in,k,k]) or linear ([out,in]) weight.
@@ -130,31 +123,13 @@ impl CutTrainer {
 
     /// Named weights of one network ("G_AB", "D_B", "F"), sorted by name.
     pub fn weights(&self, net: &str) -> Vec<(String, Tensor)> {
-        let i = net_index(net).expect("a CUT network");
-        let data = self.vars[i].data().lock().unwrap();
-        let mut v: Vec<(String, Tensor)> = data.iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect();
-        v.sort_by(|a, b| a.0.cmp(&b.0));
-        v
+        named_weights(&self.vars[net_index(net).expect("a CUT network")])
     }
 
     /// Replaces one network's weights (names and shapes must match exactly).
     pub fn set_weights(&mut self, net: &str, tensors: &HashMap<String, Tensor>) -> Result<()> {
         let i = net_index(net).with_context(|| format!("{net} is not a CUT network"))?;
-        let data = self.vars[i].data().lock().unwrap();
-        if tensors.len() != data.len() {
-            bail!("{net}: checkpoint has {} tensors, the network {}", tensors.len(), data.len());
-        }
-        for (name, var) in data.iter() {
-            let t = tensors.get(name).with_context(|| format!("{net}: checkpoint lacks {name}"))?;
-            if t.id() == var.as_tensor().id() {
-                continue;
-            }
-            if t.shape() != var.shape() {
-                bail!("{net}: {name} has shape {:?} in the checkpoint, {:?} in the network", t.shape(), var.shape());
-            }
-            var.set(&t.to_device(&self.device)?.to_dtype(DType::F32)?)?;
-        }
-        Ok(())
+        set_named_weights(net, &self.vars[i], tensors, &self.device)
     }
 
     /// True if every weight of every network is finite.
@@ -170,11 +145,7 @@ impl CutTrainer {
     }
 
     fn gan_loss(&self, pred: &Tensor, real: bool) -> Result<Tensor> {
-        let target = if real { 1.0 } else { 0.0 };
-        Ok(match self.cfg.gan_loss {
-            GanLoss::Lsgan => mse_to_const(pred, target)?,
-            GanLoss::Vanilla => bce_logits_to_const(pred, target)?,
-        })
+        gan_loss(self.cfg.gan_loss, pred, real)
     }
 
     /// One CUT/FastCUT iteration, its random choices (flip, patch ids) drawn from the seed and

@@ -85,11 +85,48 @@ pub struct Trainer {
     class_weights: Option<Vec<f32>>,
 }
 
-fn sorted_vars(prefix: &str, vm: &VarMap) -> Vec<(String, Var)> {
+/// A network's variables named `prefix.key`, sorted (the optimisers' order).
+pub(super) fn sorted_vars(prefix: &str, vm: &VarMap) -> Vec<(String, Var)> {
     let data = vm.data().lock().unwrap();
     let mut v: Vec<(String, Var)> = data.iter().map(|(k, v)| (format!("{prefix}.{k}"), v.clone())).collect();
     v.sort_by(|a, b| a.0.cmp(&b.0));
     v
+}
+
+/// A network's weights by name, sorted.
+pub(super) fn named_weights(vm: &VarMap) -> Vec<(String, Tensor)> {
+    let data = vm.data().lock().unwrap();
+    let mut v: Vec<(String, Tensor)> = data.iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+/// Replaces the weights of network `net` (names and shapes must match exactly).
+pub(super) fn set_named_weights(net: &str, vm: &VarMap, tensors: &std::collections::HashMap<String, Tensor>, device: &Device) -> Result<()> {
+    let data = vm.data().lock().unwrap();
+    if tensors.len() != data.len() {
+        bail!("{net}: checkpoint has {} tensors, the network {}", tensors.len(), data.len());
+    }
+    for (name, var) in data.iter() {
+        let t = tensors.get(name).with_context(|| format!("{net}: checkpoint lacks {name}"))?;
+        if t.id() == var.as_tensor().id() {
+            continue; // already this variable's value
+        }
+        if t.shape() != var.shape() {
+            bail!("{net}: {name} has shape {:?} in the checkpoint, {:?} in the network", t.shape(), var.shape());
+        }
+        var.set(&t.to_device(device)?.to_dtype(DType::F32)?)?;
+    }
+    Ok(())
+}
+
+/// The adversarial loss of `pred` against real (1) or fake (0).
+pub(super) fn gan_loss(kind: GanLoss, pred: &Tensor, real: bool) -> Result<Tensor> {
+    let target = if real { 1.0 } else { 0.0 };
+    Ok(match kind {
+        GanLoss::Lsgan => mse_to_const(pred, target)?,
+        GanLoss::Vanilla => bce_logits_to_const(pred, target)?,
+    })
 }
 
 impl Trainer {
@@ -147,31 +184,13 @@ impl Trainer {
 
     /// Named weights of one network ("G_AB", "G_BA", "D_A", "D_B").
     pub fn weights(&self, net: &str) -> Vec<(String, Tensor)> {
-        let i = NETWORKS.iter().position(|n| *n == net).expect("known network");
-        let data = self.vars[i].data().lock().unwrap();
-        let mut v: Vec<(String, Tensor)> = data.iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect();
-        v.sort_by(|a, b| a.0.cmp(&b.0));
-        v
+        named_weights(&self.vars[NETWORKS.iter().position(|n| *n == net).expect("known network")])
     }
 
     /// Replaces one network's weights (names and shapes must match exactly).
     pub fn set_weights(&mut self, net: &str, tensors: &std::collections::HashMap<String, Tensor>) -> Result<()> {
         let i = NETWORKS.iter().position(|n| *n == net).context("unknown network")?;
-        let data = self.vars[i].data().lock().unwrap();
-        if tensors.len() != data.len() {
-            bail!("{net}: checkpoint has {} tensors, the network {}", tensors.len(), data.len());
-        }
-        for (name, var) in data.iter() {
-            let t = tensors.get(name).with_context(|| format!("{net}: checkpoint lacks {name}"))?;
-            if t.id() == var.as_tensor().id() {
-                continue; // already this variable's value
-            }
-            if t.shape() != var.shape() {
-                bail!("{net}: {name} has shape {:?} in the checkpoint, {:?} in the network", t.shape(), var.shape());
-            }
-            var.set(&t.to_device(&self.device)?.to_dtype(DType::F32)?)?;
-        }
-        Ok(())
+        set_named_weights(net, &self.vars[i], tensors, &self.device)
     }
 
     pub fn lr(&self) -> f64 {
@@ -179,11 +198,7 @@ impl Trainer {
     }
 
     fn gan_loss(&self, pred: &Tensor, real: bool) -> Result<Tensor> {
-        let target = if real { 1.0 } else { 0.0 };
-        Ok(match self.cfg.gan_loss {
-            GanLoss::Lsgan => mse_to_const(pred, target)?,
-            GanLoss::Vanilla => bce_logits_to_const(pred, target)?,
-        })
+        gan_loss(self.cfg.gan_loss, pred, real)
     }
 
     /// One CycleGAN iteration as the reference's `optimize_parameters`: both generators updated
