@@ -227,7 +227,10 @@ impl TrainConfig {
             size: 256,
             load_size: super::request::default_load_size(256),
             batch: 1,
-            schedule: Schedule::Epochs { epochs: 100, decay_epochs: 100, steps_per_epoch },
+            schedule: {
+                let (epochs, decay_epochs) = super::request::reference_epochs(Method::Cyclegan);
+                Schedule::Epochs { epochs, decay_epochs, steps_per_epoch }
+            },
             lr: DEFAULT_LR,
             beta1: 0.5,
             beta2: 0.999,
