@@ -260,7 +260,7 @@ impl TrainForm {
         let (iters, decay_iters) = match preset.length {
             PresetLength::Iters { iters, decay_iters } => (iters, decay_iters),
             PresetLength::ReferenceEpochs => {
-                let (epochs, decay_epochs) = request::reference_epochs(Method::Cyclegan);
+                let (epochs, decay_epochs) = request::reference_epochs(self.method);
                 let steps = dataset.map_or(FALLBACK_STEPS_PER_EPOCH, |d| request::steps_per_epoch(d, self.paired, 1));
                 (epochs * steps, decay_epochs * steps)
             }
@@ -830,6 +830,10 @@ impl App {
                 let all = Method::value_variants();
                 let i = all.iter().position(|m| *m == self.training.form.method).unwrap_or(0);
                 self.training.form.method = all[step(i, all.len())];
+                // The reference's epochs depend on the method (CUT 200 + 200, FastCUT 150 + 50).
+                if matches!(PRESETS[self.training.form.preset].length, PresetLength::ReferenceEpochs) {
+                    self.apply_preset();
+                }
             }
             Setting::Paired => self.training.form.paired = !self.training.form.paired,
             Setting::KeepLuma => self.training.form.keep_luma = !self.training.form.keep_luma,
