@@ -157,7 +157,7 @@ fn import_reference_generator_and_translate_with_it() {
     assert_eq!(std::fs::read(d.join("again.png")).unwrap(), std::fs::read(d.join("horse.zebra.png")).unwrap());
     // Not a generator: a clear error.
     let bad = cyclestudio(d, &["import", "--name", "x", "--g-ab", fixture_path("not_a_generator.pth").to_str().unwrap(), "--domains", "a,b"]);
-    assert!(String::from_utf8_lossy(&bad.stderr).contains("not a CycleGAN generator"));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("not a CycleGAN or CUT generator"));
 }
 
 #[test]
