@@ -182,6 +182,70 @@ fn trim_log(path: &Path, step: u64) -> Result<()> {
     Ok(())
 }
 
+/// The training images of each domain: all readable ones, or in paired mode the pairs (A and B
+/// files with the same stem), in the same order.
+fn training_files(cfg: &TrainConfig, dataset: &Dataset) -> Result<(Vec<PathBuf>, Vec<PathBuf>)> {
+    let (mut files_a, mut files_b) = (dataset.a.train.paths(), dataset.b.train.paths());
+    if cfg.paired {
+        let stem = |p: &PathBuf| p.file_stem().map(|s| s.to_os_string());
+        let b_by_stem: std::collections::HashMap<_, _> = files_b.iter().map(|p| (stem(p), p.clone())).collect();
+        let pairs: Vec<(PathBuf, PathBuf)> = files_a.iter().filter_map(|a| b_by_stem.get(&stem(a)).map(|b| (a.clone(), b.clone()))).collect();
+        if pairs.is_empty() {
+            bail!("--paired: no file names are shared between {}/trainA and trainB", cfg.dataset.display());
+        }
+        files_a = pairs.iter().map(|p| p.0.clone()).collect();
+        files_b = pairs.into_iter().map(|p| p.1).collect();
+    }
+    if files_a.is_empty() || files_b.is_empty() {
+        bail!("dataset {} needs readable images in both trainA and trainB", cfg.dataset.display());
+    }
+    Ok((files_a, files_b))
+}
+
+/// The run's trainer, fresh or restored from its checkpoint (`opts.resume`), and the note the
+/// start event carries. A new run refuses a folder that already holds a checkpoint.
+fn start_trainer(cfg: &TrainConfig, opts: &RunOptions, device: &Device, files_b: &[PathBuf]) -> Result<(MethodTrainer, Option<String>)> {
+    let run_dir = &opts.run_dir;
+    let mut trainer = MethodTrainer::new(cfg.clone(), device.clone())?;
+    if let (MethodTrainer::CycleGan(t), super::PairedLoss::Classify) = (&mut trainer, cfg.paired_loss) {
+        // A function of the training photos only, so a resumed run computes the same weights.
+        t.set_class_weights(colour_prior_weights(files_b, cfg.load_size as u32)?)?;
+    }
+    let mut note = None;
+    if opts.resume {
+        let generation = trainer.restore(run_dir)?;
+        note = Some(match generation.fallback_reason {
+            Some(why) => format!("resumed from step {} — {why}", trainer.step()),
+            None => format!("resumed from step {}", trainer.step()),
+        });
+        trim_log(&run_dir.join(LOG_FILE), trainer.step())?;
+    } else if load_generation(run_dir).is_ok() {
+        bail!("{} already holds a checkpoint: add --resume to continue it, or choose another --name", run_dir.display());
+    }
+    Ok((trainer, note))
+}
+
+/// Scores the held-out images now, keeps the generators in `best/` when they are the best so
+/// far, logs the scores and reports them. A failed validation is a warning, not the run's end.
+fn validate(v: &mut super::validation::Validator, trainer: &MethodTrainer, run_dir: &Path, log: &mut std::fs::File, on_event: &mut dyn FnMut(TrainEvent)) -> Result<()> {
+    let step = trainer.step();
+    match v.run(trainer) {
+        Ok(scores) => {
+            if scores.best {
+                let mut files = trainer.generator_files()?;
+                files.push((super::validation::BEST_SCORES_FILE.to_string(), serde_json::to_vec_pretty(&scores)?));
+                if let Err(e) = crate::checkpoint::save_named_generation(run_dir, crate::checkpoint::BEST, step, &files) {
+                    on_event(TrainEvent::Warning(format!("could not keep the best generation of step {step}: {e:#}")));
+                }
+            }
+            writeln!(log, "{}", json!({"step": step, "validation": scores})).context("cannot append to the training log")?;
+            on_event(TrainEvent::Validation(scores));
+        }
+        Err(e) => on_event(TrainEvent::Warning(format!("validation at step {step} failed: {e:#}"))),
+    }
+    Ok(())
+}
+
 /// Where a run lives and whether to continue it.
 #[derive(Clone, Debug)]
 pub struct RunOptions {
@@ -199,39 +263,11 @@ pub fn run_training(cfg: TrainConfig, opts: &RunOptions, control: &RunControl, o
     for (p, why) in dataset.problems() {
         on_event(TrainEvent::Warning(format!("skipping {}: {why}", p.display())));
     }
-    let (mut files_a, mut files_b) = (dataset.a.train.paths(), dataset.b.train.paths());
-    if cfg.paired {
-        let stem = |p: &PathBuf| p.file_stem().map(|s| s.to_os_string());
-        let b_by_stem: std::collections::HashMap<_, _> = files_b.iter().map(|p| (stem(p), p.clone())).collect();
-        let pairs: Vec<(PathBuf, PathBuf)> = files_a.iter().filter_map(|a| b_by_stem.get(&stem(a)).map(|b| (a.clone(), b.clone()))).collect();
-        if pairs.is_empty() {
-            bail!("--paired: no file names are shared between {}/trainA and trainB", cfg.dataset.display());
-        }
-        files_a = pairs.iter().map(|p| p.0.clone()).collect();
-        files_b = pairs.into_iter().map(|p| p.1).collect();
-    }
-    if files_a.is_empty() || files_b.is_empty() {
-        bail!("dataset {} needs readable images in both trainA and trainB", cfg.dataset.display());
-    }
+    let (files_a, files_b) = training_files(&cfg, &dataset)?;
 
     // Held until this function returns: a second trainer of the run (CLI or studio) stops here.
     let _lock = super::RunLock::acquire(run_dir)?;
-    let mut trainer = MethodTrainer::new(cfg.clone(), device.clone())?;
-    if let (MethodTrainer::CycleGan(t), super::PairedLoss::Classify) = (&mut trainer, cfg.paired_loss) {
-        // A function of the training photos only, so a resumed run computes the same weights.
-        t.set_class_weights(colour_prior_weights(&files_b, cfg.load_size as u32)?)?;
-    }
-    let mut note = None;
-    if opts.resume {
-        let generation = trainer.restore(run_dir)?;
-        note = Some(match generation.fallback_reason {
-            Some(why) => format!("resumed from step {} — {why}", trainer.step()),
-            None => format!("resumed from step {}", trainer.step()),
-        });
-        trim_log(&run_dir.join(LOG_FILE), trainer.step())?;
-    } else if load_generation(run_dir).is_ok() {
-        bail!("{} already holds a checkpoint: add --resume to continue it, or choose another --name", run_dir.display());
-    }
+    let (mut trainer, note) = start_trainer(&cfg, opts, &device, &files_b)?;
     cfg.save(run_dir)?;
     std::fs::create_dir_all(run_dir.join(SAMPLES_DIR))?;
 
@@ -348,20 +384,7 @@ pub fn run_training(cfg: TrainConfig, opts: &RunOptions, control: &RunControl, o
         }
         if let Some((every, v)) = validator.as_mut() {
             if step % *every == 0 || step == total {
-                match v.run(&trainer) {
-                    Ok(scores) => {
-                        if scores.best {
-                            let mut files = trainer.generator_files()?;
-                            files.push((super::validation::BEST_SCORES_FILE.to_string(), serde_json::to_vec_pretty(&scores)?));
-                            if let Err(e) = crate::checkpoint::save_named_generation(run_dir, crate::checkpoint::BEST, step, &files) {
-                                on_event(TrainEvent::Warning(format!("could not keep the best generation of step {step}: {e:#}")));
-                            }
-                        }
-                        writeln!(log, "{}", json!({"step": step, "validation": scores})).context("cannot append to the training log")?;
-                        on_event(TrainEvent::Validation(scores));
-                    }
-                    Err(e) => on_event(TrainEvent::Warning(format!("validation at step {step} failed: {e:#}"))),
-                }
+                validate(v, &trainer, run_dir, &mut log, on_event)?;
             }
         }
     }
