@@ -365,3 +365,44 @@ fn weights_that_do_not_fit_the_architecture_are_refused() {
     assert!(format!("{err:#}").contains("do not fit resnet_3blocks"), "{err:#}");
     assert!(!cyclestudio::interop::onnx::generator_onnx(&cfg, &tensors, &[], false, 1.0).unwrap().is_empty());
 }
+
+/// A CUT model's anti-aliased generator (blur-pool, blur up-sampling) exports and runs in ONNX
+/// Runtime as it does here, grey → colour (its graph takes RGB: the grey input repeated).
+#[test]
+fn cut_generator_matches_onnx_runtime() {
+    if !onnx_runtime_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let [da, db] = [DomainSpec { name: "a".into(), channels: 1 }, DomainSpec { name: "b".into(), channels: 3 }];
+    let method = cyclestudio::train::Method::Cut;
+    let cfg = TrainConfig {
+        method,
+        nce: cyclestudio::train::NceConfig::for_method(method),
+        generator: "resnet_6blocks".parse().unwrap(),
+        ngf: 4,
+        schedule: Schedule::Iters { iters: 0, decay_iters: 0 },
+        ..TrainConfig::reference("cut", PathBuf::new(), da, db, 1)
+    };
+    let gcfg = cfg.g_ab();
+    assert!(gcfg.antialias && gcfg.in_channels == 3);
+    let vm = VarMap::new();
+    Generator::new(&gcfg, VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu)).unwrap();
+    let mut rng = Rng::new(7);
+    let mut named: Vec<(String, Tensor)> = vm.data().lock().unwrap().iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect();
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    let named: Vec<(String, Tensor)> = named
+        .into_iter()
+        .map(|(k, t)| {
+            let v: Vec<f32> = (0..t.elem_count()).map(|_| (0.1 * rng.normal()) as f32).collect();
+            (k, Tensor::from_vec(v, t.shape(), &Device::Cpu).unwrap())
+        })
+        .collect();
+    let run = dir.path().join("cut");
+    cfg.save(&run).unwrap();
+    let files = vec![("G_AB.safetensors".to_string(), cyclestudio::checkpoint::safetensors_bytes(&named).unwrap())];
+    cyclestudio::checkpoint::save_generation(&run, 0, &files).unwrap();
+    check_direction(&run, &run, "b", false, &[(2, 36, 44), (1, 64, 28)], dir.path());
+    // One way only.
+    assert!(cyclestudio::interop::onnx::export_onnx(&run, Some("a"), false, Some(&dir.path().join("x.onnx"))).is_err());
+}

@@ -67,14 +67,6 @@ pub fn export_onnx(run_dir: &Path, to: Option<&str>, half: bool, out: Option<&Pa
     } else {
         bail!("model {} has no domain '{to}'; it translates to: {}", run_dir.display(), targets.join(", "))
     };
-    if gcfg.antialias {
-        bail!(
-            "model {} is a {} model: ONNX export of its anti-aliased generator (blur-pool layers) is not supported yet; \
-             export it with --format generators (cyclestudio) or --format torch-keys (the CUT reference)",
-            run_dir.display(),
-            cfg.method
-        );
-    }
     if !has(file) {
         bail!(
             "model {} has no generator that translates to '{to}' ({file} is not in its checkpoint); it translates to: {}",
@@ -100,8 +92,9 @@ pub fn export_onnx(run_dir: &Path, to: Option<&str>, half: bool, out: Option<&Pa
     let metadata = vec![
         ("from_domain", from.name.clone()),
         ("to_domain", to_spec.name.clone()),
-        ("input_channels", from.channels.to_string()),
-        ("output_channels", to_spec.channels.to_string()),
+        // What the graph takes: a CUT generator may take more channels than its domain has.
+        ("input_channels", gcfg.in_channels.to_string()),
+        ("output_channels", gcfg.out_channels.to_string()),
         ("value_range", "[-1, 1]: value = pixel / 127.5 - 1 for input and output".to_string()),
         ("layout", "NCHW; 3 channels are RGB, 1 channel is grey (ITU-R 601 luma)".to_string()),
         ("size_multiple", gcfg.kind.size_multiple().to_string()),
@@ -135,7 +128,7 @@ pub fn generator_onnx(cfg: &GeneratorConfig, tensors: &HashMap<String, Tensor>, 
 
     let mut g = GraphBuilder { tensors, half, nodes: Vec::new(), initializers: Vec::new(), names: 0, norm_params: HashMap::new() };
     let net = match cfg.kind {
-        GeneratorKind::Resnet { blocks } => g.resnet(INPUT_NAME, blocks)?,
+        GeneratorKind::Resnet { blocks } => g.resnet(INPUT_NAME, blocks, cfg.antialias)?,
         GeneratorKind::Unet { downs } => g.unet_level(0, downs, INPUT_NAME)?,
     };
     let image = match cfg.output {
@@ -353,15 +346,23 @@ impl GraphBuilder<'_> {
         self.node("LeakyRelu", &[x], vec![attr_f("alpha", 0.2)])
     }
 
-    /// `model::ResnetGenerator::forward`.
-    fn resnet(&mut self, x: &str, blocks: usize) -> Result<String> {
+    /// `model::ResnetGenerator::forward`, plain or anti-aliased (CUT).
+    fn resnet(&mut self, x: &str, blocks: usize, antialias: bool) -> Result<String> {
         let unbiased = |stride, pad| ConvSpec::new(stride, pad, false);
         let p = self.pad(x, 3, "reflect");
         let n = self.conv_norm("Conv", &p, "stem", unbiased(1, 0))?;
         let mut h = self.relu(&n);
         for i in 0..2 {
-            let n = self.conv_norm("Conv", &h, &format!("down.{i}"), unbiased(2, 1))?;
-            h = self.relu(&n);
+            let down = format!("down.{i}");
+            h = if antialias {
+                let (c, channels) = self.conv("Conv", &h, &down, unbiased(1, 1))?;
+                let n = self.instance_norm(&c, channels);
+                let r = self.relu(&n);
+                self.blur_down(&r, channels)
+            } else {
+                let n = self.conv_norm("Conv", &h, &down, unbiased(2, 1))?;
+                self.relu(&n)
+            };
         }
         for i in 0..blocks {
             let p = self.pad(&h, 1, "reflect");
@@ -372,13 +373,52 @@ impl GraphBuilder<'_> {
             h = self.node("Add", &[&h, &n], vec![]);
         }
         for i in 0..2 {
-            let spec = ConvSpec { output_padding: 1, ..unbiased(2, 1) };
-            let n = self.conv_norm("ConvTranspose", &h, &format!("up.{i}"), spec)?;
+            let up = format!("up.{i}");
+            let n = if antialias {
+                let channels = self.tensors.get(&format!("{up}.weight")).context("the checkpoint has no up-sampling weight")?.dim(1)?; // [Cout,Cin,3,3]
+                let u = self.blur_up(&h, channels)?;
+                self.conv_norm("Conv", &u, &up, unbiased(1, 1))?
+            } else {
+                self.conv_norm("ConvTranspose", &h, &up, ConvSpec { output_padding: 1, ..unbiased(2, 1) })?
+            };
             h = self.relu(&n);
         }
         let p = self.pad(&h, 3, "reflect");
         let (o, _) = self.conv("Conv", &p, "head", ConvSpec::new(1, 0, true))?;
         Ok(self.node("Tanh", &[&o], vec![]))
+    }
+
+    /// CUT's blur-pool (`model::antialias::blur_down`): reflect-pad 1, a depthwise
+    /// [1,2,1]⊗[1,2,1]/16 with stride 2.
+    fn blur_down(&mut self, x: &str, channels: usize) -> String {
+        let taps = [1f32, 2., 1.];
+        let plane: Vec<f32> = (0..9).map(|i| taps[i / 3] * taps[i % 3] / 16.0).collect();
+        let w = self.const_f32("blur_down", &[channels, 1, 3, 3], &plane.repeat(channels));
+        let p = self.pad(x, 1, "reflect");
+        let attrs = vec![attr_ints("kernel_shape", &[3, 3]), attr_ints("strides", &[2, 2]), attr_i("group", channels as i64)];
+        self.node("Conv", &[&p, &w], attrs)
+    }
+
+    /// CUT's blur up-sampling (`model::antialias::blur_up`), as the reference computes it:
+    /// replicate-pad 1, a depthwise transposed [1,3,3,1]⊗[1,3,3,1]/16 with stride 2 and padding
+    /// 2, then one row and column cut off each side.
+    fn blur_up(&mut self, x: &str, channels: usize) -> Result<String> {
+        let taps = [1f32, 3., 3., 1.];
+        let plane: Vec<f32> = (0..16).map(|i| taps[i / 4] * taps[i % 4] / 16.0).collect();
+        let w = self.const_f32("blur_up", &[channels, 1, 4, 4], &plane.repeat(channels));
+        let p = self.pad(x, 1, "edge");
+        let attrs = vec![attr_ints("kernel_shape", &[4, 4]), attr_ints("strides", &[2, 2]), attr_ints("pads", &[2; 4]), attr_i("group", channels as i64)];
+        let t = self.node("ConvTranspose", &[&p, &w], attrs);
+        let [starts, ends, axes] = [[1i64, 1], [-1, -1], [2, 3]].map(|v| self.const_i64("slice", &v));
+        Ok(self.node("Slice", &[&t, &starts, &ends, &axes], vec![]))
+    }
+
+    /// An int64 vector constant.
+    fn const_i64(&mut self, hint: &str, values: &[i64]) -> String {
+        let name = self.fresh(hint);
+        let raw_data = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        self.initializers.push(TensorProto { dims: vec![values.len() as i64], data_type: Some(data_type::INT64), name: name.clone(), raw_data });
+        name
     }
 
     /// `model::UnetGenerator::level`: level `i`'s inner model applied to `x`.
