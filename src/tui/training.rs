@@ -358,15 +358,31 @@ impl RunState {
     }
 }
 
-/// Names of the plotted loss curves, in the order of [`loss_values`].
-pub const LOSS_NAMES: [&str; 10] = ["G_AB adv", "G_BA adv", "cycle A", "cycle B", "identity", "paired", "NCE", "NCE idt", "D_A", "D_B"];
-
-/// The plotted value of each curve: adversarial losses of both generators, both cycle losses,
-/// the identity terms together, the paired term, CUT's two PatchNCE terms, and both
-/// discriminators. Terms a method does not have stay 0 and are not drawn.
-pub fn loss_values(l: &Losses) -> [f64; 10] {
-    [l.g_ab_adv, l.g_ba_adv, l.cycle_a, l.cycle_b, l.idt_ab + l.idt_ba, l.paired, l.nce, l.nce_idt, l.d_a, l.d_b].map(f64::from)
+/// One plotted loss curve: its name in the legend, its value in a step's losses, its colour.
+pub struct LossCurve {
+    pub name: &'static str,
+    pub value: fn(&Losses) -> f32,
+    pub colour: ratatui::style::Color,
 }
+
+/// The plotted curves: adversarial losses of both generators, both cycle losses, the identity
+/// terms together, the paired term, CUT's two PatchNCE terms, and both discriminators. Terms a
+/// method does not have stay 0 and are not drawn.
+pub const LOSS_CURVES: [LossCurve; 10] = {
+    use ratatui::style::Color;
+    [
+        LossCurve { name: "G_AB adv", value: |l| l.g_ab_adv, colour: Color::Red },
+        LossCurve { name: "G_BA adv", value: |l| l.g_ba_adv, colour: Color::Magenta },
+        LossCurve { name: "cycle A", value: |l| l.cycle_a, colour: Color::Blue },
+        LossCurve { name: "cycle B", value: |l| l.cycle_b, colour: Color::Cyan },
+        LossCurve { name: "identity", value: |l| l.idt_ab + l.idt_ba, colour: Color::Green },
+        LossCurve { name: "paired", value: |l| l.paired, colour: Color::White },
+        LossCurve { name: "NCE", value: |l| l.nce, colour: Color::LightBlue },
+        LossCurve { name: "NCE idt", value: |l| l.nce_idt, colour: Color::LightGreen },
+        LossCurve { name: "D_A", value: |l| l.d_a, colour: Color::Yellow },
+        LossCurve { name: "D_B", value: |l| l.d_b, colour: Color::LightYellow },
+    ]
+};
 
 /// Loss curves over steps in bounded memory: each point is the mean of `steps_per_point`
 /// consecutive steps, and when the curves reach [`LossHistory::MAX_POINTS`] neighbouring points
@@ -389,7 +405,7 @@ impl LossHistory {
     pub const MAX_POINTS: usize = 1000;
 
     pub fn push(&mut self, step: u64, losses: &Losses) {
-        let values = loss_values(losses);
+        let values = LOSS_CURVES.map(|c| f64::from((c.value)(losses)));
         // A non-finite loss ends the run with an error of its own; it would only wreck the axes.
         if values.iter().any(|v| !v.is_finite()) {
             return;
@@ -430,7 +446,7 @@ impl LossHistory {
     /// The curves worth drawing (a term that stayed 0, such as `paired` in unpaired training,
     /// is left out), with their names.
     pub fn curves(&self) -> impl Iterator<Item = (&'static str, &[(f64, f64)])> {
-        LOSS_NAMES.into_iter().zip(&self.curves).filter(|(_, c)| c.iter().any(|p| p.1 != 0.0)).map(|(n, c)| (n, c.as_slice()))
+        LOSS_CURVES.iter().zip(&self.curves).filter(|(_, c)| c.iter().any(|p| p.1 != 0.0)).map(|(lc, c)| (lc.name, c.as_slice()))
     }
 }
 

@@ -4,7 +4,7 @@
 use super::{panel, render_message, run_item, selected_style, state_color, with_cursor};
 use crate::tui::app::App;
 use crate::tui::preview::{ImagePanes, Pane};
-use crate::tui::training::{device_choices, Level, RunMonitor, RunState, Setting, TrainingView, LOSS_NAMES};
+use crate::tui::training::{device_choices, Level, RunMonitor, RunState, Setting, TrainingView, LOSS_CURVES};
 use ratatui::{
     layout::{Constraint, Layout, Rect},
     style::{Color, Style, Stylize},
@@ -149,22 +149,8 @@ fn legend_lines(curves: &[(&str, &[(f64, f64)])], width: u16) -> Vec<Line<'stati
     lines
 }
 
-/// One colour per loss curve, in the order of [`LOSS_NAMES`].
-const CURVE_COLORS: [Color; 10] = [
-    Color::Red,
-    Color::Magenta,
-    Color::Blue,
-    Color::Cyan,
-    Color::Green,
-    Color::White,
-    Color::LightBlue,
-    Color::LightGreen,
-    Color::Yellow,
-    Color::LightYellow,
-];
-
 fn curve_color(name: &str) -> Color {
-    LOSS_NAMES.iter().position(|n| *n == name).map_or(Color::Gray, |i| CURVE_COLORS[i])
+    LOSS_CURVES.iter().find(|c| c.name == name).map_or(Color::Gray, |c| c.colour)
 }
 
 fn render_loss_chart(frame: &mut Frame, area: Rect, run: &RunMonitor) {
