@@ -440,6 +440,29 @@ fn studio_starts_a_paired_keep_luma_regression() {
     }
 }
 
+/// Typed settings are values: text that is not one stays in the editor with the reason, and the
+/// form keeps its last good value.
+#[test]
+fn a_setting_that_is_not_a_number_stays_in_the_editor() {
+    use cyclestudio::tui::training::Setting;
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut app, rx) = studio(tmp.path());
+    settle(&mut app, &rx, "the dataset scan", |a| !a.datasets.scanning);
+    press(&mut app, KeyCode::Char('2'));
+    let at = |s: Setting| Setting::ALL.iter().position(|&x| x == s).unwrap();
+    let before = app.training.form.ngf;
+    set_setting(&mut app, at(Setting::Ngf), "many");
+    assert_shows(&render(&app, 120, 40), &["ngf must be a number, not 'many'"]);
+    assert!(app.training.form.editing.is_some());
+    assert_eq!(app.training.form.ngf, before);
+    press(&mut app, KeyCode::Esc);
+    set_setting(&mut app, at(Setting::Ngf), "12");
+    assert!(app.training.form.editing.is_none());
+    assert_eq!(app.training.form.ngf, 12);
+    set_setting(&mut app, at(Setting::Generator), "vgg");
+    assert_shows(&render(&app, 120, 40), &["unknown generator 'vgg'"]);
+}
+
 /// The model setting starts a CUT run: its config says so and the dashboard draws its own loss
 /// curves (NCE terms, D_B; no cycle or D_A curves).
 #[test]

@@ -9,6 +9,7 @@ use super::preview::ShownImage;
 use super::runs::RunEntry;
 use crate::data::Dataset;
 use crate::health::HealthReport;
+use crate::model::GeneratorKind;
 use crate::train::request::{self, Intervals, Length, RunRequest};
 use crate::train::{read_loss_log, run_training, Losses, Method, DEFAULT_LAMBDA_PAIRED, DEFAULT_LR, LOG_FILE, RunControl, RunOptions, RunOutcome, Schedule, TrainConfig, TrainEvent};
 use crossterm::event::{KeyCode, KeyEvent};
@@ -187,7 +188,8 @@ impl Setting {
     }
 }
 
-/// The settings of the next run, as typed.
+/// The settings of the next run. Typed text is parsed when it is confirmed (a value that does not
+/// parse stays in the editor with the reason), so every field holds a value of its own type.
 pub struct TrainForm {
     pub cursor: usize,
     /// The value being typed, while editing the setting under the cursor.
@@ -201,18 +203,19 @@ pub struct TrainForm {
     pub custom_name: Option<String>,
     /// CycleGAN, CUT or FastCUT.
     pub method: Method,
-    pub generator: String,
-    pub ngf: String,
-    pub size: String,
-    pub iters: String,
-    pub decay_iters: String,
-    pub lr: String,
+    pub generator: GeneratorKind,
+    pub ngf: usize,
+    pub size: usize,
+    pub iters: u64,
+    pub decay_iters: u64,
+    pub lr: f64,
     /// Add the supervised term to the true pair (`--paired`; the dataset must be aligned).
     pub paired: bool,
     /// Predict only colour over the input's brightness (`--keep-luma`; B must have 3 channels).
     pub keep_luma: bool,
-    pub lambda_gan: String,
-    pub sample_every: String,
+    pub lambda_gan: f64,
+    pub sample_every: u64,
+    /// "cpu" or "cuda:N".
     pub device: String,
     /// Why the last start was refused.
     pub error: Option<String>,
@@ -228,16 +231,16 @@ impl Default for TrainForm {
             preset: 0,
             custom_name: None,
             method: Method::Cyclegan,
-            generator: String::new(),
-            ngf: String::new(),
-            size: String::new(),
-            iters: String::new(),
-            decay_iters: String::new(),
-            lr: String::new(),
+            generator: GeneratorKind::Resnet { blocks: 9 },
+            ngf: 0,
+            size: 0,
+            iters: 0,
+            decay_iters: 0,
+            lr: DEFAULT_LR,
             paired: false,
             keep_luma: false,
-            lambda_gan: "1".into(),
-            sample_every: String::new(),
+            lambda_gan: 1.0,
+            sample_every: 0,
             device: request::DEFAULT_DEVICE.into(),
             error: None,
         };
@@ -254,9 +257,9 @@ impl TrainForm {
     /// Fills the architecture and length settings from the current preset.
     fn apply_preset(&mut self, dataset: Option<&Dataset>) {
         let preset = &PRESETS[self.preset];
-        self.generator = preset.generator.into();
-        self.ngf = preset.ngf.to_string();
-        self.size = preset.size.to_string();
+        self.generator = preset.generator.parse().expect("a preset names a known generator");
+        self.ngf = preset.ngf;
+        self.size = preset.size;
         let (iters, decay_iters) = match preset.length {
             PresetLength::Iters { iters, decay_iters } => (iters, decay_iters),
             PresetLength::ReferenceEpochs => {
@@ -265,10 +268,9 @@ impl TrainForm {
                 (epochs * steps, decay_epochs * steps)
             }
         };
-        self.iters = iters.to_string();
-        self.decay_iters = decay_iters.to_string();
-        self.lr = DEFAULT_LR.to_string();
-        self.sample_every = preset.sample_every.to_string();
+        (self.iters, self.decay_iters) = (iters, decay_iters);
+        self.lr = DEFAULT_LR;
+        self.sample_every = preset.sample_every;
     }
 
     /// Shows a saved run's settings, ready to resume it.
@@ -276,38 +278,37 @@ impl TrainForm {
         self.resume = Some(run.name.clone());
         if let Ok(cfg) = &run.config {
             self.method = cfg.method;
-            self.generator = cfg.generator.to_string();
-            self.ngf = cfg.ngf.to_string();
-            self.size = cfg.size.to_string();
+            self.generator = cfg.generator;
+            self.ngf = cfg.ngf;
+            self.size = cfg.size;
             (self.iters, self.decay_iters) = match cfg.schedule {
-                Schedule::Iters { iters, decay_iters } => (iters.to_string(), decay_iters.to_string()),
-                Schedule::Epochs { epochs, decay_epochs, steps_per_epoch } => (
-                    format!("{} ({epochs} epochs)", epochs * steps_per_epoch),
-                    format!("{} ({decay_epochs} epochs)", decay_epochs * steps_per_epoch),
-                ),
+                Schedule::Iters { iters, decay_iters } => (iters, decay_iters),
+                Schedule::Epochs { epochs, decay_epochs, steps_per_epoch } => (epochs * steps_per_epoch, decay_epochs * steps_per_epoch),
             };
-            self.lr = cfg.lr.to_string();
+            self.lr = cfg.lr;
             self.paired = cfg.paired;
             self.keep_luma = cfg.keep_luma;
-            self.lambda_gan = cfg.lambda_gan.to_string();
-            self.sample_every = cfg.sample_every.to_string();
+            self.lambda_gan = cfg.lambda_gan;
+            self.sample_every = cfg.sample_every;
             self.device = cfg.device.clone();
         }
     }
 
-    fn text_mut(&mut self, setting: Setting) -> Option<&mut String> {
-        Some(match setting {
-            Setting::Generator => &mut self.generator,
-            Setting::Ngf => &mut self.ngf,
-            Setting::Size => &mut self.size,
-            Setting::Iters => &mut self.iters,
-            Setting::DecayIters => &mut self.decay_iters,
-            Setting::Lr => &mut self.lr,
-            Setting::LambdaGan => &mut self.lambda_gan,
-            Setting::SampleEvery => &mut self.sample_every,
-            Setting::Device => &mut self.device,
-            _ => return None,
-        })
+    /// Sets a typed setting from confirmed text; Err says why the text is not a value.
+    fn set_text(&mut self, setting: Setting, text: &str) -> Result<(), String> {
+        match setting {
+            Setting::Generator => self.generator = text.parse()?,
+            Setting::Ngf => self.ngf = parse_number(text, "ngf")?,
+            Setting::Size => self.size = parse_number(text, "Image size")?,
+            Setting::Iters => self.iters = parse_number(text, "Iterations")?,
+            Setting::DecayIters => self.decay_iters = parse_number(text, "Decay iterations")?,
+            Setting::Lr => self.lr = parse_number(text, "Learning rate")?,
+            Setting::LambdaGan => self.lambda_gan = parse_number(text, "GAN weight")?,
+            Setting::SampleEvery => self.sample_every = parse_number(text, "Preview every")?,
+            Setting::Device => self.device = text.to_string(),
+            _ => {}
+        }
+        Ok(())
     }
 }
 
@@ -697,17 +698,27 @@ impl App {
                 Method::Cut => "cut: one generator A→B, PatchNCE (+ identity NCE)".into(),
                 Method::Fastcut => "fastcut: one generator A→B, PatchNCE ×10, flip-equivariance".into(),
             },
-            Setting::Generator => form.generator.clone(),
-            Setting::Ngf => form.ngf.clone(),
-            Setting::Size => form.size.clone(),
-            Setting::Iters => form.iters.clone(),
-            Setting::DecayIters => form.decay_iters.clone(),
-            Setting::Lr => form.lr.clone(),
+            Setting::Generator => form.generator.to_string(),
+            Setting::Ngf => form.ngf.to_string(),
+            Setting::Size => form.size.to_string(),
+            Setting::Iters | Setting::DecayIters => {
+                let (steps, epochs) = match (setting, self.resumed_run().and_then(|r| r.config.as_ref().ok()).map(|c| c.schedule)) {
+                    (Setting::Iters, Some(Schedule::Epochs { epochs, .. })) => (form.iters, Some(epochs)),
+                    (_, Some(Schedule::Epochs { decay_epochs, .. })) => (form.decay_iters, Some(decay_epochs)),
+                    (Setting::Iters, _) => (form.iters, None),
+                    _ => (form.decay_iters, None),
+                };
+                match epochs {
+                    Some(e) => format!("{steps} ({e} epochs)"),
+                    None => steps.to_string(),
+                }
+            }
+            Setting::Lr => form.lr.to_string(),
             Setting::Paired if form.paired => format!("on: L1 to the true pair (λ {DEFAULT_LAMBDA_PAIRED}), aligned datasets"),
             Setting::Paired => "off".into(),
             Setting::KeepLuma => if form.keep_luma { "on: predict only colour over the input's brightness" } else { "off" }.into(),
-            Setting::LambdaGan => form.lambda_gan.clone(),
-            Setting::SampleEvery => form.sample_every.clone(),
+            Setting::LambdaGan => form.lambda_gan.to_string(),
+            Setting::SampleEvery => form.sample_every.to_string(),
             Setting::Device => form.device.clone(),
         }
     }
@@ -764,14 +775,17 @@ impl App {
             match key.code {
                 KeyCode::Enter => {
                     let value = input.value.trim().to_string();
-                    self.training.form.editing = None;
-                    match setting {
-                        Setting::Name => self.training.form.custom_name = (!value.is_empty()).then_some(value),
-                        other => {
-                            if let Some(text) = self.training.form.text_mut(other) {
-                                *text = value;
-                            }
+                    let set = match setting {
+                        Setting::Name => {
+                            self.training.form.custom_name = (!value.is_empty()).then_some(value);
+                            Ok(())
                         }
+                        other => self.training.form.set_text(other, &value),
+                    };
+                    match set {
+                        Ok(()) => self.training.form.editing = None,
+                        // The text stays in the editor to be corrected.
+                        Err(e) => self.set_error(e),
                     }
                 }
                 KeyCode::Esc => self.training.form.editing = None,
@@ -832,7 +846,11 @@ impl App {
                 self.training.form.preset = step(self.training.form.preset, PRESETS.len());
                 self.apply_preset();
             }
-            Setting::Generator => cycle_text(&mut self.training.form.generator, &GENERATORS, forward),
+            Setting::Generator => {
+                let mut text = self.training.form.generator.to_string();
+                cycle_text(&mut text, &GENERATORS, forward);
+                self.training.form.generator = text.parse().expect("GENERATORS are known generators");
+            }
             Setting::Device => {
                 let choices = device_choices();
                 if let (Some(why), 1) = (&choices.no_cuda, choices.devices.len()) {
@@ -869,7 +887,7 @@ impl App {
         check_run_name(&name)?;
         let run_dir = self.options.checkpoints.join(&name);
         let resume = form.resume.is_some();
-        let request = self.run_request(name.clone())?;
+        let request = self.run_request(name.clone());
         let config = if let Some(run) = self.resumed_run() {
             if run.checkpoint_step.is_none() {
                 return Err(format!("run '{name}' has no checkpoint to resume"));
@@ -891,42 +909,38 @@ impl App {
 
     /// The form as a run request. For a resumed run only the length (of an iteration
     /// schedule), the preview interval and the device apply.
-    fn run_request(&self, name: String) -> Result<RunRequest, String> {
+    fn run_request(&self, name: String) -> RunRequest {
         let form = &self.training.form;
         let preset = &PRESETS[form.preset];
-        let ngf: usize = parse_number(&form.ngf, "ngf")?;
         let resuming = self.resumed_run().is_some();
         let length = if self.resumed_run().is_some_and(|r| r.config.as_ref().is_ok_and(|c| !matches!(c.schedule, Schedule::Iters { .. }))) {
             Length::ReferenceEpochs // an epoch schedule keeps its length
         } else {
-            Length::Iters {
-                iters: parse_number(&form.iters, "Iterations")?,
-                decay_iters: parse_number(&form.decay_iters, "Decay iterations")?,
-            }
+            Length::Iters { iters: form.iters, decay_iters: form.decay_iters }
         };
-        Ok(RunRequest {
+        RunRequest {
             name,
             dataset: self.training_dataset().map(|d| d.dir.clone()),
             method: Some(form.method),
-            generator: Some(form.generator.trim().parse()?),
-            ngf: Some(ngf),
-            ndf: Some(ngf),
-            size: Some(parse_number(&form.size, "Image size")?),
+            generator: Some(form.generator),
+            ngf: Some(form.ngf),
+            ndf: Some(form.ngf),
+            size: Some(form.size),
             length,
-            lr: Some(parse_number(&form.lr, "Learning rate")?),
+            lr: Some(form.lr),
             paired: form.paired,
             keep_luma: form.keep_luma,
-            lambda_gan: Some(parse_number(&form.lambda_gan, "GAN weight")?),
+            lambda_gan: Some(form.lambda_gan),
             device: Some(form.device.trim().to_string()),
             intervals: Intervals {
-                sample_every: Some(parse_number(&form.sample_every, "Preview every")?),
+                sample_every: Some(form.sample_every),
                 // A resumed run keeps its own; the preset's are for new runs.
                 save_every: (!resuming).then_some(preset.save_every),
                 log_every: (!resuming).then_some(preset.log_every),
                 health_every: (!resuming).then_some(preset.health_every),
             },
             ..Default::default()
-        })
+        }
     }
 
     pub(super) fn start_training(&mut self) {
