@@ -10,7 +10,7 @@ use image::DynamicImage;
 use rayon::prelude::*;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::sync_channel;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::time::{Duration, Instant};
 use walkdir::WalkDir;
 
@@ -157,6 +157,41 @@ fn plan(in_dir: &Path, out_dir: &Path, shard: Option<Shard>, summary: &mut Conve
 /// Progress of a conversion: (images done, images to do, images per second).
 pub type ConvertProgress<'a> = &'a mut dyn FnMut(usize, usize, f64);
 
+/// The decoder thread: `todo` in chunks of `batch`, each decoded in parallel (a broken file
+/// becomes its error, reported with the others), until the receiver is gone.
+fn decode_in_batches(mut todo: Vec<Job>, batch: usize, tx: SyncSender<Vec<(Job, Result<DynamicImage>)>>) {
+    while !todo.is_empty() {
+        let chunk: Vec<Job> = todo.drain(..batch.min(todo.len())).collect();
+        let decoded = chunk.into_par_iter().map(|j| {
+            let img = decode_image(&j.input);
+            (j, img)
+        }).collect();
+        if tx.send(decoded).is_err() {
+            return;
+        }
+    }
+}
+
+/// The writer thread: each translation as a PNG, written atomically (folders created); returns
+/// the files that could not be written, with why, and how many were.
+fn write_outputs(rx: Receiver<(Job, DynamicImage)>) -> (Vec<(PathBuf, String)>, usize) {
+    let mut failed = Vec::new();
+    let mut converted = 0;
+    for (job, img) in rx {
+        let write = || -> Result<()> {
+            if let Some(dir) = job.output.parent() {
+                std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            }
+            atomic_write(&job.output, &png_bytes(&img)?)
+        };
+        match write() {
+            Ok(()) => converted += 1,
+            Err(e) => failed.push((job.input, format!("{e:#}"))),
+        }
+    }
+    (failed, converted)
+}
+
 /// Translates every image under `in_dir` into `out_dir`, mirroring the folder tree. Decoding
 /// runs on worker threads ahead of the network, encoding and writing behind it. A broken file is
 /// recorded and skipped; existing outputs are skipped unless `overwrite`; inputs are never
@@ -183,36 +218,8 @@ pub fn convert_folder(tr: &Translator, in_dir: &Path, out_dir: &Path, opts: &Con
     let multiple = tr.size_multiple();
     let device = tr.device.clone();
     let (failed, converted) = std::thread::scope(|s| -> Result<(Vec<(PathBuf, String)>, usize)> {
-        s.spawn(move || {
-            let mut todo = todo;
-            while !todo.is_empty() {
-                let chunk: Vec<Job> = todo.drain(..batch.min(todo.len())).collect();
-                let decoded = chunk.into_par_iter().map(|j| {
-                    let img = decode_image(&j.input);
-                    (j, img)
-                }).collect();
-                if dec_tx.send(decoded).is_err() {
-                    return;
-                }
-            }
-        });
-        let writer = s.spawn(move || {
-            let mut failed = Vec::new();
-            let mut converted = 0;
-            for (job, img) in enc_rx {
-                let write = || -> Result<()> {
-                    if let Some(dir) = job.output.parent() {
-                        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-                    }
-                    atomic_write(&job.output, &png_bytes(&img)?)
-                };
-                match write() {
-                    Ok(()) => converted += 1,
-                    Err(e) => failed.push((job.input, format!("{e:#}"))),
-                }
-            }
-            (failed, converted)
-        });
+        s.spawn(move || decode_in_batches(todo, batch, dec_tx));
+        let writer = s.spawn(move || write_outputs(enc_rx));
         let mut failed = Vec::new();
         let mut n = 0usize;
         for chunk in dec_rx {
