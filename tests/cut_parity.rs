@@ -268,14 +268,16 @@ fn reference_cut_generator_imports_translates_and_exports_back() {
     let tmp = tempfile::tempdir().unwrap();
     let run = tmp.path().join("cut_ref");
     let req = ImportRequest { run_dir: run.clone(), g_ab: fixture_path("cut_G.pth"), g_ba: None, domains: ["photo".into(), "art".into()], generator: None };
-    let cfg = import(&req).unwrap();
-    assert_eq!((cfg.method, cfg.generator, cfg.ngf), (Method::Cut, GeneratorKind::Resnet { blocks: 6 }, 4));
+    let spec = import(&req).unwrap();
+    assert_eq!((spec.g_ab.kind, spec.g_ab.ngf, spec.g_ab.antialias, spec.g_ba.is_none()), (GeneratorKind::Resnet { blocks: 6 }, 4, true, true));
+    // The folder describes the model only: no placeholder training configuration.
+    assert!(run.join("model.toml").is_file() && !run.join("config.toml").exists());
     let tr = Translator::load(&run, "cpu").unwrap();
     let (g, _, _) = tr.generator_to("art").unwrap();
     let e = rel_err(&g.forward(&fx["input"]).unwrap(), &fx["output"]);
     assert!(e < TOL, "imported generator: relative error {e}");
     let err = tr.generator_to("photo").err().unwrap().to_string();
-    assert!(err.contains("cut model") && err.contains("only photo→art"), "{err}");
+    assert!(err.contains("one-sided") && err.contains("only photo→art"), "{err}");
     // A second generator makes no sense for a one-sided model.
     let two = ImportRequest { run_dir: tmp.path().join("two"), g_ba: Some(fixture_path("cut_G.pth")), ..req };
     assert!(import(&two).unwrap_err().to_string().contains("without --g-ba"));

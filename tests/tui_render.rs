@@ -521,3 +521,27 @@ fn device_setting_lists_cuda_devices_or_says_there_are_none() {
     assert_eq!(app.training.form.device, "cpu");
     assert_shows(&render(&app, 160, 40), &["only the CPU: this build has no CUDA"]);
 }
+
+/// An imported model (a folder with `model.toml` and no training config) is listed on the
+/// Translate screen with what it is, and loads there; the Training screen does not offer to
+/// resume it.
+#[test]
+fn an_imported_model_is_listed_and_loads_on_the_translate_screen() {
+    use cyclestudio::interop::{import, ImportRequest};
+    let tmp = tempfile::tempdir().unwrap();
+    let req = ImportRequest {
+        run_dir: tmp.path().join("checkpoints/horse2zebra"),
+        g_ab: common::fixture_path("resnet_import.pth"),
+        g_ba: None,
+        domains: ["horse".into(), "zebra".into()],
+        generator: None,
+    };
+    import(&req).unwrap();
+    let (mut app, rx) = studio(tmp.path());
+    press(&mut app, KeyCode::Char('3'));
+    assert_shows(&render(&app, 140, 40), &["horse2zebra", "horse→zebra · resnet_2blocks ngf 8 · import"]);
+    press(&mut app, KeyCode::Enter);
+    settle(&mut app, &rx, "the model", |a| !matches!(a.translate.model, ModelState::Loading(_)));
+    assert!(matches!(app.translate.model, ModelState::Ready(_)), "the imported model did not load");
+    assert!(app.runs.iter().all(|r| r.name != "horse2zebra" || r.config.is_err()));
+}

@@ -100,9 +100,9 @@ pub fn import(checkpoints: &Path, a: ImportArgs) -> Result<()> {
     let cfg = import_model(&req)?;
     println!(
         "imported {} ({}, ngf {}, {}→{} channels) into {}",
-        cfg.generator,
+        cfg.g_ab.kind,
         a.name,
-        cfg.ngf,
+        cfg.g_ab.ngf,
         cfg.domain_a.channels,
         cfg.domain_b.channels,
         req.run_dir.display()

@@ -6,8 +6,8 @@ pub mod onnx;
 
 use crate::checkpoint::{safetensors_bytes, save_generation, Network};
 use crate::data::DomainSpec;
-use crate::model::{Generator, GeneratorConfig, GeneratorKind, OutputMode};
-use crate::train::{Method, NceConfig, Schedule, TrainConfig};
+use crate::model::{Generator, GeneratorConfig, GeneratorKind, ModelSpec, OutputMode};
+use crate::train::TrainConfig;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
@@ -219,7 +219,7 @@ pub struct ImportRequest {
     pub generator: Option<GeneratorKind>,
 }
 
-pub fn import(req: &ImportRequest) -> Result<TrainConfig> {
+pub fn import(req: &ImportRequest) -> Result<ModelSpec> {
     let mut files = Vec::new();
     let mut cfg_ab: Option<GeneratorConfig> = None;
     for (net, path) in [(Network::GAb, Some(&req.g_ab)), (Network::GBa, req.g_ba.as_ref())] {
@@ -250,32 +250,23 @@ pub fn import(req: &ImportRequest) -> Result<TrainConfig> {
         files.push((net.file().to_string(), safetensors_bytes(&named)?));
     }
     let g = cfg_ab.context("no A→B generator")?;
-    let name = req.run_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    // The CUT reference's anti-aliased generator makes this a one-sided (CUT) model; CUT and
-    // FastCUT share that generator, so the weights cannot tell which trained it.
-    let method = if g.antialias { Method::Cut } else { Method::Cyclegan };
-    let config = TrainConfig {
-        method,
-        nce: NceConfig::for_method(method),
-        generator: g.kind,
-        ngf: g.ngf,
-        // Imported weights come without training state: nothing to resume.
-        schedule: Schedule::Iters { iters: 0, decay_iters: 0 },
-        health_every: 0,
-        ..TrainConfig::reference(
-            &name,
-            PathBuf::new(),
-            DomainSpec { name: req.domains[0].clone(), channels: g.in_channels },
-            DomainSpec { name: req.domains[1].clone(), channels: g.out_channels },
-            1,
-        )
+    // Imported weights come without training state: the folder describes the model only
+    // (`model.toml`), with no training config to resume from. The CUT reference's anti-aliased
+    // generator makes it one-sided; CUT and FastCUT share that generator.
+    let spec = ModelSpec {
+        domain_a: DomainSpec { name: req.domains[0].clone(), channels: g.in_channels },
+        domain_b: DomainSpec { name: req.domains[1].clone(), channels: g.out_channels },
+        g_ba: req.g_ba.is_some().then(|| GeneratorConfig { in_channels: g.out_channels, out_channels: g.in_channels, ..g.clone() }),
+        made_by: if g.antialias { "imported from the CUT reference" } else { "imported from the CycleGAN reference" }.into(),
+        g_ab: g,
+        translate_chroma_gain: None,
     };
     if req.run_dir.join(crate::checkpoint::LATEST).exists() {
         bail!("{} already holds a model; choose another --name", req.run_dir.display());
     }
-    config.save(&req.run_dir)?;
+    spec.save(&req.run_dir)?;
     save_generation(&req.run_dir, 0, &files)?;
-    Ok(config)
+    Ok(spec)
 }
 
 /// `cyclestudio export --format torch-keys`: the generators with the reference's key names, as
@@ -284,8 +275,8 @@ pub fn import(req: &ImportRequest) -> Result<TrainConfig> {
 /// `load_state_dict(safetensors.torch.load_file(...))`. Refuses a model whose generator is not
 /// [`OutputMode::Direct`]: the reference has no network that composes its output from the input.
 pub fn export_torch_keys(run_dir: &Path, out_dir: &Path) -> Result<Vec<PathBuf>> {
-    let cfg = TrainConfig::load(run_dir)?;
-    if cfg.g_ab().output != OutputMode::Direct || cfg.g_ba().output != OutputMode::Direct {
+    let spec = TrainConfig::load_model_spec(run_dir)?;
+    if spec.g_ab.output != OutputMode::Direct || spec.g_ba.as_ref().is_some_and(|g| g.output != OutputMode::Direct) {
         bail!(
             "{} was trained with --keep-luma: its A→B generator predicts only colour and keeps the input's brightness, \
              which the PyTorch reference's generators cannot represent; export it with --format generators instead",
@@ -294,10 +285,10 @@ pub fn export_torch_keys(run_dir: &Path, out_dir: &Path) -> Result<Vec<PathBuf>>
     }
     let generation = crate::checkpoint::load_generation(run_dir)?;
     std::fs::create_dir_all(out_dir)?;
-    let g_ab = cfg.g_ab();
+    let g_ab = spec.g_ab.clone();
     let map = key_map_of(&g_ab)?;
-    // The CUT reference calls its one generator G; CycleGAN's are G_A and G_B.
-    let names = if cfg.method.one_sided() { [(Network::GAb, "G"), (Network::GBa, "")] } else { [(Network::GAb, "G_A"), (Network::GBa, "G_B")] };
+    // The CUT reference calls its one (anti-aliased) generator G; CycleGAN's are G_A and G_B.
+    let names = if g_ab.antialias { [(Network::GAb, "G"), (Network::GBa, "")] } else { [(Network::GAb, "G_A"), (Network::GBa, "G_B")] };
     let mut written = Vec::new();
     for (ours, theirs) in names {
         let file = ours.file();
@@ -318,12 +309,13 @@ pub fn export_torch_keys(run_dir: &Path, out_dir: &Path) -> Result<Vec<PathBuf>>
     Ok(written)
 }
 
-/// `cyclestudio export --format generators`: a translate-only copy of a run (its `config.toml`
-/// and the generators of its newest checkpoint, without discriminators or optimiser state) —
-/// the small folder to share or ship.
+/// `cyclestudio export --format generators`: a translate-only copy of a run (its `model.toml`,
+/// its `config.toml` when it was trained here, and the generators of its newest checkpoint,
+/// without discriminators or optimiser state) — the small folder to share or ship.
 /// With `half`, weights are stored as f16 (half the size; they are widened to f32 on load).
 pub fn export_generators(run_dir: &Path, out_dir: &Path, half: bool) -> Result<Vec<PathBuf>> {
-    let cfg = TrainConfig::load(run_dir)?;
+    let spec = TrainConfig::load_model_spec(run_dir)?;
+    let cfg = TrainConfig::load(run_dir).ok();
     let generation = crate::checkpoint::load_generation(run_dir)?;
     let mut files = Vec::new();
     for net in Network::GENERATORS {
@@ -344,7 +336,10 @@ pub fn export_generators(run_dir: &Path, out_dir: &Path, half: bool) -> Result<V
     if out_dir.join(crate::checkpoint::LATEST).exists() {
         bail!("{} already holds a model", out_dir.display());
     }
-    cfg.save(out_dir)?;
+    spec.save(out_dir)?;
+    if let Some(cfg) = &cfg {
+        cfg.save(out_dir)?;
+    }
     save_generation(out_dir, generation.manifest.step, &files)?;
     Ok(files.iter().map(|(f, _)| out_dir.join(crate::checkpoint::LATEST).join(f)).collect())
 }

@@ -9,6 +9,7 @@ mod discriminator;
 mod layers;
 pub mod norm_stats;
 mod resnet;
+mod spec;
 mod unet;
 
 pub use chroma::{compose_chroma_over_luma, lowpass_chroma};
@@ -16,6 +17,7 @@ pub use config::{DiscriminatorConfig, GeneratorConfig, GeneratorKind, OutputMode
 pub use discriminator::PatchGan;
 pub use layers::{Conv2d, ConvTranspose2d};
 pub use resnet::ResnetGenerator;
+pub use spec::{ModelSpec, MODEL_FILE};
 pub use unet::UnetGenerator;
 
 use candle_core::{Result, Tensor};

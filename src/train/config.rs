@@ -291,6 +291,27 @@ impl TrainConfig {
         DiscriminatorConfig { in_channels: self.domain_b.channels, ndf: self.ndf, n_layers: self.n_layers_d, antialias: self.method.one_sided() }
     }
 
+    /// What the model this run trains is, apart from the training (saved as `model.toml`).
+    pub fn model_spec(&self) -> crate::model::ModelSpec {
+        crate::model::ModelSpec {
+            domain_a: self.domain_a.clone(),
+            domain_b: self.domain_b.clone(),
+            g_ab: self.g_ab(),
+            g_ba: (!self.method.one_sided()).then(|| self.g_ba()),
+            translate_chroma_gain: self.translate_chroma_gain,
+            made_by: self.method.to_string(),
+        }
+    }
+
+    /// The model spec of the run in `run_dir`: its `model.toml`, or for runs from before it
+    /// existed, the one its `config.toml` implies.
+    pub fn load_model_spec(run_dir: &Path) -> Result<crate::model::ModelSpec> {
+        match crate::model::ModelSpec::load_file(run_dir)? {
+            Some(spec) => Ok(spec),
+            None => Ok(Self::load(run_dir)?.model_spec()),
+        }
+    }
+
     pub fn validate(&self) -> Result<()> {
         if self.method.one_sided() != self.nce.is_some() {
             bail!("a {} run {} PatchNCE settings", self.method, if self.nce.is_some() { "has no" } else { "needs" });

@@ -269,6 +269,7 @@ pub fn run_training(cfg: TrainConfig, opts: &RunOptions, control: &RunControl, o
     let _lock = super::RunLock::acquire(run_dir)?;
     let (mut trainer, note) = start_trainer(&cfg, opts, &device, &files_b)?;
     cfg.save(run_dir)?;
+    cfg.model_spec().save(run_dir)?;
     std::fs::create_dir_all(run_dir.join(SAMPLES_DIR))?;
 
     let total = cfg.schedule.total_steps();

@@ -2,7 +2,7 @@
 //! and where a model comes from when none is named.
 
 use crate::checkpoint::{load_generation, Network};
-use crate::model::{Generator, GeneratorConfig};
+use crate::model::{Generator, GeneratorConfig, ModelSpec};
 use super::TranslateOptions;
 use crate::train::{open_device, TrainConfig};
 use anyhow::{bail, Context, Result};
@@ -13,7 +13,11 @@ use std::path::{Path, PathBuf};
 /// The generators of a checkpoint, ready to translate (weights are plain tensors: no autograd).
 pub struct Translator {
     pub run_dir: PathBuf,
-    pub config: TrainConfig,
+    /// The model's domains and generators.
+    pub spec: ModelSpec,
+    /// The dataset the model was trained on, when it was trained here (the studio offers its
+    /// test images).
+    pub dataset: Option<PathBuf>,
     pub device: Device,
     g_ab: Option<Generator>,
     g_ba: Option<Generator>,
@@ -93,7 +97,8 @@ impl Translator {
     }
 
     fn load_once(run_dir: &Path, device: &str, which: &str) -> Result<Self> {
-        let config = TrainConfig::load(run_dir)?;
+        let spec = TrainConfig::load_model_spec(run_dir)?;
+        let dataset = TrainConfig::load(run_dir).ok().map(|c| c.dataset).filter(|d| !d.as_os_str().is_empty());
         let device = open_device(device)?;
         let generation = if which == crate::checkpoint::LATEST { load_generation(run_dir)? } else { crate::checkpoint::load_generation_named(run_dir, which)? };
         let load = |file: &str, cfg: GeneratorConfig| -> Result<Option<Generator>> {
@@ -103,12 +108,15 @@ impl Translator {
             let tensors = generation.load_tensors(file, &device)?;
             translation_generator(tensors, &cfg, &device, &generation.dir.join(file)).map(Some)
         };
-        let g_ab = load(Network::GAb.file(), config.g_ab())?;
-        let g_ba = load(Network::GBa.file(), config.g_ba())?;
+        let g_ab = load(Network::GAb.file(), spec.g_ab.clone())?;
+        let g_ba = match &spec.g_ba {
+            Some(cfg) => load(Network::GBa.file(), cfg.clone())?,
+            None => None,
+        };
         if g_ab.is_none() && g_ba.is_none() {
             bail!("{} holds no generator", generation.dir.display());
         }
-        Self { run_dir: run_dir.to_path_buf(), config, device, g_ab, g_ba, options: TranslateOptions::default() }.with_model_gain()
+        Self { run_dir: run_dir.to_path_buf(), spec, dataset, device, g_ab, g_ba, options: TranslateOptions::default() }.with_model_gain()
     }
 
     /// The grey→colour model built into the binary (its A→B generator only).
@@ -116,13 +124,15 @@ impl Translator {
         let config: TrainConfig = toml::from_str(BUILTIN_CONFIG).context("the built-in model's config does not parse")?;
         let device = open_device(device)?;
         let tensors = candle_core::safetensors::load_buffer(BUILTIN_G_AB, &device)?;
-        let g_ab = translation_generator(tensors, &config.g_ab(), &device, Path::new("built-in G_AB"))?;
-        Self { run_dir: PathBuf::from("(built-in)"), config, device, g_ab: Some(g_ab), g_ba: None, options: TranslateOptions::default() }.with_model_gain()
+        let spec = config.model_spec();
+        let g_ab = translation_generator(tensors, &spec.g_ab, &device, Path::new("built-in G_AB"))?;
+        let dataset = Some(config.dataset).filter(|d| !d.as_os_str().is_empty());
+        Self { run_dir: PathBuf::from("(built-in)"), spec, dataset, device, g_ab: Some(g_ab), g_ba: None, options: TranslateOptions::default() }.with_model_gain()
     }
 
     /// Applies the colour gain the model's config asks translations to use, if any.
     fn with_model_gain(mut self) -> Result<Self> {
-        if let Some(gain) = self.config.translate_chroma_gain {
+        if let Some(gain) = self.spec.translate_chroma_gain {
             self.set_chroma_gain(gain).context("the model's translate_chroma_gain")?;
         }
         Ok(self)
@@ -169,40 +179,41 @@ impl Translator {
 
     /// Domain names (A, B).
     pub fn domains(&self) -> [&str; 2] {
-        [&self.config.domain_a.name, &self.config.domain_b.name]
+        [&self.spec.domain_a.name, &self.spec.domain_b.name]
     }
 
     /// The target domains this model can translate to.
     pub fn targets(&self) -> Vec<&str> {
         let mut t = Vec::new();
         if self.g_ab.is_some() {
-            t.push(self.config.domain_b.name.as_str());
+            t.push(self.spec.domain_b.name.as_str());
         }
         if self.g_ba.is_some() {
-            t.push(self.config.domain_a.name.as_str());
+            t.push(self.spec.domain_a.name.as_str());
         }
         t
     }
 
     /// The generator that produces domain `to`, with its (input, output) channel counts.
     pub fn generator_to(&self, to: &str) -> Result<(&Generator, usize, usize)> {
-        let (a, b) = (&self.config.domain_a, &self.config.domain_b);
+        let (a, b) = (&self.spec.domain_a, &self.spec.domain_b);
         let found = if to == b.name {
             // A CUT generator may take more channels than domain A has (see `TrainConfig::g_ab`).
-            self.g_ab.as_ref().map(|g| (g, self.config.g_ab().in_channels, b.channels))
+            self.g_ab.as_ref().map(|g| (g, self.spec.g_ab.in_channels, b.channels))
         } else if to == a.name {
             self.g_ba.as_ref().map(|g| (g, b.channels, a.channels))
         } else {
             None
         };
         found.with_context(|| {
-            if self.config.method.one_sided() && to == a.name {
+            if self.spec.g_ba.is_none() && to == a.name {
                 format!(
-                    "model {} is a {} model: it translates only {}→{} (one generator, no way back to '{to}')",
+                    "model {} is one-sided ({}): it translates only {}→{}, with no way back to '{to}'; it knows: {}",
                     self.run_dir.display(),
-                    self.config.method,
+                    self.spec.made_by,
                     a.name,
-                    b.name
+                    b.name,
+                    self.targets().join(", ")
                 )
             } else {
                 format!("model {} cannot translate to '{to}'; it knows: {}", self.run_dir.display(), self.targets().join(", "))
@@ -218,7 +229,7 @@ impl Translator {
 
     /// The size multiple the generators need.
     pub fn size_multiple(&self) -> usize {
-        self.config.generator.size_multiple()
+        self.spec.size_multiple()
     }
 }
 
@@ -226,7 +237,7 @@ impl Translator {
 /// most recently saved run.
 pub fn default_model_dir(checkpoints: &Path) -> Result<PathBuf> {
     let default = checkpoints.join("default");
-    if default.join(crate::train::CONFIG_FILE).exists() {
+    if default.join(crate::train::CONFIG_FILE).exists() || default.join(crate::model::MODEL_FILE).exists() {
         return Ok(default);
     }
     let mut best: Option<(std::time::SystemTime, PathBuf)> = None;

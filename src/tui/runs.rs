@@ -1,6 +1,8 @@
-//! Training runs on disk: the subfolders of the checkpoints folder that hold a `config.toml`.
+//! Runs and models on disk: the subfolders of the checkpoints folder that hold a `config.toml`
+//! (trained here) or only a `model.toml` (imported).
 
 use crate::checkpoint::{Manifest, LATEST, MANIFEST};
+use crate::model::{ModelSpec, MODEL_FILE};
 use crate::train::{Schedule, TrainConfig, CONFIG_FILE};
 use std::path::{Path, PathBuf};
 
@@ -9,8 +11,10 @@ use std::path::{Path, PathBuf};
 pub struct RunEntry {
     pub name: String,
     pub dir: PathBuf,
-    /// The saved configuration, or why it cannot be read.
+    /// The saved training configuration, or why there is none (an imported model has none).
     pub config: Result<TrainConfig, String>,
+    /// What the model is (domains, generators), when it can be read.
+    pub spec: Option<ModelSpec>,
     /// The step of the newest checkpoint, None before the first save.
     pub checkpoint_step: Option<u64>,
 }
@@ -18,9 +22,10 @@ pub struct RunEntry {
 impl RunEntry {
     /// Domains, architecture and crop size, for lists.
     pub fn description(&self) -> String {
-        match &self.config {
-            Ok(c) => format!("{}→{} · {} ngf {} · {}px", c.domain_a.name, c.domain_b.name, c.generator, c.ngf, c.size),
-            Err(e) => format!("unreadable: {e}"),
+        match (&self.config, &self.spec) {
+            (Ok(c), _) => format!("{}→{} · {} ngf {} · {}px", c.domain_a.name, c.domain_b.name, c.generator, c.ngf, c.size),
+            (Err(_), Some(m)) => format!("{}→{} · {} ngf {} · {}", m.domain_a.name, m.domain_b.name, m.g_ab.kind, m.g_ab.ngf, m.made_by),
+            (Err(e), None) => format!("unreadable: {e}"),
         }
     }
 
@@ -45,10 +50,15 @@ pub fn scan_runs(checkpoints: &Path) -> Vec<RunEntry> {
     let mut runs: Vec<RunEntry> = entries
         .flatten()
         .map(|e| e.path())
-        .filter(|dir| dir.join(CONFIG_FILE).is_file())
+        .filter(|dir| dir.join(CONFIG_FILE).is_file() || dir.join(MODEL_FILE).is_file())
         .map(|dir| RunEntry {
             name: dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
-            config: TrainConfig::load(&dir).map_err(|e| format!("{e:#}")),
+            config: if dir.join(CONFIG_FILE).is_file() {
+                TrainConfig::load(&dir).map_err(|e| format!("{e:#}"))
+            } else {
+                Err("an imported model: no training configuration to resume".into())
+            },
+            spec: TrainConfig::load_model_spec(&dir).ok(),
             checkpoint_step: checkpoint_step(&dir),
             dir,
         })

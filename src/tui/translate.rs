@@ -142,7 +142,8 @@ fn load_model(name: String, source: ModelSource, device: String, others: Vec<Pat
         Err(_) if device != DEFAULT_DEVICE => Translator::open(&source, DEFAULT_DEVICE)?,
         loaded => loaded?,
     };
-    let own = &translator.config.dataset;
+    // Imported models have no dataset: the studio's datasets with their domains serve then.
+    let own = &translator.dataset.clone().unwrap_or_default();
     let (images, images_note) = match Dataset::open(own, Check::Header) {
         Ok(dataset) => {
             let images = test_images(&translator, &dataset);
@@ -292,10 +293,15 @@ impl App {
 
     fn load_selected_model(&mut self) {
         let (name, source, device) = match self.runs.get(self.translate.run_index) {
-            Some(run) => match (&run.config, run.checkpoint_step) {
-                (Err(e), _) => return self.set_error(format!("run {}: {e}", run.name)),
-                (Ok(_), None) => return self.set_error(format!("run {} has no checkpoint yet", run.name)),
-                (Ok(config), Some(_)) => (run.name.clone(), ModelSource::Dir(run.dir.clone()), config.device.clone()),
+            Some(run) => match (&run.config, &run.spec, run.checkpoint_step) {
+                (Err(e), None, _) => return self.set_error(format!("run {}: {e}", run.name)),
+                (_, _, None) => return self.set_error(format!("run {} has no checkpoint yet", run.name)),
+                // A model trained here opens on its training device; an imported one on the CPU.
+                (config, _, Some(_)) => (
+                    run.name.clone(),
+                    ModelSource::Dir(run.dir.clone()),
+                    config.as_ref().map_or_else(|_| DEFAULT_DEVICE.to_string(), |c| c.device.clone()),
+                ),
             },
             None => (BUILTIN_NAME.to_string(), ModelSource::BuiltIn, DEFAULT_DEVICE.to_string()),
         };

@@ -48,9 +48,9 @@ pub struct OnnxExport {
 /// file is written atomically: a failure leaves no file, and nothing is created before the
 /// request is known to be valid.
 pub fn export_onnx(run_dir: &Path, to: Option<&str>, half: bool, out: Option<&Path>) -> Result<OnnxExport> {
-    let cfg = TrainConfig::load(run_dir)?;
+    let spec = TrainConfig::load_model_spec(run_dir)?;
     let generation = load_generation(run_dir)?;
-    let (a, b) = (&cfg.domain_a, &cfg.domain_b);
+    let (a, b) = (&spec.domain_a, &spec.domain_b);
     let has = |file: &str| generation.has(file);
     let targets: Vec<&str> = [(has(Network::GAb.file()), b.name.as_str()), (has(Network::GBa.file()), a.name.as_str())]
         .into_iter()
@@ -61,9 +61,11 @@ pub fn export_onnx(run_dir: &Path, to: Option<&str>, half: bool, out: Option<&Pa
         None => targets.first().copied().with_context(|| format!("model {} holds no generator", run_dir.display()))?,
     };
     let (file, gcfg, from, to_spec) = if to == b.name {
-        (Network::GAb.file(), cfg.g_ab(), a, b)
+        (Network::GAb.file(), spec.g_ab.clone(), a, b)
+    } else if let (true, Some(g_ba)) = (to == a.name, &spec.g_ba) {
+        (Network::GBa.file(), g_ba.clone(), b, a)
     } else if to == a.name {
-        (Network::GBa.file(), cfg.g_ba(), b, a)
+        bail!("model {} translates only {}→{}: it has no generator to '{to}'", run_dir.display(), a.name, b.name)
     } else {
         bail!("model {} has no domain '{to}'; it translates to: {}", run_dir.display(), targets.join(", "))
     };
@@ -88,7 +90,7 @@ pub fn export_onnx(run_dir: &Path, to: Option<&str>, half: bool, out: Option<&Pa
     let tensors = generation.load_tensors(file, &Device::Cpu)?;
     let model_name = run_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     // The model's own colour gain (the shipped default model has one), as `translate` applies it.
-    let gain = if gcfg.output == OutputMode::Direct { 1.0 } else { cfg.translate_chroma_gain.unwrap_or(1.0) };
+    let gain = if gcfg.output == OutputMode::Direct { 1.0 } else { spec.translate_chroma_gain.unwrap_or(1.0) };
     let metadata = vec![
         ("from_domain", from.name.clone()),
         ("to_domain", to_spec.name.clone()),
