@@ -76,22 +76,27 @@ fn random_model_with(
     let mut rng = Rng::new(seed);
     let mut files = Vec::new();
     for (net, gcfg) in [("G_AB", cfg.g_ab()), ("G_BA", cfg.g_ba())] {
-        let vm = VarMap::new();
-        Generator::new(&gcfg, VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu)).unwrap();
-        let mut named: Vec<(String, Tensor)> = vm.data().lock().unwrap().iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect();
-        named.sort_by(|a, b| a.0.cmp(&b.0));
-        let named: Vec<(String, Tensor)> = named
-            .into_iter()
-            .map(|(k, t)| {
-                let v: Vec<f32> = (0..t.elem_count()).map(|_| (0.1 * rng.normal()) as f32).collect();
-                (k, Tensor::from_vec(v, t.shape(), &Device::Cpu).unwrap())
-            })
-            .collect();
+        let named = random_weights(&gcfg, &mut rng);
         files.push((format!("{net}.safetensors"), cyclestudio::checkpoint::safetensors_bytes(&named).unwrap()));
     }
     cfg.save(&run).unwrap();
     cyclestudio::checkpoint::save_generation(&run, 0, &files).unwrap();
     run
+}
+
+/// A generator's weights, drawn N(0, 0.1²) from `rng`, sorted by name.
+fn random_weights(gcfg: &cyclestudio::model::GeneratorConfig, rng: &mut Rng) -> Vec<(String, Tensor)> {
+    let vm = VarMap::new();
+    Generator::new(gcfg, VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu)).unwrap();
+    let mut named: Vec<(String, Tensor)> = vm.data().lock().unwrap().iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect();
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    named
+        .into_iter()
+        .map(|(k, t)| {
+            let v: Vec<f32> = (0..t.elem_count()).map(|_| (0.1 * rng.normal()) as f32).collect();
+            (k, Tensor::from_vec(v, t.shape(), &Device::Cpu).unwrap())
+        })
+        .collect()
 }
 
 /// Deterministic inputs in [-1, 1).
@@ -386,18 +391,7 @@ fn cut_generator_matches_onnx_runtime() {
     };
     let gcfg = cfg.g_ab();
     assert!(gcfg.antialias && gcfg.in_channels == 3);
-    let vm = VarMap::new();
-    Generator::new(&gcfg, VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu)).unwrap();
-    let mut rng = Rng::new(7);
-    let mut named: Vec<(String, Tensor)> = vm.data().lock().unwrap().iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect();
-    named.sort_by(|a, b| a.0.cmp(&b.0));
-    let named: Vec<(String, Tensor)> = named
-        .into_iter()
-        .map(|(k, t)| {
-            let v: Vec<f32> = (0..t.elem_count()).map(|_| (0.1 * rng.normal()) as f32).collect();
-            (k, Tensor::from_vec(v, t.shape(), &Device::Cpu).unwrap())
-        })
-        .collect();
+    let named = random_weights(&gcfg, &mut Rng::new(7));
     let run = dir.path().join("cut");
     cfg.save(&run).unwrap();
     let files = vec![("G_AB.safetensors".to_string(), cyclestudio::checkpoint::safetensors_bytes(&named).unwrap())];
