@@ -46,7 +46,7 @@ pub const KEYS: [(&str, &[(&str, &str)]); 4] = [
     (
         "Training",
         &[
-            ("← → or h l", "change run, dataset, preset, generator, device; paired mode or keep brightness on/off"),
+            ("← → or h l", "change run, dataset, preset, model (CycleGAN, CUT, FastCUT), generator, device; paired mode or keep brightness on/off"),
             ("Enter", "edit a setting (Ctrl-U clears, Enter confirms)"),
             ("s", "start the run (or resume the chosen one)"),
             ("p", "pause / resume"),
