@@ -702,15 +702,12 @@ impl App {
             Setting::Ngf => form.ngf.to_string(),
             Setting::Size => form.size.to_string(),
             Setting::Iters | Setting::DecayIters => {
-                let (steps, epochs) = match (setting, self.resumed_run().and_then(|r| r.config.as_ref().ok()).map(|c| c.schedule)) {
-                    (Setting::Iters, Some(Schedule::Epochs { epochs, .. })) => (form.iters, Some(epochs)),
-                    (_, Some(Schedule::Epochs { decay_epochs, .. })) => (form.decay_iters, Some(decay_epochs)),
-                    (Setting::Iters, _) => (form.iters, None),
-                    _ => (form.decay_iters, None),
-                };
-                match epochs {
-                    Some(e) => format!("{steps} ({e} epochs)"),
-                    None => steps.to_string(),
+                let first = setting == Setting::Iters;
+                let steps = if first { form.iters } else { form.decay_iters };
+                // A resumed run counted in epochs shows them too.
+                match self.resumed_run().and_then(|r| r.config.as_ref().ok()).map(|c| c.schedule) {
+                    Some(Schedule::Epochs { epochs, decay_epochs, .. }) => format!("{steps} ({} epochs)", if first { epochs } else { decay_epochs }),
+                    _ => steps.to_string(),
                 }
             }
             Setting::Lr => form.lr.to_string(),
