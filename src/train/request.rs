@@ -95,9 +95,18 @@ impl RunRequest {
     /// length), fills every unset value with the reference's and checks the result.
     pub fn new_run(&self) -> Result<TrainConfig> {
         let dataset = self.dataset.clone().context("a new run needs a dataset (or resume an existing run)")?;
-        let ds = Dataset::open(&dataset, Check::Header)?;
+        // Counting the images (for epochs) reads every file's header; a length in iterations
+        // needs only the domains (the studio asks on a key press).
+        let ds = match self.length {
+            Length::Iters { .. } => None,
+            _ => Some(Dataset::open(&dataset, Check::Header)?),
+        };
+        let spec = match &ds {
+            Some(ds) => ds.spec.clone(),
+            None => Dataset::read_spec(&dataset)?,
+        };
         let method = self.method.unwrap_or_default();
-        let base = TrainConfig::reference(&self.name, dataset, ds.spec.a.clone(), ds.spec.b.clone(), 1);
+        let base = TrainConfig::reference(&self.name, dataset, spec.a, spec.b, 1);
         let batch = self.batch.unwrap_or(base.batch);
         let schedule = match self.length {
             Length::Iters { iters, decay_iters } => Schedule::Iters { iters, decay_iters },
@@ -107,7 +116,8 @@ impl RunRequest {
                     Length::Epochs { epochs, decay_epochs } => (epochs.unwrap_or(e), decay_epochs.unwrap_or(d)),
                     _ => (e, d),
                 };
-                Schedule::Epochs { epochs, decay_epochs, steps_per_epoch: steps_per_epoch(&ds, self.paired, batch) }
+                let ds = ds.as_ref().expect("opened for an epoch schedule");
+                Schedule::Epochs { epochs, decay_epochs, steps_per_epoch: steps_per_epoch(ds, self.paired, batch) }
             }
         };
         let size = self.size.unwrap_or(base.size);
