@@ -3,7 +3,7 @@
 //! optimisers, checkpoints with exact resume.
 
 use super::patchnce::{draw_patch_ids, patch_nce_loss, PatchSampleF};
-use super::trainer::{gan_loss, named_weights, set_named_weights, sorted_vars, Divergence, Losses, OPTIM_FILE};
+use super::trainer::{gan_loss, init_weights, load_weights, named_weights, set_named_weights, sorted_vars, Divergence, Losses, OPTIM_FILE};
 use super::{Adam, NceConfig, TrainConfig};
 use crate::checkpoint::{load_generation, safetensors_bytes, save_generation, Generation, Network};
 use crate::model::{Generator, GeneratorKind, PatchGan};
@@ -99,19 +99,8 @@ impl CutTrainer {
         let d = PatchGan::new(&cfg.d_b(), vb(1))?;
         let channels: Vec<usize> = nce.nce_layers.iter().map(|&l| PatchSampleF::channels(l, gcfg.in_channels, gcfg.ngf)).collect();
         let f = PatchSampleF::new(&channels, nce.netf_nc, vb(2))?;
-        let mut rng = Rng::stream(cfg.seed, STREAM_INIT, 0);
-        for (net, vm) in CUT_NETWORKS.iter().zip(&vars) {
-            for (name, var) in sorted_vars(net.name(), vm) {
-                let n = var.elem_count();
-                let values: Vec<f32> = if name.ends_with(".weight") {
-                    let std = xavier_std(var.dims(), 0.02);
-                    (0..n).map(|_| (rng.normal() * std) as f32).collect()
-                } else {
-                    vec![0.0; n]
-                };
-                var.set(&Tensor::from_vec(values, var.shape(), &device)?)?;
-            }
-        }
+        let names = CUT_NETWORKS.map(Network::name);
+        init_weights(&names, &vars, &mut Rng::stream(cfg.seed, STREAM_INIT, 0), |dims| xavier_std(dims, 0.02), &device)?;
         let adam = |i: usize| Adam::new(sorted_vars(CUT_NETWORKS[i].name(), &vars[i]), cfg.beta1, cfg.beta2);
         let (adam_g, adam_d, adam_f) = (adam(0)?, adam(1)?, adam(2)?);
         Ok(Self { cfg, device, step: 0, vars, g, d, f, nce, adam_g, adam_d, adam_f })
@@ -317,10 +306,7 @@ impl CutTrainer {
     /// generation of `run_dir`.
     pub fn restore(&mut self, run_dir: &Path) -> Result<Generation> {
         let generation = load_generation(run_dir)?;
-        for net in CUT_NETWORKS {
-            let t = generation.load_tensors(net.file(), &self.device)?;
-            self.set_weights(net.name(), &t)?;
-        }
+        load_weights(&generation, &CUT_NETWORKS, &self.vars, &self.device)?;
         let state = generation.load_tensors(OPTIM_FILE, &self.device)?;
         let step = generation.manifest.step;
         self.adam_g.load_state("G", &state, step)?;

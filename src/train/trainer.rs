@@ -93,6 +93,33 @@ pub(super) fn sorted_vars(prefix: &str, vm: &VarMap) -> Vec<(String, Var)> {
     v
 }
 
+/// Draws fresh weights for the networks `nets` (names of the variable maps `vars`), in sorted
+/// name order: every `.weight` from N(0, std²) with `std = weight_std(dims)`, every bias 0.
+pub(super) fn init_weights(nets: &[&str], vars: &[VarMap], rng: &mut Rng, weight_std: impl Fn(&[usize]) -> f64, device: &Device) -> Result<()> {
+    for (net, vm) in nets.iter().zip(vars) {
+        for (name, var) in sorted_vars(net, vm) {
+            let n = var.elem_count();
+            let values: Vec<f32> = if name.ends_with(".weight") {
+                let std = weight_std(var.dims());
+                (0..n).map(|_| (rng.normal() * std) as f32).collect()
+            } else {
+                vec![0.0; n]
+            };
+            var.set(&Tensor::from_vec(values, var.shape(), device)?)?;
+        }
+    }
+    Ok(())
+}
+
+/// Loads the weights of `nets` from a checkpoint generation into their variable maps `vars`.
+pub(super) fn load_weights(generation: &Generation, nets: &[Network], vars: &[VarMap], device: &Device) -> Result<()> {
+    for (net, vm) in nets.iter().zip(vars) {
+        let t = generation.load_tensors(net.file(), device)?;
+        set_named_weights(net.name(), vm, &t, device)?;
+    }
+    Ok(())
+}
+
 /// A network's weights by name, sorted.
 pub(super) fn named_weights(vm: &VarMap) -> Vec<(String, Tensor)> {
     let data = vm.data().lock().unwrap();
@@ -140,18 +167,7 @@ impl Trainer {
         let g_ba = Generator::new(&cfg.g_ba(), vb(1))?;
         let d_a = PatchGan::new(&cfg.d_a(), vb(2))?;
         let d_b = PatchGan::new(&cfg.d_b(), vb(3))?;
-        let mut rng = Rng::stream(cfg.seed, STREAM_INIT, 0);
-        for (net, vm) in NETWORKS.iter().zip(&vars) {
-            for (name, var) in sorted_vars(net, vm) {
-                let n = var.elem_count();
-                let values: Vec<f32> = if name.ends_with(".weight") {
-                    (0..n).map(|_| (rng.normal() * 0.02) as f32).collect()
-                } else {
-                    vec![0.0; n]
-                };
-                var.set(&Tensor::from_vec(values, var.shape(), &device)?)?;
-            }
-        }
+        init_weights(&NETWORKS, &vars, &mut Rng::stream(cfg.seed, STREAM_INIT, 0), |_| 0.02, &device)?;
         let params_g = [sorted_vars(NETWORKS[0], &vars[0]), sorted_vars(NETWORKS[1], &vars[1])].concat();
         let params_d = [sorted_vars(NETWORKS[2], &vars[2]), sorted_vars(NETWORKS[3], &vars[3])].concat();
         let adam_g = Adam::new(params_g, cfg.beta1, cfg.beta2)?;
@@ -351,10 +367,7 @@ impl Trainer {
     /// an older one had to be used).
     pub fn restore(&mut self, run_dir: &Path) -> Result<Generation> {
         let generation = load_generation(run_dir)?;
-        for net in Network::ALL {
-            let t = generation.load_tensors(net.file(), &self.device)?;
-            self.set_weights(net.name(), &t)?;
-        }
+        load_weights(&generation, &Network::ALL, &self.vars, &self.device)?;
         let state = generation.load_tensors(OPTIM_FILE, &self.device)?;
         let step = generation.manifest.step;
         self.adam_g.load_state("G", &state, step)?;
