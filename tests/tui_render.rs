@@ -389,12 +389,18 @@ fn a_resumed_run_charts_its_earlier_steps_from_the_log() {
     assert_eq!(cycle.iter().map(|p| p.0).collect::<Vec<_>>(), [1.0, 2.0, 3.0, 4.0]);
 }
 
-/// Sets the training setting at `index` (in `Setting::ALL`) to `text`.
-fn set_setting(app: &mut App, index: usize, text: &str) {
+/// Moves the training settings' cursor to `setting`.
+fn go_to(app: &mut App, setting: cyclestudio::tui::training::Setting) {
+    use cyclestudio::tui::training::Setting;
     press(app, KeyCode::Home);
-    for _ in 0..index {
+    for _ in 0..Setting::ALL.iter().position(|&s| s == setting).unwrap() {
         press(app, KeyCode::Down);
     }
+}
+
+/// Types `text` into the training setting `setting` and confirms it.
+fn set_setting(app: &mut App, setting: cyclestudio::tui::training::Setting, text: &str) {
+    go_to(app, setting);
     press(app, KeyCode::Enter);
     for _ in 0..32 {
         press(app, KeyCode::Backspace);
@@ -413,20 +419,16 @@ fn studio_starts_a_paired_keep_luma_regression() {
     let (mut app, rx) = studio(tmp.path());
     settle(&mut app, &rx, "the dataset scan", |a| !a.datasets.scanning);
     press(&mut app, KeyCode::Char('2'));
-    let at = |s: Setting| Setting::ALL.iter().position(|&x| x == s).unwrap();
     assert_shows(&render(&app, 120, 40), &["Paired mode", "Keep brightness", "GAN weight"]);
     for (setting, value) in [(Setting::Generator, "resnet_2blocks"), (Setting::Ngf, "4"), (Setting::Size, "32"), (Setting::Iters, "2"), (Setting::DecayIters, "0"), (Setting::LambdaGan, "0")] {
-        set_setting(&mut app, at(setting), value);
+        set_setting(&mut app, setting, value);
     }
     press(&mut app, KeyCode::Char('s'));
     assert_shows(&render(&app, 120, 40), &["needs --paired"]);
     assert!(app.training.run.is_none());
 
     for setting in [Setting::Paired, Setting::KeepLuma] {
-        press(&mut app, KeyCode::Home);
-        for _ in 0..at(setting) {
-            press(&mut app, KeyCode::Down);
-        }
+        go_to(&mut app, setting);
         press(&mut app, KeyCode::Right);
     }
     assert_shows(&render(&app, 120, 40), &["on: L1 to the true pair", "on: predict only colour"]);
@@ -449,17 +451,16 @@ fn a_setting_that_is_not_a_number_stays_in_the_editor() {
     let (mut app, rx) = studio(tmp.path());
     settle(&mut app, &rx, "the dataset scan", |a| !a.datasets.scanning);
     press(&mut app, KeyCode::Char('2'));
-    let at = |s: Setting| Setting::ALL.iter().position(|&x| x == s).unwrap();
     let before = app.training.form.ngf;
-    set_setting(&mut app, at(Setting::Ngf), "many");
+    set_setting(&mut app, Setting::Ngf, "many");
     assert_shows(&render(&app, 120, 40), &["ngf must be a number, not 'many'"]);
     assert!(app.training.form.editing.is_some());
     assert_eq!(app.training.form.ngf, before);
     press(&mut app, KeyCode::Esc);
-    set_setting(&mut app, at(Setting::Ngf), "12");
+    set_setting(&mut app, Setting::Ngf, "12");
     assert!(app.training.form.editing.is_none());
     assert_eq!(app.training.form.ngf, 12);
-    set_setting(&mut app, at(Setting::Generator), "vgg");
+    set_setting(&mut app, Setting::Generator, "vgg");
     assert_shows(&render(&app, 120, 40), &["unknown generator 'vgg'"]);
 }
 
@@ -473,14 +474,10 @@ fn studio_trains_a_cut_model_with_its_own_loss_curves() {
     let (mut app, rx) = studio(tmp.path());
     settle(&mut app, &rx, "the dataset scan", |a| !a.datasets.scanning);
     press(&mut app, KeyCode::Char('2'));
-    let at = |s: Setting| Setting::ALL.iter().position(|&x| x == s).unwrap();
     for (setting, value) in [(Setting::Generator, "resnet_2blocks"), (Setting::Ngf, "4"), (Setting::Size, "32"), (Setting::Iters, "2"), (Setting::DecayIters, "0")] {
-        set_setting(&mut app, at(setting), value);
+        set_setting(&mut app, setting, value);
     }
-    press(&mut app, KeyCode::Home);
-    for _ in 0..at(Setting::Method) {
-        press(&mut app, KeyCode::Down);
-    }
+    go_to(&mut app, Setting::Method);
     press(&mut app, KeyCode::Right);
     assert_shows(&render(&app, 120, 40), &["cut: one generator A→B, PatchNCE"]);
     press(&mut app, KeyCode::Char('s'));
@@ -510,10 +507,7 @@ fn device_setting_lists_cuda_devices_or_says_there_are_none() {
     let note = device_choices().note();
     // The row may cut a long reason off.
     assert_shows(&render(&app, 160, 40), &[&format!("cpu  ({}", note.chars().take(20).collect::<String>())]);
-    press(&mut app, KeyCode::Home);
-    for _ in 0..Setting::ALL.iter().position(|&s| s == Setting::Device).unwrap() {
-        press(&mut app, KeyCode::Down);
-    }
+    go_to(&mut app, Setting::Device);
     press(&mut app, KeyCode::Right);
     if cfg!(feature = "cuda") {
         return; // what follows depends on the machine's devices
