@@ -7,20 +7,9 @@ use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use cyclestudio::model::antialias::{blur_down, blur_up};
 use cyclestudio::model::{DiscriminatorConfig, Generator, GeneratorConfig, PatchGan};
-use std::time::Instant;
-
-fn time<F: FnMut()>(name: &str, n: usize, mut f: F) {
-    f();
-    let mut v: Vec<f64> = (0..n)
-        .map(|_| {
-            let s = Instant::now();
-            f();
-            s.elapsed().as_secs_f64()
-        })
-        .collect();
-    v.sort_by(f64::total_cmp);
-    println!("{name:<48} {:8.1} ms", v[n / 2] * 1e3);
-}
+#[path = "common/timing.rs"]
+mod timing;
+use timing::time;
 
 fn main() {
     cyclestudio::ops::tune_cpu_runtime();

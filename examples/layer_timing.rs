@@ -12,22 +12,11 @@ use candle_nn::{VarBuilder, VarMap};
 use cyclestudio::model::{Generator, GeneratorConfig};
 use cyclestudio::ops::conv::{conv2d, conv2d_reflect, conv_transpose2d};
 use cyclestudio::ops::{instance_norm_act, Act};
-use std::time::Instant;
+#[path = "common/timing.rs"]
+mod timing;
+use timing::time;
 
 /// Median milliseconds of `n` runs after one warm-up.
-fn time<F: FnMut()>(name: &str, n: usize, mut f: F) {
-    f();
-    let mut v: Vec<f64> = (0..n)
-        .map(|_| {
-            let s = Instant::now();
-            f();
-            s.elapsed().as_secs_f64()
-        })
-        .collect();
-    v.sort_by(f64::total_cmp);
-    println!("{name:<40} {:8.1} ms", v[n / 2] * 1e3);
-}
-
 fn generator(kind: &str, dev: &Device) -> (VarMap, Generator) {
     let vm = VarMap::new();
     let cfg = GeneratorConfig { kind: kind.parse().unwrap(), in_channels: 3, out_channels: 3, ngf: 64, output: Default::default(), antialias: false };
