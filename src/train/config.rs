@@ -327,6 +327,10 @@ impl TrainConfig {
             if nce.nce_layers.is_empty() || !nce.nce_layers.windows(2).all(|w| w[0] < w[1]) || nce.nce_layers.iter().any(|&l| l > top) {
                 bail!("NCE layers {:?} must be increasing and at most {top} (the last residual block of {})", nce.nce_layers, self.generator);
             }
+            if nce.num_patches == 0 || nce.netf_nc == 0 || !nce.nce_t.is_finite() || nce.nce_t <= 0.0 {
+                // The reference's num_patches 0 (every position, unsampled) is not supported.
+                bail!("PatchNCE needs num_patches, netF_nc and a finite τ above 0");
+            }
         }
         let m = self.generator.size_multiple();
         if self.size < 32 || !self.size.is_multiple_of(m) {

@@ -6,7 +6,7 @@ use super::patchnce::{draw_patch_ids, patch_nce_loss, PatchSampleF};
 use super::trainer::{gan_loss, init_weights, load_weights, named_weights, set_named_weights, sorted_vars, Divergence, Losses, OPTIM_FILE};
 use super::{Adam, NceConfig, TrainConfig};
 use crate::checkpoint::{load_generation, safetensors_bytes, save_generation, Generation, Network};
-use crate::model::{Generator, GeneratorKind, PatchGan};
+use crate::model::{Generator, PatchGan};
 use crate::ops::{adapt_channels, all_finite};
 use crate::util::Rng;
 use anyhow::{bail, Context, Result};
@@ -81,17 +81,8 @@ impl CutTrainer {
     /// weight, 0 for biases. F's heads are created here, not at the first batch (see
     /// [`PatchSampleF`]).
     pub fn new(cfg: TrainConfig, device: Device) -> Result<Self> {
-        cfg.validate()?;
+        cfg.validate()?; // a ResNet generator, NCE layers it has, usable PatchNCE settings
         let nce = cfg.nce.clone().with_context(|| format!("a {} run has no PatchNCE settings", cfg.method))?;
-        let GeneratorKind::Resnet { blocks } = cfg.generator else { bail!("CUT needs a ResNet generator, not {}", cfg.generator) };
-        let top = NceConfig::last_layer(blocks);
-        if nce.nce_layers.is_empty() || !nce.nce_layers.windows(2).all(|w| w[0] < w[1]) || nce.nce_layers[nce.nce_layers.len() - 1] > top {
-            bail!("NCE layers {:?} must be increasing and at most {top} (the last residual block of {})", nce.nce_layers, cfg.generator);
-        }
-        if nce.num_patches == 0 || nce.netf_nc == 0 || !nce.nce_t.is_finite() || nce.nce_t <= 0.0 {
-            // The reference's num_patches 0 (every position, unsampled) is not supported.
-            bail!("PatchNCE needs num_patches, netF_nc and a finite τ above 0");
-        }
         let vars: [VarMap; 3] = std::array::from_fn(|_| VarMap::new());
         let vb = |i: usize| VarBuilder::from_varmap(&vars[i], DType::F32, &device);
         let gcfg = cfg.g_ab();
