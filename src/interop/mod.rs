@@ -314,8 +314,8 @@ pub fn export_torch_keys(run_dir: &Path, out_dir: &Path) -> Result<Vec<PathBuf>>
 /// without discriminators or optimiser state) — the small folder to share or ship.
 /// With `half`, weights are stored as f16 (half the size; they are widened to f32 on load).
 pub fn export_generators(run_dir: &Path, out_dir: &Path, half: bool) -> Result<Vec<PathBuf>> {
-    let spec = TrainConfig::load_model_spec(run_dir)?;
     let cfg = TrainConfig::load(run_dir).ok();
+    let spec = TrainConfig::model_spec_with(run_dir, cfg.as_ref())?;
     let generation = crate::checkpoint::load_generation(run_dir)?;
     let mut files = Vec::new();
     for net in Network::GENERATORS {

@@ -306,9 +306,17 @@ impl TrainConfig {
     /// The model spec of the run in `run_dir`: its `model.toml`, or for runs from before it
     /// existed, the one its `config.toml` implies.
     pub fn load_model_spec(run_dir: &Path) -> Result<crate::model::ModelSpec> {
-        match crate::model::ModelSpec::load_file(run_dir)? {
-            Some(spec) => Ok(spec),
-            None => Ok(Self::load(run_dir)?.model_spec()),
+        Self::model_spec_with(run_dir, None)
+    }
+
+    /// [`TrainConfig::load_model_spec`] for a caller that has already read the run's config
+    /// (`config`; None when there is none or it is unreadable), so it is not read again.
+    pub fn model_spec_with(run_dir: &Path, config: Option<&TrainConfig>) -> Result<crate::model::ModelSpec> {
+        match (crate::model::ModelSpec::load_file(run_dir)?, config) {
+            (Some(spec), _) => Ok(spec),
+            (None, Some(config)) => Ok(config.model_spec()),
+            // Reading it says why there is no model description.
+            (None, None) => Ok(Self::load(run_dir)?.model_spec()),
         }
     }
 

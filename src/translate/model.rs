@@ -97,8 +97,9 @@ impl Translator {
     }
 
     fn load_once(run_dir: &Path, device: &str, which: &str) -> Result<Self> {
-        let spec = TrainConfig::load_model_spec(run_dir)?;
-        let dataset = TrainConfig::load(run_dir).ok().map(|c| c.dataset).filter(|d| !d.as_os_str().is_empty());
+        let config = TrainConfig::load(run_dir).ok();
+        let spec = TrainConfig::model_spec_with(run_dir, config.as_ref())?;
+        let dataset = config.map(|c| c.dataset).filter(|d| !d.as_os_str().is_empty());
         let device = open_device(device)?;
         let generation = if which == crate::checkpoint::LATEST { load_generation(run_dir)? } else { crate::checkpoint::load_generation_named(run_dir, which)? };
         let load = |file: &str, cfg: GeneratorConfig| -> Result<Option<Generator>> {

@@ -51,16 +51,19 @@ pub fn scan_runs(checkpoints: &Path) -> Vec<RunEntry> {
         .flatten()
         .map(|e| e.path())
         .filter(|dir| dir.join(CONFIG_FILE).is_file() || dir.join(MODEL_FILE).is_file())
-        .map(|dir| RunEntry {
-            name: dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
-            config: if dir.join(CONFIG_FILE).is_file() {
+        .map(|dir| {
+            let config = if dir.join(CONFIG_FILE).is_file() {
                 TrainConfig::load(&dir).map_err(|e| format!("{e:#}"))
             } else {
                 Err("an imported model: no training configuration to resume".into())
-            },
-            spec: TrainConfig::load_model_spec(&dir).ok(),
-            checkpoint_step: checkpoint_step(&dir),
-            dir,
+            };
+            RunEntry {
+                name: dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+                spec: TrainConfig::model_spec_with(&dir, config.as_ref().ok()).ok(),
+                config,
+                checkpoint_step: checkpoint_step(&dir),
+                dir,
+            }
         })
         .collect();
     runs.sort_by(|a, b| a.name.cmp(&b.name));
