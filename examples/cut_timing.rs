@@ -45,6 +45,15 @@ fn main() {
             drop(cyclestudio::ops::instance_norm_act(yv.as_tensor(), cyclestudio::ops::Act::Relu).unwrap().sum_all().unwrap().backward().unwrap())
         });
     }
+    // The anti-aliased PatchGAN's stride-1 4×4 convolutions (zero padding 1) after each blur-pool.
+    for (name, cin, cout, side) in [("D layer 1 64→128", 64, 128, 128), ("D layer 2 128→256", 128, 256, 64), ("D layer 3 256→512", 256, 512, 32)] {
+        let xv = Var::from_tensor(&Tensor::randn(0f32, 1.0, (1, cin, side, side), &dev).unwrap()).unwrap();
+        let wv = Var::from_tensor(&Tensor::randn(0f32, 0.02, (cout, cin, 4, 4), &dev).unwrap()).unwrap();
+        time(&format!("{name} 4×4 pad 1, {side}² fwd"), 3, || drop(cyclestudio::ops::conv::conv2d(xv.as_tensor(), wv.as_tensor(), 1, 1).unwrap()));
+        time(&format!("{name} 4×4 pad 1, {side}² fwd+bwd"), 3, || {
+            drop(cyclestudio::ops::conv::conv2d(xv.as_tensor(), wv.as_tensor(), 1, 1).unwrap().sum_all().unwrap().backward().unwrap())
+        });
+    }
     for (c, side) in [(128usize, 256usize), (256, 128)] {
         let v = Var::from_tensor(&Tensor::randn(0f32, 1.0, (1, c, side, side), &dev).unwrap()).unwrap();
         time(&format!("blur_down {c}ch {side}² fwd+bwd"), 5, || drop(blur_down(v.as_tensor()).unwrap().sum_all().unwrap().backward().unwrap()));

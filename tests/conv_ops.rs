@@ -66,9 +66,9 @@ const fn cfg(
 }
 
 /// Stride-1 layers with fewer output than input channels (the 6→5, 8→3 and 9→2 ones) take the
-/// narrow-output kernel, unpadded 3×3 ones with ≥ 16 channels Winograd's (the last two, with
-/// odd and even output sizes); the rest im2col.
-const CONV_CFGS: [Cfg; 12] = [
+/// narrow-output kernel, 3×3 and 4×4 ones padded by 0 or 1 with ≥ 16 channels Winograd's (the
+/// last five, with odd and even output sizes); the rest im2col.
+const CONV_CFGS: [Cfg; 15] = [
     cfg(2, 3, 8, 37, 44, 3, 2, 1, 0),
     cfg(2, 5, 4, 36, 44, 3, 2, 1, 0),
     cfg(2, 3, 6, 22, 19, 7, 1, 0, 0),
@@ -81,6 +81,9 @@ const CONV_CFGS: [Cfg; 12] = [
     cfg(1, 9, 2, 11, 8, 4, 1, 2, 0),
     cfg(2, 16, 17, 9, 12, 3, 1, 0, 0),
     cfg(1, 24, 16, 10, 7, 3, 1, 0, 0),
+    cfg(2, 16, 16, 11, 9, 3, 1, 1, 0),
+    cfg(2, 16, 20, 10, 13, 4, 1, 1, 0),
+    cfg(1, 20, 16, 9, 8, 4, 1, 0, 0),
 ];
 
 const CONVT_CFGS: [Cfg; 7] = [

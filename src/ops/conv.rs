@@ -10,8 +10,8 @@
 //! * weight gradient:  dW  = Σ_b G_b[Cg, Ho·Wo] · im2col(X_b)ᵀ
 //!
 //! Two special cases have kernels of their own: stride-1 convolutions with fewer output than
-//! input channels (`NarrowConv2dOp`, below) and unpadded or reflection-padded 3×3 ones with enough
-//! channels (`super::winograd`).
+//! input channels (`NarrowConv2dOp`, below) and stride-1 3×3 and 4×4 ones padded by 0 or 1 with
+//! enough channels (`super::winograd`).
 //!
 //! These three ops are closed under differentiation (the input gradient of a convolution is a
 //! transposed convolution and vice versa), so `bwd` builds its results from the same fast ops,
@@ -25,6 +25,7 @@
 
 use super::f32_data;
 use super::gemm::{matmul, matmul_split_k, with_scratch, Mat};
+use super::winograd::Pad;
 use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 #[cfg(test)]
@@ -38,13 +39,10 @@ pub fn conv2d(xs: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<
     }
     let (cout, cin, k, _) = w.dims4()?;
     if super::winograd::applies(cin, cout, k, stride, padding) {
-        return super::winograd::conv3x3(&xs.contiguous()?, &w.contiguous()?, 0);
-    }
-    if padding == 1 && super::winograd::applies(cin, cout, k, stride, 0) {
-        // A zero-padded 3×3 (CUT's anti-aliased down- and up-sampling convolutions): a padded
-        // copy costs far less than the im2col GEMM that Winograd replaces.
-        let padded = xs.pad_with_zeros(2, 1, 1)?.pad_with_zeros(3, 1, 1)?;
-        return super::winograd::conv3x3(&padded.contiguous()?, &w.contiguous()?, 0);
+        // Zero padding of 1: CUT's anti-aliased down- and up-sampling 3×3 convolutions and the
+        // PatchGAN's stride-1 4×4 ones.
+        let pad = if padding == 1 { Pad::Zero } else { Pad::None };
+        return super::winograd::conv(&xs.contiguous()?, &w.contiguous()?, pad);
     }
     if stride == 1 && cout < cin && padding < k {
         return xs.contiguous()?.apply_op2(&w.contiguous()?, NarrowConv2dOp { pad: padding });
@@ -58,8 +56,8 @@ pub fn conv2d(xs: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<
 pub fn conv2d_reflect(xs: &Tensor, w: &Tensor, pad: usize) -> Result<Tensor> {
     let (_, _, h, wd) = xs.dims4()?;
     let (cout, cin, k, _) = w.dims4()?;
-    if fast_path(xs, w) && pad == 1 && h > 1 && wd > 1 && super::winograd::applies(cin, cout, k, 1, 0) {
-        return super::winograd::conv3x3(&xs.contiguous()?, &w.contiguous()?, pad);
+    if fast_path(xs, w) && k == 3 && pad == 1 && h > 1 && wd > 1 && super::winograd::applies(cin, cout, k, 1, 0) {
+        return super::winograd::conv(&xs.contiguous()?, &w.contiguous()?, Pad::Reflect);
     }
     conv2d(&super::reflect_pad2d(xs, pad)?, w, 1, 0)
 }

@@ -96,9 +96,11 @@ impl PatchSampleF {
 /// `feat` [B,C,H,W] → the features at positions `ids` of each image, [B·P,C].
 pub fn sample_patches(feat: &Tensor, ids: &[u32]) -> Result<Tensor> {
     let (b, c, h, w) = feat.dims4()?;
-    let flat = feat.permute((0, 2, 3, 1))?.reshape((b, h * w, c))?; // [B,HW,C]
+    // Gather first, transpose after: only the P sampled columns are moved, not the whole map
+    // (the reference's permute copies all H·W positions, and its gradient would be strided).
     let idx = Tensor::from_slice(ids, ids.len(), feat.device())?;
-    flat.index_select(&idx, 1)?.reshape((b * ids.len(), c))
+    let picked = feat.reshape((b, c, h * w))?.index_select(&idx, 2)?; // [B,C,P]
+    picked.transpose(1, 2)?.contiguous()?.reshape((b * ids.len(), c))
 }
 
 /// Patch ids as the reference draws them: the first `min(num_patches, hw)` entries of a random
