@@ -1,6 +1,5 @@
-//! What a screen asks of the App ([`Action`]), and what the App lends a
-//! screen while it handles a key or an event ([`Ctx`]). Screens own their state and never see
-//! the App itself.
+//! What a screen asks of the App ([`Action`]), and what the App lends a screen while it handles
+//! a key or an event or is drawn ([`Ctx`]). Screens own their state and never see the App itself.
 
 use super::dataset_scan::DatasetEntry;
 use super::event::AppEvent;

@@ -1,7 +1,7 @@
-//! Key bindings, declared once: each screen (and the App, for the keys that
-//! work everywhere) lists its [`KeyBinding`]s, and its handler dispatches on the command a key
-//! maps to in the current mode, while the help overlay and the footer are drawn from the same
-//! declarations. Also the list-cursor keys every list shares.
+//! Key bindings, declared once: each screen (and the App, for the keys that work everywhere) lists
+//! its [`KeyBinding`]s; its handler dispatches on the command a key maps to in the current mode,
+//! and the help overlay and the footer are drawn from the same declarations. Also the list-cursor
+//! keys every list shares.
 
 use crossterm::event::KeyCode;
 

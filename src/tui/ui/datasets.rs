@@ -1,4 +1,4 @@
-//! The Datasets screen: the table of datasets, a folder's image list, the image preview and the
+//! Draws the Datasets screen from its state: the table of datasets, a folder's image list, the image preview and the
 //! "new dataset" form.
 
 use super::widgets::{panel, render_message, selected_style, with_cursor};

@@ -1,4 +1,4 @@
-//! The Training screen: the settings form with the runs on disk, and the live dashboard (progress
+//! Draws the Training screen from its state: the settings form with the runs on disk, and the live dashboard (progress
 //! gauge, loss chart, preview grid, health and event log).
 
 use super::widgets::{panel, render_message, run_item, selected_style, state_color, with_cursor};

@@ -1,4 +1,4 @@
-//! The Translate screen: trained runs, the chosen model's test images, and the input beside its
+//! Draws the Translate screen from its state: trained runs, the chosen model's test images, and the input beside its
 //! translation.
 
 use super::widgets::{panel, run_item, selected_style, with_cursor};
