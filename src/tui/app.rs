@@ -69,8 +69,10 @@ pub enum Mode {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Command {
     /// Passed to the screen (and the conventions every screen follows, listed in the help).
-    Screen,
-    SwitchScreen,
+    ScreenKey,
+    NextScreen,
+    PreviousScreen,
+    Show(Screen),
     Help,
     Quit,
     PauseRun,
@@ -83,6 +85,7 @@ pub const KEYS: &[KeyBinding<Command, Mode>] = {
     use Command::*;
     use KeyCode::{BackTab, Char, Tab};
     use Mode::*;
+    use Screen::{Datasets, Training, Translate};
     const ANY: &[Mode] = &[Commands, RunActive];
     &[
         // Ctrl-C is checked before any other key (see `App::key`).
@@ -91,15 +94,19 @@ pub const KEYS: &[KeyBinding<Command, Mode>] = {
         KeyBinding { keys: "x", codes: &[Char('x')], help: "", hint: Some(("x", "stop run")), modes: &[RunActive], command: StopRun },
         KeyBinding {
             keys: "Tab / Shift-Tab, 1 2 3",
-            codes: &[Tab, BackTab, Char('1'), Char('2'), Char('3')],
+            codes: &[Tab],
             help: "switch screen (Datasets, Training, Translate)",
             hint: Some(("Tab/1-3", "screens")),
             modes: ANY,
-            command: SwitchScreen,
+            command: NextScreen,
         },
-        KeyBinding { keys: "↑ ↓ or j k, PgUp PgDn, Home End", codes: &[], help: "move in lists", hint: None, modes: &[], command: Screen },
-        KeyBinding { keys: "Enter", codes: &[], help: "select / edit / confirm", hint: None, modes: &[], command: Screen },
-        KeyBinding { keys: "Esc", codes: &[], help: "back, cancel, close", hint: None, modes: &[], command: Screen },
+        KeyBinding { keys: "Shift-Tab", codes: &[BackTab], help: "", hint: None, modes: ANY, command: PreviousScreen },
+        KeyBinding { keys: "1", codes: &[Char('1')], help: "", hint: None, modes: ANY, command: Show(Datasets) },
+        KeyBinding { keys: "2", codes: &[Char('2')], help: "", hint: None, modes: ANY, command: Show(Training) },
+        KeyBinding { keys: "3", codes: &[Char('3')], help: "", hint: None, modes: ANY, command: Show(Translate) },
+        KeyBinding { keys: "↑ ↓ or j k, PgUp PgDn, Home End", codes: &[], help: "move in lists", hint: None, modes: &[], command: ScreenKey },
+        KeyBinding { keys: "Enter", codes: &[], help: "select / edit / confirm", hint: None, modes: &[], command: ScreenKey },
+        KeyBinding { keys: "Esc", codes: &[], help: "back, cancel, close", hint: None, modes: &[], command: ScreenKey },
         KeyBinding { keys: "?", codes: &[Char('?')], help: "this help", hint: Some(("?", "help")), modes: ANY, command: Help },
         KeyBinding {
             keys: "q, Ctrl-C",
@@ -259,18 +266,16 @@ impl App {
             return;
         }
         let command = match self.mode() {
-            Mode::Text => Command::Screen,
-            mode => keys::command(KEYS, mode, key.code).unwrap_or(Command::Screen),
+            Mode::Text => Command::ScreenKey,
+            mode => keys::command(KEYS, mode, key.code).unwrap_or(Command::ScreenKey),
         };
         let n = Screen::ALL.len();
         match command {
             Command::Quit => self.request_quit(false),
             Command::Help => self.show_help = true,
-            Command::SwitchScreen => match key.code {
-                KeyCode::BackTab => self.switch_to(Screen::ALL[(self.screen.index() + n - 1) % n]),
-                KeyCode::Char(c @ '1'..='3') => self.switch_to(Screen::ALL[c as usize - '1' as usize]),
-                _ => self.switch_to(Screen::ALL[(self.screen.index() + 1) % n]),
-            },
+            Command::NextScreen => self.switch_to(Screen::ALL[(self.screen.index() + 1) % n]),
+            Command::PreviousScreen => self.switch_to(Screen::ALL[(self.screen.index() + n - 1) % n]),
+            Command::Show(screen) => self.switch_to(screen),
             Command::PauseRun => {
                 let actions = self.training.run_control(training::Command::Pause);
                 self.apply(actions);
@@ -279,7 +284,7 @@ impl App {
                 let actions = self.training.run_control(training::Command::Stop);
                 self.apply(actions);
             }
-            Command::Screen => self.screen_key(key),
+            Command::ScreenKey => self.screen_key(key),
         }
     }
 
@@ -328,5 +333,29 @@ impl App {
         if self.quit == Quit::WhenIdle && !self.training.is_running() && self.datasets.creating == 0 {
             self.quit = Quit::Now;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two bindings active in the same mode never claim the same key.
+    fn assert_unambiguous<C, M: PartialEq + std::fmt::Debug>(bindings: &[KeyBinding<C, M>]) {
+        for (i, a) in bindings.iter().enumerate() {
+            for b in &bindings[i + 1..] {
+                let mode = a.modes.iter().find(|m| b.modes.contains(m));
+                let code = a.codes.iter().find(|c| b.codes.contains(c));
+                assert!(mode.is_none() || code.is_none(), "'{}' and '{}' both take {code:?} in {mode:?}", a.keys, b.keys);
+            }
+        }
+    }
+
+    #[test]
+    fn every_key_means_one_thing_in_each_mode() {
+        assert_unambiguous(KEYS);
+        assert_unambiguous(datasets::KEYS);
+        assert_unambiguous(training::KEYS);
+        assert_unambiguous(translate::KEYS);
     }
 }

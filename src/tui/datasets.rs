@@ -370,13 +370,13 @@ pub enum Mode {
 pub enum Command {
     Move,
     Browse,
-    /// ←/h: previous folder, →/l: next.
-    Folder,
+    PreviousFolder,
+    NextFolder,
     Back,
     New,
     Rescan,
-    /// ↑/Shift-Tab: previous field, ↓: next.
-    Field,
+    PreviousField,
+    NextField,
     /// Completes a folder field, or goes to the next field.
     Complete,
     /// Changes a choice; in a text field the key is typed.
@@ -395,7 +395,8 @@ pub const KEYS: &[KeyBinding<Command, Mode>] = {
     &[
         KeyBinding { keys: "↑ ↓", codes: LIST_MOVES, help: "", hint: Some(("↑↓", "select")), modes: &[List], command: Move },
         KeyBinding { keys: "↑ ↓", codes: LIST_MOVES, help: "", hint: Some(("↑↓", "image")), modes: &[Browsing], command: Move },
-        KeyBinding { keys: "↑ ↓", codes: &[Up, Down, BackTab], help: "", hint: Some(("↑↓", "field")), modes: &[Form], command: Field },
+        KeyBinding { keys: "↑ ↓", codes: &[Up, BackTab], help: "", hint: Some(("↑↓", "field")), modes: &[Form], command: PreviousField },
+        KeyBinding { keys: "↓", codes: &[Down], help: "", hint: None, modes: &[Form], command: NextField },
         KeyBinding {
             keys: "Enter",
             codes: &[Enter],
@@ -406,12 +407,13 @@ pub const KEYS: &[KeyBinding<Command, Mode>] = {
         },
         KeyBinding {
             keys: "← → or h l",
-            codes: &[Left, Right, Char('h'), Char('l')],
+            codes: &[Left, Char('h')],
             help: "previous / next folder (trainA, testA, trainB, testB)",
             hint: Some(("←→", "folder")),
             modes: &[Browsing],
-            command: Folder,
+            command: PreviousFolder,
         },
+        KeyBinding { keys: "→ or l", codes: &[Right, Char('l')], help: "", hint: None, modes: &[Browsing], command: NextFolder },
         KeyBinding { keys: "Esc", codes: &[Esc, Backspace], help: "", hint: Some(("Esc", "back")), modes: &[Browsing], command: Back },
         KeyBinding {
             keys: "n",
@@ -570,8 +572,8 @@ impl DatasetsScreen {
                 self.browsing = false;
                 self.image = None;
             }
-            Some(Command::Folder) => {
-                self.folder = self.folder.step(matches!(code, KeyCode::Right | KeyCode::Char('l')));
+            Some(command @ (Command::PreviousFolder | Command::NextFolder)) => {
+                self.folder = self.folder.step(command == Command::NextFolder);
                 self.image_index = 0;
             }
             Some(command) => self.common_command(command, roots, events),
@@ -619,7 +621,8 @@ impl DatasetsScreen {
         }
         let field = form.focused();
         match command.unwrap_or(Command::Type) {
-            Command::Field => form.move_focus(key.code == KeyCode::Down),
+            Command::PreviousField => form.move_focus(false),
+            Command::NextField => form.move_focus(true),
             Command::Complete if field.is_path() => {
                 if let Some(input) = form.text_mut(field) {
                     let completion = complete_path(&input.value, PathKind::Folders);

@@ -621,8 +621,8 @@ pub enum Mode {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Command {
     Move,
-    /// ←/h: previous choice, →/l: next.
-    Choose,
+    PreviousChoice,
+    NextChoice,
     Edit,
     Start,
     Dashboard,
@@ -650,12 +650,13 @@ pub const KEYS: &[KeyBinding<Command, Mode>] = {
         KeyBinding { keys: "↑ ↓", codes: LIST_MOVES, help: "", hint: Some(("↑↓", "setting")), modes: SETTINGS, command: Move },
         KeyBinding {
             keys: "← → or h l",
-            codes: &[Left, Right, Char('h'), Char('l')],
+            codes: &[Left, Char('h')],
             help: "change run, dataset, preset, model (CycleGAN, CUT, FastCUT), generator, device; paired mode or keep brightness on/off",
             hint: Some(("←→", "choose")),
             modes: SETTINGS,
-            command: Choose,
+            command: PreviousChoice,
         },
+        KeyBinding { keys: "→ or l", codes: &[Right, Char('l')], help: "", hint: None, modes: SETTINGS, command: NextChoice },
         KeyBinding {
             keys: "Enter",
             codes: &[Enter],
@@ -884,7 +885,8 @@ impl TrainingScreen {
             Some(Command::Move) => {
                 move_cursor(&mut self.form.cursor, Setting::ALL.len(), code);
             }
-            Some(Command::Choose) => return self.cycle_setting(setting, matches!(code, KeyCode::Right | KeyCode::Char('l')), ctx),
+            Some(Command::PreviousChoice) => return self.cycle_setting(setting, false, ctx),
+            Some(Command::NextChoice) => return self.cycle_setting(setting, true, ctx),
             Some(Command::Edit) if setting.is_choice() => return self.cycle_setting(setting, true, ctx),
             Some(Command::Edit) if self.setting_editable(setting, ctx.runs) => {
                 self.form.editing = Some(TextInput::new(self.setting_value(setting, ctx)));

@@ -28,8 +28,8 @@ pub enum Mode {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Command {
     Move,
-    /// ←/h: the models list, →/l: the images list.
-    Focus,
+    FocusModels,
+    FocusImages,
     /// Loads the selected model, or translates the selected image.
     Enter,
     OpenPath,
@@ -58,13 +58,14 @@ pub const KEYS: &[KeyBinding<Command, Mode>] = {
         KeyBinding { keys: "↑ ↓", codes: LIST_MOVES, help: "", hint: Some(("↑↓", "select")), modes: LISTS, command: Move },
         KeyBinding {
             keys: "← → or h l",
-            codes: &[Left, Right, Char('h'), Char('l')],
+            codes: &[Left, Char('h')],
             help: "move between models and images",
             hint: Some(("←→", "models/images")),
             modes: &[Ready],
-            command: Focus,
+            command: FocusModels,
         },
-        KeyBinding { keys: "← → or h l", codes: &[Left, Right, Char('h'), Char('l')], help: "", hint: None, modes: &[NoModel], command: Focus },
+        KeyBinding { keys: "← or h", codes: &[Left, Char('h')], help: "", hint: None, modes: &[NoModel], command: FocusModels },
+        KeyBinding { keys: "→ or l", codes: &[Right, Char('l')], help: "", hint: None, modes: LISTS, command: FocusImages },
         KeyBinding {
             keys: "Enter",
             codes: &[EnterKey],
@@ -220,9 +221,8 @@ impl TranslateScreen {
                     }
                 };
             }
-            Some(Command::Focus) => {
-                self.focus = if matches!(key.code, KeyCode::Right | KeyCode::Char('l')) { Focus::Images } else { Focus::Runs };
-            }
+            Some(Command::FocusModels) => self.focus = Focus::Runs,
+            Some(Command::FocusImages) => self.focus = Focus::Images,
             Some(Command::Enter) if self.focus == Focus::Runs => return self.load_selected_model(ctx),
             Some(Command::Enter) => {
                 let chosen = match &self.model {
