@@ -1,12 +1,17 @@
-//! The studio's state and how each event changes it. Nothing here draws or reads the terminal, so
-//! tests drive an [`App`] with [`AppEvent`]s and render it with ratatui's `TestBackend`.
+//! The thin [`App`]: which screen is shown, the status line, the help overlay and quitting. It
+//! owns the screens and what they share (options, runs, the event channel), routes keys and
+//! events to the screens, and applies the [`Action`]s they return. It declares the keys that work
+//! everywhere. Nothing here draws or reads the terminal, so tests drive an [`App`] with
+//! [`AppEvent`]s and render it with ratatui's `TestBackend`.
 
-use super::datasets::DatasetsScreen;
+use super::action::{Action, Ctx};
+use super::datasets::{self, DatasetsScreen};
 use super::event::{AppEvent, JobResult};
+use super::keys::{self, Hint, KeyBinding};
+use super::options::TuiOptions;
 use super::runs::{scan_runs, RunEntry};
-use super::training::TrainingScreen;
-use super::translate::TranslateScreen;
-use super::TuiOptions;
+use super::training::{self, TrainingScreen, TrainingView};
+use super::translate::{self, TranslateScreen};
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use std::sync::mpsc::Sender;
 
@@ -50,6 +55,80 @@ enum Quit {
     Now,
 }
 
+/// Which of the keys that work everywhere are active.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// A text field has the keys: only Ctrl-C is not typed.
+    Text,
+    Commands,
+    /// Commands, and a run is active (its dashboard, where `p` and `x` are the Training screen's
+    /// own keys, is not shown).
+    RunActive,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// Passed to the screen (and the conventions every screen follows, listed in the help).
+    ScreenKey,
+    NextScreen,
+    PreviousScreen,
+    Show(Screen),
+    Help,
+    Quit,
+    PauseRun,
+    StopRun,
+}
+
+/// The keys that work on every screen (outside text fields), and the conventions the screens
+/// share.
+pub const KEYS: &[KeyBinding<Command, Mode>] = {
+    use Command::*;
+    use KeyCode::{BackTab, Char, Tab};
+    use Mode::*;
+    use Screen::{Datasets, Training, Translate};
+    const ANY: &[Mode] = &[Commands, RunActive];
+    &[
+        // Ctrl-C is checked before any other key (see `App::key`).
+        KeyBinding { keys: "Ctrl-C", codes: &[], help: "", hint: Some(("Ctrl-C", "quit")), modes: &[Text], command: Quit },
+        KeyBinding { keys: "p", codes: &[Char('p')], help: "", hint: Some(("p", "pause run")), modes: &[RunActive], command: PauseRun },
+        KeyBinding { keys: "x", codes: &[Char('x')], help: "", hint: Some(("x", "stop run")), modes: &[RunActive], command: StopRun },
+        KeyBinding {
+            keys: "Tab / Shift-Tab, 1 2 3",
+            codes: &[Tab],
+            help: "switch screen (Datasets, Training, Translate)",
+            hint: Some(("Tab/1-3", "screens")),
+            modes: ANY,
+            command: NextScreen,
+        },
+        KeyBinding { keys: "Shift-Tab", codes: &[BackTab], help: "", hint: None, modes: ANY, command: PreviousScreen },
+        KeyBinding { keys: "1", codes: &[Char('1')], help: "", hint: None, modes: ANY, command: Show(Datasets) },
+        KeyBinding { keys: "2", codes: &[Char('2')], help: "", hint: None, modes: ANY, command: Show(Training) },
+        KeyBinding { keys: "3", codes: &[Char('3')], help: "", hint: None, modes: ANY, command: Show(Translate) },
+        KeyBinding { keys: "↑ ↓ or j k, PgUp PgDn, Home End", codes: &[], help: "move in lists", hint: None, modes: &[], command: ScreenKey },
+        KeyBinding { keys: "Enter", codes: &[], help: "select / edit / confirm", hint: None, modes: &[], command: ScreenKey },
+        KeyBinding { keys: "Esc", codes: &[], help: "back, cancel, close", hint: None, modes: &[], command: ScreenKey },
+        KeyBinding { keys: "?", codes: &[Char('?')], help: "this help", hint: Some(("?", "help")), modes: ANY, command: Help },
+        KeyBinding {
+            keys: "q, Ctrl-C",
+            codes: &[Char('q')],
+            help: "quit (a running training is stopped and saved first; Ctrl-C twice quits at once)",
+            hint: Some(("q", "quit")),
+            modes: ANY,
+            command: Quit,
+        },
+    ]
+};
+
+/// The help overlay's sections: the keys that work everywhere, then each screen's.
+pub fn help_sections() -> [(&'static str, Vec<Hint>); 4] {
+    [
+        ("Everywhere", keys::help(KEYS)),
+        (Screen::Datasets.title(), keys::help(datasets::KEYS)),
+        (Screen::Training.title(), keys::help(training::KEYS)),
+        (Screen::Translate.title(), keys::help(translate::KEYS)),
+    ]
+}
+
 pub struct App {
     pub screen: Screen,
     pub show_help: bool,
@@ -61,7 +140,7 @@ pub struct App {
     pub runs: Vec<RunEntry>,
     pub options: TuiOptions,
     /// Where worker threads send their results.
-    pub(super) events: Sender<AppEvent>,
+    events: Sender<AppEvent>,
     quit: Quit,
     input_error: Option<String>,
 }
@@ -82,8 +161,13 @@ impl App {
             quit: Quit::No,
             input_error: None,
         };
-        app.rescan_datasets();
+        app.datasets.rescan(&app.options.datasets, &app.events);
         app
+    }
+
+    /// What the screens may read while drawing or handling a key.
+    pub fn ctx(&self) -> Ctx<'_> {
+        Ctx { options: &self.options, runs: &self.runs, datasets: &self.datasets.entries, events: &self.events }
     }
 
     pub fn should_quit(&self) -> bool {
@@ -95,53 +179,81 @@ impl App {
         self.input_error.as_deref()
     }
 
-    pub fn set_info(&mut self, text: String) {
-        self.status = Some(StatusLine { text, is_error: false });
+    fn apply(&mut self, actions: Vec<Action>) {
+        for action in actions {
+            match action {
+                Action::Info(text) => self.status = Some(StatusLine { text, is_error: false }),
+                Action::Error(text) => self.status = Some(StatusLine { text, is_error: true }),
+                Action::RefreshRuns => self.refresh_runs(),
+            }
+        }
     }
 
-    pub fn set_error(&mut self, text: String) {
-        self.status = Some(StatusLine { text, is_error: true });
-    }
-
-    pub fn refresh_runs(&mut self) {
+    fn refresh_runs(&mut self) {
         self.runs = scan_runs(&self.options.checkpoints);
-        self.translate.run_index = self.translate.run_index.min(self.runs.len().saturating_sub(1));
+        self.translate.runs_refreshed(self.runs.len());
+        self.training.runs_refreshed(&self.runs);
     }
 
     /// Whether keys go into a text field (so `q`, digits and Tab are typed, not commands).
     pub fn captures_text(&self) -> bool {
         match self.screen {
-            Screen::Datasets => self.datasets_capture_text(),
-            Screen::Training => self.training_capture_text(),
-            Screen::Translate => self.translate_capture_text(),
+            Screen::Datasets => self.datasets.captures_text(),
+            Screen::Training => self.training.captures_text(),
+            Screen::Translate => self.translate.captures_text(),
         }
     }
 
+    fn mode(&self) -> Mode {
+        let on_dashboard = self.screen == Screen::Training && self.training.view == TrainingView::Dashboard;
+        if self.captures_text() {
+            Mode::Text
+        } else if self.training.is_running() && !on_dashboard {
+            Mode::RunActive
+        } else {
+            Mode::Commands
+        }
+    }
+
+    /// The footer: the keys that do something right now, the screen's first.
+    pub fn key_hints(&self) -> Vec<Hint> {
+        let mut hints = match self.screen {
+            Screen::Datasets => self.datasets.hints(),
+            Screen::Training => self.training.hints(),
+            Screen::Translate => self.translate.hints(),
+        };
+        hints.extend(keys::hints(KEYS, self.mode()));
+        hints
+    }
+
     pub fn handle(&mut self, event: AppEvent) {
-        match event {
-            AppEvent::Key(key) => self.key(key),
-            AppEvent::Tick => {}
+        let actions = match event {
+            AppEvent::Key(key) => return self.key(key),
+            AppEvent::Tick => return,
             AppEvent::InputFailed(why) => {
                 self.input_error = Some(why);
-                self.request_quit(false);
+                return self.request_quit(false);
             }
-            AppEvent::Train(e) => self.training_event(e),
-            AppEvent::TrainingEnded(outcome) => {
-                self.training_ended(outcome);
-                self.quit_if_idle();
-            }
+            AppEvent::Train(e) => self.training.event(e),
+            AppEvent::TrainingEnded(outcome) => self.training.ended(outcome),
             AppEvent::Job(job) => match job {
-                JobResult::DatasetsScanned(result) => self.datasets_scanned(result),
-                JobResult::ImageLoaded { request, result } => self.dataset_image_loaded(request, result),
-                JobResult::DatasetCreated(result) => {
-                    self.dataset_created(result);
-                    self.quit_if_idle();
+                JobResult::DatasetsScanned(result) => self.datasets.scanned(result),
+                JobResult::ImageLoaded { request, result } => {
+                    self.datasets.image_loaded(request, result);
+                    vec![]
                 }
-                JobResult::ModelLoaded { request, result } => self.model_loaded(request, result),
-                JobResult::Translated { request, result } => self.translated(request, result),
-                JobResult::TranslationSaved(result) => self.translation_saved(result),
+                JobResult::DatasetCreated(result) => self.datasets.created(result, &self.options.datasets, &self.events),
+                JobResult::ModelLoaded { request, result } => {
+                    self.translate.model_loaded(request, result);
+                    vec![]
+                }
+                JobResult::Translated { request, result } => self.translate.translated(request, result),
+                JobResult::TranslationSaved(result) => self.translate.saved(result),
             },
-        }
+        };
+        self.apply(actions);
+        // A training or a dataset creation may have been what quitting waited for.
+        self.quit_if_idle();
     }
 
     fn key(&mut self, key: KeyEvent) {
@@ -153,26 +265,37 @@ impl App {
             self.show_help = false;
             return;
         }
-        if self.captures_text() {
-            return self.screen_key(key);
-        }
-        match key.code {
-            KeyCode::Char('q') => self.request_quit(false),
-            KeyCode::Char('?') => self.show_help = true,
-            KeyCode::Tab => self.switch_to(Screen::ALL[(self.screen.index() + 1) % Screen::ALL.len()]),
-            KeyCode::BackTab => self.switch_to(Screen::ALL[(self.screen.index() + Screen::ALL.len() - 1) % Screen::ALL.len()]),
-            KeyCode::Char(c @ '1'..='3') => self.switch_to(Screen::ALL[c as usize - '1' as usize]),
-            KeyCode::Char('p' | 'x') if self.run_control_key(key.code) => {}
-            _ => self.screen_key(key),
+        let command = match self.mode() {
+            Mode::Text => Command::ScreenKey,
+            mode => keys::command(KEYS, mode, key.code).unwrap_or(Command::ScreenKey),
+        };
+        let n = Screen::ALL.len();
+        match command {
+            Command::Quit => self.request_quit(false),
+            Command::Help => self.show_help = true,
+            Command::NextScreen => self.switch_to(Screen::ALL[(self.screen.index() + 1) % n]),
+            Command::PreviousScreen => self.switch_to(Screen::ALL[(self.screen.index() + n - 1) % n]),
+            Command::Show(screen) => self.switch_to(screen),
+            Command::PauseRun => {
+                let actions = self.training.run_control(training::Command::Pause);
+                self.apply(actions);
+            }
+            Command::StopRun => {
+                let actions = self.training.run_control(training::Command::Stop);
+                self.apply(actions);
+            }
+            Command::ScreenKey => self.screen_key(key),
         }
     }
 
     fn screen_key(&mut self, key: KeyEvent) {
-        match self.screen {
-            Screen::Datasets => self.datasets_key(key),
-            Screen::Training => self.training_key(key),
-            Screen::Translate => self.translate_key(key),
-        }
+        let ctx = Ctx { options: &self.options, runs: &self.runs, datasets: &self.datasets.entries, events: &self.events };
+        let actions = match self.screen {
+            Screen::Datasets => self.datasets.key(key, &self.options.datasets, &self.events),
+            Screen::Training => self.training.key(key, &ctx),
+            Screen::Translate => self.translate.key(key, &ctx),
+        };
+        self.apply(actions);
     }
 
     pub fn switch_to(&mut self, screen: Screen) {
@@ -191,7 +314,7 @@ impl App {
             self.quit = Quit::Now;
             return;
         }
-        let training = self.stop_training() || self.training.is_running();
+        let training = self.training.stop() || self.training.is_running();
         let creating = self.datasets.creating > 0;
         if !(training || creating) {
             self.quit = Quit::Now;
@@ -203,7 +326,7 @@ impl App {
             (true, false) => "the training saves a checkpoint first",
             _ => "the dataset is being written",
         };
-        self.set_info(format!("quitting: {waiting} (Ctrl-C again quits at once)"));
+        self.apply(vec![Action::Info(format!("quitting: {waiting} (Ctrl-C again quits at once)"))]);
     }
 
     fn quit_if_idle(&mut self) {
@@ -213,17 +336,26 @@ impl App {
     }
 }
 
-/// Moves a list cursor for ↑↓/jk, PageUp/PageDown and Home/End; says whether the key was one.
-pub fn move_cursor(cursor: &mut usize, count: usize, code: KeyCode) -> bool {
-    let last = count.saturating_sub(1);
-    *cursor = match code {
-        KeyCode::Up | KeyCode::Char('k') => cursor.saturating_sub(1),
-        KeyCode::Down | KeyCode::Char('j') => (*cursor + 1).min(last),
-        KeyCode::PageUp => cursor.saturating_sub(10),
-        KeyCode::PageDown => (*cursor + 10).min(last),
-        KeyCode::Home => 0,
-        KeyCode::End => last,
-        _ => return false,
-    };
-    true
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two bindings active in the same mode never claim the same key.
+    fn assert_unambiguous<C, M: PartialEq + std::fmt::Debug>(bindings: &[KeyBinding<C, M>]) {
+        for (i, a) in bindings.iter().enumerate() {
+            for b in &bindings[i + 1..] {
+                let mode = a.modes.iter().find(|m| b.modes.contains(m));
+                let code = a.codes.iter().find(|c| b.codes.contains(c));
+                assert!(mode.is_none() || code.is_none(), "'{}' and '{}' both take {code:?} in {mode:?}", a.keys, b.keys);
+            }
+        }
+    }
+
+    #[test]
+    fn every_key_means_one_thing_in_each_mode() {
+        assert_unambiguous(KEYS);
+        assert_unambiguous(datasets::KEYS);
+        assert_unambiguous(training::KEYS);
+        assert_unambiguous(translate::KEYS);
+    }
 }

@@ -1,48 +1,18 @@
-//! The Datasets screen's logic: finding datasets under the datasets roots, browsing a domain's
-//! images, and the form that creates a dataset (with the CLI's code, on a worker thread).
+//! The Datasets screen: its state, its keys and what they do: browsing the datasets found under
+//! the datasets roots and a domain's images, and the form that creates a dataset (with the CLI's
+//! code, on a worker thread).
 
-use super::app::{move_cursor, App};
-use super::event::{spawn_job, JobResult};
+use super::action::Action;
+use super::dataset_scan::{discover, DatasetEntry};
+use super::event::{spawn_job, AppEvent, JobResult};
 use super::form::{complete_path, expand_home, PathKind, TextInput};
+use super::keys::{self, move_cursor, Hint, KeyBinding, LIST_MOVES};
 use super::preview::ShownImage;
 use crate::data::create::{self, CreateOptions};
-use crate::data::dataset::Check;
 use crate::data::{decode_image, Dataset, DatasetSpec, ScanReport};
 use crossterm::event::{KeyCode, KeyEvent};
-use std::path::{Path, PathBuf};
-
-/// A folder that looks like a dataset (it has `trainA/` and `trainB/`), opened or not.
-#[derive(Clone, Debug)]
-pub struct DatasetEntry {
-    pub name: String,
-    pub dir: PathBuf,
-    /// The scanned dataset, or why it could not be opened (e.g. a broken `dataset.toml`).
-    pub dataset: Result<Dataset, String>,
-}
-
-/// The datasets under each root, in root order and by name within a root. A root that is itself
-/// a dataset is listed too. Roots that do not exist are skipped: the default `datasets` folder
-/// appears with the first created dataset.
-pub fn discover(roots: &[PathBuf]) -> Vec<DatasetEntry> {
-    let is_dataset = |dir: &Path| dir.join("trainA").is_dir() && dir.join("trainB").is_dir();
-    let mut found = Vec::new();
-    for root in roots {
-        let mut dirs: Vec<PathBuf> = match std::fs::read_dir(root) {
-            Ok(entries) => entries.flatten().map(|e| e.path()).filter(|d| is_dataset(d)).collect(),
-            Err(_) => continue,
-        };
-        dirs.sort();
-        if is_dataset(root) {
-            dirs.insert(0, root.clone());
-        }
-        found.extend(dirs.into_iter().map(|dir| DatasetEntry {
-            name: dir.file_name().map_or_else(|| dir.display().to_string(), |n| n.to_string_lossy().into_owned()),
-            dataset: Dataset::open(&dir, Check::Header).map_err(|e| format!("{e:#}")),
-            dir,
-        }));
-    }
-    found
-}
+use std::path::PathBuf;
+use std::sync::mpsc::Sender;
 
 /// One of a dataset's four image folders.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -382,181 +352,296 @@ impl CreateRequest {
     }
 }
 
-impl App {
-    /// Rescans every datasets root in the background.
-    pub fn rescan_datasets(&mut self) {
-        self.datasets.scanning = true;
-        let roots = self.options.datasets.clone();
-        spawn_job(&self.events, move || Ok(discover(&roots)), JobResult::DatasetsScanned);
+
+/// What the Datasets screen is doing, which decides what its keys do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// The dataset list has the focus.
+    List,
+    /// The image list of the selected dataset has the focus.
+    Browsing,
+    /// The "new dataset" form is open.
+    Form,
+    /// The form's dataset is being written.
+    Creating,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Command {
+    Move,
+    Browse,
+    PreviousFolder,
+    NextFolder,
+    Back,
+    New,
+    Rescan,
+    PreviousField,
+    NextField,
+    /// Completes a folder field, or goes to the next field.
+    Complete,
+    /// Changes a choice; in a text field the key is typed.
+    Choose,
+    Create,
+    Close,
+    /// Typed into the focused field (unbound keys in the form; Ctrl-U, Ctrl-W).
+    Type,
+}
+
+/// The Datasets screen's keys.
+pub const KEYS: &[KeyBinding<Command, Mode>] = {
+    use Command::*;
+    use KeyCode::{BackTab, Backspace, Char, Down, Enter, Esc, Left, Right, Tab, Up};
+    use Mode::*;
+    &[
+        KeyBinding { keys: "↑ ↓", codes: LIST_MOVES, help: "", hint: Some(("↑↓", "select")), modes: &[List], command: Move },
+        KeyBinding { keys: "↑ ↓", codes: LIST_MOVES, help: "", hint: Some(("↑↓", "image")), modes: &[Browsing], command: Move },
+        KeyBinding { keys: "↑ ↓", codes: &[Up, BackTab], help: "", hint: Some(("↑↓", "field")), modes: &[Form], command: PreviousField },
+        KeyBinding { keys: "↓", codes: &[Down], help: "", hint: None, modes: &[Form], command: NextField },
+        KeyBinding {
+            keys: "Enter",
+            codes: &[Enter],
+            help: "browse the selected dataset's images",
+            hint: Some(("Enter", "browse images")),
+            modes: &[List],
+            command: Browse,
+        },
+        KeyBinding {
+            keys: "← → or h l",
+            codes: &[Left, Char('h')],
+            help: "previous / next folder (trainA, testA, trainB, testB)",
+            hint: Some(("←→", "folder")),
+            modes: &[Browsing],
+            command: PreviousFolder,
+        },
+        KeyBinding { keys: "→ or l", codes: &[Right, Char('l')], help: "", hint: None, modes: &[Browsing], command: NextFolder },
+        KeyBinding { keys: "Esc", codes: &[Esc, Backspace], help: "", hint: Some(("Esc", "back")), modes: &[Browsing], command: Back },
+        KeyBinding {
+            keys: "n",
+            codes: &[Char('n')],
+            help: "new dataset: grey↔colour from a photo folder, or two folders",
+            hint: Some(("n", "new dataset")),
+            modes: &[List, Browsing],
+            command: New,
+        },
+        KeyBinding {
+            keys: "Tab (in a folder field)",
+            codes: &[Tab],
+            help: "complete the folder name",
+            hint: Some(("Tab", "complete folder")),
+            modes: &[Form],
+            command: Complete,
+        },
+        KeyBinding {
+            keys: "← → / Space (in the form)",
+            codes: &[Left, Right, Char(' ')],
+            help: "change a choice",
+            hint: Some(("←→", "choose")),
+            modes: &[Form],
+            command: Choose,
+        },
+        KeyBinding { keys: "Enter", codes: &[Enter], help: "", hint: Some(("Enter", "create")), modes: &[Form], command: Create },
+        KeyBinding { keys: "Esc", codes: &[Esc], help: "", hint: Some(("Esc", "close")), modes: &[Form], command: Close },
+        // A running create job still reports its result to the status line.
+        KeyBinding { keys: "Esc", codes: &[Esc], help: "", hint: Some(("Esc", "close (creation goes on)")), modes: &[Creating], command: Close },
+        KeyBinding {
+            keys: "r",
+            codes: &[Char('r')],
+            help: "rescan the datasets folders",
+            hint: Some(("r", "rescan")),
+            modes: &[List, Browsing],
+            command: Rescan,
+        },
+    ]
+};
+
+impl DatasetsScreen {
+    pub fn mode(&self) -> Mode {
+        match &self.create {
+            Some(form) if form.status == CreateStatus::Creating => Mode::Creating,
+            Some(_) => Mode::Form,
+            None if self.browsing => Mode::Browsing,
+            None => Mode::List,
+        }
     }
 
-    pub(super) fn datasets_scanned(&mut self, result: Result<Vec<DatasetEntry>, String>) {
-        let screen = &mut self.datasets;
-        screen.scanning = false;
+    /// Whether the screen wants every key typed into a field.
+    pub fn captures_text(&self) -> bool {
+        self.create.is_some()
+    }
+
+    /// The footer hints for the keys active now.
+    pub fn hints(&self) -> Vec<Hint> {
+        keys::hints(KEYS, self.mode()).collect()
+    }
+
+    /// Rescans every datasets root in the background.
+    pub fn rescan(&mut self, roots: &[PathBuf], events: &Sender<AppEvent>) {
+        self.scanning = true;
+        let roots = roots.to_vec();
+        spawn_job(events, move || Ok(discover(&roots)), JobResult::DatasetsScanned);
+    }
+
+    pub fn scanned(&mut self, result: Result<Vec<DatasetEntry>, String>) -> Vec<Action> {
+        self.scanning = false;
         match result {
             Ok(entries) => {
                 // Keep the selected dataset selected, or select the one just created.
-                let wanted = screen.select_after_scan.take().or_else(|| screen.selected_entry().map(|e| e.dir.clone()));
-                screen.entries = entries;
-                screen.selected = wanted.and_then(|dir| screen.entries.iter().position(|e| e.dir == dir)).unwrap_or(0);
+                let wanted = self.select_after_scan.take().or_else(|| self.selected_entry().map(|e| e.dir.clone()));
+                self.entries = entries;
+                self.selected = wanted.and_then(|dir| self.entries.iter().position(|e| e.dir == dir)).unwrap_or(0);
                 // Image lists may have changed: browsing starts again from the dataset list.
-                screen.browsing = false;
-                screen.image = None;
+                self.browsing = false;
+                self.image = None;
+                vec![]
             }
-            Err(e) => self.set_error(format!("scanning datasets failed: {e}")),
+            Err(e) => vec![Action::Error(format!("scanning datasets failed: {e}"))],
         }
     }
 
-    pub(super) fn dataset_image_loaded(&mut self, request: u64, result: Result<image::DynamicImage, String>) {
-        let screen = &mut self.datasets;
-        if request != screen.image_request {
+    pub fn image_loaded(&mut self, request: u64, result: Result<image::DynamicImage, String>) {
+        if request != self.image_request {
             return;
         }
-        let Some(ImageView::Loading(path)) = screen.image.take() else { return };
-        screen.image = Some(match result {
+        let Some(ImageView::Loading(path)) = self.image.take() else { return };
+        self.image = Some(match result {
             Ok(image) => ImageView::Ready { path, image: ShownImage::new(image) },
             Err(error) => ImageView::Failed { path, error },
         });
     }
 
-    pub(super) fn dataset_created(&mut self, result: Result<String, String>) {
-        self.datasets.creating = self.datasets.creating.saturating_sub(1);
-        match &result {
+    pub fn created(&mut self, result: Result<String, String>, roots: &[PathBuf], events: &Sender<AppEvent>) -> Vec<Action> {
+        self.creating = self.creating.saturating_sub(1);
+        let action = match &result {
             Ok(summary) => {
-                self.set_info(summary.lines().next().unwrap_or_default().to_string());
-                self.datasets.select_after_scan = self.datasets.create.as_ref().map(|f| f.root.join(f.name.value.trim()));
-                self.rescan_datasets();
+                self.select_after_scan = self.create.as_ref().map(|f| f.root.join(f.name.value.trim()));
+                self.rescan(roots, events);
+                Action::Info(summary.lines().next().unwrap_or_default().to_string())
             }
-            Err(e) => self.set_error(format!("creating the dataset failed: {e}")),
-        }
-        if let Some(form) = &mut self.datasets.create {
+            Err(e) => Action::Error(format!("creating the dataset failed: {e}")),
+        };
+        if let Some(form) = &mut self.create {
             form.status = match result {
                 Ok(summary) => CreateStatus::Done(summary),
                 Err(e) => CreateStatus::Failed(e),
             };
         }
+        vec![action]
     }
 
-    /// Whether the Datasets screen wants every key typed into a field.
-    pub(super) fn datasets_capture_text(&self) -> bool {
-        self.datasets.create.is_some()
-    }
-
-    pub(super) fn datasets_key(&mut self, key: KeyEvent) {
-        if self.datasets.create.is_some() {
-            self.create_form_key(key);
-        } else if self.datasets.browsing {
-            self.image_list_key(key);
-        } else {
-            self.dataset_list_key(key);
-        }
-    }
-
-    fn dataset_list_key(&mut self, key: KeyEvent) {
-        let screen = &mut self.datasets;
-        if move_cursor(&mut screen.selected, screen.entries.len(), key.code) {
-            return;
-        }
-        match (key.code, screen.selected_entry().map(|e| &e.dataset)) {
-            (KeyCode::Enter, Some(Ok(_))) => {
-                screen.browsing = true;
-                screen.image_index = 0;
-                self.load_browsed_image();
+    pub fn key(&mut self, key: KeyEvent, roots: &[PathBuf], events: &Sender<AppEvent>) -> Vec<Action> {
+        let mode = self.mode();
+        let command = keys::command(KEYS, mode, key.code);
+        match mode {
+            Mode::Form | Mode::Creating => {
+                self.create_form_key(command, key, events);
+                vec![]
             }
-            (KeyCode::Enter, Some(Err(e))) => {
-                let message = e.clone();
-                self.set_error(message);
-            }
-            _ => self.datasets_common_key(key),
+            Mode::Browsing => self.image_list_key(command, key.code, roots, events),
+            Mode::List => self.dataset_list_key(command, key.code, roots, events),
         }
     }
 
-    fn image_list_key(&mut self, key: KeyEvent) {
-        let screen = &mut self.datasets;
-        let before = (screen.folder, screen.image_index);
-        let count = screen.browsed_images().len();
-        if !move_cursor(&mut screen.image_index, count, key.code) {
-            match key.code {
-                KeyCode::Esc | KeyCode::Backspace => {
-                    screen.browsing = false;
-                    screen.image = None;
+    fn dataset_list_key(&mut self, command: Option<Command>, code: KeyCode, roots: &[PathBuf], events: &Sender<AppEvent>) -> Vec<Action> {
+        match command {
+            Some(Command::Move) => {
+                move_cursor(&mut self.selected, self.entries.len(), code);
+            }
+            Some(Command::Browse) => match self.selected_entry().map(|e| &e.dataset) {
+                Some(Ok(_)) => {
+                    self.browsing = true;
+                    self.image_index = 0;
+                    self.load_browsed_image(events);
                 }
-                KeyCode::Left | KeyCode::Char('h') => {
-                    screen.folder = screen.folder.step(false);
-                    screen.image_index = 0;
-                }
-                KeyCode::Right | KeyCode::Char('l') => {
-                    screen.folder = screen.folder.step(true);
-                    screen.image_index = 0;
-                }
-                _ => return self.datasets_common_key(key),
-            }
+                Some(Err(e)) => return vec![Action::Error(e.clone())],
+                None => {}
+            },
+            Some(command) => self.common_command(command, roots, events),
+            None => {}
         }
-        let screen = &self.datasets;
-        if screen.browsing && before != (screen.folder, screen.image_index) {
-            self.load_browsed_image();
-        }
+        vec![]
     }
 
-    /// Keys that work both in the dataset list and in the image list.
-    fn datasets_common_key(&mut self, key: KeyEvent) {
-        match key.code {
-            KeyCode::Char('n') => {
-                let root = self.options.datasets.first().cloned().unwrap_or_else(|| PathBuf::from("datasets"));
-                self.datasets.create = Some(CreateForm::new(root));
+    fn image_list_key(&mut self, command: Option<Command>, code: KeyCode, roots: &[PathBuf], events: &Sender<AppEvent>) -> Vec<Action> {
+        let before = (self.folder, self.image_index);
+        match command {
+            Some(Command::Move) => {
+                let count = self.browsed_images().len();
+                move_cursor(&mut self.image_index, count, code);
             }
-            KeyCode::Char('r') => self.rescan_datasets(),
+            Some(Command::Back) => {
+                self.browsing = false;
+                self.image = None;
+            }
+            Some(command @ (Command::PreviousFolder | Command::NextFolder)) => {
+                self.folder = self.folder.step(command == Command::NextFolder);
+                self.image_index = 0;
+            }
+            Some(command) => self.common_command(command, roots, events),
+            None => {}
+        }
+        if self.browsing && before != (self.folder, self.image_index) {
+            self.load_browsed_image(events);
+        }
+        vec![]
+    }
+
+    /// Commands of both the dataset list and the image list.
+    fn common_command(&mut self, command: Command, roots: &[PathBuf], events: &Sender<AppEvent>) {
+        match command {
+            Command::New => {
+                let root = roots.first().cloned().unwrap_or_else(|| PathBuf::from("datasets"));
+                self.create = Some(CreateForm::new(root));
+            }
+            Command::Rescan => self.rescan(roots, events),
             _ => {}
         }
     }
 
     /// Starts loading the image under the cursor of the image list.
-    fn load_browsed_image(&mut self) {
-        let screen = &mut self.datasets;
-        let Some((path, _)) = screen.browsed_images().get(screen.image_index).cloned() else {
-            screen.image = None;
+    fn load_browsed_image(&mut self, events: &Sender<AppEvent>) {
+        let Some((path, _)) = self.browsed_images().get(self.image_index).cloned() else {
+            self.image = None;
             return;
         };
-        screen.image_request += 1;
-        let request = screen.image_request;
-        screen.image = Some(ImageView::Loading(path.clone()));
+        self.image_request += 1;
+        let request = self.image_request;
+        self.image = Some(ImageView::Loading(path.clone()));
         // Decoded on a worker thread: large photos take a noticeable time.
-        spawn_job(&self.events, move || decode_image(&path), move |result| JobResult::ImageLoaded { request, result });
+        spawn_job(events, move || decode_image(&path), move |result| JobResult::ImageLoaded { request, result });
     }
 
-    fn create_form_key(&mut self, key: KeyEvent) {
-        let Some(form) = &mut self.datasets.create else { return };
-        if key.code == KeyCode::Esc {
-            // A running create job still reports its result to the status line.
-            self.datasets.create = None;
+    fn create_form_key(&mut self, command: Option<Command>, key: KeyEvent, events: &Sender<AppEvent>) {
+        if command == Some(Command::Close) {
+            self.create = None;
             return;
         }
+        let Some(form) = &mut self.create else { return };
         if form.status == CreateStatus::Creating {
             return;
         }
         let field = form.focused();
-        match key.code {
-            KeyCode::Up | KeyCode::BackTab => form.move_focus(false),
-            KeyCode::Down => form.move_focus(true),
-            KeyCode::Tab if field.is_path() => {
+        match command.unwrap_or(Command::Type) {
+            Command::PreviousField => form.move_focus(false),
+            Command::NextField => form.move_focus(true),
+            Command::Complete if field.is_path() => {
                 if let Some(input) = form.text_mut(field) {
                     let completion = complete_path(&input.value, PathKind::Folders);
                     input.value = completion.value;
                     form.completions = completion.candidates;
                 }
             }
-            KeyCode::Tab => form.move_focus(true),
-            KeyCode::Left | KeyCode::Right | KeyCode::Char(' ') if field.is_choice() => {
+            Command::Complete => form.move_focus(true),
+            Command::Choose if field.is_choice() => {
                 form.toggle(field);
                 // Switching the kind changes the field list; stay on the kind.
                 form.focus = form.fields().iter().position(|f| *f == field).unwrap_or(0);
             }
-            KeyCode::Enter => match form.request() {
+            Command::Create => match form.request() {
                 Ok(request) => {
                     form.status = CreateStatus::Creating;
                     form.completions.clear();
-                    self.datasets.creating += 1;
-                    spawn_job(&self.events, move || request.run(), JobResult::DatasetCreated);
+                    self.creating += 1;
+                    spawn_job(events, move || request.run(), JobResult::DatasetCreated);
                 }
                 Err(e) => form.status = CreateStatus::Failed(e),
             },

@@ -1,16 +1,15 @@
 //! The studio's one event channel: key presses and ticks from the input thread, progress from the
-//! training thread and results of background jobs all arrive as [`AppEvent`]s, in order.
+//! training thread and results of background jobs all arrive as [`AppEvent`]s, in order. Also the
+//! input thread, and [`spawn_job`], which runs a screen's work off the UI thread.
 
-use super::app::App;
-use super::preview::ImagePanes;
-use super::ui;
+use super::dataset_scan::DatasetEntry;
+use super::models::{LoadedModel, Translation};
 use crate::train::{RunOutcome, TrainEvent};
 use anyhow::{Context, Result};
 use crossterm::event::{self, Event, KeyEvent, KeyEventKind};
-use ratatui::{backend::Backend, Terminal};
 use std::any::Any;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::mpsc::{Receiver, Sender};
+use std::sync::mpsc::Sender;
 use std::time::Duration;
 
 /// Everything that can change the studio's state.
@@ -29,35 +28,12 @@ pub enum AppEvent {
 /// Results of work done off the UI thread. Requests that may be superseded (image loads,
 /// translations) carry the id they were started with, so stale answers are dropped.
 pub enum JobResult {
-    DatasetsScanned(Result<Vec<super::datasets::DatasetEntry>, String>),
+    DatasetsScanned(Result<Vec<DatasetEntry>, String>),
     ImageLoaded { request: u64, result: Result<image::DynamicImage, String> },
     DatasetCreated(Result<String, String>),
-    ModelLoaded { request: u64, result: Result<super::translate::LoadedModel, String> },
-    Translated { request: u64, result: Result<super::translate::Translation, String> },
+    ModelLoaded { request: u64, result: Result<LoadedModel, String> },
+    Translated { request: u64, result: Result<Translation, String> },
     TranslationSaved(Result<std::path::PathBuf, String>),
-}
-
-/// Events drained per redraw at most, so a fast training run cannot starve the screen.
-const MAX_EVENTS_PER_FRAME: usize = 512;
-
-/// Draws, waits for events, applies them, until the app wants to quit.
-pub fn run_loop<B: Backend>(terminal: &mut Terminal<B>, app: &mut App, images: &mut ImagePanes, rx: &Receiver<AppEvent>) -> Result<()>
-where
-    B::Error: Send + Sync + 'static,
-{
-    loop {
-        terminal.draw(|frame| ui::draw(frame, app, images)).context("cannot draw on the terminal")?;
-        let first = rx.recv().context("the studio's event channel closed")?;
-        for event in std::iter::once(first).chain(rx.try_iter().take(MAX_EVENTS_PER_FRAME)) {
-            app.handle(event);
-        }
-        if app.should_quit() {
-            return match app.input_error() {
-                Some(why) => Err(anyhow::anyhow!("cannot read the terminal: {why}")),
-                None => Ok(()),
-            };
-        }
-    }
 }
 
 /// Reads terminal events on a thread of its own, sending a tick whenever `tick` passes quietly.

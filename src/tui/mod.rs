@@ -1,33 +1,40 @@
 //! The studio: a terminal UI over the library's datasets, training runs and translators.
 //! It owns the terminal (raw mode, alternate screen, restored on every exit path) and the event loop; the library does the work.
+//!
+//! Layers, each using only those below it: leaves (`form`, `preview`, `runs`, `dataset_scan`,
+//! `models`, `options`, `keys`), then `event` (the channel) and `action` (what screens ask of the
+//! App), then the screens (`datasets`, `training`, `translate`: state, keys, handlers) and their
+//! renderers (`ui::{datasets,training,translate}` over `ui::widgets`), then `app` (the thin
+//! [`App`] applying actions), `ui` (drawing the App) and this module (terminal and loop).
 
+pub mod action;
 pub mod app;
+pub mod dataset_scan;
 pub mod datasets;
 pub mod event;
 pub mod form;
+pub mod keys;
+pub mod models;
+pub mod options;
 pub mod preview;
 pub mod runs;
 pub mod training;
 pub mod translate;
 pub mod ui;
 
+pub use options::TuiOptions;
+
+use anyhow::Context;
+use app::App;
 use crossterm::{cursor, execute, terminal};
-use ratatui::{backend::CrosstermBackend, Terminal};
+use event::AppEvent;
+use preview::ImagePanes;
+use ratatui::{backend::{Backend, CrosstermBackend}, Terminal};
 use std::io::{stdout, Stdout};
 use std::panic::PanicHookInfo;
-use std::path::PathBuf;
-use std::sync::{mpsc, Arc};
+use std::sync::mpsc::{self, Receiver};
+use std::sync::Arc;
 use std::time::Duration;
-
-/// Where the studio looks for things.
-#[derive(Clone, Debug)]
-pub struct TuiOptions {
-    pub checkpoints: PathBuf,
-    /// Folders holding datasets (default: `datasets`).
-    pub datasets: Vec<PathBuf>,
-    /// Force a graphics protocol for previews: kitty, sixel, iterm2 or halfblocks.
-    pub graphics: Option<preview::Graphics>,
-}
 
 /// How often the screen is redrawn when nothing happens (clocks, ETA).
 const TICK: Duration = Duration::from_millis(250);
@@ -42,9 +49,32 @@ pub fn run(opts: TuiOptions) -> anyhow::Result<()> {
     let picker = preview::make_picker(forced_protocol);
     let (tx, rx) = mpsc::channel();
     event::spawn_input_thread(tx.clone(), TICK)?;
-    let mut app = app::App::new(opts, tx);
-    let mut images = preview::ImagePanes::new(picker);
-    event::run_loop(&mut session.terminal, &mut app, &mut images, &rx)
+    let mut app = App::new(opts, tx);
+    let mut images = ImagePanes::new(picker);
+    run_loop(&mut session.terminal, &mut app, &mut images, &rx)
+}
+
+/// Events drained per redraw at most, so a fast training run cannot starve the screen.
+const MAX_EVENTS_PER_FRAME: usize = 512;
+
+/// Draws, waits for events, applies them, until the app wants to quit.
+fn run_loop<B: Backend>(terminal: &mut Terminal<B>, app: &mut App, images: &mut ImagePanes, rx: &Receiver<AppEvent>) -> anyhow::Result<()>
+where
+    B::Error: Send + Sync + 'static,
+{
+    loop {
+        terminal.draw(|frame| ui::draw(frame, app, images)).context("cannot draw on the terminal")?;
+        let first = rx.recv().context("the studio's event channel closed")?;
+        for event in std::iter::once(first).chain(rx.try_iter().take(MAX_EVENTS_PER_FRAME)) {
+            app.handle(event);
+        }
+        if app.should_quit() {
+            return match app.input_error() {
+                Some(why) => Err(anyhow::anyhow!("cannot read the terminal: {why}")),
+                None => Ok(()),
+            };
+        }
+    }
 }
 
 type PanicHook = dyn Fn(&PanicHookInfo<'_>) + Send + Sync + 'static;

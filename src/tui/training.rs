@@ -1,10 +1,12 @@
-//! The Training screen's logic: presets and editable settings, starting or resuming a run on its
-//! own thread, pause and stop through [`RunControl`], and the live numbers the dashboard draws.
+//! The Training screen: its state, its keys and what they do: presets and editable settings,
+//! starting or resuming a run on its own thread, pause and stop through [`RunControl`], and the
+//! live numbers the dashboard draws.
 
-use super::app::{move_cursor, App};
-use super::datasets::DatasetEntry;
+use super::action::{Action, Ctx};
+use super::dataset_scan::DatasetEntry;
 use super::event::{catch_panics, AppEvent};
 use super::form::TextInput;
+use super::keys::{self, move_cursor, Hint, KeyBinding, LIST_MOVES};
 use super::preview::ShownImage;
 use super::runs::RunEntry;
 use crate::data::Dataset;
@@ -601,16 +603,525 @@ pub enum TrainingView {
     Dashboard,
 }
 
+/// What the Training screen is showing, which decides what its keys do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// The settings, no run yet.
+    Settings,
+    /// The settings, with a run (active or ended) whose dashboard `e` shows.
+    SettingsWithRun,
+    /// A setting's value is being typed.
+    Editing,
+    /// The dashboard of an active run.
+    DashboardRunning,
+    /// The dashboard of a run that ended (or of none).
+    DashboardIdle,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Command {
+    Move,
+    PreviousChoice,
+    NextChoice,
+    Edit,
+    Start,
+    Dashboard,
+    Pause,
+    Stop,
+    /// Back to the settings, offering to resume the run that ended.
+    BackToSettings,
+    Confirm,
+    Cancel,
+    /// Typed into the setting being edited (unbound keys; Ctrl-U clears).
+    Type,
+}
+
+/// The Training screen's keys.
+pub const KEYS: &[KeyBinding<Command, Mode>] = {
+    use Command::*;
+    use KeyCode::{Char, Enter, Esc, Left, Right};
+    use Mode::*;
+    const SETTINGS: &[Mode] = &[Mode::Settings, SettingsWithRun];
+    &[
+        KeyBinding { keys: "Enter", codes: &[Enter], help: "", hint: Some(("Enter", "confirm")), modes: &[Editing], command: Confirm },
+        KeyBinding { keys: "Esc", codes: &[Esc], help: "", hint: Some(("Esc", "cancel")), modes: &[Editing], command: Cancel },
+        // The text field clears itself on Ctrl-U.
+        KeyBinding { keys: "Ctrl-U", codes: &[], help: "", hint: Some(("Ctrl-U", "clear")), modes: &[Editing], command: Type },
+        KeyBinding { keys: "↑ ↓", codes: LIST_MOVES, help: "", hint: Some(("↑↓", "setting")), modes: SETTINGS, command: Move },
+        KeyBinding {
+            keys: "← → or h l",
+            codes: &[Left, Char('h')],
+            help: "change run, dataset, preset, model (CycleGAN, CUT, FastCUT), generator, device; paired mode or keep brightness on/off",
+            hint: Some(("←→", "choose")),
+            modes: SETTINGS,
+            command: PreviousChoice,
+        },
+        KeyBinding { keys: "→ or l", codes: &[Right, Char('l')], help: "", hint: None, modes: SETTINGS, command: NextChoice },
+        KeyBinding {
+            keys: "Enter",
+            codes: &[Enter],
+            help: "edit a setting (Ctrl-U clears, Enter confirms)",
+            hint: Some(("Enter", "edit")),
+            modes: SETTINGS,
+            command: Edit,
+        },
+        KeyBinding {
+            keys: "s",
+            codes: &[Char('s')],
+            help: "start the run (or resume the chosen one)",
+            hint: Some(("s", "start")),
+            modes: SETTINGS,
+            command: Start,
+        },
+        KeyBinding { keys: "e", codes: &[Char('e')], help: "", hint: Some(("e", "dashboard")), modes: &[SettingsWithRun], command: Dashboard },
+        KeyBinding {
+            keys: "p",
+            codes: &[Char('p')],
+            help: "pause / resume",
+            hint: Some(("p", "pause/resume")),
+            modes: &[DashboardRunning],
+            command: Pause,
+        },
+        KeyBinding {
+            keys: "x",
+            codes: &[Char('x')],
+            help: "stop: finish the step and save a checkpoint",
+            hint: Some(("x", "stop + save")),
+            modes: &[DashboardRunning],
+            command: Stop,
+        },
+        KeyBinding {
+            keys: "e",
+            codes: &[Char('e')],
+            help: "back to the settings after a run (offers to resume it)",
+            hint: Some(("e", "settings / resume")),
+            modes: &[DashboardIdle],
+            command: BackToSettings,
+        },
+        // Refused with the reason while the run is active.
+        KeyBinding { keys: "e", codes: &[Char('e')], help: "", hint: None, modes: &[DashboardRunning], command: BackToSettings },
+    ]
+};
+
 #[derive(Default)]
 pub struct TrainingScreen {
     pub form: TrainForm,
     pub run: Option<RunMonitor>,
     pub view: TrainingView,
+    /// The run whose settings to load once the runs are scanned again (`e` after a run).
+    resume_after_refresh: Option<String>,
 }
 
 impl TrainingScreen {
     pub fn is_running(&self) -> bool {
         self.run.as_ref().is_some_and(|r| r.state.is_active())
+    }
+
+    pub fn mode(&self) -> Mode {
+        match self.view {
+            TrainingView::Settings if self.form.editing.is_some() => Mode::Editing,
+            TrainingView::Settings if self.run.is_some() => Mode::SettingsWithRun,
+            TrainingView::Settings => Mode::Settings,
+            TrainingView::Dashboard if self.is_running() => Mode::DashboardRunning,
+            TrainingView::Dashboard => Mode::DashboardIdle,
+        }
+    }
+
+    /// Whether the screen wants every key typed into a field.
+    pub fn captures_text(&self) -> bool {
+        self.mode() == Mode::Editing
+    }
+
+    /// The footer hints for the keys active now.
+    pub fn hints(&self) -> Vec<Hint> {
+        keys::hints(KEYS, self.mode()).collect()
+    }
+
+    /// The dataset a new run would use.
+    pub fn dataset<'a>(&self, datasets: &'a [DatasetEntry]) -> Option<&'a DatasetEntry> {
+        let usable = || datasets.iter().filter(|e| e.dataset.is_ok());
+        let chosen = self.form.dataset.as_ref().and_then(|dir| usable().find(|e| &e.dir == dir));
+        chosen.or_else(|| usable().next())
+    }
+
+    /// The name the run will get: the typed one, or `<dataset>_<preset>` made unique among the
+    /// runs in the checkpoints folder (as last scanned: this is called while drawing).
+    pub fn run_name(&self, ctx: &Ctx) -> String {
+        let form = &self.form;
+        if let Some(name) = form.resume.as_ref().or(form.custom_name.as_ref()) {
+            return name.clone();
+        }
+        let base = format!("{}_{}", self.dataset(ctx.datasets).map_or("run", |d| d.name.as_str()), PRESETS[form.preset].short);
+        let taken = |n: &str| ctx.runs.iter().any(|r| r.name == n);
+        let mut name = base.clone();
+        let mut counter = 2;
+        while taken(&name) {
+            name = format!("{base}_{counter}");
+            counter += 1;
+        }
+        name
+    }
+
+    fn resumed_run<'a>(&self, runs: &'a [RunEntry]) -> Option<&'a RunEntry> {
+        let name = self.form.resume.as_ref()?;
+        runs.iter().find(|r| &r.name == name)
+    }
+
+    /// The text of a setting as the panel shows it.
+    pub fn setting_value(&self, setting: Setting, ctx: &Ctx) -> String {
+        let form = &self.form;
+        match setting {
+            Setting::Run => match &form.resume {
+                Some(name) => format!("resume {name}"),
+                None => "new run".into(),
+            },
+            Setting::Dataset => match self.resumed_run(ctx.runs) {
+                Some(run) => run.config.as_ref().map(|c| c.dataset.display().to_string()).unwrap_or_default(),
+                None => self.dataset(ctx.datasets).map_or_else(|| "none: create one on the Datasets screen".into(), |d| d.name.clone()),
+            },
+            Setting::Preset => match form.resume {
+                Some(_) => "saved settings".into(),
+                None => PRESETS[form.preset].name.into(),
+            },
+            Setting::Name => self.run_name(ctx),
+            Setting::Method => match form.method {
+                Method::Cyclegan => "cyclegan: two generators, cycle + identity losses".into(),
+                Method::Cut => "cut: one generator A→B, PatchNCE (+ identity NCE)".into(),
+                Method::Fastcut => "fastcut: one generator A→B, PatchNCE ×10, flip-equivariance".into(),
+            },
+            Setting::Generator => form.generator.to_string(),
+            Setting::Ngf => form.ngf.to_string(),
+            Setting::Size => form.size.to_string(),
+            Setting::Iters | Setting::DecayIters => {
+                let first = setting == Setting::Iters;
+                let steps = if first { form.iters } else { form.decay_iters };
+                // A resumed run counted in epochs shows them too.
+                match self.resumed_run(ctx.runs).and_then(|r| r.config.as_ref().ok()).map(|c| c.schedule) {
+                    Some(Schedule::Epochs { epochs, decay_epochs, .. }) => format!("{steps} ({} epochs)", if first { epochs } else { decay_epochs }),
+                    _ => steps.to_string(),
+                }
+            }
+            Setting::Lr => form.lr.to_string(),
+            Setting::Paired if form.paired => format!("on: L1 to the true pair (λ {DEFAULT_LAMBDA_PAIRED}), aligned datasets"),
+            Setting::Paired => "off".into(),
+            Setting::KeepLuma => if form.keep_luma { "on: predict only colour over the input's brightness" } else { "off" }.into(),
+            Setting::LambdaGan => form.lambda_gan.to_string(),
+            Setting::SampleEvery => form.sample_every.to_string(),
+            Setting::Device => form.device.clone(),
+        }
+    }
+
+    /// Whether a setting may be changed now. A resumed run keeps its architecture and data; its
+    /// length (when counted in iterations), preview interval and device may change.
+    pub fn setting_editable(&self, setting: Setting, runs: &[RunEntry]) -> bool {
+        match self.resumed_run(runs) {
+            None => true,
+            Some(run) => match setting {
+                Setting::Run | Setting::SampleEvery | Setting::Device => true,
+                Setting::Iters | Setting::DecayIters => run.has_iteration_schedule(),
+                _ => false,
+            },
+        }
+    }
+
+    pub fn key(&mut self, key: KeyEvent, ctx: &Ctx) -> Vec<Action> {
+        let mode = self.mode();
+        let command = keys::command(KEYS, mode, key.code);
+        match mode {
+            Mode::DashboardRunning | Mode::DashboardIdle => self.dashboard_key(command),
+            Mode::Editing => self.editing_key(command.unwrap_or(Command::Type), key),
+            Mode::Settings | Mode::SettingsWithRun => self.settings_key(command, key.code, ctx),
+        }
+    }
+
+    fn dashboard_key(&mut self, command: Option<Command>) -> Vec<Action> {
+        let Some(run) = &self.run else {
+            self.view = TrainingView::Settings;
+            return vec![];
+        };
+        match command {
+            Some(Command::BackToSettings) if run.state.is_active() => vec![Action::Error("a run is in progress: stop it with x first".into())],
+            Some(Command::BackToSettings) => {
+                // Offer to continue the run that just ended (see `runs_refreshed`).
+                self.resume_after_refresh = Some(run.name.clone());
+                self.view = TrainingView::Settings;
+                vec![Action::RefreshRuns]
+            }
+            Some(command @ (Command::Pause | Command::Stop)) => self.run_control(command),
+            _ => vec![],
+        }
+    }
+
+    fn editing_key(&mut self, command: Command, key: KeyEvent) -> Vec<Action> {
+        let setting = self.form.setting();
+        let Some(input) = &mut self.form.editing else { return vec![] };
+        match command {
+            Command::Confirm => {
+                let value = input.value.trim().to_string();
+                let set = match setting {
+                    Setting::Name => {
+                        self.form.custom_name = (!value.is_empty()).then_some(value);
+                        Ok(())
+                    }
+                    other => self.form.set_text(other, &value),
+                };
+                match set {
+                    Ok(()) => self.form.editing = None,
+                    // The text stays in the editor to be corrected.
+                    Err(e) => return vec![Action::Error(e)],
+                }
+            }
+            Command::Cancel => self.form.editing = None,
+            _ => {
+                input.edit(&key, |_| true);
+            }
+        }
+        vec![]
+    }
+
+    fn settings_key(&mut self, command: Option<Command>, code: KeyCode, ctx: &Ctx) -> Vec<Action> {
+        let setting = self.form.setting();
+        match command {
+            Some(Command::Move) => {
+                move_cursor(&mut self.form.cursor, Setting::ALL.len(), code);
+            }
+            Some(Command::PreviousChoice) => return self.cycle_setting(setting, false, ctx),
+            Some(Command::NextChoice) => return self.cycle_setting(setting, true, ctx),
+            Some(Command::Edit) if setting.is_choice() => return self.cycle_setting(setting, true, ctx),
+            Some(Command::Edit) if self.setting_editable(setting, ctx.runs) => {
+                self.form.editing = Some(TextInput::new(self.setting_value(setting, ctx)));
+            }
+            Some(Command::Edit) => return vec![Action::Error(format!("{} is fixed by the saved run", setting.label()))],
+            Some(Command::Start) => return self.start(ctx),
+            Some(Command::Dashboard) => self.view = TrainingView::Dashboard,
+            _ => {}
+        }
+        vec![]
+    }
+
+    /// ←/→ on a setting: steps through runs, datasets, presets, generators or devices.
+    fn cycle_setting(&mut self, setting: Setting, forward: bool, ctx: &Ctx) -> Vec<Action> {
+        if !self.setting_editable(setting, ctx.runs) {
+            return vec![Action::Error(format!("{} is fixed by the saved run", setting.label()))];
+        }
+        let step = |i: usize, n: usize| if forward { (i + 1) % n } else { (i + n - 1) % n };
+        match setting {
+            Setting::Run => {
+                // Choices: a new run, then every run with a checkpoint.
+                let resumable: Vec<&RunEntry> = ctx.runs.iter().filter(|r| r.checkpoint_step.is_some() && r.config.is_ok()).collect();
+                let current = self.form.resume.as_ref().and_then(|n| resumable.iter().position(|r| &r.name == n)).map_or(0, |i| i + 1);
+                match step(current, resumable.len() + 1) {
+                    0 => {
+                        self.form.resume = None;
+                        self.apply_preset(ctx.datasets);
+                    }
+                    i => self.form.load_run(resumable[i - 1]),
+                }
+            }
+            Setting::Dataset => {
+                let usable: Vec<&PathBuf> = ctx.datasets.iter().filter(|e| e.dataset.is_ok()).map(|e| &e.dir).collect();
+                if usable.is_empty() {
+                    return vec![Action::Error("no dataset yet: create one on the Datasets screen (1, then n)".into())];
+                }
+                let current = self.dataset(ctx.datasets).and_then(|d| usable.iter().position(|u| **u == d.dir)).unwrap_or(0);
+                self.form.dataset = Some(usable[step(current, usable.len())].clone());
+                self.apply_preset(ctx.datasets);
+            }
+            Setting::Preset => {
+                self.form.preset = step(self.form.preset, PRESETS.len());
+                self.apply_preset(ctx.datasets);
+            }
+            Setting::Generator => {
+                let mut text = self.form.generator.to_string();
+                cycle_text(&mut text, &GENERATORS, forward);
+                self.form.generator = text.parse().expect("GENERATORS are known generators");
+            }
+            Setting::Device => {
+                let choices = device_choices();
+                if let (Some(why), 1) = (&choices.no_cuda, choices.devices.len()) {
+                    return vec![Action::Error(format!("only the CPU: {why}"))];
+                }
+                let names: Vec<&str> = choices.devices.iter().map(|(n, _)| n.as_str()).collect();
+                cycle_text(&mut self.form.device, &names, forward)
+            }
+            Setting::Method => {
+                use clap::ValueEnum;
+                let all = Method::value_variants();
+                let i = all.iter().position(|m| *m == self.form.method).unwrap_or(0);
+                self.form.method = all[step(i, all.len())];
+                // The reference's epochs depend on the method (CUT 200 + 200, FastCUT 150 + 50).
+                if matches!(PRESETS[self.form.preset].length, PresetLength::ReferenceEpochs) {
+                    self.apply_preset(ctx.datasets);
+                }
+            }
+            Setting::Paired => self.form.paired = !self.form.paired,
+            Setting::KeepLuma => self.form.keep_luma = !self.form.keep_luma,
+            _ => {}
+        }
+        vec![]
+    }
+
+    fn apply_preset(&mut self, datasets: &[DatasetEntry]) {
+        let dataset = self.dataset(datasets).and_then(|d| d.dataset.as_ref().ok());
+        self.form.apply_preset(dataset);
+    }
+
+    /// Checks the settings and turns them into a configuration, with messages a user can act on.
+    fn plan(&self, ctx: &Ctx) -> Result<RunPlan, String> {
+        let name = self.run_name(ctx);
+        check_run_name(&name)?;
+        let checkpoints = &ctx.options.checkpoints;
+        let run_dir = checkpoints.join(&name);
+        let resume = self.form.resume.is_some();
+        let request = self.run_request(name.clone(), ctx);
+        let config = if let Some(run) = self.resumed_run(ctx.runs) {
+            if run.checkpoint_step.is_none() {
+                return Err(format!("run '{name}' has no checkpoint to resume"));
+            }
+            request.resume(&run_dir).map_err(|e| format!("{e:#}"))?
+        } else {
+            if resume {
+                return Err(format!("run '{name}' is no longer in {}", checkpoints.display()));
+            }
+            if ctx.runs.iter().any(|r| r.name == name && r.checkpoint_step.is_some()) {
+                return Err(format!("run '{name}' already has a checkpoint: choose it under Run to resume it, or change the name"));
+            }
+            let entry = self.dataset(ctx.datasets).ok_or("no dataset yet: create one on the Datasets screen (1, then n)")?;
+            entry.dataset.as_ref().map_err(Clone::clone)?;
+            request.new_run().map_err(|e| format!("{e:#}"))?
+        };
+        Ok(RunPlan { config, options: RunOptions { run_dir, resume } })
+    }
+
+    /// The form as a run request. For a resumed run only the length (of an iteration
+    /// schedule), the preview interval and the device apply.
+    fn run_request(&self, name: String, ctx: &Ctx) -> RunRequest {
+        let form = &self.form;
+        let preset = &PRESETS[form.preset];
+        let resumed = self.resumed_run(ctx.runs);
+        let resuming = resumed.is_some();
+        let length = if resumed.is_some_and(|r| r.config.as_ref().is_ok_and(|c| !matches!(c.schedule, Schedule::Iters { .. }))) {
+            Length::ReferenceEpochs // an epoch schedule keeps its length
+        } else {
+            Length::Iters { iters: form.iters, decay_iters: form.decay_iters }
+        };
+        RunRequest {
+            name,
+            dataset: self.dataset(ctx.datasets).map(|d| d.dir.clone()),
+            method: Some(form.method),
+            generator: Some(form.generator),
+            ngf: Some(form.ngf),
+            ndf: Some(form.ngf),
+            size: Some(form.size),
+            length,
+            lr: Some(form.lr),
+            paired: form.paired,
+            keep_luma: form.keep_luma,
+            lambda_gan: Some(form.lambda_gan),
+            device: Some(form.device.trim().to_string()),
+            intervals: Intervals {
+                sample_every: Some(form.sample_every),
+                // A resumed run keeps its own; the preset's are for new runs.
+                save_every: (!resuming).then_some(preset.save_every),
+                log_every: (!resuming).then_some(preset.log_every),
+                health_every: (!resuming).then_some(preset.health_every),
+            },
+            ..Default::default()
+        }
+    }
+
+    /// Starts (or resumes) the run the settings describe on a thread of its own.
+    fn start(&mut self, ctx: &Ctx) -> Vec<Action> {
+        if self.is_running() {
+            return vec![Action::Error("a run is in progress: stop it with x first".into())];
+        }
+        let plan = match self.plan(ctx) {
+            Ok(plan) => plan,
+            Err(e) => {
+                self.form.error = Some(e.clone());
+                return vec![Action::Error(e)];
+            }
+        };
+        let name = plan.config.name.clone();
+        let run_dir = plan.options.run_dir.clone();
+        // A failed save (full disk) becomes a warning in the event log and is retried at the next
+        // save, so a long run is not lost while the user frees space; the last save still must work.
+        let control = RunControl { keep_going_on_save_error: true, ..Default::default() };
+        match spawn_training(plan, control.clone(), ctx.events) {
+            Ok(()) => {
+                self.form.error = None;
+                let mut monitor = RunMonitor::new(name.clone(), control);
+                monitor.run_dir = Some(run_dir);
+                self.run = Some(monitor);
+                self.view = TrainingView::Dashboard;
+                vec![Action::Info(format!("training {name}…"))]
+            }
+            Err(e) => vec![Action::Error(format!("cannot start the training thread: {e}"))],
+        }
+    }
+
+    /// An event of the run started here.
+    pub fn event(&mut self, event: TrainEvent) -> Vec<Action> {
+        let mut actions = vec![];
+        if let TrainEvent::Started { step, .. } = event {
+            // The run folder and its config exist from now on.
+            actions.push(Action::RefreshRuns);
+            // A resumed run's charts start with its earlier steps (the log holds them; training
+            // has already dropped lines past the checkpoint it resumed from).
+            if let Some(run) = self.run.as_mut().filter(|r| step > 0 && r.history.is_empty()) {
+                if let Some(dir) = &run.run_dir {
+                    for (s, losses) in read_loss_log(&dir.join(LOG_FILE), step) {
+                        run.history.push(s, &losses);
+                    }
+                }
+            }
+        }
+        // Events come only from the run started here; the monitor exists since its start.
+        if let Some(run) = &mut self.run {
+            run.apply(event);
+        }
+        actions
+    }
+
+    /// The training thread returned.
+    pub fn ended(&mut self, outcome: Result<RunOutcome, String>) -> Vec<Action> {
+        let message = match &outcome {
+            Ok(RunOutcome::Finished { step }) => Action::Info(format!("training finished at step {step}")),
+            Ok(RunOutcome::Stopped { step }) => Action::Info(format!("training stopped at step {step}; checkpoint saved")),
+            Err(e) => Action::Error(format!("training failed: {e}")),
+        };
+        if let Some(run) = &mut self.run {
+            run.ended(outcome);
+        }
+        vec![message, Action::RefreshRuns]
+    }
+
+    /// The runs were scanned again: loads the settings of the run `e` asked to resume.
+    pub fn runs_refreshed(&mut self, runs: &[RunEntry]) {
+        let Some(name) = self.resume_after_refresh.take() else { return };
+        if let Some(entry) = runs.iter().find(|r| r.name == name && r.checkpoint_step.is_some()) {
+            self.form.load_run(entry);
+        }
+    }
+
+    /// Asks a running training to stop and save; says whether one was running.
+    pub fn stop(&mut self) -> bool {
+        self.run.as_mut().is_some_and(RunMonitor::stop)
+    }
+
+    /// Pauses, resumes or stops the active run: `p` and `x` on the dashboard, and from every
+    /// other screen through the App's keys.
+    pub fn run_control(&mut self, command: Command) -> Vec<Action> {
+        let Some(run) = self.run.as_mut().filter(|r| r.state.is_active()) else { return vec![] };
+        match command {
+            Command::Pause => run.toggle_pause(),
+            Command::Stop => {
+                run.stop();
+                return vec![Action::Info("stopping: finishing this step and saving a checkpoint…".into())];
+            }
+            _ => {}
+        }
+        vec![]
     }
 }
 
@@ -645,381 +1156,6 @@ fn check_run_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-impl App {
-    /// The dataset a new run would use.
-    pub fn training_dataset(&self) -> Option<&DatasetEntry> {
-        let usable = || self.datasets.entries.iter().filter(|e| e.dataset.is_ok());
-        let chosen = self.training.form.dataset.as_ref().and_then(|dir| usable().find(|e| &e.dir == dir));
-        chosen.or_else(|| usable().next())
-    }
-
-    /// The name the run will get: the typed one, or `<dataset>_<preset>` made unique among the
-    /// runs in the checkpoints folder (as last scanned: this is called while drawing).
-    pub fn training_run_name(&self) -> String {
-        let form = &self.training.form;
-        if let Some(name) = form.resume.as_ref().or(form.custom_name.as_ref()) {
-            return name.clone();
-        }
-        let base = format!("{}_{}", self.training_dataset().map_or("run", |d| d.name.as_str()), PRESETS[form.preset].short);
-        let taken = |n: &str| self.runs.iter().any(|r| r.name == n);
-        let mut name = base.clone();
-        let mut counter = 2;
-        while taken(&name) {
-            name = format!("{base}_{counter}");
-            counter += 1;
-        }
-        name
-    }
-
-    fn resumed_run(&self) -> Option<&RunEntry> {
-        let name = self.training.form.resume.as_ref()?;
-        self.runs.iter().find(|r| &r.name == name)
-    }
-
-    /// The text of a setting as the panel shows it.
-    pub fn training_setting_value(&self, setting: Setting) -> String {
-        let form = &self.training.form;
-        match setting {
-            Setting::Run => match &form.resume {
-                Some(name) => format!("resume {name}"),
-                None => "new run".into(),
-            },
-            Setting::Dataset => match self.resumed_run() {
-                Some(run) => run.config.as_ref().map(|c| c.dataset.display().to_string()).unwrap_or_default(),
-                None => self.training_dataset().map_or_else(|| "none: create one on the Datasets screen".into(), |d| d.name.clone()),
-            },
-            Setting::Preset => match form.resume {
-                Some(_) => "saved settings".into(),
-                None => PRESETS[form.preset].name.into(),
-            },
-            Setting::Name => self.training_run_name(),
-            Setting::Method => match form.method {
-                Method::Cyclegan => "cyclegan: two generators, cycle + identity losses".into(),
-                Method::Cut => "cut: one generator A→B, PatchNCE (+ identity NCE)".into(),
-                Method::Fastcut => "fastcut: one generator A→B, PatchNCE ×10, flip-equivariance".into(),
-            },
-            Setting::Generator => form.generator.to_string(),
-            Setting::Ngf => form.ngf.to_string(),
-            Setting::Size => form.size.to_string(),
-            Setting::Iters | Setting::DecayIters => {
-                let first = setting == Setting::Iters;
-                let steps = if first { form.iters } else { form.decay_iters };
-                // A resumed run counted in epochs shows them too.
-                match self.resumed_run().and_then(|r| r.config.as_ref().ok()).map(|c| c.schedule) {
-                    Some(Schedule::Epochs { epochs, decay_epochs, .. }) => format!("{steps} ({} epochs)", if first { epochs } else { decay_epochs }),
-                    _ => steps.to_string(),
-                }
-            }
-            Setting::Lr => form.lr.to_string(),
-            Setting::Paired if form.paired => format!("on: L1 to the true pair (λ {DEFAULT_LAMBDA_PAIRED}), aligned datasets"),
-            Setting::Paired => "off".into(),
-            Setting::KeepLuma => if form.keep_luma { "on: predict only colour over the input's brightness" } else { "off" }.into(),
-            Setting::LambdaGan => form.lambda_gan.to_string(),
-            Setting::SampleEvery => form.sample_every.to_string(),
-            Setting::Device => form.device.clone(),
-        }
-    }
-
-    /// Whether a setting may be changed now. A resumed run keeps its architecture and data; its
-    /// length (when counted in iterations), preview interval and device may change.
-    pub fn training_setting_editable(&self, setting: Setting) -> bool {
-        match self.resumed_run() {
-            None => true,
-            Some(run) => match setting {
-                Setting::Run | Setting::SampleEvery | Setting::Device => true,
-                Setting::Iters | Setting::DecayIters => run.has_iteration_schedule(),
-                _ => false,
-            },
-        }
-    }
-
-    pub(super) fn training_capture_text(&self) -> bool {
-        self.training.view == TrainingView::Settings && self.training.form.editing.is_some()
-    }
-
-    pub(super) fn training_key(&mut self, key: KeyEvent) {
-        match self.training.view {
-            TrainingView::Settings => self.settings_key(key),
-            TrainingView::Dashboard => self.dashboard_key(key),
-        }
-    }
-
-    fn dashboard_key(&mut self, key: KeyEvent) {
-        let Some(run) = &mut self.training.run else {
-            self.training.view = TrainingView::Settings;
-            return;
-        };
-        match key.code {
-            KeyCode::Char('e') if run.state.is_active() => {
-                self.set_error("a run is in progress: stop it with x first".into());
-            }
-            KeyCode::Char('e') => {
-                // Offer to continue the run that just ended.
-                let name = run.name.clone();
-                self.refresh_runs();
-                if let Some(entry) = self.runs.iter().find(|r| r.name == name && r.checkpoint_step.is_some()).cloned() {
-                    self.training.form.load_run(&entry);
-                }
-                self.training.view = TrainingView::Settings;
-            }
-            _ => {}
-        }
-    }
-
-    fn settings_key(&mut self, key: KeyEvent) {
-        let setting = self.training.form.setting();
-        if let Some(input) = &mut self.training.form.editing {
-            match key.code {
-                KeyCode::Enter => {
-                    let value = input.value.trim().to_string();
-                    let set = match setting {
-                        Setting::Name => {
-                            self.training.form.custom_name = (!value.is_empty()).then_some(value);
-                            Ok(())
-                        }
-                        other => self.training.form.set_text(other, &value),
-                    };
-                    match set {
-                        Ok(()) => self.training.form.editing = None,
-                        // The text stays in the editor to be corrected.
-                        Err(e) => self.set_error(e),
-                    }
-                }
-                KeyCode::Esc => self.training.form.editing = None,
-                _ => {
-                    input.edit(&key, |_| true);
-                }
-            }
-            return;
-        }
-        if move_cursor(&mut self.training.form.cursor, Setting::ALL.len(), key.code) {
-            return;
-        }
-        match key.code {
-            KeyCode::Left | KeyCode::Char('h') => self.cycle_setting(setting, false),
-            KeyCode::Right | KeyCode::Char('l') => self.cycle_setting(setting, true),
-            KeyCode::Enter if setting.is_choice() => self.cycle_setting(setting, true),
-            KeyCode::Enter if self.training_setting_editable(setting) => {
-                self.training.form.editing = Some(TextInput::new(self.training_setting_value(setting)));
-            }
-            KeyCode::Enter => self.set_error(format!("{} is fixed by the saved run", setting.label())),
-            KeyCode::Char('s') => self.start_training(),
-            KeyCode::Char('e') if self.training.run.is_some() => self.training.view = TrainingView::Dashboard,
-            _ => {}
-        }
-    }
-
-    /// ←/→ on a setting: steps through runs, datasets, presets, generators or devices.
-    fn cycle_setting(&mut self, setting: Setting, forward: bool) {
-        if !self.training_setting_editable(setting) {
-            return self.set_error(format!("{} is fixed by the saved run", setting.label()));
-        }
-        let step = |i: usize, n: usize| if forward { (i + 1) % n } else { (i + n - 1) % n };
-        match setting {
-            Setting::Run => {
-                // Choices: a new run, then every run with a checkpoint.
-                let resumable: Vec<RunEntry> =
-                    self.runs.iter().filter(|r| r.checkpoint_step.is_some() && r.config.is_ok()).cloned().collect();
-                let current =
-                    self.training.form.resume.as_ref().and_then(|n| resumable.iter().position(|r| &r.name == n)).map_or(0, |i| i + 1);
-                match step(current, resumable.len() + 1) {
-                    0 => {
-                        self.training.form.resume = None;
-                        self.apply_preset();
-                    }
-                    i => self.training.form.load_run(&resumable[i - 1]),
-                }
-            }
-            Setting::Dataset => {
-                let usable: Vec<PathBuf> = self.datasets.entries.iter().filter(|e| e.dataset.is_ok()).map(|e| e.dir.clone()).collect();
-                if usable.is_empty() {
-                    return self.set_error("no dataset yet: create one on the Datasets screen (1, then n)".into());
-                }
-                let current = self.training_dataset().and_then(|d| usable.iter().position(|u| *u == d.dir)).unwrap_or(0);
-                self.training.form.dataset = Some(usable[step(current, usable.len())].clone());
-                self.apply_preset();
-            }
-            Setting::Preset => {
-                self.training.form.preset = step(self.training.form.preset, PRESETS.len());
-                self.apply_preset();
-            }
-            Setting::Generator => {
-                let mut text = self.training.form.generator.to_string();
-                cycle_text(&mut text, &GENERATORS, forward);
-                self.training.form.generator = text.parse().expect("GENERATORS are known generators");
-            }
-            Setting::Device => {
-                let choices = device_choices();
-                if let (Some(why), 1) = (&choices.no_cuda, choices.devices.len()) {
-                    return self.set_error(format!("only the CPU: {why}"));
-                }
-                let names: Vec<&str> = choices.devices.iter().map(|(n, _)| n.as_str()).collect();
-                cycle_text(&mut self.training.form.device, &names, forward)
-            }
-            Setting::Method => {
-                use clap::ValueEnum;
-                let all = Method::value_variants();
-                let i = all.iter().position(|m| *m == self.training.form.method).unwrap_or(0);
-                self.training.form.method = all[step(i, all.len())];
-                // The reference's epochs depend on the method (CUT 200 + 200, FastCUT 150 + 50).
-                if matches!(PRESETS[self.training.form.preset].length, PresetLength::ReferenceEpochs) {
-                    self.apply_preset();
-                }
-            }
-            Setting::Paired => self.training.form.paired = !self.training.form.paired,
-            Setting::KeepLuma => self.training.form.keep_luma = !self.training.form.keep_luma,
-            _ => {}
-        }
-    }
-
-    fn apply_preset(&mut self) {
-        let dataset = self.training_dataset().and_then(|d| d.dataset.as_ref().ok()).cloned();
-        self.training.form.apply_preset(dataset.as_ref());
-    }
-
-    /// Checks the settings and turns them into a configuration, with messages a user can act on.
-    fn training_plan(&self) -> Result<RunPlan, String> {
-        let form = &self.training.form;
-        let name = self.training_run_name();
-        check_run_name(&name)?;
-        let run_dir = self.options.checkpoints.join(&name);
-        let resume = form.resume.is_some();
-        let request = self.run_request(name.clone());
-        let config = if let Some(run) = self.resumed_run() {
-            if run.checkpoint_step.is_none() {
-                return Err(format!("run '{name}' has no checkpoint to resume"));
-            }
-            request.resume(&run_dir).map_err(|e| format!("{e:#}"))?
-        } else {
-            if resume {
-                return Err(format!("run '{name}' is no longer in {}", self.options.checkpoints.display()));
-            }
-            if self.runs.iter().any(|r| r.name == name && r.checkpoint_step.is_some()) {
-                return Err(format!("run '{name}' already has a checkpoint: choose it under Run to resume it, or change the name"));
-            }
-            let entry = self.training_dataset().ok_or("no dataset yet: create one on the Datasets screen (1, then n)")?;
-            entry.dataset.as_ref().map_err(Clone::clone)?;
-            request.new_run().map_err(|e| format!("{e:#}"))?
-        };
-        Ok(RunPlan { config, options: RunOptions { run_dir, resume } })
-    }
-
-    /// The form as a run request. For a resumed run only the length (of an iteration
-    /// schedule), the preview interval and the device apply.
-    fn run_request(&self, name: String) -> RunRequest {
-        let form = &self.training.form;
-        let preset = &PRESETS[form.preset];
-        let resuming = self.resumed_run().is_some();
-        let length = if self.resumed_run().is_some_and(|r| r.config.as_ref().is_ok_and(|c| !matches!(c.schedule, Schedule::Iters { .. }))) {
-            Length::ReferenceEpochs // an epoch schedule keeps its length
-        } else {
-            Length::Iters { iters: form.iters, decay_iters: form.decay_iters }
-        };
-        RunRequest {
-            name,
-            dataset: self.training_dataset().map(|d| d.dir.clone()),
-            method: Some(form.method),
-            generator: Some(form.generator),
-            ngf: Some(form.ngf),
-            ndf: Some(form.ngf),
-            size: Some(form.size),
-            length,
-            lr: Some(form.lr),
-            paired: form.paired,
-            keep_luma: form.keep_luma,
-            lambda_gan: Some(form.lambda_gan),
-            device: Some(form.device.trim().to_string()),
-            intervals: Intervals {
-                sample_every: Some(form.sample_every),
-                // A resumed run keeps its own; the preset's are for new runs.
-                save_every: (!resuming).then_some(preset.save_every),
-                log_every: (!resuming).then_some(preset.log_every),
-                health_every: (!resuming).then_some(preset.health_every),
-            },
-            ..Default::default()
-        }
-    }
-
-    pub(super) fn start_training(&mut self) {
-        if self.training.is_running() {
-            return self.set_error("a run is in progress: stop it with x first".into());
-        }
-        let plan = match self.training_plan() {
-            Ok(plan) => plan,
-            Err(e) => {
-                self.training.form.error = Some(e.clone());
-                return self.set_error(e);
-            }
-        };
-        let name = plan.config.name.clone();
-        let run_dir = plan.options.run_dir.clone();
-        // A failed save (full disk) becomes a warning in the event log and is retried at the next
-        // save, so a long run is not lost while the user frees space; the last save still must work.
-        let control = RunControl { keep_going_on_save_error: true, ..Default::default() };
-        match spawn_training(plan, control.clone(), &self.events) {
-            Ok(()) => {
-                self.training.form.error = None;
-                let mut monitor = RunMonitor::new(name.clone(), control);
-                monitor.run_dir = Some(run_dir);
-                self.training.run = Some(monitor);
-                self.training.view = TrainingView::Dashboard;
-                self.set_info(format!("training {name}…"));
-            }
-            Err(e) => self.set_error(format!("cannot start the training thread: {e}")),
-        }
-    }
-
-    pub(super) fn training_event(&mut self, event: TrainEvent) {
-        if let TrainEvent::Started { step, .. } = event {
-            // The run folder and its config exist from now on.
-            self.refresh_runs();
-            // A resumed run's charts start with its earlier steps (the log holds them; training
-            // has already dropped lines past the checkpoint it resumed from).
-            if let Some(run) = self.training.run.as_mut().filter(|r| step > 0 && r.history.is_empty()) {
-                if let Some(dir) = &run.run_dir {
-                    for (s, losses) in read_loss_log(&dir.join(LOG_FILE), step) {
-                        run.history.push(s, &losses);
-                    }
-                }
-            }
-        }
-        // Events come only from the run started here; the monitor exists since its start.
-        if let Some(run) = &mut self.training.run {
-            run.apply(event);
-        }
-    }
-
-    pub(super) fn training_ended(&mut self, outcome: Result<RunOutcome, String>) {
-        match &outcome {
-            Ok(RunOutcome::Finished { step }) => self.set_info(format!("training finished at step {step}")),
-            Ok(RunOutcome::Stopped { step }) => self.set_info(format!("training stopped at step {step}; checkpoint saved")),
-            Err(e) => self.set_error(format!("training failed: {e}")),
-        }
-        if let Some(run) = &mut self.training.run {
-            run.ended(outcome);
-        }
-        self.refresh_runs();
-    }
-
-    /// Asks a running training to stop and save; says whether one was running.
-    pub(super) fn stop_training(&mut self) -> bool {
-        self.training.run.as_mut().is_some_and(RunMonitor::stop)
-    }
-
-    /// `p` and `x` work on every screen while a run is active (outside text fields).
-    pub(super) fn run_control_key(&mut self, code: KeyCode) -> bool {
-        let Some(run) = self.training.run.as_mut().filter(|r| r.state.is_active()) else { return false };
-        match code {
-            KeyCode::Char('p') => run.toggle_pause(),
-            KeyCode::Char('x') => {
-                run.stop();
-                self.set_info("stopping: finishing this step and saving a checkpoint…".into());
-            }
-            _ => return false,
-        }
-        true
-    }
-}
 
 /// Replaces `text` by the next (or previous) of `choices`; text that is not among them goes
 /// to the first.

@@ -1,10 +1,10 @@
-//! The Datasets screen: the table of datasets, a folder's image list, the image preview and the
+//! Draws the Datasets screen from its state: the table of datasets, a folder's image list, the image preview and the
 //! "new dataset" form.
 
-use super::{panel, render_message, selected_style, with_cursor};
+use super::widgets::{panel, render_message, selected_style, with_cursor};
 use crate::data::{Dataset, ScanReport};
-use crate::tui::app::App;
-use crate::tui::datasets::{CreateField, CreateForm, CreateStatus, DatasetEntry, DatasetsScreen, Folder, ImageView};
+use crate::tui::dataset_scan::DatasetEntry;
+use crate::tui::datasets::{CreateField, CreateForm, CreateStatus, DatasetsScreen, Folder, ImageView};
 use crate::tui::preview::{ImagePanes, Pane};
 use ratatui::{
     layout::{Constraint, Layout, Rect},
@@ -13,12 +13,12 @@ use ratatui::{
     widgets::{Block, Cell, Clear, List, ListItem, ListState, Paragraph, Row, Table, TableState, Wrap},
     Frame,
 };
+use std::path::PathBuf;
 
-pub fn render(frame: &mut Frame, area: Rect, app: &App, images: &mut ImagePanes) {
-    let screen = &app.datasets;
+pub fn render(frame: &mut Frame, area: Rect, screen: &DatasetsScreen, roots: &[PathBuf], images: &mut ImagePanes) {
     let table_height = (screen.entries.len() as u16 + 3).clamp(5, (area.height / 2).max(5));
     let [top, bottom] = Layout::vertical([Constraint::Length(table_height), Constraint::Min(0)]).areas(area);
-    render_dataset_table(frame, top, app);
+    render_dataset_table(frame, top, screen, roots);
     let [left, right] = Layout::horizontal([Constraint::Percentage(40), Constraint::Percentage(60)]).areas(bottom);
     if screen.browsing {
         render_image_list(frame, left, screen);
@@ -31,19 +31,18 @@ pub fn render(frame: &mut Frame, area: Rect, app: &App, images: &mut ImagePanes)
     }
 }
 
-fn roots_label(app: &App) -> String {
-    app.options.datasets.iter().map(|r| format!("{}/", r.display())).collect::<Vec<_>>().join(", ")
+fn roots_label(roots: &[PathBuf]) -> String {
+    roots.iter().map(|r| format!("{}/", r.display())).collect::<Vec<_>>().join(", ")
 }
 
-fn render_dataset_table(frame: &mut Frame, area: Rect, app: &App) {
-    let screen = &app.datasets;
+fn render_dataset_table(frame: &mut Frame, area: Rect, screen: &DatasetsScreen, roots: &[PathBuf]) {
     let scanning = if screen.scanning { " · scanning…" } else { "" };
-    let block = panel(format!(" Datasets in {}{scanning} ", roots_label(app)), !screen.browsing);
+    let block = panel(format!(" Datasets in {}{scanning} ", roots_label(roots)), !screen.browsing);
     if screen.entries.is_empty() {
         let text = if screen.scanning {
             "Looking for datasets…".to_string()
         } else {
-            format!("No datasets in {} yet. Press n to create one from a folder of photos or from two folders.", roots_label(app))
+            format!("No datasets in {} yet. Press n to create one from a folder of photos or from two folders.", roots_label(roots))
         };
         frame.render_widget(Paragraph::new(text).block(block).wrap(Wrap { trim: false }), area);
         return;

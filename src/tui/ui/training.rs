@@ -1,10 +1,10 @@
-//! The Training screen: the settings form with the runs on disk, and the live dashboard (progress
+//! Draws the Training screen from its state: the settings form with the runs on disk, and the live dashboard (progress
 //! gauge, loss chart, preview grid, health and event log).
 
-use super::{panel, render_message, run_item, selected_style, state_color, with_cursor};
-use crate::tui::app::App;
+use super::widgets::{panel, render_message, run_item, selected_style, state_color, with_cursor};
+use crate::tui::action::Ctx;
 use crate::tui::preview::{ImagePanes, Pane};
-use crate::tui::training::{device_choices, Level, RunMonitor, RunState, Setting, TrainingView, LOSS_CURVES};
+use crate::tui::training::{device_choices, Level, RunMonitor, RunState, Setting, TrainingScreen, TrainingView, LOSS_CURVES};
 use ratatui::{
     layout::{Constraint, Layout, Rect},
     style::{Color, Style, Stylize},
@@ -15,21 +15,21 @@ use ratatui::{
 };
 use std::time::Duration;
 
-pub fn render(frame: &mut Frame, area: Rect, app: &App, images: &mut ImagePanes) {
-    match (&app.training.view, &app.training.run) {
+pub fn render(frame: &mut Frame, area: Rect, screen: &TrainingScreen, ctx: &Ctx, images: &mut ImagePanes) {
+    match (&screen.view, &screen.run) {
         (TrainingView::Dashboard, Some(run)) => render_dashboard(frame, area, run, images),
-        _ => render_settings_view(frame, area, app),
+        _ => render_settings_view(frame, area, screen, ctx),
     }
 }
 
-fn render_settings_view(frame: &mut Frame, area: Rect, app: &App) {
+fn render_settings_view(frame: &mut Frame, area: Rect, screen: &TrainingScreen, ctx: &Ctx) {
     let [settings_area, runs_area] = Layout::horizontal([Constraint::Percentage(50), Constraint::Percentage(50)]).areas(area);
-    render_settings(frame, settings_area, app);
-    render_runs(frame, runs_area, app);
+    render_settings(frame, settings_area, screen, ctx);
+    render_runs(frame, runs_area, screen, ctx);
 }
 
-fn render_settings(frame: &mut Frame, area: Rect, app: &App) {
-    let form = &app.training.form;
+fn render_settings(frame: &mut Frame, area: Rect, screen: &TrainingScreen, ctx: &Ctx) {
+    let form = &screen.form;
     let block = panel(" Settings ".into(), true);
     let inner = block.inner(area);
     frame.render_widget(block, area);
@@ -39,11 +39,11 @@ fn render_settings(frame: &mut Frame, area: Rect, app: &App) {
         let selected = i == form.cursor;
         let value = match (&form.editing, selected) {
             (Some(input), true) => with_cursor(&input.value),
-            _ if selected && setting.is_choice() => format!("‹ {} ›", app.training_setting_value(setting)),
-            _ if setting == Setting::Device => format!("{}  ({})", app.training_setting_value(setting), device_choices().note()),
-            _ => app.training_setting_value(setting),
+            _ if selected && setting.is_choice() => format!("‹ {} ›", screen.setting_value(setting, ctx)),
+            _ if setting == Setting::Device => format!("{}  ({})", screen.setting_value(setting, ctx), device_choices().note()),
+            _ => screen.setting_value(setting, ctx),
         };
-        let style = if app.training_setting_editable(setting) { Style::new() } else { Style::new().dim() };
+        let style = if screen.setting_editable(setting, ctx.runs) { Style::new() } else { Style::new().dim() };
         ListItem::new(format!("{:<18} {value}", setting.label())).style(style)
     });
     let highlight = if form.editing.is_some() { Style::new().fg(Color::Cyan) } else { selected_style() };
@@ -55,18 +55,18 @@ fn render_settings(frame: &mut Frame, area: Rect, app: &App) {
     }
 }
 
-fn render_runs(frame: &mut Frame, area: Rect, app: &App) {
-    let block = panel(format!(" Runs in {}/ ", app.options.checkpoints.display()), false);
-    if app.runs.is_empty() {
+fn render_runs(frame: &mut Frame, area: Rect, screen: &TrainingScreen, ctx: &Ctx) {
+    let block = panel(format!(" Runs in {}/ ", ctx.options.checkpoints.display()), false);
+    if ctx.runs.is_empty() {
         let text = "No runs yet. Choose a dataset and a preset, adjust the settings, and press s.\n\n\
                     \"quick CPU preview\" trains small networks on 64×64 crops in minutes; the reference presets \
                     reproduce the CycleGAN paper's settings (hours to days, best on a GPU).";
         frame.render_widget(Paragraph::new(text).block(block).wrap(Wrap { trim: false }), area);
         return;
     }
-    let items: Vec<ListItem> = app.runs.iter().map(run_item).collect();
+    let items: Vec<ListItem> = ctx.runs.iter().map(run_item).collect();
     // The run chosen for resuming is highlighted.
-    let resumed = app.training.form.resume.as_ref().and_then(|name| app.runs.iter().position(|r| &r.name == name));
+    let resumed = screen.form.resume.as_ref().and_then(|name| ctx.runs.iter().position(|r| &r.name == name));
     let list = List::new(items).block(block).highlight_style(selected_style());
     let mut state = ListState::default().with_selected(resumed);
     frame.render_stateful_widget(list, area, &mut state);

@@ -1,10 +1,11 @@
-//! The Translate screen: trained runs, the chosen model's test images, and the input beside its
+//! Draws the Translate screen from its state: trained runs, the chosen model's test images, and the input beside its
 //! translation.
 
-use super::{panel, run_item, selected_style, with_cursor};
-use crate::tui::app::App;
+use super::widgets::{panel, run_item, selected_style, with_cursor};
+use crate::tui::action::Ctx;
+use crate::tui::models::BUILTIN_NAME;
 use crate::tui::preview::{ImagePanes, Pane};
-use crate::tui::translate::{Focus, ModelState, TranslateScreen, BUILTIN_NAME};
+use crate::tui::translate::{Focus, ModelState, TranslateScreen};
 use ratatui::{
     layout::{Constraint, Layout, Rect},
     style::{Color, Stylize},
@@ -13,23 +14,22 @@ use ratatui::{
     Frame,
 };
 
-pub fn render(frame: &mut Frame, area: Rect, app: &App, images: &mut ImagePanes) {
+pub fn render(frame: &mut Frame, area: Rect, screen: &TranslateScreen, ctx: &Ctx, images: &mut ImagePanes) {
     let [left, right] = Layout::horizontal([Constraint::Percentage(35), Constraint::Percentage(65)]).areas(area);
     let [runs_area, images_area] = Layout::vertical([Constraint::Percentage(45), Constraint::Percentage(55)]).areas(left);
-    render_runs(frame, runs_area, app);
-    render_test_images(frame, images_area, &app.translate);
-    render_result(frame, right, &app.translate, images);
+    render_runs(frame, runs_area, screen, ctx);
+    render_test_images(frame, images_area, screen);
+    render_result(frame, right, screen, images);
 }
 
-fn render_runs(frame: &mut Frame, area: Rect, app: &App) {
-    let screen = &app.translate;
-    let block = panel(format!(" Models in {}/ ", app.options.checkpoints.display()), screen.focus == Focus::Runs);
+fn render_runs(frame: &mut Frame, area: Rect, screen: &TranslateScreen, ctx: &Ctx) {
+    let block = panel(format!(" Models in {}/ ", ctx.options.checkpoints.display()), screen.focus == Focus::Runs);
     // The built-in model is always there, after the runs.
     let builtin = ListItem::new(vec![
         Line::from(BUILTIN_NAME).bold(),
         Line::from("  gray→color · shipped with cyclestudio").dim(),
     ]);
-    let items = app.runs.iter().map(run_item).chain(std::iter::once(builtin));
+    let items = ctx.runs.iter().map(run_item).chain(std::iter::once(builtin));
     let list = List::new(items).block(block).highlight_style(selected_style()).highlight_symbol("› ");
     let mut state = ListState::default().with_selected(Some(screen.run_index));
     frame.render_stateful_widget(list, area, &mut state);
