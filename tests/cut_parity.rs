@@ -8,7 +8,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use cyclestudio::data::DomainSpec;
 use cyclestudio::model::antialias::{blur_down, blur_up};
-use cyclestudio::model::{DiscriminatorConfig, Generator, GeneratorConfig, GeneratorKind, OutputMode, PatchGan};
+use cyclestudio::model::{DiscriminatorConfig, Feature, Generator, GeneratorConfig, GeneratorKind, OutputMode, PatchGan};
 use cyclestudio::train::patchnce::{patch_nce_loss, PatchSampleF};
 use cyclestudio::train::{CutDraws, CutTrainer, Method, NceConfig, Schedule, TrainConfig};
 use std::collections::HashMap;
@@ -93,8 +93,8 @@ fn patchnce_loss_and_gradients_match_reference() {
         v.set(&w[k]).unwrap();
     }
     let q: Vec<Var> = (0..2).map(|i| Var::from_tensor(&fx[&format!("feat_q.{i}")]).unwrap()).collect();
-    let qt: Vec<Tensor> = q.iter().map(|v| v.as_tensor().clone()).collect();
-    let k: Vec<Tensor> = (0..2).map(|i| fx[&format!("feat_k.{i}")].clone()).collect();
+    let qt: Vec<Feature> = q.iter().map(|v| Feature::from(v.as_tensor().clone())).collect();
+    let k: Vec<Feature> = (0..2).map(|i| Feature::from(fx[&format!("feat_k.{i}")].clone())).collect();
     let id: Vec<Vec<u32>> = (0..2).map(|i| ids(&fx[&format!("ids.{i}")])).collect();
     let kp = f.forward(&k, &id).unwrap();
     let qp = f.forward(&qt, &id).unwrap();

@@ -2,7 +2,7 @@
 
 use super::antialias::blur_down;
 use super::{Conv2d, DiscriminatorConfig};
-use crate::ops::{leaky_relu, Act};
+use crate::ops::Act;
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
@@ -40,7 +40,7 @@ impl PatchGan {
             h = if i == last {
                 layer.forward(&h)?
             } else if i == 0 {
-                leaky_relu(&layer.forward(&h)?, 0.2)?
+                layer.forward_act(&h, Act::LeakyRelu(0.2))?
             } else {
                 layer.forward_norm_act(&h, Act::LeakyRelu(0.2))?
             };

@@ -32,6 +32,16 @@ impl Conv2d {
         self.forward_unbiased(xs)?.broadcast_add(&self.bias.reshape((1, (), 1, 1))?)
     }
 
+    /// `act(conv(xs) + bias)` for Relu or LeakyRelu, the bias and activation in one op.
+    pub fn forward_act(&self, xs: &Tensor, act: Act) -> Result<Tensor> {
+        crate::ops::bias::bias_act(&self.forward_unbiased(xs)?, &self.bias, act)
+    }
+
+    /// The convolution without its bias: `forward` is this plus `bias` per channel.
+    pub fn forward_unbiased(&self, xs: &Tensor) -> Result<Tensor> {
+        crate::ops::conv::conv2d(xs, &self.weight, self.stride, self.padding)
+    }
+
     /// `act(instance_norm(conv(xs)))`. The bias is left out: normalisation subtracts every
     /// plane's mean, so it cancels exactly (its true gradient is 0 and it is never updated).
     pub fn forward_norm_act(&self, xs: &Tensor, act: Act) -> Result<Tensor> {
@@ -45,10 +55,6 @@ impl Conv2d {
             candle_core::bail!("a reflection-padded convolution needs stride 1 and no zero padding");
         }
         norm_act(&crate::ops::conv::conv2d_reflect(xs, &self.weight, pad)?, act)
-    }
-
-    fn forward_unbiased(&self, xs: &Tensor) -> Result<Tensor> {
-        crate::ops::conv::conv2d(xs, &self.weight, self.stride, self.padding)
     }
 
     /// The same layer with weights cut off from autograd (a frozen network).

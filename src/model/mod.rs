@@ -16,7 +16,7 @@ pub use chroma::{compose_chroma_over_luma, lowpass_chroma};
 pub use config::{DiscriminatorConfig, GeneratorConfig, GeneratorKind, OutputMode};
 pub use discriminator::PatchGan;
 pub use layers::{Conv2d, ConvTranspose2d};
-pub use resnet::ResnetGenerator;
+pub use resnet::{Feature, ResnetGenerator};
 pub use spec::{ModelSpec, MODEL_FILE};
 pub use unet::UnetGenerator;
 
@@ -61,15 +61,20 @@ impl Generator {
     /// Encoder features at the reference's `nn.Sequential` indices (see
     /// [`ResnetGenerator::encode`]), for PatchNCE. Only the anti-aliased ResNet (CUT) has them.
     pub fn encode(&self, xs: &Tensor, layers: &[usize]) -> Result<Vec<Tensor>> {
+        self.encode_features(xs, layers)?.iter().map(Feature::full).collect()
+    }
+
+    /// [`Self::encode`] with convolution outputs' biases kept apart (see [`Feature`]).
+    pub fn encode_features(&self, xs: &Tensor, layers: &[usize]) -> Result<Vec<Feature>> {
         match &self.network {
-            GeneratorNetwork::Resnet(g) => g.encode(xs, layers),
+            GeneratorNetwork::Resnet(g) => g.encode_features(xs, layers),
             GeneratorNetwork::Unet(_) => candle_core::bail!("encode needs a ResNet generator"),
         }
     }
 
     /// The output and the encoder features at `layers` from one pass (see
     /// [`ResnetGenerator::forward_with_features`]).
-    pub fn forward_with_features(&self, xs: &Tensor, layers: &[usize]) -> Result<(Tensor, Vec<Tensor>)> {
+    pub fn forward_with_features(&self, xs: &Tensor, layers: &[usize]) -> Result<(Tensor, Vec<Feature>)> {
         let GeneratorNetwork::Resnet(g) = &self.network else { candle_core::bail!("encode needs a ResNet generator") };
         let (raw, feats) = g.forward_with_features(xs, layers)?;
         Ok((self.output_from(xs, raw)?.0, feats))

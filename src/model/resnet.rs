@@ -50,6 +50,43 @@ pub struct ResnetGenerator {
     antialias: bool,
 }
 
+/// An encoder feature map `map + bias` [B,C,H,W], with the bias of the convolution that made it
+/// kept apart (`None`: no bias): PatchNCE reads a few hundred positions of a map, so the bias is
+/// added to those ([`Feature::full`] adds it everywhere).
+#[derive(Clone, Debug)]
+pub struct Feature {
+    pub map: Tensor,
+    /// [C]
+    pub bias: Option<Tensor>,
+}
+
+impl From<Tensor> for Feature {
+    fn from(map: Tensor) -> Self {
+        Self { map, bias: None }
+    }
+}
+
+impl Feature {
+    /// The whole feature map, bias included.
+    pub fn full(&self) -> Result<Tensor> {
+        match &self.bias {
+            Some(b) => self.map.broadcast_add(&b.reshape((1, (), 1, 1))?),
+            None => Ok(self.map.clone()),
+        }
+    }
+
+    /// Cut off from autograd.
+    pub fn detach(&self) -> Self {
+        Self { map: self.map.detach(), bias: self.bias.as_ref().map(Tensor::detach) }
+    }
+
+    /// The same feature with `f` applied to the map (a spatial rearrangement, such as a flip,
+    /// which the per-channel bias does not notice).
+    pub fn map_spatial(&self, f: impl Fn(&Tensor) -> Result<Tensor>) -> Result<Self> {
+        Ok(Self { map: f(&self.map)?, bias: self.bias.clone() })
+    }
+}
+
 /// Index in the reference's `nn.Sequential` of the first residual block of the anti-aliased
 /// generator (pad, conv, norm, relu, then 2 × (conv, norm, relu, Downsample)).
 const FIRST_BLOCK: usize = 12;
@@ -89,6 +126,11 @@ impl ResnetGenerator {
     /// returns them. Stops after the last requested layer. A requested convolution output
     /// includes its bias (the reference's features do; the norm after it cancels it).
     pub fn encode(&self, xs: &Tensor, layers: &[usize]) -> Result<Vec<Tensor>> {
+        self.encode_features(xs, layers)?.iter().map(Feature::full).collect()
+    }
+
+    /// [`Self::encode`] with convolution outputs' biases kept apart (see [`Feature`]).
+    pub fn encode_features(&self, xs: &Tensor, layers: &[usize]) -> Result<Vec<Feature>> {
         let Some(&last) = layers.iter().max() else { return Ok(Vec::new()) };
         Ok(self.encode_through(xs, layers, last)?.1)
     }
@@ -96,14 +138,14 @@ impl ResnetGenerator {
     /// The output and the encoder features at `layers` from one pass: what [`Self::forward`]
     /// and [`Self::encode`] give, without running the encoder twice (CUT's PatchNCE keys are the
     /// features of the very images the generator translates).
-    pub fn forward_with_features(&self, xs: &Tensor, layers: &[usize]) -> Result<(Tensor, Vec<Tensor>)> {
+    pub fn forward_with_features(&self, xs: &Tensor, layers: &[usize]) -> Result<(Tensor, Vec<Feature>)> {
         let top = FIRST_BLOCK + self.blocks.len() - 1;
         let (h, feats) = self.encode_through(xs, layers, top)?;
         Ok((self.decode(&h)?, feats))
     }
 
     /// The encoder up to layer `last` (its output) and the features at `layers` on the way.
-    fn encode_through(&self, xs: &Tensor, layers: &[usize], last: usize) -> Result<(Tensor, Vec<Tensor>)> {
+    fn encode_through(&self, xs: &Tensor, layers: &[usize], last: usize) -> Result<(Tensor, Vec<Feature>)> {
         if !self.antialias {
             candle_core::bail!("encode needs the anti-aliased (CUT) ResNet generator");
         }
@@ -115,7 +157,7 @@ impl ResnetGenerator {
         let mut feats = Vec::new();
         let mut h = reflect_pad2d(xs, 3)?; // 0: [B,Cin,H+6,W+6]
         if want(0) {
-            feats.push(h.clone());
+            feats.push(Feature::from(h.clone()));
         }
         // conv (base), norm (base+1), relu (base+2); then a blur-pool (base+3) for the downs.
         let stages = std::iter::once((&self.stem, 1, false)).chain(self.down.iter().zip([4, 8]).map(|(c, b)| (c, b, true)));
@@ -123,26 +165,26 @@ impl ResnetGenerator {
             if last < base {
                 return Ok((h, feats));
             }
-            h = if want(base) || want(base + 1) {
-                let y = conv.forward(&h)?;
-                if want(base) {
-                    feats.push(y.clone());
-                }
+            // The conv output is normalised without its bias (the norm cancels it); a requested
+            // conv output keeps the bias apart, to be added where PatchNCE samples it.
+            let y = conv.forward_unbiased(&h)?;
+            if want(base) {
+                feats.push(Feature { map: y.clone(), bias: Some(conv.bias.clone()) });
+            }
+            h = if want(base + 1) {
                 let n = norm_act(&y, Act::Identity)?;
-                if want(base + 1) {
-                    feats.push(n.clone());
-                }
+                feats.push(Feature::from(n.clone()));
                 n.relu()?
             } else {
-                conv.forward_norm_act(&h, Act::Relu)?
+                norm_act(&y, Act::Relu)?
             };
             if want(base + 2) {
-                feats.push(h.clone());
+                feats.push(Feature::from(h.clone()));
             }
             if pool && last >= base + 3 {
                 h = blur_down(&h)?; // [B,2C,H/2,W/2]
                 if want(base + 3) {
-                    feats.push(h.clone());
+                    feats.push(Feature::from(h.clone()));
                 }
             }
         }
@@ -152,7 +194,7 @@ impl ResnetGenerator {
             }
             h = b.forward(&h)?; // [B,4ngf,H/4,W/4]
             if want(FIRST_BLOCK + i) {
-                feats.push(h.clone());
+                feats.push(Feature::from(h.clone()));
             }
         }
         Ok((h, feats))

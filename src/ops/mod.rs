@@ -2,7 +2,8 @@
 //! Winograd, fused instance norm, reflection padding), the device-generic fallbacks built from
 //! candle's ops (what a GPU runs), losses, CPU settings and the switches between the two paths.
 //! Layers: `gemm` (matrix products, scratch buffers) is the leaf; `winograd` uses it; `conv` uses
-//! both; `norm`, `pad` and `blur` (CUT's anti-aliasing filters) stand alone.
+//! both; `norm`, `pad` and `blur` (CUT's anti-aliasing filters) stand alone; `bias` uses `norm`'s
+//! activations.
 
 /// Defines a function whose body is compiled for AVX-512, for AVX2 + FMA and for the build's
 /// baseline, and runs the best one the CPU has (detected once). For the vectorised loops of our
@@ -36,6 +37,7 @@ macro_rules! simd_fn {
     };
 }
 
+pub mod bias;
 pub(crate) mod blur;
 pub mod conv;
 pub(crate) mod gemm;

@@ -25,7 +25,7 @@ pub enum Act {
 
 impl Act {
     #[inline(always)]
-    fn apply(self, v: f32) -> f32 {
+    pub(crate) fn apply(self, v: f32) -> f32 {
         match self {
             Act::Identity => v,
             Act::Relu => v.max(0.0),
@@ -41,7 +41,7 @@ impl Act {
 
     /// d act / d v at `v`.
     #[inline(always)]
-    fn slope_at(self, v: f32) -> f32 {
+    pub(crate) fn slope_at(self, v: f32) -> f32 {
         match self {
             Act::Identity => 1.0,
             Act::Relu => {
@@ -100,7 +100,7 @@ fn lane_sum2(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f64 {
 
 /// Σ f(x_i) with [`lane_sum2`]'s accumulators.
 #[inline]
-fn lane_sum(xs: &[f32], f: impl Fn(f32) -> f32) -> f64 {
+pub(crate) fn lane_sum(xs: &[f32], f: impl Fn(f32) -> f32) -> f64 {
     lane_sum2(xs, xs, |x, _| f(x))
 }
 

@@ -6,7 +6,7 @@ use super::patchnce::{draw_patch_ids, patch_nce_loss, PatchSampleF};
 use super::trainer::{gan_loss, init_weights, load_weights, named_weights, set_named_weights, sorted_vars, Divergence, Losses, OPTIM_FILE};
 use super::{Adam, NceConfig, TrainConfig};
 use crate::checkpoint::{load_generation, safetensors_bytes, save_generation, Generation, Network};
-use crate::model::{Generator, PatchGan};
+use crate::model::{Feature, Generator, PatchGan};
 use crate::ops::{adapt_channels, all_finite};
 use crate::util::Rng;
 use anyhow::{bail, Context, Result};
@@ -65,10 +65,10 @@ fn xavier_std(dims: &[usize], gain: f64) -> f64 {
 }
 
 /// Horizontal flip of [B,C,H,W] (`torch.flip(x, [3])`).
-fn flip_w(xs: &Tensor) -> Result<Tensor> {
+fn flip_w(xs: &Tensor) -> candle_core::Result<Tensor> {
     let w = xs.dim(3)?;
     let idx = Tensor::from_vec((0..w as u32).rev().collect::<Vec<_>>(), w, xs.device())?;
-    Ok(xs.index_select(&idx, 3)?)
+    xs.index_select(&idx, 3)
 }
 
 fn net_index(net: &str) -> Option<usize> {
@@ -234,7 +234,7 @@ impl CutTrainer {
         }
         if flip {
             let fake = self.g.forward(&flip_w(x)?)?;
-            let keys = self.nce_keys(&self.g.encode(x, layers)?, ids, rng)?;
+            let keys = self.nce_keys(&self.g.encode_features(x, layers)?, ids, rng)?;
             return Ok((fake, Some(keys)));
         }
         let (fake, feats) = self.g.forward_with_features(x, layers)?;
@@ -244,12 +244,12 @@ impl CutTrainer {
     /// The keys of PatchNCE for the encoder features `feat_k` of its source images: patch ids
     /// per layer (given, or drawn as the reference draws them) and F's projections of those
     /// patches, detached.
-    fn nce_keys(&self, feat_k: &[Tensor], ids: Option<&[Vec<u32>]>, rng: &mut Rng) -> Result<NceKeys> {
+    fn nce_keys(&self, feat_k: &[Feature], ids: Option<&[Vec<u32>]>, rng: &mut Rng) -> Result<NceKeys> {
         let ids: Vec<Vec<u32>> = match ids {
             Some(ids) => ids.to_vec(),
-            None => feat_k.iter().map(|f| Ok(draw_patch_ids(f.dim(2)? * f.dim(3)?, self.nce.num_patches, rng))).collect::<Result<_>>()?,
+            None => feat_k.iter().map(|f| Ok(draw_patch_ids(f.map.dim(2)? * f.map.dim(3)?, self.nce.num_patches, rng))).collect::<Result<_>>()?,
         };
-        let detached: Vec<Tensor> = feat_k.iter().map(Tensor::detach).collect();
+        let detached: Vec<Feature> = feat_k.iter().map(Feature::detach).collect();
         let pooled = self.f.forward(&detached, &ids)?.iter().map(Tensor::detach).collect();
         Ok(NceKeys { ids, pooled })
     }
@@ -259,9 +259,9 @@ impl CutTrainer {
     /// patches of `keys` and the keys (of `src`), averaged over the NCE layers.
     fn nce_loss(&self, keys: &NceKeys, tgt: &Tensor, flip: bool) -> Result<Tensor> {
         let layers = &self.nce.nce_layers;
-        let mut feat_q = self.g.encode(tgt, layers)?;
+        let mut feat_q = self.g.encode_features(tgt, layers)?;
         if flip {
-            feat_q = feat_q.iter().map(flip_w).collect::<Result<_>>()?;
+            feat_q = feat_q.iter().map(|f| f.map_spatial(flip_w)).collect::<candle_core::Result<_>>()?;
         }
         let q_pool = self.f.forward(&feat_q, &keys.ids)?;
         let batch = tgt.dim(0)?;

@@ -3,6 +3,7 @@
 //! with `nce_includes_all_negatives_from_minibatch` off.
 
 use crate::util::Rng;
+use crate::model::Feature;
 use candle_core::{DType, Result, Tensor, D};
 use candle_nn::{Init, VarBuilder};
 
@@ -76,7 +77,7 @@ impl PatchSampleF {
     /// Projects the sampled patches of every layer: `feats[i]` [B,C,H,W] with `ids[i]` (indices
     /// into H·W) → [B·P, nc], L2-normalised. Patches are ordered image-major as the reference's
     /// `permute(0,2,3,1).flatten(1,2)[:, ids, :].flatten(0,1)`.
-    pub fn forward(&self, feats: &[Tensor], ids: &[Vec<u32>]) -> Result<Vec<Tensor>> {
+    pub fn forward(&self, feats: &[Feature], ids: &[Vec<u32>]) -> Result<Vec<Tensor>> {
         if feats.len() != self.mlps.len() || ids.len() != feats.len() {
             candle_core::bail!("{} features and {} id lists for {} heads", feats.len(), ids.len(), self.mlps.len());
         }
@@ -93,8 +94,17 @@ impl PatchSampleF {
     }
 }
 
-/// `feat` [B,C,H,W] → the features at positions `ids` of each image, [B·P,C].
-pub fn sample_patches(feat: &Tensor, ids: &[u32]) -> Result<Tensor> {
+/// `feat` [B,C,H,W] → the features at positions `ids` of each image, [B·P,C], its bias (if kept
+/// apart) added to them.
+pub fn sample_patches(feat: &Feature, ids: &[u32]) -> Result<Tensor> {
+    let picked = sample_map(&feat.map, ids)?;
+    match &feat.bias {
+        Some(b) => picked.broadcast_add(b),
+        None => Ok(picked),
+    }
+}
+
+fn sample_map(feat: &Tensor, ids: &[u32]) -> Result<Tensor> {
     let (b, c, h, w) = feat.dims4()?;
     // Gather first, transpose after: only the P sampled columns are moved, not the whole map
     // (the reference's permute copies all H·W positions, and its gradient would be strided).
@@ -143,8 +153,12 @@ mod tests {
         // feat[b,c,y,x] = 100b + 10c + (2y + x) for a 2×2 image.
         let v: Vec<f32> = (0..2).flat_map(|b| (0..3).flat_map(move |c| (0..4).map(move |p| (100 * b + 10 * c + p) as f32))).collect();
         let feat = Tensor::from_vec(v, (2, 3, 2, 2), &Device::Cpu).unwrap();
-        let s = sample_patches(&feat, &[3, 1]).unwrap().to_vec2::<f32>().unwrap();
+        let s = sample_patches(&Feature::from(feat.clone()), &[3, 1]).unwrap().to_vec2::<f32>().unwrap();
         assert_eq!(s, vec![vec![3., 13., 23.], vec![1., 11., 21.], vec![103., 113., 123.], vec![101., 111., 121.]]);
+        // A bias kept apart is added to the sampled rows, as if it were in the map.
+        let bias = Tensor::new(&[0.5f32, 1.0, 2.0], &Device::Cpu).unwrap();
+        let s = sample_patches(&Feature { map: feat, bias: Some(bias) }, &[3]).unwrap().to_vec2::<f32>().unwrap();
+        assert_eq!(s, vec![vec![3.5, 14., 25.], vec![103.5, 114., 125.]]);
     }
 
     #[test]

@@ -1,0 +1,136 @@
+//! A per-channel bias followed by an activation, `act(x + b)`, as one candle custom op with its
+//! own backward pass (the PatchGAN's first layer; full resolution in the anti-aliased one).
+//!
+//! Composed from generic ops, `leaky_relu(x + b)` is a broadcast add, a scale and a maximum, and
+//! their backward passes (masks from comparisons, divisions, per-op gradient sums) take about a
+//! dozen passes over the map, most of them on one thread. Here forward is one pass and backward
+//! two (the gradient, then its per-channel sums for the bias).
+
+use super::norm::Act;
+use super::{cpu_f32, f32_data};
+use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+/// `act(xs + bias)` for `xs` [B,C,H,W] and `bias` [C]; f32 CPU tensors take the fused kernel,
+/// others (and `Act::Identity`, a plain broadcast add) the composed ops. The fused backward reads
+/// the slope off the output, which Relu and LeakyRelu allow.
+pub fn bias_act(xs: &Tensor, bias: &Tensor, act: Act) -> Result<Tensor> {
+    if !(cpu_f32(xs) && cpu_f32(bias)) || act == Act::Identity {
+        return act.compose(&xs.broadcast_add(&bias.reshape((1, (), 1, 1))?)?);
+    }
+    xs.contiguous()?.apply_op2(&bias.contiguous()?, BiasAct { act })
+}
+
+struct BiasAct {
+    act: Act,
+}
+
+impl CustomOp2 for BiasAct {
+    fn name(&self) -> &'static str {
+        "bias-act"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (x, b) = (f32_data(s1, l1)?, f32_data(s2, l2)?);
+        let (_, c, h, w) = l1.shape().dims4()?;
+        if b.len() != c {
+            bail!("bias_act: bias {:?} for {c} channels", l2.dims());
+        }
+        let (hw, act) = (h * w, self.act);
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(hw).zip(x.par_chunks(hw)).enumerate().for_each(|(i, (yp, xp))| {
+            let bias = b[i % c];
+            for (o, &v) in yp.iter_mut().zip(xp) {
+                *o = act.apply(v + bias);
+            }
+        });
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    /// The slope at x + b is the slope at the output (both activations keep the sign).
+    fn bwd(&self, x: &Tensor, bias: &Tensor, res: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let g = res.apply_op2_no_bwd(&dy.contiguous()?, &ActGrad { act: self.act })?; // [B,C,H,W]
+        let db = bias.track_op().then(|| g.apply_op1_no_bwd(&ChannelSums)).transpose()?;
+        Ok((x.track_op().then_some(g), db))
+    }
+}
+
+/// dy · act'(y) from the op's output y and dy.
+struct ActGrad {
+    act: Act,
+}
+
+impl CustomOp2 for ActGrad {
+    fn name(&self) -> &'static str {
+        "bias-act-bwd"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (y, dy) = (f32_data(s1, l1)?, f32_data(s2, l2)?);
+        if y.len() != dy.len() {
+            bail!("bias_act backward: gradient {:?} does not match output {:?}", l2.dims(), l1.dims());
+        }
+        let act = self.act;
+        let mut g = vec![0f32; y.len()];
+        g.par_chunks_mut(1 << 14).zip(y.par_chunks(1 << 14).zip(dy.par_chunks(1 << 14))).for_each(|(gc, (yc, dc))| {
+            for ((o, &v), &d) in gc.iter_mut().zip(yc).zip(dc) {
+                *o = d * act.slope_at(v);
+            }
+        });
+        Ok((CpuStorage::F32(g), l1.shape().clone()))
+    }
+}
+
+/// [B,C,H,W] → [C], the sum over everything but the channel (candle's `sum((0, 2, 3))` walks
+/// the map one index at a time, on one thread).
+struct ChannelSums;
+
+impl CustomOp1 for ChannelSums {
+    fn name(&self) -> &'static str {
+        "channel-sums"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let g = f32_data(s, l)?;
+        let (b, c, h, w) = l.shape().dims4()?;
+        let hw = h * w;
+        let sums: Vec<f32> = (0..c)
+            .into_par_iter()
+            .map(|ch| (0..b).map(|n| super::norm::lane_sum(&g[(n * c + ch) * hw..][..hw], |v| v)).sum::<f64>() as f32)
+            .collect();
+        Ok((CpuStorage::F32(sums), Shape::from(c)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn sample(n: usize, seed: usize) -> Vec<f32> {
+        (0..n).map(|i| super::super::test_value(i * 3 + seed) * 3.0).collect()
+    }
+
+    /// Forward and both gradients against the composed ops, for both activations.
+    #[test]
+    fn fused_matches_composed() {
+        let dev = Device::Cpu;
+        let shape = (2, 3, 5, 7);
+        let n = 2 * 3 * 5 * 7;
+        for act in [Act::Relu, Act::LeakyRelu(0.2)] {
+            let x = Var::from_tensor(&Tensor::from_vec(sample(n, 1), shape, &dev).unwrap()).unwrap();
+            let b = Var::from_tensor(&Tensor::new(&[0.3f32, -0.2, 0.05], &dev).unwrap()).unwrap();
+            let weights = Tensor::from_vec(sample(n, 2), shape, &dev).unwrap();
+            let fused = bias_act(x.as_tensor(), b.as_tensor(), act).unwrap();
+            let composed = act.compose(&x.as_tensor().broadcast_add(&b.as_tensor().reshape((1, 3, 1, 1)).unwrap()).unwrap()).unwrap();
+            let diff = |a: &Tensor, c: &Tensor| (a - c).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+            assert!(diff(&fused, &composed) < 1e-6, "{act:?} forward");
+            let gf = (fused * &weights).unwrap().sum_all().unwrap().backward().unwrap();
+            let gc = (composed * &weights).unwrap().sum_all().unwrap().backward().unwrap();
+            for v in [&x, &b] {
+                let d = diff(gf.get(v.as_tensor()).unwrap(), gc.get(v.as_tensor()).unwrap());
+                assert!(d < 1e-5, "{act:?} gradient {d}");
+            }
+        }
+    }
+}
