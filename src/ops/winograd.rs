@@ -29,6 +29,7 @@
 use super::gemm::{matmul_batch, with_scratch, with_scratch_slot, Mat};
 use super::f32_data;
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use std::sync::{Arc, Mutex};
 use rayon::prelude::*;
 
 /// Whether a convolution takes this path: 3×3 or 4×4, stride 1, padding 0 or 1, and enough
@@ -757,11 +758,26 @@ fn forward_kernel(x: &[f32], w: &[f32], cin: usize, cout: usize, t: &Tiles) -> V
     y
 }
 
-fn data_grad_kernel(dy: &[f32], w: &[f32], cin: usize, cout: usize, t: &Tiles) -> Vec<f32> {
+/// dM of every band of every image, in the order [`for_each_band`] visits them: what the data
+/// gradient computes and the filter gradient of the same backward pass needs again.
+fn kept_dm_len(images: usize, cin: usize, cout: usize, t: &Tiles) -> usize {
+    images * t.bands(cin + cout).iter().map(|&b| t.positions() * t.band_stride(b) * cout).sum::<usize>()
+}
+
+/// `keep`: where dM is written (then read from) instead of band scratch, sized by
+/// [`kept_dm_len`], for [`filter_grad_kernel`] to reuse.
+fn data_grad_kernel(dy: &[f32], w: &[f32], cin: usize, cout: usize, t: &Tiles, mut keep: Option<&mut [f32]>) -> Vec<f32> {
     let mut dx = vec![0f32; dy.len() / (cout * t.ho * t.wo) * cin * t.plane()];
+    let mut at = 0;
     with_filter(w, cout, cin, t, |u| {
         let images = dy.chunks_exact(cout * t.ho * t.wo).zip(dx.chunks_exact_mut(cin * t.plane()));
-        for_each_band(t, cin, cout, cout, images, |(dyb, dxb), band, dm, dv| {
+        for_each_band(t, cin, cout, cout, images, |(dyb, dxb), band, scratch, dv| {
+            let len = t.positions() * t.band_stride(band) * cout;
+            let dm = match keep.as_deref_mut() {
+                Some(kept) => &mut kept[at..at + len],
+                None => scratch,
+            };
+            at += len;
             output_transform_adjoint(dyb, cout, t, band, dm);
             // dV[ξ] [Cin, Tb] = U[ξ]ᵀ · dM[ξ]; U[ξ] is [Cout, Cin].
             gemm_per_position(u, true, cin, cout, dm, t, band, dv);
@@ -771,16 +787,26 @@ fn data_grad_kernel(dy: &[f32], w: &[f32], cin: usize, cout: usize, t: &Tiles) -
     dx
 }
 
-fn filter_grad_kernel(x: &[f32], dy: &[f32], cin: usize, cout: usize, t: &Tiles) -> Vec<f32> {
+/// `kept`: dM as [`data_grad_kernel`] kept it for this `dy`, if it did.
+fn filter_grad_kernel(x: &[f32], dy: &[f32], cin: usize, cout: usize, t: &Tiles, kept: Option<&[f32]>) -> Vec<f32> {
     let pos = t.positions();
+    let mut at = 0;
     // dU in the reused buffer: the first band's GEMMs overwrite it, the others add.
     with_scratch_slot(1, pos * cout * cin, |du| {
         let mut first = true;
         let images = x.chunks_exact(cin * t.plane()).zip(dy.chunks_exact(cout * t.ho * t.wo));
-        for_each_band(t, cin, cout, cin, images, |(xb, dyb), band, v, dm| {
+        for_each_band(t, cin, cout, cin, images, |(xb, dyb), band, v, scratch| {
             let (tb, ts) = ((band.1 - band.0) * t.tw, t.band_stride(band));
             input_transform(xb, cin, t, band, v);
-            output_transform_adjoint(dyb, cout, t, band, dm);
+            let len = pos * ts * cout;
+            let dm: &[f32] = match kept {
+                Some(kept) => &kept[at..at + len],
+                None => {
+                    output_transform_adjoint(dyb, cout, t, band, scratch);
+                    scratch
+                }
+            };
+            at += len;
             // dU[ξ] [Cout, Cin] (+)= dM[ξ] [Cout, Tb] · V[ξ]ᵀ [Tb, Cin].
             let lhs = Mat { data: dm, rs: pos * ts, cs: 1 };
             let rhs = Mat { data: v, rs: 1, cs: pos * ts };
@@ -797,18 +823,54 @@ struct Forward {
     k: Kernel,
 }
 
-/// (dy [B,Cout,H+2p−r+1,W+2p−r+1], w [Cout,Cin,r,r]) → dx [B,Cin,H,W].
+/// (dy [B,Cout,H+2p−r+1,W+2p−r+1], w [Cout,Cin,r,r]) → dx [B,Cin,H,W]. With `keep`, its dM
+/// is left there for the [`FilterGrad`] of the same backward pass.
 struct DataGrad {
     h: usize,
     w: usize,
     pad: Pad,
     k: Kernel,
+    keep: Option<KeptDm>,
 }
 
-/// (x [B,Cin,H,W], dy [B,Cout,H+2p−r+1,W+2p−r+1]) → dW [Cout,Cin,r,r].
+/// (x [B,Cin,H,W], dy [B,Cout,H+2p−r+1,W+2p−r+1]) → dW [Cout,Cin,r,r]. With `kept` filled by
+/// the [`DataGrad`] of the same `dy`, its dM is read instead of computed again.
 struct FilterGrad {
     pad: Pad,
     k: Kernel,
+    kept: Option<KeptDm>,
+}
+
+/// dM handed from a backward pass's data gradient to its filter gradient: the output adjoint
+/// A dY Aᵀ is the same for both and costs as much as the forward's output transform. The buffer
+/// (2.25× dy for 3×3 kernels, 4× for 4×4) is taken from and returned to a per-thread pool, so
+/// it is not allocated and faulted in on every layer.
+#[derive(Clone, Default)]
+struct KeptDm(Arc<Mutex<Option<Vec<f32>>>>);
+
+thread_local! {
+    static DM_POOL: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+impl KeptDm {
+    /// A pooled buffer of `len` floats (contents unspecified).
+    fn buffer(len: usize) -> Vec<f32> {
+        let mut buf = DM_POOL.with(std::cell::Cell::take);
+        buf.resize(len, 0.0);
+        buf
+    }
+
+    fn put(&self, buf: Vec<f32>) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(buf);
+    }
+
+    fn take(&self) -> Option<Vec<f32>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
+    fn recycle(buf: Vec<f32>) {
+        DM_POOL.with(|p| p.set(buf));
+    }
 }
 
 fn check_weight(l: &Layout, cin: usize, r: usize) -> Result<usize> {
@@ -836,8 +898,9 @@ impl CustomOp2 for Forward {
         let dy = dy.contiguous()?;
         let (_, _, h, wd) = x.dims4()?;
         let (pad, k) = (self.pad, self.k);
-        let dx = x.track_op().then(|| dy.apply_op2(w, DataGrad { h, w: wd, pad, k })).transpose()?;
-        let dw = w.track_op().then(|| x.apply_op2(&dy, FilterGrad { pad, k })).transpose()?;
+        let kept = (x.track_op() && w.track_op()).then(KeptDm::default);
+        let dx = x.track_op().then(|| dy.apply_op2(w, DataGrad { h, w: wd, pad, k, keep: kept.clone() })).transpose()?;
+        let dw = w.track_op().then(|| x.apply_op2(&dy, FilterGrad { pad, k, kept })).transpose()?;
         Ok((dx, dw))
     }
 }
@@ -857,7 +920,16 @@ impl CustomOp2 for DataGrad {
         if (t.ho, t.wo) != (ho, wo) {
             bail!("winograd conv backward: gradient {ho}x{wo} does not match input {}x{}", self.h, self.w);
         }
-        let dx = data_grad_kernel(f32_data(s1, l1)?, f32_data(s2, l2)?, cin, cout, &t);
+        let (dy, w) = (f32_data(s1, l1)?, f32_data(s2, l2)?);
+        let dx = match &self.keep {
+            Some(keep) => {
+                let mut buf = KeptDm::buffer(kept_dm_len(bsz, cin, cout, &t));
+                let dx = data_grad_kernel(dy, w, cin, cout, &t, Some(&mut buf));
+                keep.put(buf);
+                dx
+            }
+            None => data_grad_kernel(dy, w, cin, cout, &t, None),
+        };
         Ok((CpuStorage::F32(dx), Shape::from((bsz, cin, self.h, self.w))))
     }
 
@@ -865,7 +937,7 @@ impl CustomOp2 for DataGrad {
         let ddx = ddx.contiguous()?;
         let (pad, k) = (self.pad, self.k);
         let ddy = dy.track_op().then(|| ddx.apply_op2(w, Forward { pad, k })).transpose()?;
-        let dw = w.track_op().then(|| ddx.apply_op2(dy, FilterGrad { pad, k })).transpose()?;
+        let dw = w.track_op().then(|| ddx.apply_op2(dy, FilterGrad { pad, k, kept: None })).transpose()?;
         Ok((ddy, dw))
     }
 }
@@ -882,7 +954,11 @@ impl CustomOp2 for FilterGrad {
         if (bg, ho, wo) != (bsz, t.ho, t.wo) {
             bail!("winograd conv filter gradient: gradient {:?} does not match input {:?}", l2.dims(), l1.dims());
         }
-        let dw = filter_grad_kernel(f32_data(s1, l1)?, f32_data(s2, l2)?, cin, cout, &t);
+        let kept = self.kept.as_ref().and_then(KeptDm::take).filter(|buf| buf.len() == kept_dm_len(bsz, cin, cout, &t));
+        let dw = filter_grad_kernel(f32_data(s1, l1)?, f32_data(s2, l2)?, cin, cout, &t, kept.as_deref());
+        if let Some(buf) = kept {
+            KeptDm::recycle(buf);
+        }
         Ok((CpuStorage::F32(dw), Shape::from((cout, cin, t.r, t.r))))
     }
 
@@ -890,7 +966,7 @@ impl CustomOp2 for FilterGrad {
         let ddw = ddw.contiguous()?;
         let (_, _, h, w) = x.dims4()?;
         let (pad, k) = (self.pad, self.k);
-        let dx = x.track_op().then(|| dy.apply_op2(&ddw, DataGrad { h, w, pad, k })).transpose()?;
+        let dx = x.track_op().then(|| dy.apply_op2(&ddw, DataGrad { h, w, pad, k, keep: None })).transpose()?;
         let ddy = dy.track_op().then(|| x.apply_op2(&ddw, Forward { pad, k })).transpose()?;
         Ok((dx, ddy))
     }
@@ -912,7 +988,7 @@ mod tests {
     type Outputs = (Vec<f32>, Vec<f32>, Vec<f32>);
 
     fn run_kernels(cin: usize, cout: usize, t: &Tiles, (x, w, dy): &Outputs) -> Outputs {
-        (forward_kernel(x, w, cin, cout, t), data_grad_kernel(dy, w, cin, cout, t), filter_grad_kernel(x, dy, cin, cout, t))
+        (forward_kernel(x, w, cin, cout, t), data_grad_kernel(dy, w, cin, cout, t, None), filter_grad_kernel(x, dy, cin, cout, t, None))
     }
 
     /// The direct convolution, its data gradient and its filter gradient, in f64.
@@ -984,6 +1060,24 @@ mod tests {
         assert!(Tiles::new(8, 8, Pad::Reflect, Kernel::new(4, 4).unwrap()).is_err());
         assert!(Tiles::new(3, 8, Pad::None, Kernel::new(4, 4).unwrap()).is_err());
         assert!(Tiles::new(2, 2, Pad::Zero, Kernel::new(4, 4).unwrap()).is_ok());
+    }
+
+    /// The filter gradient from the dM its data gradient kept equals the one that computes it.
+    #[test]
+    fn kept_dm_gives_the_same_filter_gradient() {
+        let (b, cin, cout) = (2, 3, 4);
+        for (k, pad) in [(Kernel::new(3, 4).unwrap(), Pad::Reflect), (Kernel::new(4, 4).unwrap(), Pad::Zero)] {
+            let t = Tiles::new(14, 13, pad, k).unwrap();
+            let (x, w, dy) = inputs(b, cin, cout, &t);
+            BAND_LIMIT.with(|l| l.set(2000)); // several bands
+            assert!(t.bands(cin + cout).len() > 1);
+            let mut kept = vec![f32::NAN; kept_dm_len(b, cin, cout, &t)];
+            let dx = data_grad_kernel(&dy, &w, cin, cout, &t, Some(&mut kept));
+            let dw = filter_grad_kernel(&x, &dy, cin, cout, &t, Some(&kept));
+            assert_eq!(dx, data_grad_kernel(&dy, &w, cin, cout, &t, None));
+            assert_eq!(dw, filter_grad_kernel(&x, &dy, cin, cout, &t, None));
+            BAND_LIMIT.with(|l| l.set(BAND_FLOATS));
+        }
     }
 
     /// One tile row per band gives the same results as one band, for all three kernels.
