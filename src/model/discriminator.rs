@@ -36,17 +36,23 @@ impl PatchGan {
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let last = self.layers.len() - 1;
         let mut h = xs.clone();
+        let act = Act::LeakyRelu(0.2);
         for (i, layer) in self.layers.iter().enumerate() {
+            let pooled = i < self.pooled;
             h = if i == last {
                 layer.forward(&h)?
             } else if i == 0 {
-                layer.forward_act(&h, Act::LeakyRelu(0.2))?
+                let y = layer.forward_act(&h, act)?;
+                if pooled {
+                    blur_down(&y)?
+                } else {
+                    y
+                }
+            } else if pooled {
+                layer.forward_norm_act_blur_down(&h, act)?
             } else {
-                layer.forward_norm_act(&h, Act::LeakyRelu(0.2))?
+                layer.forward_norm_act(&h, act)?
             };
-            if i < self.pooled {
-                h = blur_down(&h)?;
-            }
         }
         Ok(h)
     }

@@ -1,7 +1,7 @@
 //! The convolution layers the networks are built from (PyTorch weight layouts, bias left out
 //! where instance norm cancels it), dispatched to `ops::conv`.
 
-use super::norm_stats::norm_act;
+use super::norm_stats::{norm_act, norm_act_blur_down};
 use crate::ops::Act;
 use candle_core::{Result, Tensor};
 use candle_nn::{Init, VarBuilder};
@@ -46,6 +46,12 @@ impl Conv2d {
     /// plane's mean, so it cancels exactly (its true gradient is 0 and it is never updated).
     pub fn forward_norm_act(&self, xs: &Tensor, act: Act) -> Result<Tensor> {
         norm_act(&self.forward_unbiased(xs)?, act)
+    }
+
+    /// `blur_down(act(instance_norm(conv(xs))))`: an anti-aliased (CUT) down-sampling layer, its
+    /// norm, activation and blur-pool fused (bias left out as in `forward_norm_act`).
+    pub fn forward_norm_act_blur_down(&self, xs: &Tensor, act: Act) -> Result<Tensor> {
+        norm_act_blur_down(&self.forward_unbiased(xs)?, act)
     }
 
     /// `act(instance_norm(conv(reflect_pad(xs, pad))))` for a stride-1 layer without zero

@@ -2,7 +2,7 @@
 //! CUT's, and the encoder features PatchNCE compares.
 
 use super::antialias::{blur_down, blur_up};
-use super::norm_stats::norm_act;
+use super::norm_stats::{norm_act, norm_act_blur_down};
 use super::{layers::ConvTranspose2d, Conv2d, GeneratorConfig, GeneratorKind};
 use crate::ops::{reflect_pad2d, Act};
 use candle_core::{Result, Tensor};
@@ -171,6 +171,13 @@ impl ResnetGenerator {
             if want(base) {
                 feats.push(Feature { map: y.clone(), bias: Some(conv.bias.clone()) });
             }
+            if pool && last >= base + 3 && !want(base + 1) && !want(base + 2) {
+                h = norm_act_blur_down(&y, Act::Relu)?; // [B,2C,H/2,W/2], fused
+                if want(base + 3) {
+                    feats.push(Feature::from(h.clone()));
+                }
+                continue;
+            }
             h = if want(base + 1) {
                 let n = norm_act(&y, Act::Identity)?;
                 feats.push(Feature::from(n.clone()));
@@ -204,10 +211,9 @@ impl ResnetGenerator {
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let mut h = self.stem.forward_norm_act(&reflect_pad2d(xs, 3)?, Act::Relu)?; // [B,ngf,H,W]
         for d in &self.down {
-            h = d.forward_norm_act(&h, Act::Relu)?; // [B,2ngf,H/2,W/2] then [B,4ngf,H/4,W/4]
-            if self.antialias {
-                h = blur_down(&h)?; // the convolution kept the size; the blur-pool halves it
-            }
+            // [B,2ngf,H/2,W/2] then [B,4ngf,H/4,W/4]; anti-aliased, the convolution keeps the
+            // size and the blur-pool halves it.
+            h = if self.antialias { d.forward_norm_act_blur_down(&h, Act::Relu)? } else { d.forward_norm_act(&h, Act::Relu)? };
         }
         for b in &self.blocks {
             h = b.forward(&h)?;

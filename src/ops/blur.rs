@@ -20,7 +20,7 @@ use rayon::prelude::*;
 
 /// Output side of the blur-pool along an axis of `n` (≥ 2) samples: PyTorch's conv output size
 /// for kernel 3, padding 1, stride 2.
-fn down_len(n: usize) -> usize {
+pub(super) fn down_len(n: usize) -> usize {
     (n - 1) / 2 + 1
 }
 
@@ -68,7 +68,7 @@ pub(crate) fn blur_up(xs: &Tensor) -> Result<Tensor> {
 
 simd_fn! {
     /// One plane of the blur-pool: `x` h×w → `y` oh×ow; `t` is a row buffer of w.
-    fn down_plane(y: &mut [f32], x: &[f32], t: &mut [f32], h: usize, w: usize) {
+    pub(super) fn down_plane(y: &mut [f32], x: &[f32], t: &mut [f32], h: usize, w: usize) {
         let ow = down_len(w);
         for (i, row) in y.chunks_exact_mut(ow).enumerate() {
             let c = 2 * i;
@@ -93,7 +93,7 @@ simd_fn! {
 simd_fn! {
     /// The adjoint of `down_plane`: `dy` oh×ow → `dx` h×w (zeroed by the caller); `t` a row
     /// buffer of w.
-    fn down_adjoint_plane(dx: &mut [f32], dy: &[f32], t: &mut [f32], h: usize, w: usize) {
+    pub(super) fn down_adjoint_plane(dx: &mut [f32], dy: &[f32], t: &mut [f32], h: usize, w: usize) {
         let ow = down_len(w);
         for (i, d) in dy.chunks_exact(ow).enumerate() {
             t.fill(0.0);

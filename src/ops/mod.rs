@@ -2,17 +2,17 @@
 //! Winograd, fused instance norm, reflection padding), the device-generic fallbacks built from
 //! candle's ops (what a GPU runs), losses, CPU settings and the switches between the two paths.
 //! Layers: `gemm` (matrix products, scratch buffers) is the leaf; `winograd` uses it; `conv` uses
-//! both; `norm`, `pad` and `blur` (CUT's anti-aliasing filters) stand alone; `bias` uses `norm`'s
-//! activations.
+//! both; `pad` and `blur` (CUT's anti-aliasing filters) stand alone; `norm` uses `blur` (its fused
+//! norm + blur-pool); `bias` uses `norm`'s activations.
 
 /// Defines a function whose body is compiled for AVX-512, for AVX2 + FMA and for the build's
 /// baseline, and runs the best one the CPU has (detected once). For the vectorised loops of our
 /// kernels, which would otherwise be SSE2 only; the GEMMs (gemm crate) dispatch on their own.
 /// Arguments are plain `name: Type` pairs; the body returns nothing.
 macro_rules! simd_fn {
-    ($(#[$attr:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
+    ($(#[$attr:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
         $(#[$attr])*
-        fn $name($($arg: $ty),*) {
+        $vis fn $name($($arg: $ty),*) {
             #[inline(always)]
             fn body($($arg: $ty),*) $body
             #[cfg(target_arch = "x86_64")]

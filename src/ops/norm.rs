@@ -7,7 +7,7 @@
 //! `x` and `dy` twice each, keeping only `x` and the per-plane mean and 1/σ. Semantics are
 //! PyTorch's `InstanceNorm2d` defaults (no affine, no running stats, biased variance, eps 1e-5).
 
-use super::{cpu_f32, f32_data};
+use super::{blur, cpu_f32, f32_data};
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
@@ -175,27 +175,121 @@ impl CustomOp2 for InstanceNormActBwd {
             bail!("instance norm backward ran without its forward statistics");
         }
         let act = self.act;
-        let n = hw as f32;
         let mut dx = vec![0f32; x.len()];
         dx.par_chunks_mut(hw)
             .zip(x.par_chunks(hw).zip(dy.par_chunks(hw)))
             .zip(stats.par_iter())
-            .for_each(|((dxp, (xp, dyp)), &(mean, inv_std))| {
-                // g is written into dx first, then turned into dx in place.
-                let (mut sum_g, mut sum_gx) = (0f64, 0f64);
-                for (blk, (xb, dyb)) in dxp.chunks_mut(1024).zip(xp.chunks(1024).zip(dyp.chunks(1024))) {
-                    for ((o, &xv), &d) in blk.iter_mut().zip(xb).zip(dyb) {
-                        *o = d * act.slope_at((xv - mean) * inv_std);
+            .for_each(|((dxp, (xp, dyp)), &st)| norm_act_bwd_plane(dxp, xp, dyp, st, act));
+        Ok((CpuStorage::F32(dx), l1.shape().clone()))
+    }
+}
+
+/// dx of one plane of `act(instance_norm(x))` from its `dy`, with x's (mean, 1/σ): with
+/// x̂ = (x − μ)/σ and g = dy · act'(x̂), dx = (g − mean(g) − x̂ · mean(g · x̂)) / σ.
+fn norm_act_bwd_plane(dxp: &mut [f32], xp: &[f32], dyp: &[f32], (mean, inv_std): (f32, f32), act: Act) {
+    let n = xp.len() as f64;
+    // g is written into dx first, then turned into dx in place.
+    let (mut sum_g, mut sum_gx) = (0f64, 0f64);
+    for (blk, (xb, dyb)) in dxp.chunks_mut(1024).zip(xp.chunks(1024).zip(dyp.chunks(1024))) {
+        for ((o, &xv), &d) in blk.iter_mut().zip(xb).zip(dyb) {
+            *o = d * act.slope_at((xv - mean) * inv_std);
+        }
+        sum_g += lane_sum(blk, |v| v);
+        sum_gx += lane_sum2(blk, xb, |g, xv| g * (xv - mean));
+    }
+    let mean_g = (sum_g / n) as f32;
+    let mean_gx = (sum_gx * inv_std as f64 / n) as f32; // mean(g·x̂)
+    for (o, &xv) in dxp.iter_mut().zip(xp) {
+        *o = (*o - mean_g - (xv - mean) * inv_std * mean_gx) * inv_std;
+    }
+}
+
+/// `blur_down(act(instance_norm(xs)))` for f32 CPU `xs` [B,C,H,W] (H, W ≥ 2): CUT's
+/// anti-aliased down-sampling after its convolution, one pass per plane that never stores the
+/// normalised plane (nor, in backward, its gradient). Callers check `super::blur::applies`.
+pub(crate) fn instance_norm_act_blur_down(xs: &Tensor, act: Act) -> Result<Tensor> {
+    let (b, c, h, w) = xs.dims4()?;
+    if h < 2 || w < 2 || b * c == 0 {
+        bail!("instance norm + blur-pool needs at least 2x2 pixels, got {:?}", xs.dims());
+    }
+    xs.contiguous()?.apply_op1(NormActBlurDown { act, stats: Arc::new(Mutex::new(Vec::new())) })
+}
+
+struct NormActBlurDown {
+    act: Act,
+    stats: Arc<Mutex<Vec<(f32, f32)>>>,
+}
+
+impl CustomOp1 for NormActBlurDown {
+    fn name(&self) -> &'static str {
+        "instance-norm-act-blur-down"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = f32_data(s, l)?;
+        let (b, c, h, w) = l.shape().dims4()?;
+        let (hw, act) = (h * w, self.act);
+        let (oh, ow) = (blur::down_len(h), blur::down_len(w));
+        let mut y = vec![0f32; b * c * oh * ow];
+        let stats: Vec<(f32, f32)> = y
+            .par_chunks_mut(oh * ow)
+            .zip(x.par_chunks(hw))
+            .map_init(
+                || (vec![0f32; hw], vec![0f32; w]),
+                |(plane, row), (yp, xp)| {
+                    let (mean, inv_std) = plane_stats(xp);
+                    for (o, &v) in plane.iter_mut().zip(xp) {
+                        *o = act.apply((v - mean) * inv_std);
                     }
-                    sum_g += lane_sum(blk, |v| v);
-                    sum_gx += lane_sum2(blk, xb, |g, xv| g * (xv - mean));
-                }
-                let mean_g = (sum_g / n as f64) as f32;
-                let mean_gx = (sum_gx * inv_std as f64 / n as f64) as f32; // mean(g·x̂)
-                for (o, &xv) in dxp.iter_mut().zip(xp) {
-                    *o = (*o - mean_g - (xv - mean) * inv_std * mean_gx) * inv_std;
-                }
-            });
+                    blur::down_plane(yp, plane, row, h, w);
+                    (mean, inv_std)
+                },
+            )
+            .collect();
+        *self.stats.lock().unwrap_or_else(|e| e.into_inner()) = stats;
+        Ok((CpuStorage::F32(y), Shape::from((b, c, oh, ow))))
+    }
+
+    fn bwd(&self, x: &Tensor, _res: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
+        let op = NormActBlurDownBwd { act: self.act, stats: self.stats.clone() };
+        Ok(Some(x.apply_op2_no_bwd(&dy.contiguous()?, &op)?))
+    }
+}
+
+/// dx of the fused op from (x, dy): per plane, the blur-pool's adjoint of dy, then the norm's
+/// backward.
+struct NormActBlurDownBwd {
+    act: Act,
+    stats: Arc<Mutex<Vec<(f32, f32)>>>,
+}
+
+impl CustomOp2 for NormActBlurDownBwd {
+    fn name(&self) -> &'static str {
+        "instance-norm-act-blur-down-bwd"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (x, dy) = (f32_data(s1, l1)?, f32_data(s2, l2)?);
+        let (b, c, h, w) = l1.shape().dims4()?;
+        let (oh, ow) = (blur::down_len(h), blur::down_len(w));
+        if dy.len() != b * c * oh * ow {
+            bail!("instance norm + blur-pool backward: gradient {:?} does not match input {:?}", l2.dims(), l1.dims());
+        }
+        let hw = h * w;
+        let stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+        if stats.len() * hw != x.len() {
+            bail!("instance norm + blur-pool backward ran without its forward statistics");
+        }
+        let act = self.act;
+        let mut dx = vec![0f32; x.len()];
+        dx.par_chunks_mut(hw).zip(x.par_chunks(hw).zip(dy.par_chunks(oh * ow))).zip(stats.par_iter()).for_each_init(
+            || (vec![0f32; hw], vec![0f32; w]),
+            |(gn, row), ((dxp, (xp, dyp)), &st)| {
+                gn.fill(0.0);
+                blur::down_adjoint_plane(gn, dyp, row, h, w);
+                norm_act_bwd_plane(dxp, xp, gn, st, act);
+            },
+        );
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
 }
@@ -231,6 +325,24 @@ mod tests {
                 let g_comp = (composed * &weights).unwrap().sum_all().unwrap().backward().unwrap();
                 let (a, b) = (g_fused.get(x.as_tensor()).unwrap(), g_comp.get(x.as_tensor()).unwrap());
                 assert!(max_diff(a, b) < 1e-4, "{act:?} {shape:?} gradient: {}", max_diff(a, b));
+            }
+        }
+    }
+
+    /// The fused blur-pool variant against norm + act, then the blur-pool: forward and gradient.
+    #[test]
+    fn fused_blur_down_matches_norm_then_blur() {
+        for act in [Act::Relu, Act::LeakyRelu(0.2)] {
+            for shape in [(2, 3, 5, 7), (1, 2, 8, 6), (1, 1, 2, 2)] {
+                let x = Var::from_tensor(&sample(shape, 11)).unwrap();
+                let weights = sample((shape.0, shape.1, shape.2.div_ceil(2), shape.3.div_ceil(2)), 12);
+                let fused = instance_norm_act_blur_down(x.as_tensor(), act).unwrap();
+                let apart = blur::blur_down(&instance_norm_act(x.as_tensor(), act).unwrap()).unwrap();
+                assert!(max_diff(&fused, &apart) < 1e-6, "{act:?} {shape:?} forward");
+                let g_fused = (fused * &weights).unwrap().sum_all().unwrap().backward().unwrap();
+                let g_apart = (apart * &weights).unwrap().sum_all().unwrap().backward().unwrap();
+                let (a, b) = (g_fused.get(x.as_tensor()).unwrap(), g_apart.get(x.as_tensor()).unwrap());
+                assert!(max_diff(a, b) < 1e-5, "{act:?} {shape:?} gradient: {}", max_diff(a, b));
             }
         }
     }
