@@ -85,7 +85,7 @@ pub fn instance_norm_act(xs: &Tensor, act: Act) -> Result<Tensor> {
 
 /// Σ f(a_i, b_i) over two equally long slices with 16 independent accumulators, so the compiler
 /// vectorises it.
-#[inline]
+#[inline(always)]
 fn lane_sum2(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f64 {
     let mut acc = [0f32; 16];
     let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
@@ -99,7 +99,7 @@ fn lane_sum2(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f64 {
 }
 
 /// Σ f(x_i) with [`lane_sum2`]'s accumulators.
-#[inline]
+#[inline(always)]
 pub(crate) fn lane_sum(xs: &[f32], f: impl Fn(f32) -> f32) -> f64 {
     lane_sum2(xs, xs, |x, _| f(x))
 }
@@ -184,9 +184,16 @@ impl CustomOp2 for InstanceNormActBwd {
     }
 }
 
-/// dx of one plane of `act(instance_norm(x))` from its `dy`, with x's (mean, 1/σ): with
-/// x̂ = (x − μ)/σ and g = dy · act'(x̂), dx = (g − mean(g) − x̂ · mean(g · x̂)) / σ.
-fn norm_act_bwd_plane(dxp: &mut [f32], xp: &[f32], dyp: &[f32], (mean, inv_std): (f32, f32), act: Act) {
+simd_fn! {
+    /// dx of one plane of `act(instance_norm(x))` from its `dy`, with x's (mean, 1/σ): with
+    /// x̂ = (x − μ)/σ and g = dy · act'(x̂), dx = (g − mean(g) − x̂ · mean(g · x̂)) / σ.
+    fn norm_act_bwd_plane(dxp: &mut [f32], xp: &[f32], dyp: &[f32], st: (f32, f32), act: Act) {
+        norm_act_bwd_plane_body(dxp, xp, dyp, st, act)
+    }
+}
+
+#[inline(always)]
+fn norm_act_bwd_plane_body(dxp: &mut [f32], xp: &[f32], dyp: &[f32], (mean, inv_std): (f32, f32), act: Act) {
     let n = xp.len() as f64;
     // g is written into dx first, then turned into dx in place.
     let (mut sum_g, mut sum_gx) = (0f64, 0f64);

@@ -382,7 +382,22 @@ fn at<const N: usize>(off: usize, stride: usize) -> [usize; N] {
 fn deinterleave<const M: usize>(row: &[f32], ph: &mut [f32], len: usize) {
     let full = (row.len() / M).min(len);
     let ph = &mut ph[..M * len];
-    for (q, chunk) in row.chunks_exact(M).take(full).enumerate() {
+    // Blocks of 16 samples per phase through a fixed-size buffer, which the compiler turns into
+    // vector shuffles; the element-wise strided loop (kept for the rest) stays scalar.
+    let blocks = full / 16;
+    for blk in 0..blocks {
+        let src = &row[blk * 16 * M..][..16 * M];
+        let mut t = [[0f32; 16]; M];
+        for (l, chunk) in src.chunks_exact(M).enumerate() {
+            for p in 0..M {
+                t[p][l] = chunk[p];
+            }
+        }
+        for (p, tp) in t.iter().enumerate() {
+            ph[p * len + blk * 16..][..16].copy_from_slice(tp);
+        }
+    }
+    for (q, chunk) in row.chunks_exact(M).enumerate().take(full).skip(blocks * 16) {
         for p in 0..M {
             ph[p * len + q] = chunk[p];
         }
@@ -400,7 +415,21 @@ fn deinterleave<const M: usize>(row: &[f32], ph: &mut [f32], len: usize) {
 fn interleave<const M: usize>(ph: &[f32], len: usize, out: &mut [f32], add: bool) {
     let ph = &ph[..M * len];
     let full = (out.len() / M).min(len);
-    for (q, chunk) in out.chunks_exact_mut(M).take(full).enumerate() {
+    // As in `deinterleave`: blocks of 16 per phase through a fixed-size buffer.
+    let blocks = full / 16;
+    for blk in 0..blocks {
+        let mut t = [[0f32; 16]; M];
+        for (p, tp) in t.iter_mut().enumerate() {
+            tp.copy_from_slice(&ph[p * len + blk * 16..][..16]);
+        }
+        let dst = &mut out[blk * 16 * M..][..16 * M];
+        for (l, chunk) in dst.chunks_exact_mut(M).enumerate() {
+            for p in 0..M {
+                chunk[p] = if add { chunk[p] + t[p][l] } else { t[p][l] };
+            }
+        }
+    }
+    for (q, chunk) in out.chunks_exact_mut(M).enumerate().take(full).skip(blocks * 16) {
         for p in 0..M {
             chunk[p] = if add { chunk[p] + ph[p * len + q] } else { ph[p * len + q] };
         }
