@@ -1,6 +1,5 @@
 //! The PatchGAN discriminator (70×70 for 3 layers), plain or anti-aliased (CUT).
 
-use super::antialias::blur_down;
 use super::{Conv2d, DiscriminatorConfig};
 use crate::ops::Act;
 use candle_core::{Result, Tensor};
@@ -41,13 +40,10 @@ impl PatchGan {
             let pooled = i < self.pooled;
             h = if i == last {
                 layer.forward(&h)?
+            } else if i == 0 && pooled {
+                layer.forward_act_blur_down(&h, act)?
             } else if i == 0 {
-                let y = layer.forward_act(&h, act)?;
-                if pooled {
-                    blur_down(&y)?
-                } else {
-                    y
-                }
+                layer.forward_act(&h, act)?
             } else if pooled {
                 layer.forward_norm_act_blur_down(&h, act)?
             } else {

@@ -37,6 +37,17 @@ impl Conv2d {
         crate::ops::bias::bias_act(&self.forward_unbiased(xs)?, &self.bias, act)
     }
 
+    /// `blur_down(act(conv(xs) + bias))` for Relu or LeakyRelu: the anti-aliased PatchGAN's first
+    /// layer, fused into one op on the CPU.
+    pub fn forward_act_blur_down(&self, xs: &Tensor, act: Act) -> Result<Tensor> {
+        let y = self.forward_unbiased(xs)?;
+        let (_, _, h, w) = y.dims4()?;
+        if crate::ops::blur::applies(&y) && h >= 2 && w >= 2 {
+            return crate::ops::bias::bias_act_blur_down(&y, &self.bias, act);
+        }
+        super::antialias::blur_down(&crate::ops::bias::bias_act(&y, &self.bias, act)?)
+    }
+
     /// The convolution without its bias: `forward` is this plus `bias` per channel.
     pub fn forward_unbiased(&self, xs: &Tensor) -> Result<Tensor> {
         crate::ops::conv::conv2d(xs, &self.weight, self.stride, self.padding)

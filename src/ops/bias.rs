@@ -7,7 +7,7 @@
 //! two (the gradient, then its per-channel sums for the bias).
 
 use super::norm::Act;
-use super::{cpu_f32, f32_data};
+use super::{blur, cpu_f32, f32_data};
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -19,6 +19,17 @@ pub fn bias_act(xs: &Tensor, bias: &Tensor, act: Act) -> Result<Tensor> {
         return act.compose(&xs.broadcast_add(&bias.reshape((1, (), 1, 1))?)?);
     }
     xs.contiguous()?.apply_op2(&bias.contiguous()?, BiasAct { act })
+}
+
+/// `blur_down(act(xs + bias))` for f32 CPU `xs` [B,C,H,W] (H, W ≥ 2; Relu or LeakyRelu): the
+/// anti-aliased PatchGAN's first layer, one pass per plane that never stores the activated map.
+/// Callers check `super::blur::applies`.
+pub(crate) fn bias_act_blur_down(xs: &Tensor, bias: &Tensor, act: Act) -> Result<Tensor> {
+    let (_, _, h, w) = xs.dims4()?;
+    if h < 2 || w < 2 || act == Act::Identity {
+        bail!("bias + activation + blur-pool needs Relu or LeakyRelu and 2x2 pixels, got {act:?} and {:?}", xs.dims());
+    }
+    xs.contiguous()?.apply_op2(&bias.contiguous()?, BiasActBlurDown { act })
 }
 
 struct BiasAct {
@@ -102,6 +113,78 @@ impl CustomOp1 for ChannelSums {
     }
 }
 
+struct BiasActBlurDown {
+    act: Act,
+}
+
+impl CustomOp2 for BiasActBlurDown {
+    fn name(&self) -> &'static str {
+        "bias-act-blur-down"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (x, b) = (f32_data(s1, l1)?, f32_data(s2, l2)?);
+        let (bsz, c, h, w) = l1.shape().dims4()?;
+        if b.len() != c {
+            bail!("bias_act_blur_down: bias {:?} for {c} channels", l2.dims());
+        }
+        let (hw, act) = (h * w, self.act);
+        let (oh, ow) = (blur::down_len(h), blur::down_len(w));
+        let mut y = vec![0f32; bsz * c * oh * ow];
+        y.par_chunks_mut(oh * ow).zip(x.par_chunks(hw)).enumerate().for_each_init(
+            || (vec![0f32; hw], vec![0f32; w]),
+            |(plane, row), (i, (yp, xp))| {
+                let bias = b[i % c];
+                for (o, &v) in plane.iter_mut().zip(xp) {
+                    *o = act.apply(v + bias);
+                }
+                blur::down_plane(yp, plane, row, h, w);
+            },
+        );
+        Ok((CpuStorage::F32(y), Shape::from((bsz, c, oh, ow))))
+    }
+
+    fn bwd(&self, x: &Tensor, bias: &Tensor, _res: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let g = x.apply_op3_no_bwd(bias, &dy.contiguous()?, &BiasActBlurDownBwd { act: self.act })?; // [B,C,H,W]
+        let db = bias.track_op().then(|| g.apply_op1_no_bwd(&ChannelSums)).transpose()?;
+        Ok((x.track_op().then_some(g), db))
+    }
+}
+
+/// The gradient with respect to x + b of the fused op from (x, b, dy): the blur-pool's adjoint
+/// of dy times the activation's slope at x + b, per plane.
+struct BiasActBlurDownBwd {
+    act: Act,
+}
+
+impl candle_core::CustomOp3 for BiasActBlurDownBwd {
+    fn name(&self) -> &'static str {
+        "bias-act-blur-down-bwd"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (x, b, dy) = (f32_data(s1, l1)?, f32_data(s2, l2)?, f32_data(s3, l3)?);
+        let (bsz, c, h, w) = l1.shape().dims4()?;
+        let (oh, ow) = (blur::down_len(h), blur::down_len(w));
+        if dy.len() != bsz * c * oh * ow || b.len() != c {
+            bail!("bias_act_blur_down backward: gradient {:?} or bias {:?} does not match input {:?}", l3.dims(), l2.dims(), l1.dims());
+        }
+        let (hw, act) = (h * w, self.act);
+        let mut g = vec![0f32; x.len()];
+        g.par_chunks_mut(hw).zip(x.par_chunks(hw).zip(dy.par_chunks(oh * ow))).enumerate().for_each_init(
+            || vec![0f32; w],
+            |row, (i, (gp, (xp, dyp)))| {
+                let bias = b[i % c];
+                blur::down_adjoint_plane(gp, dyp, row, h, w);
+                for (o, &v) in gp.iter_mut().zip(xp) {
+                    *o *= act.slope_at(v + bias);
+                }
+            },
+        );
+        Ok((CpuStorage::F32(g), l1.shape().clone()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -130,6 +213,17 @@ mod tests {
             for v in [&x, &b] {
                 let d = diff(gf.get(v.as_tensor()).unwrap(), gc.get(v.as_tensor()).unwrap());
                 assert!(d < 1e-5, "{act:?} gradient {d}");
+            }
+            // With the blur-pool fused in, against the separate ops.
+            let weights = Tensor::from_vec(sample(2 * 3 * 3 * 4, 4), (2, 3, 3, 4), &dev).unwrap();
+            let fused = bias_act_blur_down(x.as_tensor(), b.as_tensor(), act).unwrap();
+            let apart = blur::blur_down(&bias_act(x.as_tensor(), b.as_tensor(), act).unwrap()).unwrap();
+            assert!(diff(&fused, &apart) < 1e-6, "{act:?} blur forward");
+            let gf = (fused * &weights).unwrap().sum_all().unwrap().backward().unwrap();
+            let ga = (apart * &weights).unwrap().sum_all().unwrap().backward().unwrap();
+            for v in [&x, &b] {
+                let d = diff(gf.get(v.as_tensor()).unwrap(), ga.get(v.as_tensor()).unwrap());
+                assert!(d < 1e-5, "{act:?} blur gradient {d}");
             }
         }
     }
