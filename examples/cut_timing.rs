@@ -45,8 +45,21 @@ fn main() {
             drop(cyclestudio::ops::instance_norm_act(yv.as_tensor(), cyclestudio::ops::Act::Relu).unwrap().sum_all().unwrap().backward().unwrap())
         });
     }
+    // The up-sampling layers as the generator runs them: blur up-sampling, then the 3×3
+    // convolution, against the convolution alone on an input of the up-sampled size.
+    for (name, cin, cout, side) in [("up0 256→128", 256, 128, 64), ("up1 128→64", 128, 64, 128)] {
+        let xv = Var::from_tensor(&Tensor::randn(0f32, 1.0, (1, cin, side, side), &dev).unwrap()).unwrap();
+        let big = Var::from_tensor(&Tensor::randn(0f32, 1.0, (1, cin, 2 * side, 2 * side), &dev).unwrap()).unwrap();
+        let wv = Var::from_tensor(&Tensor::randn(0f32, 0.02, (cout, cin, 3, 3), &dev).unwrap()).unwrap();
+        time(&format!("{name} blur_up + 3×3 fwd+bwd"), 3, || {
+            drop(cyclestudio::ops::conv::conv2d(&blur_up(xv.as_tensor()).unwrap(), wv.as_tensor(), 1, 1).unwrap().sum_all().unwrap().backward().unwrap())
+        });
+        time(&format!("{name} 3×3 alone at {}² fwd+bwd", 2 * side), 3, || {
+            drop(cyclestudio::ops::conv::conv2d(big.as_tensor(), wv.as_tensor(), 1, 1).unwrap().sum_all().unwrap().backward().unwrap())
+        });
+    }
     // The anti-aliased PatchGAN's stride-1 4×4 convolutions (zero padding 1) after each blur-pool.
-    for (name, cin, cout, side) in [("D layer 1 64→128", 64, 128, 128), ("D layer 2 128→256", 128, 256, 64), ("D layer 3 256→512", 256, 512, 32)] {
+    for (name, cin, cout, side) in [("D layer 0 3→64", 3, 64, 256), ("D layer 1 64→128", 64, 128, 128), ("D layer 2 128→256", 128, 256, 64), ("D layer 3 256→512", 256, 512, 32)] {
         let xv = Var::from_tensor(&Tensor::randn(0f32, 1.0, (1, cin, side, side), &dev).unwrap()).unwrap();
         let wv = Var::from_tensor(&Tensor::randn(0f32, 0.02, (cout, cin, 4, 4), &dev).unwrap()).unwrap();
         time(&format!("{name} 4×4 pad 1, {side}² fwd"), 3, || drop(cyclestudio::ops::conv::conv2d(xv.as_tensor(), wv.as_tensor(), 1, 1).unwrap()));
