@@ -21,6 +21,21 @@ pub fn bias_act(xs: &Tensor, bias: &Tensor, act: Act) -> Result<Tensor> {
     xs.contiguous()?.apply_op2(&bias.contiguous()?, BiasAct { act })
 }
 
+simd_fn! {
+    /// `y = act(x + bias)` over one plane.
+    fn bias_act_plane(y: &mut [f32], x: &[f32], bias: f32, act: Act) {
+        act.map(y, x, |v| v + bias);
+    }
+}
+
+simd_fn! {
+    /// `g = d · act'(x + bias)` over one chunk (x the pre-activation without bias, or the
+    /// output with bias 0: both activations keep the sign).
+    fn act_grad_chunk(g: &mut [f32], d: &[f32], x: &[f32], bias: f32, act: Act) {
+        act.grad_map(g, d, x, |v| v + bias);
+    }
+}
+
 /// `blur_down(act(xs + bias))` for f32 CPU `xs` [B,C,H,W] (H, W ≥ 2; Relu or LeakyRelu): the
 /// anti-aliased PatchGAN's first layer, one pass per plane that never stores the activated map.
 /// Callers check `super::blur::applies`.
@@ -49,12 +64,7 @@ impl CustomOp2 for BiasAct {
         }
         let (hw, act) = (h * w, self.act);
         let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(hw).zip(x.par_chunks(hw)).enumerate().for_each(|(i, (yp, xp))| {
-            let bias = b[i % c];
-            for (o, &v) in yp.iter_mut().zip(xp) {
-                *o = act.apply(v + bias);
-            }
-        });
+        y.par_chunks_mut(hw).zip(x.par_chunks(hw)).enumerate().for_each(|(i, (yp, xp))| bias_act_plane(yp, xp, b[i % c], act));
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -83,11 +93,7 @@ impl CustomOp2 for ActGrad {
         }
         let act = self.act;
         let mut g = vec![0f32; y.len()];
-        g.par_chunks_mut(1 << 14).zip(y.par_chunks(1 << 14).zip(dy.par_chunks(1 << 14))).for_each(|(gc, (yc, dc))| {
-            for ((o, &v), &d) in gc.iter_mut().zip(yc).zip(dc) {
-                *o = d * act.slope_at(v);
-            }
-        });
+        g.par_chunks_mut(1 << 14).zip(y.par_chunks(1 << 14).zip(dy.par_chunks(1 << 14))).for_each(|(gc, (yc, dc))| act_grad_chunk(gc, dc, yc, 0.0, act));
         Ok((CpuStorage::F32(g), l1.shape().clone()))
     }
 }
@@ -134,10 +140,7 @@ impl CustomOp2 for BiasActBlurDown {
         y.par_chunks_mut(oh * ow).zip(x.par_chunks(hw)).enumerate().for_each_init(
             || (vec![0f32; hw], vec![0f32; w]),
             |(plane, row), (i, (yp, xp))| {
-                let bias = b[i % c];
-                for (o, &v) in plane.iter_mut().zip(xp) {
-                    *o = act.apply(v + bias);
-                }
+                bias_act_plane(plane, xp, b[i % c], act);
                 blur::down_plane(yp, plane, row, h, w);
             },
         );
@@ -172,13 +175,11 @@ impl candle_core::CustomOp3 for BiasActBlurDownBwd {
         let (hw, act) = (h * w, self.act);
         let mut g = vec![0f32; x.len()];
         g.par_chunks_mut(hw).zip(x.par_chunks(hw).zip(dy.par_chunks(oh * ow))).enumerate().for_each_init(
-            || vec![0f32; w],
-            |row, (i, (gp, (xp, dyp)))| {
-                let bias = b[i % c];
-                blur::down_adjoint_plane(gp, dyp, row, h, w);
-                for (o, &v) in gp.iter_mut().zip(xp) {
-                    *o *= act.slope_at(v + bias);
-                }
+            || (vec![0f32; w], vec![0f32; hw]),
+            |(row, adj), (i, (gp, (xp, dyp)))| {
+                adj.fill(0.0);
+                blur::down_adjoint_plane(adj, dyp, row, h, w);
+                act_grad_chunk(gp, adj, xp, b[i % c], act);
             },
         );
         Ok((CpuStorage::F32(g), l1.shape().clone()))

@@ -24,40 +24,29 @@ pub enum Act {
 }
 
 impl Act {
+    /// `out[i] = act(f(x[i]))`, the activation chosen once outside the loop so that each
+    /// variant vectorises (inline into a `simd_fn!` body for wide vectors).
     #[inline(always)]
-    pub(crate) fn apply(self, v: f32) -> f32 {
+    pub(crate) fn map(self, out: &mut [f32], x: &[f32], f: impl Fn(f32) -> f32) {
+        let it = out.iter_mut().zip(x);
         match self {
-            Act::Identity => v,
-            Act::Relu => v.max(0.0),
-            Act::LeakyRelu(s) => {
-                if v >= 0.0 {
-                    v
-                } else {
-                    v * s
-                }
-            }
+            Act::Identity => it.for_each(|(o, &v)| *o = f(v)),
+            Act::Relu => it.for_each(|(o, &v)| *o = f(v).max(0.0)),
+            Act::LeakyRelu(s) => it.for_each(|(o, &v)| {
+                let p = f(v);
+                *o = if p >= 0.0 { p } else { p * s };
+            }),
         }
     }
 
-    /// d act / d v at `v`.
+    /// `out[i] = g[i] · act'(f(x[i]))` (`g` may alias nothing; `out` and `g` the same length).
     #[inline(always)]
-    pub(crate) fn slope_at(self, v: f32) -> f32 {
+    pub(crate) fn grad_map(self, out: &mut [f32], g: &[f32], x: &[f32], f: impl Fn(f32) -> f32) {
+        let it = out.iter_mut().zip(g).zip(x);
         match self {
-            Act::Identity => 1.0,
-            Act::Relu => {
-                if v > 0.0 {
-                    1.0
-                } else {
-                    0.0
-                }
-            }
-            Act::LeakyRelu(s) => {
-                if v > 0.0 {
-                    1.0
-                } else {
-                    s
-                }
-            }
+            Act::Identity => it.for_each(|((o, &d), _)| *o = d),
+            Act::Relu => it.for_each(|((o, &d), &v)| *o = if f(v) > 0.0 { d } else { 0.0 }),
+            Act::LeakyRelu(s) => it.for_each(|((o, &d), &v)| *o = if f(v) > 0.0 { d } else { d * s }),
         }
     }
 
@@ -104,7 +93,17 @@ pub(crate) fn lane_sum(xs: &[f32], f: impl Fn(f32) -> f32) -> f64 {
     lane_sum2(xs, xs, |x, _| f(x))
 }
 
+simd_fn! {
+    /// One plane of `act(instance_norm(x))` into `y`, its (mean, 1/σ) into `st`.
+    fn norm_act_plane(y: &mut [f32], x: &[f32], st: &mut (f32, f32), act: Act) {
+        let (mean, inv_std) = plane_stats(x);
+        act.map(y, x, |v| (v - mean) * inv_std);
+        *st = (mean, inv_std);
+    }
+}
+
 /// Mean and 1/σ of one plane (two passes, so the variance does not cancel).
+#[inline(always)]
 fn plane_stats(x: &[f32]) -> (f32, f32) {
     let n = x.len() as f64;
     let mean = (lane_sum(x, |v| v) / n) as f32;
@@ -134,11 +133,9 @@ impl CustomOp1 for InstanceNormAct {
             .par_chunks(hw)
             .zip(y.par_chunks_mut(hw))
             .map(|(xp, yp)| {
-                let (mean, inv_std) = plane_stats(xp);
-                for (o, &v) in yp.iter_mut().zip(xp) {
-                    *o = act.apply((v - mean) * inv_std);
-                }
-                (mean, inv_std)
+                let mut st = (0.0, 0.0);
+                norm_act_plane(yp, xp, &mut st, act);
+                st
             })
             .collect();
         *self.stats.lock().unwrap_or_else(|e| e.into_inner()) = stats;
@@ -198,9 +195,7 @@ fn norm_act_bwd_plane_body(dxp: &mut [f32], xp: &[f32], dyp: &[f32], (mean, inv_
     // g is written into dx first, then turned into dx in place.
     let (mut sum_g, mut sum_gx) = (0f64, 0f64);
     for (blk, (xb, dyb)) in dxp.chunks_mut(1024).zip(xp.chunks(1024).zip(dyp.chunks(1024))) {
-        for ((o, &xv), &d) in blk.iter_mut().zip(xb).zip(dyb) {
-            *o = d * act.slope_at((xv - mean) * inv_std);
-        }
+        act.grad_map(blk, dyb, xb, |xv| (xv - mean) * inv_std);
         sum_g += lane_sum(blk, |v| v);
         sum_gx += lane_sum2(blk, xb, |g, xv| g * (xv - mean));
     }
@@ -244,12 +239,10 @@ impl CustomOp1 for NormActBlurDown {
             .map_init(
                 || (vec![0f32; hw], vec![0f32; w]),
                 |(plane, row), (yp, xp)| {
-                    let (mean, inv_std) = plane_stats(xp);
-                    for (o, &v) in plane.iter_mut().zip(xp) {
-                        *o = act.apply((v - mean) * inv_std);
-                    }
+                    let mut st = (0.0, 0.0);
+                    norm_act_plane(plane, xp, &mut st, act);
                     blur::down_plane(yp, plane, row, h, w);
-                    (mean, inv_std)
+                    st
                 },
             )
             .collect();
