@@ -482,3 +482,28 @@ fn reflect_padded_conv_matches_pad_then_conv() {
         }
     }
 }
+
+/// The blur-up-sampling convolution (up-sampling folded into the Winograd kernels) against
+/// up-sampling then convolving: forward and both gradients, with odd, even and one-pixel sizes.
+#[test]
+fn blur_up_conv_matches_upsample_then_conv() {
+    use cyclestudio::model::antialias::blur_up;
+    use cyclestudio::ops::conv::blur_up_conv3x3;
+    for (i, &(b, cin, cout, h, w)) in [(2, 16, 17, 5, 7), (1, 20, 16, 1, 4), (1, 16, 16, 8, 8)].iter().enumerate() {
+        let x = Var::from_tensor(&rand_tensor(&[b, cin, h, w], 300 + i as u64)).unwrap();
+        let wt = Var::from_tensor(&rand_tensor(&[cout, cin, 3, 3], 310 + i as u64)).unwrap();
+        let r = rand_tensor(&[b, cout, 2 * h, 2 * w], 320 + i as u64);
+        let ours = blur_up_conv3x3(x.as_tensor(), wt.as_tensor()).unwrap().expect("the fused kernel applies");
+        let reference = conv2d(&blur_up(x.as_tensor()).unwrap(), wt.as_tensor(), 1, 1).unwrap();
+        assert!(rel_diff(&ours, &reference) < 1e-5, "forward {:?}", (b, cin, cout, h, w));
+        let g1 = (ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        let g2 = (reference * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        for t in [x.as_tensor(), wt.as_tensor()] {
+            let d = rel_diff(g1.get(t).unwrap(), g2.get(t).unwrap());
+            assert!(d < 1e-5, "gradient {:?}: {d}", (b, cin, cout, h, w));
+        }
+    }
+    // Too few channels for Winograd: the caller up-samples and convolves itself.
+    let x = rand_tensor(&[1, 4, 5, 5], 330);
+    assert!(blur_up_conv3x3(&x, &rand_tensor(&[4, 4, 3, 3], 331)).unwrap().is_none());
+}

@@ -65,6 +65,17 @@ impl Conv2d {
         norm_act_blur_down(&self.forward_unbiased(xs)?, act)
     }
 
+    /// `act(instance_norm(conv(blur_up(xs))))`: an anti-aliased (CUT) up-sampling layer (3×3,
+    /// stride 1, padding 1); on the CPU the blur up-sampling happens inside the convolution.
+    pub fn forward_blur_up_norm_act(&self, xs: &Tensor, act: Act) -> Result<Tensor> {
+        if self.stride == 1 && self.padding == 1 {
+            if let Some(y) = crate::ops::conv::blur_up_conv3x3(xs, &self.weight)? {
+                return norm_act(&y, act);
+            }
+        }
+        self.forward_norm_act(&super::antialias::blur_up(xs)?, act)
+    }
+
     /// `act(instance_norm(conv(reflect_pad(xs, pad))))` for a stride-1 layer without zero
     /// padding (the residual blocks' convolutions), bias left out as in `forward_norm_act`.
     pub fn forward_reflect_norm_act(&self, xs: &Tensor, pad: usize, act: Act) -> Result<Tensor> {

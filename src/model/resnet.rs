@@ -1,7 +1,7 @@
 //! The ResNet generator (Johnson et al.), plain as the CycleGAN reference's or anti-aliased as
 //! CUT's, and the encoder features PatchNCE compares.
 
-use super::antialias::{blur_down, blur_up};
+use super::antialias::blur_down;
 use super::norm_stats::{norm_act, norm_act_blur_down};
 use super::{layers::ConvTranspose2d, Conv2d, GeneratorConfig, GeneratorKind};
 use crate::ops::{reflect_pad2d, Act};
@@ -40,7 +40,7 @@ enum Up {
 /// u2ngf, ungf, c7s1-out with tanh. Checkpoint keys: `stem`, `down.{0,1}`, `blocks.{i}.conv{1,2}`,
 /// `up.{0,1}`, `head`, each with `.weight` and `.bias`. The anti-aliased variant (CUT) has the
 /// same keys and shapes: its down convolutions have stride 1 and are followed by [`blur_down`],
-/// its up layers are [`blur_up`] then a 3×3 convolution.
+/// its up layers are [`blur_up`](super::antialias::blur_up) then a 3×3 convolution.
 pub struct ResnetGenerator {
     stem: Conv2d,
     down: Vec<Conv2d>,
@@ -227,7 +227,7 @@ impl ResnetGenerator {
         for u in &self.up {
             h = match u {
                 Up::Transposed(t) => t.forward_norm_act(&h, Act::Relu)?,
-                Up::Blur(c) => c.forward_norm_act(&blur_up(&h)?, Act::Relu)?,
+                Up::Blur(c) => c.forward_blur_up_norm_act(&h, Act::Relu)?,
             }; // [B,2ngf,H/2,W/2] then [B,ngf,H,W]
         }
         self.head.forward(&reflect_pad2d(&h, 3)?)?.tanh() // [B,Cout,H,W]

@@ -136,7 +136,7 @@ simd_fn! {
 
 /// One row (or column) of the blur up-sampling: `x` n → `out` 2n.
 #[inline(always)]
-fn up_row(out: &mut [f32], x: &[f32]) {
+pub(super) fn up_row(out: &mut [f32], x: &[f32]) {
     let n = x.len();
     let at = |k: usize| -> (f32, f32) {
         let c = 0.75 * x[k];
@@ -176,7 +176,7 @@ simd_fn! {
 
 /// The adjoint of `up_row`: `g` 2n → `out` n.
 #[inline(always)]
-fn up_row_adjoint(out: &mut [f32], g: &[f32]) {
+pub(super) fn up_row_adjoint(out: &mut [f32], g: &[f32]) {
     let n = out.len();
     let at = |k: usize| -> f32 {
         let next = if k + 1 < n { g[2 * k + 2] } else { g[2 * k + 1] };

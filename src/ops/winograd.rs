@@ -10,7 +10,10 @@
 //!   points and so its Bᵀ; only G (α×4) and Aᵀ (3×α) differ.
 //!
 //! Padding happens inside the transforms (rows are padded as tiles read them), so no padded copy
-//! of the input is made, kept for backward, or differentiated.
+//! of the input is made, kept for backward, or differentiated. So does CUT's blur up-sampling in
+//! front of its up-sampling convolutions (`Pad::UpZero`): tiles read rows of the up-sampled,
+//! zero-padded input made on the fly from the stored half-size one, and backward folds them back
+//! through the up-sampling's adjoint.
 //!
 //! With the transforms Bᵀ (α×α), G (α×r) and Aᵀ (m×α) of Lavin & Gray (2016), every input tile
 //! d and every filter g give V = Bᵀ d B and U = G g Gᵀ, and
@@ -39,12 +42,14 @@ pub(crate) fn applies(cin: usize, cout: usize, k: usize, stride: usize, pad: usi
     (k == 3 || k == 4) && stride == 1 && pad <= 1 && cin >= 16 && cout >= 16 && !super::settings().no_winograd
 }
 
-/// How the transforms pad the input: by nothing, or by one pixel, reflected or zero.
+/// How the transforms pad the input: by nothing, or by one pixel, reflected or zero; or
+/// blur-up-sample it 2× (`ops::blur::blur_up`) and zero-pad that by one pixel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Pad {
     None,
     Reflect,
     Zero,
+    UpZero,
 }
 
 impl Pad {
@@ -225,8 +230,11 @@ impl Tiles {
         if pad == Pad::Reflect && (sh < 2 || sw < 2 || r != 3) {
             bail!("winograd conv: reflection padding of a {sh}x{sw} input for a {r}x{r} kernel is not supported");
         }
+        if pad == Pad::UpZero && (sh == 0 || sw == 0 || r != 3) {
+            bail!("winograd conv: blur up-sampling of a {sh}x{sw} input for a {r}x{r} kernel is not supported");
+        }
         let p = pad.size();
-        let (h, w) = (sh + 2 * p, sw + 2 * p);
+        let (h, w) = if pad == Pad::UpZero { (2 * sh + 2, 2 * sw + 2) } else { (sh + 2 * p, sw + 2 * p) };
         if h < r || w < r {
             bail!("{r}x{r} convolution of a {h}x{w} input without padding has no output");
         }
@@ -254,10 +262,60 @@ impl Tiles {
         self.m * (band.1 - band.0) + self.r - 1
     }
 
-    /// The stored row that padded row `r` (< h) shows; `None` for a row of zero padding.
+    /// Writes padded row `r` (< h) of the convolution's input into `row[..w]` from the stored
+    /// `plane` [sh, sw]; `tmp` holds `sw` floats (the up-sampling's vertical combination).
+    fn load_row(&self, plane: &[f32], r: usize, row: &mut [f32], tmp: &mut [f32]) {
+        let sw = self.sw;
+        let stored = |i: usize| &plane[i * sw..(i + 1) * sw];
+        if self.pad != Pad::UpZero {
+            return self.padded_row(self.source_row(r).map(stored), row);
+        }
+        let Some((near, far)) = self.up_rows(r) else { return row[..self.w].fill(0.0) };
+        for ((t, &a), &b) in tmp[..sw].iter_mut().zip(stored(near)).zip(stored(far)) {
+            *t = 0.75 * a + 0.25 * b;
+        }
+        row[0] = 0.0;
+        super::blur::up_row(&mut row[1..2 * sw + 1], &tmp[..sw]);
+        row[2 * sw + 1] = 0.0;
+    }
+
+    /// Adds padded row `row[..w]` (row `r` < h) into the stored `plane` (the adjoint of
+    /// `load_row`); `tmp` holds `sw` floats.
+    fn fold_into(&self, row: &[f32], r: usize, plane: &mut [f32], tmp: &mut [f32]) {
+        let sw = self.sw;
+        if self.pad != Pad::UpZero {
+            if let Some(sr) = self.source_row(r) {
+                self.fold_row(row, &mut plane[sr * sw..(sr + 1) * sw]);
+            }
+            return;
+        }
+        let Some((near, far)) = self.up_rows(r) else { return };
+        super::blur::up_row_adjoint(&mut tmp[..sw], &row[1..2 * sw + 1]);
+        for (k, i) in [(0.75f32, near), (0.25, far)] {
+            for (d, &v) in plane[i * sw..(i + 1) * sw].iter_mut().zip(tmp.iter()) {
+                *d += k * v;
+            }
+        }
+    }
+
+    /// For `Pad::UpZero`: the stored rows that padded row `r` combines, ¾ of the first and ¼
+    /// of the second (up-sampled row u = r − 1: u = 2m takes m and m − 1, u = 2m + 1 takes m and
+    /// m + 1, clamped); `None` for the zero rows.
+    fn up_rows(&self, r: usize) -> Option<(usize, usize)> {
+        if r == 0 || r + 1 >= self.h {
+            return None;
+        }
+        let (u, n) = (r - 1, self.sh);
+        let m = u / 2;
+        Some((m, if u % 2 == 0 { m.saturating_sub(1) } else { (m + 1).min(n - 1) }))
+    }
+
+    /// The stored row that padded row `r` (< h) shows; `None` for a row of zero padding (and
+    /// under `Pad::UpZero`, whose rows `load_row` combines from two).
     fn source_row(&self, r: usize) -> Option<usize> {
         match (self.pad, r) {
             (Pad::None, r) => Some(r),
+            (Pad::UpZero, _) => None,
             (Pad::Zero, r) if r == 0 || r > self.sh => None,
             (Pad::Reflect, 0) => Some(1),
             (Pad::Reflect, r) if r > self.sh => Some(self.sh - 2),
@@ -277,7 +335,7 @@ impl Tiles {
                 row[1..sw + 1].copy_from_slice(src);
                 row[sw + 1] = src[sw - 2];
             }
-            Pad::Zero => {
+            Pad::Zero | Pad::UpZero => {
                 row[0] = 0.0;
                 row[1..sw + 1].copy_from_slice(src);
                 row[sw + 1] = 0.0;
@@ -570,7 +628,7 @@ fn filter_adjoint_plane_m<const M: usize, const R: usize, const AL: usize>(buf: 
 /// the padded plane's edge (partial tiles) are zeros.
 fn input_transform(x: &[f32], c: usize, t: &Tiles, band: (usize, usize), v: &mut [f32]) {
     let ts = t.band_stride(band);
-    let scratch = 2 * t.alpha * t.row_width() + t.m * (t.tw + 1);
+    let scratch = 2 * t.alpha * t.row_width() + t.m * (t.tw + 1) + t.sw;
     per_channel((v, t.positions() * ts), (x, t.plane()), c, scratch, |buf, vc, plane| input_plane(buf, vc, plane, t, band, ts));
 }
 
@@ -587,13 +645,14 @@ fn input_plane_m<const M: usize, const _R: usize, const AL: usize>(buf: &mut [f3
     // Bᵀ across the tiles.
     let (s, tw, width) = (scheme::<M>(), t.tw, t.row_width());
     let pl = tw + 1;
+    let (buf, tmp) = buf.split_at_mut(buf.len() - t.sw);
     let (padded, rest) = buf.split_at_mut(AL * width);
     let (cols, ph) = rest.split_at_mut(AL * width);
     for ti in band.0..band.1 {
         for (i, row) in padded.chunks_exact_mut(width).enumerate() {
             let r = M * ti + i;
             if r < t.h {
-                t.padded_row(t.source_row(r).map(|sr| &plane[sr * t.sw..(sr + 1) * t.sw]), row);
+                t.load_row(plane, r, row, tmp);
                 row[t.w..].fill(0.0);
             } else {
                 row.fill(0.0);
@@ -616,7 +675,7 @@ fn input_plane_m<const M: usize, const _R: usize, const AL: usize>(buf: &mut [f3
 /// `input_transform`): tiles add into a padded band of rows, which is then folded back.
 fn input_transform_adjoint(dv: &[f32], c: usize, t: &Tiles, band: (usize, usize), dx: &mut [f32]) {
     let ts = t.band_stride(band);
-    let scratch = t.band_rows(band) * t.row_width() + 2 * t.positions() * t.tw + t.m * (t.tw + 1);
+    let scratch = t.band_rows(band) * t.row_width() + 2 * t.positions() * t.tw + t.m * (t.tw + 1) + t.sw;
     per_channel((dx, t.plane()), (dv, t.positions() * ts), c, scratch, |buf, plane, vc| input_adjoint_plane(buf, plane, vc, t, band, ts));
 }
 
@@ -630,6 +689,7 @@ simd_fn! {
 fn input_adjoint_plane_m<const M: usize, const _R: usize, const AL: usize>(buf: &mut [f32], plane: &mut [f32], vc: &[f32], t: &Tiles, band: (usize, usize), ts: usize) {
     let (s, tw, width) = (scheme::<M>(), t.tw, t.row_width());
     let pl = tw + 1;
+    let (buf, tmp) = buf.split_at_mut(buf.len() - t.sw);
     let r0 = M * band.0; // first padded row the band's tiles touch
     let (acc, rest) = buf.split_at_mut(t.band_rows(band) * width);
     let (cb, rest) = rest.split_at_mut(AL * AL * tw);
@@ -667,9 +727,7 @@ fn input_adjoint_plane_m<const M: usize, const _R: usize, const AL: usize>(buf: 
         if r >= t.h {
             break;
         }
-        if let Some(sr) = t.source_row(r) {
-            t.fold_row(row, &mut plane[sr * t.sw..(sr + 1) * t.sw]);
-        }
+        t.fold_into(row, r, plane, tmp);
     }
 }
 
