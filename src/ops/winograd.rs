@@ -940,10 +940,13 @@ thread_local! {
 }
 
 impl KeptDm {
-    /// A pooled buffer of `len` floats (contents unspecified).
+    /// A pooled buffer of at least `len` floats (contents unspecified). It only grows, so it is
+    /// zeroed once per size reached, not on every layer.
     fn buffer(len: usize) -> Vec<f32> {
         let mut buf = DM_POOL.with(std::cell::Cell::take);
-        buf.resize(len, 0.0);
+        if buf.len() < len {
+            buf.resize(len, 0.0);
+        }
         buf
     }
 
@@ -1010,8 +1013,9 @@ impl CustomOp2 for DataGrad {
         let (dy, w) = (f32_data(s1, l1)?, f32_data(s2, l2)?);
         let dx = match &self.keep {
             Some(keep) => {
-                let mut buf = KeptDm::buffer(kept_dm_len(bsz, cin, cout, &t));
-                let dx = data_grad_kernel(dy, w, cin, cout, &t, Some(&mut buf));
+                let len = kept_dm_len(bsz, cin, cout, &t);
+                let mut buf = KeptDm::buffer(len);
+                let dx = data_grad_kernel(dy, w, cin, cout, &t, Some(&mut buf[..len]));
                 keep.put(buf);
                 dx
             }
@@ -1041,8 +1045,9 @@ impl CustomOp2 for FilterGrad {
         if (bg, ho, wo) != (bsz, t.ho, t.wo) {
             bail!("winograd conv filter gradient: gradient {:?} does not match input {:?}", l2.dims(), l1.dims());
         }
-        let kept = self.kept.as_ref().and_then(KeptDm::take).filter(|buf| buf.len() == kept_dm_len(bsz, cin, cout, &t));
-        let dw = filter_grad_kernel(f32_data(s1, l1)?, f32_data(s2, l2)?, cin, cout, &t, kept.as_deref());
+        let len = kept_dm_len(bsz, cin, cout, &t);
+        let kept = self.kept.as_ref().and_then(KeptDm::take).filter(|buf| buf.len() >= len);
+        let dw = filter_grad_kernel(f32_data(s1, l1)?, f32_data(s2, l2)?, cin, cout, &t, kept.as_ref().map(|b| &b[..len]));
         if let Some(buf) = kept {
             KeptDm::recycle(buf);
         }

@@ -4,7 +4,9 @@
 
 use crate::util::Rng;
 use crate::model::Feature;
-use candle_core::{DType, Result, Tensor, D};
+use crate::ops::{cpu_f32, f32_data};
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor, D};
+use rayon::prelude::*;
 use candle_nn::{Init, VarBuilder};
 
 /// `nn.Linear`: weight [out,in] and bias [out] as in PyTorch.
@@ -106,11 +108,86 @@ pub fn sample_patches(feat: &Feature, ids: &[u32]) -> Result<Tensor> {
 
 fn sample_map(feat: &Tensor, ids: &[u32]) -> Result<Tensor> {
     let (b, c, h, w) = feat.dims4()?;
+    let hw = h * w;
+    if let Some(&bad) = ids.iter().find(|&&i| i as usize >= hw) {
+        candle_core::bail!("patch id {bad} outside a {h}x{w} feature map");
+    }
+    if cpu_f32(feat) {
+        return feat.contiguous()?.apply_op1(SamplePatches { ids: ids.to_vec() });
+    }
     // Gather first, transpose after: only the P sampled columns are moved, not the whole map
     // (the reference's permute copies all H·W positions, and its gradient would be strided).
     let idx = Tensor::from_slice(ids, ids.len(), feat.device())?;
-    let picked = feat.reshape((b, c, h * w))?.index_select(&idx, 2)?; // [B,C,P]
+    let picked = feat.reshape((b, c, hw))?.index_select(&idx, 2)?; // [B,C,P]
     picked.transpose(1, 2)?.contiguous()?.reshape((b * ids.len(), c))
+}
+
+/// [B,C,H,W] → [B·P,C], the positions `ids` of every image (f32 on the CPU). Its backward
+/// scatters into one zeroed map per plane, in parallel: the gather composed from reshape and
+/// index_select costs several full-size passes in backward for a few hundred positions.
+struct SamplePatches {
+    ids: Vec<u32>,
+}
+
+impl CustomOp1 for SamplePatches {
+    fn name(&self) -> &'static str {
+        "sample-patches"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = f32_data(s, l)?;
+        let (b, c, h, w) = l.shape().dims4()?;
+        let (hw, p) = (h * w, self.ids.len());
+        let mut y = vec![0f32; b * p * c];
+        for (n, yb) in y.chunks_exact_mut(p * c).enumerate() {
+            for (row, &id) in yb.chunks_exact_mut(c).zip(&self.ids) {
+                for (ch, v) in row.iter_mut().enumerate() {
+                    *v = x[(n * c + ch) * hw + id as usize];
+                }
+            }
+        }
+        Ok((CpuStorage::F32(y), Shape::from((b * p, c))))
+    }
+
+    fn bwd(&self, x: &Tensor, _res: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
+        let (b, c, h, w) = x.dims4()?;
+        let op = ScatterPatches { ids: self.ids.clone(), shape: (b, c, h, w) };
+        Ok(Some(dy.contiguous()?.apply_op1(op)?))
+    }
+}
+
+/// The adjoint of [`SamplePatches`]: [B·P,C] → [B,C,H,W], zero but at the sampled positions
+/// (repeated ids add up).
+struct ScatterPatches {
+    ids: Vec<u32>,
+    shape: (usize, usize, usize, usize),
+}
+
+impl CustomOp1 for ScatterPatches {
+    fn name(&self) -> &'static str {
+        "scatter-patches"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let g = f32_data(s, l)?;
+        let (b, c, h, w) = self.shape;
+        let (hw, p) = (h * w, self.ids.len());
+        if g.len() != b * p * c {
+            candle_core::bail!("scatter_patches: gradient {:?} for {p} patches of {:?}", l.dims(), self.shape);
+        }
+        let mut dx = vec![0f32; b * c * hw];
+        dx.par_chunks_mut(hw).enumerate().for_each(|(plane, d)| {
+            let (n, ch) = (plane / c, plane % c);
+            for (k, &id) in self.ids.iter().enumerate() {
+                d[id as usize] += g[(n * p + k) * c + ch];
+            }
+        });
+        Ok((CpuStorage::F32(dx), Shape::from(self.shape)))
+    }
+
+    fn bwd(&self, _g: &Tensor, _res: &Tensor, ddx: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(ddx.contiguous()?.apply_op1(SamplePatches { ids: self.ids.clone() })?))
+    }
 }
 
 /// Patch ids as the reference draws them: the first `min(num_patches, hw)` entries of a random
@@ -147,6 +224,25 @@ pub fn patch_nce_loss(feat_q: &Tensor, feat_k: &Tensor, batch: usize, tau: f64) 
 mod tests {
     use super::*;
     use candle_core::Device;
+
+    /// The gather op against reshape + index_select: values and gradient, repeated ids included.
+    #[test]
+    fn sampling_op_matches_index_select() {
+        let dev = Device::Cpu;
+        let v: Vec<f32> = (0..2 * 3 * 4 * 5).map(|i| (i as f32 * 0.37).sin()).collect();
+        let x = candle_core::Var::from_tensor(&Tensor::from_vec(v, (2, 3, 4, 5), &dev).unwrap()).unwrap();
+        let ids = [7u32, 0, 19, 7];
+        let idx = Tensor::new(&ids, &dev).unwrap();
+        let composed = x.as_tensor().reshape((2, 3, 20)).unwrap().index_select(&idx, 2).unwrap().transpose(1, 2).unwrap().contiguous().unwrap().reshape((8, 3)).unwrap();
+        let ours = sample_map(x.as_tensor(), &ids).unwrap();
+        assert_eq!(ours.to_vec2::<f32>().unwrap(), composed.to_vec2::<f32>().unwrap());
+        let wts = Tensor::from_vec((0..24).map(|i| i as f32 - 7.0).collect::<Vec<f32>>(), (8, 3), &dev).unwrap();
+        let g1 = (ours * &wts).unwrap().sum_all().unwrap().backward().unwrap();
+        let g2 = (composed * &wts).unwrap().sum_all().unwrap().backward().unwrap();
+        let (a, b) = (g1.get(x.as_tensor()).unwrap(), g2.get(x.as_tensor()).unwrap());
+        assert_eq!(a.flatten_all().unwrap().to_vec1::<f32>().unwrap(), b.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+        assert!(sample_map(x.as_tensor(), &[20]).is_err(), "an id past the map is an error");
+    }
 
     #[test]
     fn patches_are_taken_image_major() {
