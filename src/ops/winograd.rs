@@ -468,33 +468,36 @@ fn deinterleave<const M: usize>(row: &[f32], ph: &mut [f32], len: usize) {
 }
 
 /// The inverse of `deinterleave` into `out` (entries past `out` dropped): `out[M·q + p]`
-/// = (or += where `add`) `ph[p·len + q]`.
+/// = (or += with `ADD`) `ph[p·len + q]`.
 #[inline(always)]
-fn interleave<const M: usize>(ph: &[f32], len: usize, out: &mut [f32], add: bool) {
+fn interleave<const M: usize, const ADD: bool>(ph: &[f32], len: usize, out: &mut [f32]) {
     let ph = &ph[..M * len];
     let full = (out.len() / M).min(len);
-    // As in `deinterleave`: blocks of 16 per phase through a fixed-size buffer.
+    let put = |o: &mut f32, v: f32| *o = if ADD { *o + v } else { v };
+    // As in `deinterleave`: blocks of 16 per phase through fixed-size buffers.
     let blocks = full / 16;
     for blk in 0..blocks {
         let mut t = [[0f32; 16]; M];
         for (p, tp) in t.iter_mut().enumerate() {
             tp.copy_from_slice(&ph[p * len + blk * 16..][..16]);
         }
-        let dst = &mut out[blk * 16 * M..][..16 * M];
-        for (l, chunk) in dst.chunks_exact_mut(M).enumerate() {
+        let mut o = [0f32; 64]; // 16·M ≤ 64
+        for l in 0..16 {
             for p in 0..M {
-                chunk[p] = if add { chunk[p] + t[p][l] } else { t[p][l] };
+                o[l * M + p] = t[p][l];
             }
+        }
+        for (d, &v) in out[blk * 16 * M..][..16 * M].iter_mut().zip(&o) {
+            put(d, v);
         }
     }
     for (q, chunk) in out.chunks_exact_mut(M).enumerate().take(full).skip(blocks * 16) {
         for p in 0..M {
-            chunk[p] = if add { chunk[p] + ph[p * len + q] } else { ph[p * len + q] };
+            put(&mut chunk[p], ph[p * len + q]);
         }
     }
     for (i, o) in out.iter_mut().enumerate().skip(M * full) {
-        let v = ph[(i % M) * len + i / M];
-        *o = if add { *o + v } else { v };
+        put(o, ph[(i % M) * len + i / M]);
     }
 }
 
@@ -719,7 +722,7 @@ fn input_adjoint_plane_m<const M: usize, const _R: usize, const AL: usize>(buf: 
                     }
                 }
             }
-            interleave::<M>(ph, pl, &mut acc[(M * ti + i - r0) * width..][..width], true);
+            interleave::<M, true>(ph, pl, &mut acc[(M * ti + i - r0) * width..][..width]);
         }
     }
     for (i, row) in acc.chunks_exact(width).enumerate() {
@@ -761,7 +764,7 @@ fn output_plane_m<const M: usize, const _R: usize, const AL: usize>(buf: &mut [f
                 break;
             }
             apply::<M, AL>(&s.at, r, at(i * AL * tw, tw), ph, at(0, tw), tw);
-            interleave::<M>(ph, tw, &mut plane[row * t.wo..][..t.wo], false);
+            interleave::<M, false>(ph, tw, &mut plane[row * t.wo..][..t.wo]);
         }
     }
 }
