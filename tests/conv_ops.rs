@@ -473,13 +473,19 @@ fn reflect_padded_conv_matches_pad_then_conv() {
         let r = rand_tensor(&[b, cout, h, w], 220 + i as u64);
         let ours = conv2d_reflect(x.as_tensor(), wt.as_tensor(), 1).unwrap();
         let reference = conv2d(&reflect_pad2d(x.as_tensor(), 1).unwrap(), wt.as_tensor(), 1, 0).unwrap();
-        assert!(rel_diff(&ours, &reference) < 1e-5, "forward {:?}", (b, cin, cout, h, w));
-        let g1 = (ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
-        let g2 = (reference * &r).unwrap().sum_all().unwrap().backward().unwrap();
-        for t in [x.as_tensor(), wt.as_tensor()] {
-            let d = rel_diff(g1.get(t).unwrap(), g2.get(t).unwrap());
-            assert!(d < 1e-5, "gradient {:?}: {d}", (b, cin, cout, h, w));
-        }
+        assert_same_op(&format!("{:?}", (b, cin, cout, h, w)), ours, reference, &r, [&x, &wt]);
+    }
+}
+
+/// `ours` against `reference`, two ways of computing one op of `vars`: the values, and the
+/// gradients of Σ r·y with respect to every var, within 1e-5 (relative).
+fn assert_same_op(what: &str, ours: Tensor, reference: Tensor, r: &Tensor, vars: [&Var; 2]) {
+    assert!(rel_diff(&ours, &reference) < 1e-5, "forward {what}");
+    let g1 = (ours * r).unwrap().sum_all().unwrap().backward().unwrap();
+    let g2 = (reference * r).unwrap().sum_all().unwrap().backward().unwrap();
+    for v in vars {
+        let d = rel_diff(g1.get(v.as_tensor()).unwrap(), g2.get(v.as_tensor()).unwrap());
+        assert!(d < 1e-5, "gradient {what}: {d}");
     }
 }
 
@@ -495,13 +501,7 @@ fn blur_up_conv_matches_upsample_then_conv() {
         let r = rand_tensor(&[b, cout, 2 * h, 2 * w], 320 + i as u64);
         let ours = blur_up_conv3x3(x.as_tensor(), wt.as_tensor()).unwrap().expect("the fused kernel applies");
         let reference = conv2d(&blur_up(x.as_tensor()).unwrap(), wt.as_tensor(), 1, 1).unwrap();
-        assert!(rel_diff(&ours, &reference) < 1e-5, "forward {:?}", (b, cin, cout, h, w));
-        let g1 = (ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
-        let g2 = (reference * &r).unwrap().sum_all().unwrap().backward().unwrap();
-        for t in [x.as_tensor(), wt.as_tensor()] {
-            let d = rel_diff(g1.get(t).unwrap(), g2.get(t).unwrap());
-            assert!(d < 1e-5, "gradient {:?}: {d}", (b, cin, cout, h, w));
-        }
+        assert_same_op(&format!("{:?}", (b, cin, cout, h, w)), ours, reference, &r, [&x, &wt]);
     }
     // Too few channels for Winograd: the caller up-samples and convolves itself.
     let x = rand_tensor(&[1, 4, 5, 5], 330);
