@@ -289,6 +289,7 @@ impl App {
     }
 
     fn screen_key(&mut self, key: KeyEvent) {
+        // Field by field (not `self.ctx()`): the screen itself is borrowed mutably below.
         let ctx = Ctx { options: &self.options, runs: &self.runs, datasets: &self.datasets.entries, events: &self.events };
         let actions = match self.screen {
             Screen::Datasets => self.datasets.key(key, &self.options.datasets, &self.events),
