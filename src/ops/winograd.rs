@@ -381,7 +381,7 @@ fn row_stride(tb: usize) -> usize {
 }
 
 // The transforms below work on whole rows of tiles at once: every entry of a tile's α×α (or
-// m×m, 3×3) matrix is a vector over the tiles of a tile row (or over input channels, for the
+// m×m, r×r) matrix is a vector over the tiles of a tile row (or over input channels, for the
 // filters), and every step of a matrix product maps all the input vectors to all the output
 // vectors in one pass (`apply`), 8 lanes at a time in registers, with the scheme's constant
 // coefficients folded in at compile time. Each transform body is written once for the tile
