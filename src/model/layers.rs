@@ -41,8 +41,7 @@ impl Conv2d {
     /// layer, fused into one op on the CPU.
     pub fn forward_act_blur_down(&self, xs: &Tensor, act: Act) -> Result<Tensor> {
         let y = self.forward_unbiased(xs)?;
-        let (_, _, h, w) = y.dims4()?;
-        if crate::ops::blur::applies(&y) && h >= 2 && w >= 2 {
+        if crate::ops::blur::fused_down_applies(&y) {
             return crate::ops::bias::bias_act_blur_down(&y, &self.bias, act);
         }
         super::antialias::blur_down(&crate::ops::bias::bias_act(&y, &self.bias, act)?)

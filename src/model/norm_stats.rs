@@ -82,8 +82,7 @@ pub fn replay<T>(stats: &NormStats, f: impl FnOnce() -> Result<T>) -> Result<T> 
 /// `blur_down(act(instance_norm(xs)))` (CUT's anti-aliased down-sampling): fused into one op on
 /// the CPU unless statistics are being recorded or replayed.
 pub(crate) fn norm_act_blur_down(xs: &Tensor, act: Act) -> Result<Tensor> {
-    let (_, _, h, w) = xs.dims4()?;
-    if MODE.with(|m| m.borrow().is_none()) && crate::ops::blur::applies(xs) && h >= 2 && w >= 2 {
+    if MODE.with(|m| m.borrow().is_none()) && crate::ops::blur::fused_down_applies(xs) {
         return crate::ops::norm::instance_norm_act_blur_down(xs, act);
     }
     super::antialias::blur_down(&norm_act(xs, act)?)

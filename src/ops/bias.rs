@@ -38,7 +38,7 @@ simd_fn! {
 
 /// `blur_down(act(xs + bias))` for f32 CPU `xs` [B,C,H,W] (H, W ≥ 2; Relu or LeakyRelu): the
 /// anti-aliased PatchGAN's first layer, one pass per plane that never stores the activated map.
-/// Callers check `super::blur::applies`.
+/// Callers check `super::blur::fused_down_applies`.
 pub(crate) fn bias_act_blur_down(xs: &Tensor, bias: &Tensor, act: Act) -> Result<Tensor> {
     let (_, _, h, w) = xs.dims4()?;
     if h < 2 || w < 2 || act == Act::Identity {

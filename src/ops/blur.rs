@@ -52,6 +52,12 @@ pub(crate) fn applies(xs: &Tensor) -> bool {
     cpu_f32(xs)
 }
 
+/// Whether a kernel fused with the blur-pool (`norm::instance_norm_act_blur_down`,
+/// `bias::bias_act_blur_down`) takes `xs` [B,C,H,W]: `applies`, and at least 2×2 pixels.
+pub(crate) fn fused_down_applies(xs: &Tensor) -> bool {
+    applies(xs) && xs.dims4().is_ok_and(|(_, _, h, w)| h >= 2 && w >= 2)
+}
+
 /// The blur-pool of `xs` [B,C,H,W] (f32, CPU; H, W ≥ 2) → [B,C,⌊(H−1)/2⌋+1,⌊(W−1)/2⌋+1].
 /// Callers dispatch with `applies` (`model::antialias::blur_down`).
 pub(crate) fn blur_down(xs: &Tensor) -> Result<Tensor> {

@@ -208,7 +208,7 @@ fn norm_act_bwd_plane_body(dxp: &mut [f32], xp: &[f32], dyp: &[f32], (mean, inv_
 
 /// `blur_down(act(instance_norm(xs)))` for f32 CPU `xs` [B,C,H,W] (H, W ≥ 2): CUT's
 /// anti-aliased down-sampling after its convolution, one pass per plane that never stores the
-/// normalised plane (nor, in backward, its gradient). Callers check `super::blur::applies`.
+/// normalised plane (nor, in backward, its gradient). Callers check `super::blur::fused_down_applies`.
 pub(crate) fn instance_norm_act_blur_down(xs: &Tensor, act: Act) -> Result<Tensor> {
     let (b, c, h, w) = xs.dims4()?;
     if h < 2 || w < 2 || b * c == 0 {
