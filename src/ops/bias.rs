@@ -71,9 +71,15 @@ impl CustomOp2 for BiasAct {
     /// The slope at x + b is the slope at the output (both activations keep the sign).
     fn bwd(&self, x: &Tensor, bias: &Tensor, res: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let g = res.apply_op2_no_bwd(&dy.contiguous()?, &ActGrad { act: self.act })?; // [B,C,H,W]
-        let db = bias.track_op().then(|| g.apply_op1_no_bwd(&ChannelSums)).transpose()?;
-        Ok((x.track_op().then_some(g), db))
+        input_and_bias_grads(x, bias, g)
     }
+}
+
+/// From g, the gradient with respect to x + b: x's gradient is g, the bias's its per-channel sums
+/// (each where the operand takes gradients).
+fn input_and_bias_grads(x: &Tensor, bias: &Tensor, g: Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    let db = bias.track_op().then(|| g.apply_op1_no_bwd(&ChannelSums)).transpose()?;
+    Ok((x.track_op().then_some(g), db))
 }
 
 /// dy · act'(y) from the op's output y and dy.
@@ -149,8 +155,7 @@ impl CustomOp2 for BiasActBlurDown {
 
     fn bwd(&self, x: &Tensor, bias: &Tensor, _res: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let g = x.apply_op3_no_bwd(bias, &dy.contiguous()?, &BiasActBlurDownBwd { act: self.act })?; // [B,C,H,W]
-        let db = bias.track_op().then(|| g.apply_op1_no_bwd(&ChannelSums)).transpose()?;
-        Ok((x.track_op().then_some(g), db))
+        input_and_bias_grads(x, bias, g)
     }
 }
 

@@ -39,7 +39,7 @@ impl Act {
         }
     }
 
-    /// `out[i] = g[i] · act'(f(x[i]))` (`g` may alias nothing; `out` and `g` the same length).
+    /// `out[i] = g[i] · act'(f(x[i]))` (`out`, `g` and `x` the same length).
     #[inline(always)]
     pub(crate) fn grad_map(self, out: &mut [f32], g: &[f32], x: &[f32], f: impl Fn(f32) -> f32) {
         let it = out.iter_mut().zip(g).zip(x);
@@ -185,24 +185,20 @@ simd_fn! {
     /// dx of one plane of `act(instance_norm(x))` from its `dy`, with x's (mean, 1/σ): with
     /// x̂ = (x − μ)/σ and g = dy · act'(x̂), dx = (g − mean(g) − x̂ · mean(g · x̂)) / σ.
     fn norm_act_bwd_plane(dxp: &mut [f32], xp: &[f32], dyp: &[f32], st: (f32, f32), act: Act) {
-        norm_act_bwd_plane_body(dxp, xp, dyp, st, act)
-    }
-}
-
-#[inline(always)]
-fn norm_act_bwd_plane_body(dxp: &mut [f32], xp: &[f32], dyp: &[f32], (mean, inv_std): (f32, f32), act: Act) {
-    let n = xp.len() as f64;
-    // g is written into dx first, then turned into dx in place.
-    let (mut sum_g, mut sum_gx) = (0f64, 0f64);
-    for (blk, (xb, dyb)) in dxp.chunks_mut(1024).zip(xp.chunks(1024).zip(dyp.chunks(1024))) {
-        act.grad_map(blk, dyb, xb, |xv| (xv - mean) * inv_std);
-        sum_g += lane_sum(blk, |v| v);
-        sum_gx += lane_sum2(blk, xb, |g, xv| g * (xv - mean));
-    }
-    let mean_g = (sum_g / n) as f32;
-    let mean_gx = (sum_gx * inv_std as f64 / n) as f32; // mean(g·x̂)
-    for (o, &xv) in dxp.iter_mut().zip(xp) {
-        *o = (*o - mean_g - (xv - mean) * inv_std * mean_gx) * inv_std;
+        let (mean, inv_std) = st;
+        let n = xp.len() as f64;
+        // g is written into dx first, then turned into dx in place.
+        let (mut sum_g, mut sum_gx) = (0f64, 0f64);
+        for (blk, (xb, dyb)) in dxp.chunks_mut(1024).zip(xp.chunks(1024).zip(dyp.chunks(1024))) {
+            act.grad_map(blk, dyb, xb, |xv| (xv - mean) * inv_std);
+            sum_g += lane_sum(blk, |v| v);
+            sum_gx += lane_sum2(blk, xb, |g, xv| g * (xv - mean));
+        }
+        let mean_g = (sum_g / n) as f32;
+        let mean_gx = (sum_gx * inv_std as f64 / n) as f32; // mean(g·x̂)
+        for (o, &xv) in dxp.iter_mut().zip(xp) {
+            *o = (*o - mean_g - (xv - mean) * inv_std * mean_gx) * inv_std;
+        }
     }
 }
 
