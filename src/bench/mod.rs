@@ -4,6 +4,7 @@
 
 use crate::data::DomainSpec;
 use crate::model::Generator;
+use crate::ops::Precision;
 use crate::train::{open_device, Method, MethodTrainer, NceConfig, Schedule, TrainConfig};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
@@ -57,6 +58,9 @@ pub struct CaseResult {
     /// On a CUDA device: the driver's figures for the case's process (absent on the CPU).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device_memory: Option<DeviceMemory>,
+    /// What the convolutions multiplied in (the precision that really ran).
+    #[serde(default)]
+    pub precision: crate::ops::Precision,
 }
 
 /// Device memory as the CUDA driver reports it, MiB. candle allocates through the device's
@@ -127,7 +131,7 @@ pub fn peak_rss_mib() -> f64 {
         .unwrap_or(f64::NAN)
 }
 
-fn bench_config(case: &Case, device: &str) -> TrainConfig {
+fn bench_config(case: &Case, device: &str, precision: Precision) -> TrainConfig {
     let base = TrainConfig::reference("bench", "".into(), DomainSpec { name: "A".into(), channels: 3 }, DomainSpec { name: "B".into(), channels: 3 }, 1);
     TrainConfig {
         method: case.method,
@@ -140,18 +144,24 @@ fn bench_config(case: &Case, device: &str) -> TrainConfig {
         schedule: Schedule::Iters { iters: 1000, decay_iters: 0 },
         health_every: 0,
         device: device.into(),
+        precision,
         ..base
     }
 }
 
-/// Runs one case in this process: `warmup` untimed then `repeats` timed runs.
-pub fn run_case(id: &str, device: &str, warmup: usize, repeats: usize) -> Result<CaseResult> {
+/// Runs one case in this process: `warmup` untimed then `repeats` timed runs, its convolutions
+/// in `precision` (or fp32 where this CPU cannot do bf16; the result says which ran).
+pub fn run_case(id: &str, device: &str, precision: Precision, warmup: usize, repeats: usize) -> Result<CaseResult> {
+    let dev = open_device(device)?;
+    let (precision, fallback) = crate::ops::precision::effective(precision, &dev);
+    if let Some(why) = fallback {
+        eprintln!("{why}");
+    }
     if id == INCEPTION_CASE {
         return run_inception_case(warmup, repeats);
     }
     let case = CASES.iter().find(|c| c.id == id).with_context(|| format!("unknown case {id}"))?;
-    let cfg = bench_config(case, device);
-    let dev = open_device(device)?;
+    let cfg = bench_config(case, device, precision);
     let s = case.size;
     let mut seconds = Vec::new();
     if case.train {
@@ -178,7 +188,7 @@ pub fn run_case(id: &str, device: &str, warmup: usize, repeats: usize) -> Result
         let x = Tensor::rand(-1f32, 1.0, (1, 3, s, s), &dev)?;
         for i in 0..warmup + repeats {
             let t0 = Instant::now();
-            let y = g_plain.forward(&x)?;
+            let y = crate::ops::with_precision(precision, || g_plain.forward(&x))?;
             dev.synchronize()?;
             drop(y);
             if i >= warmup {
@@ -187,7 +197,7 @@ pub fn run_case(id: &str, device: &str, warmup: usize, repeats: usize) -> Result
         }
     }
     let device_memory = device_memory(&dev);
-    Ok(CaseResult { id: id.into(), what: case.what.into(), median_s: median(&seconds), seconds, peak_rss_mib: peak_rss_mib(), device_memory })
+    Ok(CaseResult { id: id.into(), what: case.what.into(), median_s: median(&seconds), seconds, peak_rss_mib: peak_rss_mib(), device_memory, precision })
 }
 
 fn run_inception_case(warmup: usize, repeats: usize) -> Result<CaseResult> {
@@ -206,17 +216,19 @@ fn run_inception_case(warmup: usize, repeats: usize) -> Result<CaseResult> {
         }
     }
     let what = format!("FID Inception features, batch of {INCEPTION_BATCH} at 299² (CPU)");
-    Ok(CaseResult { id: INCEPTION_CASE.into(), what, median_s: median(&seconds), seconds, peak_rss_mib: peak_rss_mib(), device_memory: None })
+    let precision = Precision::Fp32;
+    Ok(CaseResult { id: INCEPTION_CASE.into(), what, median_s: median(&seconds), seconds, peak_rss_mib: peak_rss_mib(), device_memory: None, precision })
 }
 
 /// Runs the chosen cases, each in a fresh child process (so peak memory is per case), and
 /// returns their results.
-pub fn run_all(ids: &[String], device: &str, warmup: usize, repeats: usize) -> Result<Vec<CaseResult>> {
+pub fn run_all(ids: &[String], device: &str, precision: Precision, warmup: usize, repeats: usize) -> Result<Vec<CaseResult>> {
     let exe = std::env::current_exe()?;
     let mut out = Vec::new();
     for id in ids {
         let o = std::process::Command::new(&exe)
-            .args(["bench", "--case-in-process", id, "--device", device, "--warmup", &warmup.to_string(), "--repeats", &repeats.to_string()])
+            .args(["bench", "--case-in-process", id, "--device", device, "--precision", precision.as_str()])
+            .args(["--warmup", &warmup.to_string(), "--repeats", &repeats.to_string()])
             .output()
             .with_context(|| format!("running bench case {id}"))?;
         if !o.status.success() {
@@ -234,7 +246,7 @@ pub fn table(results: &[CaseResult]) -> String {
     s.push_str(if on_device { " peak device memory: used / pool / device |\n|---|---|---|---|---|\n" } else { "\n|---|---|---|---|\n" });
     for r in results {
         let runs: Vec<String> = r.seconds.iter().map(|x| format!("{x:.3}")).collect();
-        s.push_str(&format!("| {} | {:.3} s | {} | {:.0} MiB |", r.what, r.median_s, runs.join(", "), r.peak_rss_mib));
+        s.push_str(&format!("| {} ({}) | {:.3} s | {} | {:.0} MiB |", r.what, r.precision, r.median_s, runs.join(", "), r.peak_rss_mib));
         match (&r.device_memory, on_device) {
             (Some(m), _) => s.push_str(&format!(" {:.0} / {:.0} / {:.0} MiB |", m.peak_used_mib, m.peak_reserved_mib, m.device_used_mib)),
             (None, true) => s.push_str(" – |"),

@@ -5,13 +5,13 @@ use anyhow::Result;
 
 pub fn run(a: BenchArgs) -> Result<()> {
     if let Some(id) = a.case_in_process {
-        let r = crate::bench::run_case(&id, &a.device, a.warmup, a.repeats)?;
+        let r = crate::bench::run_case(&id, &a.device, a.precision, a.warmup, a.repeats)?;
         println!("{}", serde_json::to_string(&r)?);
         return Ok(());
     }
     let ids: Vec<String> = if a.cases.is_empty() { crate::bench::CASES.iter().map(|c| c.id.to_string()).collect() } else { a.cases };
-    eprintln!("benchmarking {} on {} ({} warm-up, {} timed runs each)…", ids.join(", "), a.device, a.warmup, a.repeats);
-    let results = crate::bench::run_all(&ids, &a.device, a.warmup, a.repeats)?;
+    eprintln!("benchmarking {} on {} in {} ({} warm-up, {} timed runs each)…", ids.join(", "), a.device, a.precision, a.warmup, a.repeats);
+    let results = crate::bench::run_all(&ids, &a.device, a.precision, a.warmup, a.repeats)?;
     print!("{}", crate::bench::table(&results));
     if let Some(p) = a.json {
         crate::util::atomic_write(&p, serde_json::to_string_pretty(&results)?.as_bytes())?;

@@ -59,6 +59,9 @@ pub struct BenchArgs {
     pub repeats: usize,
     #[arg(long, default_value = crate::train::request::DEFAULT_DEVICE)]
     pub device: String,
+    /// What the convolutions multiply in (see train --precision).
+    #[arg(long, value_enum, default_value_t = crate::ops::Precision::Fp32)]
+    pub precision: crate::ops::Precision,
     /// Write the results as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -177,6 +180,10 @@ pub struct LayoutArgs {
     /// 0 translates the image exactly as it is, as the PyTorch reference's test.py does.
     #[arg(long, default_value_t = crate::translate::DEFAULT_MARGIN)]
     pub margin: usize,
+    /// What the convolutions multiply in: fp32, or bf16 with fp32 sums (faster on CPUs with
+    /// AVX512-BF16; a CPU without bf16 instructions runs fp32 and says so).
+    #[arg(long, value_enum, default_value_t = crate::ops::Precision::Fp32)]
+    pub precision: crate::ops::Precision,
 }
 
 #[derive(Args, Debug)]
@@ -417,6 +424,11 @@ pub struct TrainArgs {
     /// cpu or cuda:N.
     #[arg(long)]
     pub device: Option<String>,
+    /// What the convolutions multiply in: fp32, or bf16 with fp32 sums, master weights and Adam
+    /// state (faster on CPUs with AVX512-BF16). Default fp32 for a new run; --resume keeps the
+    /// run's unless given.
+    #[arg(long, value_enum)]
+    pub precision: Option<crate::ops::Precision>,
     #[arg(long)]
     pub sample_every: Option<u64>,
     #[arg(long)]

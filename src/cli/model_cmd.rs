@@ -31,6 +31,11 @@ fn load_translator_generation(model: &ModelSource, device: &str, layout: LayoutA
         (ModelSource::BuiltIn, which) => bail!("the built-in model has only one generation; --generation {which} needs --model DIR"),
     };
     tr.options = translate_options(layout);
+    let (precision, note) = crate::ops::precision::effective(layout.precision, &tr.device);
+    if let Some(note) = note {
+        eprintln!("{note}");
+    }
+    tr.options.precision = precision;
     if let Some(gain) = colour.chroma_gain {
         tr.set_chroma_gain(gain)?;
     }
@@ -44,7 +49,7 @@ fn load_translator_generation(model: &ModelSource, device: &str, layout: LayoutA
 }
 
 fn translate_options(layout: LayoutArgs) -> TranslateOptions {
-    TranslateOptions { tile: layout.tile, margin: layout.margin, ..Default::default() }
+    TranslateOptions { tile: layout.tile, margin: layout.margin, precision: layout.precision, ..Default::default() }
 }
 
 pub fn translate(checkpoints: &Path, a: TranslateArgs) -> Result<()> {

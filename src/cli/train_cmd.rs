@@ -42,6 +42,7 @@ pub fn request_from_args(args: &TrainArgs) -> Result<RunRequest> {
         seed: args.seed,
         no_flip: args.no_flip,
         device: args.device.clone(),
+        precision: args.precision,
         intervals: Intervals {
             sample_every: args.sample_every,
             save_every: args.save_every,

@@ -35,7 +35,7 @@ use std::cell::Cell;
 /// with Ho = (H + 2·padding − K) / stride + 1. No bias.
 pub fn conv2d(xs: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
     if !fast_path(xs, w) {
-        return xs.conv2d(w, padding, stride, 1, 1);
+        return autocast(xs, w, |x, w| x.conv2d(w, padding, stride, 1, 1));
     }
     let (cout, cin, k, _) = w.dims4()?;
     if super::winograd::applies(cin, cout, k, stride, padding) {
@@ -85,7 +85,7 @@ pub fn conv_transpose2d(
     output_padding: usize,
 ) -> Result<Tensor> {
     if !fast_path(xs, w) {
-        return xs.conv_transpose2d(w, padding, output_padding, stride, 1);
+        return autocast(xs, w, |x, w| x.conv_transpose2d(w, padding, output_padding, stride, 1));
     }
     if output_padding >= stride {
         bail!("conv_transpose2d: output_padding {output_padding} must be smaller than stride {stride}");
@@ -98,6 +98,23 @@ pub fn conv_transpose2d(
     };
     let op = ConvTranspose2dOp { stride, pad: padding, out_h, out_w };
     xs.contiguous()?.apply_op2(&w.contiguous()?, op)
+}
+
+/// candle's convolution `conv` of `xs` and `w`, in bf16 where this thread's precision is bf16
+/// (operands cast to bf16, the result back to `xs`'s dtype: autocast's recipe, and what a GPU
+/// runs for `--precision bf16`), else as they are. candle's CPU has no bf16 matrix product, so
+/// on the CPU (the device-generic path's tests) the operands are rounded to bf16 and convolved
+/// in f32: the same products, summed in f32 as a GPU's bf16 convolution sums them.
+fn autocast(xs: &Tensor, w: &Tensor, conv: impl FnOnce(&Tensor, &Tensor) -> Result<Tensor>) -> Result<Tensor> {
+    if super::precision::current() != super::Precision::Bf16 || xs.dtype() == DType::BF16 {
+        return conv(xs, w);
+    }
+    let dtype = xs.dtype();
+    let (x16, w16) = (xs.to_dtype(DType::BF16)?, w.to_dtype(DType::BF16)?);
+    if xs.device().is_cpu() {
+        return conv(&x16.to_dtype(dtype)?, &w16.to_dtype(dtype)?);
+    }
+    conv(&x16, &w16)?.to_dtype(dtype)
 }
 
 /// Whether the fast kernels apply: the one place a convolution's kernel is chosen. Not with

@@ -30,8 +30,27 @@ impl<'a> Mat<'a> {
 
 /// `dst` [m,n] (row stride `dst_rs`) = (`dst` if `accumulate`) + `lhs` [m,k] · `rhs` [k,n],
 /// multithreaded.
+/// In bf16 where this thread's precision says so (`super::precision`), as are the two below.
 pub(crate) fn matmul(m: usize, n: usize, k: usize, dst: (&mut [f32], usize), accumulate: bool, lhs: Mat, rhs: Mat) {
-    gemm_with(m, n, k, dst, accumulate, lhs, rhs, Parallelism::Rayon(0));
+    gemm_with(m, n, k, dst, accumulate, lhs, rhs, Arith::current(), Parallelism::Rayon(0));
+}
+
+/// Which kernel a product runs on: read on the calling thread (the precision is per thread, and
+/// the products may run on rayon's workers).
+#[derive(Clone, Copy)]
+enum Arith {
+    F32,
+    Bf16,
+}
+
+impl Arith {
+    fn current() -> Self {
+        if super::precision::cpu_bf16() {
+            Arith::Bf16
+        } else {
+            Arith::F32
+        }
+    }
 }
 
 /// `matmul` for a long inner dimension and a small output (weight gradients): `k` is split
@@ -40,16 +59,17 @@ pub(crate) fn matmul(m: usize, n: usize, k: usize, dst: (&mut [f32], usize), acc
 /// thread gained it almost nothing (measured alone on 2 cores: 128×576 output with k 4096,
 /// 7.4 → 6.7 ms; 64×147 with k 16384, 6.0 → 3.0 ms).
 pub(crate) fn matmul_split_k(m: usize, n: usize, k: usize, (dst, dst_rs): (&mut [f32], usize), accumulate: bool, lhs: Mat, rhs: Mat) {
+    let arith = Arith::current();
     let parts = rayon::current_num_threads().min(k / 256);
     if parts < 2 || k < 2 * m.max(n) {
-        return matmul(m, n, k, (dst, dst_rs), accumulate, lhs, rhs);
+        return gemm_with(m, n, k, (dst, dst_rs), accumulate, lhs, rhs, arith, Parallelism::Rayon(0));
     }
     let mut partial = vec![0f32; parts * m * n];
     partial.par_chunks_mut(m * n).enumerate().for_each(|(p, out)| {
         let (k0, k1) = (k * p / parts, k * (p + 1) / parts);
         let lhs = Mat { data: &lhs.data[k0 * lhs.cs..], ..lhs };
         let rhs = Mat { data: &rhs.data[k0 * rhs.rs..], ..rhs };
-        gemm_with(m, n, k1 - k0, (out, n), false, lhs, rhs, Parallelism::None);
+        gemm_with(m, n, k1 - k0, (out, n), false, lhs, rhs, arith, Parallelism::None);
     });
     let (first, rest) = partial.split_at(m * n);
     dst.par_chunks_mut(dst_rs).take(m).enumerate().for_each(|(i, row)| {
@@ -105,34 +125,40 @@ pub(crate) fn matmul_batch(
         }
     }
     let out = Out(dst.as_mut_ptr());
+    let arith = Arith::current();
     (0..count).into_par_iter().for_each(|p| {
         let lhs = Mat { data: &lhs.data[p * lhs_step..], ..lhs };
         let rhs = Mat { data: &rhs.data[p * rhs_step..], ..rhs };
         // SAFETY: the assert keeps every read inside `lhs` / `rhs` and every write inside `dst`
         // (the last product reaches furthest), and product p's writes are its own.
-        unsafe { gemm_raw(m, n, k, (out.at(p * dst_step), dst_rs), accumulate, lhs, rhs, Parallelism::None) }
+        unsafe { gemm_raw(m, n, k, (out.at(p * dst_step), dst_rs), accumulate, lhs, rhs, arith, Parallelism::None) }
     });
 }
 
 #[allow(clippy::too_many_arguments)]
-fn gemm_with(m: usize, n: usize, k: usize, (dst, dst_rs): (&mut [f32], usize), accumulate: bool, lhs: Mat, rhs: Mat, par: Parallelism) {
+fn gemm_with(m: usize, n: usize, k: usize, (dst, dst_rs): (&mut [f32], usize), accumulate: bool, lhs: Mat, rhs: Mat, arith: Arith, par: Parallelism) {
     assert!(
         dst_rs >= n && (m - 1) * dst_rs + n <= dst.len() && lhs.fits(m, k) && rhs.fits(k, n),
         "conv gemm operand out of bounds"
     );
     // SAFETY: the assert above keeps every element gemm reads or writes inside the slices,
     // and `dst` is borrowed mutably, so it aliases neither operand.
-    unsafe { gemm_raw(m, n, k, (dst.as_mut_ptr(), dst_rs), accumulate, lhs, rhs, par) }
+    unsafe { gemm_raw(m, n, k, (dst.as_mut_ptr(), dst_rs), accumulate, lhs, rhs, arith, par) }
 }
 
-/// The gemm crate's call in our operand conventions: `dst` [m,n] at row stride `dst_rs`
-/// (+)= `lhs` [m,k] · `rhs` [k,n].
+/// The gemm crate's call (or, for `Arith::Bf16`, ours in bf16) in our operand conventions:
+/// `dst` [m,n] at row stride `dst_rs` (+)= `lhs` [m,k] · `rhs` [k,n].
 ///
 /// # Safety
 /// `lhs` and `rhs` must fit their shapes (`Mat::fits`), and `dst` must point to m rows of n
 /// writable floats `dst_rs` apart that nothing else reads or writes during the call.
 #[allow(clippy::too_many_arguments)]
-unsafe fn gemm_raw(m: usize, n: usize, k: usize, (dst, dst_rs): (*mut f32, usize), accumulate: bool, lhs: Mat, rhs: Mat, par: Parallelism) {
+unsafe fn gemm_raw(m: usize, n: usize, k: usize, (dst, dst_rs): (*mut f32, usize), accumulate: bool, lhs: Mat, rhs: Mat, arith: Arith, par: Parallelism) {
+    if let Arith::Bf16 = arith {
+        // SAFETY: forwarded from the caller's contract; Arith::Bf16 only where the CPU has the
+        // instructions (`precision::cpu_bf16`).
+        return unsafe { super::gemm_bf16::gemm(m, n, k, (dst, dst_rs), accumulate, lhs, rhs, matches!(par, Parallelism::Rayon(_))) };
+    }
     // SAFETY: forwarded from the caller's contract.
     unsafe {
         gemm::gemm(

@@ -1,7 +1,8 @@
 //! Tensor operations the CycleGAN networks need, with autograd: fast CPU kernels (convolutions,
 //! Winograd, fused instance norm, reflection padding), the device-generic fallbacks built from
 //! candle's ops (what a GPU runs), losses, CPU settings and the switches between the two paths.
-//! Layers: `gemm` (matrix products, scratch buffers) is the leaf; `winograd` uses it; `conv` uses
+//! Layers: `gemm` (matrix products, scratch buffers; in bf16 through `gemm_bf16` where
+//! `precision` says so) is the leaf; `winograd` uses it; `conv` uses
 //! both; `pad` and `blur` (CUT's anti-aliasing filters) stand alone; `norm` uses `blur` (its fused
 //! norm + blur-pool); `bias` uses `norm`'s activations.
 
@@ -41,13 +42,16 @@ pub mod bias;
 pub(crate) mod blur;
 pub mod conv;
 pub(crate) mod gemm;
+pub(crate) mod gemm_bf16;
 pub mod norm;
 pub mod pad;
+pub mod precision;
 pub mod settings;
 mod winograd;
 
 pub use norm::{instance_norm_act, Act};
 pub use pad::reflect_pad2d;
+pub use precision::{with_precision, Precision};
 pub use settings::{settings, Settings, GENERIC_OPS_VAR};
 
 use candle_core::{CpuStorage, DType, Layout, Result, Tensor, D};

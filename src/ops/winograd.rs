@@ -42,6 +42,17 @@ pub(crate) fn applies(cin: usize, cout: usize, k: usize, stride: usize, pad: usi
     (k == 3 || k == 4) && stride == 1 && pad <= 1 && cin >= 16 && cout >= 16 && !super::settings().no_winograd
 }
 
+/// Winograd's per-position products, in fp32 whatever this thread's precision: with bf16
+/// operands F(4×4, 3×3)'s and F(3×3, 4×4)'s transforms amplify the rounding to 5–8 % of the
+/// output's scale (20–40× a direct bf16 product's), and F(2×2, 3×3), accurate enough in bf16
+/// (4e-3), was no faster than F(4×4, 3×3) in fp32 and slower over a training step (AVX512-BF16,
+/// AMD EPYC: 128² step 1.45 s with fp32 Winograd vs 1.63–1.73 s; see bench/RESULTS.md). So in
+/// bf16 the convolutions that take this path keep fp32, and the others (im2col, transposed,
+/// narrow) run in bf16.
+fn batch(count: usize, shape: (usize, usize, usize), dst: (&mut [f32], usize, usize), accumulate: bool, lhs: (Mat, usize), rhs: (Mat, usize)) {
+    super::precision::with_precision(super::Precision::Fp32, || matmul_batch(count, shape, dst, accumulate, lhs, rhs))
+}
+
 /// How the transforms pad the input: by nothing, or by one pixel, reflected or zero; or
 /// blur-up-sample it 2× (`ops::blur::blur_up`) and zero-pad that by one pixel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -817,7 +828,7 @@ fn gemm_per_position(u: &[f32], transpose_u: bool, rows: usize, k: usize, src: &
     let (tb, ts, pos) = ((band.1 - band.0) * t.tw, t.band_stride(band), t.positions());
     let lhs = if transpose_u { Mat { data: u, rs: 1, cs: pos * cin } } else { Mat { data: u, rs: pos * cin, cs: 1 } };
     let rhs = Mat { data: src, rs: pos * ts, cs: 1 };
-    matmul_batch(pos, (rows, tb, k), (dst, ts, pos * ts), false, (lhs, cin), (rhs, ts));
+    batch(pos, (rows, tb, k), (dst, ts, pos * ts), false, (lhs, cin), (rhs, ts));
 }
 
 /// Runs `step(image, band, first, second)` for every image that `images` yields (its slices)
@@ -900,7 +911,7 @@ fn filter_grad_kernel(x: &[f32], dy: &[f32], cin: usize, cout: usize, t: &Tiles,
             // dU[ξ] [Cout, Cin] (+)= dM[ξ] [Cout, Tb] · V[ξ]ᵀ [Tb, Cin].
             let lhs = Mat { data: dm, rs: pos * ts, cs: 1 };
             let rhs = Mat { data: v, rs: 1, cs: pos * ts };
-            matmul_batch(pos, (cout, cin, tb), (du, cin, pos * cin), !first, (lhs, ts), (rhs, ts));
+            batch(pos, (cout, cin, tb), (du, cin, pos * cin), !first, (lhs, ts), (rhs, ts));
             first = false;
         });
         filter_transform_adjoint(du, cout, cin, t)

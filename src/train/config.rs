@@ -193,6 +193,10 @@ pub struct TrainConfig {
     pub health_every: u64,
     /// Device the run last used ("cpu", "cuda:0").
     pub device: String,
+    /// What the convolutions multiply in (fp32, or bf16 with fp32 sums and fp32 master weights).
+    /// Absent in older configs (fp32).
+    #[serde(default)]
+    pub precision: crate::ops::Precision,
     /// The colour gain translations of a `--keep-luma` model apply unless `--chroma-gain` is
     /// given (absent: 1, the colours as trained). Training ignores it; the shipped default model
     /// sets it (README, "The default model").
@@ -250,6 +254,7 @@ impl TrainConfig {
             log_every: 10,
             health_every: 100,
             device: super::request::DEFAULT_DEVICE.into(),
+            precision: crate::ops::Precision::Fp32,
             translate_chroma_gain: None,
             validation: None,
         }

@@ -85,6 +85,8 @@ pub struct RunRequest {
     pub seed: Option<u64>,
     pub no_flip: bool,
     pub device: Option<String>,
+    /// None: fp32 for a new run, the saved precision when resuming.
+    pub precision: Option<crate::ops::Precision>,
     pub intervals: Intervals,
     /// Some: (re)set held-out validation; None: none for a new run, unchanged on resume.
     pub validation: Option<ValidationConfig>,
@@ -159,6 +161,7 @@ impl RunRequest {
             log_every: i.log_every.unwrap_or(base.log_every),
             health_every: i.health_every.unwrap_or(base.health_every),
             device: self.device.clone().unwrap_or(base.device.clone()),
+            precision: self.precision.unwrap_or(base.precision),
             validation: self.validation.clone(),
             ..base
         };
@@ -167,7 +170,7 @@ impl RunRequest {
     }
 
     /// The saved configuration of the run in `run_dir` with what a resume may change: the
-    /// length of an iteration schedule, the device, the intervals and validation. Everything
+    /// length of an iteration schedule, the device, the precision, the intervals and validation. Everything
     /// else is the saved run's (the networks cannot change mid-run); asking for another method
     /// or for --keep-luma on a run without it is an error.
     pub fn resume(&self, run_dir: &Path) -> Result<TrainConfig> {
@@ -184,6 +187,11 @@ impl RunRequest {
         }
         if let Some(d) = &self.device {
             cfg.device = d.clone();
+        }
+        // Like the device, the arithmetic may change on resume (another machine); the weights,
+        // optimiser state and pools are fp32 either way.
+        if let Some(p) = self.precision {
+            cfg.precision = p;
         }
         let i = &self.intervals;
         cfg.sample_every = i.sample_every.unwrap_or(cfg.sample_every);

@@ -273,7 +273,15 @@ pub fn run_training(cfg: TrainConfig, opts: &RunOptions, control: &RunControl, o
     std::fs::create_dir_all(run_dir.join(SAMPLES_DIR))?;
 
     let total = cfg.schedule.total_steps();
-    on_event(TrainEvent::Started { step: trainer.step(), total_steps: total, device: cfg.device.clone(), note });
+    let (precision, fallback) = crate::ops::precision::effective(cfg.precision, &device);
+    if let Some(why) = fallback {
+        on_event(TrainEvent::Warning(why));
+    }
+    let device_name = match precision {
+        crate::ops::Precision::Fp32 => cfg.device.clone(),
+        p => format!("{} ({p})", cfg.device),
+    };
+    on_event(TrainEvent::Started { step: trainer.step(), total_steps: total, device: device_name, note });
     if trainer.step() >= total {
         return Ok(RunOutcome::Finished { step: trainer.step() });
     }

@@ -18,6 +18,8 @@ pub struct TranslateOptions {
     /// (then cropped off). 0 runs the network on the image exactly as it is (padded only up to
     /// the size multiple), as the reference's `test.py` does.
     pub margin: usize,
+    /// What the generator's convolutions multiply in (`--precision`).
+    pub precision: crate::ops::Precision,
 }
 
 /// The default `--margin`, chosen by measurement (README, "Translating").
@@ -25,7 +27,7 @@ pub const DEFAULT_MARGIN: usize = 0;
 
 impl Default for TranslateOptions {
     fn default() -> Self {
-        Self { tile: None, max_pixels: 1536 * 1536, margin: DEFAULT_MARGIN }
+        Self { tile: None, max_pixels: 1536 * 1536, margin: DEFAULT_MARGIN, precision: crate::ops::Precision::Fp32 }
     }
 }
 
@@ -155,6 +157,10 @@ pub fn translate_image(g: &Generator, cin: usize, multiple: usize, device: &Devi
 /// Like [`translate_image`] for several images; images of one size that need no tiling run as
 /// one batch (instance norm is per image, so batching does not change any output).
 pub fn translate_batch(g: &Generator, cin: usize, multiple: usize, device: &Device, imgs: &[DynamicImage], opts: &TranslateOptions) -> Result<Vec<DynamicImage>> {
+    crate::ops::with_precision(opts.precision, || translate_batch_inner(g, cin, multiple, device, imgs, opts))
+}
+
+fn translate_batch_inner(g: &Generator, cin: usize, multiple: usize, device: &Device, imgs: &[DynamicImage], opts: &TranslateOptions) -> Result<Vec<DynamicImage>> {
     let decoded = imgs.iter().map(|i| Pixels::from_image(i, cin)).collect::<Result<Vec<_>>>()?;
     let (w, h) = (decoded[0].0.width, decoded[0].0.height);
     let uniform = decoded.iter().all(|(p, _)| (p.width, p.height) == (w, h));

@@ -12,6 +12,7 @@ use super::runs::RunEntry;
 use crate::data::Dataset;
 use crate::health::HealthReport;
 use crate::model::GeneratorKind;
+use crate::ops::Precision;
 use crate::train::request::{self, Intervals, Length, RunRequest};
 use crate::train::{read_loss_log, run_training, Losses, Method, DEFAULT_LAMBDA_PAIRED, DEFAULT_LR, LOG_FILE, RunControl, RunOptions, RunOutcome, Schedule, TrainConfig, TrainEvent};
 use crossterm::event::{KeyCode, KeyEvent};
@@ -141,10 +142,11 @@ pub enum Setting {
     LambdaGan,
     SampleEvery,
     Device,
+    Precision,
 }
 
 impl Setting {
-    pub const ALL: [Setting; 16] = [
+    pub const ALL: [Setting; 17] = [
         Setting::Run,
         Setting::Dataset,
         Setting::Preset,
@@ -161,6 +163,7 @@ impl Setting {
         Setting::LambdaGan,
         Setting::SampleEvery,
         Setting::Device,
+        Setting::Precision,
     ];
 
     pub fn label(self) -> &'static str {
@@ -181,12 +184,13 @@ impl Setting {
             Setting::LambdaGan => "GAN weight",
             Setting::SampleEvery => "Preview every",
             Setting::Device => "Device",
+            Setting::Precision => "Precision",
         }
     }
 
     /// Settings changed with ←/→ (Enter steps through them too); the others are typed.
     pub fn is_choice(self) -> bool {
-        matches!(self, Setting::Run | Setting::Dataset | Setting::Preset | Setting::Method | Setting::Paired | Setting::KeepLuma)
+        matches!(self, Setting::Run | Setting::Dataset | Setting::Preset | Setting::Method | Setting::Paired | Setting::KeepLuma | Setting::Precision)
     }
 }
 
@@ -219,6 +223,8 @@ pub struct TrainForm {
     pub sample_every: u64,
     /// "cpu" or "cuda:N".
     pub device: String,
+    /// What the convolutions multiply in (`--precision`).
+    pub precision: Precision,
     /// Why the last start was refused.
     pub error: Option<String>,
 }
@@ -244,6 +250,7 @@ impl Default for TrainForm {
             lambda_gan: 1.0,
             sample_every: 0,
             device: request::DEFAULT_DEVICE.into(),
+            precision: Precision::Fp32,
             error: None,
         };
         form.apply_preset(None);
@@ -293,6 +300,7 @@ impl TrainForm {
             self.lambda_gan = cfg.lambda_gan;
             self.sample_every = cfg.sample_every;
             self.device = cfg.device.clone();
+            self.precision = cfg.precision;
         }
     }
 
@@ -808,6 +816,10 @@ impl TrainingScreen {
             Setting::LambdaGan => form.lambda_gan.to_string(),
             Setting::SampleEvery => form.sample_every.to_string(),
             Setting::Device => form.device.clone(),
+            Setting::Precision => match form.precision {
+                Precision::Fp32 => "fp32".into(),
+                Precision::Bf16 => "bf16: bf16 products, fp32 sums and weights (CPUs with AVX512-BF16, GPUs)".into(),
+            },
         }
     }
 
@@ -817,7 +829,7 @@ impl TrainingScreen {
         match self.resumed_run(runs) {
             None => true,
             Some(run) => match setting {
-                Setting::Run | Setting::SampleEvery | Setting::Device => true,
+                Setting::Run | Setting::SampleEvery | Setting::Device | Setting::Precision => true,
                 Setting::Iters | Setting::DecayIters => run.has_iteration_schedule(),
                 _ => false,
             },
@@ -956,6 +968,12 @@ impl TrainingScreen {
             }
             Setting::Paired => self.form.paired = !self.form.paired,
             Setting::KeepLuma => self.form.keep_luma = !self.form.keep_luma,
+            Setting::Precision => {
+                self.form.precision = match self.form.precision {
+                    Precision::Fp32 => Precision::Bf16,
+                    Precision::Bf16 => Precision::Fp32,
+                }
+            }
             _ => {}
         }
         vec![]
@@ -994,7 +1012,7 @@ impl TrainingScreen {
     }
 
     /// The form as a run request. For a resumed run only the length (of an iteration
-    /// schedule), the preview interval and the device apply.
+    /// schedule), the preview interval, the device and the precision apply.
     fn run_request(&self, name: String, ctx: &Ctx) -> RunRequest {
         let form = &self.form;
         let preset = &PRESETS[form.preset];
@@ -1019,6 +1037,7 @@ impl TrainingScreen {
             keep_luma: form.keep_luma,
             lambda_gan: Some(form.lambda_gan),
             device: Some(form.device.trim().to_string()),
+            precision: Some(form.precision),
             intervals: Intervals {
                 sample_every: Some(form.sample_every),
                 // A resumed run keeps its own; the preset's are for new runs.

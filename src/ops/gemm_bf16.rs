@@ -1,0 +1,383 @@
+//! Matrix products in bf16 with f32 accumulation, for `--precision bf16`: operands are rounded to
+//! bf16 (round to nearest even) as they are packed, pairs of products are summed in f32 by
+//! AVX512-BF16's `vdpbf16ps`, and the destination stays f32 — the recipe PyTorch's autocast gives
+//! a convolution. Same operand conventions as `gemm` (strided f32 `Mat`s, a row-strided f32
+//! destination), so the convolution kernels swap one product for the other and change nothing else.
+//!
+//! Layout (BLIS-style, with the vector along the destination's rows): B is packed in panels of
+//! `NR` columns, each k-pair of a column one u32 (bf16 of row 2p in the low half, row 2p+1 in the
+//! high half), which is what `vdpbf16ps` multiplies lane by lane; A is packed in panels of `MR`
+//! rows with the same pairs, each broadcast to all lanes. The micro-kernel keeps an MR×NR block
+//! of the destination in 24 registers.
+
+use super::gemm::Mat;
+use rayon::prelude::*;
+use std::cell::Cell;
+use std::sync::OnceLock;
+
+/// Rows of the destination per micro-kernel call (broadcast operand).
+const MR: usize = 12;
+/// Columns per micro-kernel call: two 16-lane vectors.
+const NR: usize = 32;
+/// Depth of one packed block (even): the B micro-panel (KC × NR bf16 = 16 KiB) stays in L1.
+const KC: usize = 256;
+/// Most rows of A packed at once (a multiple of MR): the packed block stays in L2.
+const MC: usize = 144;
+/// Most columns of B a task packs at once.
+const NC: usize = 512;
+
+/// The instruction set the bf16 products run on, if this CPU has one we have kernels for.
+pub fn hardware() -> Option<&'static str> {
+    static HW: OnceLock<Option<&'static str>> = OnceLock::new();
+    *HW.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            if has!("avx512f") && has!("avx512bw") && has!("avx512vl") && has!("avx512bf16") {
+                return Some("AVX512-BF16");
+            }
+        }
+        None
+    })
+}
+
+/// `x` rounded to bf16 (nearest, ties to even), as the high 16 bits of the result. NaNs stay NaNs
+/// for the quiet ones arithmetic produces; the low bits are garbage the caller drops.
+#[inline(always)]
+fn round_bits(x: f32) -> u32 {
+    let b = x.to_bits();
+    b.wrapping_add(0x7FFF + ((b >> 16) & 1))
+}
+
+/// Two values rounded to bf16 and paired for `vdpbf16ps`: `lo` in bits 0..16, `hi` in 16..32.
+#[inline(always)]
+fn pair(lo: f32, hi: f32) -> u32 {
+    (round_bits(lo) >> 16) | (round_bits(hi) & 0xFFFF_0000)
+}
+
+/// `x` rounded to bf16 and back (what the kernels multiply), for tests and reference sums.
+#[cfg(test)]
+pub(crate) fn round_to_bf16(x: f32) -> f32 {
+    f32::from_bits(round_bits(x) & 0xFFFF_0000)
+}
+
+simd_fn! {
+    /// Packs A rows [i0, i0+mc) × k [k0, k0+kc) into panels of MR rows: panel r, pair p, row ii
+    /// at `(r·kp + p)·MR + ii`; rows past `mc` and the odd k past `kc` are zero.
+    fn pack_a(a: Mat, i0: usize, mc: usize, k0: usize, kc: usize, out: &mut [u32]) {
+        let kp = kc.div_ceil(2);
+        for (r, panel) in out.chunks_exact_mut(kp * MR).take(mc.div_ceil(MR)).enumerate() {
+            for ii in 0..MR {
+                let i = r * MR + ii;
+                if i >= mc {
+                    for p in 0..kp {
+                        panel[p * MR + ii] = 0;
+                    }
+                    continue;
+                }
+                let row = (i0 + i) * a.rs + k0 * a.cs;
+                for p in 0..kp {
+                    let lo = a.data[row + 2 * p * a.cs];
+                    let hi = if 2 * p + 1 < kc { a.data[row + (2 * p + 1) * a.cs] } else { 0.0 };
+                    panel[p * MR + ii] = pair(lo, hi);
+                }
+            }
+        }
+    }
+}
+
+simd_fn! {
+    /// Packs B k [k0, k0+kc) × columns [j0, j0+nc) into panels of NR columns: panel q, pair p,
+    /// column jj at `(q·kp + p)·NR + jj`; columns past `nc` and the odd k past `kc` are zero.
+    fn pack_b(b: Mat, k0: usize, kc: usize, j0: usize, nc: usize, out: &mut [u32]) {
+        let kp = kc.div_ceil(2);
+        for (q, panel) in out.chunks_exact_mut(kp * NR).take(nc.div_ceil(NR)).enumerate() {
+            let cols = (nc - q * NR).min(NR);
+            let jbase = j0 + q * NR;
+            if b.cs == 1 {
+                // Row-major B: two source rows per pair, read along the row (vectorised).
+                for p in 0..kp {
+                    let dst = &mut panel[p * NR..(p + 1) * NR];
+                    let r0 = &b.data[(k0 + 2 * p) * b.rs + jbase..][..cols];
+                    if 2 * p + 1 < kc {
+                        let r1 = &b.data[(k0 + 2 * p + 1) * b.rs + jbase..][..cols];
+                        for ((d, &lo), &hi) in dst.iter_mut().zip(r0).zip(r1) {
+                            *d = pair(lo, hi);
+                        }
+                    } else {
+                        for (d, &lo) in dst.iter_mut().zip(r0) {
+                            *d = pair(lo, 0.0);
+                        }
+                    }
+                    dst[cols..].fill(0);
+                }
+            } else {
+                // Column-major (or strided) B: a column's pairs are read down the column.
+                for jj in 0..NR {
+                    if jj >= cols {
+                        for p in 0..kp {
+                            panel[p * NR + jj] = 0;
+                        }
+                        continue;
+                    }
+                    let col = (jbase + jj) * b.cs + k0 * b.rs;
+                    for p in 0..kp {
+                        let lo = b.data[col + 2 * p * b.rs];
+                        let hi = if 2 * p + 1 < kc { b.data[col + (2 * p + 1) * b.rs] } else { 0.0 };
+                        panel[p * NR + jj] = pair(lo, hi);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The MR×NR micro-kernel: the destination block at `c` (row stride `c_rs`; only `rows` × `cols`
+/// of it written) = (itself if `load_c`) + A panel · B panel over `kp` k-pairs.
+///
+/// # Safety
+/// The CPU must have AVX512F/BW/VL and AVX512-BF16 (`hardware()`); `a` must hold kp·MR and `b`
+/// kp·NR u32s; `c` must point to `rows` rows of `cols` writable floats `c_rs` apart.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn micro_kernel(kp: usize, a: *const u32, b: *const u32, c: *mut f32, c_rs: usize, rows: usize, cols: usize, load_c: bool) {
+    use std::arch::x86_64::*;
+    // SAFETY (whole body): reads stay inside the packed panels (kp pairs each), writes inside
+    // the rows × cols block the caller owns, through masked stores for partial blocks.
+    unsafe {
+        let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+        for p in 0..kp {
+            let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(p * NR) as *const _));
+            let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(p * NR + 16) as *const _));
+            let ap = a.add(p * MR);
+            for (i, acc) in acc.iter_mut().enumerate() {
+                let av: __m512bh = std::mem::transmute(_mm512_set1_epi32(*ap.add(i) as i32));
+                acc[0] = _mm512_dpbf16_ps(acc[0], av, b0);
+                acc[1] = _mm512_dpbf16_ps(acc[1], av, b1);
+            }
+        }
+        let mask = |n: usize| -> __mmask16 { if n >= 16 { 0xFFFF } else { ((1u32 << n) - 1) as __mmask16 } };
+        let (m0, m1) = (mask(cols), mask(cols.saturating_sub(16)));
+        for (i, acc) in acc.iter().enumerate().take(rows) {
+            let row = c.add(i * c_rs);
+            let (mut v0, mut v1) = (acc[0], acc[1]);
+            if load_c {
+                v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(m0, row));
+                v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(m1, row.add(16)));
+            }
+            _mm512_mask_storeu_ps(row, m0, v0);
+            _mm512_mask_storeu_ps(row.add(16), m1, v1);
+        }
+    }
+}
+
+/// The destination's base pointer, shared by tasks that write disjoint blocks of it.
+#[derive(Clone, Copy)]
+struct Dst(*mut f32);
+// SAFETY: tasks write disjoint rows × columns blocks (see `gemm`), never the same float.
+unsafe impl Sync for Dst {}
+unsafe impl Send for Dst {}
+
+impl Dst {
+    /// The float `off` past the base (a method, so closures capture the `Sync` wrapper).
+    fn at(&self, off: usize) -> *mut f32 {
+        self.0.wrapping_add(off)
+    }
+}
+
+/// Runs `f` on this thread's two packing buffers (A, B), grown to the lengths asked for.
+fn with_pack_buffers<R>(a_len: usize, b_len: usize, f: impl FnOnce(&mut [u32], &mut [u32]) -> R) -> R {
+    thread_local! {
+        static BUFS: Cell<(Vec<u32>, Vec<u32>)> = const { Cell::new((Vec::new(), Vec::new())) };
+    }
+    let (mut a, mut b) = BUFS.with(Cell::take);
+    if a.len() < a_len {
+        a = vec![0; a_len];
+    }
+    if b.len() < b_len {
+        b = vec![0; b_len];
+    }
+    let out = f(&mut a[..a_len], &mut b[..b_len]);
+    BUFS.with(|s| s.set((a, b)));
+    out
+}
+
+/// `dst` [m,n] (row stride `dst_rs`) = (`dst` if `accumulate`) + `lhs` [m,k] · `rhs` [k,n], with
+/// both operands rounded to bf16 and f32 sums; spread over the rayon threads if `parallel`.
+///
+/// # Safety
+/// `hardware()` must be `Some`; `lhs` and `rhs` must fit their shapes, and `dst` must point to m
+/// rows of n writable floats `dst_rs` apart that nothing else touches during the call.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn gemm(m: usize, n: usize, k: usize, (dst, dst_rs): (*mut f32, usize), accumulate: bool, lhs: Mat, rhs: Mat, parallel: bool) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            for i in 0..m {
+                // SAFETY: row i of the destination, which the caller gave us.
+                unsafe { std::slice::from_raw_parts_mut(dst.add(i * dst_rs), n) }.fill(0.0);
+            }
+        }
+        return;
+    }
+    // Tasks split the columns (each packs its own B block once per k-block and reuses it for
+    // all its rows); where there are too few column blocks for the threads, rows are split too.
+    let threads = if parallel { rayon::current_num_threads() } else { 1 };
+    let col_tasks = if threads > 1 { (n.div_ceil(NR)).min(2 * threads) } else { 1 }.max(n.div_ceil(NC));
+    let nt = n.div_ceil(col_tasks).next_multiple_of(NR).min(n);
+    let col_tasks = n.div_ceil(nt);
+    let row_tasks = if col_tasks >= threads { 1 } else { threads.div_ceil(col_tasks).min(m.div_ceil(MR)) };
+    let mt = m.div_ceil(row_tasks).next_multiple_of(MR);
+    let row_tasks = m.div_ceil(mt);
+    let out = Dst(dst);
+    let task = |t: usize| {
+        let (ti, tj) = (t / col_tasks, t % col_tasks);
+        let (i0, j0) = (ti * mt, tj * nt);
+        let (mrows, ncols) = ((m - i0).min(mt), (n - j0).min(nt));
+        let kp_max = KC.min(k).div_ceil(2);
+        let a_len = MC.min(mrows).div_ceil(MR) * MR * kp_max;
+        let b_len = ncols.div_ceil(NR) * NR * kp_max;
+        with_pack_buffers(a_len, b_len, |abuf, bbuf| {
+            for k0 in (0..k).step_by(KC) {
+                let kc = KC.min(k - k0);
+                let kp = kc.div_ceil(2);
+                pack_b(rhs, k0, kc, j0, ncols, bbuf);
+                for ic in (0..mrows).step_by(MC) {
+                    let mc = MC.min(mrows - ic);
+                    pack_a(lhs, i0 + ic, mc, k0, kc, abuf);
+                    for q in 0..ncols.div_ceil(NR) {
+                        let cols = (ncols - q * NR).min(NR);
+                        for r in 0..mc.div_ceil(MR) {
+                            let rows = (mc - r * MR).min(MR);
+                            let c = out.at((i0 + ic + r * MR) * dst_rs + j0 + q * NR);
+                            #[cfg(target_arch = "x86_64")]
+                            // SAFETY: hardware() was checked by the caller; the panels hold kp
+                            // pairs; the block is inside this task's part of the destination.
+                            unsafe {
+                                micro_kernel(kp, abuf[r * kp * MR..].as_ptr(), bbuf[q * kp * NR..].as_ptr(), c, dst_rs, rows, cols, accumulate || k0 > 0)
+                            };
+                            #[cfg(not(target_arch = "x86_64"))]
+                            let _ = (c, rows, cols);
+                        }
+                    }
+                }
+            }
+        });
+    };
+    let tasks = row_tasks * col_tasks;
+    if tasks == 1 {
+        task(0);
+    } else {
+        (0..tasks).into_par_iter().for_each(task);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The f64 sum of bf16-rounded operands: what the kernel must give up to f32 rounding.
+    fn reference(m: usize, n: usize, k: usize, lhs: Mat, rhs: Mat) -> Vec<f64> {
+        let mut out = vec![0f64; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                out[i * n + j] = (0..k)
+                    .map(|p| round_to_bf16(lhs.data[i * lhs.rs + p * lhs.cs]) as f64 * round_to_bf16(rhs.data[p * rhs.rs + j * rhs.cs]) as f64)
+                    .sum();
+            }
+        }
+        out
+    }
+
+    /// Every edge case of the blocking (partial MR and NR blocks, odd k, several KC and MC
+    /// blocks, row and column splits), both operand orders, overwriting and accumulating: the
+    /// kernel equals the exact sum of the rounded operands up to f32 summation error.
+    #[test]
+    fn bf16_gemm_matches_exact_sums_of_rounded_operands() {
+        let Some(hw) = hardware() else {
+            eprintln!("skipped: this CPU has no AVX512-BF16 (the bf16 kernels' instruction set)");
+            return;
+        };
+        eprintln!("testing the {hw} kernel");
+        let val = super::super::test_value;
+        for &(m, n, k) in &[(1, 1, 1), (5, 7, 3), (12, 32, 256), (13, 33, 257), (150, 70, 600), (3, 2100, 9), (64, 4100, 27)] {
+            let lhs_data: Vec<f32> = (0..m * k).map(|i| val(i) * 3.0).collect();
+            let rhs_data: Vec<f32> = (0..k * n).map(|i| val(i + 7) - 0.1).collect();
+            for (lt, rt) in [(false, false), (true, true), (false, true)] {
+                let lhs = if lt { Mat::transposed(&lhs_data, m) } else { Mat::rows(&lhs_data, k) };
+                let rhs = if rt { Mat::transposed(&rhs_data, k) } else { Mat::rows(&rhs_data, n) };
+                let want = reference(m, n, k, lhs, rhs);
+                let dst_rs = n + 3;
+                for accumulate in [false, true] {
+                    for parallel in [false, true] {
+                        let start: Vec<f32> = (0..m * dst_rs).map(|i| val(i + 11)).collect();
+                        let mut dst = start.clone();
+                        // SAFETY: hardware checked; operands and destination sized above.
+                        unsafe { gemm(m, n, k, (dst.as_mut_ptr(), dst_rs), accumulate, lhs, rhs, parallel) };
+                        for i in 0..m {
+                            for j in 0..dst_rs {
+                                let got = dst[i * dst_rs + j] as f64;
+                                if j >= n {
+                                    assert_eq!(got, start[i * dst_rs + j] as f64, "wrote outside the block");
+                                    continue;
+                                }
+                                let base = if accumulate { start[i * dst_rs + j] as f64 } else { 0.0 };
+                                let w = want[i * n + j] + base;
+                                assert!((got - w).abs() <= 1e-5 * (k as f64).sqrt() * (1.0 + w.abs()), "{m}x{n}x{k} lt {lt} rt {rt} acc {accumulate}: {got} vs {w}");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn rounding_is_to_nearest_even() {
+        assert_eq!(round_to_bf16(1.0), 1.0);
+        // 1 + 2^-8 is half-way between 1 and 1 + 2^-7: ties to the even (1.0).
+        assert_eq!(round_to_bf16(1.0 + 1.0 / 256.0), 1.0);
+        assert_eq!(round_to_bf16(1.0 + 3.0 / 256.0), 1.0 + 4.0 / 256.0);
+        assert_eq!(round_to_bf16(-2.5e-3), half::bf16::from_f32(-2.5e-3).to_f32());
+        for i in 0..1000 {
+            let x = super::super::test_value(i) * (i as f32 + 1.0) * 1e-3 + i as f32 * 0.37;
+            assert_eq!(round_to_bf16(x), half::bf16::from_f32(x).to_f32(), "{x}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod timing {
+    use super::*;
+
+    /// `cargo test --release --lib gemm_bf16::timing -- --ignored --nocapture`: the bf16 kernel
+    /// against the gemm crate's f32 on the convolutions' shapes.
+    #[test]
+    #[ignore]
+    fn bf16_vs_f32_gemm() {
+        if hardware().is_none() {
+            eprintln!("skipped: no AVX512-BF16");
+            return;
+        }
+        for &(m, n, k) in &[(256, 4096, 2304), (128, 16384, 576), (64, 16384, 147), (2304, 4096, 256), (256, 256, 256), (256, 1024, 256)] {
+            let a: Vec<f32> = (0..m * k).map(super::super::test_value).collect();
+            let b: Vec<f32> = (0..k * n).map(|i| super::super::test_value(i + 3)).collect();
+            let mut c = vec![0f32; m * n];
+            let time = |f: &mut dyn FnMut()| {
+                f();
+                let t = std::time::Instant::now();
+                for _ in 0..5 {
+                    f();
+                }
+                t.elapsed().as_secs_f64() / 5.0
+            };
+            let f32_s = time(&mut || super::super::gemm::matmul(m, n, k, (&mut c, n), false, Mat::rows(&a, k), Mat::rows(&b, n)));
+            let bf_s = time(&mut || unsafe { gemm(m, n, k, (c.as_mut_ptr(), n), false, Mat::rows(&a, k), Mat::rows(&b, n), true) });
+            let gf = 2.0 * (m * n * k) as f64 / 1e9;
+            eprintln!("{m}x{n}x{k}: f32 {:.2} ms ({:.0} GFLOP/s), bf16 {:.2} ms ({:.0} GFLOP/s), ratio {:.2}", f32_s * 1e3, gf / f32_s, bf_s * 1e3, gf / bf_s, bf_s / f32_s);
+        }
+    }
+}
