@@ -14,7 +14,8 @@
 # cuRAND) and the driver's libcuda.so.1. Results also go to $OUT (or GPU_OUT) when set:
 # gpu-tests.log, bench-ours.json, bench-torch.jsonl, gpu-table.md. Expected to take 3-5 minutes on an
 # H200 (not yet run there); if the GPU tests skip (no usable device) it stops after them.
-# Env: CASES (default train128,train256,infer256,infer1024), WARMUP (2), REPEATS (5).
+# Env: CASES (default train128,train256,infer256,infer1024), WARMUP (2), REPEATS (5), PRECISION
+# (fp32, or bf16: our --precision bf16 against PyTorch's bf16 autocast).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 CARRY=target-gpu
@@ -51,6 +52,7 @@ OUTDIR="${GPU_OUT:-${OUT:-}}"
 CASES="${CASES:-train128,train256,infer256,infer1024}"
 WARMUP="${WARMUP:-2}"
 REPEATS="${REPEATS:-5}"
+PRECISION="${PRECISION:-fp32}"
 PY="${PYTHON:-python3}"
 BIN_DIR=$(mktemp -d)
 [ -d "$CARRY" ] || { echo "gpu.sh: $CARRY/ is missing: run bench/gpu.sh --prepare on the build machine and carry it" >&2; exit 2; }
@@ -104,15 +106,15 @@ if grep -q 'skipped: ' /tmp/gpu-tests.log; then
     exit 1
 fi
 
-echo "== cyclestudio bench --device cuda:0 --cases $CASES (warm-up $WARMUP, $REPEATS timed runs)"
+echo "== cyclestudio bench --device cuda:0 --precision $PRECISION --cases $CASES (warm-up $WARMUP, $REPEATS timed runs)"
 # The first CUDA call of a process compiles candle's PTX in the driver (cached on disk after):
 # one translation first, so no case's warm-up pays for it.
 "$BIN_DIR/cyclestudio" bench --device cuda:0 --cases infer256 --warmup 0 --repeats 1 >/dev/null 2>&1
-"$BIN_DIR/cyclestudio" bench --device cuda:0 --cases "$CASES" --warmup "$WARMUP" --repeats "$REPEATS" --json /tmp/bench-ours.json || status=1
+"$BIN_DIR/cyclestudio" bench --device cuda:0 --precision "$PRECISION" --cases "$CASES" --warmup "$WARMUP" --repeats "$REPEATS" --json /tmp/bench-ours.json || status=1
 echo "== CUT and FastCUT beside CycleGAN (ours only; the PyTorch script has no CUT)"
-"$BIN_DIR/cyclestudio" bench --device cuda:0 --cases "${CUT_CASES:-train256,cut256,fastcut256}" --warmup "$WARMUP" --repeats "$REPEATS" --json /tmp/bench-cut.json || status=1
+"$BIN_DIR/cyclestudio" bench --device cuda:0 --precision "$PRECISION" --cases "${CUT_CASES:-train256,cut256,fastcut256}" --warmup "$WARMUP" --repeats "$REPEATS" --json /tmp/bench-cut.json || status=1
 echo "== PyTorch reference on cuda"
-"$PY" bench/torch_reference.py --device cuda --cases "$CASES" --warmup "$WARMUP" --repeats "$REPEATS" | tee /tmp/bench-torch.jsonl || status=1
+"$PY" bench/torch_reference.py --device cuda --precision "$PRECISION" --cases "$CASES" --warmup "$WARMUP" --repeats "$REPEATS" | tee /tmp/bench-torch.jsonl || status=1
 
 "$PY" - /tmp/bench-ours.json /tmp/bench-torch.jsonl <<'EOF' | tee /tmp/gpu-table.md
 import json, sys

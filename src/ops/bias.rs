@@ -63,6 +63,9 @@ impl CustomOp2 for BiasAct {
             bail!("bias_act: bias {:?} for {c} channels", l2.dims());
         }
         let (hw, act) = (h * w, self.act);
+        if hw == 0 {
+            bail!("bias_act: empty spatial axis ({h}x{w})");
+        }
         let mut y = vec![0f32; x.len()];
         y.par_chunks_mut(hw).zip(x.par_chunks(hw)).enumerate().for_each(|(i, (yp, xp))| bias_act_plane(yp, xp, b[i % c], act));
         Ok((CpuStorage::F32(y), l1.shape().clone()))
@@ -195,6 +198,15 @@ impl candle_core::CustomOp3 for BiasActBlurDownBwd {
 mod tests {
     use super::*;
     use candle_core::{Device, Var};
+
+    /// An empty spatial axis is an error, as in `instance_norm_act`, not a panic.
+    #[test]
+    fn empty_planes_are_an_error() {
+        let x = Tensor::zeros((1, 2, 0, 3), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let b = Tensor::zeros(2, candle_core::DType::F32, &Device::Cpu).unwrap();
+        let err = bias_act(&x, &b, Act::LeakyRelu(0.2)).unwrap_err();
+        assert!(err.to_string().contains("empty spatial axis"), "{err}");
+    }
 
     fn sample(n: usize, seed: usize) -> Vec<f32> {
         (0..n).map(|i| super::super::test_value(i * 3 + seed) * 3.0).collect()

@@ -23,14 +23,15 @@ impl<'a> Mat<'a> {
         Self { data, rs: 1, cs: width }
     }
 
+    /// Whether every element of a rows × cols operand lies in `data` (an empty one reads none).
     fn fits(&self, rows: usize, cols: usize) -> bool {
-        (rows - 1) * self.rs + (cols - 1) * self.cs < self.data.len()
+        rows == 0 || cols == 0 || (rows - 1) * self.rs + (cols - 1) * self.cs < self.data.len()
     }
 }
 
 /// `dst` [m,n] (row stride `dst_rs`) = (`dst` if `accumulate`) + `lhs` [m,k] · `rhs` [k,n],
-/// multithreaded.
-/// In bf16 where this thread's precision says so (`super::precision`), as are the two below.
+/// multithreaded; in bf16 where this thread's precision says so (`super::precision`), as are the
+/// two below.
 pub(crate) fn matmul(m: usize, n: usize, k: usize, dst: (&mut [f32], usize), accumulate: bool, lhs: Mat, rhs: Mat) {
     gemm_with(m, n, k, dst, accumulate, lhs, rhs, Arith::current(), Parallelism::Rayon(0));
 }
@@ -137,6 +138,9 @@ pub(crate) fn matmul_batch(
 
 #[allow(clippy::too_many_arguments)]
 fn gemm_with(m: usize, n: usize, k: usize, (dst, dst_rs): (&mut [f32], usize), accumulate: bool, lhs: Mat, rhs: Mat, arith: Arith, par: Parallelism) {
+    if m == 0 || n == 0 {
+        return; // nothing to write (and `m − 1` below would underflow)
+    }
     assert!(
         dst_rs >= n && (m - 1) * dst_rs + n <= dst.len() && lhs.fits(m, k) && rhs.fits(k, n),
         "conv gemm operand out of bounds"
@@ -208,3 +212,22 @@ pub(crate) fn with_scratch_slot<R>(slot: usize, len: usize, f: impl FnOnce(&mut 
     out
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Empty products write nothing (no dimension underflows in the bounds checks), and a product
+    /// over an empty inner dimension is zero.
+    #[test]
+    fn empty_dimensions_are_no_ops() {
+        let a = [1f32; 6];
+        for (m, n) in [(0, 3), (2, 0), (0, 0)] {
+            let mut dst = [7f32; 6];
+            matmul(m, n, 3, (&mut dst, 3), false, Mat::rows(&a, 3), Mat::rows(&a, 3));
+            assert_eq!(dst, [7.0; 6]);
+        }
+        let mut dst = [7f32; 6];
+        matmul(2, 3, 0, (&mut dst, 3), false, Mat::rows(&[], 0), Mat::rows(&[], 3));
+        assert_eq!(dst, [0.0; 6]);
+    }
+}

@@ -67,22 +67,82 @@ simd_fn! {
     fn pack_a(a: Mat, i0: usize, mc: usize, k0: usize, kc: usize, out: &mut [u32]) {
         let kp = kc.div_ceil(2);
         for (r, panel) in out.chunks_exact_mut(kp * MR).take(mc.div_ceil(MR)).enumerate() {
+            let rows = (mc - r * MR).min(MR);
+            if a.rs == 1 {
+                // Column-major A (a transposed weight): a pair's two rows are read along the
+                // destination's rows (vectorised).
+                for p in 0..kp {
+                    let dst = &mut panel[p * MR..(p + 1) * MR];
+                    let base = (i0 + r * MR) + (k0 + 2 * p) * a.cs;
+                    let r0 = &a.data[base..][..rows];
+                    let hi = (2 * p + 1 < kc).then(|| &a.data[base + a.cs..][..rows]);
+                    fill_pairs(&mut dst[..rows], r0, hi);
+                    dst[rows..].fill(0);
+                }
+                continue;
+            }
             for ii in 0..MR {
-                let i = r * MR + ii;
-                if i >= mc {
+                if ii >= rows {
                     for p in 0..kp {
                         panel[p * MR + ii] = 0;
                     }
                     continue;
                 }
-                let row = (i0 + i) * a.rs + k0 * a.cs;
-                for p in 0..kp {
-                    let lo = a.data[row + 2 * p * a.cs];
-                    let hi = if 2 * p + 1 < kc { a.data[row + (2 * p + 1) * a.cs] } else { 0.0 };
-                    panel[p * MR + ii] = pair(lo, hi);
-                }
+                let row = (i0 + r * MR + ii) * a.rs + k0 * a.cs;
+                strided_pairs(a.data, row, a.cs, kc, |p, v| panel[p * MR + ii] = v);
             }
         }
+    }
+}
+
+/// `dst[i]` = the pair (`lo[i]`, `hi[i]` or 0): two rows rounded and interleaved in one pass.
+#[inline(always)]
+fn fill_pairs(dst: &mut [u32], lo: &[f32], hi: Option<&[f32]>) {
+    match hi {
+        Some(hi) => {
+            for ((d, &l), &h) in dst.iter_mut().zip(lo).zip(hi) {
+                *d = pair(l, h);
+            }
+        }
+        None => {
+            for (d, &l) in dst.iter_mut().zip(lo) {
+                *d = pair(l, 0.0);
+            }
+        }
+    }
+}
+
+/// Calls `put(p, pair)` for the `kc.div_ceil(2)` pairs of a line of `kc` values starting at
+/// `data[start]`, `step` apart. A contiguous line (step 1, the common case: k runs along memory)
+/// is rounded and paired in chunks through a small buffer, which vectorises; `put`'s strided
+/// stores are then one per pair.
+#[inline(always)]
+fn strided_pairs(data: &[f32], start: usize, step: usize, kc: usize, mut put: impl FnMut(usize, u32)) {
+    let kp = kc.div_ceil(2);
+    if step == 1 {
+        const CHUNK: usize = 64;
+        let line = &data[start..start + kc];
+        let mut buf = [0u32; CHUNK];
+        let full = kc / 2;
+        for c0 in (0..full).step_by(CHUNK) {
+            let n = CHUNK.min(full - c0);
+            let src = &line[2 * c0..2 * (c0 + n)];
+            for (d, s) in buf[..n].iter_mut().zip(src.chunks_exact(2)) {
+                *d = pair(s[0], s[1]);
+            }
+            for (i, &v) in buf[..n].iter().enumerate() {
+                put(c0 + i, v);
+            }
+        }
+        if kp > full {
+            put(full, pair(line[kc - 1], 0.0));
+        }
+        return;
+    }
+    for p in 0..kp {
+        let lo = data[start + 2 * p * step];
+        let hi = if 2 * p + 1 < kc { data[start + (2 * p + 1) * step] } else { 0.0 };
+        put(p, pair(lo, hi));
     }
 }
 
@@ -99,16 +159,8 @@ simd_fn! {
                 for p in 0..kp {
                     let dst = &mut panel[p * NR..(p + 1) * NR];
                     let r0 = &b.data[(k0 + 2 * p) * b.rs + jbase..][..cols];
-                    if 2 * p + 1 < kc {
-                        let r1 = &b.data[(k0 + 2 * p + 1) * b.rs + jbase..][..cols];
-                        for ((d, &lo), &hi) in dst.iter_mut().zip(r0).zip(r1) {
-                            *d = pair(lo, hi);
-                        }
-                    } else {
-                        for (d, &lo) in dst.iter_mut().zip(r0) {
-                            *d = pair(lo, 0.0);
-                        }
-                    }
+                    let r1 = (2 * p + 1 < kc).then(|| &b.data[(k0 + 2 * p + 1) * b.rs + jbase..][..cols]);
+                    fill_pairs(&mut dst[..cols], r0, r1);
                     dst[cols..].fill(0);
                 }
             } else {
@@ -121,11 +173,7 @@ simd_fn! {
                         continue;
                     }
                     let col = (jbase + jj) * b.cs + k0 * b.rs;
-                    for p in 0..kp {
-                        let lo = b.data[col + 2 * p * b.rs];
-                        let hi = if 2 * p + 1 < kc { b.data[col + (2 * p + 1) * b.rs] } else { 0.0 };
-                        panel[p * NR + jj] = pair(lo, hi);
-                    }
+                    strided_pairs(b.data, col, b.rs, kc, |p, v| panel[p * NR + jj] = v);
                 }
             }
         }
@@ -362,7 +410,7 @@ mod timing {
             eprintln!("skipped: no AVX512-BF16");
             return;
         }
-        for &(m, n, k) in &[(256, 4096, 2304), (128, 16384, 576), (64, 16384, 147), (2304, 4096, 256), (256, 256, 256), (256, 1024, 256)] {
+        for &(m, n, k, bt) in &[(256, 4096, 2304, false), (128, 16384, 576, false), (64, 16384, 147, false), (2304, 4096, 256, false), (64, 147, 16384, true), (128, 576, 4096, true), (256, 1024, 256, false)] {
             let a: Vec<f32> = (0..m * k).map(super::super::test_value).collect();
             let b: Vec<f32> = (0..k * n).map(|i| super::super::test_value(i + 3)).collect();
             let mut c = vec![0f32; m * n];
@@ -374,10 +422,12 @@ mod timing {
                 }
                 t.elapsed().as_secs_f64() / 5.0
             };
-            let f32_s = time(&mut || super::super::gemm::matmul(m, n, k, (&mut c, n), false, Mat::rows(&a, k), Mat::rows(&b, n)));
-            let bf_s = time(&mut || unsafe { gemm(m, n, k, (c.as_mut_ptr(), n), false, Mat::rows(&a, k), Mat::rows(&b, n), true) });
+            let rhs = if bt { Mat::transposed(&b, k) } else { Mat::rows(&b, n) };
+            let f32_s = time(&mut || super::super::gemm::matmul(m, n, k, (&mut c, n), false, Mat::rows(&a, k), rhs));
+            // SAFETY: hardware checked; operands sized above.
+            let bf_s = time(&mut || unsafe { gemm(m, n, k, (c.as_mut_ptr(), n), false, Mat::rows(&a, k), rhs, true) });
             let gf = 2.0 * (m * n * k) as f64 / 1e9;
-            eprintln!("{m}x{n}x{k}: f32 {:.2} ms ({:.0} GFLOP/s), bf16 {:.2} ms ({:.0} GFLOP/s), ratio {:.2}", f32_s * 1e3, gf / f32_s, bf_s * 1e3, gf / bf_s, bf_s / f32_s);
+            eprintln!("{m}x{n}x{k}{}: f32 {:.2} ms ({:.0} GFLOP/s), bf16 {:.2} ms ({:.0} GFLOP/s), ratio {:.2}", if bt { " (Bᵀ)" } else { "" }, f32_s * 1e3, gf / f32_s, bf_s * 1e3, gf / bf_s, bf_s / f32_s);
         }
     }
 }

@@ -53,7 +53,9 @@ fn detect_simd() -> SimdLevel {
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::is_x86_feature_detected as has;
-        if has!("avx512f") && has!("avx512vl") && has!("avx512dq") && has!("avx512bw") {
+        // The AVX-512 bodies are compiled with avx2 and fma enabled too, so those are checked
+        // as well (every AVX-512 CPU has them, but a hypervisor may mask flags one by one).
+        if has!("avx512f") && has!("avx512vl") && has!("avx512dq") && has!("avx512bw") && has!("avx2") && has!("fma") {
             return SimdLevel::Avx512;
         }
         if has!("avx2") && has!("fma") {

@@ -914,6 +914,10 @@ fn filter_grad_kernel(x: &[f32], dy: &[f32], cin: usize, cout: usize, t: &Tiles,
             batch(pos, (cout, cin, tb), (du, cin, pos * cin), !first, (lhs, ts), (rhs, ts));
             first = false;
         });
+        if first {
+            // No band ran (an empty batch): the reused buffer holds an earlier call's dU.
+            du.fill(0.0);
+        }
         filter_transform_adjoint(du, cout, cin, t)
     })
 }
@@ -1157,6 +1161,19 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The filter gradient of an empty batch is zero, not what the reused buffer held from the
+    /// call before.
+    #[test]
+    fn filter_gradient_of_an_empty_batch_is_zero() {
+        let (cin, cout) = (5, 3);
+        let t = Tiles::new(7, 6, Pad::Reflect, Kernel::new(3, 4).unwrap()).unwrap();
+        let (x, _, dy) = inputs(2, cin, cout, &t);
+        assert!(filter_grad_kernel(&x, &dy, cin, cout, &t, None).iter().any(|v| *v != 0.0));
+        let empty = filter_grad_kernel(&[], &[], cin, cout, &t, None);
+        assert_eq!(empty.len(), cout * cin * 9);
+        assert!(empty.iter().all(|v| *v == 0.0), "stale dW: {empty:?}");
     }
 
     #[test]

@@ -120,6 +120,10 @@ impl InplaceOp2 for MomentUpdate {
     fn cpu_fwd(&self, dst: &mut CpuStorage, dst_l: &Layout, g: &CpuStorage, gl: &Layout) -> candle_core::Result<()> {
         let g = f32_data(g, gl)?;
         let m = f32_data_mut(dst, dst_l)?;
+        if m.len() != g.len() {
+            // zip would update only the shorter length and leave the rest stale, silently.
+            candle_core::bail!("adam: moment of {} elements for a gradient of {}", m.len(), g.len());
+        }
         let (b, c) = (self.beta as f32, (1.0 - self.beta) as f32);
         let square = self.square;
         m.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK)).for_each(|(m, g)| {
@@ -148,6 +152,9 @@ impl InplaceOp3 for FusedUpdate {
     fn cpu_fwd(&self, dst: &mut CpuStorage, dst_l: &Layout, m: &CpuStorage, ml: &Layout, v: &CpuStorage, vl: &Layout) -> candle_core::Result<()> {
         let (m, v) = (f32_data(m, ml)?, f32_data(v, vl)?);
         let p = f32_data_mut(dst, dst_l)?;
+        if m.len() != p.len() || v.len() != p.len() {
+            candle_core::bail!("adam: {} weights with moments of {} and {} elements", p.len(), m.len(), v.len());
+        }
         let (step, k, eps) = (self.step_size as f32, self.inv_sqrt_bc2 as f32, self.eps as f32);
         p.par_chunks_mut(CHUNK).zip(m.par_chunks(CHUNK).zip(v.par_chunks(CHUNK))).for_each(|(p, (m, v))| {
             for ((p, &m), &v) in p.iter_mut().zip(m).zip(v) {
@@ -156,5 +163,24 @@ impl InplaceOp3 for FusedUpdate {
             }
         });
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    /// The in-place updates refuse operands of different lengths instead of updating only the
+    /// shorter length.
+    #[test]
+    fn in_place_updates_refuse_mismatched_lengths() {
+        let m = Tensor::zeros(4, DType::F32, &Device::Cpu).unwrap();
+        let g = Tensor::ones(3, DType::F32, &Device::Cpu).unwrap();
+        let err = m.inplace_op2(&g, &MomentUpdate { beta: 0.9, square: false }).unwrap_err();
+        assert!(err.to_string().contains("moment of 4 elements for a gradient of 3"), "{err}");
+        let p = Tensor::zeros(3, DType::F32, &Device::Cpu).unwrap();
+        let err = p.inplace_op3(&m, &g, &FusedUpdate { eps: 1e-8, step_size: 1e-3, inv_sqrt_bc2: 1.0 }).unwrap_err();
+        assert!(err.to_string().contains("3 weights with moments of 4 and 3"), "{err}");
     }
 }
