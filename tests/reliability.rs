@@ -301,3 +301,52 @@ fn odd_files_are_reported_by_name_and_never_modified() {
         assert_eq!(std::fs::read(&p).unwrap(), bytes, "{} was modified", p.display());
     }
 }
+
+/// SIGTERM (a cluster's time limit, `kill`, `docker stop`) and SIGHUP (a closed terminal or SSH
+/// session) stop a training as Ctrl-C does: the step finishes, a checkpoint is saved, the lock is
+/// released, the process says how to continue and exits 0; the run then resumes to exactly the
+/// weights of an uninterrupted one.
+#[test]
+fn sigterm_and_sighup_save_a_checkpoint_and_exit_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ds = tiny_dataset(d);
+    let ds = ds.to_str().unwrap();
+    let iters = "100";
+    let straight = bin().current_dir(d).args(train_args(ds, "straight", iters)).output().unwrap();
+    assert!(straight.status.success(), "{}", text(&straight));
+    let reference = load_generation(&d.join("checkpoints/straight")).unwrap();
+    for signal in ["TERM", "HUP"] {
+        let name = format!("sig{signal}");
+        let run = d.join("checkpoints").join(&name);
+        let mut args = train_args(ds, &name, iters);
+        // Checkpoints far apart: only the signal's save can have written the one found after it.
+        let at = args.iter().position(|a| *a == "--save-every").unwrap();
+        args[at + 1] = "1000";
+        let child = bin().current_dir(d).args(&args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        // Signalled once training is under way (its log has lines).
+        let started = Instant::now();
+        while std::fs::metadata(run.join("log.jsonl")).map_or(true, |m| m.len() == 0) {
+            assert!(started.elapsed() < Duration::from_secs(60), "the run never started");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let sent = Command::new("kill").args([&format!("-{signal}"), &child.id().to_string()]).status().unwrap();
+        assert!(sent.success());
+        let out = child.wait_with_output().unwrap();
+        let said = text(&out);
+        assert_eq!(out.status.code(), Some(0), "SIG{signal}: {said}");
+        assert!(said.contains("checkpoint saved. Continue with") && said.contains("--resume"), "SIG{signal}: {said}");
+        let g = load_generation(&run).unwrap_or_else(|e| panic!("SIG{signal}: no checkpoint: {e:#}\n{said}"));
+        assert!(g.manifest.step >= 1 && g.manifest.step < 100, "SIG{signal}: saved at step {}", g.manifest.step);
+        assert!(!cyclestudio::train::is_being_trained(&run), "SIG{signal}: the lock is still held");
+        let mut resume = train_args(ds, &name, iters);
+        resume.push("--resume");
+        let out = bin().current_dir(d).args(&resume).output().unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+        let g = load_generation(&run).unwrap();
+        assert_eq!(g.manifest.step, 100);
+        for f in ["G_AB.safetensors", "G_BA.safetensors", "D_A.safetensors", "D_B.safetensors", "optim.safetensors"] {
+            assert_eq!(g.read_verified(f).unwrap(), reference.read_verified(f).unwrap(), "SIG{signal}: {f} differs");
+        }
+    }
+}

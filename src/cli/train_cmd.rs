@@ -5,8 +5,13 @@ use crate::train::request::{Intervals, Length, RunRequest};
 use crate::train::{run_training, RunControl, RunOptions, RunOutcome, TrainEvent};
 use anyhow::{bail, Result};
 use indicatif::{ProgressBar, ProgressStyle};
+use std::io::Write;
 use std::path::Path;
 use std::sync::atomic::Ordering;
+
+/// The exit status after a second Ctrl-C / SIGTERM / SIGHUP (128 + SIGINT, as shells report an
+/// interrupted command): the run stopped without saving the current step.
+pub const EXIT_SECOND_INTERRUPT: i32 = 130;
 
 /// The run the command line asks for; every unset value is the library's default.
 pub fn request_from_args(args: &TrainArgs) -> Result<RunRequest> {
@@ -83,12 +88,16 @@ pub fn train(checkpoints: &Path, args: TrainArgs) -> Result<()> {
     };
     let control = RunControl { keep_going_on_save_error: args.keep_going_on_save_error, ..Default::default() };
     let stop = control.stop.clone();
+    // Ctrl-C, SIGTERM (a cluster's time limit or preemption, `kill`, `docker stop`) and SIGHUP (a
+    // closed terminal or SSH session) all stop the run the same way. Messages may find no terminal
+    // (after SIGHUP), so they are written without panicking on a failed write.
     ctrlc::set_handler(move || {
+        use std::io::Write;
         if stop.swap(true, Ordering::SeqCst) {
-            eprintln!("\nsecond Ctrl-C: exiting without saving");
-            std::process::exit(130);
+            let _ = writeln!(std::io::stderr(), "\nsecond interrupt: exiting without saving (the last checkpoint is intact)");
+            std::process::exit(EXIT_SECOND_INTERRUPT);
         }
-        eprintln!("\nCtrl-C: finishing this step and saving a checkpoint…");
+        let _ = writeln!(std::io::stderr(), "\ninterrupted (Ctrl-C, SIGTERM or SIGHUP): finishing this step and saving a checkpoint…");
     })
     .ok();
     let bar = if args.quiet { ProgressBar::hidden() } else { ProgressBar::new(cfg.schedule.total_steps()) };
@@ -100,7 +109,13 @@ pub fn train(checkpoints: &Path, args: TrainArgs) -> Result<()> {
     let quiet = args.quiet;
     let log_every = cfg.log_every.max(1);
     // A hidden bar (quiet, or no terminal) drops println: say things on stderr then.
-    let say = |msg: String| if bar.is_hidden() { eprintln!("{msg}") } else { bar.println(msg) };
+    let say = |msg: String| {
+        if bar.is_hidden() {
+            let _ = writeln!(std::io::stderr(), "{msg}");
+        } else {
+            bar.println(msg)
+        }
+    };
     let mut on_event = |e: TrainEvent| match e {
         TrainEvent::Started { step, total_steps, device, note } => {
             bar.set_position(step);
@@ -124,7 +139,7 @@ pub fn train(checkpoints: &Path, args: TrainArgs) -> Result<()> {
                 )
             };
             if quiet && r.step % log_every == 0 {
-                println!("step {}/{} {msg}", r.step, r.total_steps);
+                let _ = writeln!(std::io::stdout(), "step {}/{} {msg}", r.step, r.total_steps);
             }
             bar.set_message(msg);
         }
@@ -135,12 +150,15 @@ pub fn train(checkpoints: &Path, args: TrainArgs) -> Result<()> {
     };
     let outcome = run_training(cfg.clone(), &RunOptions { run_dir: run_dir.clone(), resume: args.resume }, &control, &mut on_event);
     bar.finish_and_clear();
-    match outcome? {
-        RunOutcome::Finished { step } => println!("finished {} at step {step}; checkpoint in {}", cfg.name, run_dir.display()),
-        RunOutcome::Stopped { step } => println!(
+    // The checkpoint is saved by now; a closed terminal must not turn that into a failure.
+    let _ = match outcome? {
+        RunOutcome::Finished { step } => writeln!(std::io::stdout(), "finished {} at step {step}; checkpoint in {}", cfg.name, run_dir.display()),
+        RunOutcome::Stopped { step } => writeln!(
+            std::io::stdout(),
             "stopped {} at step {step}; checkpoint saved. Continue with: cyclestudio train --name {} --resume",
-            cfg.name, cfg.name
+            cfg.name,
+            cfg.name
         ),
-    }
+    };
     Ok(())
 }
