@@ -350,3 +350,38 @@ fn sigterm_and_sighup_save_a_checkpoint_and_exit_cleanly() {
         }
     }
 }
+
+/// `train --resume-or-start`: one command line for the first start and every restart (a requeued
+/// cluster job). It starts a run without a checkpoint, continues one with a checkpoint (ending
+/// with the weights of an uninterrupted run), and refuses, naming the flag, a setting that differs
+/// from the saved run's.
+#[test]
+fn resume_or_start_starts_continues_and_refuses_changed_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ds = tiny_dataset(d);
+    let ds = ds.to_str().unwrap();
+    let straight = bin().current_dir(d).args(train_args(ds, "straight", "8")).output().unwrap();
+    assert!(straight.status.success(), "{}", text(&straight));
+    let reference = load_generation(&d.join("checkpoints/straight")).unwrap();
+    let run = |iters: &str, extra: &[&str]| {
+        let mut args = train_args(ds, "requeued", iters);
+        args.push("--resume-or-start");
+        args.extend_from_slice(extra);
+        bin().current_dir(d).args(&args).output().unwrap()
+    };
+    let first = run("4", &[]);
+    assert!(first.status.success() && text(&first).contains("no checkpoint yet, starting"), "{}", text(&first));
+    let second = run("8", &[]);
+    assert!(second.status.success() && text(&second).contains("resuming"), "{}", text(&second));
+    let g = load_generation(&d.join("checkpoints/requeued")).unwrap();
+    assert_eq!(g.manifest.step, 8);
+    for f in ["G_AB.safetensors", "G_BA.safetensors", "D_A.safetensors", "D_B.safetensors", "optim.safetensors"] {
+        assert_eq!(g.read_verified(f).unwrap(), reference.read_verified(f).unwrap(), "{f} differs");
+    }
+    let changed = run("8", &["--lr", "0.001"]);
+    assert!(!changed.status.success(), "{}", text(&changed));
+    assert!(text(&changed).contains("--lr 0.001 (the run has 0.0002)"), "{}", text(&changed));
+    let both = run("8", &["--resume"]);
+    assert!(!both.status.success() && text(&both).contains("cannot be used with"), "{}", text(&both));
+}

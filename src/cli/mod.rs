@@ -346,8 +346,13 @@ pub struct TrainArgs {
     #[arg(long)]
     pub name: String,
     /// Continue the run in <checkpoints>/NAME from its latest checkpoint, with its saved settings.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "resume_or_start")]
     pub resume: bool,
+    /// Continue the run if it has a checkpoint, else start it with the given settings: the same
+    /// command line for a first start and every restart (a requeued cluster job). Refuses, naming
+    /// the setting, if a given setting differs from the saved run's.
+    #[arg(long)]
+    pub resume_or_start: bool,
     /// cyclegan (two generators, cycle and identity losses), cut or fastcut (one generator A→B
     /// with PatchNCE; the CUT reference's defaults). Default cyclegan.
     #[arg(long = "model", value_enum)]

@@ -78,8 +78,19 @@ fn validation_from_args(args: &TrainArgs) -> Result<Option<crate::train::Validat
 pub fn train(checkpoints: &Path, args: TrainArgs) -> Result<()> {
     let run_dir = checkpoints.join(&args.name);
     let request = request_from_args(&args)?;
-    let cfg = if args.resume {
-        request.resume(&run_dir)?
+    let resume = args.resume || (args.resume_or_start && crate::checkpoint::load_generation(&run_dir).is_ok());
+    if args.resume_or_start {
+        eprintln!("{}", if resume { "--resume-or-start: resuming the run's checkpoint" } else { "--resume-or-start: no checkpoint yet, starting the run" });
+    }
+    let cfg = if resume {
+        let cfg = request.resume(&run_dir)?;
+        if args.resume_or_start {
+            let conflicts = request.conflicts_with(&cfg);
+            if !conflicts.is_empty() {
+                bail!("run '{}' was started with other settings; remove or change: {}", cfg.name, conflicts.join("; "));
+            }
+        }
+        cfg
     } else {
         if args.dataset.is_none() {
             bail!("--dataset is required for a new run (or add --resume)");
@@ -148,7 +159,7 @@ pub fn train(checkpoints: &Path, args: TrainArgs) -> Result<()> {
         TrainEvent::Validation(v) => say(format!("step {}: held-out {}", v.step, v.summary())),
         TrainEvent::Preview { .. } | TrainEvent::Health(_) => {}
     };
-    let outcome = run_training(cfg.clone(), &RunOptions { run_dir: run_dir.clone(), resume: args.resume }, &control, &mut on_event);
+    let outcome = run_training(cfg.clone(), &RunOptions { run_dir: run_dir.clone(), resume }, &control, &mut on_event);
     bar.finish_and_clear();
     // The checkpoint is saved by now; a closed terminal must not turn that into a failure.
     let _ = match outcome? {

@@ -206,6 +206,51 @@ impl RunRequest {
     }
 }
 
+impl RunRequest {
+    /// The settings this request gives that differ from the saved run's `saved`, each as
+    /// "--flag given (the run has saved)": what `--resume-or-start` refuses. Settings a resume may
+    /// change (length, device, precision, intervals, validation) and settings not given are not
+    /// conflicts.
+    pub fn conflicts_with(&self, saved: &TrainConfig) -> Vec<String> {
+        fn differ<T: PartialEq + std::fmt::Display>(out: &mut Vec<String>, flag: &str, given: Option<T>, saved: T) {
+            if let Some(g) = given.filter(|g| *g != saved) {
+                out.push(format!("{flag} {g} (the run has {saved})"));
+            }
+        }
+        let mut out = Vec::new();
+        if let Some(d) = &self.dataset {
+            let same = d == &saved.dataset || matches!((d.canonicalize(), saved.dataset.canonicalize()), (Ok(a), Ok(b)) if a == b);
+            if !same {
+                out.push(format!("--dataset {} (the run has {})", d.display(), saved.dataset.display()));
+            }
+        }
+        differ(&mut out, "--model", self.method, saved.method);
+        differ(&mut out, "--generator", self.generator, saved.generator);
+        differ(&mut out, "--ngf", self.ngf, saved.ngf);
+        differ(&mut out, "--ndf", self.ndf, saved.ndf);
+        differ(&mut out, "--n-layers-d", self.n_layers_d, saved.n_layers_d);
+        differ(&mut out, "--size", self.size, saved.size);
+        differ(&mut out, "--load-size", self.load_size, saved.load_size);
+        differ(&mut out, "--batch", self.batch, saved.batch);
+        differ(&mut out, "--lr", self.lr, saved.lr);
+        differ(&mut out, "--beta1", self.beta1, saved.beta1);
+        differ(&mut out, "--lambda-cycle", self.lambda_cycle, saved.lambda_cycle);
+        differ(&mut out, "--lambda-identity", self.lambda_identity, saved.lambda_identity);
+        differ(&mut out, "--lambda-gan", self.lambda_gan, saved.lambda_gan);
+        differ(&mut out, "--pool", self.pool, saved.pool);
+        differ(&mut out, "--seed", self.seed, saved.seed);
+        differ(&mut out, "--gan-loss", self.gan_loss.map(|g| format!("{g:?}").to_lowercase()), format!("{:?}", saved.gan_loss).to_lowercase());
+        differ(&mut out, "--paired-loss", self.paired_loss.map(|p| format!("{p:?}").to_lowercase()), format!("{:?}", saved.paired_loss).to_lowercase());
+        if self.paired {
+            differ(&mut out, "--paired", Some(true), saved.paired);
+            differ(&mut out, "--lambda-paired", self.lambda_paired, saved.lambda_paired);
+        }
+        differ(&mut out, "--keep-luma", self.keep_luma.then_some(true), saved.keep_luma);
+        differ(&mut out, "--no-flip", self.no_flip.then_some(true), !saved.flip);
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -227,6 +272,21 @@ mod tests {
         assert_eq!(fast.schedule.total_steps(), 200 * steps_per_epoch(&ds, false, 1));
         let small = RunRequest { size: Some(128), length: Length::Iters { iters: 5, decay_iters: 5 }, ..req }.new_run().unwrap();
         assert_eq!((small.load_size, small.schedule.total_steps()), (143, 10));
+    }
+
+    /// `--resume-or-start` with the command line that started the run finds nothing to refuse;
+    /// a changed architecture or loss setting is named, what a resume may change is not.
+    #[test]
+    fn conflicts_name_the_settings_that_differ_from_the_saved_run() {
+        let req = RunRequest { name: "r".into(), dataset: Some(demo()), ngf: Some(8), lr: Some(1e-4), length: Length::Iters { iters: 5, decay_iters: 5 }, ..Default::default() };
+        let saved = req.new_run().unwrap();
+        assert!(req.conflicts_with(&saved).is_empty());
+        let longer = RunRequest { length: Length::Iters { iters: 50, decay_iters: 5 }, device: Some("cpu".into()), precision: Some(crate::ops::Precision::Bf16), ..req.clone() };
+        assert!(longer.conflicts_with(&saved).is_empty());
+        let other = RunRequest { ngf: Some(16), keep_luma: true, seed: Some(saved.seed), ..req };
+        let c = other.conflicts_with(&saved);
+        assert_eq!(c.len(), 2, "{c:?}");
+        assert!(c[0].starts_with("--ngf 16 (the run has 8)") && c[1].starts_with("--keep-luma"), "{c:?}");
     }
 
     #[test]
