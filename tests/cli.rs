@@ -386,6 +386,45 @@ fn sharded_conversion_by_three_processes_covers_the_tree_once() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("1 ≤ K ≤ N"));
 }
 
+/// `--shard auto` in a Slurm job array (here 10-14:2, as `sbatch --array=10-14:2` sets the
+/// variables) and `auto/N` in a Kubernetes Indexed Job convert the tree once between them;
+/// outside both it is a clear error.
+#[test]
+fn auto_shards_from_slurm_and_kubernetes_cover_the_tree_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let model = tiny_model(d);
+    let all = write_pngs(&d.join("tree"), 9, 24, 20);
+    let convert = |out: &str, shard: &str, env: Vec<(String, String)>| {
+        Command::new(env!("CARGO_BIN_EXE_cyclestudio"))
+            .current_dir(d)
+            .args(["convert", "tree", "--to", "color", "-o", out, "--model", model.to_str().unwrap(), "--shard", shard])
+            .env_remove("SLURM_ARRAY_TASK_ID")
+            .env_remove("JOB_COMPLETION_INDEX")
+            .envs(env)
+            .output()
+            .unwrap()
+    };
+    let count = |text: &str| -> usize { text.split("converted ").nth(1).and_then(|r| r.split(',').next()).and_then(|n| n.trim().parse().ok()).expect(text) };
+    let slurm = |id: u32| {
+        [("ID", id), ("MIN", 10), ("MAX", 14), ("STEP", 2), ("COUNT", 3)].map(|(k, v)| (format!("SLURM_ARRAY_TASK_{k}"), v.to_string())).to_vec()
+    };
+    let mut total = 0;
+    for (id, part) in [(10, "1/3"), (12, "2/3"), (14, "3/3")] {
+        let text = ok(&convert("slurm", "auto", slurm(id)));
+        assert!(text.contains(&format!("part {part}")), "{text}");
+        total += count(&text);
+    }
+    assert_eq!(total, all.len(), "Slurm array: every image converted exactly once");
+    let mut total = 0;
+    for index in 0..2 {
+        total += count(&ok(&convert("k8s", "auto/2", vec![("JOB_COMPLETION_INDEX".into(), index.to_string())])));
+    }
+    assert_eq!(total, all.len(), "Indexed Job: every image converted exactly once");
+    let outside = convert("none", "auto", vec![]);
+    assert!(!outside.status.success() && String::from_utf8_lossy(&outside.stderr).contains("not in a Slurm job array"));
+}
+
 #[test]
 fn a_second_trainer_of_a_run_stops_at_once_naming_the_first() {
     let dir = tempfile::tempdir().unwrap();

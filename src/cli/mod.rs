@@ -230,8 +230,9 @@ pub struct ConvertArgs {
     #[arg(long, default_value_t = 4)]
     pub batch: usize,
     /// Convert only part K of N (K from 1 to N) of the tree, split by each file's path relative
-    /// to IN_DIR: N processes with K = 1..N convert disjoint parts into one output tree.
-    #[arg(long, value_name = "K/N")]
+    /// to IN_DIR: N processes with K = 1..N convert disjoint parts into one output tree. `auto`
+    /// takes K and N from a Slurm job array; `auto/N` takes K from a Kubernetes Indexed Job.
+    #[arg(long, value_name = "K/N|auto")]
     pub shard: Option<crate::translate::Shard>,
     #[command(flatten)]
     pub layout: LayoutArgs,

@@ -45,10 +45,58 @@ impl Shard {
     }
 }
 
+impl Shard {
+    /// `auto` or `auto/N`: this process's shard from the job scheduler's environment (`env`
+    /// looks a variable up). A Slurm job array gives K and N: K = (SLURM_ARRAY_TASK_ID −
+    /// SLURM_ARRAY_TASK_MIN) / SLURM_ARRAY_TASK_STEP + 1, N = SLURM_ARRAY_TASK_COUNT (or from
+    /// _MAX), so arrays starting at 0 or 1 and stepped ranges all work. A Kubernetes Indexed Job
+    /// gives K = JOB_COMPLETION_INDEX + 1 and needs N in `auto/N` (its completions).
+    pub fn from_scheduler(spec: &str, env: impl Fn(&str) -> Option<String>) -> std::result::Result<Self, String> {
+        let given_n = match spec.strip_prefix("auto") {
+            Some("") => None,
+            Some(rest) => Some(rest.strip_prefix('/').and_then(|n| n.trim().parse::<u64>().ok()).filter(|n| *n > 0).ok_or_else(|| format!("'{spec}': give auto or auto/N with N ≥ 1"))?),
+            None => return Err(format!("'{spec}' is not auto or auto/N")),
+        };
+        let num = |name: &str| -> std::result::Result<Option<u64>, String> {
+            env(name).map(|v| v.trim().parse::<u64>().map_err(|_| format!("{name}={v} is not a number"))).transpose()
+        };
+        if let Some(index) = num("JOB_COMPLETION_INDEX")? {
+            let count = given_n.ok_or("--shard auto: Kubernetes' JOB_COMPLETION_INDEX is set but not the number of parts: give --shard auto/N with N the Job's completions")?;
+            if index >= count {
+                return Err(format!("JOB_COMPLETION_INDEX {index} is not below {count} (--shard auto/{count})"));
+            }
+            return Ok(Self { index: index + 1, count });
+        }
+        if let Some(id) = num("SLURM_ARRAY_TASK_ID")? {
+            let min = num("SLURM_ARRAY_TASK_MIN")?.unwrap_or(0);
+            let step = num("SLURM_ARRAY_TASK_STEP")?.unwrap_or(1).max(1);
+            let count = match (num("SLURM_ARRAY_TASK_COUNT")?, num("SLURM_ARRAY_TASK_MAX")?) {
+                (Some(c), _) => c,
+                (None, Some(max)) => max.saturating_sub(min) / step + 1,
+                (None, None) => return Err("--shard auto: SLURM_ARRAY_TASK_ID is set without SLURM_ARRAY_TASK_COUNT or _MAX".into()),
+            };
+            let count = given_n.unwrap_or(count);
+            let offset = id.checked_sub(min).filter(|o| o % step == 0).map(|o| o / step);
+            return match offset {
+                Some(o) if o < count => Ok(Self { index: o + 1, count }),
+                _ => Err(format!(
+                    "--shard auto: Slurm array task {id} is not one of {count} tasks from {min} in steps of {step}; arrays must be ranges (--array=A-B or A-B:S)"
+                )),
+            };
+        }
+        Err("--shard auto: not in a Slurm job array (no SLURM_ARRAY_TASK_ID) nor a Kubernetes Indexed Job (no JOB_COMPLETION_INDEX); give --shard K/N".into())
+    }
+}
+
 impl std::str::FromStr for Shard {
     type Err = String;
     fn from_str(s: &str) -> std::result::Result<Self, String> {
-        let bad = || format!("'{s}' is not a shard: give K/N with 1 ≤ K ≤ N, e.g. 2/8");
+        if s.starts_with("auto") {
+            let shard = Self::from_scheduler(s, |name| std::env::var(name).ok())?;
+            eprintln!("--shard {s}: part {shard} from the scheduler's environment");
+            return Ok(shard);
+        }
+        let bad = || format!("'{s}' is not a shard: give K/N with 1 ≤ K ≤ N, e.g. 2/8, or auto (a Slurm job array; auto/N for a Kubernetes Indexed Job)");
         let (k, n) = s.split_once('/').ok_or_else(bad)?;
         let (index, count): (u64, u64) = (k.trim().parse().map_err(|_| bad())?, n.trim().parse().map_err(|_| bad())?);
         if count == 0 || index == 0 || index > count {
@@ -269,4 +317,36 @@ pub fn convert_folder(tr: &Translator, in_dir: &Path, out_dir: &Path, opts: &Con
     summary.converted = converted;
     summary.elapsed = started.elapsed();
     Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |name| vars.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())
+    }
+
+    /// Slurm arrays from 0, from 1 and stepped, Kubernetes' index with its N, and the errors.
+    #[test]
+    fn auto_shards_come_from_slurm_or_kubernetes() {
+        let at = |vars: &[(&str, &str)], spec: &str| Shard::from_scheduler(spec, env(vars));
+        let s = |index, count| Ok(Shard { index, count });
+        // --array=0-3
+        let from0 = [("SLURM_ARRAY_TASK_ID", "0"), ("SLURM_ARRAY_TASK_MIN", "0"), ("SLURM_ARRAY_TASK_MAX", "3"), ("SLURM_ARRAY_TASK_COUNT", "4")];
+        assert_eq!(at(&from0, "auto"), s(1, 4));
+        // --array=1-4, task 4, no _COUNT (older Slurm): N from _MAX.
+        assert_eq!(at(&[("SLURM_ARRAY_TASK_ID", "4"), ("SLURM_ARRAY_TASK_MIN", "1"), ("SLURM_ARRAY_TASK_MAX", "4")], "auto"), s(4, 4));
+        // --array=10-30:10, task 20.
+        let stepped = [("SLURM_ARRAY_TASK_ID", "20"), ("SLURM_ARRAY_TASK_MIN", "10"), ("SLURM_ARRAY_TASK_MAX", "30"), ("SLURM_ARRAY_TASK_STEP", "10"), ("SLURM_ARRAY_TASK_COUNT", "3")];
+        assert_eq!(at(&stepped, "auto"), s(2, 3));
+        // A list that is not a range is refused, not mis-split.
+        let list = [("SLURM_ARRAY_TASK_ID", "7"), ("SLURM_ARRAY_TASK_MIN", "1"), ("SLURM_ARRAY_TASK_MAX", "7"), ("SLURM_ARRAY_TASK_COUNT", "3")];
+        assert!(at(&list, "auto").unwrap_err().contains("ranges"));
+        assert_eq!(at(&[("JOB_COMPLETION_INDEX", "2")], "auto/5"), s(3, 5));
+        assert!(at(&[("JOB_COMPLETION_INDEX", "2")], "auto").unwrap_err().contains("auto/N"));
+        assert!(at(&[("JOB_COMPLETION_INDEX", "5")], "auto/5").is_err());
+        assert!(at(&[], "auto").unwrap_err().contains("not in a Slurm job array"));
+        assert!(at(&[], "auto/x").is_err());
+    }
 }
