@@ -386,6 +386,26 @@ fn sharded_conversion_by_three_processes_covers_the_tree_once() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("1 ≤ K ≤ N"));
 }
 
+/// Without `--model`, translate and convert use a model that knows the asked domain and say
+/// which: an unrelated run in `checkpoints/` (an imported horse→zebra model) does not hide the
+/// built-in grey→colour model, and asking for its domain picks it.
+#[test]
+fn without_model_the_model_that_knows_the_domain_is_chosen() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let pth = fixture_path("resnet_import.pth");
+    ok(&cyclestudio(d, &["import", "--name", "horse2zebra", "--g-ab", pth.to_str().unwrap(), "--domains", "horse,zebra"]));
+    write_pngs(&d.join("in"), 1, 40, 32);
+    let colour = cyclestudio(d, &["translate", "in/img0.png", "--to", "color", "-o", "c.png"]);
+    let said = format!("{}{}", ok(&colour), String::from_utf8_lossy(&colour.stderr));
+    assert!(said.contains("using model the built-in grey→colour model"), "{said}");
+    let zebra = cyclestudio(d, &["convert", "in", "--to", "zebra", "-o", "z"]);
+    let said = format!("{}{}", ok(&zebra), String::from_utf8_lossy(&zebra.stderr));
+    assert!(said.contains("horse2zebra"), "{said}");
+    let unknown = cyclestudio(d, &["translate", "in/img0.png", "--to", "monet"]);
+    assert!(!unknown.status.success() && String::from_utf8_lossy(&unknown.stderr).contains("it knows"), "{}", String::from_utf8_lossy(&unknown.stderr));
+}
+
 /// `--shard auto` in a Slurm job array (here 10-14:2, as `sbatch --array=10-14:2` sets the
 /// variables) and `auto/N` in a Kubernetes Indexed Job convert the tree once between them;
 /// outside both it is a clear error.

@@ -192,8 +192,8 @@ pub struct TranslateArgs {
     /// Target domain name (from the model's config.toml), e.g. color.
     #[arg(long)]
     pub to: String,
-    /// Model folder (default: <checkpoints>/default, else the most recently trained run, else
-    /// the grey→colour model built into cyclestudio).
+    /// Model folder (default: the first of <checkpoints>/default, the runs there from the most
+    /// recently saved, and the grey→colour model built into cyclestudio that knows --to).
     #[arg(long)]
     pub model: Option<PathBuf>,
     /// Output file (default: INPUT_STEM.DOMAIN.png beside the input).

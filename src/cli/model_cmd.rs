@@ -7,11 +7,16 @@ use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
 
-fn resolve_model(checkpoints: &Path, model: Option<PathBuf>) -> ModelSource {
+/// `--model`, or without it the model that can translate to `to` (see `ModelSource::default_for`),
+/// said on stderr.
+fn resolve_model(checkpoints: &Path, model: Option<PathBuf>, to: Option<&str>) -> ModelSource {
     match model {
         Some(m) => ModelSource::Dir(m),
         None => {
-            let m = ModelSource::default_in(checkpoints);
+            let m = match to {
+                Some(to) => ModelSource::default_for(checkpoints, to),
+                None => ModelSource::default_in(checkpoints),
+            };
             eprintln!("using model {m}");
             m
         }
@@ -53,7 +58,7 @@ fn translate_options(layout: LayoutArgs) -> TranslateOptions {
 }
 
 pub fn translate(checkpoints: &Path, a: TranslateArgs) -> Result<()> {
-    let model = resolve_model(checkpoints, a.model);
+    let model = resolve_model(checkpoints, a.model, Some(&a.to));
     let tr = load_translator_generation(&model, &a.device, a.layout, a.colour, &a.generation)?;
     // An unknown domain is reported before anything else is checked.
     tr.generator_to(&a.to)?;
@@ -74,7 +79,7 @@ pub fn translate(checkpoints: &Path, a: TranslateArgs) -> Result<()> {
 }
 
 pub fn convert(checkpoints: &Path, a: ConvertArgs) -> Result<()> {
-    let model = resolve_model(checkpoints, a.model);
+    let model = resolve_model(checkpoints, a.model, Some(&a.to));
     let tr = load_translator(&model, &a.device, a.layout, a.colour)?;
     let opts = ConvertOptions { to: a.to.clone(), overwrite: a.overwrite, batch: a.batch, shard: a.shard };
     let bar = ProgressBar::new(0);
@@ -160,7 +165,7 @@ pub fn eval(checkpoints: &Path, a: EvalArgs) -> Result<()> {
     }
     let needs_model = a.truth.is_some() || a.model.is_some();
     let tr = if needs_model {
-        let model = resolve_model(checkpoints, a.model.clone());
+        let model = resolve_model(checkpoints, a.model.clone(), a.to.as_deref());
         Some(load_translator(&model, &a.device, a.layout, a.colour)?)
     } else {
         None
@@ -230,7 +235,7 @@ pub fn eval(checkpoints: &Path, a: EvalArgs) -> Result<()> {
 }
 
 pub fn score(checkpoints: &Path, a: ScoreArgs) -> Result<()> {
-    let model = resolve_model(checkpoints, a.model);
+    let model = resolve_model(checkpoints, a.model, Some(&a.domain));
     let tr = Translator::open(&model, &a.device)?;
     let (scores, skipped) = crate::eval::score_anomalies(&tr, &a.domain, &a.dir, a.short_side)?;
     for (p, why) in &skipped {

@@ -43,6 +43,42 @@ impl ModelSource {
     pub fn default_in(checkpoints: &Path) -> Self {
         default_model_dir(checkpoints).map(Self::Dir).unwrap_or(Self::BuiltIn)
     }
+
+    /// The model used when none is named, for translating to domain `to`: the first of
+    /// `<checkpoints>/default`, the runs there from the most recently saved, and the built-in
+    /// grey→colour model that can translate to `to` (so an unrelated run in `checkpoints/` does not
+    /// hide the built-in model). Where none can, [`ModelSource::default_in`]'s choice, whose
+    /// error then names the domains it knows.
+    pub fn default_for(checkpoints: &Path, to: &str) -> Self {
+        let mut dirs: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(checkpoints)
+            .into_iter()
+            .flatten()
+            .filter_map(|e| {
+                let dir = e.ok()?.path();
+                let saved = std::fs::metadata(dir.join(crate::checkpoint::LATEST).join(crate::checkpoint::MANIFEST)).and_then(|m| m.modified()).ok()?;
+                Some((saved, dir))
+            })
+            .collect();
+        // Newest first, with `default` ahead of every run.
+        dirs.sort_by_key(|(t, d)| (d.file_name() != Some("default".as_ref()), std::cmp::Reverse(*t)));
+        let found = dirs.into_iter().map(|(_, d)| Self::Dir(d)).chain([Self::BuiltIn]).find(|m| m.targets().iter().any(|t| t == to));
+        found.unwrap_or_else(|| Self::default_in(checkpoints))
+    }
+
+    /// The domains this model translates to, read from its description without loading weights
+    /// (none where it cannot be read).
+    fn targets(&self) -> Vec<String> {
+        let spec = match self {
+            Self::BuiltIn => toml::from_str::<TrainConfig>(BUILTIN_CONFIG).ok().map(|c| c.model_spec()),
+            Self::Dir(d) => TrainConfig::model_spec_with(d, TrainConfig::load(d).ok().as_ref()).ok(),
+        };
+        let Some(spec) = spec else { return Vec::new() };
+        let mut t = vec![spec.domain_b.name.clone()];
+        if spec.g_ba.is_some() {
+            t.push(spec.domain_a.name.clone());
+        }
+        t
+    }
 }
 
 impl std::fmt::Display for ModelSource {
