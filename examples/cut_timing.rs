@@ -12,7 +12,8 @@ mod timing;
 use timing::time;
 
 fn main() {
-    cyclestudio::ops::tune_cpu_runtime();
+    // SAFETY: first thing in main, before any thread is started.
+    unsafe { cyclestudio::ops::tune_cpu_runtime() };
     let dev = Device::Cpu;
     let x = Tensor::randn(0f32, 1.0, (1, 3, 256, 256), &dev).unwrap();
     for antialias in [false, true] {

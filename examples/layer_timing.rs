@@ -25,7 +25,8 @@ fn generator(kind: &str, dev: &Device) -> (VarMap, Generator) {
 }
 
 fn main() {
-    cyclestudio::ops::tune_cpu_runtime();
+    // SAFETY: first thing in main, before any thread is started.
+    unsafe { cyclestudio::ops::tune_cpu_runtime() };
     let dev = Device::Cpu;
     let var = |dims: &[usize], std: f32| Var::from_tensor(&Tensor::randn(0f32, std, dims, &dev).unwrap()).unwrap();
 

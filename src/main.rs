@@ -4,7 +4,8 @@ use clap::Parser;
 use cyclestudio::cli::{dispatch, Cli};
 
 fn main() {
-    cyclestudio::ops::tune_cpu_runtime();
+    // SAFETY: first thing in main, before any thread is started.
+    unsafe { cyclestudio::ops::tune_cpu_runtime() };
     let cli = Cli::parse();
     if let Err(e) = dispatch(cli) {
         eprintln!("error: {e:#}");

@@ -215,7 +215,12 @@ const POOL_SPIN_LIMIT: &str = "200";
 ///   layer of every step page-faults its outputs in again (a generator's forward + backward at
 ///   128² went from ~440 to ~370 ms with the settings below; peak memory +7 MiB for a 128²
 ///   training step, +34 MiB for translating a 256² image).
-pub fn tune_cpu_runtime() {
+///
+/// # Safety
+/// Call it before the process starts any other thread: it sets an environment variable, which
+/// races with any other thread reading or writing the environment (glibc's `getenv` is not
+/// synchronised with `setenv`).
+pub unsafe fn tune_cpu_runtime() {
     const VAR: &str = "CANDLE_BARRIER_POOL_SPIN_LIMIT";
     if std::env::var_os(VAR).is_none() {
         std::env::set_var(VAR, POOL_SPIN_LIMIT);
