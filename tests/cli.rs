@@ -406,6 +406,41 @@ fn without_model_the_model_that_knows_the_domain_is_chosen() {
     assert!(!unknown.status.success() && String::from_utf8_lossy(&unknown.stderr).contains("it knows"), "{}", String::from_utf8_lossy(&unknown.stderr));
 }
 
+/// SIGTERM during `convert` finishes the images in hand and stops: exit 0, every output written is
+/// a whole PNG, the summary says how many are left, and running the command again converts
+/// exactly those.
+#[test]
+fn sigterm_stops_a_conversion_cleanly_and_a_rerun_finishes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let inputs = write_pngs(&d.join("in"), 40, 320, 240);
+    let child = Command::new(env!("CARGO_BIN_EXE_cyclestudio"))
+        .current_dir(d)
+        .args(["convert", "in", "--to", "color", "-o", "out", "--batch", "1"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while std::fs::read_dir(d.join("out")).map_or(true, |mut r| r.next().is_none()) {
+        assert!(started.elapsed() < std::time::Duration::from_secs(60), "no output appeared");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    let out = child.wait_with_output().unwrap();
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    let written: Vec<_> = std::fs::read_dir(d.join("out")).unwrap().map(|e| e.unwrap().path()).collect();
+    for p in &written {
+        image::open(p).unwrap_or_else(|e| panic!("{} is not a whole PNG: {e}", p.display()));
+    }
+    let left = inputs.len() - written.len();
+    assert!(left > 0, "the conversion finished before the signal: {said}");
+    assert!(said.contains(&format!("stopped with {left} image(s) left")), "{said}");
+    let again = ok(&cyclestudio(d, &["convert", "in", "--to", "color", "-o", "out"]));
+    assert!(again.contains(&format!("converted {left}, skipped {}", written.len())), "{again}");
+}
+
 /// `--shard auto` in a Slurm job array (here 10-14:2, as `sbatch --array=10-14:2` sets the
 /// variables) and `auto/N` in a Kubernetes Indexed Job convert the tree once between them;
 /// outside both it is a clear error.

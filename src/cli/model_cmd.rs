@@ -81,7 +81,20 @@ pub fn translate(checkpoints: &Path, a: TranslateArgs) -> Result<()> {
 pub fn convert(checkpoints: &Path, a: ConvertArgs) -> Result<()> {
     let model = resolve_model(checkpoints, a.model, Some(&a.to));
     let tr = load_translator(&model, &a.device, a.layout, a.colour)?;
-    let opts = ConvertOptions { to: a.to.clone(), overwrite: a.overwrite, batch: a.batch, shard: a.shard };
+    // Ctrl-C, SIGTERM and SIGHUP finish the images in hand and stop; a second one exits at once.
+    // Every output is written atomically, so neither leaves a partial file.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    ctrlc::set_handler(move || {
+        use std::io::Write;
+        if flag.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            let _ = writeln!(std::io::stderr(), "\nsecond interrupt: exiting now (outputs written so far are complete)");
+            std::process::exit(super::train_cmd::EXIT_SECOND_INTERRUPT);
+        }
+        let _ = writeln!(std::io::stderr(), "\ninterrupted (Ctrl-C, SIGTERM or SIGHUP): finishing the images in hand…");
+    })
+    .ok();
+    let opts = ConvertOptions { to: a.to.clone(), overwrite: a.overwrite, batch: a.batch, shard: a.shard, stop: Some(stop) };
     let bar = ProgressBar::new(0);
     bar.set_style(
         ProgressStyle::with_template("{bar:30.cyan/blue} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}")
@@ -94,10 +107,10 @@ pub fn convert(checkpoints: &Path, a: ConvertArgs) -> Result<()> {
         bar.set_message(format!("{ips:.2} img/s"));
     })?;
     bar.finish_and_clear();
-    if let Some(shard) = a.shard {
-        print!("shard {shard}: ");
-    }
-    println!("{}", summary.report());
+    // After SIGHUP there may be no terminal: a failed write must not turn a clean stop into a panic.
+    use std::io::Write;
+    let shard = a.shard.map(|k| format!("shard {k}: ")).unwrap_or_default();
+    let _ = writeln!(std::io::stdout(), "{shard}{}", summary.report());
     if !summary.failed.is_empty() {
         bail!("{} file(s) failed", summary.failed.len());
     }

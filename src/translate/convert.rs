@@ -24,6 +24,9 @@ pub struct ConvertOptions {
     pub batch: usize,
     /// Convert only this part of the tree.
     pub shard: Option<Shard>,
+    /// Set (by a signal handler) to stop after the images in hand: their outputs are written,
+    /// the rest left for a re-run, which skips what exists.
+    pub stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// Part K of N of a folder tree (K from 1 to N): the files whose path relative to the tree's
@@ -121,6 +124,8 @@ pub struct ConvertSummary {
     pub not_images: Vec<PathBuf>,
     pub failed: Vec<(PathBuf, String)>,
     pub elapsed: Duration,
+    /// Images not converted because the conversion was stopped (`ConvertOptions::stop`).
+    pub left: usize,
 }
 
 impl ConvertSummary {
@@ -135,6 +140,9 @@ impl ConvertSummary {
         );
         for (p, why) in &self.failed {
             s.push_str(&format!("\n  failed {}: {why}", p.display()));
+        }
+        if self.left > 0 {
+            s.push_str(&format!("\nstopped with {} image(s) left: run the same command again to convert them", self.left));
         }
         s
     }
@@ -265,12 +273,16 @@ pub fn convert_folder(tr: &Translator, in_dir: &Path, out_dir: &Path, opts: &Con
     let (enc_tx, enc_rx) = sync_channel::<(Job, DynamicImage)>(2 * batch);
     let multiple = tr.size_multiple();
     let device = tr.device.clone();
-    let (failed, converted) = std::thread::scope(|s| -> Result<(Vec<(PathBuf, String)>, usize)> {
+    let (failed, converted, processed) = std::thread::scope(|s| -> Result<(Vec<(PathBuf, String)>, usize, usize)> {
         s.spawn(move || decode_in_batches(todo, batch, dec_tx));
         let writer = s.spawn(move || write_outputs(enc_rx));
         let mut failed = Vec::new();
         let mut n = 0usize;
         for chunk in dec_rx {
+            if opts.stop.as_ref().is_some_and(|f| f.load(std::sync::atomic::Ordering::SeqCst)) {
+                // Dropping the receiver ends the decoder; what was translated is still written.
+                break;
+            }
             let mut ok: Vec<(Job, DynamicImage)> = Vec::new();
             for (job, img) in chunk {
                 match img {
@@ -311,10 +323,11 @@ pub fn convert_folder(tr: &Translator, in_dir: &Path, out_dir: &Path, opts: &Con
         drop(enc_tx);
         let (wfailed, converted) = writer.join().map_err(|_| anyhow::anyhow!("the output writer panicked"))?;
         failed.extend(wfailed);
-        Ok((failed, converted))
+        Ok((failed, converted, n))
     })?;
     summary.failed.extend(failed);
     summary.converted = converted;
+    summary.left = total - processed;
     summary.elapsed = started.elapsed();
     Ok(summary)
 }
