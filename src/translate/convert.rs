@@ -273,7 +273,9 @@ pub fn convert_folder(tr: &Translator, in_dir: &Path, out_dir: &Path, opts: &Con
     let (enc_tx, enc_rx) = sync_channel::<(Job, DynamicImage)>(2 * batch);
     let multiple = tr.size_multiple();
     let device = tr.device.clone();
-    let (failed, converted, processed) = std::thread::scope(|s| -> Result<(Vec<(PathBuf, String)>, usize, usize)> {
+    // (failed files with why, outputs written, images processed).
+    type Outcome = (Vec<(PathBuf, String)>, usize, usize);
+    let (failed, converted, processed) = std::thread::scope(|s| -> Result<Outcome> {
         s.spawn(move || decode_in_batches(todo, batch, dec_tx));
         let writer = s.spawn(move || write_outputs(enc_rx));
         let mut failed = Vec::new();
