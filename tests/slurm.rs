@@ -25,8 +25,9 @@
 //! again only `cred_expire` seconds after the requeue; the default is 120 s),
 //! `SchedulerParameters=bf_interval=1,sched_interval=2` (the scheduler then notices it soon),
 //! `SlurmdParameters=config_overrides` (the node is CPUs=2 whatever the machine has),
-//! `ProctrackType=proctrack/linuxproc` and `TaskPlugin=task/none` (no cgroups). It takes about
-//! 30 s on a 2-core machine, most of it the requeued job's wait and the two trainings.
+//! `ProctrackType=proctrack/linuxproc` and `TaskPlugin=task/none` (no cgroups). On this
+//! project's 2-core machine it takes 22 s (40 s with both cores kept busy by other work), most
+//! of it the requeued job's wait (~7 s) and the two trainings of 400 steps sharing the cores.
 
 mod common;
 use common::{tiny_dataset, write_pngs};
@@ -116,8 +117,39 @@ fn job_arrays_and_a_requeued_training_on_a_real_slurm() {
     // The uninterrupted run of the same command, here, while Slurm restarts the job.
     let ref_dir = d.join("reference");
     std::fs::create_dir_all(&ref_dir).unwrap();
-    let reference = Command::new("sh").arg("-c").arg(&train_line).current_dir(&ref_dir).output().unwrap();
+    let mut reference = KillOnDrop(Some(
+        Command::new("sh").arg("-c").arg(&train_line).current_dir(&ref_dir).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap(),
+    ));
+
+    // The training: stopped by the requeue, started again by Slurm, resumed, finished.
+    let states = cluster.wait_done(&train, Duration::from_secs(120));
+    let said = read(&train_out);
+    let brief: Vec<&str> = said.lines().filter(|l| !l.starts_with("step ")).collect();
+    eprintln!("slurm: the training job's output (without its step lines):\n{}", brief.join("\n"));
+    eprintln!("slurm: the requeued job ran again and finished {:.1} s after the requeue", requeued_at.elapsed().as_secs_f64());
+    assert_eq!(states, format!("{train}:COMPLETED"), "{said}");
+    assert!(said.contains("slurm restart count 0") && said.contains("slurm restart count 1"), "the job did not run twice:\n{said}");
+    assert!(said.contains("no checkpoint yet, starting the run"), "{said}");
+    assert!(said.contains("DUE TO JOB REQUEUE"), "Slurm did not requeue it:\n{said}");
+    let stopped_at: u64 = said
+        .split("stopped run at step ")
+        .nth(1)
+        .and_then(|r| r.split(';').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("the first run did not stop with a checkpoint:\n{said}"));
+    assert!((1..ITERS).contains(&stopped_at), "stopped at step {stopped_at} of {ITERS}:\n{said}");
+    assert!(said.contains("checkpoint saved"), "{said}");
+    assert!(said.contains("resuming the run's checkpoint"), "the second run did not resume:\n{said}");
+    assert!(said.contains(&format!("steps {stopped_at}..{ITERS}")), "the second run did not start at step {stopped_at}:\n{said}");
+    assert!(said.contains(&format!("finished run at step {ITERS}")), "{said}");
+    let reference = reference.0.take().unwrap().wait_with_output().unwrap();
     assert!(reference.status.success(), "uninterrupted run: {}", text(&reference));
+    let requeued = load_generation(&job_dir.join("checkpoints/run")).unwrap();
+    let straight = load_generation(&ref_dir.join("checkpoints/run")).unwrap();
+    assert_eq!((requeued.manifest.step, straight.manifest.step), (ITERS, ITERS));
+    for f in WEIGHTS {
+        assert!(requeued.read_verified(f).unwrap() == straight.read_verified(f).unwrap(), "{f} differs from the uninterrupted run's");
+    }
 
     // The arrays: every input converted exactly once between each array's three tasks.
     for (out, tasks, id) in &arrays {
@@ -128,6 +160,7 @@ fn job_arrays_and_a_requeued_training_on_a_real_slurm() {
             let stdout = read(&logs.join(format!("convert_{out}_{task}.out")));
             let stderr = read(&logs.join(format!("convert_{out}_{task}.err")));
             let said = format!("task {id}_{task} ({states}):\nstdout:\n{stdout}\nstderr:\n{stderr}");
+            eprintln!("slurm: {said}");
             let n: usize = stdout
                 .split("converted ")
                 .nth(1)
@@ -150,32 +183,19 @@ fn job_arrays_and_a_requeued_training_on_a_real_slurm() {
         assert_eq!(outputs, expected, "array {id} ({out}): not exactly one output per input");
     }
 
-    // The training: stopped by the requeue, started again by Slurm, resumed, finished.
-    let states = cluster.wait_done(&train, Duration::from_secs(120));
-    let said = read(&train_out);
-    eprintln!("slurm: the requeued job ran again and finished {:.1} s after the requeue", requeued_at.elapsed().as_secs_f64());
-    assert_eq!(states, format!("{train}:COMPLETED"), "{said}");
-    assert!(said.contains("slurm restart count 0") && said.contains("slurm restart count 1"), "the job did not run twice:\n{said}");
-    assert!(said.contains("no checkpoint yet, starting the run"), "{said}");
-    assert!(said.contains("DUE TO JOB REQUEUE"), "Slurm did not requeue it:\n{said}");
-    let stopped_at: u64 = said
-        .split("stopped run at step ")
-        .nth(1)
-        .and_then(|r| r.split(';').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("the first run did not stop with a checkpoint:\n{said}"));
-    assert!(stopped_at >= 1 && stopped_at < ITERS, "stopped at step {stopped_at} of {ITERS}:\n{said}");
-    assert!(said.contains("checkpoint saved"), "{said}");
-    assert!(said.contains("resuming the run's checkpoint"), "the second run did not resume:\n{said}");
-    assert!(said.contains(&format!("steps {stopped_at}..{ITERS}")), "the second run did not start at step {stopped_at}:\n{said}");
-    assert!(said.contains(&format!("finished run at step {ITERS}")), "{said}");
-    let requeued = load_generation(&job_dir.join("checkpoints/run")).unwrap();
-    let straight = load_generation(&ref_dir.join("checkpoints/run")).unwrap();
-    assert_eq!((requeued.manifest.step, straight.manifest.step), (ITERS, ITERS));
-    for f in WEIGHTS {
-        assert!(requeued.read_verified(f).unwrap() == straight.read_verified(f).unwrap(), "{f} differs from the uninterrupted run's");
-    }
     eprintln!("slurm: stopped at step {stopped_at} of {ITERS} by the requeue; all done in {:.1} s", started.elapsed().as_secs_f64());
+}
+
+/// A child process killed if the test fails before waiting for it.
+struct KillOnDrop(Option<Child>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
 
 /// The training command line (run in the job's directory and in the reference's).
@@ -378,12 +398,15 @@ impl Cluster {
 
     /// A Slurm command on this cluster.
     fn run(&self, args: &[&str]) -> Output {
+        self.try_run(args).unwrap_or_else(|e| panic!("{}: {e}", args[0]))
+    }
+
+    fn try_run(&self, args: &[&str]) -> std::io::Result<Output> {
         Command::new(find_tool(args[0]).unwrap_or_else(|| args[0].into()))
             .args(&args[1..])
             .env("SLURM_CONF", &self.conf)
             .stdin(Stdio::null())
             .output()
-            .unwrap_or_else(|e| panic!("{}: {e}", args[0]))
     }
 
     /// Submits `script` (a shell command line) in `dir` with sbatch; returns the job id.
@@ -408,7 +431,7 @@ impl Cluster {
         if !id.is_empty() {
             args.extend(["-j", id]);
         }
-        let out = self.run(&args);
+        let Ok(out) = self.try_run(&args) else { return Vec::new() };
         String::from_utf8_lossy(&out.stdout)
             .lines()
             .filter_map(|l| {
@@ -426,20 +449,27 @@ impl Cluster {
     }
 
     /// Waits for the job to end, releasing it if Slurm holds it; its tasks' `ID:STATE`.
+    /// Prints the states it went through (with the seconds since the call).
     fn wait_done(&self, id: &str, limit: Duration) -> String {
-        let mut result = None;
+        let (start, mut seen, mut last) = (Instant::now(), String::new(), String::new());
         self.wait_for(&format!("job {id} to end"), limit, || {
-            if self.states(id).iter().any(|(_, s, r)| s == "REQUEUE_HOLD" || r.contains("JobHeld")) {
+            let states = self.states(id);
+            let now = states.iter().map(|(j, s, r)| format!("{j}:{s}({r})")).collect::<Vec<_>>().join(" ");
+            if now != last {
+                seen += &format!("\n  {:5.1} s {now}", start.elapsed().as_secs_f64());
+                last = now;
+            }
+            if states.iter().any(|(_, s, r)| s == "REQUEUE_HOLD" || r.contains("JobHeld")) {
                 self.run(&["scontrol", "release", id]);
             }
-            result = self.finished(id);
-            result.is_some()
+            !states.is_empty() && states.iter().all(|(_, s, _)| TERMINAL.contains(&s.as_str()))
         });
-        result.unwrap()
+        eprintln!("slurm: job {id}:{seen}");
+        self.finished(id).unwrap()
     }
 
     fn queue(&self) -> String {
-        text(&self.run(&["squeue", "-t", "all", "-o", "%i %j %T %r %M"]))
+        self.try_run(&["squeue", "-t", "all", "-o", "%i %j %T %r %M"]).map_or_else(|e| format!("squeue: {e}\n"), |o| text(&o))
     }
 
     /// The queue and the end of each log (for a failure).
@@ -451,7 +481,9 @@ impl Cluster {
         for log in ["munged.out", "munged.log", "slurmctld.out", "slurmctld.log", "slurmd.out", "slurmd.log"] {
             let text = std::fs::read_to_string(self.state.join("log").join(log)).unwrap_or_default();
             let lines: Vec<&str> = text.lines().collect();
-            s += &format!("--- {log} (last 40 lines)\n{}\n", lines[lines.len().saturating_sub(40)..].join("\n"));
+            if !lines.is_empty() {
+                s += &format!("--- {log} (last 40 lines)\n{}\n", lines[lines.len().saturating_sub(40)..].join("\n"));
+            }
         }
         s
     }
@@ -467,7 +499,7 @@ impl Drop for Cluster {
         if !jobs.is_empty() && self.daemons.iter_mut().all(|(_, c)| matches!(c.try_wait(), Ok(None))) {
             let mut cancel = vec!["scancel"];
             cancel.extend(jobs.iter().map(String::as_str));
-            self.run(&cancel);
+            let _ = self.try_run(&cancel);
             let start = Instant::now();
             while start.elapsed() < Duration::from_secs(10)
                 && self.states("").iter().any(|(_, s, _)| ["RUNNING", "COMPLETING", "CONFIGURING"].contains(&s.as_str()))
@@ -477,6 +509,9 @@ impl Drop for Cluster {
         }
         // slurmd, slurmctld, munged: SIGTERM, then SIGKILL after 10 s.
         while let Some((_, mut child)) = self.daemons.pop() {
+            if !matches!(child.try_wait(), Ok(None)) {
+                continue;
+            }
             let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
             let start = Instant::now();
             while matches!(child.try_wait(), Ok(None)) && start.elapsed() < Duration::from_secs(10) {
@@ -487,7 +522,7 @@ impl Drop for Cluster {
         }
         // Anything left of the jobs (slurmstepd, a job's processes): they carry SLURM_CONF.
         for pid in processes_of(&self.conf) {
-            let _ = Command::new("kill").arg("-KILL").arg(pid.to_string()).status();
+            let _ = Command::new("kill").arg("-KILL").arg(pid.to_string()).stderr(Stdio::null()).status();
         }
         if let Some(tmp) = self.tmp.take() {
             if failed {

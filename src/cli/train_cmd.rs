@@ -164,6 +164,9 @@ pub fn train(checkpoints: &Path, args: TrainArgs) -> Result<()> {
     // The checkpoint is saved by now; a closed terminal must not turn that into a failure.
     let _ = match outcome? {
         RunOutcome::Finished { step } => writeln!(std::io::stdout(), "finished {} at step {step}; checkpoint in {}", cfg.name, run_dir.display()),
+        RunOutcome::Stopped { step } if args.resume_or_start => {
+            writeln!(std::io::stdout(), "stopped {} at step {step}; checkpoint saved. Continue with the same command (--resume-or-start)", cfg.name)
+        }
         RunOutcome::Stopped { step } => writeln!(
             std::io::stdout(),
             "stopped {} at step {step}; checkpoint saved. Continue with: cyclestudio train --name {} --resume",
