@@ -78,7 +78,10 @@ fn validation_from_args(args: &TrainArgs) -> Result<Option<crate::train::Validat
 pub fn train(checkpoints: &Path, args: TrainArgs) -> Result<()> {
     let run_dir = checkpoints.join(&args.name);
     let request = request_from_args(&args)?;
-    let resume = args.resume || (args.resume_or_start && crate::checkpoint::load_generation(&run_dir).is_ok());
+    // A run with a checkpoint folder resumes (and fails, saying why, if it cannot be read) rather
+    // than starting over on top of it: only a run that never saved starts again.
+    let has_checkpoint = [crate::checkpoint::LATEST, crate::checkpoint::PREVIOUS].iter().any(|g| run_dir.join(g).exists());
+    let resume = args.resume || (args.resume_or_start && has_checkpoint);
     if args.resume_or_start {
         eprintln!("{}", if resume { "--resume-or-start: resuming the run's checkpoint" } else { "--resume-or-start: no checkpoint yet, starting the run" });
     }

@@ -15,7 +15,8 @@ pub enum Precision {
     /// fp32 everywhere (the reference's arithmetic, bit for bit the results of earlier versions).
     #[default]
     Fp32,
-    /// bf16 operands and fp32 sums in every convolution (forward and both backward passes).
+    /// bf16 operands and fp32 sums in the im2col, transposed and narrow convolutions (forward
+    /// and both backward passes); the Winograd ones keep fp32 (`ops::winograd::batch` says why).
     Bf16,
 }
 
