@@ -186,6 +186,52 @@ fn studio_creates_trains_stops_resumes_and_quits_in_a_real_terminal() {
     tmux.assert_exits_cleanly();
     let resumed_to = checkpoint_step(&manifest).expect("a checkpoint after Ctrl-C");
     assert!(resumed_to > stopped_at, "Ctrl-C saved step {resumed_to}, not later than {stopped_at}");
+
+    // SIGTERM while it trains: as Ctrl-C, saved and a clean exit.
+    let tmux = tmux.resume_training(root, "third", resumed_to);
+    let studio = tmux.studio_pid();
+    assert!(Command::new("kill").args(["-TERM", &studio.to_string()]).status().unwrap().success());
+    tmux.assert_exits_cleanly();
+    let after_term = checkpoint_step(&manifest).expect("a checkpoint after SIGTERM");
+    assert!(after_term > resumed_to, "SIGTERM saved step {after_term}, not later than {resumed_to}");
+
+    // The terminal closed under it (tmux kills the session: SIGHUP, then no terminal to draw on
+    // or read): the run is still saved before the studio exits.
+    let tmux = tmux.resume_training(root, "fourth", after_term);
+    let studio = tmux.studio_pid();
+    tmux.run(&["kill-session", "-t", SESSION]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Path::new(&format!("/proc/{studio}")).exists() {
+        assert!(Instant::now() < deadline, "the studio did not exit after its terminal closed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let after_hup = checkpoint_step(&manifest).expect("a checkpoint after SIGHUP");
+    assert!(after_hup > after_term, "SIGHUP saved step {after_hup}, not later than {after_term}");
+}
+
+impl Tmux {
+    /// A new studio in session `tag` that resumes tiny_quick (saved at `from`) and trains on.
+    fn resume_training(&self, root: &Path, tag: &str, from: u64) -> Self {
+        let tmux = Tmux::launch_studio(root, tag);
+        tmux.wait_for_text("gray (1ch)");
+        tmux.keys(&["2"]);
+        tmux.wait_for_text("Settings");
+        tmux.keys(&["Right"]);
+        tmux.wait_for_text("resume tiny_quick");
+        tmux.keys(&["s"]);
+        tmux.wait_for("the resumed run", Duration::from_secs(120), |s| {
+            s.contains(&format!("resumed from step {from}")) && shown_step(s).is_some_and(|n| n > from)
+        });
+        tmux
+    }
+
+    /// The studio's process id: the child of the pane's shell.
+    fn studio_pid(&self) -> u32 {
+        let pane = String::from_utf8_lossy(&self.run(&["list-panes", "-t", SESSION, "-F", "#{pane_pid}"]).stdout).trim().to_string();
+        let children = Command::new("pgrep").args(["-P", &pane]).output().expect("pgrep runs");
+        let text = String::from_utf8_lossy(&children.stdout);
+        text.split_whitespace().next().and_then(|p| p.parse().ok()).unwrap_or_else(|| panic!("no studio under pane {pane}: {text:?}"))
+    }
 }
 
 /// The step recorded in a checkpoint manifest.

@@ -143,6 +143,9 @@ pub struct App {
     events: Sender<AppEvent>,
     quit: Quit,
     input_error: Option<String>,
+    /// The terminal failed (closed under the studio): a SIGHUP that comes with that is the same
+    /// event, not a second interrupt that should quit at once.
+    terminal_lost: bool,
 }
 
 impl App {
@@ -160,6 +163,7 @@ impl App {
             events,
             quit: Quit::No,
             input_error: None,
+            terminal_lost: false,
         };
         app.datasets.rescan(&app.options.datasets, &app.events);
         app
@@ -172,6 +176,11 @@ impl App {
 
     pub fn should_quit(&self) -> bool {
         self.quit == Quit::Now
+    }
+
+    /// Whether the studio is quitting, waiting for a training to save or a dataset to be written.
+    pub fn is_quitting(&self) -> bool {
+        self.quit != Quit::No
     }
 
     /// Why reading the terminal failed, if it did (the studio then quits).
@@ -231,9 +240,14 @@ impl App {
             AppEvent::Key(key) => return self.key(key),
             AppEvent::Tick => return,
             AppEvent::InputFailed(why) => {
-                self.input_error = Some(why);
+                // After SIGHUP the terminal is gone: reading it fails as expected, not an error.
+                if !self.is_quitting() {
+                    self.input_error = Some(why);
+                }
+                self.terminal_lost = true;
                 return self.request_quit(false);
             }
+            AppEvent::Interrupted => return self.request_quit(!self.terminal_lost),
             AppEvent::Train(e) => self.training.event(e),
             AppEvent::TrainingEnded(outcome) => self.training.ended(outcome),
             AppEvent::Job(job) => match job {

@@ -19,6 +19,9 @@ pub enum AppEvent {
     Tick,
     /// Reading the terminal failed: the studio stops any training (saving it) and quits.
     InputFailed(String),
+    /// SIGTERM or SIGHUP (a closed terminal or SSH session, `kill`, a cluster's time limit): as
+    /// Ctrl-C, the studio stops any training (saving it) and quits; a second one quits at once.
+    Interrupted,
     Train(TrainEvent),
     /// The training thread returned (an error message if training failed or panicked).
     TrainingEnded(Result<RunOutcome, String>),

@@ -49,6 +49,13 @@ pub fn run(opts: TuiOptions) -> anyhow::Result<()> {
     let picker = preview::make_picker(forced_protocol);
     let (tx, rx) = mpsc::channel();
     event::spawn_input_thread(tx.clone(), TICK)?;
+    // SIGTERM and SIGHUP (raw mode delivers Ctrl-C as a key) stop a running training, saved, and
+    // quit, as Ctrl-C does.
+    let signals = tx.clone();
+    ctrlc::set_handler(move || {
+        let _ = signals.send(AppEvent::Interrupted);
+    })
+    .context("cannot install the SIGTERM/SIGHUP handler")?;
     let mut app = App::new(opts, tx);
     let mut images = ImagePanes::new(picker);
     run_loop(&mut session.terminal, &mut app, &mut images, &rx)
@@ -62,8 +69,16 @@ fn run_loop<B: Backend>(terminal: &mut Terminal<B>, app: &mut App, images: &mut 
 where
     B::Error: Send + Sync + 'static,
 {
+    // A terminal that fails (closed under us: SIGHUP, a dropped SSH session) is treated as lost
+    // input: the studio stops its training, waits for the checkpoint without drawing, and quits.
+    let mut drawing = true;
     loop {
-        terminal.draw(|frame| ui::draw(frame, app, images)).context("cannot draw on the terminal")?;
+        if drawing {
+            if let Err(e) = terminal.draw(|frame| ui::draw(frame, app, images)) {
+                drawing = false;
+                app.handle(AppEvent::InputFailed(format!("cannot draw on it: {e}")));
+            }
+        }
         let first = rx.recv().context("the studio's event channel closed")?;
         for event in std::iter::once(first).chain(rx.try_iter().take(MAX_EVENTS_PER_FRAME)) {
             app.handle(event);
