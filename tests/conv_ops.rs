@@ -4,24 +4,12 @@
 //! The losses are sum(out · R) for a fixed random R, which is linear in each argument, so a
 //! central difference is exact up to rounding even with a large step.
 
-use candle_core::{DType, Device, Result, Tensor, Var};
+mod common;
+use common::rand_tensor;
+
+use candle_core::{DType, Result, Tensor, Var};
 use cyclestudio::ops::conv::{conv2d, conv_transpose2d};
 use std::time::Instant;
-
-/// Deterministic uniform(-1, 1) tensor (xorshift), so failures reproduce.
-fn rand_tensor(dims: &[usize], seed: u64) -> Tensor {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let n: usize = dims.iter().product();
-    let data: Vec<f32> = (0..n)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        })
-        .collect();
-    Tensor::from_vec(data, dims, &Device::Cpu).unwrap()
-}
 
 fn flat(t: &Tensor) -> Vec<f32> {
     t.flatten_all().unwrap().to_vec1().unwrap()

@@ -172,16 +172,7 @@ fn studio_creates_trains_stops_resumes_and_quits_in_a_real_terminal() {
 
     // Again: resume the run, and quit with Ctrl-C while it trains. The run is stopped and saved
     // before the studio exits.
-    let tmux = Tmux::launch_studio(root, "second");
-    tmux.wait_for_text("gray (1ch)");
-    tmux.keys(&["2"]);
-    tmux.wait_for_text("Settings");
-    tmux.keys(&["Right"]);
-    tmux.wait_for_text("resume tiny_quick");
-    tmux.keys(&["s"]);
-    tmux.wait_for("the resumed run", Duration::from_secs(120), |s| {
-        s.contains(&format!("resumed from step {stopped_at}")) && shown_step(s).is_some_and(|n| n > stopped_at)
-    });
+    let tmux = tmux.resume_training(root, "second", stopped_at);
     tmux.keys(&["C-c"]);
     tmux.assert_exits_cleanly();
     let resumed_to = checkpoint_step(&manifest).expect("a checkpoint after Ctrl-C");

@@ -165,3 +165,18 @@ pub fn fixture_trainer(fx: &HashMap<String, Tensor>, device: &Device) -> Trainer
     }
     t
 }
+
+/// Deterministic uniform(-1, 1) tensor (xorshift), so failures reproduce.
+pub fn rand_tensor(dims: &[usize], seed: u64) -> Tensor {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let n: usize = dims.iter().product();
+    let data: Vec<f32> = (0..n)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        })
+        .collect();
+    Tensor::from_vec(data, dims, &Device::Cpu).unwrap()
+}
