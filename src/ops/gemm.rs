@@ -116,16 +116,8 @@ pub(crate) fn matmul_batch(
             && Mat { data: rhs.data.get(last * rhs_step..).unwrap_or(&[]), ..rhs }.fits(k, n),
         "batched gemm operand out of bounds"
     );
-    struct Out(*mut f32);
-    // SAFETY: the products write disjoint elements (see above), so sharing the pointer across
-    // threads never lets two of them touch the same float.
-    unsafe impl Sync for Out {}
-    impl Out {
-        fn at(&self, off: usize) -> *mut f32 {
-            self.0.wrapping_add(off)
-        }
-    }
-    let out = Out(dst.as_mut_ptr());
+    // The products write disjoint elements (see above).
+    let out = SharedDst(dst.as_mut_ptr());
     let arith = Arith::current();
     (0..count).into_par_iter().for_each(|p| {
         let lhs = Mat { data: &lhs.data[p * lhs_step..], ..lhs };
@@ -134,6 +126,23 @@ pub(crate) fn matmul_batch(
         // (the last product reaches furthest), and product p's writes are its own.
         unsafe { gemm_raw(m, n, k, (out.at(p * dst_step), dst_rs), accumulate, lhs, rhs, arith, Parallelism::None) }
     });
+}
+
+/// A destination's base pointer shared by parallel tasks that each write their own elements of
+/// it (the batched products here, the bf16 product's blocks).
+#[derive(Clone, Copy)]
+pub(crate) struct SharedDst(pub *mut f32);
+
+// SAFETY: users write disjoint elements through it, so sharing the pointer across threads never
+// lets two of them touch the same float.
+unsafe impl Sync for SharedDst {}
+unsafe impl Send for SharedDst {}
+
+impl SharedDst {
+    /// The float `off` past the base (a method, so closures capture the wrapper, not the pointer).
+    pub fn at(&self, off: usize) -> *mut f32 {
+        self.0.wrapping_add(off)
+    }
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -10,7 +10,7 @@
 //! rows with the same pairs, each broadcast to all lanes. The micro-kernel keeps an MR×NR block
 //! of the destination in 24 registers.
 
-use super::gemm::Mat;
+use super::gemm::{Mat, SharedDst};
 use rayon::prelude::*;
 use std::cell::Cell;
 use std::sync::OnceLock;
@@ -220,20 +220,6 @@ unsafe fn micro_kernel(kp: usize, a: *const u32, b: *const u32, c: *mut f32, c_r
     }
 }
 
-/// The destination's base pointer, shared by tasks that write disjoint blocks of it.
-#[derive(Clone, Copy)]
-struct Dst(*mut f32);
-// SAFETY: tasks write disjoint rows × columns blocks (see `gemm`), never the same float.
-unsafe impl Sync for Dst {}
-unsafe impl Send for Dst {}
-
-impl Dst {
-    /// The float `off` past the base (a method, so closures capture the `Sync` wrapper).
-    fn at(&self, off: usize) -> *mut f32 {
-        self.0.wrapping_add(off)
-    }
-}
-
 /// Runs `f` on this thread's two packing buffers (A, B), grown to the lengths asked for.
 fn with_pack_buffers<R>(a_len: usize, b_len: usize, f: impl FnOnce(&mut [u32], &mut [u32]) -> R) -> R {
     thread_local! {
@@ -280,7 +266,8 @@ pub(crate) unsafe fn gemm(m: usize, n: usize, k: usize, (dst, dst_rs): (*mut f32
     let row_tasks = if col_tasks >= threads { 1 } else { threads.div_ceil(col_tasks).min(m.div_ceil(MR)) };
     let mt = m.div_ceil(row_tasks).next_multiple_of(MR);
     let row_tasks = m.div_ceil(mt);
-    let out = Dst(dst);
+    // Tasks write disjoint row × column blocks.
+    let out = SharedDst(dst);
     let task = |t: usize| {
         let (ti, tj) = (t / col_tasks, t % col_tasks);
         let (i0, j0) = (ti * mt, tj * nt);
