@@ -465,6 +465,26 @@ pub struct TrainArgs {
 }
 
 /// Runs a parsed command line.
+/// The exit status after a second Ctrl-C / SIGTERM / SIGHUP (128 + SIGINT, as shells report an
+/// interrupted command): the command stopped without finishing its current work.
+pub const EXIT_SECOND_INTERRUPT: i32 = 130;
+
+/// Makes Ctrl-C, SIGTERM (a cluster's time limit or preemption, `kill`, `docker stop`) and SIGHUP
+/// (a closed terminal or SSH session) set `stop`, saying `finishing` ("finishing this step…");
+/// a second one exits at once with [`EXIT_SECOND_INTERRUPT`], saying `second`. Messages may find
+/// no terminal (after SIGHUP), so a failed write is ignored rather than a panic.
+fn stop_on_interrupt(stop: std::sync::Arc<std::sync::atomic::AtomicBool>, finishing: &'static str, second: &'static str) {
+    ctrlc::set_handler(move || {
+        use std::io::Write;
+        if stop.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            let _ = writeln!(std::io::stderr(), "\nsecond interrupt: {second}");
+            std::process::exit(EXIT_SECOND_INTERRUPT);
+        }
+        let _ = writeln!(std::io::stderr(), "\ninterrupted (Ctrl-C, SIGTERM or SIGHUP): {finishing}");
+    })
+    .ok();
+}
+
 pub fn dispatch(cli: Cli) -> Result<()> {
     match cli.command {
         Some(Command::Train(args)) => train_cmd::train(&cli.checkpoints, *args),

@@ -84,16 +84,7 @@ pub fn convert(checkpoints: &Path, a: ConvertArgs) -> Result<()> {
     // Ctrl-C, SIGTERM and SIGHUP finish the images in hand and stop; a second one exits at once.
     // Every output is written atomically, so neither leaves a partial file.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let flag = stop.clone();
-    ctrlc::set_handler(move || {
-        use std::io::Write;
-        if flag.swap(true, std::sync::atomic::Ordering::SeqCst) {
-            let _ = writeln!(std::io::stderr(), "\nsecond interrupt: exiting now (outputs written so far are complete)");
-            std::process::exit(super::train_cmd::EXIT_SECOND_INTERRUPT);
-        }
-        let _ = writeln!(std::io::stderr(), "\ninterrupted (Ctrl-C, SIGTERM or SIGHUP): finishing the images in hand…");
-    })
-    .ok();
+    super::stop_on_interrupt(stop.clone(), "finishing the images in hand…", "exiting now (outputs written so far are complete)");
     let opts = ConvertOptions { to: a.to.clone(), overwrite: a.overwrite, batch: a.batch, shard: a.shard, stop: Some(stop) };
     let bar = ProgressBar::new(0);
     bar.set_style(

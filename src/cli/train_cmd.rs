@@ -7,11 +7,6 @@ use anyhow::{bail, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::Write;
 use std::path::Path;
-use std::sync::atomic::Ordering;
-
-/// The exit status after a second Ctrl-C / SIGTERM / SIGHUP (128 + SIGINT, as shells report an
-/// interrupted command): the run stopped without saving the current step.
-pub const EXIT_SECOND_INTERRUPT: i32 = 130;
 
 /// The run the command line asks for; every unset value is the library's default.
 pub fn request_from_args(args: &TrainArgs) -> Result<RunRequest> {
@@ -101,19 +96,11 @@ pub fn train(checkpoints: &Path, args: TrainArgs) -> Result<()> {
         request.new_run()?
     };
     let control = RunControl { keep_going_on_save_error: args.keep_going_on_save_error, ..Default::default() };
-    let stop = control.stop.clone();
-    // Ctrl-C, SIGTERM (a cluster's time limit or preemption, `kill`, `docker stop`) and SIGHUP (a
-    // closed terminal or SSH session) all stop the run the same way. Messages may find no terminal
-    // (after SIGHUP), so they are written without panicking on a failed write.
-    ctrlc::set_handler(move || {
-        use std::io::Write;
-        if stop.swap(true, Ordering::SeqCst) {
-            let _ = writeln!(std::io::stderr(), "\nsecond interrupt: exiting without saving (the last checkpoint is intact)");
-            std::process::exit(EXIT_SECOND_INTERRUPT);
-        }
-        let _ = writeln!(std::io::stderr(), "\ninterrupted (Ctrl-C, SIGTERM or SIGHUP): finishing this step and saving a checkpoint…");
-    })
-    .ok();
+    super::stop_on_interrupt(
+        control.stop.clone(),
+        "finishing this step and saving a checkpoint…",
+        "exiting without saving (the last checkpoint is intact)",
+    );
     let bar = if args.quiet { ProgressBar::hidden() } else { ProgressBar::new(cfg.schedule.total_steps()) };
     bar.set_style(
         ProgressStyle::with_template("{bar:30.cyan/blue} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}")
