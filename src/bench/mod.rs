@@ -152,13 +152,14 @@ fn bench_config(case: &Case, device: &str, precision: Precision) -> TrainConfig 
 /// Runs one case in this process: `warmup` untimed then `repeats` timed runs, its convolutions
 /// in `precision` (or fp32 where this CPU cannot do bf16; the result says which ran).
 pub fn run_case(id: &str, device: &str, precision: Precision, warmup: usize, repeats: usize) -> Result<CaseResult> {
+    if id == INCEPTION_CASE {
+        // Always fp32 on the CPU, as `eval` runs it.
+        return run_inception_case(warmup, repeats);
+    }
     let dev = open_device(device)?;
     let (precision, fallback) = crate::ops::precision::effective(precision, &dev);
     if let Some(why) = fallback {
         eprintln!("{why}");
-    }
-    if id == INCEPTION_CASE {
-        return run_inception_case(warmup, repeats);
     }
     let case = CASES.iter().find(|c| c.id == id).with_context(|| format!("unknown case {id}"))?;
     let cfg = bench_config(case, device, precision);
@@ -216,8 +217,7 @@ fn run_inception_case(warmup: usize, repeats: usize) -> Result<CaseResult> {
         }
     }
     let what = format!("FID Inception features, batch of {INCEPTION_BATCH} at 299² (CPU)");
-    let precision = Precision::Fp32;
-    Ok(CaseResult { id: INCEPTION_CASE.into(), what, median_s: median(&seconds), seconds, peak_rss_mib: peak_rss_mib(), device_memory: None, precision })
+    Ok(CaseResult { id: INCEPTION_CASE.into(), what, median_s: median(&seconds), seconds, peak_rss_mib: peak_rss_mib(), device_memory: None, precision: Precision::Fp32 })
 }
 
 /// Runs the chosen cases, each in a fresh child process (so peak memory is per case), and

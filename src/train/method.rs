@@ -55,11 +55,7 @@ impl MethodTrainer {
 
     /// One optimisation step, its convolutions in the run's precision.
     pub fn train_step(&mut self, real_a: &Tensor, real_b: &Tensor) -> Result<Losses> {
-        let precision = match self {
-            Self::CycleGan(t) => t.cfg.precision,
-            Self::Cut(t) => t.cfg.precision,
-        };
-        crate::ops::with_precision(precision, || match self {
+        crate::ops::with_precision(self.cfg().precision, || match self {
             Self::CycleGan(t) => t.train_step(real_a, real_b),
             Self::Cut(t) => t.train_step(real_a, real_b),
         })

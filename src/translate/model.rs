@@ -50,18 +50,10 @@ impl ModelSource {
     /// hide the built-in model). Where none can, [`ModelSource::default_in`]'s choice, whose
     /// error then names the domains it knows.
     pub fn default_for(checkpoints: &Path, to: &str) -> Self {
-        let mut dirs: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(checkpoints)
-            .into_iter()
-            .flatten()
-            .filter_map(|e| {
-                let dir = e.ok()?.path();
-                let saved = std::fs::metadata(dir.join(crate::checkpoint::LATEST).join(crate::checkpoint::MANIFEST)).and_then(|m| m.modified()).ok()?;
-                Some((saved, dir))
-            })
-            .collect();
-        // Newest first, with `default` ahead of every run.
-        dirs.sort_by_key(|(t, d)| (d.file_name() != Some("default".as_ref()), std::cmp::Reverse(*t)));
-        let found = dirs.into_iter().map(|(_, d)| Self::Dir(d)).chain([Self::BuiltIn]).find(|m| m.targets().iter().any(|t| t == to));
+        let mut dirs = saved_runs(checkpoints).unwrap_or_default();
+        // `default` ahead of every run (a stable sort: the runs stay newest first).
+        dirs.sort_by_key(|d| d.file_name() != Some("default".as_ref()));
+        let found = dirs.into_iter().map(Self::Dir).chain([Self::BuiltIn]).find(|m| m.targets().iter().any(|t| t == to));
         found.unwrap_or_else(|| Self::default_in(checkpoints))
     }
 
@@ -277,15 +269,21 @@ pub fn default_model_dir(checkpoints: &Path) -> Result<PathBuf> {
     if default.join(crate::train::CONFIG_FILE).exists() || default.join(crate::model::MODEL_FILE).exists() {
         return Ok(default);
     }
-    let mut best: Option<(std::time::SystemTime, PathBuf)> = None;
-    for entry in std::fs::read_dir(checkpoints).with_context(|| format!("no models: {} does not exist", checkpoints.display()))? {
+    let runs = saved_runs(checkpoints).with_context(|| format!("no models: {} does not exist", checkpoints.display()))?;
+    runs.into_iter().next().with_context(|| format!("no trained model in {}; train one or pass --model", checkpoints.display()))
+}
+
+/// The folders in `checkpoints` that hold a saved checkpoint, the most recently saved first
+/// (equal times in the folder's listing order).
+fn saved_runs(checkpoints: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut runs = Vec::new();
+    for entry in std::fs::read_dir(checkpoints)? {
         let dir = entry?.path();
         let latest = dir.join(crate::checkpoint::LATEST).join(crate::checkpoint::MANIFEST);
         if let Ok(t) = std::fs::metadata(&latest).and_then(|m| m.modified()) {
-            if best.as_ref().is_none_or(|(bt, _)| t > *bt) {
-                best = Some((t, dir));
-            }
+            runs.push((t, dir));
         }
     }
-    best.map(|(_, d)| d).with_context(|| format!("no trained model in {}; train one or pass --model", checkpoints.display()))
+    runs.sort_by_key(|(t, _)| std::cmp::Reverse(*t));
+    Ok(runs.into_iter().map(|(_, d)| d).collect())
 }
