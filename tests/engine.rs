@@ -113,7 +113,7 @@ fn checkpoint_round_trip_restores_everything() {
     assert_eq!(train_tiny(&run, &ds, 3, false), RunOutcome::Finished { step: 3 });
     let generation = load_generation(&run).unwrap();
     assert_eq!(generation.manifest.step, 3);
-    for f in ["G_AB.safetensors", "G_BA.safetensors", "D_A.safetensors", "D_B.safetensors", "optim.safetensors"] {
+    for f in CHECKPOINT_FILES {
         assert!(generation.has(f), "{f}");
     }
     let cfg = cyclestudio::train::TrainConfig::load(&run).unwrap();
@@ -140,9 +140,7 @@ fn resume_gives_the_same_weights_as_an_uninterrupted_run() {
     assert_eq!(train_tiny(&split, &ds, 7, true), RunOutcome::Finished { step: 7 });
     let a = load_generation(&straight).unwrap();
     let b = load_generation(&split).unwrap();
-    for f in ["G_AB.safetensors", "G_BA.safetensors", "D_A.safetensors", "D_B.safetensors", "optim.safetensors"] {
-        assert_eq!(a.read_verified(f).unwrap(), b.read_verified(f).unwrap(), "{f} differs");
-    }
+    assert_same_checkpoint(&b, &a, "resumed vs straight");
     // The log holds each step once.
     let log = std::fs::read_to_string(split.join("log.jsonl")).unwrap();
     let steps: Vec<u64> = log.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?.get("step")?.as_u64()).collect();

@@ -71,9 +71,7 @@ fn kill_nine_at_random_moments_never_loses_the_run() {
         assert!(out.status.success(), "trial {trial}: {}", text(&out));
         let g = load_generation(&run).unwrap();
         assert_eq!(g.manifest.step, 10);
-        for f in ["G_AB.safetensors", "G_BA.safetensors", "D_A.safetensors", "D_B.safetensors", "optim.safetensors"] {
-            assert_eq!(g.read_verified(f).unwrap(), reference.read_verified(f).unwrap(), "trial {trial}: {f} differs");
-        }
+        assert_same_checkpoint(&g, &reference, &format!("trial {trial}"));
     }
     eprintln!("{trials} kill trials, {killed_with_checkpoint} killed after a checkpoint existed: all resumed exactly");
     assert!(killed_with_checkpoint > 0, "no trial was killed mid-training; the timing window is off");
@@ -345,9 +343,7 @@ fn sigterm_and_sighup_save_a_checkpoint_and_exit_cleanly() {
         assert!(out.status.success(), "{}", text(&out));
         let g = load_generation(&run).unwrap();
         assert_eq!(g.manifest.step, 100);
-        for f in ["G_AB.safetensors", "G_BA.safetensors", "D_A.safetensors", "D_B.safetensors", "optim.safetensors"] {
-            assert_eq!(g.read_verified(f).unwrap(), reference.read_verified(f).unwrap(), "SIG{signal}: {f} differs");
-        }
+        assert_same_checkpoint(&g, &reference, &format!("SIG{signal}"));
     }
 }
 
@@ -376,9 +372,7 @@ fn resume_or_start_starts_continues_and_refuses_changed_settings() {
     assert!(second.status.success() && text(&second).contains("resuming"), "{}", text(&second));
     let g = load_generation(&d.join("checkpoints/requeued")).unwrap();
     assert_eq!(g.manifest.step, 8);
-    for f in ["G_AB.safetensors", "G_BA.safetensors", "D_A.safetensors", "D_B.safetensors", "optim.safetensors"] {
-        assert_eq!(g.read_verified(f).unwrap(), reference.read_verified(f).unwrap(), "{f} differs");
-    }
+    assert_same_checkpoint(&g, &reference, "after resuming");
     let changed = run("8", &["--lr", "0.001"]);
     assert!(!changed.status.success(), "{}", text(&changed));
     assert!(text(&changed).contains("--lr 0.001 (the run has 0.0002)"), "{}", text(&changed));

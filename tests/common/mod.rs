@@ -180,3 +180,14 @@ pub fn rand_tensor(dims: &[usize], seed: u64) -> Tensor {
         .collect();
     Tensor::from_vec(data, dims, &Device::Cpu).unwrap()
 }
+
+/// The files of a CycleGAN checkpoint: the four networks and the optimiser state.
+pub const CHECKPOINT_FILES: [&str; 5] = ["G_AB.safetensors", "G_BA.safetensors", "D_A.safetensors", "D_B.safetensors", "optim.safetensors"];
+
+/// Asserts that two checkpoints hold byte-identical networks and optimiser state (`what` names
+/// the comparison in the failure).
+pub fn assert_same_checkpoint(got: &cyclestudio::checkpoint::Generation, want: &cyclestudio::checkpoint::Generation, what: &str) {
+    for f in CHECKPOINT_FILES {
+        assert!(got.read_verified(f).unwrap() == want.read_verified(f).unwrap(), "{what}: {f} differs");
+    }
+}
