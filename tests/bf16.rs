@@ -163,7 +163,7 @@ fn training_in_bf16_runs_and_resume_keeps_the_precision() {
     let dataset = tiny_dataset(dir.path());
     let run_dir = dir.path().join("runs/bf16");
     let cfg = cyclestudio::train::TrainConfig { precision: Precision::Bf16, ..tiny_config(&dataset, 4) };
-    let opts = cyclestudio::train::RunOptions { run_dir: run_dir.clone(), resume: false };
+    let opts = cyclestudio::train::RunOptions { run_dir: run_dir.clone(), resume: false, tensorboard: true };
     let mut losses = Vec::new();
     let outcome = cyclestudio::train::run_training(cfg, &opts, &Default::default(), &mut |e| {
         if let cyclestudio::train::TrainEvent::Step(r) = e {

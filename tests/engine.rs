@@ -216,7 +216,7 @@ fn keep_luma_model_colours_without_changing_brightness() {
     let ds = tiny_dataset(dir.path());
     let run = dir.path().join("run");
     let cfg = TrainConfig { keep_luma: true, ..tiny_config(&ds, 2) };
-    let outcome = run_training(cfg, &RunOptions { run_dir: run.clone(), resume: false }, &RunControl::default(), &mut |_| {}).unwrap();
+    let outcome = run_training(cfg, &RunOptions { run_dir: run.clone(), resume: false, tensorboard: true }, &RunControl::default(), &mut |_| {}).unwrap();
     assert_eq!(outcome, RunOutcome::Finished { step: 2 });
     // Resuming rebuilds the networks from the saved config: a direct G_AB would not fit the
     // saved weights (its head has 3 output channels, the chroma head 2).

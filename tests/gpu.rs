@@ -163,7 +163,7 @@ fn train_until(run: &Path, ds: &Path, device: &str, iters: u64, stop_at: u64, re
             stop.store(true, Ordering::SeqCst);
         }
     };
-    run_training(cfg, &RunOptions { run_dir: run.to_path_buf(), resume }, &control, &mut on_event).unwrap()
+    run_training(cfg, &RunOptions { run_dir: run.to_path_buf(), resume, tensorboard: true }, &control, &mut on_event).unwrap()
 }
 
 #[test]

@@ -25,17 +25,7 @@ fn repo() -> &'static Path {
 
 /// True when python3 can import onnx and onnxruntime. Under CI their absence fails the test.
 fn onnx_runtime_available() -> bool {
-    let probe = Command::new("python3").args(["-c", "import onnx, onnxruntime"]).output();
-    let ok = probe.as_ref().is_ok_and(|o| o.status.success());
-    if !ok {
-        let why = match &probe {
-            Ok(o) => String::from_utf8_lossy(&o.stderr).trim().to_string(),
-            Err(e) => format!("python3: {e}"),
-        };
-        assert!(std::env::var_os("CI").is_none(), "CI is set but python3 cannot import onnx and onnxruntime ({why}); .ci/run installs them");
-        eprintln!("skipping: python3 cannot import onnx and onnxruntime ({why}); pip install onnxruntime onnx to run this test");
-    }
-    ok
+    common::python_can_import("onnx, onnxruntime")
 }
 
 fn cyclestudio(args: &[&str]) -> Output {

@@ -115,7 +115,7 @@ fn full_or_read_only_disk_keeps_the_previous_checkpoint() {
     let mut cfg = cyclestudio::train::TrainConfig::load(&run).unwrap();
     cfg.schedule = cyclestudio::train::Schedule::Iters { iters: 4, decay_iters: 0 };
     cfg.save_every = 1;
-    let err = run_training(cfg.clone(), &RunOptions { run_dir: run.clone(), resume: true }, &RunControl::default(), &mut |_| {}).unwrap_err();
+    let err = run_training(cfg.clone(), &RunOptions { run_dir: run.clone(), resume: true, tensorboard: true }, &RunControl::default(), &mut |_| {}).unwrap_err();
     let msg = format!("{err:#}");
     assert!(msg.contains("previous checkpoint is intact"), "{msg}");
     let g = load_generation(&run).unwrap();
@@ -128,7 +128,7 @@ fn full_or_read_only_disk_keeps_the_previous_checkpoint() {
     let mut cfg3 = cfg.clone();
     cfg3.schedule = cyclestudio::train::Schedule::Iters { iters: 4, decay_iters: 0 };
     cfg3.save_every = 1;
-    let r = run_training(cfg3, &RunOptions { run_dir: run.clone(), resume: true }, &keep, &mut |e| {
+    let r = run_training(cfg3, &RunOptions { run_dir: run.clone(), resume: true, tensorboard: true }, &keep, &mut |e| {
         if let cyclestudio::train::TrainEvent::Warning(w) = e {
             if w.contains("will try again") {
                 warnings += 1;
@@ -142,7 +142,7 @@ fn full_or_read_only_disk_keeps_the_previous_checkpoint() {
     // Read-only: same guarantees.
     std::fs::remove_file(disk.0.join("filler")).unwrap();
     disk.remount_read_only();
-    let err = run_training(cfg, &RunOptions { run_dir: run.clone(), resume: true }, &RunControl::default(), &mut |_| {}).unwrap_err();
+    let err = run_training(cfg, &RunOptions { run_dir: run.clone(), resume: true, tensorboard: true }, &RunControl::default(), &mut |_| {}).unwrap_err();
     assert!(format!("{err:#}").to_lowercase().contains("read-only"), "{err:#}");
     assert_eq!(load_generation(&run).unwrap().manifest.step, 2);
 }

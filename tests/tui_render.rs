@@ -19,7 +19,7 @@ use ratatui_image::picker::Picker;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{channel, Receiver};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// An app over `root/datasets` and `root/checkpoints`, with its event receiver.
 fn studio(root: &Path) -> (App, Receiver<AppEvent>) {
@@ -28,19 +28,7 @@ fn studio(root: &Path) -> (App, Receiver<AppEvent>) {
     (App::new(options, tx), rx)
 }
 
-/// Feeds the app the events its worker threads send until `done` holds.
-fn settle(app: &mut App, rx: &Receiver<AppEvent>, what: &str, done: impl Fn(&App) -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !done(app) {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let event = rx.recv_timeout(left).unwrap_or_else(|_| panic!("timed out waiting for {what}"));
-        app.handle(event);
-    }
-}
-
-fn press(app: &mut App, code: KeyCode) {
-    app.handle(AppEvent::Key(KeyEvent::new(code, KeyModifiers::NONE)));
-}
+use common::{press, settle};
 
 fn type_text(app: &mut App, text: &str) {
     for c in text.chars() {
@@ -538,4 +526,41 @@ fn an_imported_model_is_listed_and_loads_on_the_translate_screen() {
     settle(&mut app, &rx, "the model", |a| !matches!(a.translate.model, ModelState::Loading(_)));
     assert!(matches!(app.translate.model, ModelState::Ready(_)), "the imported model did not load");
     assert!(app.runs.iter().all(|r| r.name != "horse2zebra" || r.config.is_err()));
+}
+
+#[test]
+fn the_sweeps_screen_fills_as_trials_finish_and_opens_the_best_on_translate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("datasets/demo");
+    let sweep = |shard: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_cyclestudio"))
+            .current_dir(tmp.path())
+            .args(["sweep", "--dataset", demo.to_str().unwrap(), "--name", "widths", "--vary", "ngf=4,8", "--shard", shard, "--"])
+            .args(["--generator", "resnet_6blocks", "--ndf", "4", "--size", "32", "--iters", "2", "--decay-iters", "0"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    // The first trial only, as a sweep under way leaves it.
+    sweep("1/2");
+    let (mut app, rx) = studio(tmp.path());
+    press(&mut app, KeyCode::Char('4'));
+    let screen = render(&app, 140, 30);
+    assert_shows(&screen, &["Sweeps in", "widths", "1/2 trials scored · by psnr", "Leaderboard of widths", "t01", "finished"]);
+    assert!(!screen.contains("t02"), "{screen}");
+
+    // The second finishes: a rescan (every 2 s on a tick, or r) shows it, ranked.
+    sweep("2/2");
+    press(&mut app, KeyCode::Char('r'));
+    let screen = render(&app, 140, 30);
+    assert_shows(&screen, &["2/2 trials scored", "t02"]);
+    let best = app.sweeps.selected().unwrap().trials[0].trial.clone();
+
+    // b: the best trial on the Translate screen, loaded, with the demo's test images.
+    press(&mut app, KeyCode::Char('b'));
+    assert_eq!(app.screen, Screen::Translate);
+    settle(&mut app, &rx, "the trial's model", |a| !matches!(a.translate.model, ModelState::Loading(_)));
+    let ModelState::Ready(model) = &app.translate.model else { panic!("not loaded: {}", render(&app, 140, 30)) };
+    assert_eq!(model.run_name, format!("widths/{best}"));
+    assert_shows(&render(&app, 140, 30), &[&format!("widths/{best}"), "Test images of widths/"]);
 }

@@ -45,6 +45,24 @@ pub const CASES: [Case; 8] = [
 pub const INCEPTION_CASE: &str = "inception8";
 const INCEPTION_BATCH: usize = 8;
 
+/// The training-loop case (`--cases loop128`, not in the default set): `train128` run through
+/// the whole loop of `train` (data loading, a log line every step, health and a sample grid every
+/// `LOOP_BLOCK` steps, TensorBoard events unless `--no-tensorboard`), timed per block of
+/// `LOOP_BLOCK` steps and reported per step, so the loop's own costs show against `train128`.
+pub const LOOP_CASE: &str = "loop128";
+const LOOP_BLOCK: u64 = 10;
+
+/// How the cases run.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub device: String,
+    pub precision: Precision,
+    pub warmup: usize,
+    pub repeats: usize,
+    /// The loop case writes TensorBoard events.
+    pub tensorboard: bool,
+}
+
 /// What one case measured.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct CaseResult {
@@ -151,10 +169,15 @@ fn bench_config(case: &Case, device: &str, precision: Precision) -> TrainConfig 
 
 /// Runs one case in this process: `warmup` untimed then `repeats` timed runs, its convolutions
 /// in `precision` (or fp32 where this CPU cannot do bf16; the result says which ran).
-pub fn run_case(id: &str, device: &str, precision: Precision, warmup: usize, repeats: usize) -> Result<CaseResult> {
+pub fn run_case(id: &str, settings: &Settings) -> Result<CaseResult> {
+    let Settings { device, precision, warmup, repeats, .. } = settings.clone();
+    let device = device.as_str();
     if id == INCEPTION_CASE {
         // Always fp32 on the CPU, as `eval` runs it.
         return run_inception_case(warmup, repeats);
+    }
+    if id == LOOP_CASE {
+        return run_loop_case(settings);
     }
     let dev = open_device(device)?;
     let (precision, fallback) = crate::ops::precision::effective(precision, &dev);
@@ -220,15 +243,74 @@ fn run_inception_case(warmup: usize, repeats: usize) -> Result<CaseResult> {
     Ok(CaseResult { id: INCEPTION_CASE.into(), what, median_s: median(&seconds), seconds, peak_rss_mib: peak_rss_mib(), device_memory: None, precision: Precision::Fp32 })
 }
 
+/// A small dataset of noise images for the loop case (4 per domain, 144² so that 128² crops vary).
+fn noise_dataset(root: &std::path::Path) -> Result<()> {
+    let mut rng = crate::util::Rng::new(7);
+    for domain in ["trainA", "trainB"] {
+        std::fs::create_dir_all(root.join(domain))?;
+        for i in 0..4 {
+            let img = image::RgbImage::from_fn(144, 144, |_, _| image::Rgb([rng.below(256) as u8, rng.below(256) as u8, rng.below(256) as u8]));
+            img.save(root.join(domain).join(format!("{i}.png")))?;
+        }
+    }
+    Ok(())
+}
+
+fn run_loop_case(settings: &Settings) -> Result<CaseResult> {
+    use crate::train::request::{Intervals, Length, RunRequest};
+    let root = std::env::temp_dir().join(format!("cyclestudio-bench-loop-{}", std::process::id()));
+    let result = (|| -> Result<CaseResult> {
+        noise_dataset(&root.join("data"))?;
+        let blocks = (settings.warmup + settings.repeats) as u64;
+        let request = RunRequest {
+            name: "loop".into(),
+            dataset: Some(root.join("data")),
+            generator: Some("resnet_6blocks".parse().map_err(anyhow::Error::msg)?),
+            size: Some(128),
+            load_size: Some(144),
+            length: Length::Iters { iters: blocks * LOOP_BLOCK, decay_iters: 0 },
+            device: Some(settings.device.clone()),
+            precision: Some(settings.precision),
+            intervals: Intervals { sample_every: Some(LOOP_BLOCK), save_every: Some(u64::MAX), log_every: Some(1), health_every: Some(LOOP_BLOCK) },
+            ..Default::default()
+        };
+        let cfg = request.new_run()?;
+        let precision = cfg.precision;
+        let opts = crate::train::RunOptions { run_dir: root.join("run"), resume: false, tensorboard: settings.tensorboard };
+        let mut block_start = None;
+        let mut seconds = Vec::new();
+        crate::train::run_training(cfg, &opts, &crate::train::RunControl::default(), &mut |e| {
+            if let crate::train::TrainEvent::Step(r) = e {
+                // Step k's report comes after its optimisation and before its logging, so a block
+                // from report k to report k + LOOP_BLOCK holds LOOP_BLOCK whole steps.
+                if r.step % LOOP_BLOCK == 0 {
+                    if let Some(t0) = block_start.replace(Instant::now()) {
+                        if r.step > settings.warmup as u64 * LOOP_BLOCK {
+                            seconds.push(t0.elapsed().as_secs_f64() / LOOP_BLOCK as f64);
+                        }
+                    }
+                }
+            }
+        })?;
+        let events = if settings.tensorboard { "events on" } else { "events off" };
+        let what = format!("training loop per step, 128², resnet_6blocks, {events}");
+        Ok(CaseResult { id: LOOP_CASE.into(), what, median_s: median(&seconds), seconds, peak_rss_mib: peak_rss_mib(), device_memory: None, precision })
+    })();
+    let _ = std::fs::remove_dir_all(&root);
+    result
+}
+
 /// Runs the chosen cases, each in a fresh child process (so peak memory is per case), and
 /// returns their results.
-pub fn run_all(ids: &[String], device: &str, precision: Precision, warmup: usize, repeats: usize) -> Result<Vec<CaseResult>> {
+pub fn run_all(ids: &[String], settings: &Settings) -> Result<Vec<CaseResult>> {
+    let Settings { device, precision, warmup, repeats, tensorboard } = settings;
     let exe = std::env::current_exe()?;
     let mut out = Vec::new();
     for id in ids {
         let o = std::process::Command::new(&exe)
             .args(["bench", "--case-in-process", id, "--device", device, "--precision", precision.as_str()])
             .args(["--warmup", &warmup.to_string(), "--repeats", &repeats.to_string()])
+            .args(if *tensorboard { &[][..] } else { &["--no-tensorboard"][..] })
             .output()
             .with_context(|| format!("running bench case {id}"))?;
         if !o.status.success() {

@@ -5,6 +5,8 @@ mod bench_cmd;
 mod dataset_cmd;
 mod model_cmd;
 mod studio_cmd;
+mod sweep_cmd;
+mod tensorboard_cmd;
 mod train_cmd;
 
 use crate::model::GeneratorKind;
@@ -46,15 +48,80 @@ pub enum Command {
     Score(ScoreArgs),
     /// Time training iterations and translation, with peak memory (medians over repeats).
     Bench(BenchArgs),
+    /// Write TensorBoard events for runs from their saved logs and samples (runs trained before
+    /// events existed or with --no-tensorboard); replaces a run's earlier event files.
+    TensorboardExport(TensorboardExportArgs),
+    /// Train a grid of settings (--vary FLAG=V1,V2,…), each trial a run, and rank them on
+    /// held-out pairs in CHECKPOINTS/NAME/leaderboard.csv and .md.
+    Sweep(SweepArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct SweepArgs {
+    /// The sweep's name: trial K is the run CHECKPOINTS/NAME/tK.
+    #[arg(long)]
+    pub name: String,
+    /// The dataset every trial trains on (needed unless --leaderboard).
+    #[arg(long)]
+    pub dataset: Option<PathBuf>,
+    /// A train flag and its values, e.g. --vary lr=0.0001,0.0002 (repeat for a grid).
+    #[arg(long, value_name = "FLAG=V1,V2,…")]
+    pub vary: Vec<crate::sweep::Vary>,
+    /// The score trials are ranked by: PSNR, SSIM or colourfulness of the A→B translations of the
+    /// held-out images against their pairs (higher is better), or FD-DINOv2 of the translations
+    /// against the held-out B images (lower is better; needs --dinov2-weights).
+    #[arg(long, value_enum, default_value_t = crate::sweep::Metric::Psnr)]
+    pub metric: crate::sweep::Metric,
+    /// DINOv2 weights (timm's vit_small_patch14_dinov2 or a larger one, as .safetensors): every
+    /// trial also gets its FD-DINOv2.
+    #[arg(long, value_name = "FILE")]
+    pub dinov2_weights: Option<PathBuf>,
+    /// Held-out images of domain A [default: the dataset's testA].
+    #[arg(long)]
+    pub val_a: Option<PathBuf>,
+    /// Their true translations in domain B, with the same file names [default: the dataset's testB].
+    #[arg(long)]
+    pub val_b: Option<PathBuf>,
+    /// Successive halving: at a quarter and at half of the iterations (or --rungs), the worse
+    /// half of the trials still running stops there (keeping its checkpoint and its row).
+    #[arg(long)]
+    pub halving: bool,
+    /// The rungs of --halving as fractions of the iterations [default: 0.25,0.5].
+    #[arg(long, value_delimiter = ',', requires = "halving")]
+    pub rungs: Vec<f64>,
+    /// Trials trained side by side in this process (they share its CPU threads or GPU).
+    #[arg(long, default_value_t = 1)]
+    pub jobs: usize,
+    /// Run only part K of N of the trials (trial i goes to part i mod N + 1), or auto from a
+    /// Slurm job array (auto/N: a Kubernetes Indexed Job); --leaderboard merges the parts.
+    #[arg(long)]
+    pub shard: Option<crate::translate::Shard>,
+    /// Only rebuild the leaderboard from the trials on disk.
+    #[arg(long)]
+    pub leaderboard: bool,
+    /// The train flags every trial shares, after `--` (e.g. -- --size 128 --iters 2000).
+    #[arg(last = true, value_name = "TRAIN FLAGS")]
+    pub train_args: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct TensorboardExportArgs {
+    /// Run folders (or run names under --checkpoints); a folder of runs exports each run in it.
+    #[arg(required = true)]
+    pub runs: Vec<PathBuf>,
 }
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// Cases to run: train128, train256, cut128, fastcut128, cut256, fastcut256, infer256, infer1024 (default: all).
+    /// Cases to run: train128, train256, cut128, fastcut128, cut256, fastcut256, infer256, infer1024
+    /// (and inception8, the FID network; loop128, train128 through the whole training loop with
+    /// its logging) [default: all but inception8 and loop128]
     #[arg(long, value_delimiter = ',')]
     pub cases: Vec<String>,
+    /// Untimed runs of each case before the timed ones.
     #[arg(long, default_value_t = 1)]
     pub warmup: usize,
+    /// Timed runs of each case (the median is reported).
     #[arg(long, default_value_t = 3)]
     pub repeats: usize,
     #[arg(long, default_value = crate::train::request::DEFAULT_DEVICE)]
@@ -62,6 +129,9 @@ pub struct BenchArgs {
     /// What the convolutions multiply in (see train --precision).
     #[arg(long, value_enum, default_value_t = crate::ops::Precision::Fp32)]
     pub precision: crate::ops::Precision,
+    /// loop128 without TensorBoard events (to measure what writing them costs).
+    #[arg(long)]
+    pub no_tensorboard: bool,
     /// Write the results as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -90,16 +160,17 @@ pub struct EvalArgs {
     /// FID/KID: folder of real images of the target domain.
     #[arg(long)]
     pub reference: Option<PathBuf>,
-    /// Folder of the feature cache (default: ~/.cache/cyclestudio/fid).
+    /// Folder of the feature cache [default: ~/.cache/cyclestudio/fid, or under $CYCLESTUDIO_CACHE
+    /// or $XDG_CACHE_HOME when set]
     #[arg(long)]
     pub fid_cache: Option<PathBuf>,
     /// Do not read or write the feature cache.
     #[arg(long)]
     pub no_fid_cache: bool,
-    /// KID subsets and subset size (torch-fidelity's defaults; the size is lowered to the
-    /// smaller set's).
+    /// KID: how many random subsets of the features are compared, as torch-fidelity does.
     #[arg(long, default_value_t = 100)]
     pub kid_subsets: usize,
+    /// KID: images per subset, as torch-fidelity does; lowered to the smaller set's size.
     #[arg(long, default_value_t = 1000)]
     pub kid_subset_size: usize,
     /// Short side both are resized to before scoring (0 = as is).
@@ -120,6 +191,7 @@ pub struct EvalArgs {
 pub struct ScoreArgs {
     /// Folder of images of the domain.
     pub dir: PathBuf,
+    /// Model folder (a CycleGAN: both directions) [default: chosen as translate chooses]
     #[arg(long)]
     pub model: Option<PathBuf>,
     /// The domain the images are supposed to belong to.
@@ -128,7 +200,7 @@ pub struct ScoreArgs {
     /// How many of the most anomalous images to print.
     #[arg(long, default_value_t = 10)]
     pub top: usize,
-    /// CSV of all scores (default: scores.csv in the current folder).
+    /// CSV file for all scores, ranked.
     #[arg(long, default_value = "scores.csv")]
     pub csv: PathBuf,
     /// Short side images are resized to before scoring (0 = as is).
@@ -142,7 +214,7 @@ pub struct ScoreArgs {
 #[derive(Args, Debug, Clone)]
 pub struct FidWeightsArgs {
     /// The FID Inception weights, pt_inception-2015-12-05-6726825d.pth (downloaded once from
-    /// pytorch-fid's release page, see README).
+    /// pytorch-fid's release page, see docs/metrics.md).
     #[arg(long, value_name = "FILE")]
     pub fid_weights: Option<PathBuf>,
     /// Use --fid-weights even if it is not the standard file (scores are then not comparable to
@@ -154,8 +226,9 @@ pub struct FidWeightsArgs {
 /// How a --keep-luma model's colour is applied (translate, convert, eval).
 #[derive(Args, Debug, Clone, Copy)]
 pub struct ColourArgs {
-    /// Scale the predicted colour of a --keep-luma model: 0 gives the grey input back, 1 (default)
-    /// the colours as trained, below 1 more muted, above 1 more saturated.
+    /// Scale the predicted colour of a --keep-luma model: 0 gives the grey input back, 1 the colours
+    /// as trained, below 1 more muted, above 1 more saturated [default: from the model's config
+    /// (2.5 for the built-in model), else 1]
     #[arg(long)]
     pub chroma_gain: Option<f64>,
     /// Use a --keep-luma model's colour exactly as the network predicts it, without the low-pass
@@ -163,8 +236,8 @@ pub struct ColourArgs {
     #[arg(long)]
     pub raw_chroma: bool,
     /// Read-out temperature of a model trained with --paired-loss classify: lower gives more
-    /// vivid colour (the most likely colour), 1 the mean colour of its prediction (cautious).
-    /// Default 0.38.
+    /// vivid colour (the most likely colour), 1 the mean colour of its prediction (cautious)
+    /// [default: 0.38]
     #[arg(long)]
     pub temperature: Option<f64>,
 }
@@ -192,11 +265,11 @@ pub struct TranslateArgs {
     /// Target domain name (from the model's config.toml), e.g. color.
     #[arg(long)]
     pub to: String,
-    /// Model folder (default: the first of <checkpoints>/default, the runs there from the most
-    /// recently saved, and the grey→colour model built into cyclestudio that knows --to).
+    /// Model folder [default: the first of CHECKPOINTS/default, the runs in CHECKPOINTS (most
+    /// recently saved first) and the built-in grey→colour model that can translate to --to]
     #[arg(long)]
     pub model: Option<PathBuf>,
-    /// Output file (default: INPUT_STEM.DOMAIN.png beside the input).
+    /// Output file [default: INPUT_STEM.DOMAIN.png beside the input]
     #[arg(short, long)]
     pub output: Option<PathBuf>,
     /// Replace an existing output file.
@@ -221,9 +294,10 @@ pub struct ConvertArgs {
     pub to: String,
     #[arg(short, long = "output")]
     pub output_dir: PathBuf,
+    /// Model folder [default: chosen as translate chooses]
     #[arg(long)]
     pub model: Option<PathBuf>,
-    /// Redo outputs that already exist (default: skip them, so re-runs resume).
+    /// Redo outputs that already exist; without it they are skipped, so a re-run resumes.
     #[arg(long)]
     pub overwrite: bool,
     /// Images of the same size translated together.
@@ -244,7 +318,7 @@ pub struct ConvertArgs {
 
 #[derive(Args, Debug)]
 pub struct ImportArgs {
-    /// Name of the new model folder under <checkpoints>.
+    /// Name of the new model folder under CHECKPOINTS.
     #[arg(long)]
     pub name: String,
     /// The reference's G_A (A→B), e.g. latest_net_G_A.pth.
@@ -263,15 +337,18 @@ pub struct ImportArgs {
 
 #[derive(Args, Debug)]
 pub struct ExportArgs {
+    /// The model folder to export.
     #[arg(long)]
     pub model: PathBuf,
+    /// What to write.
     #[arg(long, value_enum, default_value_t = ExportFormat::TorchKeys)]
     pub format: ExportFormat,
-    /// Output folder (default: <model>/export); with --format onnx the .onnx file
-    /// (default: <model>/export/<DOMAIN>.onnx).
+    /// Output folder, or with --format onnx the .onnx file [default: MODEL/export, with --format
+    /// onnx MODEL/export/DOMAIN.onnx]
     #[arg(short, long)]
     pub output: Option<PathBuf>,
-    /// With --format onnx: the direction, by target domain (default: domain B).
+    /// With --format onnx: the direction, by target domain [default: domain B, or the model's only
+    /// direction]
     #[arg(long)]
     pub to: Option<String>,
     /// With --format generators or onnx: store the weights as f16 (half the size).
@@ -291,7 +368,7 @@ pub enum ExportFormat {
 
 #[derive(Args, Debug, Default)]
 pub struct TuiArgs {
-    /// Extra folder(s) holding datasets (default: datasets).
+    /// Folder holding datasets; repeat the flag for several [default: datasets]
     #[arg(long)]
     pub datasets: Vec<PathBuf>,
     /// Force the inline image protocol.
@@ -334,7 +411,7 @@ pub struct DatasetCreateArgs {
     #[arg(long, default_value_t = 0)]
     pub max_side: u32,
     /// Folder the dataset is created in.
-    #[arg(long, default_value = "datasets")]
+    #[arg(long, default_value = crate::data::DEFAULT_DATASETS_DIR)]
     pub datasets: PathBuf,
 }
 
@@ -343,10 +420,10 @@ pub struct TrainArgs {
     /// Dataset folder (trainA/ trainB/ …). Not needed with --resume.
     #[arg(long)]
     pub dataset: Option<PathBuf>,
-    /// Run name: the checkpoint goes to <checkpoints>/NAME.
+    /// Run name: the checkpoint goes to CHECKPOINTS/NAME.
     #[arg(long)]
     pub name: String,
-    /// Continue the run in <checkpoints>/NAME from its latest checkpoint, with its saved settings.
+    /// Continue the run in CHECKPOINTS/NAME from its latest checkpoint, with its saved settings.
     #[arg(long, conflicts_with = "resume_or_start")]
     pub resume: bool,
     /// Continue the run if it has a checkpoint, else start it with the given settings: the same
@@ -354,94 +431,108 @@ pub struct TrainArgs {
     /// the setting, if a given setting differs from the saved run's.
     #[arg(long)]
     pub resume_or_start: bool,
+    /// Write no TensorBoard events (by default each run writes them in its folder, for
+    /// `tensorboard --logdir checkpoints`).
+    #[arg(long)]
+    pub no_tensorboard: bool,
     /// cyclegan (two generators, cycle and identity losses), cut or fastcut (one generator A→B
-    /// with PatchNCE; the CUT reference's defaults). Default cyclegan.
+    /// with PatchNCE; the CUT reference's recipe) [default: cyclegan]
     #[arg(long = "model", value_enum)]
     pub method: Option<Method>,
-    /// Generator architecture (default resnet_9blocks).
+    /// Generator architecture: resnet_Nblocks (N residual blocks, e.g. 6 or 9) or unet_S (S a power
+    /// of two from 32 to 1024: 128, 256) [default: resnet_9blocks]
     #[arg(long)]
     pub generator: Option<GeneratorKind>,
-    /// Generator / discriminator base widths (default 64).
+    /// Generator base width (channels of its first layer) [default: 64]
     #[arg(long)]
     pub ngf: Option<usize>,
+    /// Discriminator base width [default: 64]
     #[arg(long)]
     pub ndf: Option<usize>,
-    /// Layers of the PatchGAN discriminator (default 3 = 70×70 patches).
+    /// Layers of the PatchGAN discriminator (3: 70×70 patches) [default: 3]
     #[arg(long)]
     pub n_layers_d: Option<usize>,
-    /// Training crop size (default 256).
+    /// Training crop size [default: 256]
     #[arg(long)]
     pub size: Option<usize>,
-    /// Short side images are resized to before cropping (default size·286/256).
+    /// Short side images are resized to before cropping [default: size·286/256]
     #[arg(long)]
     pub load_size: Option<usize>,
-    /// Steps at the initial learning rate (then --decay-iters of linear decay).
+    /// Steps at the initial learning rate (then --decay-iters of linear decay), instead of epochs.
     #[arg(long, conflicts_with_all = ["epochs", "decay_epochs"])]
     pub iters: Option<u64>,
+    /// Steps of linear decay to zero after --iters.
     #[arg(long)]
     pub decay_iters: Option<u64>,
-    /// Epochs at the initial learning rate (the reference's: CycleGAN 100, CUT 200, FastCUT 150).
+    /// Epochs at the initial learning rate (the reference's) [default: CycleGAN 100, CUT 200,
+    /// FastCUT 150]
     #[arg(long)]
     pub epochs: Option<u64>,
-    /// Epochs of linear decay to zero (CycleGAN 100, CUT 200, FastCUT 50).
+    /// Epochs of linear decay to zero [default: CycleGAN 100, CUT 200, FastCUT 50]
     #[arg(long)]
     pub decay_epochs: Option<u64>,
+    /// Images per step [default: 1]
     #[arg(long)]
     pub batch: Option<usize>,
-    /// Adam learning rate (default 2e-4) and β1 (default 0.5).
+    /// Adam learning rate [default: 0.0002]
     #[arg(long)]
     pub lr: Option<f64>,
+    /// Adam β1 [default: 0.5]
     #[arg(long)]
     pub beta1: Option<f64>,
-    /// Cycle-consistency weight (default 10).
+    /// Cycle-consistency weight [default: 10]
     #[arg(long)]
     pub lambda_cycle: Option<f64>,
-    /// Identity loss weight relative to --lambda-cycle (default 0.5; 0 disables it).
+    /// Identity loss weight relative to --lambda-cycle; 0 disables it [default: 0.5]
     #[arg(long)]
     pub lambda_identity: Option<f64>,
-    /// lsgan (default) or vanilla.
+    /// The adversarial loss [default: lsgan]
     #[arg(long, value_enum)]
     pub gan_loss: Option<GanLoss>,
-    /// Size of the pool of earlier fakes shown to the discriminators (default 50; CUT: none).
+    /// Size of the pool of earlier fakes shown to the discriminators [default: 50, CUT and
+    /// FastCUT 0]
     #[arg(long)]
     pub pool: Option<usize>,
     /// Supervised mode for aligned datasets: adds L1 between each translation and its true pair.
     #[arg(long)]
     pub paired: bool,
-    /// Weight of the paired term (default 10).
+    /// Weight of the paired term [default: 10]
     #[arg(long)]
     pub lambda_paired: Option<f64>,
-    /// Weight of the generators' adversarial terms (default 1 = the reference; 0 with --paired
-    /// trains a pure regression, which scores best on PSNR/SSIM but paints more cautiously).
+    /// Weight of the generators' adversarial terms (1 is the reference's; 0 with --paired trains
+    /// a pure regression, which scores best on PSNR/SSIM but paints more cautiously) [default: 1]
     #[arg(long)]
     pub lambda_gan: Option<f64>,
-    /// The paired term: l1 (pix2pix, default) or l2 (the mean of plausible answers; best PSNR).
+    /// The paired term [default: l1]
     #[arg(long, value_enum)]
     pub paired_loss: Option<PairedLoss>,
     /// Grey→colour: predict only colour and keep the input's brightness exactly (A→B generator).
     #[arg(long)]
     pub keep_luma: bool,
-    /// Random seed (default 0).
+    /// Random seed [default: 0]
     #[arg(long)]
     pub seed: Option<u64>,
     /// Turn off random horizontal flips.
     #[arg(long)]
     pub no_flip: bool,
-    /// cpu or cuda:N.
+    /// cpu or cuda:N [default: cpu, on --resume the run's]
     #[arg(long)]
     pub device: Option<String>,
     /// What the convolutions multiply in: fp32, or bf16 with fp32 sums, master weights and Adam
-    /// state (faster on CPUs with AVX512-BF16). Default fp32 for a new run; --resume keeps the
-    /// run's unless given.
+    /// state (faster on CPUs with AVX512-BF16) [default: fp32, on --resume the run's]
     #[arg(long, value_enum)]
     pub precision: Option<crate::ops::Precision>,
+    /// Save a sample grid (samples/step_N.png) every N steps [default: 100]
     #[arg(long)]
     pub sample_every: Option<u64>,
+    /// Save a checkpoint every N steps (and at the end) [default: 500]
     #[arg(long)]
     pub save_every: Option<u64>,
+    /// Log the losses (log.jsonl; with --quiet, a line on stdout) every N steps [default: 10]
     #[arg(long)]
     pub log_every: Option<u64>,
-    /// Health checks (collapse, discriminator balance) every N steps; 0 disables them.
+    /// Health checks (collapse, discriminator balance) every N steps; 0 disables them
+    /// [default: 100]
     #[arg(long)]
     pub health_every: Option<u64>,
     /// If a checkpoint cannot be written (disk full, read-only): warn and keep training instead
@@ -452,14 +543,15 @@ pub struct TrainArgs {
     #[arg(long)]
     pub quiet: bool,
     /// Score held-out images (KID, FID; PSNR/SSIM on paired data) every N steps, keeping the
-    /// generators with the lowest KID in <run>/best/. Needs --fid-weights.
+    /// generators with the lowest KID in CHECKPOINTS/NAME/best/. Needs --fid-weights.
     #[arg(long)]
     pub eval_every: Option<u64>,
     #[command(flatten)]
     pub fid: FidWeightsArgs,
-    /// Held-out images of domain A / B for --eval-every (default: the dataset's testA / testB).
+    /// Held-out images of domain A for --eval-every [default: the dataset's testA]
     #[arg(long, value_name = "DIR")]
     pub val_a: Option<PathBuf>,
+    /// Held-out images of domain B for --eval-every [default: the dataset's testB]
     #[arg(long, value_name = "DIR")]
     pub val_b: Option<PathBuf>,
 }
@@ -497,6 +589,8 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Some(Command::Eval(a)) => model_cmd::eval(&cli.checkpoints, a),
         Some(Command::Score(a)) => model_cmd::score(&cli.checkpoints, a),
         Some(Command::Bench(a)) => bench_cmd::run(a),
+        Some(Command::TensorboardExport(a)) => tensorboard_cmd::export(&cli.checkpoints, a),
+        Some(Command::Sweep(a)) => sweep_cmd::run(&cli.checkpoints, a),
         None => studio_cmd::open(&cli.checkpoints, TuiArgs::default()),
     }
 }

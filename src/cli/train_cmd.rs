@@ -70,16 +70,15 @@ fn validation_from_args(args: &TrainArgs) -> Result<Option<crate::train::Validat
     }
 }
 
-pub fn train(checkpoints: &Path, args: TrainArgs) -> Result<()> {
+/// The configuration and options of the run `args` asks for: a new run, or with `--resume` (or
+/// `--resume-or-start` and a checkpoint) the saved one with what a resume may change.
+pub fn prepare(checkpoints: &Path, args: &TrainArgs) -> Result<(crate::train::TrainConfig, RunOptions)> {
     let run_dir = checkpoints.join(&args.name);
-    let request = request_from_args(&args)?;
+    let request = request_from_args(args)?;
     // A run with a checkpoint folder resumes (and fails, saying why, if it cannot be read) rather
     // than starting over on top of it: only a run that never saved starts again.
     let has_checkpoint = [crate::checkpoint::LATEST, crate::checkpoint::PREVIOUS].iter().any(|g| run_dir.join(g).exists());
     let resume = args.resume || (args.resume_or_start && has_checkpoint);
-    if args.resume_or_start {
-        eprintln!("{}", if resume { "--resume-or-start: resuming the run's checkpoint" } else { "--resume-or-start: no checkpoint yet, starting the run" });
-    }
     let cfg = if resume {
         let cfg = request.resume(&run_dir)?;
         if args.resume_or_start {
@@ -95,12 +94,17 @@ pub fn train(checkpoints: &Path, args: TrainArgs) -> Result<()> {
         }
         request.new_run()?
     };
+    Ok((cfg, RunOptions { run_dir, resume, tensorboard: !args.no_tensorboard }))
+}
+
+pub fn train(checkpoints: &Path, args: TrainArgs) -> Result<()> {
+    let (cfg, options) = prepare(checkpoints, &args)?;
+    let run_dir = options.run_dir.clone();
+    if args.resume_or_start {
+        eprintln!("{}", if options.resume { "--resume-or-start: resuming the run's checkpoint" } else { "--resume-or-start: no checkpoint yet, starting the run" });
+    }
     let control = RunControl { keep_going_on_save_error: args.keep_going_on_save_error, ..Default::default() };
-    super::stop_on_interrupt(
-        control.stop.clone(),
-        "finishing this step and saving a checkpoint…",
-        "exiting without saving (the last checkpoint is intact)",
-    );
+    super::stop_on_interrupt(control.stop.clone(), "finishing this step and saving a checkpoint…", "exiting without saving (the last checkpoint is intact)");
     let bar = if args.quiet { ProgressBar::hidden() } else { ProgressBar::new(cfg.schedule.total_steps()) };
     bar.set_style(
         ProgressStyle::with_template("{bar:30.cyan/blue} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}")
@@ -149,7 +153,7 @@ pub fn train(checkpoints: &Path, args: TrainArgs) -> Result<()> {
         TrainEvent::Validation(v) => say(format!("step {}: held-out {}", v.step, v.summary())),
         TrainEvent::Preview { .. } | TrainEvent::Health(_) => {}
     };
-    let outcome = run_training(cfg.clone(), &RunOptions { run_dir: run_dir.clone(), resume }, &control, &mut on_event);
+    let outcome = run_training(cfg.clone(), &options, &control, &mut on_event);
     bar.finish_and_clear();
     // The checkpoint is saved by now; a closed terminal must not turn that into a failure.
     let _ = match outcome? {

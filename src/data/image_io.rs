@@ -84,7 +84,7 @@ fn describe(e: image::ImageError) -> String {
     text.trim_end().to_string()
 }
 
-/// Planar float pixels in [0,1]: `data[c*h*w + y*w + x]`.
+/// Planar float pixels in `[0,1]`: `data[c*h*w + y*w + x]`.
 #[derive(Clone, Debug)]
 pub struct Pixels {
     pub channels: usize,
@@ -121,7 +121,7 @@ impl Pixels {
         Ok((Self { channels, width: w, height: h, data }, alpha))
     }
 
-    /// Tensor [C,H,W] scaled to [-1,1] as the networks expect.
+    /// Tensor `[C,H,W]` scaled to `[-1,1]` as the networks expect.
     pub fn to_tensor(&self, device: &Device) -> Result<Tensor> {
         let t = Tensor::from_slice(&self.data, (self.channels, self.height, self.width), device)?;
         Ok(t.affine(2.0, -1.0)?)
@@ -151,7 +151,7 @@ impl Pixels {
         }
     }
 
-    /// From a [C,H,W] or [1,C,H,W] tensor in [-1,1].
+    /// From a `[C,H,W]` or `[1,C,H,W]` tensor in `[-1,1]`.
     pub fn from_tensor(t: &Tensor) -> Result<Self> {
         let t = if t.rank() == 4 { t.squeeze(0)? } else { t.clone() };
         let (c, h, w) = t.dims3()?;
@@ -177,7 +177,7 @@ pub fn centre_square(img: &DynamicImage, size: u32) -> DynamicImage {
     img.resize_exact(nw, nh, image::imageops::FilterType::CatmullRom).crop_imm((nw - size) / 2, (nh - size) / 2, size, size)
 }
 
-/// Tensor [C,H,W] or [1,C,H,W] in [-1,1] → 8-bit image.
+/// Tensor `[C,H,W]` or `[1,C,H,W]` in `[-1,1]` → 8-bit image.
 pub fn tensor_to_image(t: &Tensor) -> Result<DynamicImage> {
     Ok(Pixels::from_tensor(t)?.to_image(None))
 }

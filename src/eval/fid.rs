@@ -89,7 +89,7 @@ fn matmul_f64(m: usize, n: usize, k: usize, a: &[f64], a_t: bool, b: &[f64], b_t
     dst
 }
 
-/// Eigenvalues of the symmetric matrix `a` [n,n] (row-major, symmetrised first; overwritten):
+/// Eigenvalues of the symmetric matrix `a` `[n,n]` (row-major, symmetrised first; overwritten):
 /// Householder reduction to tridiagonal form, then the implicit QL algorithm (Numerical Recipes'
 /// `tred2` without vectors and `tqli`). The reduction keeps the whole leading block symmetric, so
 /// its products run along rows (contiguous, in parallel) instead of down columns.

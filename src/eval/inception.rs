@@ -426,8 +426,8 @@ impl BlockE {
     }
 }
 
-/// pytorch-fid's `InceptionV3([3])` (`use_fid_inception=True`): images [B,3,H,W] in [0,1] →
-/// pool3 features [B,2048]. Tensor names are those of the standard weights' state dict
+/// pytorch-fid's `InceptionV3([3])` (`use_fid_inception=True`): images `[B,3,H,W]` in `[0,1]` →
+/// pool3 features `[B,2048]`. Tensor names are those of the standard weights' state dict
 /// (`Conv2d_1a_3x3.conv.weight`, `Mixed_5b.branch1x1.bn.running_mean`, …).
 pub struct FidInception {
     cfg: InceptionConfig,
@@ -467,7 +467,7 @@ impl FidInception {
         })
     }
 
-    /// [B,3,H,W] in [0,1] → [B,2048] (f32, on the CPU).
+    /// `[B,3,H,W]` in `[0,1]` → `[B,2048]` (f32, on the CPU).
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let (b, c, h, w) = xs.dims4()?;
         if c != 3 {

@@ -2,7 +2,7 @@
 
 use crate::data::Pixels;
 
-/// Peak signal-to-noise ratio in dB for pixels in [0,1] (capped at 100 dB for identical images).
+/// Peak signal-to-noise ratio in dB for pixels in `[0,1]` (capped at 100 dB for identical images).
 pub fn psnr(a: &Pixels, b: &Pixels) -> f64 {
     let mse = a.data.iter().zip(&b.data).map(|(x, y)| ((x - y) as f64).powi(2)).sum::<f64>() / a.data.len().max(1) as f64;
     if mse <= 1e-10 {

@@ -2,6 +2,7 @@
 //! baseline), FID/KID against a reference folder (`fid`, `inception`, `fid_features`), and
 //! anomaly scores by cycle-reconstruction error.
 
+pub mod fd_dinov2;
 pub mod fid;
 pub mod fid_features;
 pub mod inception;
@@ -20,7 +21,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use walkdir::WalkDir;
 
-pub(crate) fn images_under(dir: &Path) -> Result<Vec<PathBuf>> {
+pub fn images_under(dir: &Path) -> Result<Vec<PathBuf>> {
     if !dir.is_dir() {
         bail!("{} is not a folder", dir.display());
     }
@@ -37,7 +38,7 @@ pub(crate) fn images_under(dir: &Path) -> Result<Vec<PathBuf>> {
 }
 
 /// Resizes so the short side is `short` (0 keeps the size).
-pub(crate) fn resize_short(img: &DynamicImage, short: u32) -> DynamicImage {
+pub fn resize_short(img: &DynamicImage, short: u32) -> DynamicImage {
     let (w, h) = img.dimensions();
     if short == 0 || w.min(h) == short {
         return img.clone();
@@ -178,7 +179,7 @@ pub fn translate_folder(tr: &Translator, to: &str, input: &Path, short: u32, pro
 #[derive(Clone, Debug, Serialize)]
 pub struct AnomalyScore {
     pub file: PathBuf,
-    /// Mean absolute cycle-reconstruction error in [0,1] pixel units.
+    /// Mean absolute cycle-reconstruction error in `[0,1]` pixel units.
     pub score: f64,
 }
 

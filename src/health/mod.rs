@@ -53,7 +53,7 @@ pub struct HealthReport {
     pub warnings: Vec<String>,
 }
 
-/// Mean absolute difference between all pairs of samples of `xs` [N,C,H,W].
+/// Mean absolute difference between all pairs of samples of `xs` `[N,C,H,W]`.
 pub fn mean_pairwise_distance(xs: &Tensor) -> Result<f64> {
     let n = xs.dim(0)?;
     let mut total = 0.0;

@@ -72,8 +72,8 @@ pub fn key_map_of(cfg: &GeneratorConfig) -> Result<Vec<(String, String)>> {
 }
 
 /// The fixed blur filters the CUT reference keeps as buffers in its state dict (`model.K.filt`,
-/// [C,1,k,k]): after each down-sampling convolution [1,2,1]⊗[1,2,1]/16, before each up-sampling
-/// one [1,3,3,1]⊗[1,3,3,1]/64·4.
+/// `[C,1,k,k]`): after each down-sampling convolution `[1,2,1]`⊗`[1,2,1]`/16, before each up-sampling
+/// one `[1,3,3,1]`⊗`[1,3,3,1]`/64·4.
 pub fn antialiased_blur_buffers(blocks: usize, ngf: usize) -> Result<Vec<(String, Tensor)>> {
     let filt = |taps: &[f32], scale: f32, channels: usize| -> Result<Tensor> {
         let k = taps.len();

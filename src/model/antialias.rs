@@ -36,7 +36,7 @@ fn blur_down_axis(xs: &Tensor, dim: usize) -> Result<Tensor> {
 }
 
 /// The reference's `Downsample(channels)` (filt_size 3, stride 2, reflect padding): a depthwise
-/// [1,2,1]⊗[1,2,1]/16 blur with stride 2. `xs` [B,C,H,W] → [B,C,⌊(H−1)/2⌋+1,⌊(W−1)/2⌋+1].
+/// `[1,2,1]`⊗`[1,2,1]`/16 blur with stride 2. `xs` `[B,C,H,W]` → `[B,C,⌊(H−1)/2⌋+1,⌊(W−1)/2⌋+1]`.
 pub fn blur_down(xs: &Tensor) -> Result<Tensor> {
     if crate::ops::blur::applies(xs) {
         return crate::ops::blur::blur_down(xs);
@@ -67,7 +67,7 @@ fn blur_up_axis(xs: &Tensor, dim: usize) -> Result<Tensor> {
 }
 
 /// The reference's `Upsample(channels)` (filt_size 4, stride 2, replicate padding): blur
-/// up-sampling by 2 with [1,3,3,1]⊗[1,3,3,1]/16. `xs` [B,C,H,W] → [B,C,2H,2W].
+/// up-sampling by 2 with `[1,3,3,1]`⊗`[1,3,3,1]`/16. `xs` `[B,C,H,W]` → `[B,C,2H,2W]`.
 pub fn blur_up(xs: &Tensor) -> Result<Tensor> {
     if crate::ops::blur::applies(xs) {
         return crate::ops::blur::blur_up(xs);

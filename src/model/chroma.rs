@@ -9,14 +9,14 @@ use candle_core::{Result, Tensor};
 /// it keeps the divisions (and their gradients) finite.
 const OFFSET_EPS: f64 = 1e-6;
 
-/// Composes RGB from the luma of the generator's input `xs` [B,Cin,H,W] (Cin 1, 3 or 4, in
-/// [-1,1]) and the network's tanh output `chroma` [B,2,H,W] (Cb, Cr scaled to [-1,1]); returns
-/// [B,3,H,W] in [-1,1], differentiable in both.
+/// Composes RGB from the luma of the generator's input `xs` `[B,Cin,H,W]` (Cin 1, 3 or 4, in
+/// `[-1,1]`) and the network's tanh output `chroma` `[B,2,H,W]` (Cb, Cr scaled to `[-1,1]`); returns
+/// `[B,3,H,W]` in `[-1,1]`, differentiable in both.
 ///
 /// Y = (luma(xs)+1)/2 with luma the ITU-R 601 weights (as `adapt_channels`), Cb, Cr = chroma/2,
 /// and full-range JPEG YCbCr→RGB: R = Y + 1.402·Cr, G = Y − 0.344136·Cb − 0.714136·Cr,
 /// B = Y + 1.772·Cb. The offsets RGB − Y have a 601-weighted sum of zero, so the output's luma
-/// is Y. Where an offset would push a channel out of [0,1], clamping that channel alone would
+/// is Y. Where an offset would push a channel out of `[0,1]`, clamping that channel alone would
 /// change the luma; instead the pixel's chroma is shrunk just enough to fit (hue and luma kept).
 pub fn compose_chroma_over_luma(xs: &Tensor, chroma: &Tensor) -> Result<Tensor> {
     let y = ((adapt_channels(xs, 1)? + 1.0)? * 0.5)?; // [B,1,H,W] in [0,1]
@@ -36,8 +36,8 @@ pub fn compose_chroma_over_luma(xs: &Tensor, chroma: &Tensor) -> Result<Tensor> 
     rgb.affine(2.0, -1.0)?.clamp(-1.0, 1.0)
 }
 
-/// Low-passes a predicted chroma `chroma` [B,C,H,W] with the separable filter [1,2,2,2,1]/8
-/// (replicated borders). That filter is a 4-tap box convolved with [1,1]/2, so its response is
+/// Low-passes a predicted chroma `chroma` `[B,C,H,W]` with the separable filter `[1,2,2,2,1]`/8
+/// (replicated borders). That filter is a 4-tap box convolved with `[1,1]`/2, so its response is
 /// exactly zero at periods 2 and 4 (ω = π/2, π, 3π/2): it removes the period-2 and period-4
 /// patterns that stride-2 transposed convolutions print on their outputs (checkerboard
 /// artefacts) and keeps colour detail coarser than 4 pixels, which is all the eye resolves

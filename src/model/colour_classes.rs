@@ -46,7 +46,7 @@ fn nearest(cb: f32, cr: f32) -> usize {
     (0..bins().len()).min_by(|&a, &b| d(&bins()[a]).total_cmp(&d(&bins()[b]))).unwrap_or(0)
 }
 
-/// Counts of each bin (nearest centre) over RGB pixels `rgb` [3·N] in [0,1], planar.
+/// Counts of each bin (nearest centre) over RGB pixels `rgb` `[3·N]` in `[0,1]`, planar.
 pub fn histogram(rgb: &[f32], counts: &mut [f64]) {
     let n = rgb.len() / 3;
     for i in 0..n {
@@ -82,9 +82,9 @@ pub fn rebalancing_weights(counts: &[f64]) -> Vec<f32> {
     w.iter().map(|w| (w / expectation) as f32).collect()
 }
 
-/// Soft-encoded targets of RGB images `rgb` [B,3,H,W] in [-1,1]: each pixel's 5 nearest bins
-/// weighted by a Gaussian (σ half a bin) of their distance, as [B,Q,H,W]; and each pixel's
-/// rebalancing weight (of its nearest bin) as [B,1,H,W].
+/// Soft-encoded targets of RGB images `rgb` `[B,3,H,W]` in `[-1,1]`: each pixel's 5 nearest bins
+/// weighted by a Gaussian (σ half a bin) of their distance, as `[B,Q,H,W]`; and each pixel's
+/// rebalancing weight (of its nearest bin) as `[B,1,H,W]`.
 pub fn soft_targets(rgb: &Tensor, weights: &[f32]) -> Result<(Tensor, Tensor)> {
     let (b, c, h, w) = rgb.dims4()?;
     if c != 3 {
@@ -118,15 +118,15 @@ pub fn soft_targets(rgb: &Tensor, weights: &[f32]) -> Result<(Tensor, Tensor)> {
     Ok((Tensor::from_vec(targets, (b, q, h, w), device)?, Tensor::from_vec(pixel_w, (b, 1, h, w), device)?))
 }
 
-/// The rebalanced cross-entropy of `logits` [B,Q,H,W] against soft `targets` [B,Q,H,W] with
-/// per-pixel weights `pixel_w` [B,1,H,W], averaged over pixels.
+/// The rebalanced cross-entropy of `logits` `[B,Q,H,W]` against soft `targets` `[B,Q,H,W]` with
+/// per-pixel weights `pixel_w` `[B,1,H,W]`, averaged over pixels.
 pub fn class_loss(logits: &Tensor, targets: &Tensor, pixel_w: &Tensor) -> Result<Tensor> {
     let logp = candle_nn::ops::log_softmax(logits, 1)?;
     (targets * logp)?.sum_keepdim(1)?.neg()?.mul(pixel_w)?.mean_all()
 }
 
-/// The annealed mean of the colour distribution `logits` [B,Q,H,W] at temperature `t`: the
-/// expected (Cb, Cr) under softmax(logits / t), as [B,2,H,W] in the network's units
+/// The annealed mean of the colour distribution `logits` `[B,Q,H,W]` at temperature `t`: the
+/// expected (Cb, Cr) under softmax(logits / t), as `[B,2,H,W]` in the network's units
 /// (Cb, Cr ×2, as a direct chroma generator's tanh output).
 pub fn annealed_mean(logits: &Tensor, t: f64) -> Result<Tensor> {
     let (b, q, h, w) = logits.dims4()?;

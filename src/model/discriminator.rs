@@ -9,7 +9,7 @@ use candle_nn::VarBuilder;
 /// on all but the first and last layers. With 3 layers each output judges a 70×70 patch.
 /// Checkpoint keys: `layers.{0..=n_layers+1}`. The anti-aliased variant (CUT) has the same keys
 /// and shapes: each stride-2 convolution becomes a stride-1 one followed (after its norm and
-/// activation) by a [`blur_down`].
+/// activation) by a [`blur_down`](super::antialias::blur_down).
 #[derive(Clone)]
 pub struct PatchGan {
     layers: Vec<Conv2d>,
@@ -31,7 +31,7 @@ impl PatchGan {
         Ok(Self { layers, pooled: if cfg.antialias { n } else { 0 } })
     }
 
-    /// [B,C,H,W] → [B,1,H',W'] patch scores (logits for the vanilla loss).
+    /// `[B,C,H,W]` → `[B,1,H',W']` patch scores (logits for the vanilla loss).
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let last = self.layers.len() - 1;
         let mut h = xs.clone();

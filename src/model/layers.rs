@@ -10,7 +10,7 @@ use candle_nn::{Init, VarBuilder};
 /// them from the run's seed afterwards, so this only matters for tensors created lazily.
 const WEIGHT_INIT: Init = Init::Randn { mean: 0.0, stdev: 0.02 };
 
-/// A 2-D convolution with bias and zero padding. Weights [Cout,Cin,K,K] under `weight`, bias [Cout]
+/// A 2-D convolution with bias and zero padding. Weights `[Cout,Cin,K,K]` under `weight`, bias `[Cout]`
 /// under `bias`, as in PyTorch.
 #[derive(Clone)]
 pub struct Conv2d {
@@ -27,7 +27,7 @@ impl Conv2d {
         Ok(Self { weight, bias, stride, padding })
     }
 
-    /// [B,Cin,H,W] → [B,Cout,H',W'].
+    /// `[B,Cin,H,W]` → `[B,Cout,H',W']`.
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         self.forward_unbiased(xs)?.broadcast_add(&self.bias.reshape((1, (), 1, 1))?)
     }
@@ -90,7 +90,7 @@ impl Conv2d {
     }
 }
 
-/// A 2-D transposed convolution with bias. Weights [Cin,Cout,K,K] as in PyTorch.
+/// A 2-D transposed convolution with bias. Weights `[Cin,Cout,K,K]` as in PyTorch.
 #[derive(Clone)]
 pub struct ConvTranspose2d {
     pub weight: Tensor,
@@ -115,7 +115,7 @@ impl ConvTranspose2d {
         Ok(Self { weight, bias, stride, padding, output_padding })
     }
 
-    /// [B,Cin,H,W] → [B,Cout,(H-1)s-2p+K+op, …].
+    /// `[B,Cin,H,W]` → `[B,Cout,(H-1)s-2p+K+op, …]`.
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         self.forward_unbiased(xs)?.broadcast_add(&self.bias.reshape((1, (), 1, 1))?)
     }

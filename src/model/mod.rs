@@ -23,6 +23,10 @@ pub use unet::UnetGenerator;
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
+/// The colour gain of a chroma-over-luma generator when neither `--chroma-gain` nor the model's
+/// config (`translate_chroma_gain`) sets one: the colours as trained.
+pub const DEFAULT_CHROMA_GAIN: f64 = 1.0;
+
 /// A generator of any supported architecture and output mode.
 pub struct Generator {
     network: GeneratorNetwork,
@@ -55,7 +59,7 @@ impl Generator {
             GeneratorKind::Unet { .. } if cfg.antialias => candle_core::bail!("the anti-aliased (CUT) generator is a ResNet, not {}", cfg.kind),
             GeneratorKind::Unet { .. } => GeneratorNetwork::Unet(UnetGenerator::new(cfg, vb)?),
         };
-        Ok(Self { network, output: cfg.output, chroma_gain: 1.0, chroma_lowpass: false, temperature: 1.0 })
+        Ok(Self { network, output: cfg.output, chroma_gain: DEFAULT_CHROMA_GAIN, chroma_lowpass: false, temperature: 1.0 })
     }
 
     /// Encoder features at the reference's `nn.Sequential` indices (see
@@ -117,20 +121,25 @@ impl Generator {
         Ok(())
     }
 
+    /// The factor on the predicted colour ([`Generator::set_chroma_gain`]).
+    pub fn chroma_gain(&self) -> f64 {
+        self.chroma_gain
+    }
+
     /// Whether a chroma-over-luma generator low-passes its predicted chroma before composing it
     /// ([`lowpass_chroma`]: no checkerboard in the colour). No effect on other generators.
     pub fn set_chroma_lowpass(&mut self, on: bool) {
         self.chroma_lowpass = on;
     }
 
-    /// `xs` [B,Cin,H,W] in [-1,1] → [B,Cout,H,W] in [-1,1]. H and W must be multiples of
+    /// `xs` `[B,Cin,H,W]` in `[-1,1]` → `[B,Cout,H,W]` in `[-1,1]`. H and W must be multiples of
     /// `cfg.kind.size_multiple()`.
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         Ok(self.forward_parts(xs)?.0)
     }
 
     /// The output and the network's own output before it is turned into an image: for a
-    /// colour-classes generator the logits [B,Q,H,W] its training loss needs.
+    /// colour-classes generator the logits `[B,Q,H,W]` its training loss needs.
     pub fn forward_parts(&self, xs: &Tensor) -> Result<(Tensor, Tensor)> {
         let raw = match &self.network {
             GeneratorNetwork::Resnet(g) => g.forward(xs)?,

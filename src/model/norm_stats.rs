@@ -13,7 +13,7 @@ use std::cell::RefCell;
 const EPS: f64 = 1e-5;
 
 /// Per norm layer, in the order they run: the mean and biased variance of every plane,
-/// each [B,C,1,1].
+/// each `[B,C,1,1]`.
 #[derive(Clone, Debug, Default)]
 pub struct NormStats {
     layers: Vec<(Tensor, Tensor)>,

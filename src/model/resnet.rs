@@ -50,13 +50,13 @@ pub struct ResnetGenerator {
     antialias: bool,
 }
 
-/// An encoder feature map `map + bias` [B,C,H,W], with the bias of the convolution that made it
+/// An encoder feature map `map + bias` `[B,C,H,W]`, with the bias of the convolution that made it
 /// kept apart (`None`: no bias): PatchNCE reads a few hundred positions of a map, so the bias is
 /// added to those ([`Feature::full`] adds it everywhere).
 #[derive(Clone, Debug)]
 pub struct Feature {
     pub map: Tensor,
-    /// [C]
+    /// `[C]`
     pub bias: Option<Tensor>,
 }
 
@@ -207,7 +207,7 @@ impl ResnetGenerator {
         Ok((h, feats))
     }
 
-    /// [B,Cin,H,W] → [B,Cout,H,W] (Cout = `cfg.network_out_channels()`); H and W multiples of 4.
+    /// `[B,Cin,H,W]` → `[B,Cout,H,W]` (Cout = `cfg.network_out_channels()`); H and W multiples of 4.
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let mut h = self.stem.forward_norm_act(&reflect_pad2d(xs, 3)?, Act::Relu)?; // [B,ngf,H,W]
         for d in &self.down {

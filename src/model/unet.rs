@@ -36,7 +36,7 @@ impl UnetGenerator {
         Ok(Self { down, up })
     }
 
-    /// [B,Cin,H,W] → [B,Cout,H,W] (Cout = `cfg.network_out_channels()`); H and W multiples of 2^downs.
+    /// `[B,Cin,H,W]` → `[B,Cout,H,W]` (Cout = `cfg.network_out_channels()`); H and W multiples of 2^downs.
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         self.level(0, xs)
     }

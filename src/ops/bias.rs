@@ -11,7 +11,7 @@ use super::{blur, cpu_f32, f32_data};
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-/// `act(xs + bias)` for `xs` [B,C,H,W] and `bias` [C]; f32 CPU tensors take the fused kernel,
+/// `act(xs + bias)` for `xs` `[B,C,H,W]` and `bias` `[C]`; f32 CPU tensors take the fused kernel,
 /// others (and `Act::Identity`, a plain broadcast add) the composed ops. The fused backward reads
 /// the slope off the output, which Relu and LeakyRelu allow.
 pub fn bias_act(xs: &Tensor, bias: &Tensor, act: Act) -> Result<Tensor> {

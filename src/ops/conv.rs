@@ -31,7 +31,7 @@ use rayon::prelude::*;
 #[cfg(test)]
 use std::cell::Cell;
 
-/// `xs` [B,Cin,H,W], `w` [Cout,Cin,K,K] (PyTorch layout), zero padding → [B,Cout,Ho,Wo]
+/// `xs` `[B,Cin,H,W]`, `w` `[Cout,Cin,K,K]` (PyTorch layout), zero padding → `[B,Cout,Ho,Wo]`
 /// with Ho = (H + 2·padding − K) / stride + 1. No bias.
 pub fn conv2d(xs: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
     if !fast_path(xs, w) {
@@ -65,7 +65,7 @@ pub fn conv2d_reflect(xs: &Tensor, w: &Tensor, pad: usize) -> Result<Tensor> {
 /// `conv2d(blur_up(xs), w, 1, 1)` for a 3×3 `w` (CUT's anti-aliased up-sampling layers) as one
 /// Winograd op whose transforms up-sample rows as they read them, so the up-sampled input is never
 /// stored, kept for backward or differentiated; `None` where the fast kernels do not apply (the
-/// caller then up-samples and convolves). `xs` [B,Cin,H,W] → [B,Cout,2H,2W].
+/// caller then up-samples and convolves). `xs` `[B,Cin,H,W]` → `[B,Cout,2H,2W]`.
 pub fn blur_up_conv3x3(xs: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
     let (cout, cin, k, _) = w.dims4()?;
     if !(fast_path(xs, w) && k == 3 && super::winograd::applies(cin, cout, k, 1, 1)) {
@@ -74,7 +74,7 @@ pub fn blur_up_conv3x3(xs: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
     super::winograd::conv(&xs.contiguous()?, &w.contiguous()?, Pad::UpZero).map(Some)
 }
 
-/// `xs` [B,Cin,H,W], `w` [Cin,Cout,K,K] (PyTorch `ConvTranspose2d` layout) →
+/// `xs` `[B,Cin,H,W]`, `w` `[Cin,Cout,K,K]` (PyTorch `ConvTranspose2d` layout) →
 /// [B, Cout, (H−1)·stride − 2·padding + K + output_padding, (W−1)·stride − 2·padding + K + output_padding].
 /// No bias. As in PyTorch, `output_padding` must be smaller than `stride`.
 pub fn conv_transpose2d(

@@ -57,7 +57,7 @@ pub use settings::{settings, Settings, GENERIC_OPS_VAR};
 use candle_core::{CpuStorage, DType, Layout, Result, Tensor, D};
 
 /// Indices that reflect-pad a length-`n` axis by `pad` on both sides (PyTorch's ReflectionPad2d,
-/// which does not repeat the edge sample): for n=5, pad=2 gives [2,1,0,1,2,3,4,3,2].
+/// which does not repeat the edge sample): for n=5, pad=2 gives `[2,1,0,1,2,3,4,3,2]`.
 pub fn reflect_indices(n: usize, pad: usize) -> Vec<u32> {
     let reflect = |i: isize| -> u32 {
         let n = n as isize;

@@ -60,7 +60,7 @@ impl Act {
     }
 }
 
-/// `act(instance_norm(xs))` for `xs` [B,C,H,W]; f32 CPU tensors take the fused kernel.
+/// `act(instance_norm(xs))` for `xs` `[B,C,H,W]`; f32 CPU tensors take the fused kernel.
 pub fn instance_norm_act(xs: &Tensor, act: Act) -> Result<Tensor> {
     if !cpu_f32(xs) {
         return act.compose(&super::instance_norm(xs)?);

@@ -129,7 +129,7 @@ impl CutTrainer {
     }
 
     /// One CUT/FastCUT iteration, its random choices (flip, patch ids) drawn from the seed and
-    /// the step. `real_a` [B,Ca,S,S], `real_b` [B,Cb,S,S] in [-1,1] on the trainer's device.
+    /// the step. `real_a` `[B,Ca,S,S]`, `real_b` `[B,Cb,S,S]` in `[-1,1]` on the trainer's device.
     pub fn train_step(&mut self, real_a: &Tensor, real_b: &Tensor) -> Result<Losses> {
         let flip = self.nce.flip_equivariance && Rng::stream(self.cfg.seed, STREAM_FLIP, self.step).uniform() < 0.5;
         self.step_inner(real_a, real_b, flip, None)

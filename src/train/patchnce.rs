@@ -76,7 +76,7 @@ impl PatchSampleF {
         Ok(Self { mlps })
     }
 
-    /// Projects the sampled patches of every layer: `feats[i]` [B,C,H,W] with `ids[i]` (indices
+    /// Projects the sampled patches of every layer: `feats[i]` `[B,C,H,W]` with `ids[i]` (indices
     /// into H·W) → [B·P, nc], L2-normalised. Patches are ordered image-major as the reference's
     /// `permute(0,2,3,1).flatten(1,2)[:, ids, :].flatten(0,1)`.
     pub fn forward(&self, feats: &[Feature], ids: &[Vec<u32>]) -> Result<Vec<Tensor>> {
@@ -96,7 +96,7 @@ impl PatchSampleF {
     }
 }
 
-/// `feat` [B,C,H,W] → the features at positions `ids` of each image, [B·P,C], its bias (if kept
+/// `feat` `[B,C,H,W]` → the features at positions `ids` of each image, `[B·P,C]`, its bias (if kept
 /// apart) added to them.
 pub fn sample_patches(feat: &Feature, ids: &[u32]) -> Result<Tensor> {
     let picked = sample_map(&feat.map, ids)?;

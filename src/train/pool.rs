@@ -17,7 +17,7 @@ impl ImagePool {
         Self { capacity, images: Vec::new() }
     }
 
-    /// `fakes` [B,C,H,W] → [B,C,H,W] drawn from the pool, detached from the graph.
+    /// `fakes` `[B,C,H,W]` → `[B,C,H,W]` drawn from the pool, detached from the graph.
     pub fn query(&mut self, fakes: &Tensor, rng: &mut Rng) -> Result<Tensor> {
         let fakes = fakes.detach();
         if self.capacity == 0 {

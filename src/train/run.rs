@@ -6,6 +6,7 @@ use super::{Losses, MethodTrainer, TrainConfig};
 use crate::checkpoint::load_generation;
 use crate::data::dataset::Check;
 use crate::data::{image_io::png_bytes, BatchLoader, Dataset, LoaderOptions, Pixels};
+use crate::tensorboard::RunEvents;
 use crate::util::atomic_write;
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
@@ -26,6 +27,9 @@ pub const SAMPLES_DIR: &str = "samples";
 pub struct RunControl {
     /// Finish the current step, save a checkpoint and return.
     pub stop: Arc<AtomicBool>,
+    /// Save and return (stopped) once this step is reached, wherever the schedule ends (a
+    /// sweep's rung: the run continues exactly from there when resumed).
+    pub stop_at: Option<u64>,
     /// Hold between steps until cleared (or stopped).
     pub pause: Arc<AtomicBool>,
     /// When a checkpoint cannot be written (full disk, read-only folder): warn and keep training
@@ -110,7 +114,7 @@ fn preview_tensor(path: &Path, size: usize, channels: usize, device: &Device) ->
     Ok(Pixels::from_image(&img, channels)?.0.to_tensor(device)?.unsqueeze(0)?)
 }
 
-/// Lays tensors [1,C,S,S] out as rows of tiles in one RGB image.
+/// Lays tensors `[1,C,S,S]` out as rows of tiles in one RGB image.
 pub fn grid(rows: &[Vec<&Tensor>]) -> Result<DynamicImage> {
     let tiles: Vec<Vec<DynamicImage>> = rows
         .iter()
@@ -221,13 +225,52 @@ fn start_trainer(cfg: &TrainConfig, opts: &RunOptions, device: &Device, files_b:
         trim_log(&run_dir.join(LOG_FILE), trainer.step())?;
     } else if load_generation(run_dir).is_ok() {
         bail!("{} already holds a checkpoint: add --resume to continue it, or choose another --name", run_dir.display());
+    } else {
+        // A run that stopped before its first checkpoint starts again from scratch: its log
+        // lines are stale.
+        trim_log(&run_dir.join(LOG_FILE), 0)?;
     }
     Ok((trainer, note))
 }
 
+/// Where a run's log lines go: `log.jsonl`, and the same figures as TensorBoard scalars.
+struct RunLog {
+    file: std::fs::File,
+    events: RunEvents,
+}
+
+impl RunLog {
+    fn open(run_dir: &Path, events: RunEvents) -> Result<Self> {
+        let file = OpenOptions::new().create(true).append(true).open(run_dir.join(LOG_FILE)).context("cannot open the training log")?;
+        Ok(Self { file, events })
+    }
+
+    /// Appends `line` (which has a "step") to the log and its numbers to the events.
+    fn line(&mut self, step: u64, line: &serde_json::Value, on_event: &mut dyn FnMut(TrainEvent)) -> Result<()> {
+        writeln!(self.file, "{line}").context("cannot append to the training log")?;
+        self.event(step, Ok(crate::tensorboard::log_line_values(line)), on_event);
+        Ok(())
+    }
+
+    /// Writes events at `step`; a failure is reported once and training goes on.
+    fn event(&mut self, step: u64, values: Result<Vec<crate::tensorboard::proto::SummaryValue>>, on_event: &mut dyn FnMut(TrainEvent)) {
+        if let Some(w) = self.events.write(step, values) {
+            on_event(TrainEvent::Warning(w));
+        }
+    }
+
+    /// Makes everything logged so far durable (at checkpoints and at the end).
+    fn sync(&mut self, on_event: &mut dyn FnMut(TrainEvent)) {
+        self.file.sync_data().ok();
+        if let Some(w) = self.events.flush() {
+            on_event(TrainEvent::Warning(w));
+        }
+    }
+}
+
 /// Scores the held-out images now, keeps the generators in `best/` when they are the best so
 /// far, logs the scores and reports them. A failed validation is a warning, not the run's end.
-fn validate(v: &mut super::validation::Validator, trainer: &MethodTrainer, run_dir: &Path, log: &mut std::fs::File, on_event: &mut dyn FnMut(TrainEvent)) -> Result<()> {
+fn validate(v: &mut super::validation::Validator, trainer: &MethodTrainer, run_dir: &Path, log: &mut RunLog, on_event: &mut dyn FnMut(TrainEvent)) -> Result<()> {
     let step = trainer.step();
     match v.run(trainer) {
         Ok(scores) => {
@@ -238,7 +281,7 @@ fn validate(v: &mut super::validation::Validator, trainer: &MethodTrainer, run_d
                     on_event(TrainEvent::Warning(format!("could not keep the best generation of step {step}: {e:#}")));
                 }
             }
-            writeln!(log, "{}", json!({"step": step, "validation": scores})).context("cannot append to the training log")?;
+            log.line(step, &json!({"step": step, "validation": scores}), on_event)?;
             on_event(TrainEvent::Validation(scores));
         }
         Err(e) => on_event(TrainEvent::Warning(format!("validation at step {step} failed: {e:#}"))),
@@ -251,6 +294,8 @@ fn validate(v: &mut super::validation::Validator, trainer: &MethodTrainer, run_d
 pub struct RunOptions {
     pub run_dir: PathBuf,
     pub resume: bool,
+    /// Write TensorBoard events in the run's folder (`--no-tensorboard` turns them off).
+    pub tensorboard: bool,
 }
 
 /// Trains `cfg` (a new run, or the run in `opts.run_dir` when resuming) until its schedule ends
@@ -306,7 +351,25 @@ pub fn run_training(cfg: TrainConfig, opts: &RunOptions, control: &RunControl, o
         LoaderOptions { size: cfg.size, load_size: cfg.load_size, batch: cfg.batch, seed: cfg.seed, paired: cfg.paired, flip: cfg.flip },
         trainer.step(),
     )?;
-    let mut log = OpenOptions::new().create(true).append(true).open(run_dir.join(LOG_FILE)).context("cannot open the training log")?;
+    let events = if opts.tensorboard {
+        let (mut events, warning) = RunEvents::open(run_dir, trainer.step());
+        if let Some(w) = warning {
+            on_event(TrainEvent::Warning(w));
+        }
+        // The settings as text at every start (a resume may change the device or precision);
+        // the HParams once, when the run begins (the dashboard reads a run's first).
+        let mut values = vec![crate::tensorboard::config_text(&cfg)];
+        if trainer.step() == 0 {
+            values.push(crate::tensorboard::config_hparams(&cfg));
+        }
+        if let Some(w) = events.write(trainer.step(), values.into_iter().collect()) {
+            on_event(TrainEvent::Warning(w));
+        }
+        events
+    } else {
+        RunEvents::off()
+    };
+    let mut log = RunLog::open(run_dir, events)?;
     let started = Instant::now();
     let first_step = trainer.step();
     let mut window = (Instant::now(), 0u64);
@@ -334,7 +397,8 @@ pub fn run_training(cfg: TrainConfig, opts: &RunOptions, control: &RunControl, o
         while control.pause.load(Ordering::Relaxed) && !control.stop.load(Ordering::Relaxed) {
             std::thread::sleep(Duration::from_millis(50));
         }
-        if control.stop.load(Ordering::Relaxed) {
+        if control.stop.load(Ordering::Relaxed) || control.stop_at.is_some_and(|s| trainer.step() >= s) {
+            log.sync(on_event);
             save(&trainer, on_event, true)?;
             return Ok(RunOutcome::Stopped { step: trainer.step() });
         }
@@ -348,7 +412,10 @@ pub fn run_training(cfg: TrainConfig, opts: &RunOptions, control: &RunControl, o
         let losses = match trainer.train_step(&batch.real_a.to_device(&device)?, &batch.real_b.to_device(&device)?) {
             Ok(l) => l,
             Err(e) if e.downcast_ref::<Divergence>().is_some() => {
-                bail!("{e}. Nothing was saved over the last good checkpoint (step ≤ {}); resume it with a lower --lr, or change --gan-loss", trainer.step())
+                // Still a Divergence (a sweep marks such trials), with what to do about it.
+                let d = e.downcast::<Divergence>().expect("checked above");
+                let what = format!("{}. Nothing was saved over the last good checkpoint (step ≤ {}); resume it with a lower --lr, or change --gan-loss", d.what, trainer.step());
+                return Err(Divergence { step: d.step, what }.into());
             }
             Err(e) => return Err(e),
         };
@@ -369,12 +436,10 @@ pub fn run_training(cfg: TrainConfig, opts: &RunOptions, control: &RunControl, o
             for (k, v) in losses.terms() {
                 line[k] = json!(v);
             }
-            writeln!(log, "{line}").context("cannot append to the training log")?;
+            log.line(step, &line, on_event)?;
         }
         if let Some(report) = health.observe(&trainer, &losses)? {
-            let mut line = json!({"step": step, "health": report});
-            line["step"] = json!(step);
-            writeln!(log, "{line}").context("cannot append to the training log")?;
+            log.line(step, &json!({"step": step, "health": report}), on_event)?;
             for w in &report.warnings {
                 on_event(TrainEvent::Warning(w.clone()));
             }
@@ -383,12 +448,14 @@ pub fn run_training(cfg: TrainConfig, opts: &RunOptions, control: &RunControl, o
         if let Some((pa, pb)) = &previews {
             if step % cfg.sample_every.max(1) == 0 || step == total {
                 let g = trainer.preview(pa, pb)?;
-                atomic_write(&run_dir.join(SAMPLES_DIR).join(format!("step_{step:07}.png")), &png_bytes(&g)?)?;
+                let png = png_bytes(&g)?;
+                atomic_write(&run_dir.join(SAMPLES_DIR).join(format!("step_{step:07}.png")), &png)?;
+                log.event(step, crate::tensorboard::events::image_png(crate::tensorboard::SAMPLES_TAG, png, g.width(), g.height()).map(|v| vec![v]), on_event);
                 on_event(TrainEvent::Preview { step, grid: g });
             }
         }
         if step % cfg.save_every.max(1) == 0 || step == total {
-            log.sync_data().ok();
+            log.sync(on_event);
             save(&trainer, on_event, step == total)?;
         }
         if let Some((every, v)) = validator.as_mut() {
@@ -397,6 +464,8 @@ pub fn run_training(cfg: TrainConfig, opts: &RunOptions, control: &RunControl, o
             }
         }
     }
+    log.event(trainer.step(), Ok(vec![crate::tensorboard::events::session_end_success()]), on_event);
+    log.sync(on_event);
     Ok(RunOutcome::Finished { step: trainer.step() })
 }
 

@@ -219,7 +219,7 @@ impl Trainer {
 
     /// One CycleGAN iteration as the reference's `optimize_parameters`: both generators updated
     /// with the discriminators frozen, then both discriminators on real vs pooled fakes.
-    /// `real_a` [B,Ca,S,S], `real_b` [B,Cb,S,S] in [-1,1] on the trainer's device. Nothing is
+    /// `real_a` `[B,Ca,S,S]`, `real_b` `[B,Cb,S,S]` in `[-1,1]` on the trainer's device. Nothing is
     /// updated if a loss is not finite (the error says which).
     pub fn train_step(&mut self, real_a: &Tensor, real_b: &Tensor) -> Result<Losses> {
         let lr = self.lr();

@@ -39,6 +39,11 @@ pub struct Shard {
 }
 
 impl Shard {
+    /// Whether item `n` of a numbered list (a sweep's trials) belongs to this shard.
+    pub fn owns(&self, n: u64) -> bool {
+        n % self.count == self.index - 1
+    }
+
     /// Whether the file at `rel` (relative to the tree's root) belongs to this shard.
     pub fn contains(&self, rel: &Path) -> bool {
         // FNV-1a over the path with '/' separators, so every platform splits a tree alike.

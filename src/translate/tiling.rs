@@ -22,7 +22,7 @@ pub struct TranslateOptions {
     pub precision: crate::ops::Precision,
 }
 
-/// The default `--margin`, chosen by measurement (README, "Translating").
+/// The default `--margin`, chosen by measurement (bench/RESULTS.md, "Translation at the edges").
 pub const DEFAULT_MARGIN: usize = 0;
 
 impl Default for TranslateOptions {
@@ -183,7 +183,7 @@ fn translate_batch_inner(g: &Generator, cin: usize, multiple: usize, device: &De
 /// window is widened to the network's size multiple): convolutions near a window's edge see
 /// padding instead of the image, and this keeps that effect away from the pixels kept. Measured
 /// on a 3000×2000 photo with the default model, 64 and 256 pixels of context at 1024-pixel tiles
-/// gave the same agreement with the whole image (README, "Translating").
+/// gave the same agreement with the whole image (bench/RESULTS.md, "Translation at the edges").
 fn tile_context(t: usize) -> usize {
     (t / 16).max(32)
 }
@@ -200,7 +200,7 @@ fn translate_tiled(g: &Generator, multiple: usize, device: &Device, src: &Pixels
     let context = tile_context(t);
     // The statistics pass is no larger than one window of an automatic tile (or of `t`, if
     // larger), so memory stays bounded by the tile size; below that, statistics from a reduced
-    // copy agree less well (README, "Translating").
+    // copy agree less well (bench/RESULTS.md, "Translation at the edges").
     let window = AUTO_TILE.max(t) + 2 * context;
     let budget = window * window;
     let mut f = 1;

@@ -16,6 +16,8 @@ pub enum Action {
     Error(String),
     /// Scan the checkpoints folder again (a run started, ended, or the user asked).
     RefreshRuns,
+    /// Show the Translate screen with this run (by its name in the runs list) loaded.
+    OpenRun(String),
 }
 
 /// The studio's shared things a screen may read, and the channel its background work reports to.

@@ -10,6 +10,7 @@ use super::event::{AppEvent, JobResult};
 use super::keys::{self, Hint, KeyBinding};
 use super::options::TuiOptions;
 use super::runs::{scan_runs, RunEntry};
+use super::sweeps::{self, SweepsScreen};
 use super::training::{self, TrainingScreen, TrainingView};
 use super::translate::{self, TranslateScreen};
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
@@ -20,16 +21,18 @@ pub enum Screen {
     Datasets,
     Training,
     Translate,
+    Sweeps,
 }
 
 impl Screen {
-    pub const ALL: [Screen; 3] = [Screen::Datasets, Screen::Training, Screen::Translate];
+    pub const ALL: [Screen; 4] = [Screen::Datasets, Screen::Training, Screen::Translate, Screen::Sweeps];
 
     pub fn title(self) -> &'static str {
         match self {
             Screen::Datasets => "Datasets",
             Screen::Training => "Training",
             Screen::Translate => "Translate",
+            Screen::Sweeps => "Sweeps",
         }
     }
 
@@ -85,7 +88,7 @@ pub const KEYS: &[KeyBinding<Command, Mode>] = {
     use Command::*;
     use KeyCode::{BackTab, Char, Tab};
     use Mode::*;
-    use Screen::{Datasets, Training, Translate};
+    use Screen::{Datasets, Sweeps, Training, Translate};
     const ANY: &[Mode] = &[Commands, RunActive];
     &[
         // Ctrl-C is checked before any other key (see `App::key`).
@@ -93,10 +96,10 @@ pub const KEYS: &[KeyBinding<Command, Mode>] = {
         KeyBinding { keys: "p", codes: &[Char('p')], help: "", hint: Some(("p", "pause run")), modes: &[RunActive], command: PauseRun },
         KeyBinding { keys: "x", codes: &[Char('x')], help: "", hint: Some(("x", "stop run")), modes: &[RunActive], command: StopRun },
         KeyBinding {
-            keys: "Tab / Shift-Tab, 1 2 3",
+            keys: "Tab / Shift-Tab, 1 2 3 4",
             codes: &[Tab],
-            help: "switch screen (Datasets, Training, Translate)",
-            hint: Some(("Tab/1-3", "screens")),
+            help: "switch screen (Datasets, Training, Translate, Sweeps)",
+            hint: Some(("Tab/1-4", "screens")),
             modes: ANY,
             command: NextScreen,
         },
@@ -104,6 +107,7 @@ pub const KEYS: &[KeyBinding<Command, Mode>] = {
         KeyBinding { keys: "1", codes: &[Char('1')], help: "", hint: None, modes: ANY, command: Show(Datasets) },
         KeyBinding { keys: "2", codes: &[Char('2')], help: "", hint: None, modes: ANY, command: Show(Training) },
         KeyBinding { keys: "3", codes: &[Char('3')], help: "", hint: None, modes: ANY, command: Show(Translate) },
+        KeyBinding { keys: "4", codes: &[Char('4')], help: "", hint: None, modes: ANY, command: Show(Sweeps) },
         KeyBinding { keys: "↑ ↓ or j k, PgUp PgDn, Home End", codes: &[], help: "move in lists", hint: None, modes: &[], command: ScreenKey },
         KeyBinding { keys: "Enter", codes: &[], help: "select / edit / confirm", hint: None, modes: &[], command: ScreenKey },
         KeyBinding { keys: "Esc", codes: &[], help: "back, cancel, close", hint: None, modes: &[], command: ScreenKey },
@@ -120,12 +124,13 @@ pub const KEYS: &[KeyBinding<Command, Mode>] = {
 };
 
 /// The help overlay's sections: the keys that work everywhere, then each screen's.
-pub fn help_sections() -> [(&'static str, Vec<Hint>); 4] {
+pub fn help_sections() -> [(&'static str, Vec<Hint>); 5] {
     [
         ("Everywhere", keys::help(KEYS)),
         (Screen::Datasets.title(), keys::help(datasets::KEYS)),
         (Screen::Training.title(), keys::help(training::KEYS)),
         (Screen::Translate.title(), keys::help(translate::KEYS)),
+        (Screen::Sweeps.title(), keys::help(sweeps::KEYS)),
     ]
 }
 
@@ -136,6 +141,7 @@ pub struct App {
     pub datasets: DatasetsScreen,
     pub training: TrainingScreen,
     pub translate: TranslateScreen,
+    pub sweeps: SweepsScreen,
     /// The runs in the checkpoints folder (for resuming and translating).
     pub runs: Vec<RunEntry>,
     pub options: TuiOptions,
@@ -158,6 +164,7 @@ impl App {
             datasets: DatasetsScreen::default(),
             training: TrainingScreen::default(),
             translate: TranslateScreen::default(),
+            sweeps: SweepsScreen::default(),
             runs: scan_runs(&options.checkpoints),
             options,
             events,
@@ -194,6 +201,12 @@ impl App {
                 Action::Info(text) => self.status = Some(StatusLine { text, is_error: false }),
                 Action::Error(text) => self.status = Some(StatusLine { text, is_error: true }),
                 Action::RefreshRuns => self.refresh_runs(),
+                Action::OpenRun(name) => {
+                    self.switch_to(Screen::Translate);
+                    let ctx = Ctx { options: &self.options, runs: &self.runs, datasets: &self.datasets.entries, events: &self.events };
+                    let more = self.translate.open_run(&name, &ctx);
+                    self.apply(more);
+                }
             }
         }
     }
@@ -210,6 +223,7 @@ impl App {
             Screen::Datasets => self.datasets.captures_text(),
             Screen::Training => self.training.captures_text(),
             Screen::Translate => self.translate.captures_text(),
+            Screen::Sweeps => false,
         }
     }
 
@@ -230,6 +244,7 @@ impl App {
             Screen::Datasets => self.datasets.hints(),
             Screen::Training => self.training.hints(),
             Screen::Translate => self.translate.hints(),
+            Screen::Sweeps => self.sweeps.hints(),
         };
         hints.extend(keys::hints(KEYS, self.mode()));
         hints
@@ -238,7 +253,12 @@ impl App {
     pub fn handle(&mut self, event: AppEvent) {
         let actions = match event {
             AppEvent::Key(key) => return self.key(key),
-            AppEvent::Tick => return,
+            AppEvent::Tick => {
+                if self.screen == Screen::Sweeps {
+                    self.sweeps.tick(&self.options.checkpoints);
+                }
+                return;
+            }
             AppEvent::InputFailed(why) => {
                 // After SIGHUP the terminal is gone: reading it fails as expected, not an error.
                 if !self.is_quitting() {
@@ -309,12 +329,16 @@ impl App {
             Screen::Datasets => self.datasets.key(key, &self.options.datasets, &self.events),
             Screen::Training => self.training.key(key, &ctx),
             Screen::Translate => self.translate.key(key, &ctx),
+            Screen::Sweeps => self.sweeps.key(key, &ctx),
         };
         self.apply(actions);
     }
 
     pub fn switch_to(&mut self, screen: Screen) {
         self.screen = screen;
+        if screen == Screen::Sweeps {
+            self.sweeps.rescan(&self.options.checkpoints);
+        }
         if screen != Screen::Datasets {
             // Runs appear from the CLI too; the folder is small, so look again.
             self.refresh_runs();
@@ -372,5 +396,6 @@ mod tests {
         assert_unambiguous(datasets::KEYS);
         assert_unambiguous(training::KEYS);
         assert_unambiguous(translate::KEYS);
+        assert_unambiguous(sweeps::KEYS);
     }
 }

@@ -589,7 +589,7 @@ impl DatasetsScreen {
     fn common_command(&mut self, command: Command, roots: &[PathBuf], events: &Sender<AppEvent>) {
         match command {
             Command::New => {
-                let root = roots.first().cloned().unwrap_or_else(|| PathBuf::from("datasets"));
+                let root = roots.first().cloned().unwrap_or_else(|| PathBuf::from(crate::data::DEFAULT_DATASETS_DIR));
                 self.create = Some(CreateForm::new(root));
             }
             Command::Rescan => self.rescan(roots, events),

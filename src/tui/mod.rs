@@ -3,8 +3,8 @@
 //!
 //! Layers, each using only those below it: leaves (`form`, `preview`, `runs`, `dataset_scan`,
 //! `models`, `options`, `keys`), then `event` (the channel) and `action` (what screens ask of the
-//! App), then the screens (`datasets`, `training`, `translate`: state, keys, handlers) and their
-//! renderers (`ui::{datasets,training,translate}` over `ui::widgets`), then `app` (the thin
+//! App), then the screens (`datasets`, `training`, `translate`, `sweeps`: state, keys, handlers)
+//! and their renderers (`ui::{datasets,training,translate,sweeps}` over `ui::widgets`), then `app` (the thin
 //! [`App`] applying actions), `ui` (drawing the App) and this module (terminal and loop).
 
 pub mod action;
@@ -18,6 +18,7 @@ pub mod models;
 pub mod options;
 pub mod preview;
 pub mod runs;
+pub mod sweeps;
 pub mod training;
 pub mod translate;
 pub mod ui;

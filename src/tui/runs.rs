@@ -1,5 +1,5 @@
 //! Runs and models on disk: the subfolders of the checkpoints folder that hold a `config.toml`
-//! (trained here) or only a `model.toml` (imported).
+//! (trained here) or only a `model.toml` (imported), and the trials inside sweep folders.
 
 use crate::checkpoint::{Manifest, LATEST, MANIFEST};
 use crate::model::{ModelSpec, MODEL_FILE};
@@ -44,28 +44,38 @@ impl RunEntry {
     }
 }
 
-/// The runs under `checkpoints`, sorted by name. A missing folder simply has no runs.
+fn is_run(dir: &Path) -> bool {
+    dir.join(CONFIG_FILE).is_file() || dir.join(MODEL_FILE).is_file()
+}
+
+fn subfolders(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir).into_iter().flatten().flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect()
+}
+
+/// The run in `dir`, listed as `name`.
+fn run_entry(dir: PathBuf, name: String) -> RunEntry {
+    let config = if dir.join(CONFIG_FILE).is_file() {
+        TrainConfig::load(&dir).map_err(|e| format!("{e:#}"))
+    } else {
+        Err("an imported model: no training configuration to resume".into())
+    };
+    RunEntry { name, spec: TrainConfig::model_spec_with(&dir, config.as_ref().ok()).ok(), config, checkpoint_step: checkpoint_step(&dir), dir }
+}
+
+/// The runs under `checkpoints`, sorted by name; a sweep's trials are named `SWEEP/TRIAL`. A
+/// missing folder simply has no runs.
 pub fn scan_runs(checkpoints: &Path) -> Vec<RunEntry> {
-    let Ok(entries) = std::fs::read_dir(checkpoints) else { return Vec::new() };
-    let mut runs: Vec<RunEntry> = entries
-        .flatten()
-        .map(|e| e.path())
-        .filter(|dir| dir.join(CONFIG_FILE).is_file() || dir.join(MODEL_FILE).is_file())
-        .map(|dir| {
-            let config = if dir.join(CONFIG_FILE).is_file() {
-                TrainConfig::load(&dir).map_err(|e| format!("{e:#}"))
-            } else {
-                Err("an imported model: no training configuration to resume".into())
-            };
-            RunEntry {
-                name: dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
-                spec: TrainConfig::model_spec_with(&dir, config.as_ref().ok()).ok(),
-                config,
-                checkpoint_step: checkpoint_step(&dir),
-                dir,
+    let name_of = |d: &Path| d.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let mut runs = Vec::new();
+    for dir in subfolders(checkpoints) {
+        if is_run(&dir) {
+            runs.push(run_entry(dir.clone(), name_of(&dir)));
+        } else if dir.join(crate::sweep::SWEEP_FILE).is_file() {
+            for trial in subfolders(&dir).into_iter().filter(|t| is_run(t)) {
+                runs.push(run_entry(trial.clone(), format!("{}/{}", name_of(&dir), name_of(&trial))));
             }
-        })
-        .collect();
+        }
+    }
     runs.sort_by(|a, b| a.name.cmp(&b.name));
     runs
 }

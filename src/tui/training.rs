@@ -1008,7 +1008,7 @@ impl TrainingScreen {
             entry.dataset.as_ref().map_err(Clone::clone)?;
             request.new_run().map_err(|e| format!("{e:#}"))?
         };
-        Ok(RunPlan { config, options: RunOptions { run_dir, resume } })
+        Ok(RunPlan { config, options: RunOptions { run_dir, resume, tensorboard: true } })
     }
 
     /// The form as a run request. For a resumed run only the length (of an iteration

@@ -281,6 +281,17 @@ impl TranslateScreen {
         vec![]
     }
 
+    /// Selects the run named `name` and loads it (a trial chosen on the Sweeps screen).
+    pub fn open_run(&mut self, name: &str, ctx: &Ctx) -> Vec<Action> {
+        match ctx.runs.iter().position(|r| r.name == name) {
+            Some(i) => {
+                self.run_index = i;
+                self.load_selected_model(ctx)
+            }
+            None => vec![Action::Error(format!("run {name} is not in {}", ctx.options.checkpoints.display()))],
+        }
+    }
+
     fn load_selected_model(&mut self, ctx: &Ctx) -> Vec<Action> {
         let (name, source, device) = match ctx.runs.get(self.run_index) {
             Some(run) => match (&run.config, &run.spec, run.checkpoint_step) {

@@ -101,7 +101,7 @@ pub fn train_tiny(run_dir: &Path, dataset: &Path, iters: u64, resume: bool) -> c
     } else {
         tiny_config(dataset, iters)
     };
-    run_training(cfg, &RunOptions { run_dir: run_dir.to_path_buf(), resume }, &RunControl::default(), &mut |_| {}).unwrap()
+    run_training(cfg, &RunOptions { run_dir: run_dir.to_path_buf(), resume, tensorboard: true }, &RunControl::default(), &mut |_| {}).unwrap()
 }
 
 /// Runs the named tests of this test executable again in a child process with
@@ -190,4 +190,37 @@ pub fn assert_same_checkpoint(got: &cyclestudio::checkpoint::Generation, want: &
     for f in CHECKPOINT_FILES {
         assert!(got.read_verified(f).unwrap() == want.read_verified(f).unwrap(), "{what}: {f} differs");
     }
+}
+
+/// True when python3 can import `modules` (comma-separated, as in an import statement). Under CI
+/// (`CI` set) their absence fails the test, since .ci/run installs them; elsewhere the test skips
+/// with a message saying what to install.
+pub fn python_can_import(modules: &str) -> bool {
+    let probe = std::process::Command::new("python3").args(["-c", &format!("import {modules}")]).output();
+    let ok = probe.as_ref().is_ok_and(|o| o.status.success());
+    if !ok {
+        let why = match &probe {
+            Ok(o) => String::from_utf8_lossy(&o.stderr).trim().to_string(),
+            Err(e) => format!("python3: {e}"),
+        };
+        assert!(std::env::var_os("CI").is_none(), "CI is set but python3 cannot import {modules} ({why}); .ci/run installs them");
+        eprintln!("skipping: python3 cannot import {modules} ({why}); pip install them to run this test");
+    }
+    ok
+}
+
+/// Feeds a studio the events its worker threads send until `done` holds (two minutes at most).
+pub fn settle(app: &mut cyclestudio::tui::app::App, rx: &std::sync::mpsc::Receiver<cyclestudio::tui::event::AppEvent>, what: &str, done: impl Fn(&cyclestudio::tui::app::App) -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !done(app) {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let event = rx.recv_timeout(left).unwrap_or_else(|_| panic!("timed out waiting for {what}"));
+        app.handle(event);
+    }
+}
+
+/// A key press in a studio.
+pub fn press(app: &mut cyclestudio::tui::app::App, code: crossterm::event::KeyCode) {
+    use crossterm::event::{KeyEvent, KeyModifiers};
+    app.handle(cyclestudio::tui::event::AppEvent::Key(KeyEvent::new(code, KeyModifiers::NONE)));
 }

@@ -90,7 +90,7 @@ pub fn export_onnx(run_dir: &Path, to: Option<&str>, half: bool, out: Option<&Pa
     let tensors = generation.load_tensors(file, &Device::Cpu)?;
     let model_name = run_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     // The model's own colour gain (the shipped default model has one), as `translate` applies it.
-    let gain = if gcfg.output == OutputMode::Direct { 1.0 } else { spec.translate_chroma_gain.unwrap_or(1.0) };
+    let gain = if gcfg.output == OutputMode::Direct { 1.0 } else { spec.translate_chroma_gain.unwrap_or(crate::model::DEFAULT_CHROMA_GAIN) };
     let metadata = vec![
         ("from_domain", from.name.clone()),
         ("to_domain", to_spec.name.clone()),

@@ -4,6 +4,7 @@
 //! pictures are encoded by [`ImagePanes`] when their image or area changes.
 
 mod datasets;
+mod sweeps;
 mod training;
 mod translate;
 mod widgets;
@@ -28,6 +29,7 @@ pub fn draw(frame: &mut Frame, app: &App, images: &mut ImagePanes) {
         Screen::Datasets => datasets::render(frame, body, &app.datasets, &app.options.datasets, images),
         Screen::Training => training::render(frame, body, &app.training, &app.ctx(), images),
         Screen::Translate => translate::render(frame, body, &app.translate, &app.ctx(), images),
+        Screen::Sweeps => sweeps::render(frame, body, &app.sweeps, &app.options.checkpoints),
     }
     render_status(frame, status, app);
     render_key_hints(frame, footer, app);
