@@ -192,6 +192,8 @@ fn train_eval_every_logs_kid_and_keeps_the_best_generation() {
     assert_eq!(steps, [2, 4, 6]);
     let kid_of = |v: &serde_json::Value| v["validation"]["kid"].as_f64().unwrap();
     assert!(vals.iter().all(|v| kid_of(v).is_finite() && v["validation"]["fid_ab"].as_f64().unwrap().is_finite()));
+    // Domain B is colour: the translations' colourfulness is scored too.
+    assert!(vals.iter().all(|v| v["validation"]["colourfulness_ab"].as_f64().is_some_and(|c| c.is_finite() && c >= 0.0)), "{vals:?}");
     let best = vals.iter().min_by(|a, b| kid_of(a).total_cmp(&kid_of(b))).unwrap();
     let manifest = std::fs::read_to_string(run.join("best/manifest.toml")).unwrap();
     assert!(manifest.contains(&format!("step = {}", best["step"])), "best/ {manifest} vs log {steps:?} {:?}", vals.iter().map(kid_of).collect::<Vec<_>>());

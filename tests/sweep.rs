@@ -185,3 +185,18 @@ fn a_sweep_ranks_by_fd_dinov2_lowest_first() {
     let e = cyclestudio(cwd, &["sweep", "--dataset", &demo, "--name", "fd2", "--vary", "ngf=4,8", "--metric", "fd-dinov2"]);
     assert!(!e.status.success() && String::from_utf8_lossy(&e.stderr).contains("--dinov2-weights"));
 }
+
+#[test]
+fn a_diverging_trial_is_marked_and_ranked_last() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cwd = tmp.path();
+    let demo = demo();
+    let out = ok(cyclestudio(cwd, &["sweep", "--dataset", &demo, "--name", "d", "--vary", "lr=1e30,0.0002", "--", "--generator", "resnet_6blocks", "--ngf", "4", "--ndf", "4", "--size", "32", "--iters", "3", "--decay-iters", "0"]));
+    assert!(out.contains("t01 (--lr 1e30): diverged"), "{out}");
+    let csv = std::fs::read_to_string(cwd.join("checkpoints/d/leaderboard.csv")).unwrap();
+    let rows: Vec<Vec<&str>> = csv.lines().skip(1).map(|l| l.split(',').collect()).collect();
+    assert_eq!(rows.iter().map(|r| (r[1], r[5])).collect::<Vec<_>>(), [("t02", "finished"), ("t01", "diverged")], "{csv}");
+    // Running again does not retry a diverged trial.
+    let out = ok(cyclestudio(cwd, &["sweep", "--dataset", &demo, "--name", "d", "--vary", "lr=1e30,0.0002", "--", "--generator", "resnet_6blocks", "--ngf", "4", "--ndf", "4", "--size", "32", "--iters", "3", "--decay-iters", "0"]));
+    assert!(!out.contains("): diverged"), "{out}");
+}

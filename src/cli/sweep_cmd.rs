@@ -172,8 +172,14 @@ impl Sweep<'_> {
             Err(e) => (record.status, record.note) = (TrialStatus::Failed, format!("scoring failed: {e:#}")),
         }
         let scores: Vec<String> = record.scores.iter().map(|(k, v)| format!("{k} {v:.4}")).collect();
-        let note = if record.note.is_empty() { String::new() } else { format!(" — {}", record.note) };
-        self.say(format!("{} ({}): {} at step {}: {}{note}", trial.name, settings_text(&trial.settings), record.status_text(), record.step, scores.join(", ")));
+        let mut line = format!("{} ({}): {} at step {}", trial.name, settings_text(&trial.settings), record.status_text(), record.step);
+        if !scores.is_empty() {
+            line.push_str(&format!(": {}", scores.join(", ")));
+        }
+        if !record.note.is_empty() {
+            line.push_str(&format!(" — {}", record.note));
+        }
+        self.say(line);
         self.save(&record)?;
         Ok(true)
     }

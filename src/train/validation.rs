@@ -58,6 +58,9 @@ pub struct ValidationScores {
     pub psnr_ba: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub ssim_ba: Option<f64>,
+    /// Mean colourfulness (Hasler & Süsstrunk) of the A→B translations, when B is colour.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub colourfulness_ab: Option<f64>,
     /// This step became the best so far (its generators are in `best/`).
     #[serde(default)]
     pub best: bool,
@@ -76,6 +79,9 @@ impl ValidationScores {
         };
         if let (Some(p), Some(q)) = (self.psnr_ab, self.ssim_ab) {
             s.push_str(&format!(" · A→B PSNR {p:.2} SSIM {q:.3}"));
+        }
+        if let Some(c) = self.colourfulness_ab {
+            s.push_str(&format!(" · colourfulness {c:.1}"));
         }
         if self.best {
             s.push_str(" · best so far");
@@ -162,6 +168,13 @@ impl Validator {
         };
         if self.paired {
             (s.psnr_ab, s.ssim_ab) = paired_scores(&fake_b, &self.a, &self.b, cfg.domain_b.channels)?;
+        }
+        if cfg.domain_b.channels == 3 && !fake_b.is_empty() {
+            let mut sum = 0.0;
+            for img in &fake_b {
+                sum += crate::eval::colourfulness(&crate::data::Pixels::from_image(img, 3)?.0);
+            }
+            s.colourfulness_ab = Some(sum / fake_b.len() as f64);
         }
         // A one-sided (CUT) run is judged on A→B alone; CycleGAN on the mean of both directions.
         if let Some(g_ba) = g_ba {
