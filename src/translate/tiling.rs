@@ -181,11 +181,14 @@ fn translate_batch_inner(g: &Generator, cin: usize, multiple: usize, device: &De
 
 /// Context (pixels of the real image) each tile's window reaches beyond its core (before the
 /// window is widened to the network's size multiple): convolutions near a window's edge see
-/// padding instead of the image, and this keeps that effect away from the pixels kept. Measured
-/// on a 3000×2000 photo with the default model, 64 and 256 pixels of context at 1024-pixel tiles
-/// gave the same agreement with the whole image (bench/RESULTS.md, "Translation at the edges").
-fn tile_context(t: usize) -> usize {
-    (t / 16).max(32)
+/// padding instead of the image, and this keeps that effect away from the pixels kept. A U-Net's
+/// innermost features see about 3 × its size `multiple` pixels (each of its down-samplings, a
+/// 4×4 convolution of stride 2, widens the view by 3 × its stride), so the context is at least
+/// half of that: with less, the default model's (unet_128) tiles of 256 differed from the whole
+/// image by up to 23 levels, with 1.5 × 128 by at most 3 (bench/RESULTS.md, "Translation at the
+/// edges"). A ResNet's `multiple` is 4: there t / 16, at least 32 pixels, is enough.
+fn tile_context(t: usize, multiple: usize) -> usize {
+    (t / 16).max(32).max(multiple * 3 / 2)
 }
 
 /// Translates `src` in tiles of side `t`. Every norm layer uses the statistics of the whole
@@ -197,7 +200,7 @@ fn tile_context(t: usize) -> usize {
 fn translate_tiled(g: &Generator, multiple: usize, device: &Device, src: &Pixels, t: usize, opts: &TranslateOptions) -> Result<Pixels> {
     let (w, h) = (src.width, src.height);
     let padded = Padded::new(src, multiple, opts.margin);
-    let context = tile_context(t);
+    let context = tile_context(t, multiple);
     // The statistics pass is no larger than one window of an automatic tile (or of `t`, if
     // larger), so memory stays bounded by the tile size; below that, statistics from a reduced
     // copy agree less well (bench/RESULTS.md, "Translation at the edges").
@@ -289,6 +292,23 @@ mod tests {
         let (mean, max) = level_diff(&whole, &tiled);
         assert!(mean <= 1.0 && max <= 4, "tiles vs whole: mean {mean:.3}, max {max} levels");
     }
+    /// A U-Net sees far (unet_128: about 3 × 128 pixels), so its tiles need that much context.
+    #[test]
+    fn forced_small_tiles_of_a_unet_agree_with_the_whole_image() {
+        let device = Device::Cpu;
+        let varmap = candle_nn::VarMap::new();
+        let vb = candle_nn::VarBuilder::from_varmap(&varmap, candle_core::DType::F32, &device);
+        let cfg = GeneratorConfig { kind: GeneratorKind::Unet { downs: 7 }, in_channels: 3, out_channels: 3, ngf: 4, output: OutputMode::Direct, antialias: false };
+        let g = Generator::new(&cfg, vb).unwrap();
+        let img = DynamicImage::ImageRgb8(image::RgbImage::from_fn(640, 384, |x, y| {
+            image::Rgb([(x * 255 / 640) as u8, (y * 255 / 384) as u8, ((x * y) % 251) as u8])
+        }));
+        let whole = translate_image(&g, 3, 128, &device, &img, &TranslateOptions::default()).unwrap();
+        let tiled = translate_image(&g, 3, 128, &device, &img, &TranslateOptions { tile: Some(128), ..Default::default() }).unwrap();
+        let (mean, max) = level_diff(&whole, &tiled);
+        assert!(mean <= 1.0 && max <= 4, "U-Net tiles vs whole: mean {mean:.3}, max {max} levels");
+    }
+
     #[test]
     fn mirror_and_tiles() {
         assert_eq!((-3..6).map(|i| mirror(i, 3)).collect::<Vec<_>>(), vec![1, 2, 1, 0, 1, 2, 1, 0, 1]);
