@@ -153,6 +153,8 @@ fn write_sweep(dir: &Path) {
         train_args: ["--size", "128", "--iters", "2000", "--decay-iters", "2000"].map(String::from).to_vec(),
         rungs: vec![0.25, 0.5],
         dinov2_weights: None,
+        fid_weights: None,
+        fid_weights_unchecked: false,
     };
     spec.save(dir).unwrap();
     let results = [(24.61, 0.902, 4000, TrialStatus::Finished), (24.18, 0.897, 4000, TrialStatus::Finished), (23.02, 0.861, 2000, TrialStatus::Halved)];

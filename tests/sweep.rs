@@ -200,3 +200,39 @@ fn a_diverging_trial_is_marked_and_ranked_last() {
     let out = ok(cyclestudio(cwd, &["sweep", "--dataset", &demo, "--name", "d", "--vary", "lr=1e30,0.0002", "--", "--generator", "resnet_6blocks", "--ngf", "4", "--ndf", "4", "--size", "32", "--iters", "3", "--decay-iters", "0"]));
     assert!(!out.contains("): diverged"), "{out}");
 }
+
+#[test]
+fn a_sweep_ranks_by_kid_lowest_first_with_fid_beside() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cwd = tmp.path();
+    let demo = demo();
+    // The FID network with synthetic weights (the real ones are a 95 MB download).
+    let weights = cwd.join("synthetic_inception.safetensors");
+    let named = cyclestudio::eval::inception::synthetic_weights().unwrap();
+    std::fs::write(&weights, cyclestudio::checkpoint::safetensors_bytes(&named).unwrap()).unwrap();
+    let mut args = vec!["sweep", "--dataset", &demo, "--name", "k", "--vary", "ngf=4,8", "--metric", "kid", "--fid-weights", weights.to_str().unwrap(), "--fid-weights-unchecked", "--"];
+    args.extend(["--generator", "resnet_6blocks", "--ndf", "4", "--size", "32", "--iters", "2", "--decay-iters", "0"]);
+    ok(cyclestudio(cwd, &args));
+    let csv = std::fs::read_to_string(cwd.join("checkpoints/k/leaderboard.csv")).unwrap();
+    let mut lines = csv.lines();
+    assert_eq!(lines.next(), Some("rank,trial,run,ngf,step,status,psnr,ssim,colourfulness,kid,fid,seconds"));
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+    let kid: Vec<f64> = rows.iter().map(|r| r[9].parse().unwrap()).collect();
+    let fid: Vec<f64> = rows.iter().map(|r| r[10].parse().unwrap()).collect();
+    assert!(kid.len() == 2 && kid[0] <= kid[1] && fid.iter().all(|f| f.is_finite() && *f >= 0.0), "{csv}");
+    let e = cyclestudio(cwd, &["sweep", "--dataset", &demo, "--name", "k2", "--vary", "ngf=4,8", "--metric", "fid"]);
+    assert!(!e.status.success() && String::from_utf8_lossy(&e.stderr).contains("--fid-weights"));
+
+    // Held-out images without true pairs: the distances alone score the trials.
+    let unpaired = cwd.join("unpaired_a");
+    std::fs::create_dir_all(&unpaired).unwrap();
+    for (i, e) in std::fs::read_dir(format!("{demo}/testA")).unwrap().enumerate() {
+        std::fs::copy(e.unwrap().path(), unpaired.join(format!("other{i}.png"))).unwrap();
+    }
+    let mut args = vec!["sweep", "--dataset", &demo, "--name", "u", "--vary", "ngf=4,8", "--metric", "fid", "--val-a", unpaired.to_str().unwrap()];
+    args.extend(["--fid-weights", weights.to_str().unwrap(), "--fid-weights-unchecked", "--", "--generator", "resnet_6blocks", "--ndf", "4", "--size", "32", "--iters", "1", "--decay-iters", "0"]);
+    ok(cyclestudio(cwd, &args));
+    let csv = std::fs::read_to_string(cwd.join("checkpoints/u/leaderboard.csv")).unwrap();
+    let rows: Vec<Vec<&str>> = csv.lines().skip(1).map(|l| l.split(',').collect()).collect();
+    assert!(rows.len() == 2 && rows.iter().all(|r| r[6].is_empty() && r[10].parse::<f64>().is_ok()), "no PSNR without pairs, FID always:\n{csv}");
+}

@@ -68,10 +68,14 @@ pub struct SweepArgs {
     #[arg(long, value_name = "FLAG=V1,V2,…")]
     pub vary: Vec<crate::sweep::Vary>,
     /// The score trials are ranked by: PSNR, SSIM or colourfulness of the A→B translations of the
-    /// held-out images against their pairs (higher is better), or FD-DINOv2 of the translations
-    /// against the held-out B images (lower is better; needs --dinov2-weights).
+    /// held-out images against their pairs (higher is better), or KID, FID (needs --fid-weights)
+    /// or FD-DINOv2 (needs --dinov2-weights) of the translations against the held-out B images
+    /// (lower is better).
     #[arg(long, value_enum, default_value_t = crate::sweep::Metric::Psnr)]
     pub metric: crate::sweep::Metric,
+    /// With --fid-weights every trial also gets KID and FID.
+    #[command(flatten)]
+    pub fid: FidWeightsArgs,
     /// DINOv2 weights (timm's vit_small_patch14_dinov2 or a larger one, as .safetensors): every
     /// trial also gets its FD-DINOv2.
     #[arg(long, value_name = "FILE")]

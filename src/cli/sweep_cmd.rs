@@ -60,8 +60,8 @@ struct Sweep<'a> {
     spec: SweepSpec,
     held_a: PathBuf,
     held_b: PathBuf,
-    /// For FD-DINOv2, loaded once.
-    dinov2: Option<crate::eval::fd_dinov2::Dinov2Features>,
+    /// For KID, FID and FD-DINOv2, loaded once.
+    models: sweep::DistanceModels,
     stop: Arc<AtomicBool>,
     bars: MultiProgress,
     /// Serialises record and leaderboard writes of parallel trials.
@@ -159,7 +159,7 @@ impl Sweep<'_> {
         let scored = (|| -> Result<()> {
             record.step = crate::checkpoint::load_generation(&trial.run_dir)?.manifest.step;
             let device = crate::train::TrainConfig::load(&trial.run_dir)?.device;
-            (record.scores, record.images) = sweep::score_run(&trial.run_dir, &self.held_a, &self.held_b, &device, self.dinov2.as_ref())?;
+            (record.scores, record.images) = sweep::score_run(&trial.run_dir, &self.held_a, &self.held_b, &device, &self.models)?;
             Ok(())
         })();
         match scored {
@@ -256,7 +256,18 @@ fn spec_of(a: &SweepArgs) -> Result<SweepSpec> {
     if a.metric == sweep::Metric::FdDinov2 && a.dinov2_weights.is_none() {
         bail!("--metric fd-dinov2 needs --dinov2-weights FILE (DINOv2 weights as .safetensors, see docs/sweeps.md)");
     }
-    Ok(SweepSpec { vary: a.vary.clone(), metric: a.metric, train_args: a.train_args.clone(), rungs, dinov2_weights: a.dinov2_weights.clone() })
+    if matches!(a.metric, sweep::Metric::Kid | sweep::Metric::Fid) && a.fid.fid_weights.is_none() {
+        bail!("--metric {} needs --fid-weights FILE (the FID Inception weights, see docs/metrics.md)", a.metric.as_str());
+    }
+    Ok(SweepSpec {
+        vary: a.vary.clone(),
+        metric: a.metric,
+        train_args: a.train_args.clone(),
+        rungs,
+        dinov2_weights: a.dinov2_weights.clone(),
+        fid_weights: a.fid.fid_weights.clone(),
+        fid_weights_unchecked: a.fid.fid_weights_unchecked,
+    })
 }
 
 pub fn run(checkpoints: &Path, a: SweepArgs) -> Result<()> {
@@ -273,8 +284,9 @@ pub fn run(checkpoints: &Path, a: SweepArgs) -> Result<()> {
     let dataset = a.dataset.clone().context("sweep needs --dataset DIR (or --leaderboard to rebuild the leaderboard)")?;
     let spec = spec_of(&a)?;
     let (held_a, held_b) = sweep::held_out(&dataset, a.val_a.as_deref(), a.val_b.as_deref())?;
-    // Every trial's flags parse before anything is written.
+    // Every trial's flags parse, and the weights load, before anything is written.
     let trials = trials_of(checkpoints, &a, &spec, &dataset)?;
+    let models = sweep::DistanceModels::load(&spec)?;
     // Running the same sweep command again continues it; another definition under the same name
     // would mix trials of two grids.
     match SweepSpec::load(&sweep_dir) {
@@ -291,11 +303,7 @@ pub fn run(checkpoints: &Path, a: SweepArgs) -> Result<()> {
 
     let stop = Arc::new(AtomicBool::new(false));
     super::stop_on_interrupt(stop.clone(), "finishing the running trials' steps and saving their checkpoints…", "exiting without saving (the last checkpoints are intact)");
-    let dinov2 = match &spec.dinov2_weights {
-        Some(w) => Some(crate::eval::fd_dinov2::Dinov2Features::load(w, &candle_core::Device::Cpu)?),
-        None => None,
-    };
-    let sweep = Sweep { checkpoints, dir: sweep_dir.clone(), spec: spec.clone(), held_a, held_b, dinov2, stop, bars: MultiProgress::new(), records: Mutex::new(()) };
+    let sweep = Sweep { checkpoints, dir: sweep_dir.clone(), spec: spec.clone(), held_a, held_b, models, stop, bars: MultiProgress::new(), records: Mutex::new(()) };
     let interrupted = || {
         println!("stopped; the running trials saved their checkpoints. Run the same sweep command to continue");
         Ok(())

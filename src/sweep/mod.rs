@@ -2,6 +2,9 @@
 //! on held-out pairs and ranked in a leaderboard (CSV, Markdown) and a TensorBoard HParams experiment.
 
 use crate::eval::fd_dinov2::Dinov2Features;
+use crate::eval::fid::{fid, kid, KidOptions};
+use crate::eval::fid_features::features_of_images;
+use crate::eval::inception::{load_fid_inception, LoadedInception};
 use crate::tensorboard::events;
 use crate::train::TrainConfig;
 use crate::util::atomic_write;
@@ -24,6 +27,9 @@ pub const SCORES: [&str; 3] = ["psnr", "ssim", "colourfulness"];
 /// The Fréchet distance of DINOv2 features between a trial's translations of the held-out A
 /// images and the held-out B images (Stein et al. 2023).
 pub const FD_DINOV2: &str = "fd_dinov2";
+/// KID and FID (Inception features) of the same two sets, with FID Inception weights.
+pub const KID: &str = "kid";
+pub const FID: &str = "fid";
 
 /// One varied `train` flag: `--vary lr=0.0001,0.0002`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -47,7 +53,8 @@ impl std::str::FromStr for Vary {
 }
 
 /// How the trials are ranked: the mean over the held-out pairs of A→B translations (higher is
-/// better), or FD-DINOv2 between the translations and the held-out B images (lower is better).
+/// better), or a distance between the translations and the held-out B images: KID, FID or
+/// FD-DINOv2 (lower is better).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Metric {
@@ -55,6 +62,8 @@ pub enum Metric {
     Psnr,
     Ssim,
     Colourfulness,
+    Kid,
+    Fid,
     FdDinov2,
 }
 
@@ -65,12 +74,14 @@ impl Metric {
             Self::Psnr => "psnr",
             Self::Ssim => "ssim",
             Self::Colourfulness => "colourfulness",
+            Self::Kid => KID,
+            Self::Fid => FID,
             Self::FdDinov2 => FD_DINOV2,
         }
     }
 
     pub fn higher_is_better(self) -> bool {
-        self != Self::FdDinov2
+        matches!(self, Self::Psnr | Self::Ssim | Self::Colourfulness)
     }
 
     /// `x` turned so that larger is better (missing and non-finite scores last).
@@ -97,6 +108,12 @@ pub struct SweepSpec {
     /// DINOv2 weights for FD-DINOv2 (timm's `vit_*_patch14_dinov2` keys, safetensors).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dinov2_weights: Option<PathBuf>,
+    /// FID Inception weights for KID and FID.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fid_weights: Option<PathBuf>,
+    /// Accept FID weights that are not the standard file.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fid_weights_unchecked: bool,
 }
 
 impl SweepSpec {
@@ -106,9 +123,12 @@ impl SweepSpec {
         toml::from_str(&text).with_context(|| format!("{}: not a sweep definition", path.display()))
     }
 
-    /// The score columns: [`SCORES`], and FD-DINOv2 with DINOv2 weights.
+    /// The score columns: [`SCORES`], KID and FID with FID weights, FD-DINOv2 with DINOv2 weights.
     pub fn score_names(&self) -> Vec<&'static str> {
         let mut names = SCORES.to_vec();
+        if self.fid_weights.is_some() {
+            names.extend([KID, FID]);
+        }
         if self.dinov2_weights.is_some() {
             names.push(FD_DINOV2);
         }
@@ -182,7 +202,7 @@ pub struct TrialRecord {
     /// Wall time of its training.
     pub seconds: f64,
     pub scores: BTreeMap<String, f64>,
-    /// Held-out pairs scored.
+    /// Held-out pairs scored (or held-out A images, when they have no pairs and distances score them).
     pub images: usize,
     pub status: TrialStatus,
     /// The ranking metric at each rung the trial reached (successive halving).
@@ -226,28 +246,67 @@ pub fn halve(trials: Vec<TrialRecord>, rung: usize, metric: Metric) -> (Vec<Tria
     (sorted, rest)
 }
 
+/// The feature networks for the set distances (loaded once per sweep).
+#[derive(Default)]
+pub struct DistanceModels {
+    pub inception: Option<LoadedInception>,
+    pub dinov2: Option<Dinov2Features>,
+}
+
+impl DistanceModels {
+    pub fn load(spec: &SweepSpec) -> Result<Self> {
+        let inception = spec.fid_weights.as_deref().map(|w| load_fid_inception(w, spec.fid_weights_unchecked)).transpose()?;
+        let dinov2 = spec.dinov2_weights.as_deref().map(|w| Dinov2Features::load(w, &candle_core::Device::Cpu)).transpose()?;
+        Ok(Self { inception, dinov2 })
+    }
+}
+
 /// Scores the run in `run_dir` on held-out pairs: its A→B translations of `held_a` against the
-/// images with the same names in `held_b`, at the run's training size (short side); with
-/// `dinov2`, also FD-DINOv2 between those translations and the `held_b` images at that size.
-pub fn score_run(run_dir: &Path, held_a: &Path, held_b: &Path, device: &str, dinov2: Option<&Dinov2Features>) -> Result<(BTreeMap<String, f64>, usize)> {
+/// images with the same names in `held_b`, at the run's training size (short side); with the
+/// `models` loaded, also the distances (KID, FID, FD-DINOv2) between those translations and the
+/// `held_b` images at that size.
+pub fn score_run(run_dir: &Path, held_a: &Path, held_b: &Path, device: &str, models: &DistanceModels) -> Result<(BTreeMap<String, f64>, usize)> {
     let cfg = TrainConfig::load(run_dir)?;
     let tr = crate::translate::Translator::load(run_dir, device)?;
     let short = cfg.size as u32;
-    let report = crate::eval::evaluate(&tr, &cfg.domain_b.name, held_a, held_b, short)?;
-    let mut scores = BTreeMap::from([("psnr".to_string(), report.psnr), ("ssim".to_string(), report.ssim), ("colourfulness".to_string(), report.colourfulness)]);
-    if let Some(model) = dinov2 {
-        let (translations, _) = crate::eval::translate_folder(&tr, &cfg.domain_b.name, held_a, short, &mut |_, _| {})?;
-        let mut real = Vec::new();
-        for path in crate::eval::images_under(held_b)? {
-            // Unreadable files were skipped by `evaluate` too.
-            if let Ok(img) = crate::data::decode_image(&path) {
-                real.push(crate::eval::resize_short(&img, short));
+    let distances = models.inception.is_some() || models.dinov2.is_some();
+    let (mut scores, mut images) = match crate::eval::evaluate(&tr, &cfg.domain_b.name, held_a, held_b, short) {
+        Ok(r) => (BTreeMap::from([("psnr".to_string(), r.psnr), ("ssim".to_string(), r.ssim), ("colourfulness".to_string(), r.colourfulness)]), r.images),
+        // Held-out images without true pairs: the distances alone score them.
+        Err(_) if distances => (BTreeMap::new(), 0),
+        Err(e) => return Err(e),
+    };
+    if !distances {
+        return Ok((scores, images));
+    }
+    let (translations, _) = crate::eval::translate_folder(&tr, &cfg.domain_b.name, held_a, short, &mut |_, _| {})?;
+    if images == 0 {
+        images = translations.len();
+        if cfg.domain_b.channels == 3 && images > 0 {
+            let mut sum = 0.0;
+            for img in &translations {
+                sum += crate::eval::colourfulness(&crate::data::Pixels::from_image(img, 3)?.0);
             }
+            scores.insert("colourfulness".to_string(), sum / images as f64);
         }
+    }
+    let mut real = Vec::new();
+    for path in crate::eval::images_under(held_b)? {
+        // Unreadable files were skipped by `evaluate` too.
+        if let Ok(img) = crate::data::decode_image(&path) {
+            real.push(crate::eval::resize_short(&img, short));
+        }
+    }
+    if let Some(model) = &models.inception {
+        let (fake, truth) = (features_of_images(model, &translations)?, features_of_images(model, &real)?);
+        scores.insert(KID.to_string(), kid(&fake, &truth, &KidOptions::default())?.mean);
+        scores.insert(FID.to_string(), fid(&fake, &truth)?);
+    }
+    if let Some(model) = &models.dinov2 {
         let fd = crate::eval::fd_dinov2::fd_dinov2(&model.features_of_images(&translations)?, &model.features_of_images(&real)?)?;
         scores.insert(FD_DINOV2.to_string(), fd);
     }
-    Ok((scores, report.images))
+    Ok((scores, images))
 }
 
 /// Records the scores of a trial: its `trial.json`, and `sweep/…` scalars at its last step in its
@@ -369,7 +428,7 @@ mod tests {
 
     #[test]
     fn the_grid_is_every_combination_in_order() {
-        let spec = SweepSpec { vary: vec!["lr=1,2".parse().unwrap(), "--ngf=8,16,32".parse().unwrap()], metric: Metric::Psnr, train_args: vec![], rungs: vec![], dinov2_weights: None };
+        let spec = SweepSpec { vary: vec!["lr=1,2".parse().unwrap(), "--ngf=8,16,32".parse().unwrap()], metric: Metric::Psnr, train_args: vec![], rungs: vec![], dinov2_weights: None, fid_weights: None, fid_weights_unchecked: false };
         let g = spec.grid();
         assert_eq!(g.len(), 6);
         assert_eq!(g[0], [("lr".to_string(), "1".to_string()), ("ngf".to_string(), "8".to_string())]);
