@@ -172,6 +172,7 @@ fn real_defaults() -> BTreeMap<(&'static str, &'static str), String> {
     // The cases outside bench::CASES, which a bench without --cases runs.
     put("bench", "--cases", format!("all but {} and {}", cyclestudio::bench::INCEPTION_CASE, cyclestudio::bench::LOOP_CASE));
     put("bench", "--precision", name_of(&cyclestudio::ops::Precision::default()));
+    put("sweep", "--short-side", "the trials' training size; with --vary size, the largest".into());
     put("sweep", "--rungs", cyclestudio::sweep::DEFAULT_RUNGS.map(|r| r.to_string()).join(","));
     // datasets and the studio.
     put("dataset create", "--names", format!("{},{}", spec.a.name, spec.b.name));

@@ -155,6 +155,7 @@ fn write_sweep(dir: &Path) {
         dinov2_weights: None,
         fid_weights: None,
         fid_weights_unchecked: false,
+        short_side: None,
     };
     spec.save(dir).unwrap();
     let results = [(24.61, 0.902, 4000, TrialStatus::Finished), (24.18, 0.897, 4000, TrialStatus::Finished), (23.02, 0.861, 2000, TrialStatus::Halved)];

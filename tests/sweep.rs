@@ -236,3 +236,19 @@ fn a_sweep_ranks_by_kid_lowest_first_with_fid_beside() {
     let rows: Vec<Vec<&str>> = csv.lines().skip(1).map(|l| l.split(',').collect()).collect();
     assert!(rows.len() == 2 && rows.iter().all(|r| r[6].is_empty() && r[10].parse::<f64>().is_ok()), "no PSNR without pairs, FID always:\n{csv}");
 }
+
+#[test]
+fn trials_of_different_sizes_are_scored_at_one_size() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cwd = tmp.path();
+    let demo = demo();
+    ok(cyclestudio(cwd, &["sweep", "--dataset", &demo, "--name", "z", "--vary", "size=32,64", "--", "--generator", "resnet_6blocks", "--ngf", "4", "--ndf", "4", "--iters", "1", "--decay-iters", "0"]));
+    let spec = cyclestudio::sweep::SweepSpec::load(&cwd.join("checkpoints/z")).unwrap();
+    assert_eq!(spec.short_side, Some(64), "the largest size");
+    // The 32² trial's score is eval's at 64.
+    let json = cwd.join("eval.json");
+    ok(cyclestudio(cwd, &["eval", "--model", "checkpoints/z/t01", "--to", "color", "--input", &format!("{demo}/testA"), "--truth", &format!("{demo}/testB"), "--short-side", "64", "--json", json.to_str().unwrap()]));
+    let eval: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let record: serde_json::Value = serde_json::from_slice(&std::fs::read(cwd.join("checkpoints/z/t01/trial.json")).unwrap()).unwrap();
+    assert!((record["scores"]["psnr"].as_f64().unwrap() - eval["psnr"].as_f64().unwrap()).abs() < 1e-9);
+}

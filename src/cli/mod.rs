@@ -76,6 +76,10 @@ pub struct SweepArgs {
     /// With --fid-weights every trial also gets KID and FID.
     #[command(flatten)]
     pub fid: FidWeightsArgs,
+    /// Short side the held-out images are resized to before scoring [default: the trials'
+    /// training size; with --vary size, the largest].
+    #[arg(long, value_name = "N")]
+    pub short_side: Option<u32>,
     /// DINOv2 weights (timm's vit_small_patch14_dinov2 or a larger one, as .safetensors): every
     /// trial also gets its FD-DINOv2.
     #[arg(long, value_name = "FILE")]

@@ -159,7 +159,7 @@ impl Sweep<'_> {
         let scored = (|| -> Result<()> {
             record.step = crate::checkpoint::load_generation(&trial.run_dir)?.manifest.step;
             let device = crate::train::TrainConfig::load(&trial.run_dir)?.device;
-            (record.scores, record.images) = sweep::score_run(&trial.run_dir, &self.held_a, &self.held_b, &device, &self.models)?;
+            (record.scores, record.images) = sweep::score_run(&trial.run_dir, &self.held_a, &self.held_b, self.spec.short_side, &device, &self.models)?;
             Ok(())
         })();
         match scored {
@@ -267,6 +267,11 @@ fn spec_of(a: &SweepArgs) -> Result<SweepSpec> {
         dinov2_weights: a.dinov2_weights.clone(),
         fid_weights: a.fid.fid_weights.clone(),
         fid_weights_unchecked: a.fid.fid_weights_unchecked,
+        short_side: a.short_side.or_else(|| {
+            // Trials of different sizes are scored alike, at the largest.
+            let sizes = a.vary.iter().find(|v| v.flag == "size")?;
+            sizes.values.iter().filter_map(|v| v.parse::<u32>().ok()).max()
+        }),
     })
 }
 

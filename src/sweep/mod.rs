@@ -114,6 +114,9 @@ pub struct SweepSpec {
     /// Accept FID weights that are not the standard file.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub fid_weights_unchecked: bool,
+    /// The short side held-out images are scored at (None: each trial's training size).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub short_side: Option<u32>,
 }
 
 impl SweepSpec {
@@ -262,13 +265,13 @@ impl DistanceModels {
 }
 
 /// Scores the run in `run_dir` on held-out pairs: its A→B translations of `held_a` against the
-/// images with the same names in `held_b`, at the run's training size (short side); with the
-/// `models` loaded, also the distances (KID, FID, FD-DINOv2) between those translations and the
-/// `held_b` images at that size.
-pub fn score_run(run_dir: &Path, held_a: &Path, held_b: &Path, device: &str, models: &DistanceModels) -> Result<(BTreeMap<String, f64>, usize)> {
+/// images with the same names in `held_b`, resized to `short` on their short side (None: the
+/// run's training size); with the `models` loaded, also the distances (KID, FID, FD-DINOv2)
+/// between those translations and the `held_b` images at that size.
+pub fn score_run(run_dir: &Path, held_a: &Path, held_b: &Path, short: Option<u32>, device: &str, models: &DistanceModels) -> Result<(BTreeMap<String, f64>, usize)> {
     let cfg = TrainConfig::load(run_dir)?;
     let tr = crate::translate::Translator::load(run_dir, device)?;
-    let short = cfg.size as u32;
+    let short = short.unwrap_or(cfg.size as u32);
     let distances = models.inception.is_some() || models.dinov2.is_some();
     let (mut scores, mut images) = match crate::eval::evaluate(&tr, &cfg.domain_b.name, held_a, held_b, short) {
         Ok(r) => (BTreeMap::from([("psnr".to_string(), r.psnr), ("ssim".to_string(), r.ssim), ("colourfulness".to_string(), r.colourfulness)]), r.images),
@@ -428,7 +431,7 @@ mod tests {
 
     #[test]
     fn the_grid_is_every_combination_in_order() {
-        let spec = SweepSpec { vary: vec!["lr=1,2".parse().unwrap(), "--ngf=8,16,32".parse().unwrap()], metric: Metric::Psnr, train_args: vec![], rungs: vec![], dinov2_weights: None, fid_weights: None, fid_weights_unchecked: false };
+        let spec = SweepSpec { vary: vec!["lr=1,2".parse().unwrap(), "--ngf=8,16,32".parse().unwrap()], metric: Metric::Psnr, train_args: vec![], rungs: vec![], dinov2_weights: None, fid_weights: None, fid_weights_unchecked: false, short_side: None };
         let g = spec.grid();
         assert_eq!(g.len(), 6);
         assert_eq!(g[0], [("lr".to_string(), "1".to_string()), ("ngf".to_string(), "8".to_string())]);
