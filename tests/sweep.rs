@@ -149,6 +149,10 @@ fn bad_sweep_definitions_are_refused_with_the_reason() {
     let e = err(cyclestudio(cwd, &["sweep", "--dataset", &demo, "--name", "d", "--vary", "no-such-flag=1,2"]));
     assert!(e.contains("no-such-flag"), "{e}");
     assert!(!cwd.join("checkpoints/d").exists(), "a refused sweep left a folder behind");
+    // A grid point that train refuses is named before anything trains.
+    let e = err(cyclestudio(cwd, &["sweep", "--dataset", &demo, "--name", "e", "--vary", "size=96,128", "--", "--generator", "unet_128"]));
+    assert!(e.contains("trial t01 (--size 96)") && e.contains("multiple of 128"), "{e}");
+    assert!(!cwd.join("checkpoints/e").exists());
 }
 
 #[test]

@@ -228,6 +228,8 @@ fn trials_of(checkpoints: &Path, a: &SweepArgs, spec: &SweepSpec, dataset: &Path
         }
         let parsed = Cli::try_parse_from(&argv).with_context(|| format!("trial {name}: the train flags {}", argv[2..].join(" ")))?;
         let Some(Command::Train(args)) = parsed.command else { unreachable!("parsed as train") };
+        // A grid point `train` would refuse (--size 96 for a unet_128) stops the sweep before it starts.
+        super::train_cmd::prepare(checkpoints, &args).with_context(|| format!("trial {name} ({})", settings_text(&settings)))?;
         out.push(Trial { run_dir: checkpoints.join(&a.name).join(&name), name, settings, args: *args });
     }
     Ok(out)
