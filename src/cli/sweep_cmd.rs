@@ -109,23 +109,21 @@ impl Sweep<'_> {
                     bar.set_position(r.step);
                     bar.set_message(format!("G {:.3} D {:.3}/{:.3}", r.losses.g_total, r.losses.d_a, r.losses.d_b));
                 }
-                TrainEvent::Health(h) => {
-                    if let Some(w) = h.warnings.iter().find(|w| w.contains("mode collapse")) {
-                        collapse = Some(w.clone());
-                        control.stop.store(true, Ordering::SeqCst);
-                    }
+                TrainEvent::Health(h) if h.mode_collapse => {
+                    collapse = Some(h.warnings.join("; "));
+                    control.stop.store(true, Ordering::SeqCst);
                 }
                 TrainEvent::Warning(w) => self.say(format!("{}: warning: {w}", trial.name)),
                 _ => {}
             }
         });
         bar.finish_and_clear();
-        match outcome {
-            Ok(_) if collapse.is_some() => Ended::Collapsed(collapse.unwrap_or_default()),
-            Ok(RunOutcome::Stopped { step }) if self.stop.load(Ordering::SeqCst) && step < target => Ended::Interrupted,
-            Ok(_) => Ended::Reached,
-            Err(e) if e.downcast_ref::<Divergence>().is_some() => Ended::Diverged(format!("{e:#}")),
-            Err(e) => Ended::Failed(format!("{e:#}")),
+        match (outcome, collapse) {
+            (Ok(_), Some(why)) => Ended::Collapsed(why),
+            (Ok(RunOutcome::Stopped { step }), None) if self.stop.load(Ordering::SeqCst) && step < target => Ended::Interrupted,
+            (Ok(_), None) => Ended::Reached,
+            (Err(e), _) if e.downcast_ref::<Divergence>().is_some() => Ended::Diverged(format!("{e:#}")),
+            (Err(e), _) => Ended::Failed(format!("{e:#}")),
         }
     }
 

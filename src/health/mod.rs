@@ -50,6 +50,10 @@ pub struct HealthReport {
     pub cycle_trend: f64,
     pub identity_ema: f64,
     pub identity_trend: f64,
+    /// A generator's outputs have been near-identical long enough to warn of mode collapse (a
+    /// sweep stops such a trial).
+    #[serde(default)]
+    pub mode_collapse: bool,
     pub warnings: Vec<String>,
 }
 
@@ -150,6 +154,7 @@ impl HealthRules {
             cycle_trend,
             identity_ema,
             identity_trend,
+            mode_collapse: self.collapse_ab.max(self.collapse_ba) >= COLLAPSE_CHECKS,
             warnings,
         }
     }
@@ -242,10 +247,14 @@ mod tests {
         assert!(ratio < 1e-6);
         let mut rules = HealthRules::new(100, 500);
         let mut fired = vec![];
+        let mut flagged = vec![];
         for k in 1..=5 {
             let m = if k == 1 { healthy() } else { HealthMetrics { diversity_ab: ratio, ..healthy() } };
-            fired.push(rules.update(k * 100, m, &Losses::default()).warnings);
+            let report = rules.update(k * 100, m, &Losses::default());
+            flagged.push(report.mode_collapse);
+            fired.push(report.warnings);
         }
+        assert_eq!(flagged, [false, false, false, true, true]);
         assert!(fired[..3].iter().all(|w| w.is_empty()), "{fired:?}");
         assert!(fired[3][0].contains("G_AB") && fired[3][0].contains("mode collapse"), "{fired:?}");
     }
