@@ -277,36 +277,31 @@ mod tests {
         (d.iter().map(|&v| v as f64).sum::<f64>() / d.len() as f64, d.into_iter().max().unwrap_or(0))
     }
 
-    #[test]
-    fn forced_small_tiles_agree_with_the_whole_image() {
+    /// Translates a synthetic `w`×`h` image with a random generator `kind` whole and in tiles of
+    /// `tile`, and checks they agree within a level on average and 4 at most.
+    fn assert_tiles_agree(kind: GeneratorKind, w: u32, h: u32, tile: usize) {
         let device = Device::Cpu;
         let varmap = candle_nn::VarMap::new();
         let vb = candle_nn::VarBuilder::from_varmap(&varmap, candle_core::DType::F32, &device);
-        let cfg = GeneratorConfig { kind: GeneratorKind::Resnet { blocks: 2 }, in_channels: 3, out_channels: 3, ngf: 8, output: OutputMode::Direct, antialias: false };
+        let cfg = GeneratorConfig { kind, in_channels: 3, out_channels: 3, ngf: if matches!(kind, GeneratorKind::Unet { .. }) { 4 } else { 8 }, output: OutputMode::Direct, antialias: false };
         let g = Generator::new(&cfg, vb).unwrap();
-        let img = DynamicImage::ImageRgb8(image::RgbImage::from_fn(212, 150, |x, y| {
-            image::Rgb([(x * 255 / 212) as u8, (y * 255 / 150) as u8, ((x * y) % 251) as u8])
-        }));
-        let whole = translate_image(&g, 3, 4, &device, &img, &TranslateOptions::default()).unwrap();
-        let tiled = translate_image(&g, 3, 4, &device, &img, &TranslateOptions { tile: Some(64), ..Default::default() }).unwrap();
+        let img = DynamicImage::ImageRgb8(image::RgbImage::from_fn(w, h, |x, y| image::Rgb([(x * 255 / w) as u8, (y * 255 / h) as u8, ((x * y) % 251) as u8])));
+        let multiple = kind.size_multiple();
+        let whole = translate_image(&g, 3, multiple, &device, &img, &TranslateOptions::default()).unwrap();
+        let tiled = translate_image(&g, 3, multiple, &device, &img, &TranslateOptions { tile: Some(tile), ..Default::default() }).unwrap();
         let (mean, max) = level_diff(&whole, &tiled);
-        assert!(mean <= 1.0 && max <= 4, "tiles vs whole: mean {mean:.3}, max {max} levels");
+        assert!(mean <= 1.0 && max <= 4, "{kind} tiles of {tile} vs whole: mean {mean:.3}, max {max} levels");
     }
+
+    #[test]
+    fn forced_small_tiles_agree_with_the_whole_image() {
+        assert_tiles_agree(GeneratorKind::Resnet { blocks: 2 }, 212, 150, 64);
+    }
+
     /// A U-Net sees far (unet_128: about 3 × 128 pixels), so its tiles need that much context.
     #[test]
     fn forced_small_tiles_of_a_unet_agree_with_the_whole_image() {
-        let device = Device::Cpu;
-        let varmap = candle_nn::VarMap::new();
-        let vb = candle_nn::VarBuilder::from_varmap(&varmap, candle_core::DType::F32, &device);
-        let cfg = GeneratorConfig { kind: GeneratorKind::Unet { downs: 7 }, in_channels: 3, out_channels: 3, ngf: 4, output: OutputMode::Direct, antialias: false };
-        let g = Generator::new(&cfg, vb).unwrap();
-        let img = DynamicImage::ImageRgb8(image::RgbImage::from_fn(640, 384, |x, y| {
-            image::Rgb([(x * 255 / 640) as u8, (y * 255 / 384) as u8, ((x * y) % 251) as u8])
-        }));
-        let whole = translate_image(&g, 3, 128, &device, &img, &TranslateOptions::default()).unwrap();
-        let tiled = translate_image(&g, 3, 128, &device, &img, &TranslateOptions { tile: Some(128), ..Default::default() }).unwrap();
-        let (mean, max) = level_diff(&whole, &tiled);
-        assert!(mean <= 1.0 && max <= 4, "U-Net tiles vs whole: mean {mean:.3}, max {max} levels");
+        assert_tiles_agree(GeneratorKind::Unet { downs: 7 }, 640, 384, 128);
     }
 
     #[test]
