@@ -39,6 +39,8 @@ struct Trial {
     name: String,
     settings: Vec<(String, String)>,
     args: TrainArgs,
+    /// Steps of its schedule (its rungs are fractions of it).
+    total: u64,
     run_dir: PathBuf,
 }
 
@@ -70,7 +72,7 @@ struct Sweep<'a> {
 
 impl Sweep<'_> {
     fn record_of(&self, name: &str) -> Option<TrialRecord> {
-        serde_json::from_slice(&std::fs::read(self.dir.join(name).join(sweep::TRIAL_FILE)).ok()?).ok()
+        sweep::read_trial(&self.dir.join(name))
     }
 
     fn save(&self, record: &TrialRecord) -> Result<()> {
@@ -183,7 +185,7 @@ impl Sweep<'_> {
     }
 
     /// Runs `step` for each trial, `jobs` at a time; Ok(false) when interrupted.
-    fn run_all(&self, trials: &[&Trial], stop_at: &(dyn Fn(&Trial) -> Result<Option<u64>> + Sync), jobs: usize) -> Result<bool> {
+    fn run_all(&self, trials: &[&Trial], stop_at: &(dyn Fn(&Trial) -> Option<u64> + Sync), jobs: usize) -> Result<bool> {
         let next = AtomicUsize::new(0);
         let results: Mutex<Vec<Result<bool>>> = Mutex::new(Vec::new());
         std::thread::scope(|scope| {
@@ -194,7 +196,7 @@ impl Sweep<'_> {
                     if self.stop.load(Ordering::SeqCst) {
                         break;
                     }
-                    let r = stop_at(trial).and_then(|at| self.step(trial, at));
+                    let r = self.step(trial, stop_at(trial));
                     results.lock().unwrap_or_else(|e| e.into_inner()).push(r);
                 });
             }
@@ -227,8 +229,8 @@ fn trials_of(checkpoints: &Path, a: &SweepArgs, spec: &SweepSpec, dataset: &Path
         let parsed = Cli::try_parse_from(&argv).with_context(|| format!("trial {name}: the train flags {}", argv[2..].join(" ")))?;
         let Some(Command::Train(args)) = parsed.command else { unreachable!("parsed as train") };
         // A grid point `train` would refuse (--size 96 for a unet_128) stops the sweep before it starts.
-        super::train_cmd::prepare(checkpoints, &args).with_context(|| format!("trial {name} ({})", settings_text(&settings)))?;
-        out.push(Trial { run_dir: checkpoints.join(&a.name).join(&name), name, settings, args: *args });
+        let (cfg, _) = super::train_cmd::prepare(checkpoints, &args).with_context(|| format!("trial {name} ({})", settings_text(&settings)))?;
+        out.push(Trial { run_dir: checkpoints.join(&a.name).join(&name), name, settings, args: *args, total: cfg.schedule.total_steps() });
     }
     Ok(out)
 }
@@ -313,10 +315,6 @@ pub fn run(checkpoints: &Path, a: SweepArgs) -> Result<()> {
         println!("stopped; the running trials saved their checkpoints. Run the same sweep command to continue");
         Ok(())
     };
-    let total_of = |t: &Trial| -> Result<u64> {
-        let (cfg, _) = super::train_cmd::prepare(checkpoints, &t.args)?;
-        Ok(cfg.schedule.total_steps())
-    };
 
     // Trials still in the running: a collapsed or diverged trial is out; a failed one is retried.
     let mut alive: Vec<&Trial> = trials.iter().filter(|t| sweep.record_of(&t.name).is_none_or(|r| !matches!(r.status, TrialStatus::Collapsed | TrialStatus::Diverged))).collect();
@@ -324,7 +322,7 @@ pub fn run(checkpoints: &Path, a: SweepArgs) -> Result<()> {
         let rung = k + 1;
         // Trials scored at this rung already (an earlier, interrupted invocation) are not retrained.
         let todo: Vec<&Trial> = alive.iter().copied().filter(|t| sweep.record_of(&t.name).is_none_or(|r| r.rung_scores.len() < rung)).collect();
-        let at = |t: &Trial| -> Result<Option<u64>> { Ok(sweep::rung_steps(&[*fraction], total_of(t)?).first().copied()) };
+        let at = |t: &Trial| sweep::rung_steps(&[*fraction], t.total).first().copied();
         if !todo.is_empty() {
             eprintln!("rung {rung}: training {} trial(s) to {fraction} of their iterations", todo.len());
         }
@@ -344,7 +342,7 @@ pub fn run(checkpoints: &Path, a: SweepArgs) -> Result<()> {
         alive.retain(|t| kept.contains(&t.name));
     }
     let todo: Vec<&Trial> = alive.into_iter().filter(|t| sweep.record_of(&t.name).is_none_or(|r| r.status != TrialStatus::Finished)).collect();
-    if !sweep.run_all(&todo, &|_| Ok(None), a.jobs)? {
+    if !sweep.run_all(&todo, &|_| None, a.jobs)? {
         return interrupted();
     }
     let records = sweep::read_trials(&sweep_dir);

@@ -11,6 +11,18 @@ mod pth_legacy;
 
 pub use metrics::{colourfulness, psnr, ssim};
 
+/// Mean colourfulness of `images` as RGB (None for no images).
+pub fn mean_colourfulness(images: &[DynamicImage]) -> Result<Option<f64>> {
+    if images.is_empty() {
+        return Ok(None);
+    }
+    let mut sum = 0.0;
+    for img in images {
+        sum += colourfulness(&Pixels::from_image(img, 3)?.0);
+    }
+    Ok(Some(sum / images.len() as f64))
+}
+
 use crate::data::image_io::has_image_extension;
 use crate::data::{decode_image, Pixels};
 use crate::translate::Translator;

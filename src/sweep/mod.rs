@@ -2,7 +2,7 @@
 //! on held-out pairs and ranked in a leaderboard (CSV, Markdown) and a TensorBoard HParams experiment.
 
 use crate::eval::fd_dinov2::Dinov2Features;
-use crate::eval::fid::{fid, kid, KidOptions};
+use crate::eval::fid::{fid, kid, Features, KidOptions};
 use crate::eval::fid_features::features_of_images;
 use crate::eval::inception::{load_fid_inception, LoadedInception};
 use crate::tensorboard::events;
@@ -249,18 +249,46 @@ pub fn halve(trials: Vec<TrialRecord>, rung: usize, metric: Metric) -> (Vec<Tria
     (sorted, rest)
 }
 
+/// The held-out B images' features for each network: (Inception, DINOv2).
+type ReferenceFeatures = (Option<Features>, Option<Features>);
+
 /// The feature networks for the set distances (loaded once per sweep).
 #[derive(Default)]
 pub struct DistanceModels {
     pub inception: Option<LoadedInception>,
     pub dinov2: Option<Dinov2Features>,
+    /// The held-out B images' (Inception, DINOv2) features per short side: the same for every
+    /// trial scored at that size, so computed once.
+    references: std::sync::Mutex<std::collections::HashMap<u32, ReferenceFeatures>>,
 }
 
 impl DistanceModels {
     pub fn load(spec: &SweepSpec) -> Result<Self> {
         let inception = spec.fid_weights.as_deref().map(|w| load_fid_inception(w, spec.fid_weights_unchecked)).transpose()?;
         let dinov2 = spec.dinov2_weights.as_deref().map(|w| Dinov2Features::load(w, &candle_core::Device::Cpu)).transpose()?;
-        Ok(Self { inception, dinov2 })
+        Ok(Self { inception, dinov2, references: Default::default() })
+    }
+
+    fn any(&self) -> bool {
+        self.inception.is_some() || self.dinov2.is_some()
+    }
+
+    /// The features of the images of `held_b` resized to `short` on their short side.
+    fn references(&self, held_b: &Path, short: u32) -> Result<ReferenceFeatures> {
+        let mut cache = self.references.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(f) = cache.get(&short) {
+            return Ok(f.clone());
+        }
+        let mut real = Vec::new();
+        for path in crate::eval::images_under(held_b)? {
+            // Unreadable files were skipped by `evaluate` too.
+            if let Ok(img) = crate::data::decode_image(&path) {
+                real.push(crate::eval::resize_short(&img, short));
+            }
+        }
+        let inception = self.inception.as_ref().map(|m| features_of_images(m, &real)).transpose()?;
+        let dinov2 = self.dinov2.as_ref().map(|m| m.features_of_images(&real)).transpose()?;
+        Ok(cache.entry(short).or_insert((inception, dinov2)).clone())
     }
 }
 
@@ -272,7 +300,7 @@ pub fn score_run(run_dir: &Path, held_a: &Path, held_b: &Path, short: Option<u32
     let cfg = TrainConfig::load(run_dir)?;
     let tr = crate::translate::Translator::load(run_dir, device)?;
     let short = short.unwrap_or(cfg.size as u32);
-    let distances = models.inception.is_some() || models.dinov2.is_some();
+    let distances = models.any();
     let (mut scores, mut images) = match crate::eval::evaluate(&tr, &cfg.domain_b.name, held_a, held_b, short) {
         Ok(r) => (BTreeMap::from([("psnr".to_string(), r.psnr), ("ssim".to_string(), r.ssim), ("colourfulness".to_string(), r.colourfulness)]), r.images),
         // Held-out images without true pairs: the distances alone score them.
@@ -285,29 +313,18 @@ pub fn score_run(run_dir: &Path, held_a: &Path, held_b: &Path, short: Option<u32
     let (translations, _) = crate::eval::translate_folder(&tr, &cfg.domain_b.name, held_a, short, &mut |_, _| {})?;
     if images == 0 {
         images = translations.len();
-        if cfg.domain_b.channels == 3 && images > 0 {
-            let mut sum = 0.0;
-            for img in &translations {
-                sum += crate::eval::colourfulness(&crate::data::Pixels::from_image(img, 3)?.0);
-            }
-            scores.insert("colourfulness".to_string(), sum / images as f64);
+        if let Some(c) = crate::eval::mean_colourfulness(&translations)?.filter(|_| cfg.domain_b.channels == 3) {
+            scores.insert("colourfulness".to_string(), c);
         }
     }
-    let mut real = Vec::new();
-    for path in crate::eval::images_under(held_b)? {
-        // Unreadable files were skipped by `evaluate` too.
-        if let Ok(img) = crate::data::decode_image(&path) {
-            real.push(crate::eval::resize_short(&img, short));
-        }
+    let (inception_truth, dinov2_truth) = models.references(held_b, short)?;
+    if let (Some(model), Some(truth)) = (&models.inception, &inception_truth) {
+        let fake = features_of_images(model, &translations)?;
+        scores.insert(KID.to_string(), kid(&fake, truth, &KidOptions::default())?.mean);
+        scores.insert(FID.to_string(), fid(&fake, truth)?);
     }
-    if let Some(model) = &models.inception {
-        let (fake, truth) = (features_of_images(model, &translations)?, features_of_images(model, &real)?);
-        scores.insert(KID.to_string(), kid(&fake, &truth, &KidOptions::default())?.mean);
-        scores.insert(FID.to_string(), fid(&fake, &truth)?);
-    }
-    if let Some(model) = &models.dinov2 {
-        let fd = crate::eval::fd_dinov2::fd_dinov2(&model.features_of_images(&translations)?, &model.features_of_images(&real)?)?;
-        scores.insert(FD_DINOV2.to_string(), fd);
+    if let (Some(model), Some(truth)) = (&models.dinov2, &dinov2_truth) {
+        scores.insert(FD_DINOV2.to_string(), crate::eval::fd_dinov2::fd_dinov2(&model.features_of_images(&translations)?, truth)?);
     }
     Ok((scores, images))
 }
@@ -324,14 +341,14 @@ pub fn record_trial(record: &TrialRecord, run_dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The record of the trial whose run is `run_dir`, if it has been scored.
+pub fn read_trial(run_dir: &Path) -> Option<TrialRecord> {
+    serde_json::from_slice(&std::fs::read(run_dir.join(TRIAL_FILE)).ok()?).ok()
+}
+
 /// The scored trials in a sweep's folder, in trial order.
 pub fn read_trials(sweep_dir: &Path) -> Vec<TrialRecord> {
-    let mut out: Vec<TrialRecord> = std::fs::read_dir(sweep_dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| serde_json::from_slice(&std::fs::read(e.path().join(TRIAL_FILE)).ok()?).ok())
-        .collect();
+    let mut out: Vec<TrialRecord> = std::fs::read_dir(sweep_dir).into_iter().flatten().flatten().filter_map(|e| read_trial(&e.path())).collect();
     out.sort_by(|a, b| a.trial.cmp(&b.trial));
     out
 }

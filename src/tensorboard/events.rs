@@ -178,8 +178,7 @@ impl EventWriter {
         if values.is_empty() {
             return Ok(());
         }
-        let event = Event { wall_time: now_secs(), step: step as i64, file_version: None, summary: Some(Summary { value: values }) };
-        self.out.write_all(&record(&event.encode_to_vec())).with_context(|| format!("cannot write {}", self.path.display()))
+        self.out.write_all(&record(&event(step, values).encode_to_vec())).with_context(|| format!("cannot write {}", self.path.display()))
     }
 
     /// Pushes the buffered events to the file and the disk.

@@ -169,12 +169,8 @@ impl Validator {
         if self.paired {
             (s.psnr_ab, s.ssim_ab) = paired_scores(&fake_b, &self.a, &self.b, cfg.domain_b.channels)?;
         }
-        if cfg.domain_b.channels == 3 && !fake_b.is_empty() {
-            let mut sum = 0.0;
-            for img in &fake_b {
-                sum += crate::eval::colourfulness(&crate::data::Pixels::from_image(img, 3)?.0);
-            }
-            s.colourfulness_ab = Some(sum / fake_b.len() as f64);
+        if cfg.domain_b.channels == 3 {
+            s.colourfulness_ab = crate::eval::mean_colourfulness(&fake_b)?;
         }
         // A one-sided (CUT) run is judged on A→B alone; CycleGAN on the mean of both directions.
         if let Some(g_ba) = g_ba {
