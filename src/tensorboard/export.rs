@@ -21,11 +21,7 @@ fn sample_files(run_dir: &Path) -> Vec<(u64, PathBuf)> {
         .into_iter()
         .flatten()
         .flatten()
-        .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let step = name.strip_prefix("step_")?.strip_suffix(".png")?.parse().ok()?;
-            Some((step, e.path()))
-        })
+        .filter_map(|e| Some((crate::train::sample_step(&e.file_name().to_string_lossy())?, e.path())))
         .collect();
     out.sort();
     out

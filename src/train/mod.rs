@@ -19,6 +19,6 @@ pub use cut::{CutDraws, CutTrainer, CUT_NETWORKS};
 pub use method::MethodTrainer;
 pub use lock::{is_being_trained, RunLock, LOCK_FILE};
 pub use pool::ImagePool;
-pub use run::{cuda_devices, grid, open_device, read_loss_log, run_training, LOG_FILE, SAMPLES_DIR, RunControl, RunOptions, RunOutcome, StepReport, TrainEvent};
+pub use run::{cuda_devices, grid, open_device, read_loss_log, run_training, sample_path, sample_step, LOG_FILE, SAMPLES_DIR, RunControl, RunOptions, RunOutcome, StepReport, TrainEvent};
 pub use trainer::{Divergence, Losses, Trainer, NETWORKS};
 pub use validation::{ValidationConfig, ValidationScores};

@@ -22,6 +22,16 @@ use std::time::{Duration, Instant};
 pub const LOG_FILE: &str = "log.jsonl";
 pub const SAMPLES_DIR: &str = "samples";
 
+/// Where the preview grid of `step` is saved in a run's folder (`samples/step_0000100.png`).
+pub fn sample_path(run_dir: &Path, step: u64) -> PathBuf {
+    run_dir.join(SAMPLES_DIR).join(format!("step_{step:07}.png"))
+}
+
+/// The step of a preview grid's file name (see [`sample_path`]).
+pub fn sample_step(file_name: &str) -> Option<u64> {
+    file_name.strip_prefix("step_")?.strip_suffix(".png")?.parse().ok()
+}
+
 /// Flags the caller flips to steer a running training from another thread.
 #[derive(Clone, Default)]
 pub struct RunControl {
@@ -449,7 +459,7 @@ pub fn run_training(cfg: TrainConfig, opts: &RunOptions, control: &RunControl, o
             if step % cfg.sample_every.max(1) == 0 || step == total {
                 let g = trainer.preview(pa, pb)?;
                 let png = png_bytes(&g)?;
-                atomic_write(&run_dir.join(SAMPLES_DIR).join(format!("step_{step:07}.png")), &png)?;
+                atomic_write(&sample_path(run_dir, step), &png)?;
                 log.event(step, crate::tensorboard::events::image_png(crate::tensorboard::SAMPLES_TAG, png, g.width(), g.height()).map(|v| vec![v]), on_event);
                 on_event(TrainEvent::Preview { step, grid: g });
             }

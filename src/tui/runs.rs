@@ -48,7 +48,7 @@ fn is_run(dir: &Path) -> bool {
     dir.join(CONFIG_FILE).is_file() || dir.join(MODEL_FILE).is_file()
 }
 
-fn subfolders(dir: &Path) -> Vec<PathBuf> {
+pub(super) fn subfolders(dir: &Path) -> Vec<PathBuf> {
     std::fs::read_dir(dir).into_iter().flatten().flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect()
 }
 

@@ -32,10 +32,8 @@ impl SweepEntry {
 
 /// The sweeps under `checkpoints` (folders with a sweep definition), by name.
 pub fn scan_sweeps(checkpoints: &Path) -> Vec<SweepEntry> {
-    let Ok(entries) = std::fs::read_dir(checkpoints) else { return Vec::new() };
-    let mut out: Vec<SweepEntry> = entries
-        .flatten()
-        .map(|e| e.path())
+    let mut out: Vec<SweepEntry> = super::runs::subfolders(checkpoints)
+        .into_iter()
         .filter(|d| d.join(sweep::SWEEP_FILE).is_file())
         .map(|dir| {
             let spec = SweepSpec::load(&dir).map_err(|e| format!("{e:#}"));
