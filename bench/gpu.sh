@@ -26,7 +26,7 @@ if [ "${1:-}" = "--prepare" ]; then
     # shellcheck source=/dev/null
     . target-cuda/cuda-env.sh
     # The GPU tests' executable: cargo names it with a hash, so ask cargo which one it is.
-    tests=$(cargo test --release --features cuda --locked --test gpu --no-run --message-format=json 2>/dev/null \
+    tests=$(cuda_cargo test --release --features cuda --test gpu --no-run --message-format=json 2>/dev/null \
         | python3 -c 'import json,sys
 for l in sys.stdin:
     m = json.loads(l)
@@ -66,7 +66,7 @@ for name in cyclestudio gpu-tests; do
     chmod +x "$BIN_DIR/$name"
 done
 
-# The CUDA libraries the binaries link against (libcublas, libcublasLt, libcurand, libcudart:
+# The CUDA libraries the binaries open at their first CUDA call (libcublas, libcublasLt, libcurand:
 # PyTorch's pip packages, nvidia/cu13/lib) and the driver's libcuda.so.1.
 LIBDIRS=$("$PY" - <<'EOF'
 import os, site, sys
@@ -85,9 +85,12 @@ if ! ldconfig -p 2>/dev/null | grep -q 'libcuda\.so\.1 '; then
     done
 fi
 export LD_LIBRARY_PATH="${LIBDIRS}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-missing=$(ldd "$BIN_DIR/cyclestudio" | grep 'not found')
+missing=$("$PY" -c 'import ctypes, sys
+for n in sys.argv[1:]:
+    try: ctypes.CDLL(n)
+    except OSError as e: print(e)' libcuda.so.1 libcublas.so.13 libcublasLt.so.13 libcurand.so.10)
 if [ -n "$missing" ]; then
-    echo "gpu.sh: shared libraries not found (LD_LIBRARY_PATH=$LD_LIBRARY_PATH):" >&2
+    echo "gpu.sh: CUDA libraries not found (LD_LIBRARY_PATH=$LD_LIBRARY_PATH):" >&2
     echo "$missing" >&2
     exit 127
 fi

@@ -90,6 +90,9 @@ pub fn open_device(name: &str) -> Result<Device> {
         if !candle_core::utils::cuda_is_available() {
             bail!("device {name}: this cyclestudio was built without CUDA (rebuild with --features cuda)");
         }
+        if let Err(why) = cuda_libraries() {
+            bail!("device {name}: {why}");
+        }
         return Device::new_cuda(ordinal).with_context(|| format!("cannot open {name}"));
     }
     bail!("unknown device '{name}': use cpu or cuda:N")
@@ -102,6 +105,7 @@ pub fn cuda_devices() -> std::result::Result<Vec<(String, String)>, String> {
     #[cfg(feature = "cuda")]
     {
         use candle_core::cuda_backend::cudarc::driver::result;
+        cuda_libraries()?;
         let list = || -> std::result::Result<Vec<(String, String)>, result::DriverError> {
             result::init()?;
             (0..result::device::get_count()?)
@@ -116,6 +120,40 @@ pub fn cuda_devices() -> std::result::Result<Vec<(String, String)>, String> {
     }
     #[cfg(not(feature = "cuda"))]
     Err("this build has no CUDA (rebuild with --features cuda)".into())
+}
+
+/// The shared libraries a CUDA device needs, as `(what, names to try)`: the cuda build opens them
+/// at its first CUDA call (cudarc's dynamic loading, see .ci/cuda-build.sh), so the same binary
+/// starts and runs CPU work on a machine without them. The names are those cudarc tries.
+const CUDA_LIBRARIES: [(&str, &[&str]); 3] = [
+    ("the NVIDIA driver's CUDA library", &["libcuda.so.1", "libcuda.so"]),
+    ("cuBLAS", &["libcublas.so.13", "libcublas.so.12", "libcublas.so"]),
+    ("cuRAND", &["libcurand.so.10", "libcurand.so"]),
+];
+
+/// Err names the first CUDA library that cannot be opened and what to do, instead of the panic
+/// deep in cudarc that its absence would cause.
+pub fn cuda_libraries() -> std::result::Result<(), String> {
+    for (what, names) in CUDA_LIBRARIES {
+        if !names.iter().any(|n| shared_library_opens(n)) {
+            return Err(format!(
+                "{what} ({}) cannot be loaded{}. This binary runs everything on the CPU (--device cpu); \
+                 a GPU needs the NVIDIA driver and CUDA 13's cuBLAS and cuRAND (PyTorch's pip packages \
+                 carry these, in nvidia/cu13/lib) in the loader's path (LD_LIBRARY_PATH)",
+                names[0],
+                if names[0].starts_with("libcuda.") { " (is the NVIDIA driver installed?)" } else { "" }
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Whether the dynamic loader finds and opens `name` (searching as dlopen does); the handle is
+/// kept open, as cudarc will open the same library again.
+fn shared_library_opens(name: &str) -> bool {
+    let Ok(c) = std::ffi::CString::new(name) else { return false };
+    // SAFETY: dlopen with a valid C string; a CUDA library's initialisers have no preconditions.
+    !unsafe { libc::dlopen(c.as_ptr(), libc::RTLD_LAZY | libc::RTLD_GLOBAL) }.is_null()
 }
 
 /// A square preview image of a domain: short side resized to `size`, centre crop.
