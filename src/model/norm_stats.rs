@@ -33,7 +33,55 @@ impl NormStats {
 enum Mode {
     Record(NormStats),
     Replay { stats: NormStats, next: usize },
+    Measure(Measure),
 }
+
+/// One norm layer's per-channel sums over a region of one window (see [`measure`]).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RegionSums {
+    /// Σx and Σx² per channel, in f64 so sums over millions of pixels keep their precision.
+    pub sum: Vec<f64>,
+    pub sum_sq: Vec<f64>,
+    /// Pixels summed per channel.
+    pub count: usize,
+}
+
+impl RegionSums {
+    /// Adds another region's sums (the same layer, another window).
+    pub fn add(&mut self, other: &RegionSums) {
+        if self.sum.is_empty() {
+            *self = other.clone();
+            return;
+        }
+        self.sum.iter_mut().zip(&other.sum).for_each(|(a, b)| *a += b);
+        self.sum_sq.iter_mut().zip(&other.sum_sq).for_each(|(a, b)| *a += b);
+        self.count += other.count;
+    }
+
+    /// The mean and biased variance, each `[1,C,1,1]`, as [`record`] keeps them.
+    fn stats(&self, device: &candle_core::Device) -> Result<(Tensor, Tensor)> {
+        let n = self.count.max(1) as f64;
+        let mean: Vec<f32> = self.sum.iter().map(|s| (s / n) as f32).collect();
+        let var: Vec<f32> = self.sum.iter().zip(&self.sum_sq).map(|(s, q)| ((q / n) - (s / n) * (s / n)).max(0.0) as f32).collect();
+        let c = mean.len();
+        Ok((Tensor::from_vec(mean, (1, c, 1, 1), device)?, Tensor::from_vec(var, (1, c, 1, 1), device)?))
+    }
+}
+
+struct Measure {
+    /// Statistics for the norm layers before `target` (replayed).
+    stats: NormStats,
+    next: usize,
+    target: usize,
+    /// Rows and columns (y0, y1, x0, x1) of the network's input to sum over; each layer sees
+    /// them scaled by its own resolution.
+    region: (usize, usize, usize, usize),
+    input_hw: (usize, usize),
+    sums: Option<RegionSums>,
+}
+
+/// Why a measuring forward pass stops early (not a failure: [`measure`] checks its own mode).
+const MEASURED: &str = "norm statistics measured; the rest of the forward pass is not needed";
 
 thread_local! {
     static MODE: RefCell<Option<Mode>> = const { RefCell::new(None) };
@@ -79,6 +127,57 @@ pub fn replay<T>(stats: &NormStats, f: impl FnOnce() -> Result<T>) -> Result<T> 
     }
 }
 
+/// Runs `f` (a forward pass of a network with at least `target + 1` norm layers, on an input of
+/// `input_hw` pixels) with the first `target` norm layers using `stats`, and returns norm layer
+/// `target`'s input summed over `region` (y0, y1, x0, x1 of the input, scaled to that layer's
+/// resolution, which must divide it evenly). The pass stops at that layer. Summed over regions
+/// that partition an image, with windows around them wide enough for the network's view, this
+/// gives the layer's statistics over the whole image without ever holding all of it: one layer
+/// at a time, each with the exact statistics of the layers before (`exact_stats` in tiling).
+pub fn measure(stats: &NormStats, target: usize, input_hw: (usize, usize), region: (usize, usize, usize, usize), f: impl FnOnce() -> Result<Tensor>) -> Result<RegionSums> {
+    if MODE.with(|m| m.borrow().is_some()) {
+        bail!("norm statistics are already being recorded or replayed on this thread");
+    }
+    if stats.len() < target {
+        bail!("statistics for {target} norm layers needed, {} given", stats.len());
+    }
+    let stats = NormStats { layers: stats.layers[..target].to_vec() };
+    MODE.with(|m| *m.borrow_mut() = Some(Mode::Measure(Measure { stats, next: 0, target, region, input_hw, sums: None })));
+    let reset = Reset;
+    let out = f();
+    let mode = MODE.with(|m| m.borrow_mut().take());
+    drop(reset);
+    match (mode, out) {
+        (Some(Mode::Measure(Measure { sums: Some(sums), .. })), _) => Ok(sums),
+        (_, Err(e)) => Err(e),
+        (_, Ok(_)) => bail!("the network ran fewer than {} norm layers", target + 1),
+    }
+}
+
+/// Builds statistics from per-layer sums (each over a whole image), in layer order.
+pub fn from_sums(layers: &[RegionSums], device: &candle_core::Device) -> Result<NormStats> {
+    Ok(NormStats { layers: layers.iter().map(|l| l.stats(device)).collect::<Result<_>>()? })
+}
+
+/// Norm layer `m.target`'s input `xs` [1,C,h,w] summed over the region, scaled to `h`×`w`.
+fn region_sums(xs: &Tensor, m: &Measure) -> Result<RegionSums> {
+    let (b, c, h, w) = xs.dims4()?;
+    let (ih, iw) = m.input_hw;
+    let (y0, y1, x0, x1) = m.region;
+    if b != 1 || h == 0 || w == 0 || ih % h != 0 || iw % w != 0 {
+        bail!("cannot measure a [{b},{c},{h},{w}] layer of a {ih}×{iw} input");
+    }
+    let (sy, sx) = (ih / h, iw / w);
+    if [y0, y1].iter().any(|v| v % sy != 0) || [x0, x1].iter().any(|v| v % sx != 0) {
+        bail!("the region {y0}..{y1} × {x0}..{x1} does not fall on a {sy}×{sx} layer's pixels");
+    }
+    let part = xs.narrow(2, y0 / sy, (y1 - y0) / sy)?.narrow(3, x0 / sx, (x1 - x0) / sx)?;
+    let planes = part.squeeze(0)?.flatten_from(1)?.to_dtype(candle_core::DType::F32)?.to_vec2::<f32>()?;
+    let sum = planes.iter().map(|p| p.iter().map(|&v| v as f64).sum()).collect();
+    let sum_sq = planes.iter().map(|p| p.iter().map(|&v| (v as f64) * (v as f64)).sum()).collect();
+    Ok(RegionSums { sum, sum_sq, count: planes.first().map_or(0, Vec::len) })
+}
+
 /// `blur_down(act(instance_norm(xs)))` (CUT's anti-aliased down-sampling): fused into one op on
 /// the CPU unless statistics are being recorded or replayed.
 pub(crate) fn norm_act_blur_down(xs: &Tensor, act: Act) -> Result<Tensor> {
@@ -88,7 +187,13 @@ pub(crate) fn norm_act_blur_down(xs: &Tensor, act: Act) -> Result<Tensor> {
     super::antialias::blur_down(&norm_act(xs, act)?)
 }
 
-/// `act(instance_norm(xs))` for `xs` [B,C,H,W]; records or replays statistics when asked to.
+/// `act((xs - mean) / sqrt(var + eps))` with given statistics (broadcast over the batch).
+fn normalise(xs: &Tensor, mean: &Tensor, var: &Tensor, act: Act) -> Result<Tensor> {
+    let inv_std = (var + EPS)?.sqrt()?.recip()?;
+    act.compose(&xs.broadcast_sub(mean)?.broadcast_mul(&inv_std)?)
+}
+
+/// `act(instance_norm(xs))` for `xs` [B,C,H,W]; records, replays or measures statistics when asked to.
 pub(crate) fn norm_act(xs: &Tensor, act: Act) -> Result<Tensor> {
     MODE.with(|m| {
         let mut mode = m.borrow_mut();
@@ -105,8 +210,16 @@ pub(crate) fn norm_act(xs: &Tensor, act: Act) -> Result<Tensor> {
                     bail!("the network runs more norm layers than the {} recorded", stats.len())
                 };
                 *next += 1;
-                let inv_std = (var + EPS)?.sqrt()?.recip()?;
-                act.compose(&xs.broadcast_sub(mean)?.broadcast_mul(&inv_std)?)
+                normalise(xs, mean, var, act)
+            }
+            Some(Mode::Measure(m)) => {
+                if m.next == m.target {
+                    m.sums = Some(region_sums(xs, m)?);
+                    bail!("{MEASURED}");
+                }
+                let (mean, var) = &m.stats.layers[m.next];
+                m.next += 1;
+                normalise(xs, mean, var, act)
             }
         }
     })
