@@ -192,6 +192,22 @@ fn eval_reports_model_and_baseline() {
     let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(d.join("r.json")).unwrap()).unwrap();
     assert_eq!(r["images"], 3);
     assert!(r["baseline_psnr"].as_f64().unwrap() > 5.0 && r["psnr"].as_f64().unwrap().is_finite());
+
+    // `cyclestudio eval … | head`: a reader that closes the pipe before the report. The report is
+    // dropped, the JSON still written, and nothing panics (it did: "failed printing to stdout").
+    std::fs::remove_file(d.join("r.json")).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cyclestudio"))
+        .current_dir(d)
+        .args(["eval", "--model", "checkpoints/tiny", "--to", "color", "--input", "grey", "--truth", "truth", "--json", "r.json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && !said.contains("panicked"), "eval with its stdout closed: {:?}\n{said}", out.status);
+    assert!(d.join("r.json").exists(), "{said}");
 }
 
 #[test]

@@ -7,13 +7,13 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let settings = crate::bench::Settings { device: a.device.clone(), precision: a.precision, warmup: a.warmup, repeats: a.repeats, tensorboard: !a.no_tensorboard };
     if let Some(id) = a.case_in_process {
         let r = crate::bench::run_case(&id, &settings)?;
-        println!("{}", serde_json::to_string(&r)?);
+        outln!("{}", serde_json::to_string(&r)?);
         return Ok(());
     }
     let ids: Vec<String> = if a.cases.is_empty() { crate::bench::CASES.iter().map(|c| c.id.to_string()).collect() } else { a.cases };
     eprintln!("benchmarking {} on {} in {} ({} warm-up, {} timed runs each)…", ids.join(", "), a.device, a.precision, a.warmup, a.repeats);
     let results = crate::bench::run_all(&ids, &settings)?;
-    print!("{}", crate::bench::table(&results));
+    out!("{}", crate::bench::table(&results));
     if let Some(p) = a.json {
         crate::util::atomic_write(&p, serde_json::to_string_pretty(&results)?.as_bytes())?;
     }

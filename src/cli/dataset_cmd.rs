@@ -9,7 +9,7 @@ pub fn run(cmd: DatasetCommand) -> Result<()> {
     match cmd {
         DatasetCommand::Info { dir } => {
             let ds = Dataset::open(&dir, Check::Full)?;
-            print!("{}", ds.summary());
+            out!("{}", ds.summary());
             Ok(())
         }
         DatasetCommand::Create(a) => {
@@ -31,7 +31,7 @@ pub fn run(cmd: DatasetCommand) -> Result<()> {
                 }
                 _ => bail!("give --gray2color PHOTOS_DIR or --domains DIR_A DIR_B"),
             };
-            println!("{}", report.summary());
+            outln!("{}", report.summary());
             Ok(())
         }
     }

@@ -1,6 +1,23 @@
 //! The command line: clap definitions of every subcommand and the handlers that run them with
 //! progress bars. `main.rs` only parses and calls [`dispatch`].
 
+/// `println!` for reports on stdout that ignores a closed stdout (`cyclestudio eval … | head`):
+/// the rest of the report is dropped, the command's work and files are not, and nothing panics.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// `print!` that ignores a closed stdout, as [`outln!`].
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 mod bench_cmd;
 mod dataset_cmd;
 mod model_cmd;

@@ -74,7 +74,7 @@ pub fn translate(checkpoints: &Path, a: TranslateArgs) -> Result<()> {
     let img = crate::data::decode_image(&a.input)?;
     let out = tr.translate(&a.to, &img)?;
     crate::util::atomic_write(&output, &crate::data::image_io::png_bytes(&out)?)?;
-    println!("{} → {} ({}x{}, to {})", a.input.display(), output.display(), out.width(), out.height(), a.to);
+    outln!("{} → {} ({}x{}, to {})", a.input.display(), output.display(), out.width(), out.height(), a.to);
     Ok(())
 }
 
@@ -112,7 +112,7 @@ pub fn import(checkpoints: &Path, a: ImportArgs) -> Result<()> {
     let [da, db] = <[String; 2]>::try_from(a.domains).map_err(|_| anyhow::anyhow!("--domains takes two names, e.g. horse,zebra"))?;
     let req = ImportRequest { run_dir: checkpoints.join(&a.name), g_ab: a.g_ab, g_ba: a.g_ba, domains: [da, db], generator: a.generator };
     let cfg = import_model(&req)?;
-    println!(
+    outln!(
         "imported {} ({}, ngf {}, {}→{} channels) into {}",
         cfg.g_ab.kind,
         a.name,
@@ -139,7 +139,7 @@ pub fn export(a: ExportArgs) -> Result<()> {
     }
     .with_context(|| format!("exporting {}", a.model.display()))?;
     for p in written {
-        println!("wrote {}", p.display());
+        outln!("wrote {}", p.display());
     }
     Ok(())
 }
@@ -147,7 +147,7 @@ pub fn export(a: ExportArgs) -> Result<()> {
 /// `export --format onnx`: one direction to one .onnx file.
 fn export_onnx(a: ExportArgs) -> Result<()> {
     let e = crate::interop::onnx::export_onnx(&a.model, a.to.as_deref(), a.half, a.output.as_deref()).with_context(|| format!("exporting {} to ONNX", a.model.display()))?;
-    println!(
+    outln!(
         "wrote {} ({} bytes): {} → {}, {} channel(s) in, {} out, image sides multiples of {}",
         e.path.display(),
         e.bytes,
@@ -181,7 +181,7 @@ pub fn eval(checkpoints: &Path, a: EvalArgs) -> Result<()> {
         for (p, why) in &report.skipped {
             eprintln!("skipped {}: {why}", p.display());
         }
-        print!("{}", report.table());
+        out!("{}", report.table());
         json.insert("psnr_ssim".into(), serde_json::to_value(&report)?);
     }
     if let (Some(weights), Some(reference)) = (&a.fid.fid_weights, &a.reference) {
@@ -227,13 +227,13 @@ pub fn eval(checkpoints: &Path, a: EvalArgs) -> Result<()> {
         if report.reference_cached > 0 {
             eprintln!("{} of {} reference features read from the cache", report.reference_cached, report.reference_images);
         }
-        print!("{}", report.table());
+        out!("{}", report.table());
         json.insert("fid_kid".into(), serde_json::to_value(&report)?);
     }
     if let Some(path) = a.json {
         let value = if json.len() == 1 { json.into_iter().next().map(|(_, v)| v).unwrap_or_default() } else { serde_json::Value::Object(json) };
         crate::util::atomic_write(&path, serde_json::to_string_pretty(&value)?.as_bytes())?;
-        println!("\nfull report: {}", path.display());
+        outln!("\nfull report: {}", path.display());
     }
     Ok(())
 }
@@ -251,10 +251,10 @@ pub fn score(checkpoints: &Path, a: ScoreArgs) -> Result<()> {
         csv.push_str(&format!("{},\"{}\",{:.6}\n", i + 1, name, s.score));
     }
     crate::util::atomic_write(&a.csv, csv.as_bytes())?;
-    println!("{} images scored; the {} most anomalous (cycle error, 0-1 pixel units):", scores.len(), a.top.min(scores.len()));
+    outln!("{} images scored; the {} most anomalous (cycle error, 0-1 pixel units):", scores.len(), a.top.min(scores.len()));
     for (i, s) in scores.iter().take(a.top).enumerate() {
-        println!("{:>4}. {:.4}  {}", i + 1, s.score, s.file.display());
+        outln!("{:>4}. {:.4}  {}", i + 1, s.score, s.file.display());
     }
-    println!("all scores: {}", a.csv.display());
+    outln!("all scores: {}", a.csv.display());
     Ok(())
 }

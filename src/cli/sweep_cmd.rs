@@ -22,7 +22,7 @@ fn print_best(sweep_dir: &Path, spec: &SweepSpec, trials: Vec<TrialRecord>) {
     let metric = spec.metric.as_str();
     if let Some(best) = sweep::ranked(trials, spec.metric).first() {
         let score = best.scores.get(metric).copied().unwrap_or(f64::NAN);
-        println!(
+        outln!(
             "best by {metric}: {} ({}, {} at step {}) with {score:.4}; translate with --model {}",
             best.trial,
             settings_text(&best.settings),
@@ -31,7 +31,7 @@ fn print_best(sweep_dir: &Path, spec: &SweepSpec, trials: Vec<TrialRecord>) {
             best.run.display()
         );
     }
-    println!("leaderboard: {}", sweep_dir.join(sweep::LEADERBOARD_MD).display());
+    outln!("leaderboard: {}", sweep_dir.join(sweep::LEADERBOARD_MD).display());
 }
 
 /// One trial of the grid, as `train` would run it.
@@ -284,7 +284,7 @@ pub fn run(checkpoints: &Path, a: SweepArgs) -> Result<()> {
         let trials = sweep::read_trials(&sweep_dir);
         sweep::write_leaderboard(&sweep_dir, &spec, &trials)?;
         sweep::write_experiment(&sweep_dir, &spec)?;
-        println!("{} of {} trials scored", trials.len(), spec.grid().len());
+        outln!("{} of {} trials scored", trials.len(), spec.grid().len());
         print_best(&sweep_dir, &spec, trials);
         return Ok(());
     }
@@ -312,7 +312,7 @@ pub fn run(checkpoints: &Path, a: SweepArgs) -> Result<()> {
     super::stop_on_interrupt(stop.clone(), "finishing the running trials' steps and saving their checkpoints…", "exiting without saving (the last checkpoints are intact)");
     let sweep = Sweep { checkpoints, dir: sweep_dir.clone(), spec: spec.clone(), held_a, held_b, models, stop, bars: MultiProgress::new(), records: Mutex::new(()) };
     let interrupted = || {
-        println!("stopped; the running trials saved their checkpoints. Run the same sweep command to continue");
+        outln!("stopped; the running trials saved their checkpoints. Run the same sweep command to continue");
         Ok(())
     };
 

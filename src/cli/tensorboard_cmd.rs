@@ -29,7 +29,7 @@ pub fn export(checkpoints: &Path, args: TensorboardExportArgs) -> Result<()> {
     for run in &runs {
         let mut warnings = Vec::new();
         match crate::tensorboard::export_run(run, &mut warnings) {
-            Ok(done) => println!("{}: {} logged steps, {} sample grids → {}", run.display(), done.scalar_steps, done.images, done.file.display()),
+            Ok(done) => outln!("{}: {} logged steps, {} sample grids → {}", run.display(), done.scalar_steps, done.images, done.file.display()),
             Err(e) => {
                 eprintln!("{}: {e:#}", run.display());
                 failed += 1;
@@ -42,7 +42,7 @@ pub fn export(checkpoints: &Path, args: TensorboardExportArgs) -> Result<()> {
     if failed > 0 {
         bail!("{failed} of {} run(s) could not be exported", runs.len());
     }
-    println!("View them with: tensorboard --logdir {}", common_parent(&runs).display());
+    outln!("View them with: tensorboard --logdir {}", common_parent(&runs).display());
     Ok(())
 }
 
