@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # CI step: compile the `cuda` feature (binary and every test executable) without a GPU, so a compile
 # error in GPU-only code fails CI, then checks that the binary starts and translates on the CPU of a
-# machine without the NVIDIA driver. Installs NVIDIA's compiler from PyPI (pinned); builds into its own
-# target folder (target-cuda) so the CPU build is untouched. Measured from an empty target-cuda on 2 shared cores: 32 min (build 27 min,
-# mostly nvcc on candle's kernels; test executables 5 min); about 20 s once built.
+# machine without the NVIDIA driver. Installs NVIDIA's compiler from PyPI (pinned); builds into its
+# own target folder (target-cuda) so the CPU build is untouched. Measured from an empty target-cuda
+# on 2 shared cores: 32 min (build 27 min, mostly nvcc on candle's kernels; test executables 5 min);
+# about 50 s once built, the checks included.
 # Env: CUDA_VENV (default /opt/cuda-venv), CUDA_LINK (default /opt/cudalink), CUDA_TARGET (target-cuda),
 #      CUDA_BUILD_SKIP=1 to skip the step (prints why).
 set -euo pipefail

@@ -1,7 +1,8 @@
-//! Instance-norm statistics taken from one forward pass and reused by others: tiled translation
-//! normalises every tile with statistics of the whole image, so tiles agree with each other.
+//! Instance-norm statistics taken from one forward pass (or measured over parts of an image, one
+//! layer at a time) and reused by others: tiled translation normalises every tile with statistics
+//! of the whole image, so tiles agree with each other.
 //!
-//! The statistics are collected and replayed per thread, in the order the network's norm layers
+//! The statistics are collected, measured and replayed per thread, in the order the network's norm layers
 //! run (the same for every input), so the networks' `forward` stays exactly the training one and
 //! needs no extra argument.
 
