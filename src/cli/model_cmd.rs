@@ -2,7 +2,7 @@
 
 use super::{ColourArgs, ConvertArgs, EvalArgs, ExportArgs, ExportFormat, ImportArgs, LayoutArgs, ScoreArgs, TranslateArgs};
 use crate::interop::{export_torch_keys, import as import_model, ImportRequest};
-use crate::translate::{convert_folder, default_output_path, ConvertOptions, ModelSource, TranslateOptions, Translator};
+use crate::translate::{convert_folder, default_output_path, ConvertOptions, ModelSource, TileProgress, TranslateOptions, Translator};
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
@@ -59,7 +59,7 @@ fn translate_options(layout: LayoutArgs) -> TranslateOptions {
 
 pub fn translate(checkpoints: &Path, a: TranslateArgs) -> Result<()> {
     let model = resolve_model(checkpoints, a.model, Some(&a.to));
-    let tr = load_translator_generation(&model, &a.device, a.layout, a.colour, &a.generation)?;
+    let mut tr = load_translator_generation(&model, &a.device, a.layout, a.colour, &a.generation)?;
     // An unknown domain is reported before anything else is checked.
     tr.generator_to(&a.to)?;
     let output = a.output.unwrap_or_else(|| default_output_path(&a.input, &a.to));
@@ -72,7 +72,17 @@ pub fn translate(checkpoints: &Path, a: TranslateArgs) -> Result<()> {
         bail!("{} already exists; add --overwrite to replace it", output.display());
     }
     let img = crate::data::decode_image(&a.input)?;
+    // Shown only if the image goes through tiles, where a large one takes minutes.
+    let bar = ProgressBar::new(0);
+    bar.set_style(ProgressStyle::with_template("{msg:>10} {bar:30.cyan/blue} {pos}/{len} [{elapsed_precise}<{eta_precise}]").expect("valid template").progress_chars("=> "));
+    let shown = bar.clone();
+    tr.options.progress = Some(TileProgress(std::sync::Arc::new(move |stage, done, total| {
+        shown.set_message(stage);
+        shown.set_length(total);
+        shown.set_position(done);
+    })));
     let out = tr.translate(&a.to, &img)?;
+    bar.finish_and_clear();
     crate::util::atomic_write(&output, &crate::data::image_io::png_bytes(&out)?)?;
     outln!("{} → {} ({}x{}, to {})", a.input.display(), output.display(), out.width(), out.height(), a.to);
     Ok(())

@@ -7,7 +7,7 @@ mod tiling;
 
 pub use convert::{convert_folder, ConvertOptions, ConvertSummary, Shard};
 pub use model::{default_model_dir, ModelSource, Translator};
-pub use tiling::{translate_batch, translate_image, TranslateOptions, DEFAULT_MARGIN};
+pub use tiling::{translate_batch, translate_image, TileProgress, TranslateOptions, DEFAULT_MARGIN};
 
 use std::path::{Path, PathBuf};
 

@@ -21,6 +21,27 @@ pub struct TranslateOptions {
     pub margin: usize,
     /// What the generator's convolutions multiply in (`--precision`).
     pub precision: crate::ops::Precision,
+    /// Told how a tiled translation advances (a large image can take minutes).
+    pub progress: Option<TileProgress>,
+}
+
+/// Called as a tiled translation advances with (stage, done, total): "statistics" (one partial
+/// pass per norm layer over each block, for images beyond one statistics window), then "tiles".
+#[derive(Clone)]
+pub struct TileProgress(pub std::sync::Arc<dyn Fn(&'static str, u64, u64) + Send + Sync>);
+
+impl std::fmt::Debug for TileProgress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TileProgress")
+    }
+}
+
+impl TranslateOptions {
+    fn report(&self, stage: &'static str, done: usize, total: usize) {
+        if let Some(p) = &self.progress {
+            (p.0)(stage, done as u64, total as u64);
+        }
+    }
 }
 
 /// The default `--margin`, chosen by measurement (bench/RESULTS.md, "Translation at the edges").
@@ -28,7 +49,7 @@ pub const DEFAULT_MARGIN: usize = 0;
 
 impl Default for TranslateOptions {
     fn default() -> Self {
-        Self { tile: None, max_pixels: 1536 * 1536, margin: DEFAULT_MARGIN, precision: crate::ops::Precision::Fp32 }
+        Self { tile: None, max_pixels: 1536 * 1536, margin: DEFAULT_MARGIN, precision: crate::ops::Precision::Fp32, progress: None }
     }
 }
 
@@ -195,46 +216,48 @@ fn translate_tiled(g: &Generator, multiple: usize, device: &Device, src: &Pixels
         let whole = padded.window((0, 0, padded.width, padded.height)).to_tensor(device)?.unsqueeze(0)?; // [1,C,H,W]
         norm_stats::record(|| g.forward(&whole).map(drop))?.1
     } else {
-        exact_stats(g, multiple, device, &padded, core, context)?
+        exact_stats(g, multiple, device, &padded, core, context, opts)?
     };
 
     let overlap = (t / 16).max(8);
     let mut acc: Option<Vec<f32>> = None;
     let mut weight = vec![0f32; w * h];
     let mut cout = 0;
-    for &y0 in &tile_starts(h, t, overlap) {
-        for &x0 in &tile_starts(w, t, overlap) {
-            let (tw, th) = (t.min(w), t.min(h));
-            // The core (x0, y0, tw, th) in source coordinates sits at (left + x0, top + y0) in
-            // the padded image; its window is aligned to the network's multiple.
-            let (cx, cy) = (padded.left + x0, padded.top + y0);
-            let (wx, ww) = window_1d(cx, tw, padded.width, context, multiple);
-            let (wy, wh) = window_1d(cy, th, padded.height, context, multiple);
-            let input = padded.window((wx, wy, ww, wh)).to_tensor(device)?.unsqueeze(0)?;
-            let out = norm_stats::replay(&stats, || g.forward(&input))?; // [1,Cout,wh,ww]
-            let out = Pixels::from_tensor(&out.narrow(2, cy - wy, th)?.narrow(3, cx - wx, tw)?)?;
-            cout = out.channels;
-            let acc = acc.get_or_insert_with(|| vec![0f32; cout * w * h]);
-            // Linear ramps over the overlap, flat at the image border.
-            let ramp = |i: usize, n: usize, at_start: bool, at_end: bool| -> f32 {
-                let r = (overlap + 1) as f32;
-                let a = if at_start { 1.0 } else { ((i + 1) as f32 / r).min(1.0) };
-                let b = if at_end { 1.0 } else { ((n - i) as f32 / r).min(1.0) };
-                a.min(b)
-            };
-            for y in 0..th {
-                let wy = ramp(y, th, y0 == 0, y0 + th == h);
-                for x in 0..tw {
-                    let wt = wy * ramp(x, tw, x0 == 0, x0 + tw == w);
-                    let (gx, gy) = (x0 + x, y0 + y);
-                    weight[gy * w + gx] += wt;
-                    for c in 0..cout {
-                        acc[c * w * h + gy * w + gx] += wt * out.data[c * tw * th + y * tw + x];
-                    }
+    let (rows, cols) = (tile_starts(h, t, overlap), tile_starts(w, t, overlap));
+    let tiles = rows.len() * cols.len();
+    for (i, (&y0, &x0)) in rows.iter().flat_map(|y| cols.iter().map(move |x| (y, x))).enumerate() {
+        opts.report("tiles", i, tiles);
+        let (tw, th) = (t.min(w), t.min(h));
+        // The core (x0, y0, tw, th) in source coordinates sits at (left + x0, top + y0) in
+        // the padded image; its window is aligned to the network's multiple.
+        let (cx, cy) = (padded.left + x0, padded.top + y0);
+        let (wx, ww) = window_1d(cx, tw, padded.width, context, multiple);
+        let (wy, wh) = window_1d(cy, th, padded.height, context, multiple);
+        let input = padded.window((wx, wy, ww, wh)).to_tensor(device)?.unsqueeze(0)?;
+        let out = norm_stats::replay(&stats, || g.forward(&input))?; // [1,Cout,wh,ww]
+        let out = Pixels::from_tensor(&out.narrow(2, cy - wy, th)?.narrow(3, cx - wx, tw)?)?;
+        cout = out.channels;
+        let acc = acc.get_or_insert_with(|| vec![0f32; cout * w * h]);
+        // Linear ramps over the overlap, flat at the image border.
+        let ramp = |i: usize, n: usize, at_start: bool, at_end: bool| -> f32 {
+            let r = (overlap + 1) as f32;
+            let a = if at_start { 1.0 } else { ((i + 1) as f32 / r).min(1.0) };
+            let b = if at_end { 1.0 } else { ((n - i) as f32 / r).min(1.0) };
+            a.min(b)
+        };
+        for y in 0..th {
+            let wy = ramp(y, th, y0 == 0, y0 + th == h);
+            for x in 0..tw {
+                let wt = wy * ramp(x, tw, x0 == 0, x0 + tw == w);
+                let (gx, gy) = (x0 + x, y0 + y);
+                weight[gy * w + gx] += wt;
+                for c in 0..cout {
+                    acc[c * w * h + gy * w + gx] += wt * out.data[c * tw * th + y * tw + x];
                 }
             }
         }
     }
+    opts.report("tiles", tiles, tiles);
     let mut data = acc.unwrap_or_default();
     for c in 0..cout {
         for i in 0..w * h {
@@ -258,7 +281,7 @@ fn stats_in_one_pass(padded: &Padded, t: usize, multiple: usize) -> bool {
 /// statistics of the layers before it. Costs one partial forward pass per norm layer; statistics
 /// from a reduced copy of the image instead put the built-in model's tiles 8–24 levels off the
 /// whole image (bench/RESULTS.md, "Translation at the edges").
-fn exact_stats(g: &Generator, multiple: usize, device: &Device, padded: &Padded, core: usize, context: usize) -> Result<NormStats> {
+fn exact_stats(g: &Generator, multiple: usize, device: &Device, padded: &Padded, core: usize, context: usize, opts: &TranslateOptions) -> Result<NormStats> {
     let probe = round_up(multiple.max(8), multiple);
     let probe = padded.window((0, 0, probe, probe)).to_tensor(device)?.unsqueeze(0)?;
     let layers = norm_stats::record(|| g.forward(&probe).map(drop))?.1.len();
@@ -275,7 +298,8 @@ fn exact_stats(g: &Generator, multiple: usize, device: &Device, padded: &Padded,
     for layer in 0..layers {
         let known = norm_stats::from_sums(&sums, device)?;
         let mut total = RegionSums::default();
-        for &((wx, wy, ww, wh), region) in &windows {
+        for (i, &((wx, wy, ww, wh), region)) in windows.iter().enumerate() {
+            opts.report("statistics", layer * windows.len() + i, layers * windows.len());
             let input = padded.window((wx, wy, ww, wh)).to_tensor(device)?.unsqueeze(0)?; // [1,C,wh,ww]
             total.add(&norm_stats::measure(&known, layer, (wh, ww), region, || g.forward(&input))?);
         }
@@ -298,7 +322,7 @@ mod tests {
 
     /// Translates a synthetic `w`×`h` image with a random generator `kind` whole and in tiles of
     /// `tile`, and checks they agree within a level on average and 4 at most.
-    fn assert_tiles_agree(kind: GeneratorKind, w: u32, h: u32, tile: usize) -> f64 {
+    fn assert_tiles_agree(kind: GeneratorKind, w: u32, h: u32, tile: usize) -> (f64, Vec<(&'static str, u64, u64)>) {
         let device = Device::Cpu;
         let varmap = candle_nn::VarMap::new();
         let vb = candle_nn::VarBuilder::from_varmap(&varmap, candle_core::DType::F32, &device);
@@ -307,10 +331,14 @@ mod tests {
         let img = DynamicImage::ImageRgb8(image::RgbImage::from_fn(w, h, |x, y| image::Rgb([(x * 255 / w) as u8, (y * 255 / h) as u8, ((x * y) % 251) as u8])));
         let multiple = kind.size_multiple();
         let whole = translate_image(&g, 3, multiple, &device, &img, &TranslateOptions::default()).unwrap();
-        let tiled = translate_image(&g, 3, multiple, &device, &img, &TranslateOptions { tile: Some(tile), ..Default::default() }).unwrap();
+        let reports = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = reports.clone();
+        let progress = Some(TileProgress(std::sync::Arc::new(move |stage, done, total| log.lock().unwrap().push((stage, done, total)))));
+        let tiled = translate_image(&g, 3, multiple, &device, &img, &TranslateOptions { tile: Some(tile), progress, ..Default::default() }).unwrap();
         let (mean, max) = level_diff(&whole, &tiled);
         assert!(mean <= 1.0 && max <= 4, "{kind} tiles of {tile} vs whole: mean {mean:.3}, max {max} levels");
-        mean
+        let reports = reports.lock().unwrap().clone();
+        (mean, reports)
     }
 
     /// Whether tiles of `tile` on a `w`×`h` image take their statistics layer by layer.
@@ -329,8 +357,15 @@ mod tests {
     fn tiles_of_images_beyond_one_statistics_window_agree_with_the_whole_image() {
         let (kind, w, h) = (GeneratorKind::Resnet { blocks: 1 }, 1300, 1100);
         assert!(streamed_stats(kind, w, h, 256));
-        let mean = assert_tiles_agree(kind, w as u32, h as u32, 256);
+        let (mean, reports) = assert_tiles_agree(kind, w as u32, h as u32, 256);
         assert!(mean < 0.05, "mean {mean}");
+        // Progress: the statistics passes (2 blocks × the norm layers), then the tiles, each
+        // counted up from 0 to its total, which is reported last.
+        let stats: Vec<_> = reports.iter().filter(|r| r.0 == "statistics").collect();
+        let tiles: Vec<_> = reports.iter().filter(|r| r.0 == "tiles").collect();
+        assert!(stats.len() >= 2 && stats.iter().enumerate().all(|(i, r)| r.1 == i as u64 && r.2 == stats.len() as u64), "{reports:?}");
+        assert!(tiles.iter().enumerate().all(|(i, r)| r.1 == i as u64 && r.2 == tiles.len() as u64 - 1), "{reports:?}");
+        assert_eq!(reports.iter().position(|r| r.0 == "tiles"), Some(stats.len()), "{reports:?}");
     }
 
     #[test]
