@@ -286,6 +286,32 @@ fn translate_screen_lists_checkpoints_and_translates_a_test_image() {
     assert_shows(&render(&app, 140, 40), &["not saved:", "already exists"]);
 }
 
+/// A test image beyond the size translated whole goes in tiles, which take minutes on a large
+/// photo: the Translate screen shows a gauge of the statistics passes and tiles as they go.
+#[test]
+fn a_large_image_shows_its_tiles_progress() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dataset = tiny_dataset(&tmp.path().join("datasets"));
+    train_tiny(&tmp.path().join("checkpoints/tiny"), &dataset, 2, false);
+    // 1600×1500 is over the 1536² translated whole; listed first ("big" < "img0").
+    image::GrayImage::from_fn(1600, 1500, |x, y| image::Luma([((x * 7 + y * 13) % 251) as u8])).save(dataset.join("testA/big.png")).unwrap();
+    let (mut app, rx) = studio(tmp.path());
+    press(&mut app, KeyCode::Char('3'));
+    press(&mut app, KeyCode::Enter);
+    settle(&mut app, &rx, "the model", |a| !matches!(a.translate.model, ModelState::Loading(_)));
+    assert_shows(&render(&app, 140, 40), &["big.png  gray→color"]);
+    press(&mut app, KeyCode::Enter);
+    settle(&mut app, &rx, "the first progress report", |a| a.translate.progress.is_some() || a.translate.busy.is_none());
+    let (stage, done, total) = app.translate.progress.expect("a tiled translation reports its progress");
+    assert!(stage == "statistics" && done < total, "{stage} {done}/{total}");
+    assert_shows(&render(&app, 140, 40), &["translating", "big.png", &format!("statistics {done}/{total}")]);
+    settle(&mut app, &rx, "the tiles", |a| a.translate.progress.is_some_and(|p| p.0 == "tiles") || a.translate.busy.is_none());
+    assert!(app.translate.progress.is_some(), "no tiles progress before the translation ended");
+    settle(&mut app, &rx, "the translation", |a| a.translate.busy.is_none());
+    assert!(app.translate.progress.is_none());
+    assert_shows(&render(&app, 140, 40), &["Input 1600×1500", "Translation → color"]);
+}
+
 #[test]
 fn fresh_studio_offers_the_built_in_model_with_test_images_that_exist() {
     // No runs, and the built-in model's own dataset (datasets/landscapes) is not here: the studio

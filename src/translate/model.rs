@@ -256,6 +256,14 @@ impl Translator {
         super::translate_image(g, cin, self.size_multiple(), &self.device, img, &self.options)
     }
 
+    /// [`Translator::translate`], telling `progress` how a tiled translation advances (for a
+    /// translator shared between jobs, where `options.progress` cannot be set per job).
+    pub fn translate_with_progress(&self, to: &str, img: &image::DynamicImage, progress: super::TileProgress) -> Result<image::DynamicImage> {
+        let (g, cin, _) = self.generator_to(to)?;
+        let options = super::TranslateOptions { progress: Some(progress), ..self.options.clone() };
+        super::translate_image(g, cin, self.size_multiple(), &self.device, img, &options)
+    }
+
     /// The size multiple the generators need.
     pub fn size_multiple(&self) -> usize {
         self.spec.size_multiple()

@@ -282,6 +282,10 @@ impl App {
                     vec![]
                 }
                 JobResult::Translated { request, result } => self.translate.translated(request, result),
+                JobResult::TranslationProgress { request, stage, done, total } => {
+                    self.translate.progressed(request, stage, done, total);
+                    vec![]
+                }
                 JobResult::TranslationSaved(result) => self.translate.saved(result),
             },
         };

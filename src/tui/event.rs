@@ -36,6 +36,8 @@ pub enum JobResult {
     DatasetCreated(Result<String, String>),
     ModelLoaded { request: u64, result: Result<LoadedModel, String> },
     Translated { request: u64, result: Result<Translation, String> },
+    /// How far a translation has got: (stage, done, total), for large images that go in tiles.
+    TranslationProgress { request: u64, stage: &'static str, done: u64, total: u64 },
     TranslationSaved(Result<std::path::PathBuf, String>),
 }
 

@@ -102,10 +102,11 @@ pub fn load_model(name: String, source: ModelSource, device: String, others: Vec
     Ok(LoadedModel { run_name: name, translator: Arc::new(translator), images, images_note, save_dir })
 }
 
-pub fn translate_file(translator: &Translator, save_dir: &Path, source: PathBuf, target: String) -> Result<Translation> {
+/// Translates `source` to `target`, telling `progress` how a tiled translation advances.
+pub fn translate_file(translator: &Translator, save_dir: &Path, source: PathBuf, target: String, progress: crate::translate::TileProgress) -> Result<Translation> {
     let input = decode_image(&source)?;
     let started = Instant::now();
-    let output = translator.translate(&target, &input)?;
+    let output = translator.translate_with_progress(&target, &input, progress)?;
     let save_to = output_path(&source, &target, save_dir);
     Ok(Translation { source, target, save_to, input, output, seconds: started.elapsed().as_secs_f64() })
 }

@@ -3,7 +3,7 @@
 //! saving the result beside the input without ever overwriting a file.
 
 use super::action::{Action, Ctx};
-use super::event::{spawn_job, JobResult};
+use super::event::{spawn_job, AppEvent, JobResult};
 use super::form::{complete_path, expand_home, PathKind, TextInput};
 use super::keys::{self, move_cursor, Hint, KeyBinding, LIST_MOVES};
 use super::models::{load_model, save_new_png, translate_file, LoadedModel, Translation, BUILTIN_NAME};
@@ -151,6 +151,8 @@ pub struct TranslateScreen {
     pub typed_target: Option<String>,
     /// What is being worked on, e.g. "translating x.png…".
     pub busy: Option<String>,
+    /// The running translation's (stage, done, total), once it reports any (tiled images only).
+    pub progress: Option<(&'static str, u64, u64)>,
     pub result: Option<TranslationView>,
     translate_request: u64,
 }
@@ -167,6 +169,7 @@ impl Default for TranslateScreen {
             completions: Vec::new(),
             typed_target: None,
             busy: None,
+            progress: None,
             result: None,
             translate_request: 0,
         }
@@ -337,11 +340,23 @@ impl TranslateScreen {
         self.translate_request += 1;
         let request = self.translate_request;
         self.busy = Some(format!("translating {} to {target}…", source.display()));
+        self.progress = None;
+        let events = ctx.events.clone();
+        let progress = crate::translate::TileProgress(std::sync::Arc::new(move |stage, done, total| {
+            let _ = events.send(AppEvent::Job(JobResult::TranslationProgress { request, stage, done, total }));
+        }));
         spawn_job(
             ctx.events,
-            move || translate_file(&translator, &save_dir, source, target),
+            move || translate_file(&translator, &save_dir, source, target, progress),
             move |result| JobResult::Translated { request, result },
         );
+    }
+
+    /// A running translation's progress (large images go in tiles, which can take minutes).
+    pub fn progressed(&mut self, request: u64, stage: &'static str, done: u64, total: u64) {
+        if request == self.translate_request && self.busy.is_some() {
+            self.progress = Some((stage, done, total));
+        }
     }
 
     pub fn translated(&mut self, request: u64, result: Result<Translation, String>) -> Vec<Action> {
@@ -349,6 +364,7 @@ impl TranslateScreen {
             return vec![];
         }
         self.busy = None;
+        self.progress = None;
         match result {
             Ok(t) => {
                 self.result = Some(TranslationView {

@@ -10,7 +10,7 @@ use ratatui::{
     layout::{Constraint, Layout, Rect},
     style::{Color, Stylize},
     text::Line,
-    widgets::{List, ListItem, ListState, Paragraph, Wrap},
+    widgets::{LineGauge, List, ListItem, ListState, Paragraph, Wrap},
     Frame,
 };
 
@@ -94,7 +94,17 @@ fn render_result(frame: &mut Frame, area: Rect, screen: &TranslateScreen, images
         )),
         (None, None) => Line::from("Choose a test image and press Enter, or press o to open any image.").dim(),
     };
-    frame.render_widget(Paragraph::new(info).wrap(Wrap { trim: false }), info_area);
+    match (&screen.busy, screen.progress) {
+        // A large image in tiles: the busy line, then a gauge of its statistics passes or tiles.
+        (Some(_), Some((stage, done, total))) => {
+            let [line, gauge] = Layout::vertical([Constraint::Length(1), Constraint::Length(1)]).areas(info_area);
+            frame.render_widget(Paragraph::new(info), line);
+            let ratio = if total == 0 { 0.0 } else { (done as f64 / total as f64).clamp(0.0, 1.0) };
+            let label = format!("{stage} {done}/{total}");
+            frame.render_widget(LineGauge::default().filled_style(Color::Yellow).ratio(ratio).label(label), gauge);
+        }
+        _ => frame.render_widget(Paragraph::new(info).wrap(Wrap { trim: false }), info_area),
+    }
     let [input_pane, output_pane] = Layout::horizontal([Constraint::Percentage(50), Constraint::Percentage(50)]).areas(panes_area);
     let Some(result) = &screen.result else {
         frame.render_widget(panel(" Input ".into(), false), input_pane);
