@@ -191,7 +191,7 @@ pub(crate) fn norm_act_blur_down(xs: &Tensor, act: Act) -> Result<Tensor> {
 /// `act((xs - mean) / sqrt(var + eps))` with given statistics (broadcast over the batch).
 fn normalise(xs: &Tensor, mean: &Tensor, var: &Tensor, act: Act) -> Result<Tensor> {
     let inv_std = (var + EPS)?.sqrt()?.recip()?;
-    act.compose(&xs.broadcast_sub(mean)?.broadcast_mul(&inv_std)?)
+    crate::ops::normalise_act(xs, mean, &inv_std, act)
 }
 
 /// `act(instance_norm(xs))` for `xs` [B,C,H,W]; records, replays or measures statistics when asked to.

@@ -72,6 +72,56 @@ pub fn instance_norm_act(xs: &Tensor, act: Act) -> Result<Tensor> {
     xs.contiguous()?.apply_op1(InstanceNormAct { act, stats: Arc::new(Mutex::new(Vec::new())) })
 }
 
+/// `act((xs − mean) · inv_std)` for `xs` `[B,C,H,W]` with statistics given per channel (`[C]`
+/// values broadcast over the batch, or `[B·C]`): instance norm with statistics taken from another
+/// pass (tiled translation). f32 CPU tensors take one fused pass, others the composed ops; the
+/// results are the same bit for bit. Forward only.
+pub fn normalise_act(xs: &Tensor, mean: &Tensor, inv_std: &Tensor, act: Act) -> Result<Tensor> {
+    let (b, c, _, _) = xs.dims4()?;
+    let n = mean.elem_count();
+    if !cpu_f32(xs) || !cpu_f32(mean) || !cpu_f32(inv_std) || !(n == c || n == b * c) || inv_std.elem_count() != n {
+        return act.compose(&xs.broadcast_sub(mean)?.broadcast_mul(inv_std)?);
+    }
+    let stats: Vec<(f32, f32)> = mean.flatten_all()?.to_vec1::<f32>()?.into_iter().zip(inv_std.flatten_all()?.to_vec1::<f32>()?).collect();
+    xs.contiguous()?.apply_op1_no_bwd(&NormaliseAct { act, stats })
+}
+
+simd_fn! {
+    /// One plane of `act((x − mean) · inv_std)`.
+    fn normalise_act_plane(y: &mut [f32], x: &[f32], mean: f32, inv_std: f32, act: Act) {
+        act.map(y, x, |v| (v - mean) * inv_std);
+    }
+}
+
+/// [`normalise_act`]'s fused op: (mean, 1/σ) per channel, or per plane.
+struct NormaliseAct {
+    act: Act,
+    stats: Vec<(f32, f32)>,
+}
+
+impl CustomOp1 for NormaliseAct {
+    fn name(&self) -> &'static str {
+        "normalise-act"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = f32_data(s, l)?;
+        let (_, _, h, w) = l.shape().dims4()?;
+        let hw = h * w;
+        if hw == 0 || self.stats.is_empty() {
+            bail!("normalise_act: empty spatial axis ({h}x{w}) or no statistics");
+        }
+        let mut y = vec![0f32; x.len()];
+        let (stats, act) = (&self.stats, self.act);
+        // Per channel (broadcast over the batch) or per plane: plane i (of B·C) uses entry i mod len.
+        y.par_chunks_mut(hw).zip(x.par_chunks(hw)).enumerate().for_each(|(i, (yp, xp))| {
+            let (mean, inv_std) = stats[i % stats.len()];
+            normalise_act_plane(yp, xp, mean, inv_std, act)
+        });
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+}
+
 /// Σ f(a_i, b_i) over two equally long slices with 16 independent accumulators, so the compiler
 /// vectorises it.
 #[inline(always)]
@@ -294,6 +344,24 @@ impl CustomOp2 for NormActBlurDownBwd {
 mod tests {
     use super::*;
     use candle_core::{DType, Device, Var};
+
+    /// The fused normalisation with given statistics equals the composed ops bit for bit, with
+    /// statistics per channel (broadcast over the batch) and per plane, for every activation.
+    #[test]
+    fn normalise_act_equals_the_composed_ops() {
+        let xs = sample((2, 3, 5, 7), 11);
+        for (n, seed) in [(3, 12), (6, 13)] {
+            let shape = if n == 3 { (1, 3, 1, 1) } else { (2, 3, 1, 1) };
+            let mean = sample((n, 1, 1, 1), seed).reshape(shape).unwrap();
+            let inv_std = (sample((n, 1, 1, 1), seed + 10).reshape(shape).unwrap().abs().unwrap() + 0.1).unwrap();
+            for act in [Act::Identity, Act::Relu, Act::LeakyRelu(0.2)] {
+                let fused = normalise_act(&xs, &mean, &inv_std, act).unwrap();
+                let composed = act.compose(&xs.broadcast_sub(&mean).unwrap().broadcast_mul(&inv_std).unwrap()).unwrap();
+                let (f, c) = (fused.flatten_all().unwrap().to_vec1::<f32>().unwrap(), composed.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+                assert!(f.iter().zip(&c).all(|(a, b)| a.to_bits() == b.to_bits()), "{act:?} with {n} statistics");
+            }
+        }
+    }
 
     fn sample(shape: (usize, usize, usize, usize), seed: u64) -> Tensor {
         let mut rng = crate::util::Rng::new(seed);

@@ -92,22 +92,33 @@ impl<'a> Padded<'a> {
         Self { src, left: (width - src.width) / 2, top: (height - src.height) / 2, width, height }
     }
 
-    /// Source pixel index (within a plane) of padded position (x, y); any position is valid.
-    fn source_index(&self, x: usize, y: usize) -> usize {
-        let sy = mirror(y as isize - self.top as isize, self.src.height);
-        let sx = mirror(x as isize - self.left as isize, self.src.width);
-        sy * self.src.width + sx
+    /// Source row of padded row `y`; any row is valid.
+    fn source_row(&self, y: usize) -> usize {
+        mirror(y as isize - self.top as isize, self.src.height)
+    }
+
+    /// Source column of padded column `x`; any column is valid.
+    fn source_col(&self, x: usize) -> usize {
+        mirror(x as isize - self.left as isize, self.src.width)
     }
 
     /// The window (x0, y0, w, h) of the padded image.
     fn window(&self, (x0, y0, w, h): (usize, usize, usize, usize)) -> Pixels {
-        let (c, plane) = (self.src.channels, self.src.width * self.src.height);
+        let (c, sw, plane) = (self.src.channels, self.src.width, self.src.width * self.src.height);
+        // The source column of each window column (mirrored where it is padding): rows whose
+        // columns run straight through the source are copied as slices.
+        let cols: Vec<usize> = (0..w).map(|x| self.source_col(x0 + x)).collect();
+        let straight = cols.windows(2).all(|p| p[1] == p[0] + 1);
         let mut data = vec![0f32; c * w * h];
         for y in 0..h {
-            for x in 0..w {
-                let i = self.source_index(x0 + x, y0 + y);
-                for ch in 0..c {
-                    data[ch * w * h + y * w + x] = self.src.data[ch * plane + i];
+            let row = self.source_row(y0 + y) * sw;
+            for ch in 0..c {
+                let src = &self.src.data[ch * plane + row..][..sw];
+                let dst = &mut data[ch * w * h + y * w..][..w];
+                if straight {
+                    dst.copy_from_slice(&src[cols[0]..cols[0] + w]);
+                } else {
+                    dst.iter_mut().zip(&cols).for_each(|(d, &i)| *d = src[i]);
                 }
             }
         }
