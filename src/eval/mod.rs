@@ -110,6 +110,14 @@ impl EvalReport {
 /// Translates every image of `input` to `to` and scores it against the image with the same
 /// file stem in `truth`; both are first resized so the short side is `short`.
 pub fn evaluate(tr: &Translator, to: &str, input: &Path, truth: &Path, short: u32) -> Result<EvalReport> {
+    evaluate_keeping(tr, to, input, truth, short, false)?.0
+}
+
+/// [`evaluate`], and with `keep` also every translation of `input` in path order, those without a
+/// true counterpart included, as [`translate_folder`] makes them (each image translated once,
+/// for scores that need all of them: KID, FID). The report is Err where no image has a true
+/// counterpart; the outer Err is for what stops both (an unknown domain, an unreadable folder).
+pub fn evaluate_keeping(tr: &Translator, to: &str, input: &Path, truth: &Path, short: u32, keep: bool) -> Result<(Result<EvalReport>, Vec<DynamicImage>)> {
     let (_, _, cout) = tr.generator_to(to)?;
     let truth_by_stem: HashMap<String, PathBuf> = images_under(truth)?
         .into_iter()
@@ -117,16 +125,25 @@ pub fn evaluate(tr: &Translator, to: &str, input: &Path, truth: &Path, short: u3
         .collect();
     let mut per_image = Vec::new();
     let mut skipped = Vec::new();
+    let mut kept = Vec::new();
     for path in images_under(input)? {
         let stem = path.file_stem().unwrap_or_default().to_string_lossy().into_owned();
         let Some(tpath) = truth_by_stem.get(&stem) else {
+            if keep {
+                if let Ok(out) = decode_image(&path).and_then(|img| tr.translate(to, &resize_short(&img, short))) {
+                    kept.push(out);
+                }
+            }
             skipped.push((path, "no true image with the same name".into()));
             continue;
         };
         let scored = (|| -> Result<ImageScore> {
             let src = resize_short(&decode_image(&path)?, short);
-            let truth_img = decode_image(tpath)?.resize_exact(src.width(), src.height(), FilterType::CatmullRom);
             let out = tr.translate(to, &src)?;
+            if keep {
+                kept.push(out.clone());
+            }
+            let truth_img = decode_image(tpath)?.resize_exact(src.width(), src.height(), FilterType::CatmullRom);
             let t = Pixels::from_image(&truth_img, cout)?.0;
             let o = Pixels::from_image(&out, cout)?.0;
             let b = Pixels::from_image(&src, cout)?.0;
@@ -146,11 +163,11 @@ pub fn evaluate(tr: &Translator, to: &str, input: &Path, truth: &Path, short: u3
         }
     }
     if per_image.is_empty() {
-        bail!("no image of {} has a true counterpart in {}", input.display(), truth.display());
+        return Ok((Err(anyhow::anyhow!("no image of {} has a true counterpart in {}", input.display(), truth.display())), kept));
     }
     let n = per_image.len() as f64;
     let mean = |f: fn(&ImageScore) -> f64| per_image.iter().map(f).sum::<f64>() / n;
-    Ok(EvalReport {
+    let report = EvalReport {
         model: tr.run_dir.clone(),
         to: to.to_string(),
         images: per_image.len(),
@@ -163,7 +180,8 @@ pub fn evaluate(tr: &Translator, to: &str, input: &Path, truth: &Path, short: u3
         colourfulness_ratio: mean(|s| s.colourfulness) / mean(|s| s.truth_colourfulness).max(1e-9),
         per_image,
         skipped,
-    })
+    };
+    Ok((Ok(report), kept))
 }
 
 /// Every image of `input` translated to `to` (resized so the short side is `short` first), in

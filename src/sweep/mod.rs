@@ -301,7 +301,9 @@ pub fn score_run(run_dir: &Path, held_a: &Path, held_b: &Path, short: Option<u32
     let tr = crate::translate::Translator::load(run_dir, device)?;
     let short = short.unwrap_or(cfg.size as u32);
     let distances = models.any();
-    let (mut scores, mut images) = match crate::eval::evaluate(&tr, &cfg.domain_b.name, held_a, held_b, short) {
+    // Each held-out image is translated once; with distances, every translation is kept for them.
+    let (report, translations) = crate::eval::evaluate_keeping(&tr, &cfg.domain_b.name, held_a, held_b, short, distances)?;
+    let (mut scores, mut images) = match report {
         Ok(r) => (BTreeMap::from([("psnr".to_string(), r.psnr), ("ssim".to_string(), r.ssim), ("colourfulness".to_string(), r.colourfulness)]), r.images),
         // Held-out images without true pairs: the distances alone score them.
         Err(_) if distances => (BTreeMap::new(), 0),
@@ -310,7 +312,6 @@ pub fn score_run(run_dir: &Path, held_a: &Path, held_b: &Path, short: Option<u32
     if !distances {
         return Ok((scores, images));
     }
-    let (translations, _) = crate::eval::translate_folder(&tr, &cfg.domain_b.name, held_a, short, &mut |_, _| {})?;
     if images == 0 {
         images = translations.len();
         if let Some(c) = crate::eval::mean_colourfulness(&translations)?.filter(|_| cfg.domain_b.channels == 3) {
