@@ -97,13 +97,16 @@ impl Drop for Reset {
     }
 }
 
-fn with_mode<T>(mode: Mode, f: impl FnOnce() -> Result<T>) -> Result<(T, Mode)> {
+/// Runs `f` with the thread in `mode`, and returns `f`'s result with the mode as `f` left it,
+/// also when `f` failed (a measuring pass stops by failing). Err only if the thread already is in
+/// a mode.
+fn with_mode<T>(mode: Mode, f: impl FnOnce() -> Result<T>) -> Result<(Result<T>, Mode)> {
     if MODE.with(|m| m.borrow().is_some()) {
         bail!("norm statistics are already being recorded or replayed on this thread");
     }
     MODE.with(|m| *m.borrow_mut() = Some(mode));
     let reset = Reset;
-    let out = f()?;
+    let out = f();
     let mode = MODE.with(|m| m.borrow_mut().take()).expect("set above");
     drop(reset);
     Ok((out, mode))
@@ -112,7 +115,7 @@ fn with_mode<T>(mode: Mode, f: impl FnOnce() -> Result<T>) -> Result<(T, Mode)> 
 /// Runs `f` (a forward pass) and returns its result with the statistics of every norm layer.
 pub fn record<T>(f: impl FnOnce() -> Result<T>) -> Result<(T, NormStats)> {
     match with_mode(Mode::Record(NormStats::default()), f)? {
-        (out, Mode::Record(stats)) => Ok((out, stats)),
+        (out, Mode::Record(stats)) => Ok((out?, stats)),
         _ => unreachable!("the mode is only replaced by with_mode"),
     }
 }
@@ -122,8 +125,9 @@ pub fn record<T>(f: impl FnOnce() -> Result<T>) -> Result<(T, NormStats)> {
 /// statistics of one image serve a batch of windows of it.
 pub fn replay<T>(stats: &NormStats, f: impl FnOnce() -> Result<T>) -> Result<T> {
     match with_mode(Mode::Replay { stats: stats.clone(), next: 0 }, f)? {
-        (out, Mode::Replay { stats, next }) if next == stats.len() => Ok(out),
-        (_, Mode::Replay { stats, next }) => bail!("the network ran {next} norm layers, the statistics have {}", stats.len()),
+        (out, Mode::Replay { stats, next }) if next == stats.len() => out,
+        (Err(e), Mode::Replay { .. }) => Err(e),
+        (Ok(_), Mode::Replay { stats, next }) => bail!("the network ran {next} norm layers, the statistics have {}", stats.len()),
         _ => unreachable!("the mode is only replaced by with_mode"),
     }
 }
@@ -136,22 +140,14 @@ pub fn replay<T>(stats: &NormStats, f: impl FnOnce() -> Result<T>) -> Result<T> 
 /// gives the layer's statistics over the whole image without ever holding all of it: one layer
 /// at a time, each with the exact statistics of the layers before (`exact_stats` in tiling).
 pub fn measure(stats: &NormStats, target: usize, input_hw: (usize, usize), region: (usize, usize, usize, usize), f: impl FnOnce() -> Result<Tensor>) -> Result<RegionSums> {
-    if MODE.with(|m| m.borrow().is_some()) {
-        bail!("norm statistics are already being recorded or replayed on this thread");
-    }
     if stats.len() < target {
         bail!("statistics for {target} norm layers needed, {} given", stats.len());
     }
     let stats = NormStats { layers: stats.layers[..target].to_vec() };
-    MODE.with(|m| *m.borrow_mut() = Some(Mode::Measure(Measure { stats, next: 0, target, region, input_hw, sums: None })));
-    let reset = Reset;
-    let out = f();
-    let mode = MODE.with(|m| m.borrow_mut().take());
-    drop(reset);
-    match (mode, out) {
-        (Some(Mode::Measure(Measure { sums: Some(sums), .. })), _) => Ok(sums),
-        (_, Err(e)) => Err(e),
-        (_, Ok(_)) => bail!("the network ran fewer than {} norm layers", target + 1),
+    match with_mode(Mode::Measure(Measure { stats, next: 0, target, region, input_hw, sums: None }), f)? {
+        (_, Mode::Measure(Measure { sums: Some(sums), .. })) => Ok(sums),
+        (Err(e), _) => Err(e),
+        (Ok(_), _) => bail!("the network ran fewer than {} norm layers", target + 1),
     }
 }
 
