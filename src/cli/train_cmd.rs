@@ -144,7 +144,7 @@ pub fn train(checkpoints: &Path, args: TrainArgs) -> Result<()> {
                 )
             };
             if quiet && r.step % log_every == 0 {
-                let _ = writeln!(std::io::stdout(), "step {}/{} {msg}", r.step, r.total_steps);
+                outln!("step {}/{} {msg}", r.step, r.total_steps);
             }
             bar.set_message(msg);
         }
@@ -155,18 +155,15 @@ pub fn train(checkpoints: &Path, args: TrainArgs) -> Result<()> {
     };
     let outcome = run_training(cfg.clone(), &options, &control, &mut on_event);
     bar.finish_and_clear();
-    // The checkpoint is saved by now; a closed terminal must not turn that into a failure.
-    let _ = match outcome? {
-        RunOutcome::Finished { step } => writeln!(std::io::stdout(), "finished {} at step {step}; checkpoint in {}", cfg.name, run_dir.display()),
+    // The checkpoint is saved by now; outln! keeps a closed terminal from turning that into a failure.
+    match outcome? {
+        RunOutcome::Finished { step } => outln!("finished {} at step {step}; checkpoint in {}", cfg.name, run_dir.display()),
         RunOutcome::Stopped { step } if args.resume_or_start => {
-            writeln!(std::io::stdout(), "stopped {} at step {step}; checkpoint saved. Continue with the same command (--resume-or-start)", cfg.name)
+            outln!("stopped {} at step {step}; checkpoint saved. Continue with the same command (--resume-or-start)", cfg.name)
         }
-        RunOutcome::Stopped { step } => writeln!(
-            std::io::stdout(),
-            "stopped {} at step {step}; checkpoint saved. Continue with: cyclestudio train --name {} --resume",
-            cfg.name,
-            cfg.name
-        ),
-    };
+        RunOutcome::Stopped { step } => {
+            outln!("stopped {} at step {step}; checkpoint saved. Continue with: cyclestudio train --name {} --resume", cfg.name, cfg.name)
+        }
+    }
     Ok(())
 }
