@@ -215,3 +215,32 @@ fn train_eval_every_logs_kid_and_keeps_the_best_generation() {
     let v: serde_json::Value = log.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).find(|v| v.get("validation").is_some()).unwrap();
     assert!(v["validation"]["psnr_ab"].as_f64().unwrap() > 0.0 && v["validation"]["ssim_ba"].as_f64().is_some(), "{v}");
 }
+
+/// `eval --truth … --fid-weights …` scores FID/KID on the translations it made for PSNR/SSIM (it
+/// translated the input twice): the figures equal those of `eval` with FID/KID alone.
+#[test]
+fn eval_with_truth_and_fid_scores_the_same_translations() {
+    let tmp = tempfile::tempdir().unwrap();
+    let weights = synthetic_weights_file(tmp.path());
+    let ds = common::tiny_dataset(tmp.path());
+    let ck = tmp.path().join("ck");
+    let ck = ck.to_str().unwrap();
+    let o = cli(&["--checkpoints", ck, "train", "--dataset", ds.to_str().unwrap(), "--name", "m", "--generator", "resnet_2blocks", "--ngf", "4", "--ndf", "4", "--size", "32", "--iters", "2", "--quiet"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (input, truth, model) = (ds.join("testA"), ds.join("testB"), format!("{ck}/m"));
+    let run = |json: &std::path::Path, with_truth: bool| -> serde_json::Value {
+        let mut args = vec!["--checkpoints", ck, "eval", "--model", &model, "--to", "color", "--input", input.to_str().unwrap()];
+        if with_truth {
+            args.extend(["--truth", truth.to_str().unwrap()]);
+        }
+        args.extend(["--fid-weights", weights.to_str().unwrap(), "--fid-weights-unchecked", "--reference", truth.to_str().unwrap(), "--no-fid-cache", "--json", json.to_str().unwrap()]);
+        let o = cli(&args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice(&std::fs::read(json).unwrap()).unwrap()
+    };
+    let alone = run(&tmp.path().join("alone.json"), false);
+    let both = run(&tmp.path().join("both.json"), true);
+    assert!(both["psnr_ssim"]["psnr"].as_f64().is_some_and(f64::is_finite), "{both}");
+    assert_eq!(both["fid_kid"]["fid"], alone["fid"], "{both}\n{alone}");
+    assert_eq!(both["fid_kid"]["kid"]["mean"], alone["kid"]["mean"]);
+}

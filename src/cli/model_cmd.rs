@@ -108,10 +108,10 @@ pub fn convert(checkpoints: &Path, a: ConvertArgs) -> Result<()> {
         bar.set_message(format!("{ips:.2} img/s"));
     })?;
     bar.finish_and_clear();
-    // After SIGHUP there may be no terminal: a failed write must not turn a clean stop into a panic.
-    use std::io::Write;
+    // After SIGHUP there may be no terminal: outln! keeps a failed write from turning a clean stop
+    // into a panic.
     let shard = a.shard.map(|k| format!("shard {k}: ")).unwrap_or_default();
-    let _ = writeln!(std::io::stdout(), "{shard}{}", summary.report());
+    outln!("{shard}{}", summary.report());
     if !summary.failed.is_empty() {
         bail!("{} file(s) failed", summary.failed.len());
     }
@@ -186,8 +186,13 @@ pub fn eval(checkpoints: &Path, a: EvalArgs) -> Result<()> {
     };
     let to = || a.to.clone().context("--to DOMAIN is needed to translate");
     let mut json = serde_json::Map::new();
+    // With --truth and --fid-weights both, the translations PSNR/SSIM scored serve FID/KID too.
+    let mut translated = None;
     if let (Some(truth), Some(tr)) = (&a.truth, &tr) {
-        let report = crate::eval::evaluate(tr, &to()?, &a.input, truth, a.short_side)?;
+        let keep = a.fid.fid_weights.is_some();
+        let (report, translations) = crate::eval::evaluate_keeping(tr, &to()?, &a.input, truth, a.short_side, keep)?;
+        let report = report?;
+        translated = keep.then_some(translations);
         for (p, why) in &report.skipped {
             eprintln!("skipped {}: {why}", p.display());
         }
@@ -200,8 +205,12 @@ pub fn eval(checkpoints: &Path, a: EvalArgs) -> Result<()> {
         let cache = if a.no_fid_cache { None } else { a.fid_cache.clone().or_else(ff::default_cache_dir) };
         let bar = ProgressBar::new(0);
         bar.set_style(ProgressStyle::with_template("{msg} {bar:30.cyan/blue} {pos}/{len} [{elapsed_precise}<{eta_precise}]").expect("valid template").progress_chars("=> "));
-        let input = match &tr {
-            Some(tr) => {
+        let input = match (&tr, translated) {
+            (Some(_), Some(translations)) => {
+                bar.set_message("features");
+                ff::features_of_images(&model, &translations)?
+            }
+            (Some(tr), None) => {
                 bar.set_message("translating + features");
                 let translations = crate::eval::translate_folder(tr, &to()?, &a.input, a.short_side, &mut |d, t| {
                     bar.set_length(t as u64);
@@ -212,7 +221,7 @@ pub fn eval(checkpoints: &Path, a: EvalArgs) -> Result<()> {
                 }
                 ff::features_of_images(&model, &translations.0)?
             }
-            None => {
+            (None, _) => {
                 bar.set_message("features of --input");
                 let f = ff::folder_features(&model, &a.input, cache.as_deref(), &mut |d, t| {
                     bar.set_length(t as u64);
