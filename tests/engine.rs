@@ -8,7 +8,7 @@ use candle_nn::{VarBuilder, VarMap};
 use cyclestudio::checkpoint::load_generation;
 use cyclestudio::data::dataset::{scan_folder, Check};
 use cyclestudio::model::{compose_chroma_over_luma, count_params, DiscriminatorConfig, Generator, GeneratorConfig, OutputMode, PatchGan};
-use cyclestudio::ops::{instance_norm, reflect_pad2d};
+use cyclestudio::ops::{instance_norm, reflect_pad2d, with_precision, Precision};
 use cyclestudio::train::{RunOutcome, TrainConfig, Trainer};
 
 /// Compares autograd's gradient of sum(op(x)·r) with central finite differences, in f64.
@@ -85,6 +85,41 @@ fn networks_keep_odd_sizes_and_channels() {
     let g = Generator::new(&cfg, VarBuilder::from_varmap(&vm, DType::F32, &dev)).unwrap();
     let y = g.forward(&Tensor::zeros((2, 1, 36, 44), DType::F32, &dev).unwrap()).unwrap();
     assert_eq!(y.dims(), &[2, 3, 36, 44]);
+}
+
+/// The training step runs several images through a generator or discriminator as one batch
+/// (`Trainer::generator_pass`); that is only the same step because every network treats the
+/// images of a batch independently (instance norm, no batch statistics). Each image's output in
+/// a batch must equal its output alone, for every kind of layer the networks use (Winograd,
+/// im2col, transposed and narrow convolutions), in both precisions.
+#[test]
+fn images_in_a_batch_come_out_as_they_would_alone() {
+    let dev = Device::Cpu;
+    let vm = VarMap::new();
+    let vb = VarBuilder::from_varmap(&vm, DType::F32, &dev);
+    let generator = |kind: &str, output, name: &str| {
+        let cfg = GeneratorConfig { kind: kind.parse().unwrap(), in_channels: 1, out_channels: 3, ngf: 16, output, antialias: false };
+        Generator::new(&cfg, vb.pp(name)).unwrap()
+    };
+    let resnet = generator("resnet_2blocks", OutputMode::Direct, "resnet");
+    let unet = generator("unet_32", OutputMode::ChromaOverLuma, "unet");
+    let d = PatchGan::new(&DiscriminatorConfig { in_channels: 3, ndf: 16, n_layers: 3, antialias: false }, vb.pp("d")).unwrap();
+    let grey = Tensor::randn(0f32, 1., (3, 1, 64, 64), &dev).unwrap();
+    let colour = Tensor::randn(0f32, 1., (3, 3, 64, 64), &dev).unwrap();
+    let nets: [(&str, &dyn Fn(&Tensor) -> candle_core::Result<Tensor>, &Tensor); 3] =
+        [("resnet", &|x| resnet.forward(x), &grey), ("unet", &|x| unet.forward(x), &grey), ("patchgan", &|x| d.forward(x), &colour)];
+    for precision in [Precision::Fp32, Precision::Bf16] {
+        with_precision(precision, || {
+            for (name, net, xs) in nets {
+                let batch = net(xs).unwrap();
+                for i in 0..3 {
+                    let alone = net(&xs.narrow(0, i, 1).unwrap()).unwrap();
+                    let diff = (batch.narrow(0, i, 1).unwrap() - &alone).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+                    assert_eq!(diff, 0.0, "{name} ({precision}): image {i} in a batch of 3 differs from alone by {diff}");
+                }
+            }
+        });
+    }
 }
 
 #[test]

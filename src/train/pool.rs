@@ -25,7 +25,9 @@ impl ImagePool {
         }
         let mut out = Vec::with_capacity(fakes.dim(0)?);
         for i in 0..fakes.dim(0)? {
-            let img = fakes.narrow(0, i, 1)?;
+            // A copy: the fakes may be a view of a larger batch (the generator pass runs several
+            // images at once), which a stored view would keep alive.
+            let img = fakes.narrow(0, i, 1)?.copy()?;
             if self.images.len() < self.capacity {
                 self.images.push(img.clone());
                 out.push(img);

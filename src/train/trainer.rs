@@ -156,6 +156,20 @@ pub(super) fn gan_loss(kind: GanLoss, pred: &Tensor, real: bool) -> Result<Tenso
     })
 }
 
+/// `g` on the given (`Some`) inputs [B,C,S,S] in one batch: their outputs in order, and the raw
+/// output (see [`Generator::forward_parts`]) of the first.
+fn forward_batch(g: &Generator, inputs: &[Option<&Tensor>]) -> Result<(Vec<Tensor>, Tensor)> {
+    let inputs: Vec<&Tensor> = inputs.iter().flatten().copied().collect();
+    let (out, raw) = g.forward_parts(&Tensor::cat(&inputs, 0)?)?;
+    let (mut outs, mut at) = (Vec::new(), 0);
+    for x in &inputs {
+        let n = x.dim(0)?;
+        outs.push(out.narrow(0, at, n)?);
+        at += n;
+    }
+    Ok((outs, raw.narrow(0, 0, inputs[0].dim(0)?)?))
+}
+
 impl Trainer {
     /// Builds the networks with fresh weights drawn from the run's seed: N(0, 0.02) for
     /// convolution weights, 0 for biases, as the reference's 'normal' init.
@@ -246,9 +260,21 @@ impl Trainer {
         let cfg = &self.cfg;
         let (ca, cb) = (cfg.domain_a.channels, cfg.domain_b.channels);
         let lam = cfg.lambda_cycle;
-        let (fake_b, logits_b) = self.g_ab.forward_parts(real_a)?; // [B,Cb,S,S], the network's output
-        let rec_a = self.g_ba.forward(&fake_b)?;
-        let fake_a = self.g_ba.forward(real_b)?; // [B,Ca,S,S]
+        // Identity: G_AB should leave B images unchanged. With different channel counts the B
+        // image enters G_AB converted to A's channels (luma or repeat) and the output is compared
+        // with the original B image. Every generator input that is ready goes through in one
+        // batch: instance norm is per image, so this changes no output (bit for bit, tested in
+        // tests/engine.rs), and each weight is
+        // transformed and read once per batch instead of once per image (the weight gradients
+        // sum over the batch in another order, within rounding).
+        let identity = cfg.lambda_identity > 0.0;
+        let b_as_a = identity.then(|| adapt_channels(real_b, ca)).transpose()?;
+        let a_as_b = identity.then(|| adapt_channels(real_a, cb)).transpose()?;
+        // G_AB on A and B, then G_BA on B, A and the fakes of A: [B,Cb,S,S] and [B,Ca,S,S] each.
+        let (mut outs, logits_b) = forward_batch(&self.g_ab, &[Some(real_a), b_as_a.as_ref()])?;
+        let (fake_b, idt_b) = (outs.remove(0), outs.pop());
+        let (mut outs, _) = forward_batch(&self.g_ba, &[Some(real_b), Some(&fake_b), a_as_b.as_ref()])?;
+        let (fake_a, rec_a, idt_a) = (outs.remove(0), outs.remove(0), outs.pop());
         let rec_b = self.g_ab.forward(&fake_a)?;
         let (d_a, d_b) = (self.d_a.frozen(), self.d_b.frozen());
         let g_ab_adv = self.gan_loss(&d_b.forward(&fake_b)?, true)?;
@@ -257,13 +283,10 @@ impl Trainer {
         let cycle_b = (l1_loss(&rec_b, real_b)? * lam)?;
         let mut total = ((((&g_ab_adv + &g_ba_adv)? * cfg.lambda_gan)? + &cycle_a)? + &cycle_b)?;
         let mut losses = Losses::default();
-        if cfg.lambda_identity > 0.0 {
+        if let (Some(idt_b), Some(idt_a)) = (idt_b, idt_a) {
             let w = lam * cfg.lambda_identity;
-            // Identity: G_AB should leave B images unchanged. With different channel counts the
-            // B image enters G_AB converted to A's channels (luma or repeat) and the output is
-            // compared with the original B image.
-            let idt_ab = (l1_loss(&self.g_ab.forward(&adapt_channels(real_b, ca)?)?, real_b)? * w)?;
-            let idt_ba = (l1_loss(&self.g_ba.forward(&adapt_channels(real_a, cb)?)?, real_a)? * w)?;
+            let idt_ab = (l1_loss(&idt_b, real_b)? * w)?;
+            let idt_ba = (l1_loss(&idt_a, real_a)? * w)?;
             total = ((total + &idt_ab)? + &idt_ba)?;
             losses.idt_ab = idt_ab.to_scalar()?;
             losses.idt_ba = idt_ba.to_scalar()?;
@@ -309,8 +332,16 @@ impl Trainer {
         let seed = self.cfg.seed;
         let pooled_b = self.pool_b.query(fake_b, &mut Rng::stream(seed, STREAM_POOL_B, self.step))?;
         let pooled_a = self.pool_a.query(fake_a, &mut Rng::stream(seed, STREAM_POOL_A, self.step))?;
-        let d_b = ((self.gan_loss(&self.d_b.forward(real_b)?, true)? + self.gan_loss(&self.d_b.forward(&pooled_b)?, false)?)? * 0.5)?;
-        let d_a = ((self.gan_loss(&self.d_a.forward(real_a)?, true)? + self.gan_loss(&self.d_a.forward(&pooled_a)?, false)?)? * 0.5)?;
+        // Real and fake images through each discriminator in one batch (instance norm is per
+        // image, so each image's prediction is what it would be alone).
+        let loss = |d: &PatchGan, real: &Tensor, fake: &Tensor| -> Result<Tensor> {
+            let n = real.dim(0)?;
+            let pred = d.forward(&Tensor::cat(&[real, fake], 0)?)?; // [B+B',1,P,P]
+            let (pred_real, pred_fake) = (pred.narrow(0, 0, n)?, pred.narrow(0, n, fake.dim(0)?)?);
+            Ok(((self.gan_loss(&pred_real, true)? + self.gan_loss(&pred_fake, false)?)? * 0.5)?)
+        };
+        let d_b = loss(&self.d_b, real_b, &pooled_b)?;
+        let d_a = loss(&self.d_a, real_a, &pooled_a)?;
         let (la, lb) = (d_a.to_scalar::<f32>()?, d_b.to_scalar::<f32>()?);
         if !(la.is_finite() && lb.is_finite()) {
             bail!(Divergence { step: self.step + 1, what: format!("discriminator losses are {la} / {lb}") });
