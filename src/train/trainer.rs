@@ -264,9 +264,9 @@ impl Trainer {
         // image enters G_AB converted to A's channels (luma or repeat) and the output is compared
         // with the original B image. Every generator input that is ready goes through in one
         // batch: instance norm is per image, so this changes no output (bit for bit, tested in
-        // tests/engine.rs), and each weight is
-        // transformed and read once per batch instead of once per image (the weight gradients
-        // sum over the batch in another order, within rounding).
+        // tests/engine.rs), and each weight is transformed and read once per batch instead of
+        // once per image (the weight gradients sum over the batch in another order, within
+        // rounding).
         let identity = cfg.lambda_identity > 0.0;
         let b_as_a = identity.then(|| adapt_channels(real_b, ca)).transpose()?;
         let a_as_b = identity.then(|| adapt_channels(real_a, cb)).transpose()?;
