@@ -446,11 +446,12 @@ fn at<const N: usize>(off: usize, stride: usize) -> [usize; N] {
     o
 }
 
-/// Splits `row` into its `M` phases: `ph[p·len + q]` = `row[M·q + p]`, zeros past the row.
+/// Splits `row` into its `M` phases: `ph[p·stride + q]` = `row[M·q + p]` for q < `len`, zeros
+/// past the row.
 #[inline(always)]
-fn deinterleave<const M: usize>(row: &[f32], ph: &mut [f32], len: usize) {
+fn deinterleave<const M: usize>(row: &[f32], ph: &mut [f32], stride: usize, len: usize) {
     let full = (row.len() / M).min(len);
-    let ph = &mut ph[..M * len];
+    let ph = &mut ph[..(M - 1) * stride + len];
     // Blocks of 16 samples per phase through a fixed-size buffer, which the compiler turns into
     // vector shuffles; the element-wise strided loop (kept for the rest) stays scalar.
     let blocks = full / 16;
@@ -463,26 +464,26 @@ fn deinterleave<const M: usize>(row: &[f32], ph: &mut [f32], len: usize) {
             }
         }
         for (p, tp) in t.iter().enumerate() {
-            ph[p * len + blk * 16..][..16].copy_from_slice(tp);
+            ph[p * stride + blk * 16..][..16].copy_from_slice(tp);
         }
     }
     for (q, chunk) in row.chunks_exact(M).enumerate().take(full).skip(blocks * 16) {
         for p in 0..M {
-            ph[p * len + q] = chunk[p];
+            ph[p * stride + q] = chunk[p];
         }
     }
     for p in 0..M {
         for q in full..len {
-            ph[p * len + q] = row.get(M * q + p).copied().unwrap_or(0.0);
+            ph[p * stride + q] = row.get(M * q + p).copied().unwrap_or(0.0);
         }
     }
 }
 
 /// The inverse of `deinterleave` into `out` (entries past `out` dropped): `out[M·q + p]`
-/// = (or += with `ADD`) `ph[p·len + q]`.
+/// = (or += with `ADD`) `ph[p·stride + q]` for q < `len`.
 #[inline(always)]
-fn interleave<const M: usize, const ADD: bool>(ph: &[f32], len: usize, out: &mut [f32]) {
-    let ph = &ph[..M * len];
+fn interleave<const M: usize, const ADD: bool>(ph: &[f32], stride: usize, len: usize, out: &mut [f32]) {
+    let ph = &ph[..(M - 1) * stride + len];
     let full = (out.len() / M).min(len);
     let put = |o: &mut f32, v: f32| *o = if ADD { *o + v } else { v };
     // As in `deinterleave`: blocks of 16 per phase through fixed-size buffers.
@@ -490,7 +491,7 @@ fn interleave<const M: usize, const ADD: bool>(ph: &[f32], len: usize, out: &mut
     for blk in 0..blocks {
         let mut t = [[0f32; 16]; M];
         for (p, tp) in t.iter_mut().enumerate() {
-            tp.copy_from_slice(&ph[p * len + blk * 16..][..16]);
+            tp.copy_from_slice(&ph[p * stride + blk * 16..][..16]);
         }
         let mut o = [0f32; 64]; // 16·M ≤ 64
         for l in 0..16 {
@@ -504,11 +505,11 @@ fn interleave<const M: usize, const ADD: bool>(ph: &[f32], len: usize, out: &mut
     }
     for (q, chunk) in out.chunks_exact_mut(M).enumerate().take(full).skip(blocks * 16) {
         for p in 0..M {
-            put(&mut chunk[p], ph[p * len + q]);
+            put(&mut chunk[p], ph[p * stride + q]);
         }
     }
     for (i, o) in out.iter_mut().enumerate().skip(M * full) {
-        put(o, ph[(i % M) * len + i / M]);
+        put(o, ph[(i % M) * stride + i / M]);
     }
 }
 
@@ -675,7 +676,7 @@ fn input_plane_m<const M: usize, const _R: usize, const AL: usize>(buf: &mut [f3
         apply::<AL, AL>(&s.bt, padded, at(0, width), cols, at(0, width), width);
         let base = (ti - band.0) * tw;
         for k in 0..AL {
-            deinterleave::<M>(&cols[k * width..][..width], ph, pl);
+            deinterleave::<M>(&cols[k * width..][..width], ph, pl, pl);
             let mut src_at = [0; AL];
             for (j, o) in src_at.iter_mut().enumerate() {
                 *o = (j % M) * pl + j / M;
@@ -689,7 +690,7 @@ fn input_plane_m<const M: usize, const _R: usize, const AL: usize>(buf: &mut [f3
 /// `input_transform`): tiles add into a padded band of rows, which is then folded back.
 fn input_transform_adjoint(dv: &[f32], c: usize, t: &Tiles, band: (usize, usize), dx: &mut [f32]) {
     let ts = t.band_stride(band);
-    let scratch = t.band_rows(band) * t.row_width() + 2 * t.positions() * t.tw + t.m * (t.tw + 1) + t.sw;
+    let scratch = t.band_rows(band) * t.row_width() + 2 * t.positions() * (band.1 - band.0) * t.tw + t.m * (t.tw + 1) + t.sw;
     per_channel((dx, t.plane()), (dv, t.positions() * ts), c, scratch, |buf, plane, vc| input_adjoint_plane(buf, plane, vc, t, band, ts));
 }
 
@@ -705,24 +706,26 @@ fn input_adjoint_plane_m<const M: usize, const _R: usize, const AL: usize>(buf: 
     let pl = tw + 1;
     let (buf, tmp) = buf.split_at_mut(buf.len() - t.sw);
     let r0 = M * band.0; // first padded row the band's tiles touch
+    let nt = (band.1 - band.0) * tw;
     let (acc, rest) = buf.split_at_mut(t.band_rows(band) * width);
-    let (cb, rest) = rest.split_at_mut(AL * AL * tw);
-    let (dd, ph) = rest.split_at_mut(AL * AL * tw);
+    let (cb, rest) = rest.split_at_mut(AL * AL * nt);
+    let (dd, ph) = rest.split_at_mut(AL * AL * nt);
     acc.fill(0.0);
+    // C = dV B (row k of C from row k of dV), then dD = B C (column j from column j), each over
+    // all the band's tiles at once (long vector loops).
+    for k in 0..AL {
+        apply::<AL, AL>(&s.b, vc, at(k * AL * ts, ts), cb, at(k * AL * nt, nt), nt);
+    }
+    for j in 0..AL {
+        apply::<AL, AL>(&s.b, cb, at(j * nt, AL * nt), dd, at(j * nt, AL * nt), nt);
+    }
     for ti in band.0..band.1 {
         let base = (ti - band.0) * tw;
-        // C = dV B (row k of C from row k of dV), then dD = B C (column j from column j).
-        for k in 0..AL {
-            apply::<AL, AL>(&s.b, vc, at(k * AL * ts + base, ts), cb, at(k * AL * tw, tw), tw);
-        }
-        for j in 0..AL {
-            apply::<AL, AL>(&s.b, cb, at(j * tw, AL * tw), dd, at(j * tw, AL * tw), tw);
-        }
         // Entry j of row i of tile tj adds into padded row m·ti + i, column m·tj + j: phase
         // j mod m at tile tj + j div m, where the last r − 1 entries of a tile meet the first
         // r − 1 of the next.
         for i in 0..AL {
-            let d = |j: usize| &dd[(i * AL + j) * tw..][..tw];
+            let d = |j: usize| &dd[(i * AL + j) * nt + base..][..tw];
             for p in 0..M {
                 let part = &mut ph[p * pl..][..pl];
                 part[..tw].copy_from_slice(d(p));
@@ -733,7 +736,7 @@ fn input_adjoint_plane_m<const M: usize, const _R: usize, const AL: usize>(buf: 
                     }
                 }
             }
-            interleave::<M, true>(ph, pl, &mut acc[(M * ti + i - r0) * width..][..width]);
+            interleave::<M, true>(ph, pl, pl, &mut acc[(M * ti + i - r0) * width..][..width]);
         }
     }
     for (i, row) in acc.chunks_exact(width).enumerate() {
@@ -748,7 +751,7 @@ fn input_adjoint_plane_m<const M: usize, const _R: usize, const AL: usize>(buf: 
 /// Writes Aᵀ M A from M [C][α²][ts] into the tiles `band` of `y` [C, Ho, Wo].
 fn output_transform(m: &[f32], c: usize, t: &Tiles, band: (usize, usize), y: &mut [f32]) {
     let ts = t.band_stride(band);
-    let scratch = (t.m * t.alpha + t.m) * t.tw;
+    let scratch = (t.m * t.alpha + t.m) * (band.1 - band.0) * t.tw;
     per_channel((y, t.ho * t.wo), (m, t.positions() * ts), c, scratch, |buf, plane, mc| output_plane(buf, plane, mc, t, band, ts));
 }
 
@@ -760,22 +763,22 @@ simd_fn! {
 
 #[inline(always)]
 fn output_plane_m<const M: usize, const _R: usize, const AL: usize>(buf: &mut [f32], plane: &mut [f32], mc: &[f32], t: &Tiles, band: (usize, usize), ts: usize) {
-    let (s, tw) = (scheme::<M>(), t.tw);
-    let (r, ph) = buf.split_at_mut(M * AL * tw);
-    for ti in band.0..band.1 {
-        let base = (ti - band.0) * tw;
-        // R = Aᵀ M down the columns (m×α), then each output row R A across the tiles, as its
-        // m phases.
-        for j in 0..AL {
-            apply::<M, AL>(&s.at, mc, at(j * ts + base, AL * ts), r, at(j * tw, AL * tw), tw);
-        }
-        for i in 0..M {
+    // R = Aᵀ M down the columns (m×α), then row i of every tile R A across the tiles, as its m
+    // phases, each step over all the band's tiles at once (long vector loops), then the phases
+    // of each tile row's output row i interleaved into the plane.
+    let (s, tw, nt) = (scheme::<M>(), t.tw, (band.1 - band.0) * t.tw);
+    let (r, ph) = buf.split_at_mut(M * AL * nt);
+    for j in 0..AL {
+        apply::<M, AL>(&s.at, mc, at(j * ts, AL * ts), r, at(j * nt, AL * nt), nt);
+    }
+    for i in 0..M {
+        apply::<M, AL>(&s.at, r, at(i * AL * nt, nt), ph, at(0, nt), nt);
+        for ti in band.0..band.1 {
             let row = M * ti + i;
             if row >= t.ho {
                 break;
             }
-            apply::<M, AL>(&s.at, r, at(i * AL * tw, tw), ph, at(0, tw), tw);
-            interleave::<M, false>(ph, tw, &mut plane[row * t.wo..][..t.wo]);
+            interleave::<M, false>(&ph[(ti - band.0) * tw..], nt, tw, &mut plane[row * t.wo..][..t.wo]);
         }
     }
 }
@@ -784,7 +787,7 @@ fn output_plane_m<const M: usize, const _R: usize, const AL: usize>(buf: &mut [f
 /// `output_transform`; outputs past the edge count as zero).
 fn output_transform_adjoint(dy: &[f32], c: usize, t: &Tiles, band: (usize, usize), dm: &mut [f32]) {
     let ts = t.band_stride(band);
-    let scratch = (t.m * t.m + t.alpha * t.m) * t.tw;
+    let scratch = (t.m * t.m + t.alpha * t.m) * (band.1 - band.0) * t.tw;
     per_channel((dm, t.positions() * ts), (dy, t.ho * t.wo), c, scratch, |buf, mc, plane| output_adjoint_plane(buf, mc, plane, t, band, ts));
 }
 
@@ -796,26 +799,28 @@ simd_fn! {
 
 #[inline(always)]
 fn output_adjoint_plane_m<const M: usize, const _R: usize, const AL: usize>(buf: &mut [f32], mc: &mut [f32], plane: &[f32], t: &Tiles, band: (usize, usize), ts: usize) {
-    let (s, tw) = (scheme::<M>(), t.tw);
-    let (d, e) = buf.split_at_mut(M * M * tw);
-    for ti in band.0..band.1 {
-        let base = (ti - band.0) * tw;
-        // The tile row's m output rows, each as its m phases (d[i][p]), zeros past the edges.
-        for (i, di) in d.chunks_exact_mut(M * tw).enumerate() {
-            let row = M * ti + i;
+    // Every tile's m output rows, each as its m phases (d[i][p] over the band's tiles), zeros
+    // past the edges; then E = A dY (α×m, column p from column p) and dM = E Aᵀ (row k from
+    // row k), each step over all the band's tiles at once (long vector loops).
+    let (s, tw, nt) = (scheme::<M>(), t.tw, (band.1 - band.0) * t.tw);
+    let (d, e) = buf.split_at_mut(M * M * nt);
+    for (i, di) in d.chunks_exact_mut(M * nt).enumerate() {
+        for ti in band.0..band.1 {
+            let (row, base) = (M * ti + i, (ti - band.0) * tw);
             if row < t.ho {
-                deinterleave::<M>(&plane[row * t.wo..][..t.wo], di, tw);
+                deinterleave::<M>(&plane[row * t.wo..][..t.wo], &mut di[base..], nt, tw);
             } else {
-                di.fill(0.0);
+                for p in 0..M {
+                    di[p * nt + base..][..tw].fill(0.0);
+                }
             }
         }
-        // E = A dY (α×m, column p from column p), then dM = E Aᵀ (row k from row k).
-        for p in 0..M {
-            apply::<AL, M>(&s.a, d, at(p * tw, M * tw), e, at(p * tw, M * tw), tw);
-        }
-        for k in 0..AL {
-            apply::<AL, M>(&s.a, e, at(k * M * tw, tw), mc, at(k * AL * ts + base, ts), tw);
-        }
+    }
+    for p in 0..M {
+        apply::<AL, M>(&s.a, d, at(p * nt, M * nt), e, at(p * nt, M * nt), nt);
+    }
+    for k in 0..AL {
+        apply::<AL, M>(&s.a, e, at(k * M * nt, nt), mc, at(k * AL * ts, ts), nt);
     }
 }
 
@@ -1221,6 +1226,35 @@ mod tests {
                     assert!(a.iter().zip(b).all(|(p, q)| (p - q).abs() < 1e-5), "{k:?} {t:?}");
                 }
             }
+        }
+    }
+
+    /// The four band transforms alone, on the residual blocks' shapes (F(4×4, 3×3), reflection
+    /// padding), best of 40 runs: `cargo test --release --lib winograd::tests::timing --
+    /// --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn timing() {
+        let k = Kernel::new(3, 4).unwrap();
+        for (hw, c) in [(32usize, 256usize), (64, 256), (128, 128)] {
+            let t = Tiles::new(hw, hw, Pad::Reflect, k).unwrap();
+            let band = (0, t.th);
+            let len = c * t.positions() * t.band_stride(band);
+            let (x, _, y) = inputs(1, c, c, &t);
+            let (mut v, mut m, mut dx, mut out) = (vec![0f32; len], vec![0f32; len], vec![0f32; x.len()], vec![0f32; y.len()]);
+            let best = |f: &mut dyn FnMut()| {
+                (0..40).map(|_| {
+                    let t0 = std::time::Instant::now();
+                    f();
+                    t0.elapsed().as_secs_f64() * 1e3
+                })
+                .fold(f64::INFINITY, f64::min)
+            };
+            let input = best(&mut || input_transform(&x, c, &t, band, &mut v));
+            let output = best(&mut || output_transform(&v, c, &t, band, &mut out));
+            let output_adj = best(&mut || output_transform_adjoint(&y, c, &t, band, &mut m));
+            let input_adj = best(&mut || input_transform_adjoint(&m, c, &t, band, &mut dx));
+            eprintln!("{hw}x{hw}, {c} channels: input {input:.3} ms, output {output:.3} ms, output adjoint {output_adj:.3} ms, input adjoint {input_adj:.3} ms");
         }
     }
 }
