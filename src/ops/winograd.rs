@@ -403,12 +403,20 @@ fn row_stride(tb: usize) -> usize {
 /// `dst[dst_at[r]..][..len]` = Σ_c `mat[r][c]`·`src[src_at[c]..][..len]` for r < R, c < C.
 #[inline(always)]
 fn apply<const R: usize, const C: usize>(mat: &Mat6, src: &[f32], src_at: [usize; C], dst: &mut [f32], dst_at: [usize; R], len: usize) {
+    // Every row is checked once here, and the loops read and write through row pointers: with
+    // a bounds check per access the offsets and limits did not fit in registers, and the
+    // transforms spent their time moving them to and from the stack.
+    assert!(src_at.iter().all(|&o| o + len <= src.len()) && dst_at.iter().all(|&o| o + len <= dst.len()), "winograd transform: row out of range");
+    let (sp, dp) = (src.as_ptr(), dst.as_mut_ptr());
+    // SAFETY: each row [offset, offset + len) lies inside its slice (asserted above), and every
+    // access below is at an index below `len` of one row; `src` and `dst` do not overlap (one is
+    // borrowed shared, the other exclusively).
+    let srcs: [*const f32; C] = std::array::from_fn(|c| unsafe { sp.add(src_at[c]) });
+    let dsts: [*mut f32; R] = std::array::from_fn(|r| unsafe { dp.add(dst_at[r]) });
     let body = len - len % 8;
-    let mut x = [[0f32; 8]; C];
     for q in (0..body).step_by(8) {
-        for c in 0..C {
-            x[c].copy_from_slice(&src[src_at[c] + q..][..8]);
-        }
+        // SAFETY: q + 8 ≤ body ≤ len.
+        let x: [[f32; 8]; C] = std::array::from_fn(|c| unsafe { srcs[c].add(q).cast::<[f32; 8]>().read_unaligned() });
         for r in 0..R {
             let mut acc = [0f32; 8];
             for c in 0..C {
@@ -419,7 +427,8 @@ fn apply<const R: usize, const C: usize>(mat: &Mat6, src: &[f32], src_at: [usize
                     }
                 }
             }
-            dst[dst_at[r] + q..][..8].copy_from_slice(&acc);
+            // SAFETY: as for the loads.
+            unsafe { dsts[r].add(q).cast::<[f32; 8]>().write_unaligned(acc) };
         }
     }
     for q in body..len {
@@ -428,10 +437,12 @@ fn apply<const R: usize, const C: usize>(mat: &Mat6, src: &[f32], src_at: [usize
             for c in 0..C {
                 let k = mat[r][c];
                 if k != 0.0 {
-                    acc += k * src[src_at[c] + q];
+                    // SAFETY: q < len.
+                    acc += k * unsafe { *srcs[c].add(q) };
                 }
             }
-            dst[dst_at[r] + q] = acc;
+            // SAFETY: q < len.
+            unsafe { *dsts[r].add(q) = acc };
         }
     }
 }
