@@ -106,8 +106,8 @@ fn images_in_a_batch_come_out_as_they_would_alone() {
     let d = PatchGan::new(&DiscriminatorConfig { in_channels: 3, ndf: 16, n_layers: 3, antialias: false }, vb.pp("d")).unwrap();
     let grey = Tensor::randn(0f32, 1., (3, 1, 64, 64), &dev).unwrap();
     let colour = Tensor::randn(0f32, 1., (3, 3, 64, 64), &dev).unwrap();
-    let nets: [(&str, &dyn Fn(&Tensor) -> candle_core::Result<Tensor>, &Tensor); 3] =
-        [("resnet", &|x| resnet.forward(x), &grey), ("unet", &|x| unet.forward(x), &grey), ("patchgan", &|x| d.forward(x), &colour)];
+    type Net<'a> = &'a dyn Fn(&Tensor) -> candle_core::Result<Tensor>;
+    let nets: [(&str, Net, &Tensor); 3] = [("resnet", &|x| resnet.forward(x), &grey), ("unet", &|x| unet.forward(x), &grey), ("patchgan", &|x| d.forward(x), &colour)];
     for precision in [Precision::Fp32, Precision::Bf16] {
         with_precision(precision, || {
             for (name, net, xs) in nets {
