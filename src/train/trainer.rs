@@ -270,7 +270,8 @@ impl Trainer {
         let identity = cfg.lambda_identity > 0.0;
         let b_as_a = identity.then(|| adapt_channels(real_b, ca)).transpose()?;
         let a_as_b = identity.then(|| adapt_channels(real_a, cb)).transpose()?;
-        // G_AB on A and B, then G_BA on B, A and the fakes of A: [B,Cb,S,S] and [B,Ca,S,S] each.
+        // G_AB on A (and B, for the identity loss), then G_BA on B, on G_AB's fakes and (for the
+        // identity loss) on A; every output [B,C,S,S] with the other domain's channels.
         let (mut outs, logits_b) = forward_batch(&self.g_ab, &[Some(real_a), b_as_a.as_ref()])?;
         let (fake_b, idt_b) = (outs.remove(0), outs.pop());
         let (mut outs, _) = forward_batch(&self.g_ba, &[Some(real_b), Some(&fake_b), a_as_b.as_ref()])?;
