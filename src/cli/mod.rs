@@ -590,6 +590,12 @@ pub const EXIT_SECOND_INTERRUPT: i32 = 130;
 /// (a closed terminal or SSH session) set `stop`, saying `finishing` ("finishing this step…");
 /// a second one exits at once with [`EXIT_SECOND_INTERRUPT`], saying `second`. Messages may find
 /// no terminal (after SIGHUP), so a failed write is ignored rather than a panic.
+/// `bar` drawn with `template` (indicatif's syntax) and the command line's `=> ` bar characters.
+fn styled(bar: indicatif::ProgressBar, template: &str) -> indicatif::ProgressBar {
+    bar.set_style(indicatif::ProgressStyle::with_template(template).expect("valid template").progress_chars("=> "));
+    bar
+}
+
 fn stop_on_interrupt(stop: std::sync::Arc<std::sync::atomic::AtomicBool>, finishing: &'static str, second: &'static str) {
     ctrlc::set_handler(move || {
         use std::io::Write;

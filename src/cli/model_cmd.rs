@@ -4,7 +4,7 @@ use super::{ColourArgs, ConvertArgs, EvalArgs, ExportArgs, ExportFormat, ImportA
 use crate::interop::{export_torch_keys, import as import_model, ImportRequest};
 use crate::translate::{convert_folder, default_output_path, ConvertOptions, ModelSource, TileProgress, TranslateOptions, Translator};
 use anyhow::{bail, Context, Result};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use std::path::{Path, PathBuf};
 
 /// `--model`, or without it the model that can translate to `to` (see `ModelSource::default_for`),
@@ -73,8 +73,7 @@ pub fn translate(checkpoints: &Path, a: TranslateArgs) -> Result<()> {
     }
     let img = crate::data::decode_image(&a.input)?;
     // Shown only if the image goes through tiles, where a large one takes minutes.
-    let bar = ProgressBar::new(0);
-    bar.set_style(ProgressStyle::with_template("{msg:>10} {bar:30.cyan/blue} {pos}/{len} [{elapsed_precise}<{eta_precise}]").expect("valid template").progress_chars("=> "));
+    let bar = super::styled(ProgressBar::new(0), "{msg:>10} {bar:30.cyan/blue} {pos}/{len} [{elapsed_precise}<{eta_precise}]");
     let shown = bar.clone();
     tr.options.progress = Some(TileProgress(std::sync::Arc::new(move |stage, done, total| {
         shown.set_message(stage);
@@ -96,12 +95,7 @@ pub fn convert(checkpoints: &Path, a: ConvertArgs) -> Result<()> {
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     super::stop_on_interrupt(stop.clone(), "finishing the images in hand…", "exiting now (outputs written so far are complete)");
     let opts = ConvertOptions { to: a.to.clone(), overwrite: a.overwrite, batch: a.batch, shard: a.shard, stop: Some(stop) };
-    let bar = ProgressBar::new(0);
-    bar.set_style(
-        ProgressStyle::with_template("{bar:30.cyan/blue} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}")
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
+    let bar = super::styled(ProgressBar::new(0), "{bar:30.cyan/blue} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}");
     let summary = convert_folder(&tr, &a.input_dir, &a.output_dir, &opts, &mut |done, total, ips| {
         bar.set_length(total as u64);
         bar.set_position(done as u64);
@@ -203,8 +197,7 @@ pub fn eval(checkpoints: &Path, a: EvalArgs) -> Result<()> {
         use crate::eval::fid_features as ff;
         let model = crate::eval::inception::load_fid_inception(weights, a.fid.fid_weights_unchecked)?;
         let cache = if a.no_fid_cache { None } else { a.fid_cache.clone().or_else(ff::default_cache_dir) };
-        let bar = ProgressBar::new(0);
-        bar.set_style(ProgressStyle::with_template("{msg} {bar:30.cyan/blue} {pos}/{len} [{elapsed_precise}<{eta_precise}]").expect("valid template").progress_chars("=> "));
+        let bar = super::styled(ProgressBar::new(0), "{msg} {bar:30.cyan/blue} {pos}/{len} [{elapsed_precise}<{eta_precise}]");
         let input = match (&tr, translated) {
             (Some(_), Some(translations)) => {
                 bar.set_message("features");

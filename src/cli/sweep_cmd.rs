@@ -7,7 +7,7 @@ use crate::sweep::{self, SweepSpec, TrialRecord, TrialStatus};
 use crate::train::{run_training, Divergence, RunControl, RunOutcome, TrainEvent};
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -98,8 +98,7 @@ impl Sweep<'_> {
         };
         let target = stop_at.unwrap_or(u64::MAX).min(cfg.schedule.total_steps());
         let control = RunControl { stop_at, ..Default::default() };
-        let bar = self.bars.add(ProgressBar::new(target));
-        bar.set_style(ProgressStyle::with_template("{prefix:>4} {bar:24.cyan/blue} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}").expect("valid template").progress_chars("=> "));
+        let bar = super::styled(self.bars.add(ProgressBar::new(target)), "{prefix:>4} {bar:24.cyan/blue} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}");
         bar.set_prefix(trial.name.clone());
         let mut collapse = None;
         let outcome = run_training(cfg, &options, &control, &mut |e| {

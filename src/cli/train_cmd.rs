@@ -4,7 +4,7 @@ use super::TrainArgs;
 use crate::train::request::{Intervals, Length, RunRequest};
 use crate::train::{run_training, RunControl, RunOptions, RunOutcome, TrainEvent};
 use anyhow::{bail, Result};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use std::io::Write;
 use std::path::Path;
 
@@ -106,11 +106,7 @@ pub fn train(checkpoints: &Path, args: TrainArgs) -> Result<()> {
     let control = RunControl { keep_going_on_save_error: args.keep_going_on_save_error, ..Default::default() };
     super::stop_on_interrupt(control.stop.clone(), "finishing this step and saving a checkpoint…", "exiting without saving (the last checkpoint is intact)");
     let bar = if args.quiet { ProgressBar::hidden() } else { ProgressBar::new(cfg.schedule.total_steps()) };
-    bar.set_style(
-        ProgressStyle::with_template("{bar:30.cyan/blue} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}")
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
+    let bar = super::styled(bar, "{bar:30.cyan/blue} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}");
     let quiet = args.quiet;
     let log_every = cfg.log_every.max(1);
     // A hidden bar (quiet, or no terminal) drops println: say things on stderr then.
