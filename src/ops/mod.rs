@@ -214,7 +214,12 @@ const POOL_SPIN_LIMIT: &str = "200";
 ///   to the kernel: by default each activation of more than 128 KiB is a fresh `mmap`, so every
 ///   layer of every step page-faults its outputs in again (a generator's forward + backward at
 ///   128² went from ~440 to ~370 ms with the settings below; peak memory +7 MiB for a 128²
-///   training step, +34 MiB for translating a 256² image).
+///   training step, +34 MiB for translating a 256² image). Blocks past glibc's largest mmap
+///   threshold (32 MiB: the activations of 1024² images, of batched 256² ones) come from the heap
+///   too: as fresh mappings, each was page-faulted in and zeroed by the kernel and unmapped
+///   again, a third of the CPU time of translating a 1024² image (bf16, 2 cores: system time
+///   12.8 s → 0.8 s of 46 s, wall 6.1 → 4.6 s; peak memory +131 MiB, from the heap's
+///   fragmentation; bench/RESULTS.md).
 ///
 /// # Safety
 /// Call it before the process starts any other thread: it sets an environment variable, which
@@ -231,6 +236,10 @@ pub unsafe fn tune_cpu_runtime() {
     unsafe {
         // Blocks up to 32 MiB (glibc's largest allowed threshold) come from the heap.
         libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        // Larger ones too: glibc would map them (the threshold cannot go past 32 MiB), so the
+        // main arena maps nothing. (Other threads' arenas still map a block larger than their
+        // 64 MiB heaps; the command line translates and trains on the main thread.)
+        libc::mallopt(libc::M_MMAP_MAX, 0);
         // Free memory at the top of the heap is returned only past 1 GiB, and the heap grows
         // in 256 MiB steps (address space; pages still count only once touched).
         libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
