@@ -55,8 +55,9 @@ const fn cfg(
 
 /// Stride-1 layers with fewer output than input channels (the 6→5, 8→3 and 9→2 ones) take the
 /// narrow-output kernel, 3×3 and 4×4 ones padded by 0 or 1 with ≥ 16 channels Winograd's (the
-/// last five, with odd and even output sizes); the rest im2col.
-const CONV_CFGS: [Cfg; 15] = [
+/// last five, with odd and even output sizes); the rest im2col, at strides 1, 2 (its own
+/// vectorised gather and scatter) and 3.
+const CONV_CFGS: [Cfg; 16] = [
     cfg(2, 3, 8, 37, 44, 3, 2, 1, 0),
     cfg(2, 5, 4, 36, 44, 3, 2, 1, 0),
     cfg(2, 3, 6, 22, 19, 7, 1, 0, 0),
@@ -72,9 +73,10 @@ const CONV_CFGS: [Cfg; 15] = [
     cfg(2, 16, 16, 11, 9, 3, 1, 1, 0),
     cfg(2, 16, 20, 10, 13, 4, 1, 1, 0),
     cfg(1, 20, 16, 9, 8, 4, 1, 0, 0),
+    cfg(2, 3, 5, 16, 20, 4, 3, 1, 0),
 ];
 
-const CONVT_CFGS: [Cfg; 7] = [
+const CONVT_CFGS: [Cfg; 8] = [
     cfg(2, 8, 4, 17, 22, 3, 2, 1, 1),
     cfg(2, 5, 3, 18, 13, 3, 2, 1, 0),
     cfg(2, 4, 6, 9, 11, 4, 2, 1, 0),
@@ -82,6 +84,7 @@ const CONVT_CFGS: [Cfg; 7] = [
     cfg(2, 3, 2, 8, 9, 7, 1, 0, 0),
     cfg(2, 4, 4, 7, 12, 4, 2, 0, 1),
     cfg(3, 2, 3, 1, 2, 3, 2, 1, 1),
+    cfg(2, 3, 4, 6, 5, 4, 3, 1, 2),
 ];
 
 impl Cfg {

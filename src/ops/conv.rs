@@ -176,9 +176,15 @@ impl Geom {
 
 /// Output rows [`b0`, `b1`) of the im2col matrix: `cols` [C·K·K, (b1−b0)·Wo] from `img` [C,H,W].
 /// Rows are independent, so they run in parallel.
-fn im2col(img: &[f32], g: &Geom, (b0, b1): (usize, usize), cols: &mut [f32]) {
-    let (k, s, n) = (g.k, g.stride, (b1 - b0) * g.wo);
-    cols.par_chunks_mut(n).enumerate().for_each(|(r, row)| {
+fn im2col(img: &[f32], g: &Geom, band: (usize, usize), cols: &mut [f32]) {
+    let n = (band.1 - band.0) * g.wo;
+    cols.par_chunks_mut(n).enumerate().for_each(|(r, row)| im2col_row(row, img, g, band, r));
+}
+
+simd_fn! {
+    /// Row `r` (channel c, tap ki, kj) of `im2col`'s matrix.
+    fn im2col_row(row: &mut [f32], img: &[f32], g: &Geom, band: (usize, usize), r: usize) {
+        let (k, s, (b0, b1)) = (g.k, g.stride, band);
         let (c, ki, kj) = (r / (k * k), r / k % k, r % k);
         let plane = &img[c * g.h * g.w..(c + 1) * g.h * g.w];
         let (y_lo, y_hi) = g.valid(g.ho, g.h, ki);
@@ -196,23 +202,27 @@ fn im2col(img: &[f32], g: &Geom, (b0, b1): (usize, usize), cols: &mut [f32]) {
             let src = &plane[(oy * s + ki - g.pad) * g.w..][..g.w];
             let ix0 = x_lo * s + kj - g.pad;
             let out = &mut out[x_lo..x_hi];
-            if s == 1 {
-                out.copy_from_slice(&src[ix0..ix0 + out.len()]);
-            } else {
-                for (o, v) in out.iter_mut().zip(src[ix0..].iter().step_by(s)) {
-                    *o = *v;
-                }
+            match s {
+                1 => out.copy_from_slice(&src[ix0..ix0 + out.len()]),
+                2 => gather::<2>(out, &src[ix0..]),
+                _ => out.iter_mut().zip(src[ix0..].iter().step_by(s)).for_each(|(o, v)| *o = *v),
             }
         }
-    });
+    }
 }
 
 /// Adds the scatter of `cols` [C·K·K, (b1−b0)·Wo] (output rows [`b0`, `b1`)) into `img` [C,H,W],
 /// the adjoint of `im2col`. A channel's rows only touch that channel's plane, so planes run in
 /// parallel.
-fn col2im_add(cols: &[f32], g: &Geom, (b0, b1): (usize, usize), img: &mut [f32]) {
-    let (k, s, n) = (g.k, g.stride, (b1 - b0) * g.wo);
-    img.par_chunks_mut(g.h * g.w).enumerate().for_each(|(c, plane)| {
+fn col2im_add(cols: &[f32], g: &Geom, band: (usize, usize), img: &mut [f32]) {
+    img.par_chunks_mut(g.h * g.w).enumerate().for_each(|(c, plane)| col2im_plane(plane, cols, g, band, c));
+}
+
+simd_fn! {
+    /// Channel `c`'s plane of `col2im_add`.
+    fn col2im_plane(plane: &mut [f32], cols: &[f32], g: &Geom, band: (usize, usize), c: usize) {
+        let (k, s, (b0, b1)) = (g.k, g.stride, band);
+        let n = (b1 - b0) * g.wo;
         for ki in 0..k {
             let (y_lo, y_hi) = g.valid(g.ho, g.h, ki);
             let (y_lo, y_hi) = (y_lo.clamp(b0, b1), y_hi.clamp(b0, b1));
@@ -226,19 +236,37 @@ fn col2im_add(cols: &[f32], g: &Geom, (b0, b1): (usize, usize), img: &mut [f32])
                 for oy in y_lo..y_hi {
                     let dst = &mut plane[(oy * s + ki - g.pad) * g.w..][..g.w];
                     let src = &row[(oy - b0) * g.wo + x_lo..(oy - b0) * g.wo + x_hi];
-                    if s == 1 {
-                        for (d, v) in dst[ix0..ix0 + src.len()].iter_mut().zip(src) {
-                            *d += v;
-                        }
-                    } else {
-                        for (d, v) in dst[ix0..].iter_mut().step_by(s).zip(src) {
-                            *d += v;
-                        }
+                    match s {
+                        1 => dst[ix0..ix0 + src.len()].iter_mut().zip(src).for_each(|(d, v)| *d += v),
+                        2 => scatter_add::<2>(&mut dst[ix0..], src),
+                        _ => dst[ix0..].iter_mut().step_by(s).zip(src).for_each(|(d, v)| *d += v),
                     }
                 }
             }
         }
-    });
+    }
+}
+
+/// `out[i] = src[S·i]` for every i (`src` holds S·(out.len() − 1) + 1 values or more), with the
+/// stride known at compile time so that the loop vectorises; the last element goes alone, as its
+/// S-long chunk may run past `src`'s end.
+#[inline(always)]
+fn gather<const S: usize>(out: &mut [f32], src: &[f32]) {
+    let Some((last, body)) = out.split_last_mut() else { return };
+    for (o, chunk) in body.iter_mut().zip(src.chunks_exact(S)) {
+        *o = chunk[0];
+    }
+    *last = src[S * body.len()];
+}
+
+/// `dst[S·i] += src[i]` for every i: the adjoint of [`gather`].
+#[inline(always)]
+fn scatter_add<const S: usize>(dst: &mut [f32], src: &[f32]) {
+    let Some((last, body)) = src.split_last() else { return };
+    for (chunk, v) in dst.chunks_exact_mut(S).zip(body) {
+        chunk[0] += v;
+    }
+    dst[S * body.len()] += last;
 }
 
 /// Largest im2col scratch, in floats (256 MiB): bigger convolutions (a 7×7 layer over 64
