@@ -25,6 +25,7 @@
 
 use super::f32_data;
 use super::gemm::{matmul, matmul_split_k, with_scratch, Mat};
+use super::gemm_bf16::gemm_rows;
 use super::winograd::Pad;
 use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -211,6 +212,42 @@ simd_fn! {
     }
 }
 
+simd_fn! {
+    /// Columns [`j0`, `j0` + out.len()) of row `r` (channel c, tap ki, kj) of the whole image's
+    /// im2col matrix into `out`: what the bf16 product packs, read from the image in place.
+    fn im2col_segment(out: &mut [f32], img: &[f32], g: &Geom, r: usize, j0: usize) {
+        let (k, s) = (g.k, g.stride);
+        let (c, ki, kj) = (r / (k * k), r / k % k, r % k);
+        let plane = &img[c * g.h * g.w..(c + 1) * g.h * g.w];
+        let (y_lo, y_hi) = g.valid(g.ho, g.h, ki);
+        let (x_lo, x_hi) = g.valid(g.wo, g.w, kj);
+        let end = j0 + out.len();
+        let mut j = j0;
+        while j < end {
+            // The part of output row oy in the segment: columns [ox0, ox1).
+            let (oy, ox0) = (j / g.wo, j % g.wo);
+            let ox1 = (ox0 + end - j).min(g.wo);
+            let seg = &mut out[j - j0..][..ox1 - ox0];
+            j += ox1 - ox0;
+            let (a, b) = (x_lo.clamp(ox0, ox1), x_hi.clamp(ox0, ox1));
+            if oy < y_lo || oy >= y_hi || a == b {
+                seg.fill(0.0);
+                continue;
+            }
+            seg[..a - ox0].fill(0.0);
+            seg[b - ox0..].fill(0.0);
+            let src = &plane[(oy * s + ki - g.pad) * g.w..][..g.w];
+            let ix0 = a * s + kj - g.pad;
+            let seg = &mut seg[a - ox0..b - ox0];
+            match s {
+                1 => seg.copy_from_slice(&src[ix0..ix0 + seg.len()]),
+                2 => gather::<2>(seg, &src[ix0..]),
+                _ => seg.iter_mut().zip(src[ix0..].iter().step_by(s)).for_each(|(o, v)| *o = *v),
+            }
+        }
+    }
+}
+
 /// Adds the scatter of `cols` [C·K·K, (b1−b0)·Wo] (output rows [`b0`, `b1`)) into `img` [C,H,W],
 /// the adjoint of `im2col`. A channel's rows only touch that channel's plane, so planes run in
 /// parallel.
@@ -298,6 +335,12 @@ fn conv_kernel(x: &[f32], w: &[f32], cout: usize, g: &Geom) -> Vec<f32> {
     let n = g.cols();
     let mut y = vec![0.0; x.len() / g.img_len() * cout * n];
     for (xb, yb) in x.chunks_exact(g.img_len()).zip(y.chunks_exact_mut(cout * n)) {
+        if super::precision::cpu_bf16() {
+            // The bf16 product packs the im2col matrix straight from the image: the f32 matrix is
+            // never written, nor read back to be rounded.
+            gemm_rows(cout, n, g.rows(), (yb, n), Mat::rows(w, g.rows()), &|r, j0, out| im2col_segment(out, xb, g, r, j0));
+            continue;
+        }
         for band in bands(g) {
             let cols_n = (band.1 - band.0) * g.wo;
             with_scratch(g.rows() * cols_n, |cols| {
@@ -611,6 +654,34 @@ mod tests {
         // And both match im2col.
         let im2col = conv_kernel(&x, &w, cout, &g);
         assert!(whole.iter().zip(&im2col).all(|(p, q)| (p - q).abs() < 1e-4));
+    }
+
+    /// In bf16 the product packs the im2col matrix from the image in place: bit for bit what
+    /// the f32 matrix from `im2col` gives the same product, at strides 1–3, with padding,
+    /// segments that span output rows (narrow images) and several column tasks (wide ones).
+    #[test]
+    fn bf16_packs_im2col_in_place_as_from_the_matrix() {
+        let Some(hw) = super::super::gemm_bf16::hardware() else {
+            eprintln!("skipped: this CPU has no AVX512-BF16 (the bf16 kernels' instruction set)");
+            return;
+        };
+        eprintln!("testing the {hw} kernel");
+        let val = super::super::test_value;
+        for (c, h, w, k, stride, pad) in [(3, 13, 11, 3, 2, 1), (5, 40, 37, 7, 1, 3), (4, 9, 70, 4, 3, 1), (6, 5, 6, 3, 1, 0), (2, 64, 64, 3, 2, 1)] {
+            let g = Geom::conv(c, h, w, k, stride, pad).unwrap();
+            let (b, cout, n) = (2, 5, g.cols());
+            let x: Vec<f32> = (0..b * g.img_len()).map(val).collect();
+            let wt: Vec<f32> = (0..cout * g.rows()).map(|i| val(i + 3)).collect();
+            let in_place = super::super::with_precision(super::super::Precision::Bf16, || conv_kernel(&x, &wt, cout, &g));
+            let mut from_matrix = vec![0f32; b * cout * n];
+            for (xb, yb) in x.chunks_exact(g.img_len()).zip(from_matrix.chunks_exact_mut(cout * n)) {
+                let mut cols = vec![0f32; g.rows() * n];
+                im2col(xb, &g, (0, g.ho), &mut cols);
+                // SAFETY: hardware checked; operands and destination sized above.
+                unsafe { super::super::gemm_bf16::gemm(cout, n, g.rows(), (yb.as_mut_ptr(), n), false, Mat::rows(&wt, g.rows()), Mat::rows(&cols, n), true) };
+            }
+            assert!(in_place.iter().zip(&from_matrix).all(|(p, q)| p.to_bits() == q.to_bits()), "{c}x{h}x{w} k {k} stride {stride} pad {pad}");
+        }
     }
 
     /// The kernels give the same results in one band and in many (one output row each).

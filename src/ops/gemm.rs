@@ -24,7 +24,7 @@ impl<'a> Mat<'a> {
     }
 
     /// Whether every element of a rows × cols operand lies in `data` (an empty one reads none).
-    fn fits(&self, rows: usize, cols: usize) -> bool {
+    pub fn fits(&self, rows: usize, cols: usize) -> bool {
         rows == 0 || cols == 0 || (rows - 1) * self.rs + (cols - 1) * self.cs < self.data.len()
     }
 }

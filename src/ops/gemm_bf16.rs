@@ -146,11 +146,42 @@ fn strided_pairs(data: &[f32], start: usize, step: usize, kc: usize, mut put: im
     }
 }
 
+/// The right operand of a bf16 product: a strided f32 matrix, or one made row segment by row
+/// segment as it is packed: `rows(r, j0, out)` fills `out` with row r's columns [j0, j0 +
+/// out.len()) (a convolution's im2col matrix, read from the image in place).
+#[derive(Clone, Copy)]
+pub(crate) enum Rhs<'a> {
+    Mat(Mat<'a>),
+    Rows(&'a (dyn Fn(usize, usize, &mut [f32]) + Sync)),
+}
+
 simd_fn! {
     /// Packs B k [k0, k0+kc) × columns [j0, j0+nc) into panels of NR columns: panel q, pair p,
     /// column jj at `(q·kp + p)·NR + jj`; columns past `nc` and the odd k past `kc` are zero.
-    fn pack_b(b: Mat, k0: usize, kc: usize, j0: usize, nc: usize, out: &mut [u32]) {
+    fn pack_b(b: Rhs, k0: usize, kc: usize, j0: usize, nc: usize, out: &mut [u32]) {
         let kp = kc.div_ceil(2);
+        let b = match b {
+            Rhs::Mat(b) => b,
+            Rhs::Rows(rows) => {
+                // Two rows of the block at a time, then paired panel by panel.
+                assert!(nc <= NC, "bf16 gemm: a task packs at most NC columns");
+                let (mut lo, mut hi) = ([0f32; NC], [0f32; NC]);
+                for p in 0..kp {
+                    rows(k0 + 2 * p, j0, &mut lo[..nc]);
+                    let has_hi = 2 * p + 1 < kc;
+                    if has_hi {
+                        rows(k0 + 2 * p + 1, j0, &mut hi[..nc]);
+                    }
+                    for (q, panel) in out.chunks_exact_mut(kp * NR).take(nc.div_ceil(NR)).enumerate() {
+                        let cols = (nc - q * NR).min(NR);
+                        let dst = &mut panel[p * NR..(p + 1) * NR];
+                        fill_pairs(&mut dst[..cols], &lo[q * NR..][..cols], has_hi.then(|| &hi[q * NR..][..cols]));
+                        dst[cols..].fill(0);
+                    }
+                }
+                return;
+            }
+        };
         for (q, panel) in out.chunks_exact_mut(kp * NR).take(nc.div_ceil(NR)).enumerate() {
             let cols = (nc - q * NR).min(NR);
             let jbase = j0 + q * NR;
@@ -244,7 +275,33 @@ fn with_pack_buffers<R>(a_len: usize, b_len: usize, f: impl FnOnce(&mut [u32], &
 /// `hardware()` must be `Some`; `lhs` and `rhs` must fit their shapes, and `dst` must point to m
 /// rows of n writable floats `dst_rs` apart that nothing else touches during the call.
 #[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn gemm(m: usize, n: usize, k: usize, (dst, dst_rs): (*mut f32, usize), accumulate: bool, lhs: Mat, rhs: Mat, parallel: bool) {
+pub(crate) unsafe fn gemm(m: usize, n: usize, k: usize, dst: (*mut f32, usize), accumulate: bool, lhs: Mat, rhs: Mat, parallel: bool) {
+    // SAFETY: the caller's contract is this one's.
+    unsafe { gemm_impl(m, n, k, dst, accumulate, lhs, Rhs::Mat(rhs), parallel) }
+}
+
+/// `dst` [m,n] (row stride `dst_rs`) = `lhs` [m,k] · B [k,n] in bf16 (f32 sums) over the rayon
+/// threads, B's rows made by `rows(r, j0, out)` (fill `out` with row r's columns [j0, j0 +
+/// out.len())) as the product packs them: no B is ever stored whole.
+///
+/// Panics if this CPU has no bf16 kernel (`hardware()`) or an operand is out of bounds.
+pub(crate) fn gemm_rows(m: usize, n: usize, k: usize, (dst, dst_rs): (&mut [f32], usize), lhs: Mat, rows: &(dyn Fn(usize, usize, &mut [f32]) + Sync)) {
+    assert!(hardware().is_some(), "bf16 gemm on a CPU without AVX512-BF16");
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(dst_rs >= n && (m - 1) * dst_rs + n <= dst.len() && lhs.fits(m, k), "bf16 gemm operand out of bounds");
+    // SAFETY: hardware checked; the assert keeps A's reads and the writes inside the slices, and
+    // `dst` is borrowed mutably, so nothing else touches it; B's rows come from `rows`.
+    unsafe { gemm_impl(m, n, k, (dst.as_mut_ptr(), dst_rs), false, lhs, Rhs::Rows(rows), true) }
+}
+
+/// `gemm` over either kind of right operand.
+///
+/// # Safety
+/// As `gemm`'s (`rhs`, where a `Mat`, must fit k × n).
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_impl(m: usize, n: usize, k: usize, (dst, dst_rs): (*mut f32, usize), accumulate: bool, lhs: Mat, rhs: Rhs, parallel: bool) {
     if m == 0 || n == 0 {
         return;
     }
