@@ -80,6 +80,7 @@ where
     let job_tx = tx.clone();
     let spawned = std::thread::Builder::new().name("studio-job".into()).spawn(move || {
         let result = catch_panics(work);
+        crate::ops::release_free_memory();
         let _ = job_tx.send(AppEvent::Job(wrap(result)));
     });
     if let Err(e) = spawned {

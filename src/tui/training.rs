@@ -1159,6 +1159,7 @@ fn spawn_training(plan: RunPlan, control: RunControl, events: &Sender<AppEvent>)
             let _ = forward.send(AppEvent::Train(e));
         };
         let outcome = catch_panics(|| run_training(plan.config, &plan.options, &control, &mut on_event));
+        crate::ops::release_free_memory();
         let _ = events.send(AppEvent::TrainingEnded(outcome));
     })?;
     Ok(())
