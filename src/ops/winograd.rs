@@ -112,6 +112,38 @@ const fn transpose(m: Mat6) -> Mat6 {
     t
 }
 
+/// `dst.copy_from_slice(src)` for a transform's short rows (a row of tiles: 8 floats at 32²),
+/// in 16-float blocks kept inline: `copy_from_slice` would call the C library's memcpy, whose
+/// call costs more than copying so few floats.
+#[inline(always)]
+fn copy_short(dst: &mut [f32], src: &[f32]) {
+    fn block<const N: usize>(dst: &mut [f32], src: &[f32], at: usize) {
+        let d: &mut [f32; N] = (&mut dst[at..at + N]).try_into().expect("N floats");
+        *d = src[at..at + N].try_into().expect("N floats");
+    }
+    let n = src.len();
+    assert_eq!(dst.len(), n);
+    let mut i = 0;
+    while i + 16 <= n {
+        block::<16>(dst, src, i);
+        i += 16;
+    }
+    if i + 8 <= n {
+        block::<8>(dst, src, i);
+        i += 8;
+    }
+    if i + 4 <= n {
+        block::<4>(dst, src, i);
+        i += 4;
+    }
+    // At most 3 left, one by one (a loop here would become a memcpy call again).
+    for j in [i, i + 1, i + 2] {
+        if j < n {
+            dst[j] = src[j];
+        }
+    }
+}
+
 /// The matrices of one algorithm F(m×m, r×r), with their transposes, so that every step of a
 /// transform is "dst[r] = Σ_c mat[r][c]·src[c]" with compile-time coefficients.
 struct Scheme {
@@ -686,8 +718,10 @@ fn input_plane_m<const M: usize, const _R: usize, const AL: usize>(buf: &mut [f3
         for (i, row) in padded.chunks_exact_mut(width).enumerate() {
             let r = M * ti + i;
             if r < t.h {
+                // Columns past w stay zero from the scratch's allocation: load_row writes only
+                // row[..w] (and a memset call per row cost more than the row's copy).
                 t.load_row(plane, r, row, tmp);
-                row[t.w..].fill(0.0);
+                debug_assert!(row[t.w..].iter().all(|&v| v == 0.0));
             } else {
                 row.fill(0.0);
             }
@@ -747,7 +781,7 @@ fn input_adjoint_plane_m<const M: usize, const _R: usize, const AL: usize>(buf: 
             let d = |j: usize| &dd[(i * AL + j) * nt + base..][..tw];
             for p in 0..M {
                 let part = &mut ph[p * pl..][..pl];
-                part[..tw].copy_from_slice(d(p));
+                copy_short(&mut part[..tw], d(p));
                 part[tw] = 0.0;
                 if p + M < AL {
                     for (v, &e) in part[1..].iter_mut().zip(d(p + M)) {
