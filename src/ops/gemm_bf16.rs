@@ -2,7 +2,9 @@
 //! bf16 (round to nearest even) as they are packed, pairs of products are summed in f32 by
 //! AVX512-BF16's `vdpbf16ps`, and the destination stays f32 — the recipe PyTorch's autocast gives
 //! a convolution. Same operand conventions as `gemm` (strided f32 `Mat`s, a row-strided f32
-//! destination), so the convolution kernels swap one product for the other and change nothing else.
+//! destination), so the convolution kernels swap one product for the other and change nothing else;
+//! `gemm_rows` also takes a B made row by row as it is packed (a convolution's im2col matrix, read
+//! from the image in place instead of stored in f32 first).
 //!
 //! Layout (BLIS-style, with the vector along the destination's rows): B is packed in panels of
 //! `NR` columns, each k-pair of a column one u32 (bf16 of row 2p in the low half, row 2p+1 in the
