@@ -646,7 +646,7 @@ fn filter_plane_m<const M: usize, const R: usize, const AL: usize>(uc: &mut [f32
                 let dst = &mut uc[(i * AL + q) * cin + c0..][..n];
                 // A whole group as one fixed-size store: a slice copy of n floats is a call to
                 // the C library's memcpy, 36 per group, 5 million of them per 256² translation
-                // (a sixth of its time, more than the transform's arithmetic).
+                // (5 % of its time, more than the transform's own share).
                 if let Ok(dst) = <&mut [f32; 8]>::try_from(&mut *dst) {
                     *dst = u;
                 } else {
