@@ -581,7 +581,6 @@ pub struct TrainArgs {
     pub val_b: Option<PathBuf>,
 }
 
-/// Runs a parsed command line.
 /// The exit status after a second Ctrl-C / SIGTERM / SIGHUP (128 + SIGINT, as shells report an
 /// interrupted command): the command stopped without finishing its current work.
 pub const EXIT_SECOND_INTERRUPT: i32 = 130;
@@ -590,12 +589,6 @@ pub const EXIT_SECOND_INTERRUPT: i32 = 130;
 /// (a closed terminal or SSH session) set `stop`, saying `finishing` ("finishing this step…");
 /// a second one exits at once with [`EXIT_SECOND_INTERRUPT`], saying `second`. Messages may find
 /// no terminal (after SIGHUP), so a failed write is ignored rather than a panic.
-/// `bar` drawn with `template` (indicatif's syntax) and the command line's `=> ` bar characters.
-fn styled(bar: indicatif::ProgressBar, template: &str) -> indicatif::ProgressBar {
-    bar.set_style(indicatif::ProgressStyle::with_template(template).expect("valid template").progress_chars("=> "));
-    bar
-}
-
 fn stop_on_interrupt(stop: std::sync::Arc<std::sync::atomic::AtomicBool>, finishing: &'static str, second: &'static str) {
     ctrlc::set_handler(move || {
         use std::io::Write;
@@ -608,6 +601,13 @@ fn stop_on_interrupt(stop: std::sync::Arc<std::sync::atomic::AtomicBool>, finish
     .ok();
 }
 
+/// `bar` drawn with `template` (indicatif's syntax) and the command line's `=> ` bar characters.
+fn styled(bar: indicatif::ProgressBar, template: &str) -> indicatif::ProgressBar {
+    bar.set_style(indicatif::ProgressStyle::with_template(template).expect("valid template").progress_chars("=> "));
+    bar
+}
+
+/// Runs a parsed command line.
 pub fn dispatch(cli: Cli) -> Result<()> {
     match cli.command {
         Some(Command::Train(args)) => train_cmd::train(&cli.checkpoints, *args),
