@@ -176,45 +176,16 @@ impl Geom {
 }
 
 /// Output rows [`b0`, `b1`) of the im2col matrix: `cols` [C·K·K, (b1−b0)·Wo] from `img` [C,H,W].
-/// Rows are independent, so they run in parallel.
-fn im2col(img: &[f32], g: &Geom, band: (usize, usize), cols: &mut [f32]) {
-    let n = (band.1 - band.0) * g.wo;
-    cols.par_chunks_mut(n).enumerate().for_each(|(r, row)| im2col_row(row, img, g, band, r));
-}
-
-simd_fn! {
-    /// Row `r` (channel c, tap ki, kj) of `im2col`'s matrix.
-    fn im2col_row(row: &mut [f32], img: &[f32], g: &Geom, band: (usize, usize), r: usize) {
-        let (k, s, (b0, b1)) = (g.k, g.stride, band);
-        let (c, ki, kj) = (r / (k * k), r / k % k, r % k);
-        let plane = &img[c * g.h * g.w..(c + 1) * g.h * g.w];
-        let (y_lo, y_hi) = g.valid(g.ho, g.h, ki);
-        let (y_lo, y_hi) = (y_lo.clamp(b0, b1), y_hi.clamp(b0, b1));
-        let (x_lo, x_hi) = g.valid(g.wo, g.w, kj);
-        row[..(y_lo - b0) * g.wo].fill(0.0);
-        row[(y_hi.max(y_lo) - b0) * g.wo..].fill(0.0);
-        for oy in y_lo..y_hi {
-            let out = &mut row[(oy - b0) * g.wo..(oy - b0 + 1) * g.wo];
-            out[..x_lo].fill(0.0);
-            out[x_hi..].fill(0.0);
-            if x_lo == x_hi {
-                continue;
-            }
-            let src = &plane[(oy * s + ki - g.pad) * g.w..][..g.w];
-            let ix0 = x_lo * s + kj - g.pad;
-            let out = &mut out[x_lo..x_hi];
-            match s {
-                1 => out.copy_from_slice(&src[ix0..ix0 + out.len()]),
-                2 => gather::<2>(out, &src[ix0..]),
-                _ => out.iter_mut().zip(src[ix0..].iter().step_by(s)).for_each(|(o, v)| *o = *v),
-            }
-        }
-    }
+/// Rows are independent, so they run in parallel; each is the band's columns of the whole
+/// image's row.
+fn im2col(img: &[f32], g: &Geom, (b0, b1): (usize, usize), cols: &mut [f32]) {
+    cols.par_chunks_mut((b1 - b0) * g.wo).enumerate().for_each(|(r, row)| im2col_segment(row, img, g, r, b0 * g.wo));
 }
 
 simd_fn! {
     /// Columns [`j0`, `j0` + out.len()) of row `r` (channel c, tap ki, kj) of the whole image's
-    /// im2col matrix into `out`: what the bf16 product packs, read from the image in place.
+    /// im2col matrix into `out`: a band's row of `im2col`, or what the bf16 product packs, read
+    /// from the image in place.
     fn im2col_segment(out: &mut [f32], img: &[f32], g: &Geom, r: usize, j0: usize) {
         let (k, s) = (g.k, g.stride);
         let (c, ki, kj) = (r / (k * k), r / k % k, r % k);
