@@ -270,6 +270,36 @@ fn with_pack_buffers<R>(a_len: usize, b_len: usize, f: impl FnOnce(&mut [u32], &
     out
 }
 
+/// All of A [m,k] packed into `packed` (`packed_a_len(m, k)` pairs; its contents on entry do not
+/// matter): for each KC block of k, `pack_a`'s panels of all m rows, so the panels of rows
+/// [i, …) of the block at k0 (kp pairs deep) start at `k0 · m_pad / 2 + i · kp`, m_pad being m
+/// rounded up to MR. Spread over the rayon threads if `parallel`.
+fn pack_a_whole(lhs: Mat, m: usize, k: usize, parallel: bool, packed: &mut [u32]) {
+    // One piece per (k block, MC rows): disjoint slices of the buffer.
+    let mut pieces = Vec::new();
+    let mut rest = packed;
+    for k0 in (0..k).step_by(KC) {
+        let kc = KC.min(k - k0);
+        for i0 in (0..m).step_by(MC) {
+            let mc = MC.min(m - i0);
+            let (piece, tail) = rest.split_at_mut(mc.next_multiple_of(MR) * kc.div_ceil(2));
+            pieces.push((k0, kc, i0, mc, piece));
+            rest = tail;
+        }
+    }
+    let pack = |(k0, kc, i0, mc, piece): (usize, usize, usize, usize, &mut [u32])| pack_a(lhs, i0, mc, k0, kc, piece);
+    if parallel {
+        pieces.into_par_iter().for_each(pack);
+    } else {
+        pieces.into_iter().for_each(pack);
+    }
+}
+
+/// The length `pack_a_whole` fills.
+fn packed_a_len(m: usize, k: usize) -> usize {
+    m.next_multiple_of(MR) * k.div_ceil(KC) * KC.min(k).div_ceil(2)
+}
+
 /// `dst` [m,n] (row stride `dst_rs`) = (`dst` if `accumulate`) + `lhs` [m,k] · `rhs` [k,n], with
 /// both operands rounded to bf16 and f32 sums; spread over the rayon threads if `parallel`.
 ///
@@ -325,6 +355,23 @@ unsafe fn gemm_impl(m: usize, n: usize, k: usize, (dst, dst_rs): (*mut f32, usiz
     let row_tasks = if col_tasks >= threads { 1 } else { threads.div_ceil(col_tasks).min(m.div_ceil(MR)) };
     let mt = m.div_ceil(row_tasks).next_multiple_of(MR);
     let row_tasks = m.div_ceil(mt);
+    // Where several tasks share rows (a column split), A is packed once for all of them: packed
+    // per task it would be rounded and paired `col_tasks` times, which for a wide A and a narrow
+    // B (a weight times a small plane, a gradient's long k) costs more than the products.
+    // The buffer is this thread's, reused (taken out while in use, so a nested call allocates).
+    thread_local! {
+        static SHARED_A: Cell<Vec<u32>> = const { Cell::new(Vec::new()) };
+    }
+    let mut shared_buf = Vec::new();
+    if col_tasks > 1 {
+        shared_buf = SHARED_A.with(Cell::take);
+        let len = packed_a_len(m, k);
+        if shared_buf.len() < len {
+            shared_buf = vec![0; len];
+        }
+        pack_a_whole(lhs, m, k, parallel, &mut shared_buf[..len]);
+    }
+    let shared_a = (col_tasks > 1).then_some(&shared_buf[..]);
     // Tasks write disjoint row × column blocks.
     let out = SharedDst(dst);
     let task = |t: usize| {
@@ -332,7 +379,7 @@ unsafe fn gemm_impl(m: usize, n: usize, k: usize, (dst, dst_rs): (*mut f32, usiz
         let (i0, j0) = (ti * mt, tj * nt);
         let (mrows, ncols) = ((m - i0).min(mt), (n - j0).min(nt));
         let kp_max = KC.min(k).div_ceil(2);
-        let a_len = MC.min(mrows).div_ceil(MR) * MR * kp_max;
+        let a_len = if shared_a.is_some() { 0 } else { MC.min(mrows).div_ceil(MR) * MR * kp_max };
         let b_len = ncols.div_ceil(NR) * NR * kp_max;
         with_pack_buffers(a_len, b_len, |abuf, bbuf| {
             for k0 in (0..k).step_by(KC) {
@@ -341,7 +388,14 @@ unsafe fn gemm_impl(m: usize, n: usize, k: usize, (dst, dst_rs): (*mut f32, usiz
                 pack_b(rhs, k0, kc, j0, ncols, bbuf);
                 for ic in (0..mrows).step_by(MC) {
                     let mc = MC.min(mrows - ic);
-                    pack_a(lhs, i0 + ic, mc, k0, kc, abuf);
+                    let apanels: &[u32] = match shared_a {
+                        // Rows start at multiples of MR (mt and MC are), so panels line up.
+                        Some(packed) => &packed[k0 * m.next_multiple_of(MR) / 2 + (i0 + ic) * kp..],
+                        None => {
+                            pack_a(lhs, i0 + ic, mc, k0, kc, abuf);
+                            abuf
+                        }
+                    };
                     for q in 0..ncols.div_ceil(NR) {
                         let cols = (ncols - q * NR).min(NR);
                         for r in 0..mc.div_ceil(MR) {
@@ -351,7 +405,7 @@ unsafe fn gemm_impl(m: usize, n: usize, k: usize, (dst, dst_rs): (*mut f32, usiz
                             // SAFETY: hardware() was checked by the caller; the panels hold kp
                             // pairs; the block is inside this task's part of the destination.
                             unsafe {
-                                micro_kernel(kp, abuf[r * kp * MR..].as_ptr(), bbuf[q * kp * NR..].as_ptr(), c, dst_rs, rows, cols, accumulate || k0 > 0)
+                                micro_kernel(kp, apanels[r * kp * MR..].as_ptr(), bbuf[q * kp * NR..].as_ptr(), c, dst_rs, rows, cols, accumulate || k0 > 0)
                             };
                             #[cfg(not(target_arch = "x86_64"))]
                             let _ = (c, rows, cols);
@@ -366,6 +420,9 @@ unsafe fn gemm_impl(m: usize, n: usize, k: usize, (dst, dst_rs): (*mut f32, usiz
         task(0);
     } else {
         (0..tasks).into_par_iter().for_each(task);
+    }
+    if col_tasks > 1 {
+        SHARED_A.with(|s| s.set(shared_buf));
     }
 }
 
@@ -387,7 +444,8 @@ mod tests {
     }
 
     /// Every edge case of the blocking (partial MR and NR blocks, odd k, several KC and MC
-    /// blocks, row and column splits), both operand orders, overwriting and accumulating: the
+    /// blocks, row and column splits, A packed once for a column split, with and without a row
+    /// split beside it: 5 threads), both operand orders, overwriting and accumulating: the
     /// kernel equals the exact sum of the rounded operands up to f32 summation error.
     #[test]
     fn bf16_gemm_matches_exact_sums_of_rounded_operands() {
@@ -396,6 +454,11 @@ mod tests {
             return;
         };
         eprintln!("testing the {hw} kernel");
+        check_against_exact_sums();
+        rayon::ThreadPoolBuilder::new().num_threads(5).build().expect("thread pool").install(check_against_exact_sums);
+    }
+
+    fn check_against_exact_sums() {
         let val = super::super::test_value;
         for &(m, n, k) in &[(1, 1, 1), (5, 7, 3), (12, 32, 256), (13, 33, 257), (150, 70, 600), (3, 2100, 9), (64, 4100, 27)] {
             let lhs_data: Vec<f32> = (0..m * k).map(|i| val(i) * 3.0).collect();
