@@ -584,7 +584,8 @@ fn per_channel(
 /// contiguous chunk; the GEMMs read U[ξ] [Cout, Cin] with row stride α²·Cin).
 fn filter_transform(w: &[f32], cout: usize, cin: usize, t: &Tiles, u: &mut [f32]) {
     let (pos, taps) = (t.positions(), t.r * t.r);
-    u.par_chunks_mut(pos * cin).zip(w.par_chunks(taps * cin)).take(cout).for_each(|(uc, wc)| filter_plane(uc, wc, cin, t.m));
+    let scratch = || vec![0f32; (taps + t.r * t.alpha) * cin];
+    u.par_chunks_mut(pos * cin).zip(w.par_chunks(taps * cin)).take(cout).for_each_init(scratch, |buf, (uc, wc)| filter_plane(buf, uc, wc, cin, t.m));
 }
 
 /// Runs `f` on U for `w` in a reused per-thread buffer: U is α²/r² times the size of the weights
@@ -598,62 +599,32 @@ fn with_filter<R>(w: &[f32], cout: usize, cin: usize, t: &Tiles, f: impl FnOnce(
 }
 
 simd_fn! {
-    fn filter_plane(uc: &mut [f32], wc: &[f32], cin: usize, m: usize) {
-        by_tile!(m, filter_plane_m(uc, wc, cin))
+    fn filter_plane(buf: &mut [f32], uc: &mut [f32], wc: &[f32], cin: usize, m: usize) {
+        by_tile!(m, filter_plane_m(buf, uc, wc, cin))
     }
 }
 
-// The indices address several arrays at once (taps, H, U), as in the maths.
-#[allow(clippy::needless_range_loop)]
 #[inline(always)]
-fn filter_plane_m<const M: usize, const R: usize, const AL: usize>(uc: &mut [f32], wc: &[f32], cin: usize) {
-    // 8 input channels at a time, in registers: their r² taps g, H = G g (α×r), U = H Gᵀ (α×α),
-    // every entry a vector over the 8 channels.
+fn filter_plane_m<const M: usize, const R: usize, const AL: usize>(buf: &mut [f32], uc: &mut [f32], wc: &[f32], cin: usize) {
+    // The taps as r² rows over the input channels, then H = G g (α×r rows) and U = H Gᵀ (α×α
+    // rows, U's own layout), each step a long vector loop over the channels as in
+    // `filter_adjoint_plane`. (With 8 channels at a time in registers the transform ran 2–3×
+    // slower per call than its adjoint: 9 % of a 128² training step.)
     let s = scheme::<M>();
-    let taps = R * R;
-    for c0 in (0..cin).step_by(8) {
-        let n = (cin - c0).min(8);
-        let mut g = [[0f32; 8]; 16];
-        for (l, tc) in wc[c0 * taps..(c0 + n) * taps].chunks_exact(taps).enumerate() {
-            for (k, &v) in tc.iter().enumerate() {
-                g[k][l] = v;
-            }
+    let (g, h) = buf.split_at_mut(R * R * cin);
+    for (c, taps) in wc.chunks_exact(R * R).take(cin).enumerate() {
+        for (k, &v) in taps.iter().enumerate() {
+            g[k * cin + c] = v;
         }
-        let mut h = [[[0f32; 8]; R]; AL];
-        for i in 0..AL {
-            for j in 0..R {
-                for k in 0..R {
-                    let c = s.g[i][k];
-                    if c != 0.0 {
-                        for l in 0..8 {
-                            h[i][j][l] += c * g[k * R + j][l];
-                        }
-                    }
-                }
-            }
-        }
-        for i in 0..AL {
-            for q in 0..AL {
-                let mut u = [0f32; 8];
-                for j in 0..R {
-                    let c = s.g[q][j];
-                    if c != 0.0 {
-                        for l in 0..8 {
-                            u[l] += c * h[i][j][l];
-                        }
-                    }
-                }
-                let dst = &mut uc[(i * AL + q) * cin + c0..][..n];
-                // A whole group as one fixed-size store: a slice copy of n floats is a call to
-                // the C library's memcpy, 36 per group, 5 million of them per 256² translation
-                // (5 % of its time, more than the transform's own share).
-                if let Ok(dst) = <&mut [f32; 8]>::try_from(&mut *dst) {
-                    *dst = u;
-                } else {
-                    dst.copy_from_slice(&u[..n]);
-                }
-            }
-        }
+    }
+    // H[i][j] = Σ_k G[i][k]·g[k][j], g[k][j] (tap row k, column j) at (k·r + j)·cin, H[i][j] at
+    // (i·r + j)·cin.
+    for j in 0..R {
+        apply::<AL, R>(&s.g, g, at(j * cin, R * cin), h, at(j * cin, R * cin), cin);
+    }
+    // U[i][q] = Σ_j G[q][j]·H[i][j], at (i·α + q)·cin.
+    for i in 0..AL {
+        apply::<AL, R>(&s.g, h, at(i * R * cin, cin), uc, at(i * AL * cin, cin), cin);
     }
 }
 
