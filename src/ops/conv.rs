@@ -25,7 +25,7 @@
 
 use super::f32_data;
 use super::gemm::{matmul, matmul_split_k, with_scratch, Mat};
-use super::gemm_bf16::gemm_rows;
+use super::gemm_bf16::{gemm_made, Rhs};
 use super::winograd::Pad;
 use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -309,7 +309,7 @@ fn conv_kernel(x: &[f32], w: &[f32], cout: usize, g: &Geom) -> Vec<f32> {
         if super::precision::cpu_bf16() {
             // The bf16 product packs the im2col matrix straight from the image: the f32 matrix is
             // never written, nor read back to be rounded.
-            gemm_rows(cout, n, g.rows(), (yb, n), Mat::rows(w, g.rows()), &|r, j0, out| im2col_segment(out, xb, g, r, j0));
+            gemm_made(cout, n, g.rows(), (yb, n), false, Mat::rows(w, g.rows()), Rhs::Rows(&|r, j0, out| im2col_segment(out, xb, g, r, j0)));
             continue;
         }
         for band in bands(g) {
@@ -349,6 +349,12 @@ fn weight_grad_kernel(x: &[f32], grad: &[f32], cg: usize, g: &Geom) -> Vec<f32> 
     let mut dw = vec![0.0; cg * g.rows()];
     let mut first = true;
     for (xb, gb) in x.chunks_exact(g.img_len()).zip(grad.chunks_exact(cg * n)) {
+        if super::precision::cpu_bf16() {
+            // As in `conv_kernel`: the bf16 product packs the im2col rows from the image.
+            gemm_made(cg, g.rows(), n, (&mut dw, g.rows()), !first, Mat::rows(gb, n), Rhs::Cols(&|r, k0, out| im2col_segment(out, xb, g, r, k0)));
+            first = false;
+            continue;
+        }
         for band in bands(g) {
             let cols_n = (band.1 - band.0) * g.wo;
             with_scratch(g.rows() * cols_n, |cols| {
@@ -627,9 +633,10 @@ mod tests {
         assert!(whole.iter().zip(&im2col).all(|(p, q)| (p - q).abs() < 1e-4));
     }
 
-    /// In bf16 the product packs the im2col matrix from the image in place: bit for bit what
-    /// the f32 matrix from `im2col` gives the same product, at strides 1–3, with padding,
-    /// segments that span output rows (narrow images) and several column tasks (wide ones).
+    /// In bf16 the products pack the im2col matrix from the image in place, the forward one as
+    /// B and the weight gradient's as Bᵀ: bit for bit what the f32 matrix from `im2col` gives the
+    /// same products, at strides 1–3, with padding, segments that span output rows (narrow
+    /// images), several column tasks (wide ones) and several k blocks (the gradient's).
     #[test]
     fn bf16_packs_im2col_in_place_as_from_the_matrix() {
         let Some(hw) = super::super::gemm_bf16::hardware() else {
@@ -652,6 +659,17 @@ mod tests {
                 unsafe { super::super::gemm_bf16::gemm(cout, n, g.rows(), (yb.as_mut_ptr(), n), false, Mat::rows(&wt, g.rows()), Mat::rows(&cols, n), true) };
             }
             assert!(in_place.iter().zip(&from_matrix).all(|(p, q)| p.to_bits() == q.to_bits()), "{c}x{h}x{w} k {k} stride {stride} pad {pad}");
+
+            let dy: Vec<f32> = (0..b * cout * n).map(|i| val(i + 5)).collect();
+            let in_place = super::super::with_precision(super::super::Precision::Bf16, || weight_grad_kernel(&x, &dy, cout, &g));
+            let mut from_matrix = vec![0f32; cout * g.rows()];
+            for (i, (xb, gb)) in x.chunks_exact(g.img_len()).zip(dy.chunks_exact(cout * n)).enumerate() {
+                let mut cols = vec![0f32; g.rows() * n];
+                im2col(xb, &g, (0, g.ho), &mut cols);
+                // SAFETY: hardware checked; operands and destination sized above.
+                unsafe { super::super::gemm_bf16::gemm(cout, g.rows(), n, (from_matrix.as_mut_ptr(), g.rows()), i > 0, Mat::rows(gb, n), Mat::transposed(&cols, n), true) };
+            }
+            assert!(in_place.iter().zip(&from_matrix).all(|(p, q)| p.to_bits() == q.to_bits()), "weight grad: {c}x{h}x{w} k {k} stride {stride} pad {pad}");
         }
     }
 

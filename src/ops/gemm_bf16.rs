@@ -3,8 +3,8 @@
 //! AVX512-BF16's `vdpbf16ps`, and the destination stays f32 — the recipe PyTorch's autocast gives
 //! a convolution. Same operand conventions as `gemm` (strided f32 `Mat`s, a row-strided f32
 //! destination), so the convolution kernels swap one product for the other and change nothing else;
-//! `gemm_rows` also takes a B made row by row as it is packed (a convolution's im2col matrix, read
-//! from the image in place instead of stored in f32 first).
+//! `gemm_made` also takes a B (or Bᵀ) made segment by segment as it is packed (a convolution's
+//! im2col matrix, read from the image in place instead of stored in f32 first).
 //!
 //! Layout (BLIS-style, with the vector along the destination's rows): B is packed in panels of
 //! `NR` columns, each k-pair of a column one u32 (bf16 of row 2p in the low half, row 2p+1 in the
@@ -148,13 +148,17 @@ fn strided_pairs(data: &[f32], start: usize, step: usize, kc: usize, mut put: im
     }
 }
 
-/// The right operand of a bf16 product: a strided f32 matrix, or one made row segment by row
-/// segment as it is packed: `rows(r, j0, out)` fills `out` with row r's columns [j0, j0 +
-/// out.len()) (a convolution's im2col matrix, read from the image in place).
+/// A matrix made segment by segment as it is packed: `f(r, j0, out)` fills `out` with row r's
+/// columns [j0, j0 + out.len()) (a convolution's im2col matrix, read from the image in place).
+pub(crate) type RowSegments<'a> = &'a (dyn Fn(usize, usize, &mut [f32]) + Sync);
+
+/// The right operand of a bf16 product: a strided f32 matrix, a matrix made by row segments, or
+/// the transpose of one (B's column j is the made matrix's row j).
 #[derive(Clone, Copy)]
 pub(crate) enum Rhs<'a> {
     Mat(Mat<'a>),
-    Rows(&'a (dyn Fn(usize, usize, &mut [f32]) + Sync)),
+    Rows(RowSegments<'a>),
+    Cols(RowSegments<'a>),
 }
 
 simd_fn! {
@@ -179,6 +183,23 @@ simd_fn! {
                         let dst = &mut panel[p * NR..(p + 1) * NR];
                         fill_pairs(&mut dst[..cols], &lo[q * NR..][..cols], has_hi.then(|| &hi[q * NR..][..cols]));
                         dst[cols..].fill(0);
+                    }
+                }
+                return;
+            }
+            Rhs::Cols(rows) => {
+                // Column by column: a made row's k segment, then paired down the column.
+                let mut line = [0f32; KC];
+                for (q, panel) in out.chunks_exact_mut(kp * NR).take(nc.div_ceil(NR)).enumerate() {
+                    for jj in 0..NR {
+                        if q * NR + jj >= nc {
+                            for p in 0..kp {
+                                panel[p * NR + jj] = 0;
+                            }
+                            continue;
+                        }
+                        rows(j0 + q * NR + jj, k0, &mut line[..kc]);
+                        strided_pairs(&line, 0, 1, kc, |p, v| panel[p * NR + jj] = v);
                     }
                 }
                 return;
@@ -312,23 +333,27 @@ pub(crate) unsafe fn gemm(m: usize, n: usize, k: usize, dst: (*mut f32, usize), 
     unsafe { gemm_impl(m, n, k, dst, accumulate, lhs, Rhs::Mat(rhs), parallel) }
 }
 
-/// `dst` [m,n] (row stride `dst_rs`) = `lhs` [m,k] · B [k,n] in bf16 (f32 sums) over the rayon
-/// threads, B's rows made by `rows(r, j0, out)` (fill `out` with row r's columns [j0, j0 +
-/// out.len())) as the product packs them: no B is ever stored whole.
+/// `dst` [m,n] (row stride `dst_rs`) = (`dst` if `accumulate`) + `lhs` [m,k] · B [k,n] in bf16
+/// (f32 sums) over the rayon threads, where B is made as the product packs it: `Rhs::Rows(f)`,
+/// the matrix whose row r's columns [j0, j0 + out.len()) `f(r, j0, out)` fills (a convolution's
+/// im2col matrix), or `Rhs::Cols(f)`, the transpose of such a matrix [n,k] (a weight gradient's
+/// im2col matrix). No B is ever stored whole.
 ///
-/// Panics if this CPU has no bf16 kernel (`hardware()`) or an operand is out of bounds.
-pub(crate) fn gemm_rows(m: usize, n: usize, k: usize, (dst, dst_rs): (&mut [f32], usize), lhs: Mat, rows: &(dyn Fn(usize, usize, &mut [f32]) + Sync)) {
+/// Panics if this CPU has no bf16 kernel (`hardware()`), `rhs` is a `Mat` (use `gemm`) or an
+/// operand is out of bounds.
+pub(crate) fn gemm_made(m: usize, n: usize, k: usize, (dst, dst_rs): (&mut [f32], usize), accumulate: bool, lhs: Mat, rhs: Rhs) {
     assert!(hardware().is_some(), "bf16 gemm on a CPU without AVX512-BF16");
+    assert!(!matches!(rhs, Rhs::Mat(_)), "gemm_made takes a made right operand");
     if m == 0 || n == 0 {
         return;
     }
     assert!(dst_rs >= n && (m - 1) * dst_rs + n <= dst.len() && lhs.fits(m, k), "bf16 gemm operand out of bounds");
     // SAFETY: hardware checked; the assert keeps A's reads and the writes inside the slices, and
-    // `dst` is borrowed mutably, so nothing else touches it; B's rows come from `rows`.
-    unsafe { gemm_impl(m, n, k, (dst.as_mut_ptr(), dst_rs), false, lhs, Rhs::Rows(rows), true) }
+    // `dst` is borrowed mutably, so nothing else touches it; B's values come from the closure.
+    unsafe { gemm_impl(m, n, k, (dst.as_mut_ptr(), dst_rs), accumulate, lhs, rhs, true) }
 }
 
-/// `gemm` over either kind of right operand.
+/// `gemm` over any kind of right operand.
 ///
 /// # Safety
 /// As `gemm`'s (`rhs`, where a `Mat`, must fit k × n).
