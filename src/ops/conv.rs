@@ -223,6 +223,7 @@ simd_fn! {
 /// the adjoint of `im2col`. A channel's rows only touch that channel's plane, so planes run in
 /// parallel.
 fn col2im_add(cols: &[f32], g: &Geom, band: (usize, usize), img: &mut [f32]) {
+    // Per-thread room for a plane's even and odd column phases (stride 2, see `col2im_plane`).
     let phases = if g.stride == 2 { g.h * g.w } else { 0 };
     img.par_chunks_mut(g.h * g.w).enumerate().for_each_init(|| vec![0f32; phases], |buf, (c, plane)| col2im_plane(plane, buf, cols, g, band, c));
 }
