@@ -23,7 +23,7 @@
 //! stride, which candle's own conv2d backward gets wrong. Only f32 tensors on the CPU take this
 //! path; anything else falls back to candle's native convolutions.
 
-use super::f32_data;
+use super::{f32_data, gather};
 use super::gemm::{matmul, matmul_split_k, with_scratch, Mat};
 use super::gemm_bf16::{gemm_made, Rhs};
 use super::winograd::Pad;
@@ -291,18 +291,6 @@ simd_fn! {
             }
         }
     }
-}
-
-/// `out[i] = src[S·i]` for every i (`src` holds S·(out.len() − 1) + 1 values or more), with the
-/// stride known at compile time so that the loop vectorises; the last element goes alone, as its
-/// S-long chunk may run past `src`'s end.
-#[inline(always)]
-fn gather<const S: usize>(out: &mut [f32], src: &[f32]) {
-    let Some((last, body)) = out.split_last_mut() else { return };
-    for (o, chunk) in body.iter_mut().zip(src.chunks_exact(S)) {
-        *o = chunk[0];
-    }
-    *last = src[S * body.len()];
 }
 
 /// Largest im2col scratch, in floats (256 MiB): bigger convolutions (a 7×7 layer over 64

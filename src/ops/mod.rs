@@ -263,6 +263,18 @@ pub fn release_free_memory() {
     }
 }
 
+/// `out[i] = src[S·i]` for every i (`src` holds S·(out.len() − 1) + 1 values or more), with the
+/// stride known at compile time so that the loop vectorises; the last element goes alone, as its
+/// S-long chunk may run past `src`'s end.
+#[inline(always)]
+pub(crate) fn gather<const S: usize>(out: &mut [f32], src: &[f32]) {
+    let Some((last, body)) = out.split_last_mut() else { return };
+    for (o, chunk) in body.iter_mut().zip(src.chunks_exact(S)) {
+        *o = chunk[0];
+    }
+    *last = src[S * body.len()];
+}
+
 /// A fixed, varied value in [−0.5, 0.5) for index `i`: deterministic inputs for kernel tests.
 #[cfg(test)]
 pub(crate) fn test_value(i: usize) -> f32 {

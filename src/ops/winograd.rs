@@ -496,7 +496,9 @@ fn deinterleave<const M: usize>(row: &[f32], ph: &mut [f32], stride: usize, len:
     let full = (row.len() / M).min(len);
     let ph = &mut ph[..(M - 1) * stride + len];
     // Blocks of 16 samples per phase through a fixed-size buffer, which the compiler turns into
-    // vector shuffles; the element-wise strided loop (kept for the rest) stays scalar.
+    // vector shuffles; the rest (all of a row of a 32² plane's tiles) phase by phase with
+    // `gather` (element by element it compiled to scalar moves with a bounds check each: input
+    // transform 5.9 % → 4.6 % of a bf16 128² step).
     let blocks = full / 16;
     for blk in 0..blocks {
         let src = &row[blk * 16 * M..][..16 * M];
@@ -510,9 +512,10 @@ fn deinterleave<const M: usize>(row: &[f32], ph: &mut [f32], stride: usize, len:
             ph[p * stride + blk * 16..][..16].copy_from_slice(tp);
         }
     }
-    for (q, chunk) in row.chunks_exact(M).enumerate().take(full).skip(blocks * 16) {
+    let (q0, rem) = (blocks * 16, full - blocks * 16);
+    if rem > 0 {
         for p in 0..M {
-            ph[p * stride + q] = chunk[p];
+            super::gather::<M>(&mut ph[p * stride + q0..][..rem], &row[q0 * M + p..]);
         }
     }
     for p in 0..M {
