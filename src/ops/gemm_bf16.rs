@@ -166,10 +166,18 @@ simd_fn! {
     /// column jj at `(q·kp + p)·NR + jj`; columns past `nc` and the odd k past `kc` are zero.
     fn pack_b(b: Rhs, k0: usize, kc: usize, j0: usize, nc: usize, out: &mut [u32]) {
         let kp = kc.div_ceil(2);
-        let b = match b {
-            Rhs::Mat(b) => b,
+        match b {
+            // Row-major B: two source rows per pair, read along the rows (vectorised).
+            Rhs::Mat(b) if b.cs == 1 => {
+                let row = |k: usize| &b.data[(k0 + k) * b.rs + j0..][..nc];
+                for p in 0..kp {
+                    put_pair_row(out, kp, p, row(2 * p), (2 * p + 1 < kc).then(|| row(2 * p + 1)));
+                }
+            }
+            // Column-major (or strided) B: a column's pairs are read down the column.
+            Rhs::Mat(b) => by_column(out, kp, nc, |j, mut col| strided_pairs(b.data, (j0 + j) * b.cs + k0 * b.rs, b.rs, kc, |p, v| col.set(p, v))),
+            // Made rows: two at a time into buffers, then as a row-major B.
             Rhs::Rows(rows) => {
-                // Two rows of the block at a time, then paired panel by panel.
                 assert!(nc <= NC, "bf16 gemm: a task packs at most NC columns");
                 let (mut lo, mut hi) = ([0f32; NC], [0f32; NC]);
                 for p in 0..kp {
@@ -178,58 +186,61 @@ simd_fn! {
                     if has_hi {
                         rows(k0 + 2 * p + 1, j0, &mut hi[..nc]);
                     }
-                    for (q, panel) in out.chunks_exact_mut(kp * NR).take(nc.div_ceil(NR)).enumerate() {
-                        let cols = (nc - q * NR).min(NR);
-                        let dst = &mut panel[p * NR..(p + 1) * NR];
-                        fill_pairs(&mut dst[..cols], &lo[q * NR..][..cols], has_hi.then(|| &hi[q * NR..][..cols]));
-                        dst[cols..].fill(0);
-                    }
+                    put_pair_row(out, kp, p, &lo[..nc], has_hi.then(|| &hi[..nc]));
                 }
-                return;
             }
+            // Made columns (Bᵀ's rows): each one's k segment into a buffer, then as a column.
             Rhs::Cols(rows) => {
-                // Column by column: a made row's k segment, then paired down the column.
                 let mut line = [0f32; KC];
-                for (q, panel) in out.chunks_exact_mut(kp * NR).take(nc.div_ceil(NR)).enumerate() {
-                    for jj in 0..NR {
-                        if q * NR + jj >= nc {
-                            for p in 0..kp {
-                                panel[p * NR + jj] = 0;
-                            }
-                            continue;
-                        }
-                        rows(j0 + q * NR + jj, k0, &mut line[..kc]);
-                        strided_pairs(&line, 0, 1, kc, |p, v| panel[p * NR + jj] = v);
-                    }
-                }
-                return;
+                by_column(out, kp, nc, |j, mut col| {
+                    rows(j0 + j, k0, &mut line[..kc]);
+                    strided_pairs(&line, 0, 1, kc, |p, v| col.set(p, v));
+                });
             }
-        };
-        for (q, panel) in out.chunks_exact_mut(kp * NR).take(nc.div_ceil(NR)).enumerate() {
-            let cols = (nc - q * NR).min(NR);
-            let jbase = j0 + q * NR;
-            if b.cs == 1 {
-                // Row-major B: two source rows per pair, read along the row (vectorised).
+        }
+    }
+}
+
+/// Pair row `p` of every panel from B's k rows 2p (`lo`) and 2p+1 (`hi`, None past kc), each
+/// over the block's columns; panel columns past them are zero.
+#[inline(always)]
+fn put_pair_row(out: &mut [u32], kp: usize, p: usize, lo: &[f32], hi: Option<&[f32]>) {
+    let nc = lo.len();
+    for (q, panel) in out.chunks_exact_mut(kp * NR).take(nc.div_ceil(NR)).enumerate() {
+        let cols = (nc - q * NR).min(NR);
+        let dst = &mut panel[p * NR..(p + 1) * NR];
+        fill_pairs(&mut dst[..cols], &lo[q * NR..][..cols], hi.map(|hi| &hi[q * NR..][..cols]));
+        dst[cols..].fill(0);
+    }
+}
+
+/// Column `jj` of one packed panel.
+struct PanelColumn<'a> {
+    panel: &'a mut [u32],
+    jj: usize,
+}
+
+impl PanelColumn<'_> {
+    /// Sets the column's pair `p`.
+    #[inline(always)]
+    fn set(&mut self, p: usize, pair: u32) {
+        self.panel[p * NR + self.jj] = pair;
+    }
+}
+
+/// Fills the panels column by column: `column(j, col)` sets the pairs of the block's column j
+/// (of `nc`) through `col`; panel columns past them are zero.
+#[inline(always)]
+fn by_column(out: &mut [u32], kp: usize, nc: usize, mut column: impl FnMut(usize, PanelColumn)) {
+    for (q, panel) in out.chunks_exact_mut(kp * NR).take(nc.div_ceil(NR)).enumerate() {
+        for jj in 0..NR {
+            if q * NR + jj >= nc {
                 for p in 0..kp {
-                    let dst = &mut panel[p * NR..(p + 1) * NR];
-                    let r0 = &b.data[(k0 + 2 * p) * b.rs + jbase..][..cols];
-                    let r1 = (2 * p + 1 < kc).then(|| &b.data[(k0 + 2 * p + 1) * b.rs + jbase..][..cols]);
-                    fill_pairs(&mut dst[..cols], r0, r1);
-                    dst[cols..].fill(0);
+                    panel[p * NR + jj] = 0;
                 }
-            } else {
-                // Column-major (or strided) B: a column's pairs are read down the column.
-                for jj in 0..NR {
-                    if jj >= cols {
-                        for p in 0..kp {
-                            panel[p * NR + jj] = 0;
-                        }
-                        continue;
-                    }
-                    let col = (jbase + jj) * b.cs + k0 * b.rs;
-                    strided_pairs(b.data, col, b.rs, kc, |p, v| panel[p * NR + jj] = v);
-                }
+                continue;
             }
+            column(q * NR + jj, PanelColumn { panel: &mut *panel, jj });
         }
     }
 }
