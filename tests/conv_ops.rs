@@ -56,7 +56,7 @@ const fn cfg(
 /// Stride-1 layers with fewer output than input channels (the 6→5, 8→3 and 9→2 ones) take the
 /// narrow-output kernel, 3×3 and 4×4 ones padded by 0 or 1 with ≥ 16 channels Winograd's (the
 /// last five, with odd and even output sizes); the rest im2col, at strides 1, 2 (its own
-/// vectorised gather and scatter) and 3.
+/// vectorised gather, and col2im through even/odd column phases) and 3.
 const CONV_CFGS: [Cfg; 16] = [
     cfg(2, 3, 8, 37, 44, 3, 2, 1, 0),
     cfg(2, 5, 4, 36, 44, 3, 2, 1, 0),

@@ -572,7 +572,8 @@ macro_rules! by_tile {
 
 /// Runs `f(scratch, dst chunk, src chunk)` on the first `c` chunks of `dst` and `src` (one per
 /// channel, of the given lengths) in parallel, each thread with its own scratch of `scratch`
-/// floats: the shape of every band transform below.
+/// floats: the shape of every transform below (the filter transforms' chunks are output
+/// channels).
 fn per_channel(
     (dst, dst_len): (&mut [f32], usize),
     (src, src_len): (&[f32], usize),
@@ -587,8 +588,7 @@ fn per_channel(
 /// contiguous chunk; the GEMMs read U[ξ] [Cout, Cin] with row stride α²·Cin).
 fn filter_transform(w: &[f32], cout: usize, cin: usize, t: &Tiles, u: &mut [f32]) {
     let (pos, taps) = (t.positions(), t.r * t.r);
-    let scratch = || vec![0f32; (taps + t.r * t.alpha) * cin];
-    u.par_chunks_mut(pos * cin).zip(w.par_chunks(taps * cin)).take(cout).for_each_init(scratch, |buf, (uc, wc)| filter_plane(buf, uc, wc, cin, t.m));
+    per_channel((u, pos * cin), (w, taps * cin), cout, (taps + t.r * t.alpha) * cin, |buf, uc, wc| filter_plane(buf, uc, wc, cin, t.m));
 }
 
 /// Runs `f` on U for `w` in a reused per-thread buffer: U is α²/r² times the size of the weights
@@ -635,8 +635,7 @@ fn filter_plane_m<const M: usize, const R: usize, const AL: usize>(buf: &mut [f3
 fn filter_transform_adjoint(du: &[f32], cout: usize, cin: usize, t: &Tiles) -> Vec<f32> {
     let (r, m) = (t.r, t.m);
     let mut dw = vec![0f32; cout * cin * r * r];
-    let scratch = || vec![0f32; (r * r + r * t.alpha) * cin];
-    dw.par_chunks_mut(r * r * cin).zip(du.par_chunks(t.positions() * cin)).take(cout).for_each_init(scratch, |buf, (wc, uc)| filter_adjoint_plane(buf, wc, uc, cin, m));
+    per_channel((&mut dw, r * r * cin), (du, t.positions() * cin), cout, (r * r + r * t.alpha) * cin, |buf, wc, uc| filter_adjoint_plane(buf, wc, uc, cin, m));
     dw
 }
 
