@@ -53,6 +53,7 @@ pub use norm::{instance_norm_act, normalise_act, Act};
 pub use pad::reflect_pad2d;
 pub use precision::{with_precision, Precision};
 pub use settings::{settings, Settings, GENERIC_OPS_VAR};
+pub use winograd::FilterCache;
 
 use candle_core::{CpuStorage, DType, Layout, Result, Tensor, D};
 

@@ -31,7 +31,9 @@
 
 use super::gemm::{matmul_batch, with_scratch, with_scratch_slot, Mat};
 use super::f32_data;
-use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, TensorId};
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use rayon::prelude::*;
 
@@ -72,12 +74,84 @@ impl Pad {
 /// `xs` [B,Cin,H,W], `w` [Cout,Cin,r,r] (r 3 or 4) → [B,Cout,H+2p−r+1,W+2p−r+1] (contiguous
 /// f32 CPU operands), `xs` padded as `pad` says (p its size; reflection for 3×3 only).
 pub(crate) fn conv(xs: &Tensor, w: &Tensor, pad: Pad) -> Result<Tensor> {
-    let r = w.dim(3)?;
-    xs.apply_op2(w, Forward { pad, k: Kernel::new(r, super::settings().winograd_tile)? })
+    let k = Kernel::new(w.dim(3)?, super::settings().winograd_tile)?;
+    let (b, _, h, wd) = xs.dims4()?;
+    let t = Tiles::new(h, wd, pad, k)?;
+    let kept = FilterCache::active().filter(|_| !w.track_op() && b * t.th * t.tw <= KEEP_TILES).map(|c| (c, w.id()));
+    xs.apply_op2(w, Forward { pad, k, kept })
+}
+
+/// Transformed filters (U) kept between calls for weights that do not change while the cache
+/// lives: a loaded model translating image after image (`Translator`). Without it each call
+/// transforms every filter again, which at 256² (64² feature maps, 256 tiles per call) is 8 % of
+/// a translation. A weight's U is kept from its second call on, so translating one image costs
+/// no memory. Only weights without autograd are kept (a trained weight changes in place under the
+/// same id), and only for calls of at most [`KEEP_TILES`] tiles: past that the transform is under
+/// ~2 % of the layer, not worth U's memory (4× the weights' for 3×3 kernels).
+#[derive(Clone, Default)]
+pub struct FilterCache(Arc<Mutex<KeptFilters>>);
+
+/// Tiles per call (images × tiles per image) up to which [`FilterCache`] keeps U: 1024 is a
+/// 512² image's residual blocks.
+const KEEP_TILES: usize = 1024;
+
+type FilterKey = (TensorId, Kernel);
+
+#[derive(Default)]
+struct KeptFilters {
+    /// Weights transformed once already (their next call keeps U).
+    seen: HashSet<FilterKey>,
+    kept: HashMap<FilterKey, Arc<Vec<f32>>>,
+}
+
+thread_local! {
+    static ACTIVE_FILTERS: RefCell<Option<FilterCache>> = const { RefCell::new(None) };
+}
+
+impl FilterCache {
+    /// Runs `f` with this thread's Winograd convolutions of weights without autograd reading
+    /// and filling this cache (the previous cache, if any, restored afterwards, also on panic).
+    pub fn scope<R>(&self, f: impl FnOnce() -> R) -> R {
+        struct Restore(Option<FilterCache>);
+        impl Drop for Restore {
+            fn drop(&mut self) {
+                let previous = self.0.take();
+                ACTIVE_FILTERS.with(|c| *c.borrow_mut() = previous);
+            }
+        }
+        let _restore = Restore(ACTIVE_FILTERS.with(|c| c.replace(Some(self.clone()))));
+        f()
+    }
+
+    fn active() -> Option<Self> {
+        ACTIVE_FILTERS.with(|c| c.borrow().clone())
+    }
+
+    /// U of the weight `key` names (data `w`), kept or made now; `None` on its first call (the
+    /// caller transforms into scratch).
+    fn filter(&self, key: FilterKey, w: &[f32], cout: usize, cin: usize, t: &Tiles) -> Option<Arc<Vec<f32>>> {
+        let mut kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(u) = kept.kept.get(&key) {
+            return Some(u.clone());
+        }
+        if kept.seen.insert(key) {
+            return None;
+        }
+        let mut u = vec![0f32; t.positions() * cout * cin];
+        filter_transform(w, cout, cin, t, &mut u);
+        let u = Arc::new(u);
+        kept.kept.insert(key, u.clone());
+        Some(u)
+    }
+
+    #[cfg(test)]
+    fn kept_count(&self) -> usize {
+        self.0.lock().unwrap().kept.len()
+    }
 }
 
 /// The algorithm of one convolution: kernel size r and output tile size m.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct Kernel {
     r: usize,
     m: usize,
@@ -877,16 +951,21 @@ fn for_each_band<I>(t: &Tiles, cin: usize, cout: usize, split: usize, images: im
     }
 }
 
-fn forward_kernel(x: &[f32], w: &[f32], cin: usize, cout: usize, t: &Tiles) -> Vec<f32> {
+/// `kept`: U for `w` made earlier (see [`FilterCache`]); without it U is made here.
+fn forward_kernel(x: &[f32], w: &[f32], cin: usize, cout: usize, t: &Tiles, kept: Option<&[f32]>) -> Vec<f32> {
     let mut y = vec![0f32; x.len() / (cin * t.plane()) * cout * t.ho * t.wo];
-    with_filter(w, cout, cin, t, |u| {
+    let mut run = |u: &[f32]| {
         let images = x.chunks_exact(cin * t.plane()).zip(y.chunks_exact_mut(cout * t.ho * t.wo));
         for_each_band(t, cin, cout, cin, images, |(xb, yb), band, v, m| {
             input_transform(xb, cin, t, band, v);
             gemm_per_position(u, false, cout, cin, v, t, band, m);
             output_transform(m, cout, t, band, yb);
         });
-    });
+    };
+    match kept {
+        Some(u) => run(u),
+        None => with_filter(w, cout, cin, t, run),
+    }
     y
 }
 
@@ -954,9 +1033,11 @@ fn filter_grad_kernel(x: &[f32], dy: &[f32], cin: usize, cout: usize, t: &Tiles,
 }
 
 /// (x [B,Cin,H,W], w [Cout,Cin,r,r]) → y [B,Cout,H+2p−r+1,W+2p−r+1], x padded by p as `pad` says.
+/// With `kept`, U comes from (or goes to) that cache under the weight's id.
 struct Forward {
     pad: Pad,
     k: Kernel,
+    kept: Option<(FilterCache, TensorId)>,
 }
 
 /// (dy [B,Cout,H+2p−r+1,W+2p−r+1], w [Cout,Cin,r,r]) → dx [B,Cin,H,W]. With `keep`, its dM
@@ -1029,7 +1110,9 @@ impl CustomOp2 for Forward {
         let (bsz, cin, h, w) = l1.shape().dims4()?;
         let cout = check_weight(l2, cin, self.k.r)?;
         let t = Tiles::new(h, w, self.pad, self.k)?;
-        let y = forward_kernel(f32_data(s1, l1)?, f32_data(s2, l2)?, cin, cout, &t);
+        let (x, w) = (f32_data(s1, l1)?, f32_data(s2, l2)?);
+        let kept = self.kept.as_ref().and_then(|(cache, id)| cache.filter((*id, self.k), w, cout, cin, &t));
+        let y = forward_kernel(x, w, cin, cout, &t, kept.as_ref().map(|u| u.as_slice()));
         Ok((CpuStorage::F32(y), Shape::from((bsz, cout, t.ho, t.wo))))
     }
 
@@ -1076,7 +1159,7 @@ impl CustomOp2 for DataGrad {
     fn bwd(&self, dy: &Tensor, w: &Tensor, _res: &Tensor, ddx: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let ddx = ddx.contiguous()?;
         let (pad, k) = (self.pad, self.k);
-        let ddy = dy.track_op().then(|| ddx.apply_op2(w, Forward { pad, k })).transpose()?;
+        let ddy = dy.track_op().then(|| ddx.apply_op2(w, Forward { pad, k, kept: None })).transpose()?;
         let dw = w.track_op().then(|| ddx.apply_op2(dy, FilterGrad { pad, k, kept: None })).transpose()?;
         Ok((ddy, dw))
     }
@@ -1108,7 +1191,7 @@ impl CustomOp2 for FilterGrad {
         let (_, _, h, w) = x.dims4()?;
         let (pad, k) = (self.pad, self.k);
         let dx = x.track_op().then(|| dy.apply_op2(&ddw, DataGrad { h, w, pad, k, keep: None })).transpose()?;
-        let ddy = dy.track_op().then(|| x.apply_op2(&ddw, Forward { pad, k })).transpose()?;
+        let ddy = dy.track_op().then(|| x.apply_op2(&ddw, Forward { pad, k, kept: None })).transpose()?;
         Ok((dx, ddy))
     }
 }
@@ -1128,8 +1211,44 @@ mod tests {
 
     type Outputs = (Vec<f32>, Vec<f32>, Vec<f32>);
 
+    /// A kept U gives the same outputs bit for bit; it is kept from a weight's second call, never
+    /// for a weight with autograd (which may change in place) and never past `KEEP_TILES`.
+    #[test]
+    fn kept_filters_change_nothing_and_only_keep_constant_weights() -> Result<()> {
+        let dev = candle_core::Device::Cpu;
+        let k = Kernel::new(3, 4)?;
+        let t = Tiles::new(12, 12, Pad::Reflect, k)?;
+        let (x, w, _) = inputs(2, 16, 24, &t);
+        let x = Tensor::from_vec(x, (2, 16, 12, 12), &dev)?;
+        let w = Tensor::from_vec(w, (24, 16, 3, 3), &dev)?;
+        let plain = conv(&x, &w, Pad::Reflect)?.flatten_all()?.to_vec1::<f32>()?;
+        let cache = FilterCache::default();
+        for call in 1..=3 {
+            let y = cache.scope(|| conv(&x, &w, Pad::Reflect))?.flatten_all()?.to_vec1::<f32>()?;
+            assert!(y.iter().zip(&plain).all(|(a, b)| a.to_bits() == b.to_bits()), "call {call}");
+            assert_eq!(cache.kept_count(), usize::from(call > 1), "call {call}");
+        }
+        // A trained weight: its values change under the same id, so nothing is kept.
+        let var = candle_core::Var::from_tensor(&w)?;
+        let cache = FilterCache::default();
+        for scale in [1.0, 2.0, 3.0] {
+            var.set(&(&w * scale)?)?;
+            let y = cache.scope(|| conv(&x, var.as_tensor(), Pad::Reflect))?;
+            let want = conv(&x, &(&w * scale)?, Pad::Reflect)?;
+            assert_eq!(y.flatten_all()?.to_vec1::<f32>()?, want.flatten_all()?.to_vec1::<f32>()?);
+        }
+        assert_eq!(cache.kept_count(), 0);
+        // 33 × 33 tiles of a 134² input (132² outputs) are past KEEP_TILES.
+        let big = Tensor::zeros((1, 16, 134, 134), candle_core::DType::F32, &dev)?;
+        for _ in 0..3 {
+            cache.scope(|| conv(&big, &w, Pad::None))?;
+        }
+        assert_eq!(cache.kept_count(), 0);
+        Ok(())
+    }
+
     fn run_kernels(cin: usize, cout: usize, t: &Tiles, (x, w, dy): &Outputs) -> Outputs {
-        (forward_kernel(x, w, cin, cout, t), data_grad_kernel(dy, w, cin, cout, t, None), filter_grad_kernel(x, dy, cin, cout, t, None))
+        (forward_kernel(x, w, cin, cout, t, None), data_grad_kernel(dy, w, cin, cout, t, None), filter_grad_kernel(x, dy, cin, cout, t, None))
     }
 
     /// The direct convolution, its data gradient and its filter gradient, in f64.

@@ -308,7 +308,7 @@ pub fn convert_folder(tr: &Translator, in_dir: &Path, out_dir: &Path, opts: &Con
                 let (same, rest): (Vec<_>, Vec<_>) = ok.into_iter().partition(|(_, i)| (i.width(), i.height()) == (w, h));
                 ok = rest;
                 let imgs: Vec<DynamicImage> = same.iter().map(|(_, i)| i.clone()).collect();
-                match translate_batch(g, cin, multiple, &device, &imgs, &tr.options) {
+                match tr.keeping_filters(|| translate_batch(g, cin, multiple, &device, &imgs, &tr.options)) {
                     Ok(outs) => {
                         for ((job, _), out) in same.into_iter().zip(outs) {
                             n += 1;
