@@ -23,8 +23,9 @@ pub struct Settings {
     pub native_conv: bool,
     /// `CS_NO_WINOGRAD`: no Winograd.
     pub no_winograd: bool,
-    /// Winograd's output tile (4, or 2 where `CS_WINOGRAD_TILE=2`).
-    pub winograd_tile: usize,
+    /// Winograd's output tile for 3×3 kernels where `CS_WINOGRAD_TILE` sets one (2, 4 or 6);
+    /// `None`: 4 in fp32, in bf16 4 or 6, whichever multiplies less (`winograd::Kernel`).
+    pub winograd_tile: Option<usize>,
     pub(crate) simd: SimdLevel,
 }
 
@@ -43,7 +44,7 @@ pub fn settings() -> &'static Settings {
         generic: flag(GENERIC_OPS_VAR),
         native_conv: flag("CS_NATIVE_CONV"),
         no_winograd: flag("CS_NO_WINOGRAD"),
-        winograd_tile: if std::env::var("CS_WINOGRAD_TILE").is_ok_and(|v| v.trim() == "2") { 2 } else { 4 },
+        winograd_tile: std::env::var("CS_WINOGRAD_TILE").ok().and_then(|v| v.trim().parse().ok()).filter(|m| [2, 4, 6].contains(m)),
         simd: if flag("CS_NO_SIMD") { SimdLevel::Baseline } else { detect_simd() },
     })
 }
