@@ -344,8 +344,9 @@ const F3K4: Scheme = Scheme::new(
 
 /// F(6×6, 3×3), interpolation points 0, ±1, ±½, ±2, ∞ (α = 8): as F(4×4, 3×3), G row ξ is the
 /// point's powers over Π(p − q) of the other finite points, Aᵀ rows its powers 0–5, and Bᵀ was
-/// solved for exactly (sympy) so that Aᵀ[(G g) ⊙ (Bᵀ d)] is the correlation; checked against the
-/// direct convolution in the tests. 1.78 multiplications per output against F(4×4, 3×3)'s 2.25,
+/// solved for exactly so that Aᵀ[(G g) ⊙ (Bᵀ d)] is the correlation (`tools/winograd_coefficients.py
+/// 6 3 0 1 -1 1/2 -1/2 2 -2`; row 0 of Bᵀ and of G negated together here, which changes no
+/// product); checked against the direct convolution in the tests. 1.78 multiplications per output against F(4×4, 3×3)'s 2.25,
 /// for about 10× its rounding error in f32 (1e-5 of the output's scale): used in bf16 only.
 #[rustfmt::skip]
 const F6: Scheme = Scheme::new(
