@@ -167,8 +167,8 @@ impl Kernel {
     /// `CS_WINOGRAD_TILE` sets, else F(4×4, 3×3), except in a bf16 translation (no backward) with
     /// outputs of at least 128×128 where F(6×6, 3×3) multiplies less (16–20 % fewer
     /// multiplications; its f32 rounding, 1e-5 of the output's scale, is far under bf16's 4e-3).
-    /// Measured, one 3×3 convolution forward (AMD EPYC, 2 threads): F(6×6, 3×3) takes 0.80–0.89×
-    /// F(4×4, 3×3)'s time at 256² outputs, 0.95–1.01× at 128², 1.00–1.05× at 64² (its per-position
+    /// Measured, one 3×3 convolution forward (AMD EPYC, 2 threads): F(6×6, 3×3) takes 0.76–0.90×
+    /// F(4×4, 3×3)'s time at 256² outputs, 0.95–1.02× at 128², 1.00–1.05× at 64² (its per-position
     /// products are smaller: 64 of them over 11² tiles against 36 over 16²), and its gradients
     /// 0.95–1.03× at 256², up to 1.17× at 64². fp32 always keeps F(4×4, 3×3): its results stay
     /// those of earlier versions bit for bit.
