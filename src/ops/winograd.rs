@@ -134,23 +134,29 @@ impl FilterCache {
     /// U of the weight `key` names (data `w`), kept or made now; `None` on its first call (the
     /// caller transforms into scratch).
     fn filter(&self, key: FilterKey, w: &[f32], cout: usize, cin: usize, t: &Tiles) -> Option<Arc<Vec<f32>>> {
-        let mut kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(u) = kept.kept.get(&key) {
-            return Some(u.clone());
+        {
+            let mut kept = self.lock();
+            if let Some(u) = kept.kept.get(&key) {
+                return Some(u.clone());
+            }
+            if kept.seen.insert(key) {
+                return None;
+            }
         }
-        if kept.seen.insert(key) {
-            return None;
-        }
+        // Made outside the lock (it runs on the rayon threads); a thread that made the same U
+        // meanwhile wins, and both give the same values.
         let mut u = vec![0f32; t.positions() * cout * cin];
         filter_transform(w, cout, cin, t, &mut u);
-        let u = Arc::new(u);
-        kept.kept.insert(key, u.clone());
-        Some(u)
+        Some(self.lock().kept.entry(key).or_insert_with(|| Arc::new(u)).clone())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, KeptFilters> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     #[cfg(test)]
     fn kept_count(&self) -> usize {
-        self.0.lock().unwrap().kept.len()
+        self.lock().kept.len()
     }
 }
 
