@@ -90,8 +90,9 @@ pub(crate) fn conv(xs: &Tensor, w: &Tensor, pad: Pad) -> Result<Tensor> {
 /// transforms every filter again, which at 256² (64² feature maps, 256 tiles per call) is 8 % of
 /// a translation. A weight's U is kept from its second call on, so translating one image costs
 /// no memory. Only weights without autograd are kept (a trained weight changes in place under the
-/// same id), and only for calls of at most [`KEEP_TILES`] tiles: past that the transform is under
-/// ~2 % of the layer, not worth U's memory (4× the weights' for 3×3 kernels).
+/// same id), and only for calls of at most 1024 tiles (`KEEP_TILES`) of F(4×4, 3×3) or
+/// F(3×3, 4×4): past that the transform is under ~2 % of the layer, not worth U's memory (4× the
+/// weights' for 3×3 kernels).
 #[derive(Clone, Default)]
 pub struct FilterCache(Arc<Mutex<KeptFilters>>);
 
