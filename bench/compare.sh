@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs `cyclestudio bench` and the PyTorch reference on this machine in alternating rounds
-# (ours, PyTorch, ours, PyTorch, …) and prints each case's medians over all timed runs and the
+# (ours, PyTorch; PyTorch, ours; …) and prints each case's medians over all timed runs and the
 # median of the per-round ratios cyclestudio / PyTorch (below 1 = cyclestudio faster).
 # Alternating matters on a shared machine whose speed drifts by ±20 % from one minute to the next:
 # each round's ratio compares runs made a minute apart.
@@ -25,9 +25,13 @@ out=$(mktemp -d)
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(date -u +%F); precision: cyclestudio $ours_precision, PyTorch $torch_precision"
 echo "$rounds alternating rounds of $repeats timed runs per case (after one warm-up run)"
 stat0=$(head -1 /proc/stat)
+# The two sides take turns going first (ours in odd rounds, PyTorch in even ones): in back-to-back
+# pairs of runs on this kind of machine the later run of a pair was 1–17 % slower whichever binary
+# it was (bench/RESULTS.md, "A fourth round"), so a fixed order would favour one side.
+ours() { ./target/release/cyclestudio bench --cases "$cases" --repeats "$repeats" ${ours_args[@]+"${ours_args[@]}"} --json "$out/ours.$1.json" >/dev/null; }
+theirs() { python3 bench/torch_reference.py --cases "$cases" --repeats "$repeats" --precision "$torch_precision" > "$out/torch.$1.jsonl"; }
 for r in $(seq 1 "$rounds"); do
-    ./target/release/cyclestudio bench --cases "$cases" --repeats "$repeats" ${ours_args[@]+"${ours_args[@]}"} --json "$out/ours.$r.json" >/dev/null
-    python3 bench/torch_reference.py --cases "$cases" --repeats "$repeats" --precision "$torch_precision" > "$out/torch.$r.jsonl"
+    if [ $((r % 2)) = 1 ]; then ours "$r"; theirs "$r"; else theirs "$r"; ours "$r"; fi
 done
 stat1=$(head -1 /proc/stat)
 # Share of CPU time the hypervisor gave to other guests during the runs (the 8th field of

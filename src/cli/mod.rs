@@ -143,7 +143,8 @@ pub struct BenchArgs {
     /// its logging) [default: all but inception8 and loop128]
     #[arg(long, value_delimiter = ',')]
     pub cases: Vec<String>,
-    /// Untimed runs of each case before the timed ones.
+    /// Untimed runs of each case before the timed ones (the translation cases run one more when
+    /// this is not 0: a loaded model's second translation, which keeps its transformed filters).
     #[arg(long, default_value_t = 1)]
     pub warmup: usize,
     /// Timed runs of each case (the median is reported).
