@@ -34,7 +34,7 @@ use super::gemm::{matmul_batch, with_scratch, with_scratch_slot, Mat};
 use super::f32_data;
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, TensorId};
 use std::cell::RefCell;
-use std::collections::{HashMap, HashSet};
+use std::collections::hash_map::{Entry, HashMap};
 use std::sync::{Arc, Mutex};
 use rayon::prelude::*;
 
@@ -102,12 +102,8 @@ const KEEP_TILES: usize = 1024;
 
 type FilterKey = (TensorId, Kernel);
 
-#[derive(Default)]
-struct KeptFilters {
-    /// Weights transformed once already (their next call keeps U).
-    seen: HashSet<FilterKey>,
-    kept: HashMap<FilterKey, Arc<Vec<f32>>>,
-}
+/// Every weight seen, with its U once kept (`None`: transformed once, so its next call keeps U).
+type KeptFilters = HashMap<FilterKey, Option<Arc<Vec<f32>>>>;
 
 thread_local! {
     static ACTIVE_FILTERS: RefCell<Option<FilterCache>> = const { RefCell::new(None) };
@@ -135,12 +131,14 @@ impl FilterCache {
     /// U of the weight `key` names (data `w`), kept or made now; `None` on its first call (the
     /// caller transforms into scratch).
     fn filter(&self, key: FilterKey, w: &[f32], cout: usize, cin: usize, t: &Tiles) -> Option<Arc<Vec<f32>>> {
-        {
-            let mut kept = self.lock();
-            if let Some(u) = kept.kept.get(&key) {
-                return Some(u.clone());
+        match self.lock().entry(key) {
+            Entry::Occupied(seen) => {
+                if let Some(u) = seen.get() {
+                    return Some(u.clone());
+                }
             }
-            if kept.seen.insert(key) {
+            Entry::Vacant(first) => {
+                first.insert(None);
                 return None;
             }
         }
@@ -148,7 +146,7 @@ impl FilterCache {
         // meanwhile wins, and both give the same values.
         let mut u = vec![0f32; t.positions() * cout * cin];
         filter_transform(w, cout, cin, t, &mut u);
-        Some(self.lock().kept.entry(key).or_insert_with(|| Arc::new(u)).clone())
+        Some(self.lock().entry(key).or_default().get_or_insert_with(|| Arc::new(u)).clone())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, KeptFilters> {
@@ -157,7 +155,7 @@ impl FilterCache {
 
     #[cfg(test)]
     fn kept_count(&self) -> usize {
-        self.lock().kept.len()
+        self.lock().values().filter(|u| u.is_some()).count()
     }
 }
 
