@@ -39,7 +39,9 @@ pub fn conv2d(xs: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<
         return autocast(xs, w, |x, w| x.conv2d(w, padding, stride, 1, 1));
     }
     let (cout, cin, k, _) = w.dims4()?;
-    if super::winograd::applies(cin, cout, k, stride, padding) {
+    let (_, _, h, wd) = xs.dims4()?;
+    let out = |n: usize| (n + 2 * padding).saturating_sub(k) / stride.max(1) + 1; // [B,Cout,out(H),out(W)]
+    if super::winograd::applies(cin, cout, k, stride, padding, (out(h), out(wd))) {
         // Zero padding of 1: CUT's anti-aliased down- and up-sampling 3×3 convolutions and the
         // PatchGAN's stride-1 4×4 ones.
         let pad = if padding == 1 { Pad::Zero } else { Pad::None };
@@ -57,7 +59,7 @@ pub fn conv2d(xs: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<
 pub fn conv2d_reflect(xs: &Tensor, w: &Tensor, pad: usize) -> Result<Tensor> {
     let (_, _, h, wd) = xs.dims4()?;
     let (cout, cin, k, _) = w.dims4()?;
-    if fast_path(xs, w) && k == 3 && pad == 1 && h > 1 && wd > 1 && super::winograd::applies(cin, cout, k, 1, 0) {
+    if fast_path(xs, w) && k == 3 && pad == 1 && h > 1 && wd > 1 && super::winograd::applies(cin, cout, k, 1, 0, (h, wd)) {
         return super::winograd::conv(&xs.contiguous()?, &w.contiguous()?, Pad::Reflect);
     }
     conv2d(&super::reflect_pad2d(xs, pad)?, w, 1, 0)
@@ -68,8 +70,9 @@ pub fn conv2d_reflect(xs: &Tensor, w: &Tensor, pad: usize) -> Result<Tensor> {
 /// stored, kept for backward or differentiated; `None` where the fast kernels do not apply (the
 /// caller then up-samples and convolves). `xs` `[B,Cin,H,W]` → `[B,Cout,2H,2W]`.
 pub fn blur_up_conv3x3(xs: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
+    let (_, _, h, wd) = xs.dims4()?;
     let (cout, cin, k, _) = w.dims4()?;
-    if !(fast_path(xs, w) && k == 3 && super::winograd::applies(cin, cout, k, 1, 1)) {
+    if !(fast_path(xs, w) && k == 3 && super::winograd::applies(cin, cout, k, 1, 1, (2 * h, 2 * wd))) {
         return Ok(None);
     }
     super::winograd::conv(&xs.contiguous()?, &w.contiguous()?, Pad::UpZero).map(Some)

@@ -38,12 +38,23 @@ use std::collections::hash_map::{Entry, HashMap};
 use std::sync::{Arc, Mutex};
 use rayon::prelude::*;
 
-/// Whether a convolution takes this path: 3×3 or 4×4, stride 1, padding 0 or 1, and enough
-/// channels for the per-position GEMMs to beat one im2col GEMM. `CS_NO_WINOGRAD` set turns it
-/// off (for benchmarks).
-pub(crate) fn applies(cin: usize, cout: usize, k: usize, stride: usize, pad: usize) -> bool {
-    (k == 3 || k == 4) && stride == 1 && pad <= 1 && cin >= 16 && cout >= 16 && !super::settings().no_winograd
+/// Whether a convolution with outputs of `out` (height, width) takes this path: 3×3 or 4×4,
+/// stride 1, padding 0 or 1, and enough channels for the per-position GEMMs to beat one im2col
+/// GEMM; in bf16, a 4×4 kernel also needs [`MIN_TILES_4X4_BF16`] tiles. `CS_NO_WINOGRAD` set
+/// turns it off (for benchmarks).
+pub(crate) fn applies(cin: usize, cout: usize, k: usize, stride: usize, pad: usize, out: (usize, usize)) -> bool {
+    let few_tiles = k == 4 && super::precision::cpu_bf16() && out.0.div_ceil(3) * out.1.div_ceil(3) < MIN_TILES_4X4_BF16;
+    (k == 3 || k == 4) && stride == 1 && pad <= 1 && cin >= 16 && cout >= 16 && !few_tiles && !super::settings().no_winograd
 }
+
+/// The fewest F(3×3, 4×4) tiles for which a 4×4 convolution takes Winograd in bf16. Against the
+/// im2col path's bf16 products its fp32 products and filter transforms (of every Cout × Cin
+/// filter, for a few tiles) lose on small outputs: the PatchGAN's 256→512 layer, forward and
+/// backward (AVX512-BF16, AMD EPYC, 2 threads, medians of 20–40 runs): 15² outputs (25 tiles)
+/// 14.6–15.0 ms vs 12.1–12.6 ms with im2col, 19² (49) 22.2–23.6 vs 20.4–21.1 ms, 23² (64)
+/// 25.3–26.7 vs 26.7–31.1 ms, 31² (121) 33.7–37.2 vs 39.6–40.7 ms. In fp32 Winograd won at 15²
+/// (16.4–19.4 ms vs 18.5–31.9 ms), so fp32 keeps it everywhere.
+const MIN_TILES_4X4_BF16: usize = 64;
 
 /// Winograd's per-position products, in fp32 whatever this thread's precision: with bf16
 /// operands F(4×4, 3×3)'s and F(3×3, 4×4)'s transforms amplify the rounding to 5–8 % of the
@@ -1468,6 +1479,30 @@ mod tests {
         assert_eq!(m(Precision::Bf16, 258, Pad::None, false), 6);
         assert_eq!(m(Precision::Bf16, 256, Pad::Reflect, true), 4);
         assert_eq!(with_precision(Precision::Bf16, || Kernel::choose(4, 256, 256, Pad::Zero, false).unwrap().m), 3);
+    }
+
+    /// In bf16 the PatchGAN's small 4×4 layers take im2col (bf16 products) instead of Winograd;
+    /// fp32 and the 3×3 layers keep Winograd.
+    #[test]
+    fn bf16_takes_im2col_for_small_four_by_four_outputs() {
+        use crate::ops::{with_precision, Precision};
+        if crate::ops::settings().no_winograd {
+            eprintln!("skipped: CS_NO_WINOGRAD is set");
+            return;
+        }
+        let takes = |p, k, out| with_precision(p, || applies(256, 512, k, 1, 1, out));
+        for out in [(7, 7), (15, 15), (31, 31)] {
+            assert!(takes(Precision::Fp32, 4, out));
+            assert!(takes(Precision::Bf16, 3, out));
+        }
+        if crate::ops::precision::bf16_hardware().is_none() {
+            eprintln!("skipped the bf16 half: this CPU has no AVX512-BF16, so bf16 runs fp32");
+            return;
+        }
+        assert!(!takes(Precision::Bf16, 4, (15, 15)));
+        assert!(!takes(Precision::Bf16, 4, (21, 21)), "7×7 = 49 tiles");
+        assert!(takes(Precision::Bf16, 4, (22, 22)), "8×8 = 64 tiles");
+        assert!(takes(Precision::Bf16, 4, (31, 31)));
     }
 
     /// The filter gradient of an empty batch is zero, not what the reused buffer held from the
