@@ -498,3 +498,36 @@ fn blur_up_conv_matches_upsample_then_conv() {
     let x = rand_tensor(&[1, 4, 5, 5], 330);
     assert!(blur_up_conv3x3(&x, &rand_tensor(&[4, 4, 3, 3], 331)).unwrap().is_none());
 }
+
+/// `backward_first_order` gives the same gradients as `backward`, bit for bit, with the weight
+/// gradients cut off from autograd (a plain `backward` leaves them attached, as the second-order
+/// test above needs): through every convolution path (im2col, transposed, narrow, Winograd).
+#[test]
+fn first_order_backward_gives_the_same_gradients_detached() {
+    type Op = fn(&Tensor, &Tensor) -> Result<Tensor>;
+    let cases: [(&str, Op, Vec<usize>, Vec<usize>); 4] = [
+        ("im2col", |x, w| conv2d(x, w, 2, 1), vec![2, 3, 11, 14], vec![4, 3, 3, 3]),
+        ("transposed", |x, w| conv_transpose2d(x, w, 2, 1, 1), vec![2, 3, 7, 9], vec![3, 4, 3, 3]),
+        ("narrow", |x, w| conv2d(x, w, 1, 3), vec![1, 16, 9, 9], vec![3, 16, 7, 7]),
+        ("winograd", |x, w| cyclestudio::ops::conv::conv2d_reflect(x, w, 1), vec![1, 16, 12, 12], vec![16, 16, 3, 3]),
+    ];
+    for (i, (what, f, xs, ws)) in cases.into_iter().enumerate() {
+        let x = Var::from_tensor(&rand_tensor(&xs, 170 + i as u64)).unwrap();
+        let w = Var::from_tensor(&rand_tensor(&ws, 180 + i as u64)).unwrap();
+        let loss = || {
+            let y = f(&x, &w).unwrap();
+            let r = rand_tensor(y.dims(), 190);
+            (y * r).unwrap().sum_all().unwrap()
+        };
+        let plain = loss().backward().unwrap();
+        let first = cyclestudio::ops::backward_first_order(&loss()).unwrap();
+        for (name, v) in [("input", &x), ("weight", &w)] {
+            let (a, b) = (plain.get(v).unwrap(), first.get(v).unwrap());
+            let (a, b) = (a.flatten_all().unwrap().to_vec1::<f32>().unwrap(), b.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+            assert_eq!(a, b, "{what}: {name} gradients differ");
+        }
+        assert!(plain.get(&w).unwrap().track_op(), "{what}: a plain backward keeps the weight gradient differentiable");
+        assert!(!first.get(&w).unwrap().track_op(), "{what}: the first-order weight gradient is still attached");
+        assert!(!first.get(&x).unwrap().track_op(), "{what}: the first-order input gradient is still attached");
+    }
+}

@@ -429,7 +429,7 @@ impl CustomOp2 for Conv2dOp {
             .then(|| dy.apply_op2(w, ConvTranspose2dOp { stride, pad, out_h: h, out_w: wd }))
             .transpose()?;
         let dw = w.track_op().then(|| x.apply_op2(&dy, WeightGradOp { k, stride, pad })).transpose()?;
-        Ok((dx, dw))
+        Ok(super::made_grads((dx, dw)))
     }
 }
 
@@ -471,7 +471,7 @@ impl CustomOp2 for ConvTranspose2dOp {
         let (stride, pad) = (self.stride, self.pad);
         let dx = x.track_op().then(|| dy.apply_op2(w, Conv2dOp { stride, pad })).transpose()?;
         let dw = w.track_op().then(|| dy.apply_op2(x, WeightGradOp { k, stride, pad })).transpose()?;
-        Ok((dx, dw))
+        Ok(super::made_grads((dx, dw)))
     }
 }
 
@@ -509,7 +509,7 @@ impl CustomOp2 for WeightGradOp {
             .then(|| grad.apply_op2(&ddw, ConvTranspose2dOp { stride, pad, out_h: h, out_w: w }))
             .transpose()?;
         let dgrad = grad.track_op().then(|| x.apply_op2(&ddw, Conv2dOp { stride, pad })).transpose()?;
-        Ok((dx, dgrad))
+        Ok(super::made_grads((dx, dgrad)))
     }
 }
 
@@ -554,7 +554,7 @@ impl CustomOp2 for NarrowConv2dOp {
             .track_op()
             .then(|| flip(&dy.apply_op2(x, WeightGradOp { k, stride: 1, pad: full })?.transpose(0, 1)?)?.contiguous())
             .transpose()?;
-        Ok((dx, dw))
+        Ok(super::made_grads((dx, dw)))
     }
 }
 

@@ -152,6 +152,37 @@ pub fn all_finite(xs: &Tensor) -> Result<bool> {
     Ok(s.is_finite())
 }
 
+thread_local! {
+    static FIRST_ORDER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// `loss.backward()` for gradients that are not differentiated again (the training steps'): the
+/// gradients our convolutions make are cut off from autograd as they are made. Otherwise a
+/// weight's gradient, a tensor of the returned store, keeps through its op the gradient of its
+/// layer's output (and Winograd's transformed copy of it) alive as long as the store — over the
+/// rest of the backward pass and until the optimiser has run. candle cuts off only the
+/// gradients it passes on (unless `CANDLE_GRAD_DO_NOT_DETACH` is set); ours stay
+/// differentiable outside this call, for second-order gradients.
+pub fn backward_first_order(loss: &Tensor) -> Result<candle_core::backprop::GradStore> {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            FIRST_ORDER.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(FIRST_ORDER.with(|c| c.replace(true)));
+    loss.backward()
+}
+
+/// The gradients a backward pass of ours made, cut off from autograd inside
+/// [`backward_first_order`].
+pub(crate) fn made_grads(grads: (Option<Tensor>, Option<Tensor>)) -> (Option<Tensor>, Option<Tensor>) {
+    if !FIRST_ORDER.with(std::cell::Cell::get) {
+        return grads;
+    }
+    (grads.0.map(|g| g.detach()), grads.1.map(|g| g.detach()))
+}
+
 /// The widest vector instruction set `simd_fn!` bodies may use on this CPU.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) enum SimdLevel {

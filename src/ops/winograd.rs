@@ -1246,7 +1246,7 @@ impl CustomOp2 for Forward {
         let kept = (x.track_op() && w.track_op()).then(KeptDm::default);
         let dx = x.track_op().then(|| dy.apply_op2(w, DataGrad { h, w: wd, pad, k, keep: kept.clone() })).transpose()?;
         let dw = w.track_op().then(|| x.apply_op2(&dy, FilterGrad { pad, k, kept })).transpose()?;
-        Ok((dx, dw))
+        Ok(super::made_grads((dx, dw)))
     }
 }
 
@@ -1284,7 +1284,7 @@ impl CustomOp2 for DataGrad {
         let (pad, k) = (self.pad, self.k);
         let ddy = dy.track_op().then(|| ddx.apply_op2(w, Forward { pad, k, kept: None })).transpose()?;
         let dw = w.track_op().then(|| ddx.apply_op2(dy, FilterGrad { pad, k, kept: None })).transpose()?;
-        Ok((ddy, dw))
+        Ok(super::made_grads((ddy, dw)))
     }
 }
 
@@ -1315,7 +1315,7 @@ impl CustomOp2 for FilterGrad {
         let (pad, k) = (self.pad, self.k);
         let dx = x.track_op().then(|| dy.apply_op2(&ddw, DataGrad { h, w, pad, k, keep: None })).transpose()?;
         let ddy = dy.track_op().then(|| x.apply_op2(&ddw, Forward { pad, k, kept: None })).transpose()?;
-        Ok((dx, ddy))
+        Ok(super::made_grads((dx, ddy)))
     }
 }
 

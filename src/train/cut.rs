@@ -164,7 +164,7 @@ impl CutTrainer {
         if !d_b.is_finite() {
             bail!(Divergence { step: self.step + 1, what: format!("discriminator loss is {d_b}") });
         }
-        let grads = loss_d.backward()?;
+        let grads = crate::ops::backward_first_order(&loss_d)?;
         self.adam_d.step(&grads, lr)?;
         drop(grads);
 
@@ -189,7 +189,7 @@ impl CutTrainer {
         if !losses.g_total.is_finite() {
             bail!(Divergence { step: self.step + 1, what: format!("generator loss is {}", losses.g_total) });
         }
-        let mut grads = loss_x.backward()?;
+        let mut grads = crate::ops::backward_first_order(&loss_x)?;
         drop((loss_x, fake_b));
         if idt {
             // Only G's and F's gradients of A's terms are kept (detached), so the first pass's
@@ -204,7 +204,7 @@ impl CutTrainer {
             if !losses.g_total.is_finite() {
                 bail!(Divergence { step: self.step + 1, what: format!("generator loss is {}", losses.g_total) });
             }
-            grads = (nce_y * nce_weight)?.backward()?;
+            grads = crate::ops::backward_first_order(&(nce_y * nce_weight)?)?;
             for (var, gx) in kept {
                 let sum = match grads.get(var.as_tensor()) {
                     Some(gy) => (gx + gy)?,

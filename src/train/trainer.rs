@@ -323,7 +323,7 @@ impl Trainer {
         if !losses.g_total.is_finite() {
             bail!(Divergence { step: self.step + 1, what: format!("generator loss is {}", losses.g_total) });
         }
-        let grads = total.backward()?;
+        let grads = crate::ops::backward_first_order(&total)?;
         Ok(GeneratorPass { losses, grads, fake_a: fake_a.detach(), fake_b: fake_b.detach() })
     }
 
@@ -347,7 +347,7 @@ impl Trainer {
         if !(la.is_finite() && lb.is_finite()) {
             bail!(Divergence { step: self.step + 1, what: format!("discriminator losses are {la} / {lb}") });
         }
-        let grads = (d_a + d_b)?.backward()?;
+        let grads = crate::ops::backward_first_order(&(d_a + d_b)?)?;
         Ok(DiscriminatorPass { d_a: la, d_b: lb, grads })
     }
 
