@@ -36,8 +36,8 @@ struct Layer {
 
 /// The kinds of convolution the networks run, at the networks' channel counts (ngf 64, ndf 64)
 /// and small spatial sizes: each takes the kernel path it takes in the network (im2col, narrow
-/// output, Winograd F(4×4,3×3) with reflection or zero padding, Winograd F(3×3,4×4), the
-/// up-sampling Winograd, transposed convolutions).
+/// output, Winograd F(4×4,3×3) with reflection or zero padding, Winograd F(3×3,4×4) or, for
+/// small outputs in bf16, im2col, the up-sampling Winograd, transposed convolutions).
 fn layers() -> Vec<Layer> {
     vec![
         Layer { what: "G first 7×7 3→64 (im2col, reflect-padded input)", x: [1, 3, 22, 20], w: [64, 3, 7, 7], op: |x, w| conv2d(x, w, 1, 0) },
@@ -49,7 +49,9 @@ fn layers() -> Vec<Layer> {
         Layer { what: "G last 7×7 64→3 (narrow output)", x: [1, 64, 26, 24], w: [3, 64, 7, 7], op: |x, w| conv2d(x, w, 1, 0) },
         Layer { what: "D 4×4/2 3→64 (im2col)", x: [1, 3, 32, 30], w: [64, 3, 4, 4], op: |x, w| conv2d(x, w, 2, 1) },
         Layer { what: "D 4×4/2 64→128 (im2col)", x: [1, 64, 16, 16], w: [128, 64, 4, 4], op: |x, w| conv2d(x, w, 2, 1) },
-        Layer { what: "D 4×4 256→512 (Winograd F(3×3,4×4))", x: [1, 256, 9, 8], w: [512, 256, 4, 4], op: |x, w| conv2d(x, w, 1, 1) },
+        // Under 64 tiles of F(3×3,4×4) a 4×4 layer takes im2col in bf16; from 22² outputs on, Winograd.
+        Layer { what: "D 4×4 256→512 (small output: im2col in bf16)", x: [1, 256, 9, 8], w: [512, 256, 4, 4], op: |x, w| conv2d(x, w, 1, 1) },
+        Layer { what: "D 4×4 256→512 (Winograd F(3×3,4×4))", x: [1, 256, 23, 23], w: [512, 256, 4, 4], op: |x, w| conv2d(x, w, 1, 1) },
         Layer { what: "D 4×4 512→1 (narrow output)", x: [1, 512, 8, 7], w: [1, 512, 4, 4], op: |x, w| conv2d(x, w, 1, 1) },
         Layer { what: "CUT down 3×3 64→128 (Winograd, zero padding)", x: [1, 64, 16, 14], w: [128, 64, 3, 3], op: |x, w| conv2d(x, w, 1, 1) },
         Layer {
@@ -61,7 +63,7 @@ fn layers() -> Vec<Layer> {
                 None => conv2d(&cyclestudio::model::antialias::blur_up(x)?, w, 1, 1),
             },
         },
-        Layer { what: "CUT D 4×4 128→256 (Winograd F(3×3,4×4))", x: [1, 128, 10, 9], w: [256, 128, 4, 4], op: |x, w| conv2d(x, w, 1, 1) },
+        Layer { what: "CUT D 4×4 128→256 (Winograd F(3×3,4×4))", x: [1, 128, 23, 24], w: [256, 128, 4, 4], op: |x, w| conv2d(x, w, 1, 1) },
     ]
 }
 
