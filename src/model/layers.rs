@@ -1,7 +1,7 @@
 //! The convolution layers the networks are built from (PyTorch weight layouts, bias left out
 //! where instance norm cancels it), dispatched to `ops::conv`.
 
-use super::norm_stats::{norm_act, norm_act_blur_down};
+use super::norm_stats::{norm_act, norm_act_blur_down, norm_residual};
 use crate::ops::Act;
 use candle_core::{Result, Tensor};
 use candle_nn::{Init, VarBuilder};
@@ -82,6 +82,15 @@ impl Conv2d {
             candle_core::bail!("a reflection-padded convolution needs stride 1 and no zero padding");
         }
         norm_act(&crate::ops::conv::conv2d_reflect(xs, &self.weight, pad)?, act)
+    }
+
+    /// `residual + instance_norm(conv(reflect_pad(xs, pad)))`: a residual block's second
+    /// convolution and its skip connection (bias left out as in `forward_norm_act`).
+    pub fn forward_reflect_norm_residual(&self, xs: &Tensor, pad: usize, residual: &Tensor) -> Result<Tensor> {
+        if self.stride != 1 || self.padding != 0 {
+            candle_core::bail!("a reflection-padded convolution needs stride 1 and no zero padding");
+        }
+        norm_residual(&crate::ops::conv::conv2d_reflect(xs, &self.weight, pad)?, residual)
     }
 
     /// The same layer with weights cut off from autograd (a frozen network).

@@ -190,6 +190,15 @@ fn normalise(xs: &Tensor, mean: &Tensor, var: &Tensor, act: Act) -> Result<Tenso
     crate::ops::normalise_act(xs, mean, &inv_std, act)
 }
 
+/// `residual + instance_norm(xs)`: fused into one op on the CPU unless statistics are being
+/// recorded, replayed or measured.
+pub(crate) fn norm_residual(xs: &Tensor, residual: &Tensor) -> Result<Tensor> {
+    if MODE.with(|m| m.borrow().is_none()) {
+        return crate::ops::instance_norm_residual(xs, residual);
+    }
+    residual + norm_act(xs, Act::Identity)?
+}
+
 /// `act(instance_norm(xs))` for `xs` [B,C,H,W]; records, replays or measures statistics when asked to.
 pub(crate) fn norm_act(xs: &Tensor, act: Act) -> Result<Tensor> {
     MODE.with(|m| {

@@ -24,8 +24,7 @@ impl ResnetBlock {
 
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let h = self.conv1.forward_reflect_norm_act(xs, 1, Act::Relu)?;
-        let h = self.conv2.forward_reflect_norm_act(&h, 1, Act::Identity)?;
-        xs + h
+        self.conv2.forward_reflect_norm_residual(&h, 1, xs)
     }
 }
 

@@ -49,7 +49,7 @@ pub mod precision;
 pub mod settings;
 mod winograd;
 
-pub use norm::{instance_norm_act, normalise_act, Act};
+pub use norm::{instance_norm_act, instance_norm_residual, normalise_act, Act};
 pub use pad::reflect_pad2d;
 pub use precision::{with_precision, Precision};
 pub use settings::{settings, Settings, GENERIC_OPS_VAR};

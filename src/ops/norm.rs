@@ -252,6 +252,73 @@ simd_fn! {
     }
 }
 
+/// `residual + instance_norm(xs)` for `xs` and `residual` `[B,C,H,W]` (a residual block's end);
+/// f32 CPU tensors of one shape take one fused op, others the composed ops; the results are the
+/// same bit for bit. The composed pair keeps the normalised tensor alive for autograd although
+/// neither backward pass reads it (a quarter of a residual block's activations); the fused op
+/// keeps `xs` and `residual`, which the convolutions before need anyway, and per plane (mean, 1/σ).
+pub fn instance_norm_residual(xs: &Tensor, residual: &Tensor) -> Result<Tensor> {
+    if !cpu_f32(xs) || !cpu_f32(residual) || xs.dims() != residual.dims() {
+        return residual + super::instance_norm(xs)?;
+    }
+    let (b, c, h, w) = xs.dims4()?;
+    if h * w == 0 || b * c == 0 {
+        bail!("instance norm of an empty tensor {:?}", xs.dims());
+    }
+    xs.contiguous()?.apply_op2(&residual.contiguous()?, InstanceNormResidual { stats: Arc::new(Mutex::new(Vec::new())) })
+}
+
+simd_fn! {
+    /// One plane of `r + instance_norm(x)` into `y`, x's (mean, 1/σ) into `st`.
+    fn norm_residual_plane(y: &mut [f32], x: &[f32], r: &[f32], st: &mut (f32, f32)) {
+        let (mean, inv_std) = plane_stats(x);
+        for ((o, &v), &rv) in y.iter_mut().zip(x).zip(r) {
+            *o = rv + (v - mean) * inv_std;
+        }
+        *st = (mean, inv_std);
+    }
+}
+
+/// [`instance_norm_residual`]'s op (args: `xs`, `residual`); `stats` as in [`InstanceNormAct`].
+struct InstanceNormResidual {
+    stats: Arc<Mutex<Vec<(f32, f32)>>>,
+}
+
+impl CustomOp2 for InstanceNormResidual {
+    fn name(&self) -> &'static str {
+        "instance-norm-residual"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (x, r) = (f32_data(s1, l1)?, f32_data(s2, l2)?);
+        if l1.shape() != l2.shape() {
+            bail!("instance norm + residual: residual {:?} does not match input {:?}", l2.shape(), l1.shape());
+        }
+        let (_, _, h, w) = l1.shape().dims4()?;
+        let hw = h * w;
+        let mut y = vec![0f32; x.len()];
+        let stats: Vec<(f32, f32)> = x
+            .par_chunks(hw)
+            .zip(r.par_chunks(hw))
+            .zip(y.par_chunks_mut(hw))
+            .map(|((xp, rp), yp)| {
+                let mut st = (0.0, 0.0);
+                norm_residual_plane(yp, xp, rp, &mut st);
+                st
+            })
+            .collect();
+        *self.stats.lock().unwrap_or_else(|e| e.into_inner()) = stats;
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, residual: &Tensor, _res: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let dy = dy.contiguous()?;
+        let op = InstanceNormActBwd { act: Act::Identity, stats: self.stats.clone() };
+        let dx = x.track_op().then(|| x.apply_op2_no_bwd(&dy, &op)).transpose()?;
+        Ok((dx, residual.track_op().then_some(dy)))
+    }
+}
+
 /// `blur_down(act(instance_norm(xs)))` for f32 CPU `xs` [B,C,H,W] (H, W ≥ 2): CUT's
 /// anti-aliased down-sampling after its convolution, one pass per plane that never stores the
 /// normalised plane (nor, in backward, its gradient). Callers check `super::blur::fused_down_applies`.
@@ -391,6 +458,30 @@ mod tests {
                 assert!(max_diff(a, b) < 1e-4, "{act:?} {shape:?} gradient: {}", max_diff(a, b));
             }
         }
+    }
+
+    /// The fused residual end equals norm + add bit for bit, forward and both gradients (with a
+    /// residual that is also used elsewhere, as a block's input is by its first convolution).
+    #[test]
+    fn fused_residual_equals_norm_then_add() {
+        let bits = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap().into_iter().map(f32::to_bits).collect::<Vec<_>>();
+        for shape in [(2, 3, 5, 7), (1, 4, 16, 16), (1, 2, 1, 33)] {
+            let x = Var::from_tensor(&sample(shape, 21)).unwrap();
+            let r = Var::from_tensor(&sample(shape, 22)).unwrap();
+            let weights = sample(shape, 23);
+            let fused = instance_norm_residual(x.as_tensor(), r.as_tensor()).unwrap();
+            let apart = (r.as_tensor() + instance_norm_act(x.as_tensor(), Act::Identity).unwrap()).unwrap();
+            assert_eq!(bits(&fused), bits(&apart), "{shape:?} forward");
+            let loss = |y: Tensor| ((y * &weights).unwrap() + r.as_tensor().sqr().unwrap()).unwrap().sum_all().unwrap();
+            let (gf, ga) = (loss(fused).backward().unwrap(), loss(apart).backward().unwrap());
+            for (what, v) in [("input", &x), ("residual", &r)] {
+                assert_eq!(bits(gf.get(v.as_tensor()).unwrap()), bits(ga.get(v.as_tensor()).unwrap()), "{shape:?} {what} gradient");
+            }
+        }
+        // Other shapes or dtypes take the composed ops.
+        let (x, r) = (sample((1, 2, 3, 3), 24), sample((1, 2, 3, 3), 25));
+        let f64s = instance_norm_residual(&x.to_dtype(DType::F64).unwrap(), &r.to_dtype(DType::F64).unwrap()).unwrap();
+        assert!(max_diff(&f64s.to_dtype(DType::F32).unwrap(), &instance_norm_residual(&x, &r).unwrap()) < 1e-6);
     }
 
     /// The fused blur-pool variant against norm + act, then the blur-pool: forward and gradient.
