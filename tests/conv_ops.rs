@@ -468,6 +468,35 @@ fn reflect_padded_conv_matches_pad_then_conv() {
     }
 }
 
+/// The generator's first and last layers (7×7, reflection padding 3; im2col and narrow output),
+/// whose padded input is made per pass instead of kept: forward and both gradients bit for bit
+/// those of padding then convolving, in fp32 and (within bf16's rounding of each other's inputs
+/// being the same) in bf16; second-order gradients still flow through the input.
+#[test]
+fn reflect_padded_seven_by_seven_convs_equal_pad_then_conv() {
+    use cyclestudio::ops::{conv::conv2d_reflect, reflect_pad2d, with_precision, Precision};
+    let bits = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap().into_iter().map(f32::to_bits).collect::<Vec<_>>();
+    for precision in [Precision::Fp32, Precision::Bf16] {
+        for (i, &(b, cin, cout, h, w)) in [(2, 3, 16, 9, 12), (1, 16, 3, 10, 7), (1, 5, 4, 4, 6)].iter().enumerate() {
+            let x = Var::from_tensor(&rand_tensor(&[b, cin, h, w], 300 + i as u64)).unwrap();
+            let wt = Var::from_tensor(&rand_tensor(&[cout, cin, 7, 7], 310 + i as u64)).unwrap();
+            let r = rand_tensor(&[b, cout, h, w], 320 + i as u64);
+            with_precision(precision, || {
+                let ours = conv2d_reflect(x.as_tensor(), wt.as_tensor(), 3).unwrap();
+                let reference = conv2d(&reflect_pad2d(x.as_tensor(), 3).unwrap(), wt.as_tensor(), 1, 0).unwrap();
+                let what = format!("{precision:?} {:?}", (b, cin, cout, h, w));
+                assert_eq!(bits(&ours), bits(&reference), "forward {what}");
+                let g1 = (ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
+                let g2 = (reference * &r).unwrap().sum_all().unwrap().backward().unwrap();
+                for v in [&x, &wt] {
+                    assert_eq!(bits(g1.get(v.as_tensor()).unwrap()), bits(g2.get(v.as_tensor()).unwrap()), "gradient {what}");
+                }
+                assert!(g1.get(wt.as_tensor()).unwrap().track_op(), "the weight gradient stays differentiable (second order)");
+            });
+        }
+    }
+}
+
 /// `ours` against `reference`, two ways of computing one op of `vars`: the values, and the
 /// gradients of Σ r·y with respect to every var, within 1e-5 (relative).
 fn assert_same_op(what: &str, ours: Tensor, reference: Tensor, r: &Tensor, vars: [&Var; 2]) {

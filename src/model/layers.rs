@@ -32,6 +32,15 @@ impl Conv2d {
         self.forward_unbiased(xs)?.broadcast_add(&self.bias.reshape((1, (), 1, 1))?)
     }
 
+    /// `conv(reflect_pad(xs, pad)) + bias` for a stride-1 layer without zero padding (the
+    /// generator's last one): on the CPU the padded input is not kept for autograd.
+    pub fn forward_reflect(&self, xs: &Tensor, pad: usize) -> Result<Tensor> {
+        if self.stride != 1 || self.padding != 0 {
+            candle_core::bail!("a reflection-padded convolution needs stride 1 and no zero padding");
+        }
+        crate::ops::conv::conv2d_reflect(xs, &self.weight, pad)?.broadcast_add(&self.bias.reshape((1, (), 1, 1))?)
+    }
+
     /// `act(conv(xs) + bias)` for Relu or LeakyRelu, the bias and activation in one op.
     pub fn forward_act(&self, xs: &Tensor, act: Act) -> Result<Tensor> {
         crate::ops::bias::bias_act(&self.forward_unbiased(xs)?, &self.bias, act)
@@ -90,7 +99,7 @@ impl Conv2d {
         if self.stride != 1 || self.padding != 0 {
             candle_core::bail!("a reflection-padded convolution needs stride 1 and no zero padding");
         }
-        norm_residual(&crate::ops::conv::conv2d_reflect(xs, &self.weight, pad)?, residual)
+        norm_residual(crate::ops::conv::conv2d_reflect(xs, &self.weight, pad)?, residual)
     }
 
     /// The same layer with weights cut off from autograd (a frozen network).

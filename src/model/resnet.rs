@@ -208,7 +208,7 @@ impl ResnetGenerator {
 
     /// `[B,Cin,H,W]` → `[B,Cout,H,W]` (Cout = `cfg.network_out_channels()`); H and W multiples of 4.
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let mut h = self.stem.forward_norm_act(&reflect_pad2d(xs, 3)?, Act::Relu)?; // [B,ngf,H,W]
+        let mut h = self.stem.forward_reflect_norm_act(xs, 3, Act::Relu)?; // [B,ngf,H,W]
         for d in &self.down {
             // [B,2ngf,H/2,W/2] then [B,4ngf,H/4,W/4]; anti-aliased, the convolution keeps the
             // size and the blur-pool halves it.
@@ -229,6 +229,6 @@ impl ResnetGenerator {
                 Up::Blur(c) => c.forward_blur_up_norm_act(&h, Act::Relu)?,
             }; // [B,2ngf,H/2,W/2] then [B,ngf,H,W]
         }
-        self.head.forward(&reflect_pad2d(&h, 3)?)?.tanh() // [B,Cout,H,W]
+        self.head.forward_reflect(&h, 3)?.tanh() // [B,Cout,H,W]
     }
 }

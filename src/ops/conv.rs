@@ -62,6 +62,15 @@ pub fn conv2d_reflect(xs: &Tensor, w: &Tensor, pad: usize) -> Result<Tensor> {
     if fast_path(xs, w) && k == 3 && pad == 1 && h > 1 && wd > 1 && super::winograd::applies(cin, cout, k, 1, 0, (h, wd)) {
         return super::winograd::conv(&xs.contiguous()?, &w.contiguous()?, Pad::Reflect);
     }
+    // Only where autograd would keep the padded input: without it, the composed pair frees the
+    // padded input after the convolution's output is made, and the heap reuses that block whole
+    // (translating a 1024² image in bf16 peaked 64 MiB higher with the op, its freed block cut
+    // up by the bias and tanh outputs that follow).
+    let (ph, pw) = (h + 2 * pad, wd + 2 * pad);
+    let kept = xs.track_op() || w.track_op();
+    if kept && fast_path(xs, w) && pad > 0 && pad < h.min(wd) && k <= ph.min(pw) && !super::winograd::applies(cin, cout, k, 1, 0, (ph - k + 1, pw - k + 1)) {
+        return xs.contiguous()?.apply_op2(&w.contiguous()?, ReflectConv2dOp { pad });
+    }
     conv2d(&super::reflect_pad2d(xs, pad)?, w, 1, 0)
 }
 
@@ -394,6 +403,52 @@ fn kernel_size(l: &Layout) -> Result<usize> {
         bail!("fast conv: only square kernels are supported, got {kh}x{kw}");
     }
     Ok(kh)
+}
+
+/// conv2d(reflect_pad2d(x, pad), w) for x [B,Cin,H,W] → [B,Cout,H+2·pad−K+1, …], on the path
+/// `conv2d` takes for the padded input (narrow output or im2col). The padded input is made for
+/// each pass and dropped: the composed pair keeps it alive for autograd, the size of the input
+/// again (the generator's last layer: 64 channels at the image's size plus 6).
+struct ReflectConv2dOp {
+    pad: usize,
+}
+
+impl ReflectConv2dOp {
+    /// Whether `conv2d` runs a stride-1 convolution without padding as a narrow one.
+    fn narrow(cin: usize, cout: usize) -> bool {
+        cout < cin
+    }
+}
+
+impl CustomOp2 for ReflectConv2dOp {
+    fn name(&self) -> &'static str {
+        "fast-conv2d-reflect"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (b, cin, h, w) = l1.shape().dims4()?;
+        let (cout, cin_w, _, _) = l2.shape().dims4()?;
+        if cin != cin_w {
+            bail!("conv2d: input has {cin} channels but the weight expects {cin_w}");
+        }
+        let p = self.pad;
+        let xp = super::pad::pad_planes(f32_data(s1, l1)?, h, w, p);
+        let g = Geom::conv(cin, h + 2 * p, w + 2 * p, kernel_size(l2)?, 1, 0)?;
+        let weights = f32_data(s2, l2)?;
+        let y = if Self::narrow(cin, cout) { narrow_conv_kernel(&xp, weights, cout, &g) } else { conv_kernel(&xp, weights, cout, &g) };
+        Ok((CpuStorage::F32(y), Shape::from((b, cout, g.ho, g.wo))))
+    }
+
+    fn bwd(&self, x: &Tensor, w: &Tensor, res: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        // The composed pair's backward passes, with the padded input made again.
+        let (_, cin, h, wd) = x.dims4()?;
+        let cout = w.dim(0)?;
+        let xp = super::reflect_pad2d(x, self.pad)?;
+        let (dxp, dw) =
+            if Self::narrow(cin, cout) { NarrowConv2dOp { pad: 0 }.bwd(&xp, w, res, dy)? } else { Conv2dOp { stride: 1, pad: 0 }.bwd(&xp, w, res, dy)? };
+        let dx = dxp.map(|g| super::pad::fold_grad(&g, self.pad, h, wd)).transpose()?;
+        Ok(super::made_grads((dx, dw)))
+    }
 }
 
 /// conv2d(x [B,Cin,H,W], w [Cout,Cin,K,K]) → [B,Cout,Ho,Wo].

@@ -33,29 +33,40 @@ impl CustomOp1 for ReflectPad {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = f32_data(s, l)?;
         let (b, c, h, w) = l.shape().dims4()?;
         let p = self.pad;
-        let (ph, pw) = (h + 2 * p, w + 2 * p);
-        let rows = reflect_indices(h, p);
-        let mut y = vec![0f32; b * c * ph * pw];
-        y.par_chunks_mut(ph * pw).zip(x.par_chunks(h * w)).for_each(|(yp, xp)| {
-            for (r, row) in yp.chunks_exact_mut(pw).enumerate() {
-                let src = &xp[rows[r] as usize * w..][..w];
-                row[p..p + w].copy_from_slice(src);
-                for j in 0..p {
-                    row[p - 1 - j] = src[j + 1];
-                    row[p + w + j] = src[w - 2 - j];
-                }
-            }
-        });
-        Ok((CpuStorage::F32(y), Shape::from((b, c, ph, pw))))
+        let y = pad_planes(f32_data(s, l)?, h, w, p);
+        Ok((CpuStorage::F32(y), Shape::from((b, c, h + 2 * p, w + 2 * p))))
     }
 
     fn bwd(&self, x: &Tensor, _res: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
         let (_, _, h, w) = x.dims4()?;
-        Ok(Some(dy.contiguous()?.apply_op1(ReflectPadBwd { pad: self.pad, h, w })?))
+        Ok(Some(fold_grad(dy, self.pad, h, w)?))
     }
+}
+
+/// Every H×W plane of `x` reflection-padded by `p` (< H, W): planes of (H+2p)×(W+2p).
+pub(crate) fn pad_planes(x: &[f32], h: usize, w: usize, p: usize) -> Vec<f32> {
+    let (ph, pw) = (h + 2 * p, w + 2 * p);
+    let rows = reflect_indices(h, p);
+    let mut y = vec![0f32; x.len() / (h * w).max(1) * ph * pw];
+    y.par_chunks_mut(ph * pw).zip(x.par_chunks(h * w)).for_each(|(yp, xp)| {
+        for (r, row) in yp.chunks_exact_mut(pw).enumerate() {
+            let src = &xp[rows[r] as usize * w..][..w];
+            row[p..p + w].copy_from_slice(src);
+            for j in 0..p {
+                row[p - 1 - j] = src[j + 1];
+                row[p + w + j] = src[w - 2 - j];
+            }
+        }
+    });
+    y
+}
+
+/// The gradient of `reflect_pad2d(x, pad)` for `x` of `h`×`w` planes from the padded output's
+/// gradient `dy`.
+pub(crate) fn fold_grad(dy: &Tensor, pad: usize, h: usize, w: usize) -> Result<Tensor> {
+    dy.contiguous()?.apply_op1(ReflectPadBwd { pad, h, w })
 }
 
 /// The adjoint of `ReflectPad`: [B,C,H+2p,W+2p] → [B,C,H,W]. It is linear, so its own
