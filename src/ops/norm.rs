@@ -1,5 +1,5 @@
-//! Instance normalisation fused with the activation that follows it, as one candle custom op
-//! with its own backward pass.
+//! Instance normalisation fused with the activation that follows it (or with a residual block's
+//! skip connection), as one candle custom op with its own backward pass.
 //!
 //! Composed from generic ops, `relu(instance_norm(x))` makes about ten passes over memory in
 //! the forward pass, more in backward, and keeps five full-size intermediates alive for autograd.
@@ -255,7 +255,7 @@ simd_fn! {
 /// `residual + instance_norm(xs)` for `xs` and `residual` `[B,C,H,W]` (a residual block's end);
 /// f32 CPU tensors of one shape take one fused op, others the composed ops; the results are the
 /// same bit for bit. The composed pair keeps the normalised tensor alive for autograd although
-/// neither backward pass reads it (a quarter of a residual block's activations); the fused op
+/// neither backward pass reads it (a fifth of a residual block's activations); the fused op
 /// keeps `xs` and `residual`, which the convolutions before need anyway, and per plane (mean, 1/σ).
 pub fn instance_norm_residual(xs: &Tensor, residual: &Tensor) -> Result<Tensor> {
     if !cpu_f32(xs) || !cpu_f32(residual) || xs.dims() != residual.dims() {
