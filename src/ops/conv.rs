@@ -47,10 +47,16 @@ pub fn conv2d(xs: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<
         let pad = if padding == 1 { Pad::Zero } else { Pad::None };
         return super::winograd::conv(&xs.contiguous()?, &w.contiguous()?, pad);
     }
-    if stride == 1 && cout < cin && padding < k {
+    if takes_narrow(cin, cout, k, stride, padding) {
         return xs.contiguous()?.apply_op2(&w.contiguous()?, NarrowConv2dOp { pad: padding });
     }
     xs.contiguous()?.apply_op2(&w.contiguous()?, Conv2dOp { stride, pad: padding })
+}
+
+/// Whether `conv2d` runs a (non-Winograd) convolution as a narrow one: stride 1, fewer output
+/// than input channels, padding under the kernel size.
+fn takes_narrow(cin: usize, cout: usize, k: usize, stride: usize, padding: usize) -> bool {
+    stride == 1 && cout < cin && padding < k
 }
 
 /// `conv2d(reflect_pad2d(xs, pad), w, 1, 0)`: a stride-1 convolution of the reflection-padded
@@ -405,6 +411,17 @@ fn kernel_size(l: &Layout) -> Result<usize> {
     Ok(kh)
 }
 
+/// (B, Cin, H, W, Cout) of a conv2d op's input [B,Cin,H,W] and weight [Cout,Cin,K,K], which must
+/// agree on Cin.
+fn conv2d_operands(x: &Layout, w: &Layout) -> Result<(usize, usize, usize, usize, usize)> {
+    let (b, cin, h, wd) = x.shape().dims4()?;
+    let (cout, cin_w, _, _) = w.shape().dims4()?;
+    if cin != cin_w {
+        bail!("conv2d: input has {cin} channels but the weight expects {cin_w}");
+    }
+    Ok((b, cin, h, wd, cout))
+}
+
 /// conv2d(reflect_pad2d(x, pad), w) for x [B,Cin,H,W] → [B,Cout,H+2·pad−K+1, …], on the path
 /// `conv2d` takes for the padded input (narrow output or im2col). The padded input is made for
 /// each pass and dropped: the composed pair keeps it alive for autograd, the size of the input
@@ -413,39 +430,32 @@ struct ReflectConv2dOp {
     pad: usize,
 }
 
-impl ReflectConv2dOp {
-    /// Whether `conv2d` runs a stride-1 convolution without padding as a narrow one.
-    fn narrow(cin: usize, cout: usize) -> bool {
-        cout < cin
-    }
-}
-
 impl CustomOp2 for ReflectConv2dOp {
     fn name(&self) -> &'static str {
         "fast-conv2d-reflect"
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (b, cin, h, w) = l1.shape().dims4()?;
-        let (cout, cin_w, _, _) = l2.shape().dims4()?;
-        if cin != cin_w {
-            bail!("conv2d: input has {cin} channels but the weight expects {cin_w}");
-        }
-        let p = self.pad;
+        let (b, cin, h, w, cout) = conv2d_operands(l1, l2)?;
+        let (p, k) = (self.pad, kernel_size(l2)?);
         let xp = super::pad::pad_planes(f32_data(s1, l1)?, h, w, p);
-        let g = Geom::conv(cin, h + 2 * p, w + 2 * p, kernel_size(l2)?, 1, 0)?;
+        let g = Geom::conv(cin, h + 2 * p, w + 2 * p, k, 1, 0)?;
         let weights = f32_data(s2, l2)?;
-        let y = if Self::narrow(cin, cout) { narrow_conv_kernel(&xp, weights, cout, &g) } else { conv_kernel(&xp, weights, cout, &g) };
+        let narrow = takes_narrow(cin, cout, k, 1, 0);
+        let y = if narrow { narrow_conv_kernel(&xp, weights, cout, &g) } else { conv_kernel(&xp, weights, cout, &g) };
         Ok((CpuStorage::F32(y), Shape::from((b, cout, g.ho, g.wo))))
     }
 
     fn bwd(&self, x: &Tensor, w: &Tensor, res: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         // The composed pair's backward passes, with the padded input made again.
         let (_, cin, h, wd) = x.dims4()?;
-        let cout = w.dim(0)?;
+        let (cout, _, k, _) = w.dims4()?;
         let xp = super::reflect_pad2d(x, self.pad)?;
-        let (dxp, dw) =
-            if Self::narrow(cin, cout) { NarrowConv2dOp { pad: 0 }.bwd(&xp, w, res, dy)? } else { Conv2dOp { stride: 1, pad: 0 }.bwd(&xp, w, res, dy)? };
+        let (dxp, dw) = if takes_narrow(cin, cout, k, 1, 0) {
+            NarrowConv2dOp { pad: 0 }.bwd(&xp, w, res, dy)?
+        } else {
+            Conv2dOp { stride: 1, pad: 0 }.bwd(&xp, w, res, dy)?
+        };
         let dx = dxp.map(|g| super::pad::fold_grad(&g, self.pad, h, wd)).transpose()?;
         Ok(super::made_grads((dx, dw)))
     }
@@ -463,11 +473,7 @@ impl CustomOp2 for Conv2dOp {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (b, cin, h, w) = l1.shape().dims4()?;
-        let (cout, cin_w, _, _) = l2.shape().dims4()?;
-        if cin != cin_w {
-            bail!("conv2d: input has {cin} channels but the weight expects {cin_w}");
-        }
+        let (b, cin, h, w, cout) = conv2d_operands(l1, l2)?;
         let g = Geom::conv(cin, h, w, kernel_size(l2)?, self.stride, self.pad)?;
         let y = conv_kernel(f32_data(s1, l1)?, f32_data(s2, l2)?, cout, &g);
         Ok((CpuStorage::F32(y), Shape::from((b, cout, g.ho, g.wo))))
@@ -585,11 +591,7 @@ impl CustomOp2 for NarrowConv2dOp {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (b, cin, h, w) = l1.shape().dims4()?;
-        let (cout, cin_w, _, _) = l2.shape().dims4()?;
-        if cin != cin_w {
-            bail!("conv2d: input has {cin} channels but the weight expects {cin_w}");
-        }
+        let (b, cin, h, w, cout) = conv2d_operands(l1, l2)?;
         let g = Geom::conv(cin, h, w, kernel_size(l2)?, 1, self.pad)?;
         let y = narrow_conv_kernel(f32_data(s1, l1)?, f32_data(s2, l2)?, cout, &g);
         Ok((CpuStorage::F32(y), Shape::from((b, cout, g.ho, g.wo))))
