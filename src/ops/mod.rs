@@ -164,14 +164,19 @@ thread_local! {
 /// gradients it passes on (unless `CANDLE_GRAD_DO_NOT_DETACH` is set); ours stay
 /// differentiable outside this call, for second-order gradients.
 pub fn backward_first_order(loss: &Tensor) -> Result<candle_core::backprop::GradStore> {
-    struct Restore(bool);
-    impl Drop for Restore {
+    with_local(&FIRST_ORDER, true, || loss.backward())
+}
+
+/// Runs `f` with this thread's `key` set to `value`, restored afterwards (also on panic).
+pub(crate) fn with_local<T: Copy + 'static, R>(key: &'static std::thread::LocalKey<std::cell::Cell<T>>, value: T, f: impl FnOnce() -> R) -> R {
+    struct Restore<T: Copy + 'static>(&'static std::thread::LocalKey<std::cell::Cell<T>>, T);
+    impl<T: Copy + 'static> Drop for Restore<T> {
         fn drop(&mut self) {
-            FIRST_ORDER.with(|c| c.set(self.0));
+            self.0.with(|c| c.set(self.1));
         }
     }
-    let _restore = Restore(FIRST_ORDER.with(|c| c.replace(true)));
-    loss.backward()
+    let _restore = Restore(key, key.with(|c| c.replace(value)));
+    f()
 }
 
 /// The gradients a backward pass of ours made, cut off from autograd inside

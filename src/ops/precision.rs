@@ -47,14 +47,7 @@ pub fn current() -> Precision {
 
 /// Runs `f` with this thread's convolutions in `precision` (restored afterwards, also on panic).
 pub fn with_precision<R>(precision: Precision, f: impl FnOnce() -> R) -> R {
-    struct Restore(Precision);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            CURRENT.with(|c| c.set(self.0));
-        }
-    }
-    let _restore = Restore(CURRENT.with(|c| c.replace(precision)));
-    f()
+    super::with_local(&CURRENT, precision, f)
 }
 
 /// The precision that will really run for a request on `device`, and a message for the user
