@@ -161,6 +161,32 @@ fn plane_stats(x: &[f32]) -> (f32, f32) {
     (mean, (1.0 / (var + EPS).sqrt()) as f32)
 }
 
+/// The forward pass of the fused norm ops: `plane(offset, x plane, y plane, its (mean, 1/σ))` for
+/// every H×W plane of `x` (laid out as `l`) in parallel, `offset` the plane's start in `x`; the
+/// planes' statistics go to `stats` for the backward pass.
+fn normalise_planes(
+    x: &[f32],
+    l: &Layout,
+    stats: &Mutex<Vec<(f32, f32)>>,
+    plane: impl Fn(usize, &[f32], &mut [f32], &mut (f32, f32)) + Sync,
+) -> Result<Vec<f32>> {
+    let (_, _, h, w) = l.shape().dims4()?;
+    let hw = h * w;
+    let mut y = vec![0f32; x.len()];
+    let planes: Vec<(f32, f32)> = x
+        .par_chunks(hw)
+        .zip(y.par_chunks_mut(hw))
+        .enumerate()
+        .map(|(i, (xp, yp))| {
+            let mut st = (0.0, 0.0);
+            plane(i * hw, xp, yp, &mut st);
+            st
+        })
+        .collect();
+    *stats.lock().unwrap_or_else(|e| e.into_inner()) = planes;
+    Ok(y)
+}
+
 /// The fused op. `stats` receives (mean, 1/σ) per plane in the forward pass for the backward
 /// pass; it is shared with the backward op through the graph.
 struct InstanceNormAct {
@@ -174,21 +200,8 @@ impl CustomOp1 for InstanceNormAct {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = f32_data(s, l)?;
-        let (_, _, h, w) = l.shape().dims4()?;
-        let hw = h * w;
         let act = self.act;
-        let mut y = vec![0f32; x.len()];
-        let stats: Vec<(f32, f32)> = x
-            .par_chunks(hw)
-            .zip(y.par_chunks_mut(hw))
-            .map(|(xp, yp)| {
-                let mut st = (0.0, 0.0);
-                norm_act_plane(yp, xp, &mut st, act);
-                st
-            })
-            .collect();
-        *self.stats.lock().unwrap_or_else(|e| e.into_inner()) = stats;
+        let y = normalise_planes(f32_data(s, l)?, l, &self.stats, |_, xp, yp, st| norm_act_plane(yp, xp, st, act))?;
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 
@@ -294,20 +307,7 @@ impl CustomOp2 for InstanceNormResidual {
         if l1.shape() != l2.shape() {
             bail!("instance norm + residual: residual {:?} does not match input {:?}", l2.shape(), l1.shape());
         }
-        let (_, _, h, w) = l1.shape().dims4()?;
-        let hw = h * w;
-        let mut y = vec![0f32; x.len()];
-        let stats: Vec<(f32, f32)> = x
-            .par_chunks(hw)
-            .zip(r.par_chunks(hw))
-            .zip(y.par_chunks_mut(hw))
-            .map(|((xp, rp), yp)| {
-                let mut st = (0.0, 0.0);
-                norm_residual_plane(yp, xp, rp, &mut st);
-                st
-            })
-            .collect();
-        *self.stats.lock().unwrap_or_else(|e| e.into_inner()) = stats;
+        let y = normalise_planes(x, l1, &self.stats, |at, xp, yp, st| norm_residual_plane(yp, xp, &r[at..at + xp.len()], st))?;
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
