@@ -1,7 +1,7 @@
 //! One CycleGAN step's layers, each alone, forward and backward (loss = sum of the output), with
 //! the networks' channel counts at a given image size: the Rust half of `bench/compare_layers.sh`,
 //! whose PyTorch half (`bench/torch_layers.py`) builds the same layers. A layer's line is the
-//! median milliseconds of `--repeats` runs after two warm-ups.
+//! median milliseconds of REPEATS runs after two warm-ups.
 //!
 //!     cargo run --release --example layer_pairs -- [fp32|bf16] [SIZE] [REPEATS]
 //!
@@ -11,7 +11,9 @@ use candle_core::{DType, Device, Result, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use cyclestudio::model::{Conv2d, ConvTranspose2d};
 use cyclestudio::ops::{with_precision, Act, Precision};
-use std::time::Instant;
+#[path = "common/timing.rs"]
+mod timing;
+use timing::time;
 
 type Forward = Box<dyn Fn(&Tensor) -> Result<Tensor>>;
 
@@ -68,17 +70,11 @@ fn main() -> Result<()> {
         }
         let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, shape.as_slice(), &dev)?)?;
         let input = if grad_in { x.as_tensor().clone() } else { x.as_tensor().detach() };
-        let mut ms = Vec::new();
-        for i in 0..repeats + 2 {
-            let t = Instant::now();
-            let grads = with_precision(precision, || cyclestudio::ops::backward_first_order(&forward(&input)?.sum_all()?))?;
-            drop(grads);
-            if i >= 2 {
-                ms.push(t.elapsed().as_secs_f64() * 1e3);
-            }
-        }
-        ms.sort_by(f64::total_cmp);
-        println!("{name:<8} {:9.2} ms", ms[ms.len() / 2]);
+        let step = || {
+            with_precision(precision, || cyclestudio::ops::backward_first_order(&forward(&input)?.sum_all()?)).expect("forward and backward pass");
+        };
+        step(); // the second warm-up: `time` runs one
+        time(name, repeats, step);
     }
     Ok(())
 }

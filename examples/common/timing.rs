@@ -13,5 +13,5 @@ pub fn time<F: FnMut()>(name: &str, n: usize, mut f: F) {
         })
         .collect();
     v.sort_by(f64::total_cmp);
-    println!("{name:<48} {:8.1} ms", v[n / 2] * 1e3);
+    println!("{name:<48} {:9.2} ms", v[n / 2] * 1e3);
 }
