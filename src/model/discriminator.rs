@@ -34,7 +34,7 @@ impl PatchGan {
     /// `[B,C,H,W]` → `[B,1,H',W']` patch scores (logits for the vanilla loss).
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let last = self.layers.len() - 1;
-        let mut h = xs.clone();
+        let mut h = crate::ops::to_activation(xs)?; // bf16 where the convolutions run in bf16
         let act = Act::LeakyRelu(0.2);
         for (i, layer) in self.layers.iter().enumerate() {
             let pooled = i < self.pooled;
@@ -50,7 +50,7 @@ impl PatchGan {
                 layer.forward_norm_act(&h, act)?
             };
         }
-        Ok(h)
+        h.to_dtype(xs.dtype())
     }
 
     /// A copy whose weights are cut off from autograd, used while the generators are updated so

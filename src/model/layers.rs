@@ -10,6 +10,12 @@ use candle_nn::{Init, VarBuilder};
 /// them from the run's seed afterwards, so this only matters for tensors created lazily.
 const WEIGHT_INIT: Init = Init::Randn { mean: 0.0, stdev: 0.02 };
 
+/// `ys` `[B,C,H,W]` plus `bias` `[C]` per channel, in `ys`'s dtype (activations may be bf16,
+/// biases are f32 master weights).
+pub(crate) fn add_bias(ys: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    ys.broadcast_add(&bias.to_dtype(ys.dtype())?.reshape((1, (), 1, 1))?)
+}
+
 /// A 2-D convolution with bias and zero padding. Weights `[Cout,Cin,K,K]` under `weight`, bias `[Cout]`
 /// under `bias`, as in PyTorch.
 #[derive(Clone)]
@@ -29,7 +35,7 @@ impl Conv2d {
 
     /// `[B,Cin,H,W]` → `[B,Cout,H',W']`.
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        self.forward_unbiased(xs)?.broadcast_add(&self.bias.reshape((1, (), 1, 1))?)
+        add_bias(&self.forward_unbiased(xs)?, &self.bias)
     }
 
     /// `conv(reflect_pad(xs, pad)) + bias` for a stride-1 layer without zero padding (the
@@ -38,7 +44,7 @@ impl Conv2d {
         if self.stride != 1 || self.padding != 0 {
             candle_core::bail!("a reflection-padded convolution needs stride 1 and no zero padding");
         }
-        crate::ops::conv::conv2d_reflect(xs, &self.weight, pad)?.broadcast_add(&self.bias.reshape((1, (), 1, 1))?)
+        add_bias(&crate::ops::conv::conv2d_reflect(xs, &self.weight, pad)?, &self.bias)
     }
 
     /// `act(conv(xs) + bias)` for Relu or LeakyRelu, the bias and activation in one op.
@@ -135,7 +141,7 @@ impl ConvTranspose2d {
 
     /// `[B,Cin,H,W]` → `[B,Cout,(H-1)s-2p+K+op, …]`.
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        self.forward_unbiased(xs)?.broadcast_add(&self.bias.reshape((1, (), 1, 1))?)
+        add_bias(&self.forward_unbiased(xs)?, &self.bias)
     }
 
     /// `act(instance_norm(conv_transpose(xs)))`, without the bias that normalisation cancels.

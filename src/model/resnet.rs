@@ -4,7 +4,7 @@
 use super::antialias::blur_down;
 use super::norm_stats::{norm_act, norm_act_blur_down};
 use super::{layers::ConvTranspose2d, Conv2d, GeneratorConfig, GeneratorKind};
-use crate::ops::{reflect_pad2d, Act};
+use crate::ops::{reflect_pad2d, to_activation, Act};
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
@@ -69,7 +69,7 @@ impl Feature {
     /// The whole feature map, bias included.
     pub fn full(&self) -> Result<Tensor> {
         match &self.bias {
-            Some(b) => self.map.broadcast_add(&b.reshape((1, (), 1, 1))?),
+            Some(b) => super::layers::add_bias(&self.map, b),
             None => Ok(self.map.clone()),
         }
     }
@@ -140,7 +140,7 @@ impl ResnetGenerator {
     pub fn forward_with_features(&self, xs: &Tensor, layers: &[usize]) -> Result<(Tensor, Vec<Feature>)> {
         let top = FIRST_BLOCK + self.blocks.len() - 1;
         let (h, feats) = self.encode_through(xs, layers, top)?;
-        Ok((self.decode(&h)?, feats))
+        Ok((self.decode(&h)?.to_dtype(xs.dtype())?, feats))
     }
 
     /// The encoder up to layer `last` (its output) and the features at `layers` on the way.
@@ -154,7 +154,8 @@ impl ResnetGenerator {
         }
         let want = |i: usize| layers.contains(&i);
         let mut feats = Vec::new();
-        let mut h = reflect_pad2d(xs, 3)?; // 0: [B,Cin,H+6,W+6]
+        // Features are in the activations' dtype (bf16 under `--precision bf16` on the CPU).
+        let mut h = reflect_pad2d(&to_activation(xs)?, 3)?; // 0: [B,Cin,H+6,W+6]
         if want(0) {
             feats.push(Feature::from(h.clone()));
         }
@@ -208,7 +209,9 @@ impl ResnetGenerator {
 
     /// `[B,Cin,H,W]` → `[B,Cout,H,W]` (Cout = `cfg.network_out_channels()`); H and W multiples of 4.
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let mut h = self.stem.forward_reflect_norm_act(xs, 3, Act::Relu)?; // [B,ngf,H,W]
+        // Activations in bf16 where the convolutions run in bf16 (autocast's storage); the
+        // output in the input's dtype.
+        let mut h = self.stem.forward_reflect_norm_act(&to_activation(xs)?, 3, Act::Relu)?; // [B,ngf,H,W]
         for d in &self.down {
             // [B,2ngf,H/2,W/2] then [B,4ngf,H/4,W/4]; anti-aliased, the convolution keeps the
             // size and the blur-pool halves it.
@@ -217,7 +220,7 @@ impl ResnetGenerator {
         for b in &self.blocks {
             h = b.forward(&h)?;
         }
-        self.decode(&h)
+        self.decode(&h)?.to_dtype(xs.dtype())
     }
 
     /// The up-sampling layers and the head: [B,4ngf,H/4,W/4] → [B,Cout,H,W].

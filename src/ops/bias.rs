@@ -7,7 +7,7 @@
 //! two (the gradient, then its per-channel sums for the bias).
 
 use super::norm::Act;
-use super::{blur, cpu_f32, f32_data};
+use super::{blur, act_data, act_storage, cpu_act};
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -15,7 +15,7 @@ use rayon::prelude::*;
 /// others (and `Act::Identity`, a plain broadcast add) the composed ops. The fused backward reads
 /// the slope off the output, which Relu and LeakyRelu allow.
 pub fn bias_act(xs: &Tensor, bias: &Tensor, act: Act) -> Result<Tensor> {
-    if !(cpu_f32(xs) && cpu_f32(bias)) || act == Act::Identity {
+    if !(cpu_act(xs) && super::cpu_f32(bias)) || act == Act::Identity {
         return act.compose(&xs.broadcast_add(&bias.reshape((1, (), 1, 1))?)?);
     }
     xs.contiguous()?.apply_op2(&bias.contiguous()?, BiasAct { act })
@@ -57,7 +57,7 @@ impl CustomOp2 for BiasAct {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (x, b) = (f32_data(s1, l1)?, f32_data(s2, l2)?);
+        let (x, b) = (&act_data(s1, l1)?, &act_data(s2, l2)?);
         let (_, c, h, w) = l1.shape().dims4()?;
         if b.len() != c {
             bail!("bias_act: bias {:?} for {c} channels", l2.dims());
@@ -68,7 +68,7 @@ impl CustomOp2 for BiasAct {
         }
         let mut y = vec![0f32; x.len()];
         y.par_chunks_mut(hw).zip(x.par_chunks(hw)).enumerate().for_each(|(i, (yp, xp))| bias_act_plane(yp, xp, b[i % c], act));
-        Ok((CpuStorage::F32(y), l1.shape().clone()))
+        Ok((act_storage(y, s1)?, l1.shape().clone()))
     }
 
     /// The slope at x + b is the slope at the output (both activations keep the sign).
@@ -96,14 +96,14 @@ impl CustomOp2 for ActGrad {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (y, dy) = (f32_data(s1, l1)?, f32_data(s2, l2)?);
+        let (y, dy) = (&act_data(s1, l1)?, &act_data(s2, l2)?);
         if y.len() != dy.len() {
             bail!("bias_act backward: gradient {:?} does not match output {:?}", l2.dims(), l1.dims());
         }
         let act = self.act;
         let mut g = vec![0f32; y.len()];
         g.par_chunks_mut(1 << 14).zip(y.par_chunks(1 << 14).zip(dy.par_chunks(1 << 14))).for_each(|(gc, (yc, dc))| act_grad_chunk(gc, dc, yc, 0.0, act));
-        Ok((CpuStorage::F32(g), l1.shape().clone()))
+        Ok((act_storage(g, s1)?, l1.shape().clone()))
     }
 }
 
@@ -117,7 +117,7 @@ impl CustomOp1 for ChannelSums {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let g = f32_data(s, l)?;
+        let g = act_data(s, l)?;
         let (b, c, h, w) = l.shape().dims4()?;
         let hw = h * w;
         let sums: Vec<f32> = (0..c)
@@ -138,7 +138,7 @@ impl CustomOp2 for BiasActBlurDown {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (x, b) = (f32_data(s1, l1)?, f32_data(s2, l2)?);
+        let (x, b) = (&act_data(s1, l1)?, &act_data(s2, l2)?);
         let (bsz, c, h, w) = l1.shape().dims4()?;
         if b.len() != c {
             bail!("bias_act_blur_down: bias {:?} for {c} channels", l2.dims());
@@ -153,7 +153,7 @@ impl CustomOp2 for BiasActBlurDown {
                 blur::down_plane(yp, plane, row, h, w);
             },
         );
-        Ok((CpuStorage::F32(y), Shape::from((bsz, c, oh, ow))))
+        Ok((act_storage(y, s1)?, Shape::from((bsz, c, oh, ow))))
     }
 
     fn bwd(&self, x: &Tensor, bias: &Tensor, _res: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
@@ -174,7 +174,7 @@ impl candle_core::CustomOp3 for BiasActBlurDownBwd {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (x, b, dy) = (f32_data(s1, l1)?, f32_data(s2, l2)?, f32_data(s3, l3)?);
+        let (x, b, dy) = (&act_data(s1, l1)?, &act_data(s2, l2)?, &act_data(s3, l3)?);
         let (bsz, c, h, w) = l1.shape().dims4()?;
         let (oh, ow) = (blur::down_len(h), blur::down_len(w));
         if dy.len() != bsz * c * oh * ow || b.len() != c {
@@ -190,7 +190,7 @@ impl candle_core::CustomOp3 for BiasActBlurDownBwd {
                 act_grad_chunk(gp, adj, xp, b[i % c], act);
             },
         );
-        Ok((CpuStorage::F32(g), l1.shape().clone()))
+        Ok((act_storage(g, s1)?, l1.shape().clone()))
     }
 }
 

@@ -14,7 +14,7 @@
 //!
 //! Both are linear: the gradient of each backward op is the forward op again.
 
-use super::{cpu_f32, f32_data};
+use super::{act_data, act_storage, cpu_act};
 use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -49,7 +49,7 @@ fn check_down(xs: &Tensor) -> Result<(usize, usize, usize, usize)> {
 
 /// Whether the fused CPU kernels take `xs` (f32 on the CPU, `CS_GENERIC_OPS` unset).
 pub(crate) fn applies(xs: &Tensor) -> bool {
-    cpu_f32(xs)
+    cpu_act(xs)
 }
 
 /// Whether a kernel fused with the blur-pool (`norm::instance_norm_act_blur_down`,
@@ -210,7 +210,7 @@ impl CustomOp1 for BlurDown {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = f32_data(s, l)?;
+        let x = act_data(s, l)?;
         let (b, c, h, w) = l.shape().dims4()?;
         if h < 2 || w < 2 {
             bail!("blur_down needs at least 2 pixels per axis, got {h}x{w}");
@@ -218,7 +218,7 @@ impl CustomOp1 for BlurDown {
         let (oh, ow) = (down_len(h), down_len(w));
         let mut y = vec![0f32; b * c * oh * ow];
         y.par_chunks_mut(oh * ow).zip(x.par_chunks(h * w)).for_each_init(|| vec![0f32; w], |t, (yp, xp)| down_plane(yp, xp, t, h, w));
-        Ok((CpuStorage::F32(y), Shape::from((b, c, oh, ow))))
+        Ok((act_storage(y, s)?, Shape::from((b, c, oh, ow))))
     }
 
     fn bwd(&self, x: &Tensor, _res: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
@@ -239,7 +239,7 @@ impl CustomOp1 for BlurDownBwd {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let dy = f32_data(s, l)?;
+        let dy = act_data(s, l)?;
         let (b, c, oh, ow) = l.shape().dims4()?;
         let (h, w) = (self.h, self.w);
         if oh != down_len(h) || ow != down_len(w) {
@@ -247,7 +247,7 @@ impl CustomOp1 for BlurDownBwd {
         }
         let mut dx = vec![0f32; b * c * h * w];
         dx.par_chunks_mut(h * w).zip(dy.par_chunks(oh * ow)).for_each_init(|| vec![0f32; w], |t, (xp, yp)| down_adjoint_plane(xp, yp, t, h, w));
-        Ok((CpuStorage::F32(dx), Shape::from((b, c, h, w))))
+        Ok((act_storage(dx, s)?, Shape::from((b, c, h, w))))
     }
 
     fn bwd(&self, _dy: &Tensor, _res: &Tensor, ddx: &Tensor) -> Result<Option<Tensor>> {
@@ -263,13 +263,13 @@ impl CustomOp1 for BlurUp {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = f32_data(s, l)?;
+        let x = act_data(s, l)?;
         let (b, c, h, w) = l.shape().dims4()?;
         let mut y = vec![0f32; b * c * 4 * h * w];
         if h > 0 && w > 0 {
             y.par_chunks_mut(4 * h * w).zip(x.par_chunks(h * w)).for_each_init(|| vec![0f32; 2 * h * w], |buf, (yp, xp)| up_plane(yp, xp, buf, h, w));
         }
-        Ok((CpuStorage::F32(y), Shape::from((b, c, 2 * h, 2 * w))))
+        Ok((act_storage(y, s)?, Shape::from((b, c, 2 * h, 2 * w))))
     }
 
     fn bwd(&self, _x: &Tensor, _res: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
@@ -286,7 +286,7 @@ impl CustomOp1 for BlurUpBwd {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let dy = f32_data(s, l)?;
+        let dy = act_data(s, l)?;
         let (b, c, h2, w2) = l.shape().dims4()?;
         if h2 % 2 != 0 || w2 % 2 != 0 {
             bail!("blur_up backward: gradient {h2}x{w2} is not twice an input size");
@@ -296,7 +296,7 @@ impl CustomOp1 for BlurUpBwd {
         if h > 0 && w > 0 {
             dx.par_chunks_mut(h * w).zip(dy.par_chunks(4 * h * w)).for_each_init(|| vec![0f32; 2 * w], |t, (xp, yp)| up_adjoint_plane(xp, yp, t, h, w));
         }
-        Ok((CpuStorage::F32(dx), Shape::from((b, c, h, w))))
+        Ok((act_storage(dx, s)?, Shape::from((b, c, h, w))))
     }
 
     fn bwd(&self, _dy: &Tensor, _res: &Tensor, ddx: &Tensor) -> Result<Option<Tensor>> {

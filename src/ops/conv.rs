@@ -23,7 +23,7 @@
 //! stride, which candle's own conv2d backward gets wrong. Only f32 tensors on the CPU take this
 //! path; anything else falls back to candle's native convolutions.
 
-use super::{f32_data, gather};
+use super::{act_data, act_storage, gather};
 use super::gemm::{matmul, matmul_split_k, with_scratch, Mat};
 use super::gemm_bf16::{gemm_made, Rhs};
 use super::winograd::Pad;
@@ -125,7 +125,11 @@ pub fn conv_transpose2d(
 /// on the CPU (the device-generic path's tests) the operands are rounded to bf16 and convolved
 /// in f32: the same products, summed in f32 as a GPU's bf16 convolution sums them.
 fn autocast(xs: &Tensor, w: &Tensor, conv: impl FnOnce(&Tensor, &Tensor) -> Result<Tensor>) -> Result<Tensor> {
-    if super::precision::current() != super::Precision::Bf16 || xs.dtype() == DType::BF16 {
+    if xs.dtype() == DType::BF16 {
+        // bf16 activations (`ops::activation_dtype`): the weight meets them in bf16.
+        return conv(xs, &w.to_dtype(DType::BF16)?);
+    }
+    if super::precision::current() != super::Precision::Bf16 {
         return conv(xs, w);
     }
     let dtype = xs.dtype();
@@ -140,7 +144,7 @@ fn autocast(xs: &Tensor, w: &Tensor, conv: impl FnOnce(&Tensor, &Tensor) -> Resu
 /// `CS_NATIVE_CONV` (candle's own convolutions, for comparing against them); empty weights are
 /// left to candle too, since the kernels split buffers into per-channel chunks.
 fn fast_path(xs: &Tensor, w: &Tensor) -> bool {
-    !super::settings().native_conv && super::cpu_f32(xs) && w.dtype() == DType::F32 && w.elem_count() > 0
+    !super::settings().native_conv && super::cpu_act(xs) && w.dtype() == DType::F32 && w.elem_count() > 0
 }
 
 /// How an image [C,H,W] maps to its im2col matrix [C·K·K, Ho·Wo]: the column of output pixel
@@ -438,12 +442,12 @@ impl CustomOp2 for ReflectConv2dOp {
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let (b, cin, h, w, cout) = conv2d_operands(l1, l2)?;
         let (p, k) = (self.pad, kernel_size(l2)?);
-        let xp = super::pad::pad_planes(f32_data(s1, l1)?, h, w, p);
+        let xp = super::pad::pad_planes(&act_data(s1, l1)?, h, w, p);
         let g = Geom::conv(cin, h + 2 * p, w + 2 * p, k, 1, 0)?;
-        let weights = f32_data(s2, l2)?;
+        let weights = &act_data(s2, l2)?;
         let narrow = takes_narrow(cin, cout, k, 1, 0);
         let y = if narrow { narrow_conv_kernel(&xp, weights, cout, &g) } else { conv_kernel(&xp, weights, cout, &g) };
-        Ok((CpuStorage::F32(y), Shape::from((b, cout, g.ho, g.wo))))
+        Ok((act_storage(y, s1)?, Shape::from((b, cout, g.ho, g.wo))))
     }
 
     fn bwd(&self, x: &Tensor, w: &Tensor, res: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
@@ -475,8 +479,8 @@ impl CustomOp2 for Conv2dOp {
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let (b, cin, h, w, cout) = conv2d_operands(l1, l2)?;
         let g = Geom::conv(cin, h, w, kernel_size(l2)?, self.stride, self.pad)?;
-        let y = conv_kernel(f32_data(s1, l1)?, f32_data(s2, l2)?, cout, &g);
-        Ok((CpuStorage::F32(y), Shape::from((b, cout, g.ho, g.wo))))
+        let y = conv_kernel(&act_data(s1, l1)?, &act_data(s2, l2)?, cout, &g);
+        Ok((act_storage(y, s1)?, Shape::from((b, cout, g.ho, g.wo))))
     }
 
     fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
@@ -522,8 +526,8 @@ impl CustomOp2 for ConvTranspose2dOp {
                 self.out_w
             );
         }
-        let y = conv_transpose_kernel(f32_data(s1, l1)?, f32_data(s2, l2)?, cin, &g);
-        Ok((CpuStorage::F32(y), Shape::from((b, cout, self.out_h, self.out_w))))
+        let y = conv_transpose_kernel(&act_data(s1, l1)?, &act_data(s2, l2)?, cin, &g);
+        Ok((act_storage(y, s1)?, Shape::from((b, cout, self.out_h, self.out_w))))
     }
 
     fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
@@ -555,7 +559,7 @@ impl CustomOp2 for WeightGradOp {
         if (bg, g.ho, g.wo) != (b, ho, wo) {
             bail!("conv2d weight grad: gradient {:?} does not match input {:?}", l2.dims(), l1.dims());
         }
-        let dw = weight_grad_kernel(f32_data(s1, l1)?, f32_data(s2, l2)?, cg, &g);
+        let dw = weight_grad_kernel(&act_data(s1, l1)?, &act_data(s2, l2)?, cg, &g);
         Ok((CpuStorage::F32(dw), Shape::from((cg, c, self.k, self.k))))
     }
 
@@ -593,8 +597,8 @@ impl CustomOp2 for NarrowConv2dOp {
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let (b, cin, h, w, cout) = conv2d_operands(l1, l2)?;
         let g = Geom::conv(cin, h, w, kernel_size(l2)?, 1, self.pad)?;
-        let y = narrow_conv_kernel(f32_data(s1, l1)?, f32_data(s2, l2)?, cout, &g);
-        Ok((CpuStorage::F32(y), Shape::from((b, cout, g.ho, g.wo))))
+        let y = narrow_conv_kernel(&act_data(s1, l1)?, &act_data(s2, l2)?, cout, &g);
+        Ok((act_storage(y, s1)?, Shape::from((b, cout, g.ho, g.wo))))
     }
 
     fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {

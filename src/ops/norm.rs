@@ -7,7 +7,9 @@
 //! `x` and `dy` twice each, keeping only `x` and the per-plane mean and 1/σ. Semantics are
 //! PyTorch's `InstanceNorm2d` defaults (no affine, no running stats, biased variance, eps 1e-5).
 
-use super::{blur, cpu_f32, f32_data};
+use super::{act_data, act_storage, blur, cpu_act, data, Elem};
+use candle_core::backend::BackendStorage;
+use half::bf16;
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
@@ -62,7 +64,7 @@ impl Act {
 
 /// `act(instance_norm(xs))` for `xs` `[B,C,H,W]`; f32 CPU tensors take the fused kernel.
 pub fn instance_norm_act(xs: &Tensor, act: Act) -> Result<Tensor> {
-    if !cpu_f32(xs) {
+    if !cpu_act(xs) {
         return act.compose(&super::instance_norm(xs)?);
     }
     let (b, c, h, w) = xs.dims4()?;
@@ -79,7 +81,7 @@ pub fn instance_norm_act(xs: &Tensor, act: Act) -> Result<Tensor> {
 pub fn normalise_act(xs: &Tensor, mean: &Tensor, inv_std: &Tensor, act: Act) -> Result<Tensor> {
     let (b, c, _, _) = xs.dims4()?;
     let n = mean.elem_count();
-    if !cpu_f32(xs) || !cpu_f32(mean) || !cpu_f32(inv_std) || !(n == c || n == b * c) || inv_std.elem_count() != n {
+    if !cpu_act(xs) || !super::cpu_f32(mean) || !super::cpu_f32(inv_std) || !(n == c || n == b * c) || inv_std.elem_count() != n {
         return act.compose(&xs.broadcast_sub(mean)?.broadcast_mul(inv_std)?);
     }
     let stats: Vec<(f32, f32)> = mean.flatten_all()?.to_vec1::<f32>()?.into_iter().zip(inv_std.flatten_all()?.to_vec1::<f32>()?).collect();
@@ -105,20 +107,22 @@ impl CustomOp1 for NormaliseAct {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = f32_data(s, l)?;
         let (_, _, h, w) = l.shape().dims4()?;
         let hw = h * w;
         if hw == 0 || self.stats.is_empty() {
             bail!("normalise_act: empty spatial axis ({h}x{w}) or no statistics");
         }
-        let mut y = vec![0f32; x.len()];
         let (stats, act) = (&self.stats, self.act);
         // Per channel (broadcast over the batch) or per plane: plane i (of B·C) uses entry i mod len.
-        y.par_chunks_mut(hw).zip(x.par_chunks(hw)).enumerate().for_each(|(i, (yp, xp))| {
+        let plane = |i: usize, xp: &[f32], _: Option<&[f32]>, yp: &mut [f32]| {
             let (mean, inv_std) = stats[i % stats.len()];
             normalise_act_plane(yp, xp, mean, inv_std, act)
-        });
-        Ok((CpuStorage::F32(y), l.shape().clone()))
+        };
+        let y = match s {
+            CpuStorage::BF16(_) => CpuStorage::BF16(map_planes(data::<bf16>(s, l)?, None, hw, plane).0),
+            _ => CpuStorage::F32(map_planes(data::<f32>(s, l)?, None, hw, plane).0),
+        };
+        Ok((y, l.shape().clone()))
     }
 }
 
@@ -161,28 +165,68 @@ fn plane_stats(x: &[f32]) -> (f32, f32) {
     (mean, (1.0 / (var + EPS).sqrt()) as f32)
 }
 
-/// The forward pass of the fused norm ops: `plane(offset, x plane, y plane, its (mean, 1/σ))` for
-/// every H×W plane of `x` (laid out as `l`) in parallel, `offset` the plane's start in `x`; the
-/// planes' statistics go to `stats` for the backward pass.
-fn normalise_planes(
-    x: &[f32],
-    l: &Layout,
-    stats: &Mutex<Vec<(f32, f32)>>,
-    plane: impl Fn(usize, &[f32], &mut [f32], &mut (f32, f32)) + Sync,
-) -> Result<Vec<f32>> {
-    let (_, _, h, w) = l.shape().dims4()?;
-    let hw = h * w;
-    let mut y = vec![0f32; x.len()];
-    let planes: Vec<(f32, f32)> = x
-        .par_chunks(hw)
-        .zip(y.par_chunks_mut(hw))
+/// `f(i, x plane, other plane, out plane)` for every `hw`-long plane i of `x` (and of `other`,
+/// laid out alike) in parallel, into a new tensor of `T`, with what each call returns. f32 planes
+/// are read and written in place; bf16 ones are widened into per-thread f32 planes (in cache)
+/// and the result rounded back, so the arithmetic is f32 either way.
+pub(crate) fn map_planes<T: Elem, R: Send>(
+    x: &[T],
+    other: Option<&[T]>,
+    hw: usize,
+    f: impl Fn(usize, &[f32], Option<&[f32]>, &mut [f32]) -> R + Sync,
+) -> (Vec<T>, Vec<R>) {
+    let mut y = vec![T::zero(); x.len()];
+    let plane = |i: usize| (&x[i * hw..][..hw], other.map(|o| &o[i * hw..][..hw]));
+    let results = y
+        .par_chunks_mut(hw)
         .enumerate()
-        .map(|(i, (xp, yp))| {
-            let mut st = (0.0, 0.0);
-            plane(i * hw, xp, yp, &mut st);
-            st
-        })
+        .map_init(
+            || vec![0f32; if T::as_f32(x).is_some() { 0 } else { 3 * hw }],
+            |buf, (i, yp)| {
+                let (xp, op) = plane(i);
+                if let (Some(xf), Some(yf)) = (T::as_f32(xp), T::as_f32_mut(yp)) {
+                    return f(i, xf, op.and_then(T::as_f32), yf);
+                }
+                let (xw, rest) = buf.split_at_mut(hw);
+                let (ow, yw) = rest.split_at_mut(hw);
+                T::widen(xw, xp);
+                if let Some(op) = op {
+                    T::widen(ow, op);
+                }
+                let r = f(i, xw, op.map(|_| &*ow), yw);
+                T::narrow(yp, yw);
+                r
+            },
+        )
         .collect();
+    (y, results)
+}
+
+/// The forward pass of the fused norm ops: `plane(x plane, other plane, y plane, its (mean,
+/// 1/σ))` for every H×W plane of `x` (laid out as `l`; `other` alike) in parallel, stored as
+/// `x` is; the planes' statistics go to `stats` for the backward pass.
+fn normalise_planes(
+    (s, l): (&CpuStorage, &Layout),
+    other: Option<&CpuStorage>,
+    stats: &Mutex<Vec<(f32, f32)>>,
+    plane: impl Fn(&[f32], Option<&[f32]>, &mut [f32], &mut (f32, f32)) + Sync,
+) -> Result<CpuStorage> {
+    let (_, _, h, w) = l.shape().dims4()?;
+    let f = |_: usize, xp: &[f32], op: Option<&[f32]>, yp: &mut [f32]| {
+        let mut st = (0.0, 0.0);
+        plane(xp, op, yp, &mut st);
+        st
+    };
+    let (y, planes) = match s {
+        CpuStorage::BF16(_) => {
+            let (y, st) = map_planes(data::<bf16>(s, l)?, other.map(|o| data(o, l)).transpose()?, h * w, f);
+            (CpuStorage::BF16(y), st)
+        }
+        _ => {
+            let (y, st) = map_planes(data::<f32>(s, l)?, other.map(|o| data(o, l)).transpose()?, h * w, f);
+            (CpuStorage::F32(y), st)
+        }
+    };
     *stats.lock().unwrap_or_else(|e| e.into_inner()) = planes;
     Ok(y)
 }
@@ -201,8 +245,8 @@ impl CustomOp1 for InstanceNormAct {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let act = self.act;
-        let y = normalise_planes(f32_data(s, l)?, l, &self.stats, |_, xp, yp, st| norm_act_plane(yp, xp, st, act))?;
-        Ok((CpuStorage::F32(y), l.shape().clone()))
+        let y = normalise_planes((s, l), None, &self.stats, |xp, _, yp, st| norm_act_plane(yp, xp, st, act))?;
+        Ok((y, l.shape().clone()))
     }
 
     fn bwd(&self, x: &Tensor, _res: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
@@ -224,23 +268,22 @@ impl CustomOp2 for InstanceNormActBwd {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (x, dy) = (f32_data(s1, l1)?, f32_data(s2, l2)?);
-        if x.len() != dy.len() {
+        if l1.shape() != l2.shape() {
             bail!("instance norm backward: gradient {:?} does not match input {:?}", l2.shape(), l1.shape());
         }
         let (_, _, h, w) = l1.shape().dims4()?;
         let hw = h * w;
         let stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
-        if stats.len() * hw != x.len() {
+        if stats.len() * hw != l1.shape().elem_count() {
             bail!("instance norm backward ran without its forward statistics");
         }
         let act = self.act;
-        let mut dx = vec![0f32; x.len()];
-        dx.par_chunks_mut(hw)
-            .zip(x.par_chunks(hw).zip(dy.par_chunks(hw)))
-            .zip(stats.par_iter())
-            .for_each(|((dxp, (xp, dyp)), &st)| norm_act_bwd_plane(dxp, xp, dyp, st, act));
-        Ok((CpuStorage::F32(dx), l1.shape().clone()))
+        let plane = |i: usize, xp: &[f32], dyp: Option<&[f32]>, dxp: &mut [f32]| norm_act_bwd_plane(dxp, xp, dyp.unwrap_or_default(), stats[i], act);
+        let dx = match (s1, s2) {
+            (CpuStorage::BF16(_), CpuStorage::BF16(_)) => CpuStorage::BF16(map_planes(data::<bf16>(s1, l1)?, Some(data(s2, l2)?), hw, plane).0),
+            _ => act_storage(map_planes::<f32, _>(&act_data(s1, l1)?, Some(&act_data(s2, l2)?), hw, plane).0, s1)?,
+        };
+        Ok((dx, l1.shape().clone()))
     }
 }
 
@@ -271,7 +314,7 @@ simd_fn! {
 /// neither backward pass reads it (a fifth of a residual block's activations); the fused op
 /// keeps `xs` and `residual`, which the convolutions before need anyway, and per plane (mean, 1/σ).
 pub fn instance_norm_residual(xs: &Tensor, residual: &Tensor) -> Result<Tensor> {
-    if !cpu_f32(xs) || !cpu_f32(residual) || xs.dims() != residual.dims() {
+    if !cpu_act(xs) || !cpu_act(residual) || xs.dims() != residual.dims() || xs.dtype() != residual.dtype() {
         return residual + super::instance_norm(xs)?;
     }
     let (b, c, h, w) = xs.dims4()?;
@@ -303,12 +346,11 @@ impl CustomOp2 for InstanceNormResidual {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (x, r) = (f32_data(s1, l1)?, f32_data(s2, l2)?);
-        if l1.shape() != l2.shape() {
+        if l1.shape() != l2.shape() || s1.dtype() != s2.dtype() {
             bail!("instance norm + residual: residual {:?} does not match input {:?}", l2.shape(), l1.shape());
         }
-        let y = normalise_planes(x, l1, &self.stats, |at, xp, yp, st| norm_residual_plane(yp, xp, &r[at..at + xp.len()], st))?;
-        Ok((CpuStorage::F32(y), l1.shape().clone()))
+        let y = normalise_planes((s1, l1), Some(s2), &self.stats, |xp, rp, yp, st| norm_residual_plane(yp, xp, rp.unwrap_or_default(), st))?;
+        Ok((y, l1.shape().clone()))
     }
 
     fn bwd(&self, x: &Tensor, residual: &Tensor, _res: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
@@ -341,7 +383,7 @@ impl CustomOp1 for NormActBlurDown {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = f32_data(s, l)?;
+        let x = act_data(s, l)?;
         let (b, c, h, w) = l.shape().dims4()?;
         let (hw, act) = (h * w, self.act);
         let (oh, ow) = (blur::down_len(h), blur::down_len(w));
@@ -360,7 +402,7 @@ impl CustomOp1 for NormActBlurDown {
             )
             .collect();
         *self.stats.lock().unwrap_or_else(|e| e.into_inner()) = stats;
-        Ok((CpuStorage::F32(y), Shape::from((b, c, oh, ow))))
+        Ok((act_storage(y, s)?, Shape::from((b, c, oh, ow))))
     }
 
     fn bwd(&self, x: &Tensor, _res: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
@@ -382,7 +424,7 @@ impl CustomOp2 for NormActBlurDownBwd {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (x, dy) = (f32_data(s1, l1)?, f32_data(s2, l2)?);
+        let (x, dy) = (&act_data(s1, l1)?, &act_data(s2, l2)?);
         let (b, c, h, w) = l1.shape().dims4()?;
         let (oh, ow) = (blur::down_len(h), blur::down_len(w));
         if dy.len() != b * c * oh * ow {
@@ -403,7 +445,7 @@ impl CustomOp2 for NormActBlurDownBwd {
                 norm_act_bwd_plane(dxp, xp, gn, st, act);
             },
         );
-        Ok((CpuStorage::F32(dx), l1.shape().clone()))
+        Ok((act_storage(dx, s1)?, l1.shape().clone()))
     }
 }
 

@@ -3,7 +3,7 @@
 //! The composed version (two `index_select`s) builds index tensors and runs a scattered
 //! index-add in backward.
 
-use super::{cpu_f32, f32_data, reflect_indices};
+use super::{act_data, act_storage, cpu_act, reflect_indices};
 use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -17,7 +17,7 @@ pub fn reflect_pad2d(xs: &Tensor, pad: usize) -> Result<Tensor> {
     if pad >= h || pad >= w {
         bail!("reflection padding {pad} needs an input larger than {pad} on each side, got {h}x{w}");
     }
-    if !cpu_f32(xs) {
+    if !cpu_act(xs) {
         return super::reflect_pad2d_composed(xs, pad);
     }
     xs.contiguous()?.apply_op1(ReflectPad { pad })
@@ -35,8 +35,8 @@ impl CustomOp1 for ReflectPad {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let (b, c, h, w) = l.shape().dims4()?;
         let p = self.pad;
-        let y = pad_planes(f32_data(s, l)?, h, w, p);
-        Ok((CpuStorage::F32(y), Shape::from((b, c, h + 2 * p, w + 2 * p))))
+        let y = pad_planes(&act_data(s, l)?, h, w, p);
+        Ok((act_storage(y, s)?, Shape::from((b, c, h + 2 * p, w + 2 * p))))
     }
 
     fn bwd(&self, x: &Tensor, _res: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
@@ -83,7 +83,7 @@ impl CustomOp1 for ReflectPadBwd {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let dy = f32_data(s, l)?;
+        let dy = act_data(s, l)?;
         let (b, c, ph, pw) = l.shape().dims4()?;
         let (p, h, w) = (self.pad, self.h, self.w);
         if ph != h + 2 * p || pw != w + 2 * p {
@@ -103,7 +103,7 @@ impl CustomOp1 for ReflectPadBwd {
                 }
             }
         });
-        Ok((CpuStorage::F32(dx), Shape::from((b, c, h, w))))
+        Ok((act_storage(dx, s)?, Shape::from((b, c, h, w))))
     }
 
     fn bwd(&self, _dy: &Tensor, _res: &Tensor, ddx: &Tensor) -> Result<Option<Tensor>> {

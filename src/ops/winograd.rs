@@ -31,7 +31,8 @@
 //! derivatives are the other two, so second-order gradients work as for `conv`.
 
 use super::gemm::{matmul_batch, with_scratch, with_scratch_slot, Mat};
-use super::f32_data;
+use super::{act_data, act_storage, data, Elem};
+use half::bf16;
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, TensorId};
 use std::cell::RefCell;
 use std::collections::hash_map::{Entry, HashMap};
@@ -769,6 +770,49 @@ fn per_channel(
     dst.par_chunks_mut(dst_len).zip(src.par_chunks(src_len)).take(c).for_each_init(|| vec![0f32; scratch], |buf, (d, s)| f(buf, d, s));
 }
 
+/// [`per_channel`] over planes of an activation `src` stored as `T`: bf16 planes are widened
+/// into a per-thread f32 plane (in cache) just before `f` reads them.
+fn per_channel_in<T: Elem>(
+    (dst, dst_len): (&mut [f32], usize),
+    (src, src_len): (&[T], usize),
+    c: usize,
+    scratch: usize,
+    f: impl Fn(&mut [f32], &mut [f32], &[f32]) + Send + Sync,
+) {
+    if let Some(src) = T::as_f32(src) {
+        return per_channel((dst, dst_len), (src, src_len), c, scratch, f);
+    }
+    dst.par_chunks_mut(dst_len).zip(src.par_chunks(src_len)).take(c).for_each_init(
+        || (vec![0f32; scratch], vec![0f32; src_len]),
+        |(buf, wide), (d, s)| {
+            T::widen(wide, s);
+            f(buf, d, wide)
+        },
+    );
+}
+
+/// [`per_channel`] into planes of an activation `dst` stored as `T`: for bf16, `f` writes a
+/// per-thread f32 plane, whose elements `written` are then rounded into `dst`'s plane.
+fn per_channel_out<T: Elem>(
+    (dst, dst_len): (&mut [T], usize),
+    (src, src_len): (&[f32], usize),
+    c: usize,
+    scratch: usize,
+    written: std::ops::Range<usize>,
+    f: impl Fn(&mut [f32], &mut [f32], &[f32]) + Send + Sync,
+) {
+    if let Some(dst) = T::as_f32_mut(dst) {
+        return per_channel((dst, dst_len), (src, src_len), c, scratch, f);
+    }
+    dst.par_chunks_mut(dst_len).zip(src.par_chunks(src_len)).take(c).for_each_init(
+        || (vec![0f32; scratch], vec![0f32; dst_len]),
+        |(buf, wide), (d, s)| {
+            f(buf, wide, s);
+            T::narrow(&mut d[written.clone()], &wide[written.clone()]);
+        },
+    );
+}
+
 /// U [Cout][α²][Cin] from `w` [Cout, Cin, r, r] into `u` (so each output channel's part is one
 /// contiguous chunk; the GEMMs read U[ξ] [Cout, Cin] with row stride α²·Cin).
 fn filter_transform(w: &[f32], cout: usize, cin: usize, t: &Tiles, u: &mut [f32]) {
@@ -854,10 +898,10 @@ fn filter_adjoint_plane_m<const M: usize, const R: usize, const AL: usize>(buf: 
 
 /// V [C][α²][ts] for the tile rows `band` of `x` [C, sh, sw], padded as `t` says; reads past
 /// the padded plane's edge (partial tiles) are zeros.
-fn input_transform(x: &[f32], c: usize, t: &Tiles, band: (usize, usize), v: &mut [f32]) {
+fn input_transform<T: Elem>(x: &[T], c: usize, t: &Tiles, band: (usize, usize), v: &mut [f32]) {
     let ts = t.band_stride(band);
     let scratch = 2 * t.alpha * t.row_width() + t.m * (t.tw + 1) + t.sw;
-    per_channel((v, t.positions() * ts), (x, t.plane()), c, scratch, |buf, vc, plane| input_plane(buf, vc, plane, t, band, ts));
+    per_channel_in((v, t.positions() * ts), (x, t.plane()), c, scratch, |buf, vc, plane| input_plane(buf, vc, plane, t, band, ts));
 }
 
 simd_fn! {
@@ -968,10 +1012,11 @@ fn input_adjoint_plane_m<const M: usize, const _R: usize, const AL: usize>(buf: 
 }
 
 /// Writes Aᵀ M A from M [C][α²][ts] into the tiles `band` of `y` [C, Ho, Wo].
-fn output_transform(m: &[f32], c: usize, t: &Tiles, band: (usize, usize), y: &mut [f32]) {
+fn output_transform<T: Elem>(m: &[f32], c: usize, t: &Tiles, band: (usize, usize), y: &mut [T]) {
     let ts = t.band_stride(band);
     let scratch = (t.m * t.alpha + t.m) * (band.1 - band.0) * t.tw;
-    per_channel((y, t.ho * t.wo), (m, t.positions() * ts), c, scratch, |buf, plane, mc| output_plane(buf, plane, mc, t, band, ts));
+    let written = (t.m * band.0).min(t.ho) * t.wo..(t.m * band.1).min(t.ho) * t.wo;
+    per_channel_out((y, t.ho * t.wo), (m, t.positions() * ts), c, scratch, written, |buf, plane, mc| output_plane(buf, plane, mc, t, band, ts));
 }
 
 simd_fn! {
@@ -1006,10 +1051,10 @@ fn output_plane_m<const M: usize, const _R: usize, const AL: usize>(buf: &mut [f
 
 /// dM [C][α²][ts] = A dY Aᵀ for the tiles `band` of `dy` [C, Ho, Wo] (the adjoint of
 /// `output_transform`; outputs past the edge count as zero).
-fn output_transform_adjoint(dy: &[f32], c: usize, t: &Tiles, band: (usize, usize), dm: &mut [f32]) {
+fn output_transform_adjoint<T: Elem>(dy: &[T], c: usize, t: &Tiles, band: (usize, usize), dm: &mut [f32]) {
     let ts = t.band_stride(band);
     let scratch = (t.m * t.m + t.alpha * t.m) * (band.1 - band.0) * t.tw;
-    per_channel((dm, t.positions() * ts), (dy, t.ho * t.wo), c, scratch, |buf, mc, plane| output_adjoint_plane(buf, mc, plane, t, band, ts));
+    per_channel_in((dm, t.positions() * ts), (dy, t.ho * t.wo), c, scratch, |buf, mc, plane| output_adjoint_plane(buf, mc, plane, t, band, ts));
 }
 
 simd_fn! {
@@ -1075,8 +1120,8 @@ fn for_each_band<I>(t: &Tiles, cin: usize, cout: usize, split: usize, images: im
 }
 
 /// `kept`: U for `w` made earlier (see [`FilterCache`]); without it U is made here.
-fn forward_kernel(x: &[f32], w: &[f32], cin: usize, cout: usize, t: &Tiles, kept: Option<&[f32]>) -> Vec<f32> {
-    let mut y = vec![0f32; x.len() / (cin * t.plane()) * cout * t.ho * t.wo];
+fn forward_kernel<T: Elem>(x: &[T], w: &[f32], cin: usize, cout: usize, t: &Tiles, kept: Option<&[f32]>) -> Vec<T> {
+    let mut y = vec![T::zero(); x.len() / (cin * t.plane()) * cout * t.ho * t.wo];
     let mut run = |u: &[f32]| {
         let images = x.chunks_exact(cin * t.plane()).zip(y.chunks_exact_mut(cout * t.ho * t.wo));
         for_each_band(t, cin, cout, cin, images, |(xb, yb), band, v, m| {
@@ -1100,7 +1145,7 @@ fn kept_dm_len(images: usize, cin: usize, cout: usize, t: &Tiles) -> usize {
 
 /// `keep`: where dM is written (then read from) instead of band scratch, sized by
 /// [`kept_dm_len`], for [`filter_grad_kernel`] to reuse.
-fn data_grad_kernel(dy: &[f32], w: &[f32], cin: usize, cout: usize, t: &Tiles, mut keep: Option<&mut [f32]>) -> Vec<f32> {
+fn data_grad_kernel<T: Elem>(dy: &[T], w: &[f32], cin: usize, cout: usize, t: &Tiles, mut keep: Option<&mut [f32]>) -> Vec<f32> {
     let mut dx = vec![0f32; dy.len() / (cout * t.ho * t.wo) * cin * t.plane()];
     let mut at = 0;
     with_filter(w, cout, cin, t, |u| {
@@ -1122,7 +1167,7 @@ fn data_grad_kernel(dy: &[f32], w: &[f32], cin: usize, cout: usize, t: &Tiles, m
 }
 
 /// `kept`: dM as [`data_grad_kernel`] kept it for this `dy`, if it did.
-fn filter_grad_kernel(x: &[f32], dy: &[f32], cin: usize, cout: usize, t: &Tiles, kept: Option<&[f32]>) -> Vec<f32> {
+fn filter_grad_kernel<T: Elem>(x: &[T], dy: &[T], cin: usize, cout: usize, t: &Tiles, kept: Option<&[f32]>) -> Vec<f32> {
     let pos = t.positions();
     let mut at = 0;
     // dU in the reused buffer: the first band's GEMMs overwrite it, the others add.
@@ -1233,10 +1278,14 @@ impl CustomOp2 for Forward {
         let (bsz, cin, h, w) = l1.shape().dims4()?;
         let cout = check_weight(l2, cin, self.k.r)?;
         let t = Tiles::new(h, w, self.pad, self.k)?;
-        let (x, w) = (f32_data(s1, l1)?, f32_data(s2, l2)?);
+        let w = data::<f32>(s2, l2)?;
         let kept = self.kept.as_ref().and_then(|(cache, id)| cache.filter((*id, self.k), w, cout, cin, &t));
-        let y = forward_kernel(x, w, cin, cout, &t, kept.as_ref().map(|u| u.as_slice()));
-        Ok((CpuStorage::F32(y), Shape::from((bsz, cout, t.ho, t.wo))))
+        let kept = kept.as_ref().map(|u| u.as_slice());
+        let y = match s1 {
+            CpuStorage::BF16(_) => CpuStorage::BF16(forward_kernel(data::<bf16>(s1, l1)?, w, cin, cout, &t, kept)),
+            _ => CpuStorage::F32(forward_kernel(data::<f32>(s1, l1)?, w, cin, cout, &t, kept)),
+        };
+        Ok((y, Shape::from((bsz, cout, t.ho, t.wo))))
     }
 
     fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
@@ -1265,18 +1314,25 @@ impl CustomOp2 for DataGrad {
         if (t.ho, t.wo) != (ho, wo) {
             bail!("winograd conv backward: gradient {ho}x{wo} does not match input {}x{}", self.h, self.w);
         }
-        let (dy, w) = (f32_data(s1, l1)?, f32_data(s2, l2)?);
+        let w = data::<f32>(s2, l2)?;
+        let run = |keep: Option<&mut [f32]>| -> Result<Vec<f32>> {
+            // dx is summed over bands in f32, then rounded once.
+            Ok(match s1 {
+                CpuStorage::BF16(_) => data_grad_kernel(data::<bf16>(s1, l1)?, w, cin, cout, &t, keep),
+                _ => data_grad_kernel(data::<f32>(s1, l1)?, w, cin, cout, &t, keep),
+            })
+        };
         let dx = match &self.keep {
             Some(keep) => {
                 let len = kept_dm_len(bsz, cin, cout, &t);
                 let mut buf = KeptDm::buffer(len);
-                let dx = data_grad_kernel(dy, w, cin, cout, &t, Some(&mut buf[..len]));
+                let dx = run(Some(&mut buf[..len]))?;
                 keep.put(buf);
                 dx
             }
-            None => data_grad_kernel(dy, w, cin, cout, &t, None),
+            None => run(None)?,
         };
-        Ok((CpuStorage::F32(dx), Shape::from((bsz, cin, self.h, self.w))))
+        Ok((act_storage(dx, s1)?, Shape::from((bsz, cin, self.h, self.w))))
     }
 
     fn bwd(&self, dy: &Tensor, w: &Tensor, _res: &Tensor, ddx: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
@@ -1302,7 +1358,11 @@ impl CustomOp2 for FilterGrad {
         }
         let len = kept_dm_len(bsz, cin, cout, &t);
         let kept = self.kept.as_ref().and_then(KeptDm::take).filter(|buf| buf.len() >= len);
-        let dw = filter_grad_kernel(f32_data(s1, l1)?, f32_data(s2, l2)?, cin, cout, &t, kept.as_ref().map(|b| &b[..len]));
+        let dm = kept.as_ref().map(|b| &b[..len]);
+        let dw = match (s1, s2) {
+            (CpuStorage::BF16(_), CpuStorage::BF16(_)) => filter_grad_kernel(data::<bf16>(s1, l1)?, data::<bf16>(s2, l2)?, cin, cout, &t, dm),
+            _ => filter_grad_kernel(&act_data(s1, l1)?, &act_data(s2, l2)?, cin, cout, &t, dm),
+        };
         if let Some(buf) = kept {
             KeptDm::recycle(buf);
         }
@@ -1513,7 +1573,7 @@ mod tests {
         let t = Tiles::new(7, 6, Pad::Reflect, Kernel::new(3, 4).unwrap()).unwrap();
         let (x, _, dy) = inputs(2, cin, cout, &t);
         assert!(filter_grad_kernel(&x, &dy, cin, cout, &t, None).iter().any(|v| *v != 0.0));
-        let empty = filter_grad_kernel(&[], &[], cin, cout, &t, None);
+        let empty = filter_grad_kernel::<f32>(&[], &[], cin, cout, &t, None);
         assert_eq!(empty.len(), cout * cin * 9);
         assert!(empty.iter().all(|v| *v == 0.0), "stale dW: {empty:?}");
     }

@@ -99,7 +99,8 @@ impl PatchSampleF {
 /// `feat` `[B,C,H,W]` → the features at positions `ids` of each image, `[B·P,C]`, its bias (if kept
 /// apart) added to them.
 pub fn sample_patches(feat: &Feature, ids: &[u32]) -> Result<Tensor> {
-    let picked = sample_map(&feat.map, ids)?;
+    // The MLP's f32 weights multiply f32 samples (the map may be bf16).
+    let picked = sample_map(&feat.map, ids)?.to_dtype(candle_core::DType::F32)?;
     match &feat.bias {
         Some(b) => picked.broadcast_add(b),
         None => Ok(picked),
