@@ -4,7 +4,8 @@
 //! Layers: `gemm` (matrix products, scratch buffers; in bf16 through `gemm_bf16` where
 //! `precision` says so) is the leaf; `winograd` uses it; `conv` uses
 //! both; `pad` and `blur` (CUT's anti-aliasing filters) stand alone; `norm` uses `blur` (its fused
-//! norm + blur-pool); `bias` uses `norm`'s activations.
+//! norm + blur-pool); `bias` uses `norm`'s activations; `residual` (a whole residual block in
+//! training) uses `winograd` and `norm`.
 
 /// Defines a function whose body is compiled for AVX-512, for AVX2 + FMA and for the build's
 /// baseline, and runs the best one the CPU has (detected once). For the vectorised loops of our
@@ -46,6 +47,7 @@ pub(crate) mod gemm_bf16;
 pub mod norm;
 pub mod pad;
 pub mod precision;
+pub mod residual;
 pub mod settings;
 mod winograd;
 

@@ -119,8 +119,8 @@ impl CustomOp1 for NormaliseAct {
             normalise_act_plane(yp, xp, mean, inv_std, act)
         };
         let y = match s {
-            CpuStorage::BF16(_) => CpuStorage::BF16(map_planes(data::<bf16>(s, l)?, None, hw, plane).0),
-            _ => CpuStorage::F32(map_planes(data::<f32>(s, l)?, None, hw, plane).0),
+            CpuStorage::BF16(_) => CpuStorage::BF16(map_planes(data::<bf16>(s, l)?, None::<&[f32]>, hw, plane).0),
+            _ => CpuStorage::F32(map_planes(data::<f32>(s, l)?, None::<&[f32]>, hw, plane).0),
         };
         Ok((y, l.shape().clone()))
     }
@@ -149,7 +149,7 @@ pub(crate) fn lane_sum(xs: &[f32], f: impl Fn(f32) -> f32) -> f64 {
 
 simd_fn! {
     /// One plane of `act(instance_norm(x))` into `y`, its (mean, 1/σ) into `st`.
-    fn norm_act_plane(y: &mut [f32], x: &[f32], st: &mut (f32, f32), act: Act) {
+    pub(super) fn norm_act_plane(y: &mut [f32], x: &[f32], st: &mut (f32, f32), act: Act) {
         let (mean, inv_std) = plane_stats(x);
         act.map(y, x, |v| (v - mean) * inv_std);
         *st = (mean, inv_std);
@@ -166,35 +166,45 @@ fn plane_stats(x: &[f32]) -> (f32, f32) {
 }
 
 /// `f(i, x plane, other plane, out plane)` for every `hw`-long plane i of `x` (and of `other`,
-/// laid out alike) in parallel, into a new tensor of `T`, with what each call returns. f32 planes
-/// are read and written in place; bf16 ones are widened into per-thread f32 planes (in cache)
-/// and the result rounded back, so the arithmetic is f32 either way.
-pub(crate) fn map_planes<T: Elem, R: Send>(
+/// laid out alike) in parallel, into a new tensor of `O`, with what each call returns. f32
+/// planes are read and written in place; bf16 ones are widened into per-thread f32 planes (in
+/// cache) and results rounded back, so the arithmetic is f32 whatever the storage.
+pub(crate) fn map_planes<T: Elem, V: Elem, O: Elem, R: Send>(
     x: &[T],
-    other: Option<&[T]>,
+    other: Option<&[V]>,
     hw: usize,
     f: impl Fn(usize, &[f32], Option<&[f32]>, &mut [f32]) -> R + Sync,
-) -> (Vec<T>, Vec<R>) {
-    let mut y = vec![T::zero(); x.len()];
-    let plane = |i: usize| (&x[i * hw..][..hw], other.map(|o| &o[i * hw..][..hw]));
+) -> (Vec<O>, Vec<R>) {
+    let mut y = vec![O::zero(); x.len()];
+    // Room for the planes that need converting (none where all are f32).
+    let wide = |f32_already: bool| if f32_already { 0 } else { hw };
+    let (xn, on) = (wide(T::as_f32(&[]).is_some()), wide(V::as_f32(&[]).is_some() || other.is_none()));
+    let yn = wide(O::as_f32_mut(&mut []).is_some());
     let results = y
         .par_chunks_mut(hw)
         .enumerate()
         .map_init(
-            || vec![0f32; if T::as_f32(x).is_some() { 0 } else { 3 * hw }],
+            || vec![0f32; xn + on + yn],
             |buf, (i, yp)| {
-                let (xp, op) = plane(i);
-                if let (Some(xf), Some(yf)) = (T::as_f32(xp), T::as_f32_mut(yp)) {
-                    return f(i, xf, op.and_then(T::as_f32), yf);
+                let (xb, rest) = buf.split_at_mut(xn);
+                let (ob, yb) = rest.split_at_mut(on);
+                let xp = &x[i * hw..][..hw];
+                let xp = T::as_f32(xp).unwrap_or_else(|| {
+                    T::widen(xb, xp);
+                    xb
+                });
+                let op = other.map(|o| {
+                    let o = &o[i * hw..][..hw];
+                    V::as_f32(o).unwrap_or_else(|| {
+                        V::widen(ob, o);
+                        ob
+                    })
+                });
+                if let Some(yf) = O::as_f32_mut(yp) {
+                    return f(i, xp, op, yf);
                 }
-                let (xw, rest) = buf.split_at_mut(hw);
-                let (ow, yw) = rest.split_at_mut(hw);
-                T::widen(xw, xp);
-                if let Some(op) = op {
-                    T::widen(ow, op);
-                }
-                let r = f(i, xw, op.map(|_| &*ow), yw);
-                T::narrow(yp, yw);
+                let r = f(i, xp, op, yb);
+                O::narrow(yp, yb);
                 r
             },
         )
@@ -219,11 +229,11 @@ fn normalise_planes(
     };
     let (y, planes) = match s {
         CpuStorage::BF16(_) => {
-            let (y, st) = map_planes(data::<bf16>(s, l)?, other.map(|o| data(o, l)).transpose()?, h * w, f);
+            let (y, st) = map_planes(data::<bf16>(s, l)?, other.map(|o| data::<bf16>(o, l)).transpose()?, h * w, f);
             (CpuStorage::BF16(y), st)
         }
         _ => {
-            let (y, st) = map_planes(data::<f32>(s, l)?, other.map(|o| data(o, l)).transpose()?, h * w, f);
+            let (y, st) = map_planes(data::<f32>(s, l)?, other.map(|o| data::<f32>(o, l)).transpose()?, h * w, f);
             (CpuStorage::F32(y), st)
         }
     };
@@ -280,8 +290,8 @@ impl CustomOp2 for InstanceNormActBwd {
         let act = self.act;
         let plane = |i: usize, xp: &[f32], dyp: Option<&[f32]>, dxp: &mut [f32]| norm_act_bwd_plane(dxp, xp, dyp.unwrap_or_default(), stats[i], act);
         let dx = match (s1, s2) {
-            (CpuStorage::BF16(_), CpuStorage::BF16(_)) => CpuStorage::BF16(map_planes(data::<bf16>(s1, l1)?, Some(data(s2, l2)?), hw, plane).0),
-            _ => act_storage(map_planes::<f32, _>(&act_data(s1, l1)?, Some(&act_data(s2, l2)?), hw, plane).0, s1)?,
+            (CpuStorage::BF16(_), CpuStorage::BF16(_)) => CpuStorage::BF16(map_planes(data::<bf16>(s1, l1)?, Some(data::<bf16>(s2, l2)?), hw, plane).0),
+            _ => act_storage(map_planes::<f32, f32, f32, _>(&act_data(s1, l1)?, Some(&act_data(s2, l2)?), hw, plane).0, s1)?,
         };
         Ok((dx, l1.shape().clone()))
     }
@@ -290,7 +300,7 @@ impl CustomOp2 for InstanceNormActBwd {
 simd_fn! {
     /// dx of one plane of `act(instance_norm(x))` from its `dy`, with x's (mean, 1/σ): with
     /// x̂ = (x − μ)/σ and g = dy · act'(x̂), dx = (g − mean(g) − x̂ · mean(g · x̂)) / σ.
-    fn norm_act_bwd_plane(dxp: &mut [f32], xp: &[f32], dyp: &[f32], st: (f32, f32), act: Act) {
+    pub(super) fn norm_act_bwd_plane(dxp: &mut [f32], xp: &[f32], dyp: &[f32], st: (f32, f32), act: Act) {
         let (mean, inv_std) = st;
         let n = xp.len() as f64;
         // g is written into dx first, then turned into dx in place.
@@ -326,7 +336,7 @@ pub fn instance_norm_residual(xs: &Tensor, residual: &Tensor) -> Result<Tensor> 
 
 simd_fn! {
     /// One plane of `r + instance_norm(x)` into `y`, x's (mean, 1/σ) into `st`.
-    fn norm_residual_plane(y: &mut [f32], x: &[f32], r: &[f32], st: &mut (f32, f32)) {
+    pub(super) fn norm_residual_plane(y: &mut [f32], x: &[f32], r: &[f32], st: &mut (f32, f32)) {
         let (mean, inv_std) = plane_stats(x);
         for ((o, &v), &rv) in y.iter_mut().zip(x).zip(r) {
             *o = rv + (v - mean) * inv_std;

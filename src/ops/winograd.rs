@@ -1167,7 +1167,7 @@ fn data_grad_kernel<T: Elem>(dy: &[T], w: &[f32], cin: usize, cout: usize, t: &T
 }
 
 /// `kept`: dM as [`data_grad_kernel`] kept it for this `dy`, if it did.
-fn filter_grad_kernel<T: Elem>(x: &[T], dy: &[T], cin: usize, cout: usize, t: &Tiles, kept: Option<&[f32]>) -> Vec<f32> {
+fn filter_grad_kernel<T: Elem, U: Elem>(x: &[T], dy: &[U], cin: usize, cout: usize, t: &Tiles, kept: Option<&[f32]>) -> Vec<f32> {
     let pos = t.positions();
     let mut at = 0;
     // dU in the reused buffer: the first band's GEMMs overwrite it, the others add.
@@ -1198,6 +1198,42 @@ fn filter_grad_kernel<T: Elem>(x: &[T], dy: &[T], cin: usize, cout: usize, t: &T
         }
         filter_transform_adjoint(du, cout, cin, t)
     })
+}
+
+/// A 3×3 convolution of C channels to C of a reflection-padded [H, W] input, in training (its
+/// gradients will be taken): the residual blocks' convolutions, for `ops::residual`'s fused
+/// block. Kernels as `conv2d_reflect` runs them, so the results are the same bit for bit.
+pub(super) struct ReflectConv3x3 {
+    t: Tiles,
+    c: usize,
+}
+
+impl ReflectConv3x3 {
+    /// `None` where `conv2d_reflect` would not take Winograd for this layer.
+    pub(super) fn plan(c: usize, h: usize, w: usize) -> Result<Option<Self>> {
+        if h < 2 || w < 2 || !applies(c, c, 3, 1, 0, (h, w)) {
+            return Ok(None);
+        }
+        let t = Tiles::new(h, w, Pad::Reflect, Kernel::choose(3, h, w, Pad::Reflect, true)?)?;
+        Ok(Some(Self { t, c }))
+    }
+
+    /// `x` [B,C,H,W], `w` [C,C,3,3] → [B,C,H,W].
+    pub(super) fn forward<T: Elem>(&self, x: &[T], w: &[f32]) -> Vec<T> {
+        forward_kernel(x, w, self.c, self.c, &self.t, None)
+    }
+
+    /// The gradients (dx, dw) of the convolution of `x` by `w` from the gradient `dy` of its
+    /// output, dM computed once for both (as `Forward::bwd`'s pair of ops share it).
+    pub(super) fn grads<T: Elem, U: Elem>(&self, x: &[T], w: &[f32], dy: &[U]) -> (Vec<f32>, Vec<f32>) {
+        let (c, t) = (self.c, &self.t);
+        let len = kept_dm_len(dy.len() / (c * t.ho * t.wo), c, c, t);
+        let mut buf = KeptDm::buffer(len);
+        let dx = data_grad_kernel(dy, w, c, c, t, Some(&mut buf[..len]));
+        let dw = filter_grad_kernel(x, dy, c, c, t, Some(&buf[..len]));
+        KeptDm::recycle(buf);
+        (dx, dw)
+    }
 }
 
 /// (x [B,Cin,H,W], w [Cout,Cin,r,r]) → y [B,Cout,H+2p−r+1,W+2p−r+1], x padded by p as `pad` says.
@@ -1573,7 +1609,7 @@ mod tests {
         let t = Tiles::new(7, 6, Pad::Reflect, Kernel::new(3, 4).unwrap()).unwrap();
         let (x, _, dy) = inputs(2, cin, cout, &t);
         assert!(filter_grad_kernel(&x, &dy, cin, cout, &t, None).iter().any(|v| *v != 0.0));
-        let empty = filter_grad_kernel::<f32>(&[], &[], cin, cout, &t, None);
+        let empty = filter_grad_kernel::<f32, f32>(&[], &[], cin, cout, &t, None);
         assert_eq!(empty.len(), cout * cin * 9);
         assert!(empty.iter().all(|v| *v == 0.0), "stale dW: {empty:?}");
     }
