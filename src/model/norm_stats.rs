@@ -175,10 +175,16 @@ fn region_sums(xs: &Tensor, m: &Measure) -> Result<RegionSums> {
     Ok(RegionSums { sum, sum_sq, count: planes.first().map_or(0, Vec::len) })
 }
 
+/// Whether no statistics are being recorded, replayed or measured on this thread: ops that
+/// normalise inside themselves (fused blocks) may run only then.
+pub(crate) fn idle() -> bool {
+    MODE.with(|m| m.borrow().is_none())
+}
+
 /// `blur_down(act(instance_norm(xs)))` (CUT's anti-aliased down-sampling): fused into one op on
 /// the CPU unless statistics are being recorded or replayed.
 pub(crate) fn norm_act_blur_down(xs: &Tensor, act: Act) -> Result<Tensor> {
-    if MODE.with(|m| m.borrow().is_none()) && crate::ops::blur::fused_down_applies(xs) {
+    if idle() && crate::ops::blur::fused_down_applies(xs) {
         return crate::ops::norm::instance_norm_act_blur_down(xs, act);
     }
     super::antialias::blur_down(&norm_act(xs, act)?)
@@ -197,7 +203,7 @@ fn normalise(xs: &Tensor, mean: &Tensor, var: &Tensor, act: Act) -> Result<Tenso
 /// `xs` is taken so that the unfused pair frees it before the sum is made (kept until then, it
 /// raised that peak to 1372 MiB).
 pub(crate) fn norm_residual(xs: Tensor, residual: &Tensor) -> Result<Tensor> {
-    if MODE.with(|m| m.borrow().is_none()) && (xs.track_op() || residual.track_op()) {
+    if idle() && (xs.track_op() || residual.track_op()) {
         return crate::ops::instance_norm_residual(&xs, residual);
     }
     let normalised = norm_act(&xs, Act::Identity)?;
