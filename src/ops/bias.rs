@@ -11,7 +11,7 @@ use super::{blur, act_data, act_storage, cpu_act};
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-/// `act(xs + bias)` for `xs` `[B,C,H,W]` and `bias` `[C]`; f32 CPU tensors take the fused kernel,
+/// `act(xs + bias)` for `xs` `[B,C,H,W]` and `bias` `[C]`; f32 or bf16 CPU tensors take the fused kernel,
 /// others (and `Act::Identity`, a plain broadcast add) the composed ops. The fused backward reads
 /// the slope off the output, which Relu and LeakyRelu allow.
 pub fn bias_act(xs: &Tensor, bias: &Tensor, act: Act) -> Result<Tensor> {
@@ -36,7 +36,7 @@ simd_fn! {
     }
 }
 
-/// `blur_down(act(xs + bias))` for f32 CPU `xs` [B,C,H,W] (H, W ≥ 2; Relu or LeakyRelu): the
+/// `blur_down(act(xs + bias))` for f32 or bf16 CPU `xs` [B,C,H,W] (H, W ≥ 2; Relu or LeakyRelu): the
 /// anti-aliased PatchGAN's first layer, one pass per plane that never stores the activated map.
 /// Callers check `super::blur::fused_down_applies`.
 pub(crate) fn bias_act_blur_down(xs: &Tensor, bias: &Tensor, act: Act) -> Result<Tensor> {

@@ -20,7 +20,8 @@
 //! Semantics are PyTorch's (`Conv2d` / `ConvTranspose2d` with dilation 1, groups 1, no bias,
 //! zero padding, square kernels). Each op stores the spatial size of its image side, so
 //! gradients are exact for non-square inputs whose axes leave different remainders under the
-//! stride, which candle's own conv2d backward gets wrong. Only f32 tensors on the CPU take this
+//! stride, which candle's own conv2d backward gets wrong. Only f32 tensors on the CPU (activations
+//! also bf16, `ops::activation_dtype`: read as f32, results rounded once) take this
 //! path; anything else falls back to candle's native convolutions.
 
 use super::{act_data, act_storage, gather};

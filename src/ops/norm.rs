@@ -62,7 +62,7 @@ impl Act {
     }
 }
 
-/// `act(instance_norm(xs))` for `xs` `[B,C,H,W]`; f32 CPU tensors take the fused kernel.
+/// `act(instance_norm(xs))` for `xs` `[B,C,H,W]`; f32 or bf16 CPU tensors take the fused kernel.
 pub fn instance_norm_act(xs: &Tensor, act: Act) -> Result<Tensor> {
     if !cpu_act(xs) {
         return act.compose(&super::instance_norm(xs)?);
@@ -76,7 +76,7 @@ pub fn instance_norm_act(xs: &Tensor, act: Act) -> Result<Tensor> {
 
 /// `act((xs − mean) · inv_std)` for `xs` `[B,C,H,W]` with statistics given per channel (`[C]`
 /// values broadcast over the batch, or `[B·C]`): instance norm with statistics taken from another
-/// pass (tiled translation). f32 CPU tensors take one fused pass, others the composed ops; the
+/// pass (tiled translation). f32 or bf16 CPU tensors take one fused pass, others the composed ops; the
 /// results are the same bit for bit. Forward only.
 pub fn normalise_act(xs: &Tensor, mean: &Tensor, inv_std: &Tensor, act: Act) -> Result<Tensor> {
     let (b, c, _, _) = xs.dims4()?;
@@ -319,7 +319,7 @@ simd_fn! {
 }
 
 /// `residual + instance_norm(xs)` for `xs` and `residual` `[B,C,H,W]` (a residual block's end);
-/// f32 CPU tensors of one shape take one fused op, others the composed ops; the results are the
+/// f32 or bf16 CPU tensors of one shape and dtype take one fused op, others the composed ops; the results are the
 /// same bit for bit. The composed pair keeps the normalised tensor alive for autograd although
 /// neither backward pass reads it (a fifth of a residual block's activations); the fused op
 /// keeps `xs` and `residual`, which the convolutions before need anyway, and per plane (mean, 1/σ).
@@ -371,7 +371,7 @@ impl CustomOp2 for InstanceNormResidual {
     }
 }
 
-/// `blur_down(act(instance_norm(xs)))` for f32 CPU `xs` [B,C,H,W] (H, W ≥ 2): CUT's
+/// `blur_down(act(instance_norm(xs)))` for f32 or bf16 CPU `xs` [B,C,H,W] (H, W ≥ 2): CUT's
 /// anti-aliased down-sampling after its convolution, one pass per plane that never stores the
 /// normalised plane (nor, in backward, its gradient). Callers check `super::blur::fused_down_applies`.
 pub(crate) fn instance_norm_act_blur_down(xs: &Tensor, act: Act) -> Result<Tensor> {

@@ -7,7 +7,7 @@ use super::{act_data, act_storage, cpu_act, reflect_indices};
 use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-/// `xs` `[B,C,H,W]` → `[B,C,H+2p,W+2p]`, PyTorch's ReflectionPad2d; f32 CPU tensors take the
+/// `xs` `[B,C,H,W]` → `[B,C,H+2p,W+2p]`, PyTorch's ReflectionPad2d; f32 or bf16 CPU tensors take the
 /// custom op, others the composed `index_select` version.
 pub fn reflect_pad2d(xs: &Tensor, pad: usize) -> Result<Tensor> {
     if pad == 0 {

@@ -85,7 +85,7 @@ impl Pad {
 }
 
 /// `xs` [B,Cin,H,W], `w` [Cout,Cin,r,r] (r 3 or 4) → [B,Cout,H+2p−r+1,W+2p−r+1] (contiguous
-/// f32 CPU operands), `xs` padded as `pad` says (p its size; reflection for 3×3 only).
+/// CPU operands, `xs` f32 or bf16, `w` f32), `xs` padded as `pad` says (p its size; reflection for 3×3 only).
 pub(crate) fn conv(xs: &Tensor, w: &Tensor, pad: Pad) -> Result<Tensor> {
     let (b, _, h, wd) = xs.dims4()?;
     let k = Kernel::choose(w.dim(3)?, h, wd, pad, xs.track_op() || w.track_op())?;
