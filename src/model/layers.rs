@@ -2,7 +2,7 @@
 //! where instance norm cancels it), dispatched to `ops::conv`.
 
 use super::norm_stats::{norm_act, norm_act_blur_down, norm_residual};
-use crate::ops::Act;
+use crate::ops::{conv, Act};
 use candle_core::{Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 
@@ -14,6 +14,19 @@ const WEIGHT_INIT: Init = Init::Randn { mean: 0.0, stdev: 0.02 };
 /// biases are f32 master weights).
 pub(crate) fn add_bias(ys: &Tensor, bias: &Tensor) -> Result<Tensor> {
     ys.broadcast_add(&bias.to_dtype(ys.dtype())?.reshape((1, (), 1, 1))?)
+}
+
+/// `act(instance_norm(y))` for the output `y` of a convolution of `xs` by `w`: in training on
+/// the CPU one op with the convolution our kernels run for it (`op`; `ops::conv_norm`), else
+/// `composed()` (the convolution alone) then the norm, which records or replays statistics where
+/// asked (`norm_stats`).
+fn norm_act_of(xs: &Tensor, w: &Tensor, op: impl FnOnce() -> Result<Option<conv::ConvOp>>, act: Act, composed: impl FnOnce() -> Result<Tensor>) -> Result<Tensor> {
+    if super::norm_stats::idle() && (xs.track_op() || w.track_op()) {
+        if let Some(op) = op()? {
+            return crate::ops::conv_norm::conv_norm_act(xs, w, op, act);
+        }
+    }
+    norm_act(&composed()?, act)
 }
 
 /// A 2-D convolution with bias and zero padding. Weights `[Cout,Cin,K,K]` under `weight`, bias `[Cout]`
@@ -70,7 +83,8 @@ impl Conv2d {
     /// `act(instance_norm(conv(xs)))`. The bias is left out: normalisation subtracts every
     /// plane's mean, so it cancels exactly (its true gradient is 0 and it is never updated).
     pub fn forward_norm_act(&self, xs: &Tensor, act: Act) -> Result<Tensor> {
-        norm_act(&self.forward_unbiased(xs)?, act)
+        let op = || conv::conv2d_op(xs, &self.weight, self.stride, self.padding);
+        norm_act_of(xs, &self.weight, op, act, || self.forward_unbiased(xs))
     }
 
     /// `blur_down(act(instance_norm(conv(xs))))`: an anti-aliased (CUT) down-sampling layer, its
@@ -96,7 +110,8 @@ impl Conv2d {
         if self.stride != 1 || self.padding != 0 {
             candle_core::bail!("a reflection-padded convolution needs stride 1 and no zero padding");
         }
-        norm_act(&crate::ops::conv::conv2d_reflect(xs, &self.weight, pad)?, act)
+        let op = || conv::conv2d_reflect_op(xs, &self.weight, pad);
+        norm_act_of(xs, &self.weight, op, act, || conv::conv2d_reflect(xs, &self.weight, pad))
     }
 
     /// `residual + instance_norm(conv(reflect_pad(xs, pad)))`: a residual block's second
@@ -146,7 +161,8 @@ impl ConvTranspose2d {
 
     /// `act(instance_norm(conv_transpose(xs)))`, without the bias that normalisation cancels.
     pub fn forward_norm_act(&self, xs: &Tensor, act: Act) -> Result<Tensor> {
-        norm_act(&self.forward_unbiased(xs)?, act)
+        let op = || conv::conv_transpose2d_op(xs, &self.weight, self.stride, self.padding, self.output_padding);
+        norm_act_of(xs, &self.weight, op, act, || self.forward_unbiased(xs))
     }
 
     fn forward_unbiased(&self, xs: &Tensor) -> Result<Tensor> {

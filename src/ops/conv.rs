@@ -36,8 +36,25 @@ use std::cell::Cell;
 /// `xs` `[B,Cin,H,W]`, `w` `[Cout,Cin,K,K]` (PyTorch layout), zero padding → `[B,Cout,Ho,Wo]`
 /// with Ho = (H + 2·padding − K) / stride + 1. No bias.
 pub fn conv2d(xs: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
+    match conv2d_op(xs, w, stride, padding)? {
+        Some(op) => apply(xs, w, op),
+        None => autocast(xs, w, |x, w| x.conv2d(w, padding, stride, 1, 1)),
+    }
+}
+
+/// One of our convolution ops, chosen for its operands (`ops::conv_norm` runs it inside a
+/// fused op).
+pub(crate) type ConvOp = Box<dyn CustomOp2 + Send + Sync>;
+
+/// `op` applied to `xs` and `w`, made contiguous.
+fn apply(xs: &Tensor, w: &Tensor, op: ConvOp) -> Result<Tensor> {
+    xs.contiguous()?.apply_op2_arc(&w.contiguous()?, std::sync::Arc::new(op))
+}
+
+/// The op `conv2d` applies, or `None` where our kernels do not apply (candle's then run).
+pub(crate) fn conv2d_op(xs: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<Option<ConvOp>> {
     if !fast_path(xs, w) {
-        return autocast(xs, w, |x, w| x.conv2d(w, padding, stride, 1, 1));
+        return Ok(None);
     }
     let (cout, cin, k, _) = w.dims4()?;
     let (_, _, h, wd) = xs.dims4()?;
@@ -46,12 +63,12 @@ pub fn conv2d(xs: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<
         // Zero padding of 1: CUT's anti-aliased down- and up-sampling 3×3 convolutions and the
         // PatchGAN's stride-1 4×4 ones.
         let pad = if padding == 1 { Pad::Zero } else { Pad::None };
-        return super::winograd::conv(&xs.contiguous()?, &w.contiguous()?, pad);
+        return Ok(Some(Box::new(super::winograd::forward_op(xs, w, pad)?)));
     }
     if takes_narrow(cin, cout, k, stride, padding) {
-        return xs.contiguous()?.apply_op2(&w.contiguous()?, NarrowConv2dOp { pad: padding });
+        return Ok(Some(Box::new(NarrowConv2dOp { pad: padding })));
     }
-    xs.contiguous()?.apply_op2(&w.contiguous()?, Conv2dOp { stride, pad: padding })
+    Ok(Some(Box::new(Conv2dOp { stride, pad: padding })))
 }
 
 /// Whether `conv2d` runs a (non-Winograd) convolution as a narrow one: stride 1, fewer output
@@ -64,10 +81,18 @@ fn takes_narrow(cin: usize, cout: usize, k: usize, stride: usize, padding: usize
 /// input (the residual blocks'). Where Winograd's kernels apply (3×3, pad 1) the padding is done
 /// inside them, so no padded copy is made or kept alive for backward.
 pub fn conv2d_reflect(xs: &Tensor, w: &Tensor, pad: usize) -> Result<Tensor> {
+    match conv2d_reflect_op(xs, w, pad)? {
+        Some(op) => apply(xs, w, op),
+        None => conv2d(&super::reflect_pad2d(xs, pad)?, w, 1, 0),
+    }
+}
+
+/// The one op `conv2d_reflect` applies, or `None` where it pads and convolves in two.
+pub(crate) fn conv2d_reflect_op(xs: &Tensor, w: &Tensor, pad: usize) -> Result<Option<ConvOp>> {
     let (_, _, h, wd) = xs.dims4()?;
     let (cout, cin, k, _) = w.dims4()?;
     if fast_path(xs, w) && k == 3 && pad == 1 && h > 1 && wd > 1 && super::winograd::applies(cin, cout, k, 1, 0, (h, wd)) {
-        return super::winograd::conv(&xs.contiguous()?, &w.contiguous()?, Pad::Reflect);
+        return Ok(Some(Box::new(super::winograd::forward_op(xs, w, Pad::Reflect)?)));
     }
     // Only where autograd would keep the padded input: without it, the composed pair frees the
     // padded input after the convolution's output is made, and the heap reuses that block whole
@@ -76,9 +101,9 @@ pub fn conv2d_reflect(xs: &Tensor, w: &Tensor, pad: usize) -> Result<Tensor> {
     let (ph, pw) = (h + 2 * pad, wd + 2 * pad);
     let kept = xs.track_op() || w.track_op();
     if kept && fast_path(xs, w) && pad > 0 && pad < h.min(wd) && k <= ph.min(pw) && !super::winograd::applies(cin, cout, k, 1, 0, (ph - k + 1, pw - k + 1)) {
-        return xs.contiguous()?.apply_op2(&w.contiguous()?, ReflectConv2dOp { pad });
+        return Ok(Some(Box::new(ReflectConv2dOp { pad })));
     }
-    conv2d(&super::reflect_pad2d(xs, pad)?, w, 1, 0)
+    Ok(None)
 }
 
 /// `conv2d(blur_up(xs), w, 1, 1)` for a 3×3 `w` (CUT's anti-aliased up-sampling layers) as one
@@ -104,8 +129,16 @@ pub fn conv_transpose2d(
     padding: usize,
     output_padding: usize,
 ) -> Result<Tensor> {
+    match conv_transpose2d_op(xs, w, stride, padding, output_padding)? {
+        Some(op) => apply(xs, w, op),
+        None => autocast(xs, w, |x, w| x.conv_transpose2d(w, padding, output_padding, stride, 1)),
+    }
+}
+
+/// The op `conv_transpose2d` applies, or `None` where our kernels do not apply.
+pub(crate) fn conv_transpose2d_op(xs: &Tensor, w: &Tensor, stride: usize, padding: usize, output_padding: usize) -> Result<Option<ConvOp>> {
     if !fast_path(xs, w) {
-        return autocast(xs, w, |x, w| x.conv_transpose2d(w, padding, output_padding, stride, 1));
+        return Ok(None);
     }
     if output_padding >= stride {
         bail!("conv_transpose2d: output_padding {output_padding} must be smaller than stride {stride}");
@@ -116,8 +149,7 @@ pub fn conv_transpose2d(
     let (Some(out_h), Some(out_w)) = (out_size(h), out_size(wd)) else {
         bail!("conv_transpose2d: padding {padding} leaves no output for a {h}x{wd} input");
     };
-    let op = ConvTranspose2dOp { stride, pad: padding, out_h, out_w };
-    xs.contiguous()?.apply_op2(&w.contiguous()?, op)
+    Ok(Some(Box::new(ConvTranspose2dOp { stride, pad: padding, out_h, out_w })))
 }
 
 /// candle's convolution `conv` of `xs` and `w`, in bf16 where this thread's precision is bf16

@@ -5,7 +5,8 @@
 //! `precision` says so) is the leaf; `winograd` uses it; `conv` uses
 //! both; `pad` and `blur` (CUT's anti-aliasing filters) stand alone; `norm` uses `blur` (its fused
 //! norm + blur-pool); `bias` uses `norm`'s activations; `residual` (a whole residual block in
-//! training) uses `winograd` and `norm`.
+//! training) uses `winograd` and `norm`, `conv_norm` (a convolution and its norm in training)
+//! `conv` and `norm`.
 
 /// Defines a function whose body is compiled for AVX-512, for AVX2 + FMA and for the build's
 /// baseline, and runs the best one the CPU has (detected once). For the vectorised loops of our
@@ -42,6 +43,7 @@ macro_rules! simd_fn {
 pub mod bias;
 pub(crate) mod blur;
 pub mod conv;
+pub(crate) mod conv_norm;
 pub(crate) mod gemm;
 pub(crate) mod gemm_bf16;
 pub mod norm;

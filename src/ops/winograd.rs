@@ -87,6 +87,11 @@ impl Pad {
 /// `xs` [B,Cin,H,W], `w` [Cout,Cin,r,r] (r 3 or 4) → [B,Cout,H+2p−r+1,W+2p−r+1] (contiguous
 /// CPU operands, `xs` f32 or bf16, `w` f32), `xs` padded as `pad` says (p its size; reflection for 3×3 only).
 pub(crate) fn conv(xs: &Tensor, w: &Tensor, pad: Pad) -> Result<Tensor> {
+    xs.contiguous()?.apply_op2(&w.contiguous()?, forward_op(xs, w, pad)?)
+}
+
+/// The op [`conv`] applies.
+pub(super) fn forward_op(xs: &Tensor, w: &Tensor, pad: Pad) -> Result<Forward> {
     let (b, _, h, wd) = xs.dims4()?;
     let k = Kernel::choose(w.dim(3)?, h, wd, pad, xs.track_op() || w.track_op())?;
     let t = Tiles::new(h, wd, pad, k)?;
@@ -94,7 +99,7 @@ pub(crate) fn conv(xs: &Tensor, w: &Tensor, pad: Pad) -> Result<Tensor> {
     // and its U (1.8× F(4×4, 3×3)'s) not worth keeping.
     let keep = !w.track_op() && b * t.th * t.tw <= KEEP_TILES && k.m != 6;
     let kept = FilterCache::active().filter(|_| keep).map(|c| (c, w.id()));
-    xs.apply_op2(w, Forward { pad, k, kept })
+    Ok(Forward { pad, k, kept })
 }
 
 /// Transformed filters (U) kept between calls for weights that do not change while the cache
@@ -1238,7 +1243,7 @@ impl ReflectConv3x3 {
 
 /// (x [B,Cin,H,W], w [Cout,Cin,r,r]) → y [B,Cout,H+2p−r+1,W+2p−r+1], x padded by p as `pad` says.
 /// With `kept`, U comes from (or goes to) that cache under the weight's id.
-struct Forward {
+pub(super) struct Forward {
     pad: Pad,
     k: Kernel,
     kept: Option<(FilterCache, TensorId)>,
@@ -1397,6 +1402,8 @@ impl CustomOp2 for FilterGrad {
         let dm = kept.as_ref().map(|b| &b[..len]);
         let dw = match (s1, s2) {
             (CpuStorage::BF16(_), CpuStorage::BF16(_)) => filter_grad_kernel(data::<bf16>(s1, l1)?, data::<bf16>(s2, l2)?, cin, cout, &t, dm),
+            // A fused op's gradient (`ops::conv_norm`) stays f32.
+            (CpuStorage::BF16(_), CpuStorage::F32(_)) => filter_grad_kernel(data::<bf16>(s1, l1)?, data::<f32>(s2, l2)?, cin, cout, &t, dm),
             _ => filter_grad_kernel(&act_data(s1, l1)?, &act_data(s2, l2)?, cin, cout, &t, dm),
         };
         if let Some(buf) = kept {

@@ -1,0 +1,151 @@
+//! `act(instance_norm(conv(x, w)))` as one op in training, for any of our convolution ops (the
+//! generators' first, down- and up-sampling layers, the PatchGAN's normalised ones).
+//!
+//! Composed, the convolution's output is a tensor that autograd keeps and sums a gradient into
+//! (a zeroed tensor and an add; with bf16 activations candle's bf16 add, 5× its f32 one's time).
+//! Here the output is kept inside the op and its gradient is an f32 array handed straight to the
+//! convolution's backward pass. With f32 activations the results are the composed ops' bit for
+//! bit. As `ops::residual`'s block, its gradients are first-order only.
+
+use super::conv::ConvOp;
+use super::norm::{map_planes, norm_act_bwd_plane, norm_act_plane};
+use super::{data, Act, Elem};
+use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Result, Shape, Storage, Tensor};
+use half::bf16;
+use std::sync::Mutex;
+
+/// `act(instance_norm(conv(xs, w)))` with `conv` the op our `conv2d`, `conv2d_reflect` or
+/// `conv_transpose2d` chose for `xs` and `w`.
+pub(crate) fn conv_norm_act(xs: &Tensor, w: &Tensor, conv: ConvOp, act: Act) -> Result<Tensor> {
+    xs.contiguous()?.apply_op2(&w.contiguous()?, ConvNormAct { conv, act, saved: Mutex::new(None) })
+}
+
+/// The convolution's output (in the activations' dtype) and its planes' (mean, 1/σ).
+struct Saved {
+    y: CpuStorage,
+    shape: Shape,
+    stats: Vec<(f32, f32)>,
+}
+
+struct ConvNormAct {
+    conv: ConvOp,
+    act: Act,
+    saved: Mutex<Option<Saved>>,
+}
+
+impl ConvNormAct {
+    fn norm<T: Elem>(&self, y: &[T], hw: usize) -> (Vec<T>, Vec<(f32, f32)>) {
+        let act = self.act;
+        map_planes(y, None::<&[f32]>, hw, |_, yp, _, hp| {
+            let mut st = (0.0, 0.0);
+            norm_act_plane(hp, yp, &mut st, act);
+            st
+        })
+    }
+
+    /// The gradient of the convolution's output from the op's output gradient `dh`.
+    fn norm_grad<T: Elem>(&self, s: &Saved, dh: &Tensor, hw: usize) -> Result<Vec<f32>> {
+        let (storage, layout) = dh.storage_and_layout();
+        let Storage::Cpu(dh) = &*storage else { bail!("conv + norm: expected a CPU gradient") };
+        let act = self.act;
+        let plane = |i: usize, yp: &[f32], dp: Option<&[f32]>, out: &mut [f32]| norm_act_bwd_plane(out, yp, dp.unwrap_or_default(), s.stats[i], act);
+        Ok(map_planes(s.y.as_slice::<T>()?, Some(data::<T>(dh, layout)?), hw, plane).0)
+    }
+}
+
+impl CustomOp2 for ConvNormAct {
+    fn name(&self) -> &'static str {
+        "conv-norm-act"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (y, shape) = self.conv.cpu_fwd(s1, l1, s2, l2)?;
+        let (_, _, h, w) = shape.dims4()?;
+        let (out, stats) = match &y {
+            CpuStorage::BF16(v) => {
+                let (out, stats) = self.norm(v, h * w);
+                (CpuStorage::BF16(out), stats)
+            }
+            other => {
+                let (out, stats) = self.norm(other.as_slice::<f32>()?, h * w);
+                (CpuStorage::F32(out), stats)
+            }
+        };
+        *self.saved.lock().unwrap_or_else(|e| e.into_inner()) = Some(Saved { y, shape: shape.clone(), stats });
+        Ok((out, shape))
+    }
+
+    fn bwd(&self, x: &Tensor, w: &Tensor, res: &Tensor, dh: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let saved = self.saved.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(s) = saved.as_ref() else { bail!("conv + norm: backward without its forward pass") };
+        let dh = dh.contiguous()?;
+        let (_, _, h, wd) = s.shape.dims4()?;
+        let dy = match res.dtype() {
+            DType::BF16 => self.norm_grad::<bf16>(s, &dh, h * wd)?,
+            _ => self.norm_grad::<f32>(s, &dh, h * wd)?,
+        };
+        let dy = Tensor::from_vec(dy, s.shape.clone(), x.device())?;
+        // The convolution's own backward pass (its output, which none of ours reads, stands in
+        // as `res`); its input gradient comes back f32, from the f32 `dy`.
+        let (dx, dw) = self.conv.bwd(x, w, &dy, &dy)?;
+        Ok((dx.map(|d| d.to_dtype(x.dtype())).transpose()?, dw))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::conv::{conv2d, conv2d_op, conv2d_reflect, conv2d_reflect_op, conv_transpose2d, conv_transpose2d_op};
+    use crate::ops::{instance_norm_act, test_value};
+    use candle_core::{Device, Var};
+
+    type Conv = fn(&Tensor, &Tensor) -> Result<Tensor>;
+    type Op = fn(&Tensor, &Tensor) -> Result<Option<ConvOp>>;
+
+    fn values(t: &Tensor) -> Vec<f32> {
+        t.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    }
+
+    fn tensor(dims: &[usize], seed: usize, scale: f32) -> Tensor {
+        let n: usize = dims.iter().product();
+        Tensor::from_vec((0..n).map(|i| test_value(i * 5 + seed) * scale).collect::<Vec<_>>(), dims, &Device::Cpu).unwrap()
+    }
+
+    /// Output and the gradients of x and w of sum(layer · r), fused or composed, x stored as
+    /// `dtype`.
+    fn run(x: &[usize], w: &[usize], conv: Conv, op: Op, fused: bool, dtype: DType) -> [Vec<f32>; 3] {
+        let x = Var::from_tensor(&tensor(x, 1, 2.0).to_dtype(dtype).unwrap()).unwrap();
+        let w = Var::from_tensor(&tensor(w, 3, 0.2)).unwrap();
+        let act = Act::LeakyRelu(0.2);
+        let y = if fused {
+            conv_norm_act(&x, &w, op(&x, &w).unwrap().expect("our kernels apply"), act).unwrap()
+        } else {
+            instance_norm_act(&conv(&x, &w).unwrap(), act).unwrap()
+        };
+        let r = tensor(y.dims(), 7, 1.0);
+        let g = (y.to_dtype(DType::F32).unwrap() * r).unwrap().sum_all().unwrap().backward().unwrap();
+        [values(&y), values(g.get(&x).unwrap()), values(g.get(&w).unwrap())]
+    }
+
+    /// For each kind of convolution the networks normalise after (im2col, transposed, the 7×7
+    /// reflection-padded one, Winograd's 4×4), the fused op equals the composed pair bit for bit
+    /// with f32 activations, and within bf16's rounding with bf16 ones.
+    #[test]
+    fn fused_conv_norm_equals_the_composed_ops() {
+        let cases: [(&str, [usize; 4], [usize; 4], Conv, Op); 4] = [
+            ("im2col 3×3/2", [2, 4, 9, 8], [6, 4, 3, 3], |x, w| conv2d(x, w, 2, 1), |x, w| conv2d_op(x, w, 2, 1)),
+            ("transposed 3×3/2", [1, 6, 5, 4], [6, 4, 3, 3], |x, w| conv_transpose2d(x, w, 2, 1, 1), |x, w| conv_transpose2d_op(x, w, 2, 1, 1)),
+            ("reflect 7×7", [1, 3, 10, 9], [8, 3, 7, 7], |x, w| conv2d_reflect(x, w, 3), |x, w| conv2d_reflect_op(x, w, 3)),
+            ("Winograd 4×4", [1, 16, 9, 10], [16, 16, 4, 4], |x, w| conv2d(x, w, 1, 1), |x, w| conv2d_op(x, w, 1, 1)),
+        ];
+        for (what, x, w, conv, op) in cases {
+            assert_eq!(run(&x, &w, conv, op, true, DType::F32), run(&x, &w, conv, op, false, DType::F32), "{what}");
+            let (fused, composed) = (run(&x, &w, conv, op, true, DType::BF16), run(&x, &w, conv, op, false, DType::BF16));
+            for (part, (a, b)) in ["y", "dx", "dw"].iter().zip(fused.iter().zip(&composed)) {
+                let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+                let err = a.iter().zip(b).fold(0f32, |m, (p, q)| m.max((p - q).abs())) / scale;
+                assert!(err < 0.05, "{what} {part}: {err:e}");
+            }
+        }
+    }
+}
