@@ -101,6 +101,8 @@ mod tests {
 
     type Conv = fn(&Tensor, &Tensor) -> Result<Tensor>;
     type Op = fn(&Tensor, &Tensor) -> Result<Option<ConvOp>>;
+    /// A layer: its name, input and weight shapes, the convolution and the op it runs.
+    type Case = (&'static str, [usize; 4], [usize; 4], Conv, Op);
 
     fn values(t: &Tensor) -> Vec<f32> {
         t.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()
@@ -132,7 +134,7 @@ mod tests {
     /// with f32 activations, and within bf16's rounding with bf16 ones.
     #[test]
     fn fused_conv_norm_equals_the_composed_ops() {
-        let cases: [(&str, [usize; 4], [usize; 4], Conv, Op); 4] = [
+        let cases: [Case; 4] = [
             ("im2col 3×3/2", [2, 4, 9, 8], [6, 4, 3, 3], |x, w| conv2d(x, w, 2, 1), |x, w| conv2d_op(x, w, 2, 1)),
             ("transposed 3×3/2", [1, 6, 5, 4], [6, 4, 3, 3], |x, w| conv_transpose2d(x, w, 2, 1, 1), |x, w| conv_transpose2d_op(x, w, 2, 1, 1)),
             ("reflect 7×7", [1, 3, 10, 9], [8, 3, 7, 7], |x, w| conv2d_reflect(x, w, 3), |x, w| conv2d_reflect_op(x, w, 3)),
