@@ -237,10 +237,12 @@ thread_local! {
 /// convolutions run in bf16 on our CPU kernels, as PyTorch's autocast keeps its convolutions'
 /// outputs. Every op still computes in f32 and rounds its output once.
 ///
-/// Off by default: it cuts a 256² training step's peak memory by a third (0.63× of fp32's), but
-/// makes the step 12–20 % slower (AVX512-BF16, AMD EPYC, 2 threads), most of it candle's
-/// autograd summing every activation's gradient with its bf16 `add` (a call per 8 elements,
-/// 5× its f32 add's time). Fusing ops, so that fewer tensors reach autograd, is the way on.
+/// Off by default: it cuts a 256² training step's peak memory by a third (0.65× of fp32's), but
+/// makes the step slower (AVX512-BF16, AMD EPYC, 2 threads: 8–9 % at 256², 0–10 % at 128², with
+/// the fused training ops `residual` and `conv_norm`; 12–27 % without them), most of it candle's
+/// autograd summing every kept tensor's gradient with its bf16 `add` (a call per 8 elements,
+/// 5× its f32 add's time), and bf16 gradients lose precision (bench/RESULTS.md). Fusing more
+/// ops, so that fewer tensors reach autograd, is the way on.
 pub fn activation_dtype(xs: &Tensor) -> DType {
     let on = settings().bf16_activations || BF16_ACTIVATIONS.with(std::cell::Cell::get);
     if on && precision::cpu_bf16() && cpu_act(xs) {

@@ -1669,6 +1669,30 @@ mod tests {
         }
     }
 
+    /// On bf16 activations (converted a plane at a time) one band per tile row gives the single
+    /// band's results: each band rounds only the output rows it wrote.
+    #[test]
+    fn banded_kernels_on_bf16_activations_match_single_band() {
+        let (b, c) = (2, 3);
+        let t = Tiles::new(14, 13, Pad::Reflect, Kernel::new(3, 4).unwrap()).unwrap();
+        let (x, w, dy) = inputs(b, c, c, &t);
+        let to_bf16 = |v: &[f32]| v.iter().map(|&f| bf16::from_f32(f)).collect::<Vec<_>>();
+        let (x, dy) = (to_bf16(&x), to_bf16(&dy[..b * c * t.ho * t.wo]));
+        let run = || {
+            let y: Vec<bf16> = forward_kernel(&x, &w, c, c, &t, None);
+            (y, data_grad_kernel(&dy, &w, c, c, &t, None), filter_grad_kernel(&x, &dy, c, c, &t, None))
+        };
+        let whole = run();
+        BAND_LIMIT.with(|l| l.set(1));
+        assert_eq!(t.bands(2 * c).len(), t.th);
+        let banded = run();
+        BAND_LIMIT.with(|l| l.set(BAND_FLOATS));
+        assert_eq!(whole.0, banded.0);
+        for (a, b) in [(&whole.1, &banded.1), (&whole.2, &banded.2)] {
+            assert!(a.iter().zip(b).all(|(p, q)| (p - q).abs() < 1e-5));
+        }
+    }
+
     /// The four band transforms alone, on the residual blocks' shapes (F(4×4, 3×3), reflection
     /// padding), best of 40 runs: `cargo test --release --lib winograd::tests::timing --
     /// --ignored --nocapture`.
