@@ -20,7 +20,7 @@ use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Sto
 use half::bf16;
 use std::sync::Mutex;
 
-/// The block's output for `x` [B,C,H,W] and weights `w1`, `w2` [C,C,3,3] as one op, or `None`
+/// The block's output for `x` `[B,C,H,W]` and weights `w1`, `w2` `[C,C,3,3]` as one op, or `None`
 /// where it does not apply (no autograd, not our CPU kernels, not Winograd's layer): the caller
 /// then composes the block.
 pub fn residual_block(x: &Tensor, w1: &Tensor, w2: &Tensor) -> Result<Option<Tensor>> {
