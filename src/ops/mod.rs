@@ -241,8 +241,9 @@ thread_local! {
 /// makes the step slower (AVX512-BF16, AMD EPYC, 2 threads: 8–9 % at 256², 0–10 % at 128², with
 /// the fused training ops `residual` and `conv_norm`; 12–27 % without them), most of it candle's
 /// autograd summing every kept tensor's gradient with its bf16 `add` (a call per 8 elements,
-/// 5× its f32 add's time), and bf16 gradients lose precision (bench/RESULTS.md). Fusing more
-/// ops, so that fewer tensors reach autograd, is the way on.
+/// 5× its f32 add's time), and bf16 gradients lose precision: the grey → colour protocol lost
+/// 0.41 dB on one of two seeds (bench/RESULTS.md). Fusing more ops, so that fewer tensors reach
+/// autograd, is the way on.
 pub fn activation_dtype(xs: &Tensor) -> DType {
     let on = settings().bf16_activations || BF16_ACTIVATIONS.with(std::cell::Cell::get);
     if on && precision::cpu_bf16() && cpu_act(xs) {
