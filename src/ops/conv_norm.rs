@@ -8,9 +8,9 @@
 //! bit. As `ops::residual`'s block, its gradients are first-order only.
 
 use super::conv::ConvOp;
-use super::norm::{map_planes, norm_act_bwd_plane, norm_act_plane};
-use super::{data, Act, Elem};
-use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Result, Shape, Storage, Tensor};
+use super::norm::{norm_act_grad_planes, norm_act_planes};
+use super::{with_tensor_data, Act, Elem};
+use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use half::bf16;
 use std::sync::Mutex;
 
@@ -34,22 +34,9 @@ struct ConvNormAct {
 }
 
 impl ConvNormAct {
-    fn norm<T: Elem>(&self, y: &[T], hw: usize) -> (Vec<T>, Vec<(f32, f32)>) {
-        let act = self.act;
-        map_planes(y, None::<&[f32]>, hw, |_, yp, _, hp| {
-            let mut st = (0.0, 0.0);
-            norm_act_plane(hp, yp, &mut st, act);
-            st
-        })
-    }
-
     /// The gradient of the convolution's output from the op's output gradient `dh`.
     fn norm_grad<T: Elem>(&self, s: &Saved, dh: &Tensor, hw: usize) -> Result<Vec<f32>> {
-        let (storage, layout) = dh.storage_and_layout();
-        let Storage::Cpu(dh) = &*storage else { bail!("conv + norm: expected a CPU gradient") };
-        let act = self.act;
-        let plane = |i: usize, yp: &[f32], dp: Option<&[f32]>, out: &mut [f32]| norm_act_bwd_plane(out, yp, dp.unwrap_or_default(), s.stats[i], act);
-        Ok(map_planes(s.y.as_slice::<T>()?, Some(data::<T>(dh, layout)?), hw, plane).0)
+        with_tensor_data::<T, _>(dh, |dh| Ok(norm_act_grad_planes(s.y.as_slice::<T>()?, dh, hw, &s.stats, self.act)))
     }
 }
 
@@ -63,11 +50,11 @@ impl CustomOp2 for ConvNormAct {
         let (_, _, h, w) = shape.dims4()?;
         let (out, stats) = match &y {
             CpuStorage::BF16(v) => {
-                let (out, stats) = self.norm(v, h * w);
+                let (out, stats) = norm_act_planes(v, h * w, self.act);
                 (CpuStorage::BF16(out), stats)
             }
             other => {
-                let (out, stats) = self.norm(other.as_slice::<f32>()?, h * w);
+                let (out, stats) = norm_act_planes(other.as_slice::<f32>()?, h * w, self.act);
                 (CpuStorage::F32(out), stats)
             }
         };
@@ -75,13 +62,13 @@ impl CustomOp2 for ConvNormAct {
         Ok((out, shape))
     }
 
-    fn bwd(&self, x: &Tensor, w: &Tensor, res: &Tensor, dh: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, dh: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let saved = self.saved.lock().unwrap_or_else(|e| e.into_inner());
         let Some(s) = saved.as_ref() else { bail!("conv + norm: backward without its forward pass") };
         let dh = dh.contiguous()?;
         let (_, _, h, wd) = s.shape.dims4()?;
-        let dy = match res.dtype() {
-            DType::BF16 => self.norm_grad::<bf16>(s, &dh, h * wd)?,
+        let dy = match s.y {
+            CpuStorage::BF16(_) => self.norm_grad::<bf16>(s, &dh, h * wd)?,
             _ => self.norm_grad::<f32>(s, &dh, h * wd)?,
         };
         let dy = Tensor::from_vec(dy, s.shape.clone(), x.device())?;
@@ -97,7 +84,7 @@ mod tests {
     use super::*;
     use crate::ops::conv::{conv2d, conv2d_op, conv2d_reflect, conv2d_reflect_op, conv_transpose2d, conv_transpose2d_op};
     use crate::ops::{instance_norm_act, test_value};
-    use candle_core::{Device, Var};
+    use candle_core::{DType, Device, Var};
 
     type Conv = fn(&Tensor, &Tensor) -> Result<Tensor>;
     type Op = fn(&Tensor, &Tensor) -> Result<Option<ConvOp>>;

@@ -346,6 +346,14 @@ pub(crate) fn data<'a, T: Elem>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]
     }
 }
 
+/// `f` on the data of a contiguous CPU tensor as `T`: for ops whose backward pass reads tensors
+/// (the fused ops' saved inputs and incoming gradients) as slices.
+pub(crate) fn with_tensor_data<T: Elem, R>(t: &Tensor, f: impl FnOnce(&[T]) -> Result<R>) -> Result<R> {
+    let (storage, layout) = t.storage_and_layout();
+    let candle_core::Storage::Cpu(s) = &*storage else { candle_core::bail!("custom op: expected a CPU tensor") };
+    f(data::<T>(s, layout)?)
+}
+
 /// Elements per task of the conversions below (64 KiB of f32): large enough that the split
 /// costs nothing, small enough that both cores share a plane.
 const CONVERT_CHUNK: usize = 16 << 10;

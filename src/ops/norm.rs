@@ -149,7 +149,7 @@ pub(crate) fn lane_sum(xs: &[f32], f: impl Fn(f32) -> f32) -> f64 {
 
 simd_fn! {
     /// One plane of `act(instance_norm(x))` into `y`, its (mean, 1/σ) into `st`.
-    pub(super) fn norm_act_plane(y: &mut [f32], x: &[f32], st: &mut (f32, f32), act: Act) {
+    fn norm_act_plane(y: &mut [f32], x: &[f32], st: &mut (f32, f32), act: Act) {
         let (mean, inv_std) = plane_stats(x);
         act.map(y, x, |v| (v - mean) * inv_std);
         *st = (mean, inv_std);
@@ -210,6 +210,22 @@ pub(crate) fn map_planes<T: Elem, V: Elem, O: Elem, R: Send>(
         )
         .collect();
     (y, results)
+}
+
+/// `act(instance_norm(x))` of every `hw`-long plane of `x`, stored as `T`, with each plane's
+/// (mean, 1/σ): the fused ops' forward pass (`residual`, `conv_norm`).
+pub(crate) fn norm_act_planes<T: Elem>(x: &[T], hw: usize, act: Act) -> (Vec<T>, Vec<(f32, f32)>) {
+    map_planes(x, None::<&[f32]>, hw, |_, xp, _, yp| {
+        let mut st = (0.0, 0.0);
+        norm_act_plane(yp, xp, &mut st, act);
+        st
+    })
+}
+
+/// dx of `act(instance_norm(x))` from `dy`, plane by plane with the forward pass's (mean, 1/σ)
+/// `stats`, stored as `O` (f32 inside the fused ops, the input's dtype for the norm op's own).
+pub(crate) fn norm_act_grad_planes<T: Elem, V: Elem, O: Elem>(x: &[T], dy: &[V], hw: usize, stats: &[(f32, f32)], act: Act) -> Vec<O> {
+    map_planes(x, Some(dy), hw, |i, xp, dyp, dxp| norm_act_bwd_plane(dxp, xp, dyp.unwrap_or_default(), stats[i], act)).0
 }
 
 /// The forward pass of the fused norm ops: `plane(x plane, other plane, y plane, its (mean,
@@ -288,10 +304,9 @@ impl CustomOp2 for InstanceNormActBwd {
             bail!("instance norm backward ran without its forward statistics");
         }
         let act = self.act;
-        let plane = |i: usize, xp: &[f32], dyp: Option<&[f32]>, dxp: &mut [f32]| norm_act_bwd_plane(dxp, xp, dyp.unwrap_or_default(), stats[i], act);
         let dx = match (s1, s2) {
-            (CpuStorage::BF16(_), CpuStorage::BF16(_)) => CpuStorage::BF16(map_planes(data::<bf16>(s1, l1)?, Some(data::<bf16>(s2, l2)?), hw, plane).0),
-            _ => act_storage(map_planes::<f32, f32, f32, _>(&act_data(s1, l1)?, Some(&act_data(s2, l2)?), hw, plane).0, s1)?,
+            (CpuStorage::BF16(_), CpuStorage::BF16(_)) => CpuStorage::BF16(norm_act_grad_planes(data::<bf16>(s1, l1)?, data::<bf16>(s2, l2)?, hw, &stats, act)),
+            _ => act_storage(norm_act_grad_planes::<f32, f32, f32>(&act_data(s1, l1)?, &act_data(s2, l2)?, hw, &stats, act), s1)?,
         };
         Ok((dx, l1.shape().clone()))
     }
@@ -300,7 +315,7 @@ impl CustomOp2 for InstanceNormActBwd {
 simd_fn! {
     /// dx of one plane of `act(instance_norm(x))` from its `dy`, with x's (mean, 1/σ): with
     /// x̂ = (x − μ)/σ and g = dy · act'(x̂), dx = (g − mean(g) − x̂ · mean(g · x̂)) / σ.
-    pub(super) fn norm_act_bwd_plane(dxp: &mut [f32], xp: &[f32], dyp: &[f32], st: (f32, f32), act: Act) {
+    fn norm_act_bwd_plane(dxp: &mut [f32], xp: &[f32], dyp: &[f32], st: (f32, f32), act: Act) {
         let (mean, inv_std) = st;
         let n = xp.len() as f64;
         // g is written into dx first, then turned into dx in place.

@@ -13,10 +13,10 @@
 //! Its gradients are first-order only (they are not differentiable again), which is all training
 //! needs; inference and the device-generic path keep the composed ops.
 
-use super::norm::{map_planes, norm_act_bwd_plane, norm_act_plane, norm_residual_plane};
+use super::norm::{map_planes, norm_act_grad_planes, norm_act_planes, norm_residual_plane};
 use super::winograd::ReflectConv3x3;
-use super::{cpu_act, data, settings, Act, Elem};
-use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor};
+use super::{cpu_act, data, settings, with_tensor_data, Act, Elem};
+use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use half::bf16;
 use std::sync::Mutex;
 
@@ -56,11 +56,7 @@ struct ResidualBlock {
 impl ResidualBlock {
     fn forward<T: Elem>(&self, x: &[T], w1: &[f32], w2: &[f32]) -> Vec<T> {
         let y1: Vec<T> = self.conv.forward(x, w1);
-        let (h1, stats1): (Vec<T>, _) = map_planes(&y1, None::<&[f32]>, self.hw, |_, yp, _, hp| {
-            let mut st = (0.0, 0.0);
-            norm_act_plane(hp, yp, &mut st, Act::Relu);
-            st
-        });
+        let (h1, stats1) = norm_act_planes(&y1, self.hw, Act::Relu);
         let y2: Vec<T> = self.conv.forward(&h1, w2);
         let (out, stats2) = map_planes(&y2, Some(x), self.hw, |_, yp, xp, op| {
             let mut st = (0.0, 0.0);
@@ -77,9 +73,9 @@ impl ResidualBlock {
         let (y1, h1, y2) = (s.y1.as_slice::<T>()?, s.h1.as_slice::<T>()?, s.y2.as_slice::<T>()?);
         let hw = self.hw;
         // The second norm (its residual's gradient is `dout` itself), the second convolution.
-        let (dy2, _): (Vec<f32>, _) = map_planes(y2, Some(dout), hw, |i, yp, dp, out| norm_act_bwd_plane(out, yp, dp.unwrap_or_default(), s.stats2[i], Act::Identity));
+        let dy2: Vec<f32> = norm_act_grad_planes(y2, dout, hw, &s.stats2, Act::Identity);
         let (dh1, dw2) = self.conv.grads(h1, w2, &dy2);
-        let (dy1, _): (Vec<f32>, _) = map_planes(y1, Some(&dh1), hw, |i, yp, dp, out| norm_act_bwd_plane(out, yp, dp.unwrap_or_default(), s.stats1[i], Act::Relu));
+        let dy1: Vec<f32> = norm_act_grad_planes(y1, &dh1, hw, &s.stats1, Act::Relu);
         let (dx_conv, dw1) = self.conv.grads(x, w1, &dy1);
         // The skip connection's gradient joins the first convolution's.
         let (dx, _): (Vec<T>, _) = map_planes(&dx_conv, Some(dout), hw, |_, a, b, out| {
@@ -89,13 +85,6 @@ impl ResidualBlock {
         });
         Ok((dx, dw1, dw2))
     }
-}
-
-/// The f32 or bf16 data of a contiguous CPU tensor, as `T`, to `f`.
-fn with_data<T: Elem, R>(t: &Tensor, f: impl FnOnce(&[T]) -> Result<R>) -> Result<R> {
-    let (storage, layout) = t.storage_and_layout();
-    let Storage::Cpu(s) = &*storage else { bail!("residual block: expected a CPU tensor") };
-    f(data::<T>(s, layout)?)
 }
 
 impl CustomOp3 for ResidualBlock {
@@ -134,7 +123,7 @@ impl CustomOp3 for ResidualBlock {
 impl ResidualBlock {
     /// [`Self::backward`] on the tensors' data.
     fn grads<T: Elem>(&self, s: &Saved, x: &Tensor, w1: &Tensor, w2: &Tensor, dout: &Tensor) -> Result<(Vec<T>, Vec<f32>, Vec<f32>)> {
-        with_data::<T, _>(x, |x| with_data::<f32, _>(w1, |w1| with_data::<f32, _>(w2, |w2| with_data::<T, _>(dout, |dout| self.backward(s, x, w1, w2, dout)))))
+        with_tensor_data::<T, _>(x, |x| with_tensor_data::<f32, _>(w1, |w1| with_tensor_data::<f32, _>(w2, |w2| with_tensor_data::<T, _>(dout, |dout| self.backward(s, x, w1, w2, dout)))))
     }
 }
 
