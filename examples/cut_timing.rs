@@ -12,7 +12,9 @@ mod timing;
 use timing::time;
 
 fn main() {
-    // SAFETY: first thing in main, before any thread is started.
+    // As the binary does: this may start the program again in place.
+    cyclestudio::ops::use_huge_pages();
+    // SAFETY: first thing in main after that, before any thread is started.
     unsafe { cyclestudio::ops::tune_cpu_runtime() };
     let dev = Device::Cpu;
     let x = Tensor::randn(0f32, 1.0, (1, 3, 256, 256), &dev).unwrap();

@@ -55,7 +55,9 @@ fn layers(s: usize, vb: &VarBuilder) -> Result<Vec<Layer>> {
 }
 
 fn main() -> Result<()> {
-    // SAFETY: first thing in main, before any thread is started.
+    // As the binary does: this may start the program again in place.
+    cyclestudio::ops::use_huge_pages();
+    // SAFETY: first thing in main after that, before any thread is started.
     unsafe { cyclestudio::ops::tune_cpu_runtime() };
     let arg = |i: usize| std::env::args().nth(i);
     let precision = if arg(1).as_deref() == Some("bf16") { Precision::Bf16 } else { Precision::Fp32 };

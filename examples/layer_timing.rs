@@ -25,7 +25,9 @@ fn generator(kind: &str, dev: &Device) -> (VarMap, Generator) {
 }
 
 fn main() {
-    // SAFETY: first thing in main, before any thread is started.
+    // As the binary does: this may start the program again in place.
+    cyclestudio::ops::use_huge_pages();
+    // SAFETY: first thing in main after that, before any thread is started.
     unsafe { cyclestudio::ops::tune_cpu_runtime() };
     let dev = Device::Cpu;
     let var = |dims: &[usize], std: f32| Var::from_tensor(&Tensor::randn(0f32, std, dims, &dev).unwrap()).unwrap();

@@ -569,3 +569,29 @@ fn colour_classes_model_trains_translates_at_a_temperature_and_keeps_luma() {
     let report = ok(&cyclestudio(d, &["eval", "--model", "checkpoints/classes", "--to", "color", "--input", ds.join("testA").to_str().unwrap(), "--truth", ds.join("testB").to_str().unwrap()]));
     assert!(report.contains("colourfulness") && report.contains("× the truth's"), "{report}");
 }
+
+/// Where the kernel gives huge pages only to memory advised for them, the program runs with
+/// glibc's malloc advising its heap (the bench says so), unless GLIBC_TUNABLES has chosen.
+#[test]
+fn the_heap_takes_transparent_huge_pages_where_the_kernel_wants_advice() {
+    let note = "heap in transparent huge pages";
+    let bench = |tunables: Option<&str>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_cyclestudio"));
+        cmd.args(["bench", "--cases", "infer256", "--warmup", "0", "--repeats", "1"]);
+        match tunables {
+            Some(t) => cmd.env("GLIBC_TUNABLES", t),
+            None => cmd.env_remove("GLIBC_TUNABLES"),
+        };
+        ok(&cmd.output().expect("binary runs"))
+    };
+    let off = bench(Some("glibc.malloc.hugetlb=0"));
+    assert!(!off.contains(note), "{off}");
+    let thp = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
+    let default = bench(None);
+    if cfg!(all(target_os = "linux", target_env = "gnu")) && thp.contains("[madvise]") {
+        assert!(default.contains(note), "{default}");
+    } else {
+        eprintln!("skipped the huge-page half: transparent huge pages are {:?} here (not madvise), or this is not glibc", thp.trim());
+        assert!(!default.contains(note), "{default}");
+    }
+}

@@ -12,6 +12,9 @@ pub fn run(a: BenchArgs) -> Result<()> {
     }
     let ids: Vec<String> = if a.cases.is_empty() { crate::bench::CASES.iter().map(|c| c.id.to_string()).collect() } else { a.cases };
     eprintln!("benchmarking {} on {} in {} ({} warm-up, {} timed runs each)…", ids.join(", "), a.device, a.precision, a.warmup, a.repeats);
+    if crate::ops::huge_pages_in_use() {
+        eprintln!("heap in transparent huge pages (GLIBC_TUNABLES=glibc.malloc.hugetlb=1; =0 turns them off)");
+    }
     let results = crate::bench::run_all(&ids, &settings)?;
     out!("{}", crate::bench::table(&results));
     if let Some(p) = a.json {
