@@ -1,46 +1,115 @@
 //! Matrix products in bf16 with f32 accumulation, for `--precision bf16`: operands are rounded to
 //! bf16 (round to nearest even) as they are packed, pairs of products are summed in f32 by
-//! AVX512-BF16's `vdpbf16ps`, and the destination stays f32 — the recipe PyTorch's autocast gives
-//! a convolution. Same operand conventions as `gemm` (strided f32 `Mat`s, a row-strided f32
+//! AMX's tile multiply `tdpbf16ps` where the CPU has AMX, else by AVX512-BF16's `vdpbf16ps`, and
+//! the destination stays f32 — the recipe PyTorch's autocast gives a convolution. Same operand conventions as `gemm` (strided f32 `Mat`s, a row-strided f32
 //! destination), so the convolution kernels swap one product for the other and change nothing else;
 //! `gemm_made` also takes a B (or Bᵀ) made segment by segment as it is packed (a convolution's
 //! im2col matrix, read from the image in place instead of stored in f32 first).
 //!
 //! Layout (BLIS-style, with the vector along the destination's rows): B is packed in panels of
 //! `NR` columns, each k-pair of a column one u32 (bf16 of row 2p in the low half, row 2p+1 in the
-//! high half), which is what `vdpbf16ps` multiplies lane by lane; A is packed in panels of `MR`
-//! rows with the same pairs, each broadcast to all lanes. The micro-kernel keeps an MR×NR block
-//! of the destination in 24 registers.
+//! high half), which is what `vdpbf16ps` multiplies lane by lane and what an AMX B tile is (16
+//! pairs × 16 columns, `NR` columns apart). A is packed in panels of `Isa::mr` rows with the same
+//! pairs: for AVX512-BF16 pair-major (each pair broadcast to all lanes; the micro-kernel keeps a
+//! 12×32 block of the destination in 24 registers), for AMX row-major (a row's pairs contiguous,
+//! as an A tile reads them; the micro-kernel keeps a 32×32 block in four accumulator tiles, and a
+//! block's depth is padded with zero pairs to a multiple of a tile's 16).
 
 use super::gemm::{Mat, SharedDst};
 use rayon::prelude::*;
 use std::cell::Cell;
 use std::sync::OnceLock;
 
-/// Rows of the destination per micro-kernel call (broadcast operand).
-const MR: usize = 12;
-/// Columns per micro-kernel call: two 16-lane vectors.
+/// Columns per micro-kernel call: two 16-lane vectors, or two AMX tiles' 16 columns.
 const NR: usize = 32;
-/// Depth of one packed block (even): the B micro-panel (KC × NR bf16 = 16 KiB) stays in L1.
-const KC: usize = 256;
-/// Most rows of A packed at once (a multiple of MR): the packed block stays in L2.
-const MC: usize = 144;
+/// The deepest packed block of any kernel (`Isa::kc`).
+const KC_MAX: usize = 1024;
 /// Most columns of B a task packs at once.
 const NC: usize = 512;
 
-/// The instruction set the bf16 products run on, if this CPU has one we have kernels for.
-pub fn hardware() -> Option<&'static str> {
-    static HW: OnceLock<Option<&'static str>> = OnceLock::new();
-    *HW.get_or_init(|| {
+/// The instruction sets the bf16 products have kernels for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Isa {
+    /// AVX512-BF16's `vdpbf16ps` (16 lanes, pairs of products).
+    Avx512Bf16,
+    /// AMX's `tdpbf16ps` on 16×32 by 32×16 bf16 tiles (Intel Sapphire Rapids and later).
+    Amx,
+}
+
+impl Isa {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Isa::Avx512Bf16 => "AVX512-BF16",
+            Isa::Amx => "AMX",
+        }
+    }
+
+    /// Rows of the destination per micro-kernel call.
+    const fn mr(self) -> usize {
+        match self {
+            Isa::Avx512Bf16 => 12,
+            Isa::Amx => 32,
+        }
+    }
+
+    /// Most rows of A packed at once (a multiple of `mr`): the packed block stays in L2.
+    const fn mc(self) -> usize {
+        match self {
+            Isa::Avx512Bf16 => 144,
+            Isa::Amx => 128,
+        }
+    }
+
+    /// Depth of one packed block (even). AVX512-BF16: its B micro-panel (256 × NR bf16 = 16 KiB)
+    /// stays in L1. AMX, whose products are ~4× faster, reads and writes the destination once
+    /// per block: deeper blocks (a 64 KiB B micro-panel, in L2) save that traffic.
+    const fn kc(self) -> usize {
+        match self {
+            Isa::Avx512Bf16 => 256,
+            Isa::Amx => KC_MAX,
+        }
+    }
+
+    /// Pairs a packed block of `kc` values of k takes: AMX multiplies 16 pairs per tile, so its
+    /// blocks are padded with zero pairs to a multiple of 16.
+    fn depth(self, kc: usize) -> usize {
+        match self {
+            Isa::Avx512Bf16 => kc.div_ceil(2),
+            Isa::Amx => kc.div_ceil(2).next_multiple_of(amx::PAIRS),
+        }
+    }
+}
+
+/// The bf16 instruction sets this CPU has kernels for (best first): AMX where the CPU has it and
+/// Linux grants the process its tile data, AVX512-BF16 (which every AMX CPU has too, and which
+/// AMX's kernel uses to add its tiles into the destination).
+fn detected() -> &'static [Isa] {
+    static HW: OnceLock<Vec<Isa>> = OnceLock::new();
+    HW.get_or_init(|| {
+        let mut found = Vec::new();
         #[cfg(target_arch = "x86_64")]
         {
             use std::arch::is_x86_feature_detected as has;
             if has!("avx512f") && has!("avx512bw") && has!("avx512vl") && has!("avx512bf16") {
-                return Some("AVX512-BF16");
+                if amx::available() {
+                    found.push(Isa::Amx);
+                }
+                found.push(Isa::Avx512Bf16);
             }
         }
-        None
+        found
     })
+}
+
+/// The instruction set the bf16 products run on: the best detected, unless `CS_NO_AMX` keeps
+/// AMX out (to compare).
+pub(crate) fn isa() -> Option<Isa> {
+    detected().iter().copied().find(|&isa| isa != Isa::Amx || !super::settings().no_amx)
+}
+
+/// The instruction set the bf16 products run on, if this CPU has one we have kernels for.
+pub fn hardware() -> Option<&'static str> {
+    isa().map(Isa::name)
 }
 
 /// `x` rounded to bf16 (nearest, ties to even), as the high 16 bits of the result. NaNs stay NaNs
@@ -53,7 +122,7 @@ fn round_bits(x: f32) -> u32 {
 
 /// Two values rounded to bf16 and paired for `vdpbf16ps`: `lo` in bits 0..16, `hi` in 16..32.
 #[inline(always)]
-fn pair(lo: f32, hi: f32) -> u32 {
+pub(crate) fn pair(lo: f32, hi: f32) -> u32 {
     (round_bits(lo) >> 16) | (round_bits(hi) & 0xFFFF_0000)
 }
 
@@ -64,34 +133,54 @@ pub(crate) fn round_to_bf16(x: f32) -> f32 {
 }
 
 simd_fn! {
-    /// Packs A rows [i0, i0+mc) × k [k0, k0+kc) into panels of MR rows: panel r, pair p, row ii
-    /// at `(r·kp + p)·MR + ii`; rows past `mc` and the odd k past `kc` are zero.
-    fn pack_a(a: Mat, i0: usize, mc: usize, k0: usize, kc: usize, out: &mut [u32]) {
-        let kp = kc.div_ceil(2);
-        for (r, panel) in out.chunks_exact_mut(kp * MR).take(mc.div_ceil(MR)).enumerate() {
-            let rows = (mc - r * MR).min(MR);
+    /// Packs A rows [i0, i0+mc) × k [k0, k0+kc) into panels of `isa.mr()` rows, `d =
+    /// isa.depth(kc)` pairs deep: for AVX512-BF16 panel r, pair p, row ii at `(r·d + p)·mr + ii`,
+    /// for AMX at `(r·mr + ii)·d + p`; rows past `mc` and pairs past k are zero.
+    fn pack_a(isa: Isa, a: Mat, i0: usize, mc: usize, k0: usize, kc: usize, out: &mut [u32]) {
+        let (mr, kp, depth) = (isa.mr(), kc.div_ceil(2), isa.depth(kc));
+        // Where pair p of row ii goes in a panel.
+        let at = |ii: usize, p: usize| match isa {
+            Isa::Avx512Bf16 => p * mr + ii,
+            Isa::Amx => ii * depth + p,
+        };
+        for (r, panel) in out.chunks_exact_mut(depth * mr).take(mc.div_ceil(mr)).enumerate() {
+            let rows = (mc - r * mr).min(mr);
+            if isa == Isa::Amx {
+                panel[rows * depth..].fill(0);
+                for ii in 0..rows {
+                    panel[ii * depth + kp..(ii + 1) * depth].fill(0);
+                }
+            }
             if a.rs == 1 {
                 // Column-major A (a transposed weight): a pair's two rows are read along the
                 // destination's rows (vectorised).
                 for p in 0..kp {
-                    let dst = &mut panel[p * MR..(p + 1) * MR];
-                    let base = (i0 + r * MR) + (k0 + 2 * p) * a.cs;
+                    let base = (i0 + r * mr) + (k0 + 2 * p) * a.cs;
                     let r0 = &a.data[base..][..rows];
                     let hi = (2 * p + 1 < kc).then(|| &a.data[base + a.cs..][..rows]);
-                    fill_pairs(&mut dst[..rows], r0, hi);
-                    dst[rows..].fill(0);
+                    if isa == Isa::Avx512Bf16 {
+                        let dst = &mut panel[p * mr..(p + 1) * mr];
+                        fill_pairs(&mut dst[..rows], r0, hi);
+                        dst[rows..].fill(0);
+                    } else {
+                        for ii in 0..rows {
+                            panel[at(ii, p)] = pair(r0[ii], hi.map_or(0.0, |hi| hi[ii]));
+                        }
+                    }
                 }
                 continue;
             }
-            for ii in 0..MR {
+            for ii in 0..mr {
                 if ii >= rows {
-                    for p in 0..kp {
-                        panel[p * MR + ii] = 0;
+                    if isa == Isa::Avx512Bf16 {
+                        for p in 0..kp {
+                            panel[at(ii, p)] = 0;
+                        }
                     }
                     continue;
                 }
-                let row = (i0 + r * MR + ii) * a.rs + k0 * a.cs;
-                strided_pairs(a.data, row, a.cs, kc, |p, v| panel[p * MR + ii] = v);
+                let row = (i0 + r * mr + ii) * a.rs + k0 * a.cs;
+                strided_pairs(a.data, row, a.cs, kc, |p, v| panel[at(ii, p)] = v);
             }
         }
     }
@@ -162,20 +251,24 @@ pub(crate) enum Rhs<'a> {
 }
 
 simd_fn! {
-    /// Packs B k [k0, k0+kc) × columns [j0, j0+nc) into panels of NR columns: panel q, pair p,
-    /// column jj at `(q·kp + p)·NR + jj`; columns past `nc` and the odd k past `kc` are zero.
-    fn pack_b(b: Rhs, k0: usize, kc: usize, j0: usize, nc: usize, out: &mut [u32]) {
+    /// Packs B k [k0, k0+kc) × columns [j0, j0+nc) into panels of NR columns, `depth` pairs
+    /// deep (at least kc/2): panel q, pair p, column jj at `(q·depth + p)·NR + jj`; columns past
+    /// `nc` and pairs past k are zero.
+    fn pack_b(b: Rhs, k0: usize, kc: usize, depth: usize, j0: usize, nc: usize, out: &mut [u32]) {
         let kp = kc.div_ceil(2);
+        for panel in out.chunks_exact_mut(depth * NR).take(nc.div_ceil(NR)) {
+            panel[kp * NR..].fill(0);
+        }
         match b {
             // Row-major B: two source rows per pair, read along the rows (vectorised).
             Rhs::Mat(b) if b.cs == 1 => {
                 let row = |k: usize| &b.data[(k0 + k) * b.rs + j0..][..nc];
                 for p in 0..kp {
-                    put_pair_row(out, kp, p, row(2 * p), (2 * p + 1 < kc).then(|| row(2 * p + 1)));
+                    put_pair_row(out, depth, p, row(2 * p), (2 * p + 1 < kc).then(|| row(2 * p + 1)));
                 }
             }
             // Column-major (or strided) B: a column's pairs are read down the column.
-            Rhs::Mat(b) => by_column(out, kp, nc, |j, mut col| strided_pairs(b.data, (j0 + j) * b.cs + k0 * b.rs, b.rs, kc, |p, v| col.set(p, v))),
+            Rhs::Mat(b) => by_column(out, depth, kp, nc, |j, mut col| strided_pairs(b.data, (j0 + j) * b.cs + k0 * b.rs, b.rs, kc, |p, v| col.set(p, v))),
             // Made rows: two at a time into buffers, then as a row-major B.
             Rhs::Rows(rows) => {
                 assert!(nc <= NC, "bf16 gemm: a task packs at most NC columns");
@@ -186,13 +279,13 @@ simd_fn! {
                     if has_hi {
                         rows(k0 + 2 * p + 1, j0, &mut hi[..nc]);
                     }
-                    put_pair_row(out, kp, p, &lo[..nc], has_hi.then(|| &hi[..nc]));
+                    put_pair_row(out, depth, p, &lo[..nc], has_hi.then(|| &hi[..nc]));
                 }
             }
             // Made columns (Bᵀ's rows): each one's k segment into a buffer, then as a column.
             Rhs::Cols(rows) => {
-                let mut line = [0f32; KC];
-                by_column(out, kp, nc, |j, mut col| {
+                let mut line = [0f32; KC_MAX];
+                by_column(out, depth, kp, nc, |j, mut col| {
                     rows(j0 + j, k0, &mut line[..kc]);
                     strided_pairs(&line, 0, 1, kc, |p, v| col.set(p, v));
                 });
@@ -201,12 +294,12 @@ simd_fn! {
     }
 }
 
-/// Pair row `p` of every panel from B's k rows 2p (`lo`) and 2p+1 (`hi`, None past kc), each
-/// over the block's columns; panel columns past them are zero.
+/// Pair row `p` of every panel (`depth` pairs deep) from B's k rows 2p (`lo`) and 2p+1 (`hi`,
+/// None past kc), each over the block's columns; panel columns past them are zero.
 #[inline(always)]
-fn put_pair_row(out: &mut [u32], kp: usize, p: usize, lo: &[f32], hi: Option<&[f32]>) {
+fn put_pair_row(out: &mut [u32], depth: usize, p: usize, lo: &[f32], hi: Option<&[f32]>) {
     let nc = lo.len();
-    for (q, panel) in out.chunks_exact_mut(kp * NR).take(nc.div_ceil(NR)).enumerate() {
+    for (q, panel) in out.chunks_exact_mut(depth * NR).take(nc.div_ceil(NR)).enumerate() {
         let cols = (nc - q * NR).min(NR);
         let dst = &mut panel[p * NR..(p + 1) * NR];
         fill_pairs(&mut dst[..cols], &lo[q * NR..][..cols], hi.map(|hi| &hi[q * NR..][..cols]));
@@ -228,11 +321,11 @@ impl PanelColumn<'_> {
     }
 }
 
-/// Fills the panels column by column: `column(j, col)` sets the pairs of the block's column j
-/// (of `nc`) through `col`; panel columns past them are zero.
+/// Fills the panels (`depth` pairs deep) column by column: `column(j, col)` sets the `kp` pairs
+/// of the block's column j (of `nc`) through `col`; panel columns past them are zero.
 #[inline(always)]
-fn by_column(out: &mut [u32], kp: usize, nc: usize, mut column: impl FnMut(usize, PanelColumn)) {
-    for (q, panel) in out.chunks_exact_mut(kp * NR).take(nc.div_ceil(NR)).enumerate() {
+fn by_column(out: &mut [u32], depth: usize, kp: usize, nc: usize, mut column: impl FnMut(usize, PanelColumn)) {
+    for (q, panel) in out.chunks_exact_mut(depth * NR).take(nc.div_ceil(NR)).enumerate() {
         for jj in 0..NR {
             if q * NR + jj >= nc {
                 for p in 0..kp {
@@ -256,6 +349,7 @@ fn by_column(out: &mut [u32], kp: usize, nc: usize, mut column: impl FnMut(usize
 #[allow(clippy::too_many_arguments)]
 unsafe fn micro_kernel(kp: usize, a: *const u32, b: *const u32, c: *mut f32, c_rs: usize, rows: usize, cols: usize, load_c: bool) {
     use std::arch::x86_64::*;
+    const MR: usize = Isa::Avx512Bf16.mr();
     // SAFETY (whole body): reads stay inside the packed panels (kp pairs each), writes inside
     // the rows × cols block the caller owns, through masked stores for partial blocks.
     unsafe {
@@ -302,24 +396,24 @@ fn with_pack_buffers<R>(a_len: usize, b_len: usize, f: impl FnOnce(&mut [u32], &
     out
 }
 
-/// All of A [m,k] packed into `packed` (`packed_a_len(m, k)` pairs; its contents on entry do not
-/// matter): for each KC block of k, `pack_a`'s panels of all m rows, so the panels of rows
-/// [i, …) of the block at k0 (kp pairs deep) start at `k0 · m_pad / 2 + i · kp`, m_pad being m
-/// rounded up to MR. Spread over the rayon threads if `parallel`.
-fn pack_a_whole(lhs: Mat, m: usize, k: usize, parallel: bool, packed: &mut [u32]) {
+/// All of A [m,k] packed into `packed` (`packed_a_len(isa, m, k)` pairs; its contents on entry do
+/// not matter): for each `isa.kc()` block of k, `pack_a`'s panels of all m rows, so the panels of rows
+/// [i, …) of the block at k0 (d = `isa.depth(kc)` pairs deep) start at `a_block_start(isa, m, k0)
+/// + i · d`. Spread over the rayon threads if `parallel`.
+fn pack_a_whole(isa: Isa, lhs: Mat, m: usize, k: usize, parallel: bool, packed: &mut [u32]) {
     // One piece per (k block, MC rows): disjoint slices of the buffer.
     let mut pieces = Vec::new();
     let mut rest = packed;
-    for k0 in (0..k).step_by(KC) {
-        let kc = KC.min(k - k0);
-        for i0 in (0..m).step_by(MC) {
-            let mc = MC.min(m - i0);
-            let (piece, tail) = rest.split_at_mut(mc.next_multiple_of(MR) * kc.div_ceil(2));
+    for k0 in (0..k).step_by(isa.kc()) {
+        let kc = isa.kc().min(k - k0);
+        for i0 in (0..m).step_by(isa.mc()) {
+            let mc = isa.mc().min(m - i0);
+            let (piece, tail) = rest.split_at_mut(mc.next_multiple_of(isa.mr()) * isa.depth(kc));
             pieces.push((k0, kc, i0, mc, piece));
             rest = tail;
         }
     }
-    let pack = |(k0, kc, i0, mc, piece): (usize, usize, usize, usize, &mut [u32])| pack_a(lhs, i0, mc, k0, kc, piece);
+    let pack = |(k0, kc, i0, mc, piece): (usize, usize, usize, usize, &mut [u32])| pack_a(isa, lhs, i0, mc, k0, kc, piece);
     if parallel {
         pieces.into_par_iter().for_each(pack);
     } else {
@@ -327,9 +421,16 @@ fn pack_a_whole(lhs: Mat, m: usize, k: usize, parallel: bool, packed: &mut [u32]
     }
 }
 
+/// Where `pack_a_whole` puts the k block starting at `k0` (a multiple of `isa.kc()`; the blocks
+/// before it are full).
+fn a_block_start(isa: Isa, m: usize, k0: usize) -> usize {
+    k0 / isa.kc() * m.next_multiple_of(isa.mr()) * isa.depth(isa.kc())
+}
+
 /// The length `pack_a_whole` fills.
-fn packed_a_len(m: usize, k: usize) -> usize {
-    m.next_multiple_of(MR) * k.div_ceil(KC) * KC.min(k).div_ceil(2)
+fn packed_a_len(isa: Isa, m: usize, k: usize) -> usize {
+    let last = k - (k - 1) / isa.kc() * isa.kc();
+    a_block_start(isa, m, k - last) + m.next_multiple_of(isa.mr()) * isa.depth(last)
 }
 
 /// `dst` [m,n] (row stride `dst_rs`) = (`dst` if `accumulate`) + `lhs` [m,k] · `rhs` [k,n], with
@@ -340,8 +441,9 @@ fn packed_a_len(m: usize, k: usize) -> usize {
 /// rows of n writable floats `dst_rs` apart that nothing else touches during the call.
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn gemm(m: usize, n: usize, k: usize, dst: (*mut f32, usize), accumulate: bool, lhs: Mat, rhs: Mat, parallel: bool) {
+    let isa = isa().expect("bf16 gemm on a CPU without bf16 instructions");
     // SAFETY: the caller's contract is this one's.
-    unsafe { gemm_impl(m, n, k, dst, accumulate, lhs, Rhs::Mat(rhs), parallel) }
+    unsafe { gemm_impl(isa, m, n, k, dst, accumulate, lhs, Rhs::Mat(rhs), parallel) }
 }
 
 /// `dst` [m,n] (row stride `dst_rs`) = (`dst` if `accumulate`) + `lhs` [m,k] · B [k,n] in bf16
@@ -353,7 +455,7 @@ pub(crate) unsafe fn gemm(m: usize, n: usize, k: usize, dst: (*mut f32, usize), 
 /// Panics if this CPU has no bf16 kernel (`hardware()`), `rhs` is a `Mat` (use `gemm`) or an
 /// operand is out of bounds.
 pub(crate) fn gemm_made(m: usize, n: usize, k: usize, (dst, dst_rs): (&mut [f32], usize), accumulate: bool, lhs: Mat, rhs: Rhs) {
-    assert!(hardware().is_some(), "bf16 gemm on a CPU without AVX512-BF16");
+    let isa = isa().expect("bf16 gemm on a CPU without bf16 instructions");
     assert!(!matches!(rhs, Rhs::Mat(_)), "gemm_made takes a made right operand");
     if m == 0 || n == 0 {
         return;
@@ -361,15 +463,15 @@ pub(crate) fn gemm_made(m: usize, n: usize, k: usize, (dst, dst_rs): (&mut [f32]
     assert!(dst_rs >= n && (m - 1) * dst_rs + n <= dst.len() && lhs.fits(m, k), "bf16 gemm operand out of bounds");
     // SAFETY: hardware checked; the assert keeps A's reads and the writes inside the slices, and
     // `dst` is borrowed mutably, so nothing else touches it; B's values come from the closure.
-    unsafe { gemm_impl(m, n, k, (dst.as_mut_ptr(), dst_rs), accumulate, lhs, rhs, true) }
+    unsafe { gemm_impl(isa, m, n, k, (dst.as_mut_ptr(), dst_rs), accumulate, lhs, rhs, true) }
 }
 
-/// `gemm` over any kind of right operand.
+/// `gemm` on the kernels of `isa` over any kind of right operand.
 ///
 /// # Safety
-/// As `gemm`'s (`rhs`, where a `Mat`, must fit k × n).
+/// As `gemm`'s, with `isa` one of `detected()` (`rhs`, where a `Mat`, must fit k × n).
 #[allow(clippy::too_many_arguments)]
-unsafe fn gemm_impl(m: usize, n: usize, k: usize, (dst, dst_rs): (*mut f32, usize), accumulate: bool, lhs: Mat, rhs: Rhs, parallel: bool) {
+unsafe fn gemm_impl(isa: Isa, m: usize, n: usize, k: usize, (dst, dst_rs): (*mut f32, usize), accumulate: bool, lhs: Mat, rhs: Rhs, parallel: bool) {
     if m == 0 || n == 0 {
         return;
     }
@@ -382,14 +484,15 @@ unsafe fn gemm_impl(m: usize, n: usize, k: usize, (dst, dst_rs): (*mut f32, usiz
         }
         return;
     }
+    let (mr, mc_max) = (isa.mr(), isa.mc());
     // Tasks split the columns (each packs its own B block once per k-block and reuses it for
     // all its rows); where there are too few column blocks for the threads, rows are split too.
     let threads = if parallel { rayon::current_num_threads() } else { 1 };
     let col_tasks = if threads > 1 { (n.div_ceil(NR)).min(2 * threads) } else { 1 }.max(n.div_ceil(NC));
     let nt = n.div_ceil(col_tasks).next_multiple_of(NR).min(n);
     let col_tasks = n.div_ceil(nt);
-    let row_tasks = if col_tasks >= threads { 1 } else { threads.div_ceil(col_tasks).min(m.div_ceil(MR)) };
-    let mt = m.div_ceil(row_tasks).next_multiple_of(MR);
+    let row_tasks = if col_tasks >= threads { 1 } else { threads.div_ceil(col_tasks).min(m.div_ceil(mr)) };
+    let mt = m.div_ceil(row_tasks).next_multiple_of(mr);
     let row_tasks = m.div_ceil(mt);
     // Where several tasks share rows (a column split), A is packed once for all of them: packed
     // per task it would be rounded and paired `col_tasks` times, which for a wide A and a narrow
@@ -401,11 +504,11 @@ unsafe fn gemm_impl(m: usize, n: usize, k: usize, (dst, dst_rs): (*mut f32, usiz
     let mut shared_buf = Vec::new();
     if col_tasks > 1 {
         shared_buf = SHARED_A.with(Cell::take);
-        let len = packed_a_len(m, k);
+        let len = packed_a_len(isa, m, k);
         if shared_buf.len() < len {
             shared_buf = vec![0; len];
         }
-        pack_a_whole(lhs, m, k, parallel, &mut shared_buf[..len]);
+        pack_a_whole(isa, lhs, m, k, parallel, &mut shared_buf[..len]);
     }
     let shared_a = (col_tasks > 1).then_some(&shared_buf[..]);
     // Tasks write disjoint row × column blocks.
@@ -414,39 +517,48 @@ unsafe fn gemm_impl(m: usize, n: usize, k: usize, (dst, dst_rs): (*mut f32, usiz
         let (ti, tj) = (t / col_tasks, t % col_tasks);
         let (i0, j0) = (ti * mt, tj * nt);
         let (mrows, ncols) = ((m - i0).min(mt), (n - j0).min(nt));
-        let kp_max = KC.min(k).div_ceil(2);
-        let a_len = if shared_a.is_some() { 0 } else { MC.min(mrows).div_ceil(MR) * MR * kp_max };
-        let b_len = ncols.div_ceil(NR) * NR * kp_max;
+        let depth_max = isa.depth(isa.kc().min(k));
+        let a_len = if shared_a.is_some() { 0 } else { mc_max.min(mrows).next_multiple_of(mr) * depth_max };
+        let b_len = ncols.div_ceil(NR) * NR * depth_max;
         with_pack_buffers(a_len, b_len, |abuf, bbuf| {
-            for k0 in (0..k).step_by(KC) {
-                let kc = KC.min(k - k0);
-                let kp = kc.div_ceil(2);
-                pack_b(rhs, k0, kc, j0, ncols, bbuf);
-                for ic in (0..mrows).step_by(MC) {
-                    let mc = MC.min(mrows - ic);
+            for k0 in (0..k).step_by(isa.kc()) {
+                let kc = isa.kc().min(k - k0);
+                let depth = isa.depth(kc);
+                pack_b(rhs, k0, kc, depth, j0, ncols, bbuf);
+                for ic in (0..mrows).step_by(mc_max) {
+                    let mc = mc_max.min(mrows - ic);
                     let apanels: &[u32] = match shared_a {
-                        // Rows start at multiples of MR (mt and MC are), so panels line up.
-                        Some(packed) => &packed[k0 * m.next_multiple_of(MR) / 2 + (i0 + ic) * kp..],
+                        // Rows start at multiples of mr (mt and mc_max are), so panels line up.
+                        Some(packed) => &packed[a_block_start(isa, m, k0) + (i0 + ic) * depth..],
                         None => {
-                            pack_a(lhs, i0 + ic, mc, k0, kc, abuf);
+                            pack_a(isa, lhs, i0 + ic, mc, k0, kc, abuf);
                             abuf
                         }
                     };
-                    for q in 0..ncols.div_ceil(NR) {
-                        let cols = (ncols - q * NR).min(NR);
-                        for r in 0..mc.div_ceil(MR) {
-                            let rows = (mc - r * MR).min(MR);
-                            let c = out.at((i0 + ic + r * MR) * dst_rs + j0 + q * NR);
-                            #[cfg(target_arch = "x86_64")]
-                            // SAFETY: hardware() was checked by the caller; the panels hold kp
-                            // pairs; the block is inside this task's part of the destination.
-                            unsafe {
-                                micro_kernel(kp, apanels[r * kp * MR..].as_ptr(), bbuf[q * kp * NR..].as_ptr(), c, dst_rs, rows, cols, accumulate || k0 > 0)
-                            };
-                            #[cfg(not(target_arch = "x86_64"))]
-                            let _ = (c, rows, cols);
+                    let load_c = accumulate || k0 > 0;
+                    // SAFETY: isa is one this CPU has (the caller's contract); the panels hold
+                    // `depth` pairs; each block is inside this task's part of the destination.
+                    // No closure runs between configuring the tiles and releasing them, so no
+                    // other work can take this thread's tiles in between.
+                    #[cfg(target_arch = "x86_64")]
+                    unsafe {
+                        let tiles = (isa == Isa::Amx).then(|| amx::Tiles::configure());
+                        for q in 0..ncols.div_ceil(NR) {
+                            let cols = (ncols - q * NR).min(NR);
+                            let b = bbuf[q * depth * NR..].as_ptr();
+                            for r in 0..mc.div_ceil(mr) {
+                                let rows = (mc - r * mr).min(mr);
+                                let a = apanels[r * depth * mr..].as_ptr();
+                                let c = out.at((i0 + ic + r * mr) * dst_rs + j0 + q * NR);
+                                match &tiles {
+                                    Some(tiles) => tiles.kernel(depth, a, b, c, dst_rs, rows, cols, load_c),
+                                    None => micro_kernel(depth, a, b, c, dst_rs, rows, cols, load_c),
+                                }
+                            }
                         }
                     }
+                    #[cfg(not(target_arch = "x86_64"))]
+                    let _ = (apanels, load_c, &out);
                 }
             }
         });
@@ -459,6 +571,232 @@ unsafe fn gemm_impl(m: usize, n: usize, k: usize, (dst, dst_rs): (*mut f32, usiz
     }
     if col_tasks > 1 {
         SHARED_A.with(|s| s.set(shared_buf));
+    }
+}
+
+/// AMX: the process's permission to use tiles, their configuration, and the micro-kernel.
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod amx {
+    use super::NR;
+    use std::arch::asm;
+
+    /// Pairs of k in one tile row (64 bytes): an A tile is 16 rows × 16 pairs, a B tile 16 pairs
+    /// × 16 columns, an accumulator 16 × 16 f32.
+    pub(crate) const PAIRS: usize = 16;
+
+    /// Whether this CPU has AMX-TILE and AMX-BF16 and Linux lets this process use them: the
+    /// tile data (8 KiB of state per thread) must be asked for (`arch_prctl(ARCH_REQ_XCOMP_PERM,
+    /// XFEATURE_XTILEDATA)`) before the first tile instruction, which would otherwise fault.
+    pub(super) fn available() -> bool {
+        // CPUID.(EAX=7, ECX=0):EDX bit 22 is AMX-BF16, bit 24 AMX-TILE.
+        #[allow(unused_unsafe)]
+        // SAFETY: CPUID leaf 7 exists on every x86_64 CPU with AVX-512 (checked by the caller).
+        let edx = unsafe { std::arch::x86_64::__cpuid_count(7, 0) }.edx;
+        edx & (1 << 22) != 0 && edx & (1 << 24) != 0 && request_tile_data()
+    }
+
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    fn request_tile_data() -> bool {
+        const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+        const XFEATURE_XTILEDATA: libc::c_long = 18;
+        // SAFETY: arch_prctl with this request only changes the process's permission flags.
+        unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0 }
+    }
+
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    fn request_tile_data() -> bool {
+        false
+    }
+
+    /// The tile configuration: palette 1, all eight tiles 16 rows of 64 bytes (tmm0–3 the
+    /// accumulators, tmm4–5 A's two row halves, tmm6–7 B's two column halves).
+    #[repr(C, align(64))]
+    struct Config([u8; 64]);
+
+    const CONFIG: Config = {
+        let mut c = [0u8; 64];
+        c[0] = 1;
+        let mut t = 0;
+        while t < 8 {
+            c[16 + 2 * t] = 64;
+            c[48 + t] = 16;
+            t += 1;
+        }
+        Config(c)
+    };
+
+    /// This thread's tiles, configured for the micro-kernel while the value lives.
+    pub(crate) struct Tiles(());
+
+    /// One step of [`Tiles::block`]: two A tiles (16 rows × 16 pairs each, rows `a_stride`
+    /// bytes apart) and two B tiles (16 pairs × 16 columns, rows `b_stride` bytes apart).
+    pub(crate) struct Step {
+        pub a: [*const u32; 2],
+        pub a_stride: usize,
+        pub b: [*const u32; 2],
+        pub b_stride: usize,
+    }
+
+    impl Tiles {
+        /// # Safety
+        /// `available()` must have returned true.
+        pub(crate) unsafe fn configure() -> Tiles {
+            // SAFETY: AMX is present and permitted (the caller's contract); CONFIG is valid.
+            unsafe { asm!("ldtilecfg [{}]", in(reg) &CONFIG, options(nostack, readonly, preserves_flags)) };
+            Tiles(())
+        }
+
+        /// The 32×NR destination block at `c` (row stride `c_rs` floats; only `rows` × `cols` of
+        /// it written) = (itself if `load_c`) + A panel (32 rows × `depth` pairs, row-major) · B
+        /// panel (`depth` pairs × NR columns), `depth` a multiple of `PAIRS`.
+        ///
+        /// # Safety
+        /// `a` must hold 32·depth and `b` depth·NR u32s; `c` must point to `rows` rows of `cols`
+        /// writable floats `c_rs` apart.
+        #[allow(clippy::too_many_arguments)]
+        #[inline]
+        pub(super) unsafe fn kernel(&self, depth: usize, a: *const u32, b: *const u32, c: *mut f32, c_rs: usize, rows: usize, cols: usize, load_c: bool) {
+            const H: usize = 16;
+            debug_assert!(depth % PAIRS == 0 && NR == 2 * H);
+            let full = rows == 2 * H && cols == 2 * H;
+            let c_stride = c_rs * 4;
+            // SAFETY (whole body): tile loads read 16 rows of 64 bytes at the given strides,
+            // inside the panels (32 × depth and depth × NR) and, for a full block, inside the
+            // destination block; stores write only the full block or the local buffer.
+            unsafe {
+                if full && load_c {
+                    asm!(
+                        "tileloadd tmm0, [{c0} + {s}*1]",
+                        "tileloadd tmm1, [{c1} + {s}*1]",
+                        "tileloadd tmm2, [{c2} + {s}*1]",
+                        "tileloadd tmm3, [{c3} + {s}*1]",
+                        c0 = in(reg) c, c1 = in(reg) c.add(H), c2 = in(reg) c.add(H * c_rs), c3 = in(reg) c.add(H * c_rs + H),
+                        s = in(reg) c_stride, options(nostack, readonly, preserves_flags)
+                    );
+                } else {
+                    asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", options(nostack, nomem, preserves_flags));
+                }
+                let a_stride = depth * 4;
+                for p in (0..depth).step_by(PAIRS) {
+                    asm!(
+                        "tileloadd tmm4, [{a0} + {sa}*1]",
+                        "tileloadd tmm5, [{a1} + {sa}*1]",
+                        "tileloadd tmm6, [{b0} + {sb}*1]",
+                        "tileloadd tmm7, [{b1} + {sb}*1]",
+                        "tdpbf16ps tmm0, tmm4, tmm6",
+                        "tdpbf16ps tmm1, tmm4, tmm7",
+                        "tdpbf16ps tmm2, tmm5, tmm6",
+                        "tdpbf16ps tmm3, tmm5, tmm7",
+                        a0 = in(reg) a.add(p), a1 = in(reg) a.add(H * depth + p), sa = in(reg) a_stride,
+                        b0 = in(reg) b.add(p * NR), b1 = in(reg) b.add(p * NR + H), sb = in(reg) NR * 4,
+                        options(nostack, readonly, preserves_flags)
+                    );
+                }
+                if full {
+                    asm!(
+                        "tilestored [{c0} + {s}*1], tmm0",
+                        "tilestored [{c1} + {s}*1], tmm1",
+                        "tilestored [{c2} + {s}*1], tmm2",
+                        "tilestored [{c3} + {s}*1], tmm3",
+                        c0 = in(reg) c, c1 = in(reg) c.add(H), c2 = in(reg) c.add(H * c_rs), c3 = in(reg) c.add(H * c_rs + H),
+                        s = in(reg) c_stride, options(nostack, preserves_flags)
+                    );
+                    return;
+                }
+                #[repr(C, align(64))]
+                struct Block([[f32; 2 * H]; 2 * H]);
+                let mut block = Block([[0.0; 2 * H]; 2 * H]);
+                let base = block.0.as_mut_ptr() as *mut f32;
+                asm!(
+                    "tilestored [{c0} + {s}*1], tmm0",
+                    "tilestored [{c1} + {s}*1], tmm1",
+                    "tilestored [{c2} + {s}*1], tmm2",
+                    "tilestored [{c3} + {s}*1], tmm3",
+                    c0 = in(reg) base, c1 = in(reg) base.add(H), c2 = in(reg) base.add(H * 2 * H), c3 = in(reg) base.add(H * 2 * H + H),
+                    s = in(reg) 2 * H * 4, options(nostack, preserves_flags)
+                );
+                for (i, sums) in block.0.iter().enumerate().take(rows) {
+                    let row = std::slice::from_raw_parts_mut(c.add(i * c_rs), cols);
+                    if load_c {
+                        row.iter_mut().zip(sums).for_each(|(d, s)| *d += s);
+                    } else {
+                        row.copy_from_slice(&sums[..cols]);
+                    }
+                }
+            }
+        }
+    }
+
+    impl Tiles {
+        /// The 32×32 block Σ over `steps` of [A₀; A₁] · [B₀ B₁] (rows: A's, columns: B's).
+        ///
+        /// # Safety
+        /// Every step's pointers must point to 16 readable rows of 64 bytes at their strides.
+        pub(crate) unsafe fn block(&self, steps: impl Iterator<Item = Step>) -> [[f32; 32]; 32] {
+            #[repr(C, align(64))]
+            struct Block([[f32; 32]; 32]);
+            let mut out = Block([[0.0; 32]; 32]);
+            // SAFETY: the loads are the caller's; the block is 32 rows of 32 floats.
+            unsafe { self.block_into(out.0.as_mut_ptr() as *mut f32, 32, false, steps) };
+            out.0
+        }
+
+        /// The 32×32 block at `c` (rows `c_rs` floats apart) = (itself if `load`) + Σ over
+        /// `steps` of [A₀; A₁] · [B₀ B₁].
+        ///
+        /// # Safety
+        /// Every step's pointers must point to 16 readable rows of 64 bytes at their strides;
+        /// `c` must point to 32 rows of 32 writable floats `c_rs` apart.
+        pub(crate) unsafe fn block_into(&self, c: *mut f32, c_rs: usize, load: bool, steps: impl Iterator<Item = Step>) {
+            // SAFETY: the caller's contract; tmm0/tmm1 are the block's top half, tmm2/tmm3 the
+            // bottom.
+            unsafe {
+                let (c0, c1, c2, c3, stride) = (c, c.add(16), c.add(16 * c_rs), c.add(16 * c_rs + 16), c_rs * 4);
+                if load {
+                    asm!(
+                        "tileloadd tmm0, [{c0} + {s}*1]",
+                        "tileloadd tmm1, [{c1} + {s}*1]",
+                        "tileloadd tmm2, [{c2} + {s}*1]",
+                        "tileloadd tmm3, [{c3} + {s}*1]",
+                        c0 = in(reg) c0, c1 = in(reg) c1, c2 = in(reg) c2, c3 = in(reg) c3, s = in(reg) stride,
+                        options(nostack, readonly, preserves_flags)
+                    );
+                } else {
+                    asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", options(nostack, nomem, preserves_flags));
+                }
+                for s in steps {
+                    asm!(
+                        "tileloadd tmm4, [{a0} + {sa}*1]",
+                        "tileloadd tmm5, [{a1} + {sa}*1]",
+                        "tileloadd tmm6, [{b0} + {sb}*1]",
+                        "tileloadd tmm7, [{b1} + {sb}*1]",
+                        "tdpbf16ps tmm0, tmm4, tmm6",
+                        "tdpbf16ps tmm1, tmm4, tmm7",
+                        "tdpbf16ps tmm2, tmm5, tmm6",
+                        "tdpbf16ps tmm3, tmm5, tmm7",
+                        a0 = in(reg) s.a[0], a1 = in(reg) s.a[1], sa = in(reg) s.a_stride,
+                        b0 = in(reg) s.b[0], b1 = in(reg) s.b[1], sb = in(reg) s.b_stride,
+                        options(nostack, readonly, preserves_flags)
+                    );
+                }
+                asm!(
+                    "tilestored [{c0} + {s}*1], tmm0",
+                    "tilestored [{c1} + {s}*1], tmm1",
+                    "tilestored [{c2} + {s}*1], tmm2",
+                    "tilestored [{c3} + {s}*1], tmm3",
+                    c0 = in(reg) c0, c1 = in(reg) c1, c2 = in(reg) c2, c3 = in(reg) c3, s = in(reg) stride,
+                    options(nostack, preserves_flags)
+                );
+            }
+        }
+    }
+
+    impl Drop for Tiles {
+        fn drop(&mut self) {
+            // SAFETY: tiles were configured (`configure`); releasing them returns the thread's
+            // tile state to its initial (smaller to save) state.
+            unsafe { asm!("tilerelease", options(nostack, nomem, preserves_flags)) };
+        }
     }
 }
 
@@ -479,24 +817,30 @@ mod tests {
         out
     }
 
-    /// Every edge case of the blocking (partial MR and NR blocks, odd k, several KC and MC
-    /// blocks, row and column splits, A packed once for a column split, with and without a row
-    /// split beside it: 5 threads), both operand orders, overwriting and accumulating: the
-    /// kernel equals the exact sum of the rounded operands up to f32 summation error.
+    /// Every edge case of the blocking (partial row and NR blocks, odd k, k not a multiple of
+    /// AMX's 32, several KC and MC blocks, row and column splits, A packed once for a column
+    /// split, with and without a row split beside it: 5 threads), both operand orders,
+    /// overwriting and accumulating, on every kernel this CPU has: the kernel equals the exact sum
+    /// of the rounded operands up to f32 summation error.
     #[test]
     fn bf16_gemm_matches_exact_sums_of_rounded_operands() {
-        let Some(hw) = hardware() else {
+        if !detected().contains(&Isa::Avx512Bf16) {
             eprintln!("skipped: this CPU has no AVX512-BF16 (the bf16 kernels' instruction set)");
             return;
-        };
-        eprintln!("testing the {hw} kernel");
-        check_against_exact_sums();
-        rayon::ThreadPoolBuilder::new().num_threads(5).build().expect("thread pool").install(check_against_exact_sums);
+        }
+        if !detected().contains(&Isa::Amx) {
+            eprintln!("the AMX kernel not tested: this CPU has no AMX (or Linux refused its tiles)");
+        }
+        for &isa in detected() {
+            eprintln!("testing the {} kernel", isa.name());
+            check_against_exact_sums(isa);
+            rayon::ThreadPoolBuilder::new().num_threads(5).build().expect("thread pool").install(|| check_against_exact_sums(isa));
+        }
     }
 
-    fn check_against_exact_sums() {
+    fn check_against_exact_sums(isa: Isa) {
         let val = super::super::test_value;
-        for &(m, n, k) in &[(1, 1, 1), (5, 7, 3), (12, 32, 256), (13, 33, 257), (150, 70, 600), (3, 2100, 9), (64, 4100, 27)] {
+        for &(m, n, k) in &[(1, 1, 1), (5, 7, 3), (12, 32, 256), (13, 33, 257), (32, 32, 64), (33, 65, 290), (40, 40, 1100), (150, 70, 600), (3, 2100, 9), (64, 4100, 27), (300, 96, 40)] {
             let lhs_data: Vec<f32> = (0..m * k).map(|i| val(i) * 3.0).collect();
             let rhs_data: Vec<f32> = (0..k * n).map(|i| val(i + 7) - 0.1).collect();
             for (lt, rt) in [(false, false), (true, true), (false, true)] {
@@ -508,8 +852,8 @@ mod tests {
                     for parallel in [false, true] {
                         let start: Vec<f32> = (0..m * dst_rs).map(|i| val(i + 11)).collect();
                         let mut dst = start.clone();
-                        // SAFETY: hardware checked; operands and destination sized above.
-                        unsafe { gemm(m, n, k, (dst.as_mut_ptr(), dst_rs), accumulate, lhs, rhs, parallel) };
+                        // SAFETY: isa detected; operands and destination sized above.
+                        unsafe { gemm_impl(isa, m, n, k, (dst.as_mut_ptr(), dst_rs), accumulate, lhs, Rhs::Mat(rhs), parallel) };
                         for i in 0..m {
                             for j in 0..dst_rs {
                                 let got = dst[i * dst_rs + j] as f64;
@@ -519,7 +863,7 @@ mod tests {
                                 }
                                 let base = if accumulate { start[i * dst_rs + j] as f64 } else { 0.0 };
                                 let w = want[i * n + j] + base;
-                                assert!((got - w).abs() <= 1e-5 * (k as f64).sqrt() * (1.0 + w.abs()), "{m}x{n}x{k} lt {lt} rt {rt} acc {accumulate}: {got} vs {w}");
+                                assert!((got - w).abs() <= 1e-5 * (k as f64).sqrt() * (1.0 + w.abs()), "{} {m}x{n}x{k} lt {lt} rt {rt} acc {accumulate}: {got} vs {w}", isa.name());
                             }
                         }
                     }
@@ -569,10 +913,14 @@ mod timing {
             };
             let rhs = if bt { Mat::transposed(&b, k) } else { Mat::rows(&b, n) };
             let f32_s = time(&mut || super::super::gemm::matmul(m, n, k, (&mut c, n), false, Mat::rows(&a, k), rhs));
-            // SAFETY: hardware checked; operands sized above.
-            let bf_s = time(&mut || unsafe { gemm(m, n, k, (c.as_mut_ptr(), n), false, Mat::rows(&a, k), rhs, true) });
             let gf = 2.0 * (m * n * k) as f64 / 1e9;
-            eprintln!("{m}x{n}x{k}{}: f32 {:.2} ms ({:.0} GFLOP/s), bf16 {:.2} ms ({:.0} GFLOP/s), ratio {:.2}", if bt { " (Bᵀ)" } else { "" }, f32_s * 1e3, gf / f32_s, bf_s * 1e3, gf / bf_s, bf_s / f32_s);
+            let mut line = format!("{m}x{n}x{k}{}: f32 {:.2} ms ({:.0} GFLOP/s)", if bt { " (Bᵀ)" } else { "" }, f32_s * 1e3, gf / f32_s);
+            for &isa in detected() {
+                // SAFETY: isa detected; operands sized above.
+                let bf_s = time(&mut || unsafe { gemm_impl(isa, m, n, k, (c.as_mut_ptr(), n), false, Mat::rows(&a, k), Rhs::Mat(rhs), true) });
+                line += &format!(", {} {:.2} ms ({:.0} GFLOP/s, {:.2}×)", isa.name(), bf_s * 1e3, gf / bf_s, bf_s / f32_s);
+            }
+            eprintln!("{line}");
         }
     }
 }

@@ -10,6 +10,7 @@
 //! * `CS_NO_WINOGRAD`: 3×3 convolutions use im2col instead of Winograd.
 //! * `CS_WINOGRAD_TILE=2`: Winograd with F(2×2, 3×3) instead of F(4×4, 3×3).
 //! * `CS_NO_SIMD`: our kernels' vector loops use the build's baseline instruction set.
+//! * `CS_NO_AMX`: bf16 products use AVX512-BF16's kernels on a CPU with AMX.
 //! * `CS_BF16_ACTIVATIONS`: in bf16, the networks store activations in bf16 between ops
 //!   (`ops::activation_dtype`): less memory in training, more time (bench/RESULTS.md).
 
@@ -28,6 +29,8 @@ pub struct Settings {
     /// Winograd's output tile for 3×3 kernels where `CS_WINOGRAD_TILE` sets one (2, 4 or 6);
     /// `None`: 4 in fp32, in bf16 4 or 6, whichever multiplies less (`winograd::Kernel`).
     pub winograd_tile: Option<usize>,
+    /// `CS_NO_AMX`: no AMX kernels.
+    pub no_amx: bool,
     /// `CS_BF16_ACTIVATIONS`: bf16 activations under `--precision bf16`.
     pub bf16_activations: bool,
     pub(crate) simd: SimdLevel,
@@ -49,6 +52,7 @@ pub fn settings() -> &'static Settings {
         native_conv: flag("CS_NATIVE_CONV"),
         no_winograd: flag("CS_NO_WINOGRAD"),
         winograd_tile: std::env::var("CS_WINOGRAD_TILE").ok().and_then(|v| v.trim().parse().ok()).filter(|m| [2, 4, 6].contains(m)),
+        no_amx: flag("CS_NO_AMX"),
         bf16_activations: flag("CS_BF16_ACTIVATIONS"),
         simd: if flag("CS_NO_SIMD") { SimdLevel::Baseline } else { detect_simd() },
     })

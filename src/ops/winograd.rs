@@ -39,6 +39,8 @@ use std::collections::hash_map::{Entry, HashMap};
 use std::sync::{Arc, Mutex};
 use rayon::prelude::*;
 
+mod direct;
+
 /// Whether a convolution with outputs of `out` (height, width) takes this path: 3×3 or 4×4,
 /// stride 1, padding 0 or 1, and enough channels for the per-position GEMMs to beat one im2col
 /// GEMM; in bf16, a 4×4 kernel also needs [`MIN_TILES_4X4_BF16`] tiles. `CS_NO_WINOGRAD` set
@@ -1126,6 +1128,9 @@ fn for_each_band<I>(t: &Tiles, cin: usize, cout: usize, split: usize, images: im
 
 /// `kept`: U for `w` made earlier (see [`FilterCache`]); without it U is made here.
 fn forward_kernel<T: Elem>(x: &[T], w: &[f32], cin: usize, cout: usize, t: &Tiles, kept: Option<&[f32]>) -> Vec<T> {
+    if direct::applies(cin, cout, t) {
+        return direct::forward(x, w, cin, cout, t);
+    }
     let mut y = vec![T::zero(); x.len() / (cin * t.plane()) * cout * t.ho * t.wo];
     let mut run = |u: &[f32]| {
         let images = x.chunks_exact(cin * t.plane()).zip(y.chunks_exact_mut(cout * t.ho * t.wo));
@@ -1151,6 +1156,9 @@ fn kept_dm_len(images: usize, cin: usize, cout: usize, t: &Tiles) -> usize {
 /// `keep`: where dM is written (then read from) instead of band scratch, sized by
 /// [`kept_dm_len`], for [`filter_grad_kernel`] to reuse.
 fn data_grad_kernel<T: Elem>(dy: &[T], w: &[f32], cin: usize, cout: usize, t: &Tiles, mut keep: Option<&mut [f32]>) -> Vec<f32> {
+    if direct::applies(cin, cout, t) {
+        return direct::data_grad(dy, w, cin, cout, t);
+    }
     let mut dx = vec![0f32; dy.len() / (cout * t.ho * t.wo) * cin * t.plane()];
     let mut at = 0;
     with_filter(w, cout, cin, t, |u| {
@@ -1173,6 +1181,9 @@ fn data_grad_kernel<T: Elem>(dy: &[T], w: &[f32], cin: usize, cout: usize, t: &T
 
 /// `kept`: dM as [`data_grad_kernel`] kept it for this `dy`, if it did.
 fn filter_grad_kernel<T: Elem, U: Elem>(x: &[T], dy: &[U], cin: usize, cout: usize, t: &Tiles, kept: Option<&[f32]>) -> Vec<f32> {
+    if direct::applies(cin, cout, t) {
+        return direct::filter_grad(x, dy, cin, cout, t);
+    }
     let pos = t.positions();
     let mut at = 0;
     // dU in the reused buffer: the first band's GEMMs overwrite it, the others add.
@@ -1232,6 +1243,9 @@ impl ReflectConv3x3 {
     /// output, dM computed once for both (as `Forward::bwd`'s pair of ops share it).
     pub(super) fn grads<T: Elem, U: Elem>(&self, x: &[T], w: &[f32], dy: &[U]) -> (Vec<f32>, Vec<f32>) {
         let (c, t) = (self.c, &self.t);
+        if direct::applies(c, c, t) {
+            return (direct::data_grad(dy, w, c, c, t), direct::filter_grad(x, dy, c, c, t));
+        }
         let len = kept_dm_len(dy.len() / (c * t.ho * t.wo), c, c, t);
         let mut buf = KeptDm::buffer(len);
         let dx = data_grad_kernel(dy, w, c, c, t, Some(&mut buf[..len]));
@@ -1364,14 +1378,15 @@ impl CustomOp2 for DataGrad {
             })
         };
         let dx = match &self.keep {
-            Some(keep) => {
+            // The direct kernels keep no dM.
+            Some(keep) if !direct::applies(cin, cout, &t) => {
                 let len = kept_dm_len(bsz, cin, cout, &t);
                 let mut buf = KeptDm::buffer(len);
                 let dx = run(Some(&mut buf[..len]))?;
                 keep.put(buf);
                 dx
             }
-            None => run(None)?,
+            _ => run(None)?,
         };
         Ok((act_storage(dx, s1)?, Shape::from((bsz, cin, self.h, self.w))))
     }
@@ -1540,6 +1555,45 @@ mod tests {
                     // (F(6×6, 3×3): 8.9e-6).
                     let tol = if k.m == 6 { 3e-5 } else { 1e-5 };
                     assert!(d < tol, "{k:?} {sh}x{sw} pad {pad:?} {name}: {d}");
+                }
+            }
+        }
+    }
+
+    /// On a CPU with AMX, bf16 convolutions take the direct tile kernels (`direct`): all three
+    /// against the exact sums of bf16-rounded operands (so only f32 summation error is left), for
+    /// every padding, 3×3 and 4×4, outputs that do and do not fill the 16-pixel segments, and as
+    /// many or more input channels than output ones; CUT's blur up-sampling against fp32 Winograd.
+    #[test]
+    fn amx_direct_kernels_match_exact_sums_of_rounded_operands() {
+        use crate::ops::{with_precision, Precision};
+        use super::super::gemm_bf16::{round_to_bf16, Isa};
+        if super::super::gemm_bf16::isa() != Some(Isa::Amx) {
+            eprintln!("skipped: this CPU has no AMX (or CS_NO_AMX is set), so bf16 convolutions do not take the AMX direct kernels");
+            return;
+        }
+        use Pad::{None as No, Reflect, UpZero, Zero};
+        let cases = [(9, 8, No, 3), (7, 6, Reflect, 3), (6, 11, Reflect, 3), (12, 10, Reflect, 3), (33, 20, Reflect, 3), (7, 6, Zero, 3), (1, 1, Zero, 3), (9, 17, Zero, 3), (9, 8, No, 4), (5, 13, No, 4), (7, 6, Zero, 4), (10, 13, Zero, 4), (17, 16, Zero, 4), (4, 4, UpZero, 3), (5, 7, UpZero, 3)];
+        for (cin, cout) in [(32, 64), (64, 32)] {
+            for &(sh, sw, pad, r) in &cases {
+                let t = Tiles::new(sh, sw, pad, Kernel::new(r, if r == 3 { 4 } else { 3 }).unwrap()).unwrap();
+                let round = |v: Vec<f32>| v.into_iter().map(round_to_bf16).collect::<Vec<_>>();
+                let (x, w, dy) = inputs(2, cin, cout, &t);
+                let data = (round(x), round(w), round(dy));
+                assert!(with_precision(Precision::Bf16, || direct::applies(cin, cout, &t)));
+                let ours = with_precision(Precision::Bf16, || run_kernels(cin, cout, &t, &data));
+                let want = if pad == UpZero {
+                    let fp32 = run_kernels(cin, cout, &t, &data);
+                    [fp32.0, fp32.1, fp32.2].map(|v| v.into_iter().map(f64::from).collect())
+                } else {
+                    direct(2, cin, cout, &t, &data)
+                };
+                for (name, a, w) in [("forward", &ours.0, &want[0]), ("data grad", &ours.1, &want[1]), ("filter grad", &ours.2, &want[2])] {
+                    let d = max_rel_diff(a, w);
+                    // The blurred, up-sampled input is made in f32 and rounded to bf16 after (a
+                    // padding bug would be off by the order of the values).
+                    let tol = if pad == UpZero { 1e-2 } else { 2e-5 };
+                    assert!(d < tol, "{cin}->{cout} {r}x{r} {sh}x{sw} pad {pad:?} {name}: {d}");
                 }
             }
         }

@@ -1,0 +1,405 @@
+//! The convolutions Winograd takes, computed instead straight on AMX tiles in bf16 (f32 sums)
+//! under `--precision bf16` on CPUs with AMX: there a bf16 product is ~16× an f32 FMA's rate, so
+//! the direct sums beat Winograd's 4× fewer fp32 products, and bf16 direct sums are as accurate as
+//! the im2col convolutions' (Winograd's transforms would amplify bf16's rounding 20–40×).
+//!
+//! No im2col matrix is made. The input is copied once, padded, into bf16 channel pairs
+//! [C/2][H'][W'] (a pair of channels per u32, as `tdpbf16ps` multiplies them); then a B tile
+//! (16 channel pairs × 16 neighbouring pixels of one row) of tap (kh, kw) is a plain strided load
+//! from that copy, at row y + kh, column x + kw, one channel pair per plane apart. A tiles are the
+//! weights of one tap, packed [tap][Cout][Cin/2]. The data gradient is the same kernel run on the
+//! output gradient (zero-padded by r − 1) with the flipped, transposed weights, its padded result
+//! folded back as the padding's adjoint. The filter gradient pairs pixels instead: the output
+//! gradient packed [Cout][row][pixel pair] (A), the input channels-last in pixel pairs
+//! [row][pixel pair][C] twice, once shifted by a pixel (B, so odd taps start on a pair too).
+
+use super::Tiles;
+use crate::ops::gemm::{with_scratch_slot, SharedDst};
+use crate::ops::gemm_bf16::{self, amx, Isa};
+use crate::ops::Elem;
+use rayon::prelude::*;
+use std::cell::Cell;
+
+/// Tile edge: 16 rows (output channels or pixels) and 16 pairs of k per tile.
+const T: usize = amx::PAIRS;
+
+/// Whether the convolutions of `t`'s shape from `cin` to `cout` channels run here: bf16 on a CPU
+/// with AMX (`CS_NO_AMX` unset), whole 32-row blocks of channels on both sides (every network
+/// here has multiples of 32).
+pub(super) fn applies(cin: usize, cout: usize, _t: &Tiles) -> bool {
+    crate::ops::precision::cpu_bf16() && gemm_bf16::isa() == Some(Isa::Amx) && cin % (2 * T) == 0 && cout % (2 * T) == 0
+}
+
+/// Runs `f` on this thread's packing buffer `slot` (0 or 1), at least `len` pairs long; its
+/// contents on entry are whatever the last user left.
+fn with_pairs<R>(slot: usize, len: usize, f: impl FnOnce(&mut [u32]) -> R) -> R {
+    thread_local! {
+        static BUFS: [Cell<Vec<u32>>; 2] = const { [Cell::new(Vec::new()), Cell::new(Vec::new())] };
+    }
+    let mut buf = BUFS.with(|b| b[slot].take());
+    if buf.len() < len {
+        buf = vec![0; len];
+    }
+    let out = f(&mut buf[..len]);
+    BUFS.with(|b| b[slot].set(buf));
+    out
+}
+
+/// Channel pairs of `c` channels, padded to whole tiles.
+fn pairs_of(c: usize) -> usize {
+    c.div_ceil(2).next_multiple_of(T)
+}
+
+/// Pairs past the end of a packed plane buffer that a tile may read: the last segment of a row
+/// reads up to 15 + r − 1 values past the row's last output (those columns are never stored).
+const SLACK: usize = 64;
+
+/// The length [`pack_planes`] fills.
+fn planes_len(c: usize, rows: usize, width: usize) -> usize {
+    pairs_of(c) * rows * width + SLACK
+}
+
+/// `c` channels of `rows` × `width` made by `row(ch, r, out, tmp)` (`out` holds `width` floats,
+/// `tmp` is scratch of `width`) packed into `out` as [pairs_of(c)][rows][width] bf16 channel
+/// pairs, then `SLACK` zero pairs.
+fn pack_planes(c: usize, rows: usize, width: usize, out: &mut [u32], row: impl Fn(usize, usize, &mut [f32], &mut [f32]) + Sync) {
+    let plane = rows * width;
+    let (made, zeros) = out.split_at_mut(c.div_ceil(2) * plane);
+    zeros.fill(0);
+    made.par_chunks_mut(plane).enumerate().for_each(|(cp, dst)| {
+        let (mut lo, mut hi, mut tmp) = (vec![0f32; width], vec![0f32; width], vec![0f32; width]);
+        for r in 0..rows {
+            row(2 * cp, r, &mut lo, &mut tmp);
+            if 2 * cp + 1 < c {
+                row(2 * cp + 1, r, &mut hi, &mut tmp);
+            } else {
+                hi.fill(0.0);
+            }
+            for ((d, &l), &h) in dst[r * width..(r + 1) * width].iter_mut().zip(&lo).zip(&hi) {
+                *d = gemm_bf16::pair(l, h);
+            }
+        }
+    });
+}
+
+/// Values per task of a conversion between f32 and bf16.
+const CHUNK: usize = 1 << 14;
+
+/// Image `x` as f32 (borrowed where it is f32 already).
+fn widened<E: Elem>(x: &[E]) -> std::borrow::Cow<'_, [f32]> {
+    match E::as_f32(x) {
+        Some(x) => x.into(),
+        None => {
+            let mut out = vec![0f32; x.len()];
+            out.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(d, s)| E::widen(d, s));
+            out.into()
+        }
+    }
+}
+
+/// `out` [m][ho][wo] (one image) = Σ over taps (kh, kw) and channel pairs p of
+/// `w`[tap][row][p] · `x`[p][oy + kh][ox + kw], with `x` as `pack_planes` makes it (`width`
+/// columns, `plane` pairs per channel pair, `pairs` channel pairs) and `w` [r²][m][pairs].
+#[allow(clippy::too_many_arguments)]
+fn direct(x: &[u32], (pairs, plane, width): (usize, usize, usize), w: &[u32], r: usize, m: usize, (ho, wo): (usize, usize), out: &mut [f32]) {
+    assert!(x.len() >= pairs * plane + SLACK && w.len() >= r * r * m * pairs && out.len() >= m * ho * wo && m % (2 * T) == 0);
+    // The output in segments of 16 pixels of a row (the last of a row may be shorter), taken
+    // two at a time.
+    let per_row = wo.div_ceil(T);
+    let segments = ho * per_row;
+    let seg_pairs = segments.div_ceil(2);
+    let seg = |s: usize| ((s / per_row), (s % per_row) * T, (wo - (s % per_row) * T).min(T));
+    // Tasks: a block of 32 output rows × a run of segment pairs, about 4 tasks per thread.
+    let blocks = m / (2 * T);
+    let chunk = seg_pairs.div_ceil((4 * rayon::current_num_threads()).div_ceil(blocks));
+    let dst = SharedDst(out.as_mut_ptr());
+    let items: Vec<(usize, usize)> = (0..blocks).flat_map(|b| (0..seg_pairs).step_by(chunk).map(move |s| (b, s))).collect();
+    items.into_par_iter().for_each(|(block, s0)| {
+        // SAFETY: AMX was detected (`applies`); every tile load stays inside `w` (32 rows of
+        // `pairs` at a tap) or `x` (16 channel pairs of a plane, 16 pairs from the segment's start
+        // at most `width`·(r − 1) + r − 1 + 15 past a plane's last output, inside the SLACK after
+        // the last); each segment's columns belong to this task alone.
+        unsafe {
+            let tiles = amx::Tiles::configure();
+            for sp in s0..(s0 + chunk).min(seg_pairs) {
+                let (s_a, s_b) = (2 * sp, (2 * sp + 1).min(segments - 1));
+                let ((ya, xa, na), (yb, xb, nb)) = (seg(s_a), seg(s_b));
+                // Channel pairs outer, taps inner: a pair block's rows for all taps (12 KiB for
+                // 3×3) stay in L1 while its taps read them. (Keeping the sums of a few segment
+                // pairs in memory between pair blocks, so that each block's weights are read
+                // from L2 once per few pairs, was slower: every block then stores and reloads
+                // the sums, 1.0–1.2× the time of this loop.)
+                let steps = (0..pairs).step_by(T).flat_map(|p| (0..r * r).map(move |tap| (tap, p))).map(|(tap, p)| {
+                    let (kh, kw) = (tap / r, tap % r);
+                    let a = w.as_ptr().add((tap * m + block * 2 * T) * pairs + p);
+                    let b = x.as_ptr().add(p * plane);
+                    amx::Step {
+                        a: [a, a.add(T * pairs)],
+                        a_stride: pairs * 4,
+                        b: [b.add((ya + kh) * width + xa + kw), b.add((yb + kh) * width + xb + kw)],
+                        b_stride: plane * 4,
+                    }
+                });
+                let sums = tiles.block(steps);
+                for (i, row) in sums.iter().enumerate() {
+                    let base = (block * 2 * T + i) * ho * wo;
+                    std::ptr::copy_nonoverlapping(row.as_ptr(), dst.at(base + ya * wo + xa), na);
+                    if s_b != s_a {
+                        std::ptr::copy_nonoverlapping(row[T..].as_ptr(), dst.at(base + yb * wo + xb), nb);
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// `w` [cout][cin][r][r] as `direct`'s A operand: [r²][cout][pairs_of(cin)], or flipped and
+/// transposed ([r²][cin][pairs_of(cout)], tap (kh, kw) taking w's (r−1−kh, r−1−kw)) if `adjoint`.
+fn pack_weights(w: &[f32], cout: usize, cin: usize, r: usize, adjoint: bool) -> Vec<u32> {
+    let (rows, k) = if adjoint { (cin, cout) } else { (cout, cin) };
+    let (pairs, taps) = (pairs_of(k), r * r);
+    let mut out = vec![0u32; taps * rows * pairs];
+    let dst = SharedU32(out.as_mut_ptr());
+    (0..rows).into_par_iter().for_each(|row| {
+        // The row's weights tap-major ([tap][kk], k padded to even), then paired along kk.
+        let mut by_tap = vec![0f32; taps * 2 * k.div_ceil(2)];
+        let stride = 2 * k.div_ceil(2);
+        for kk in 0..k {
+            let (co, ci) = if adjoint { (kk, row) } else { (row, kk) };
+            for (tap, &v) in w[(co * cin + ci) * taps..][..taps].iter().enumerate() {
+                let tap = if adjoint { taps - 1 - tap } else { tap };
+                by_tap[tap * stride + kk] = v;
+            }
+        }
+        for tap in 0..taps {
+            // SAFETY: row `row` of tap `tap` is inside `out` (`pairs` ≥ k/2 long), and only this
+            // task writes row `row`.
+            let line = unsafe { std::slice::from_raw_parts_mut(dst.at((tap * rows + row) * pairs), k.div_ceil(2)) };
+            for (d, two) in line.iter_mut().zip(by_tap[tap * stride..(tap + 1) * stride].chunks_exact(2)) {
+                *d = gemm_bf16::pair(two[0], two[1]);
+            }
+        }
+    });
+    out
+}
+
+/// A buffer that parallel tasks write at disjoint indices.
+struct SharedU32(*mut u32);
+
+// SAFETY: users write disjoint elements through it.
+unsafe impl Sync for SharedU32 {}
+
+impl SharedU32 {
+    fn at(&self, off: usize) -> *mut u32 {
+        self.0.wrapping_add(off)
+    }
+}
+
+/// The convolution of `x` [B][cin][sh][sw] by `w` [cout][cin][r][r] as `t` pads it, → [B][cout][ho][wo].
+pub(super) fn forward<E: Elem>(x: &[E], w: &[f32], cin: usize, cout: usize, t: &Tiles) -> Vec<E> {
+    let (plane_in, plane_out) = (cin * t.sh * t.sw, cout * t.ho * t.wo);
+    let wp = pack_weights(w, cout, cin, t.r, false);
+    let mut y = vec![E::zero(); x.len() / plane_in * plane_out];
+    let mut out_f32 = if E::as_f32(&[]).is_some() { Vec::new() } else { vec![0f32; plane_out] };
+    with_pairs(0, planes_len(cin, t.h, t.w), |px| {
+        for (xb, yb) in x.chunks_exact(plane_in).zip(y.chunks_exact_mut(plane_out)) {
+            let xf = widened(xb);
+            pack_planes(cin, t.h, t.w, px, |c, r, row, tmp| t.load_row(&xf[c * t.sh * t.sw..(c + 1) * t.sh * t.sw], r, row, tmp));
+            let out = match E::as_f32_mut(yb) {
+                Some(out) => out,
+                None => &mut out_f32[..],
+            };
+            direct(px, (pairs_of(cin), t.h * t.w, t.w), &wp, t.r, cout, (t.ho, t.wo), out);
+            if E::as_f32(yb).is_none() {
+                yb.par_chunks_mut(CHUNK).zip(out_f32.par_chunks(CHUNK)).for_each(|(d, s)| E::narrow(d, s));
+            }
+        }
+    });
+    y
+}
+
+/// The gradient of [`forward`]'s input from `dy` [B][cout][ho][wo]: [B][cin][sh][sw], f32.
+pub(super) fn data_grad<E: Elem>(dy: &[E], w: &[f32], cin: usize, cout: usize, t: &Tiles) -> Vec<f32> {
+    let (plane_dy, plane_dx) = (cout * t.ho * t.wo, cin * t.sh * t.sw);
+    let r = t.r;
+    let wp = pack_weights(w, cout, cin, r, true);
+    let mut dx = vec![0f32; dy.len() / plane_dy * plane_dx];
+    // The full correlation's input: dy zero-padded by r − 1 on every side.
+    let (hp, wpad) = (t.ho + 2 * (r - 1), t.wo + 2 * (r - 1));
+    with_pairs(0, planes_len(cout, hp, wpad), |pg| {
+        with_scratch_slot(0, cin * t.h * t.w, |padded| {
+            for (dyb, dxb) in dy.chunks_exact(plane_dy).zip(dx.chunks_exact_mut(plane_dx)) {
+                let g = widened(dyb);
+                pack_planes(cout, hp, wpad, pg, |c, row, out, _| {
+                    out.fill(0.0);
+                    if (r - 1..r - 1 + t.ho).contains(&row) {
+                        out[r - 1..r - 1 + t.wo].copy_from_slice(&g[(c * t.ho + row - (r - 1)) * t.wo..][..t.wo]);
+                    }
+                });
+                // The gradient of the padded input [cin][h][w], then folded onto the stored one.
+                direct(pg, (pairs_of(cout), hp * wpad, wpad), &wp, r, cin, (t.h, t.w), padded);
+                dxb.par_chunks_mut(t.sh * t.sw).zip(padded.par_chunks(t.h * t.w)).for_each(|(plane, src)| {
+                    let mut tmp = vec![0f32; t.sw];
+                    for row in 0..t.h {
+                        t.fold_into(&src[row * t.w..(row + 1) * t.w], row, plane, &mut tmp);
+                    }
+                });
+            }
+        })
+    });
+    dx
+}
+
+/// Output-gradient pixel pairs per 16-pair step of the filter gradient, per k block: 256 pairs
+/// (16 steps) of A and the B rows they meet stay in L2 while every output block takes them.
+const FILTER_K_STEPS: usize = 16;
+
+/// The gradient of [`forward`]'s weight from its input `x` and `dy`: [cout][cin][r][r], f32.
+pub(super) fn filter_grad<E: Elem, F: Elem>(x: &[E], dy: &[F], cin: usize, cout: usize, t: &Tiles) -> Vec<f32> {
+    let (r, taps) = (t.r, t.r * t.r);
+    let (plane_in, plane_dy) = (cin * t.sh * t.sw, cout * t.ho * t.wo);
+    let images = x.len() / plane_in;
+    // A: dy in pixel pairs, zero past wo, as [B][ho][step][cout][16 pairs]: an A tile (16
+    // output channels × the 16 pairs of one step) is 1 KiB in one piece. (Rows of a plane apart
+    // instead, 2–8 KiB, would all fall into the same few L1 sets.)
+    let row_pairs = t.wo.div_ceil(2).next_multiple_of(T);
+    let steps_per_row = row_pairs / T;
+    let a_image = cout * t.ho * row_pairs;
+    // B: the padded input channels-last in pixel pairs, [B][shift][h][x_pairs][cin]: pair j of
+    // shift s holds columns 2j + s and 2j + s + 1 (zero past w).
+    let x_pairs = row_pairs + r;
+    let b_image = 2 * t.h * x_pairs * cin;
+    // dW tap-major [tap][cout][cin], summed block by block over k.
+    let mut by_tap = vec![0f32; taps * cout * cin];
+    with_pairs(0, images * a_image, |a| {
+        with_pairs(1, images * b_image + SLACK, |b| {
+            for (dyb, ab) in dy.chunks_exact(plane_dy).zip(a.chunks_exact_mut(a_image)) {
+                let g = widened(dyb);
+                ab.par_chunks_mut(cout * row_pairs).enumerate().for_each(|(y, dst)| {
+                    let mut line = vec![0f32; 2 * row_pairs];
+                    for co in 0..cout {
+                        line[..t.wo].copy_from_slice(&g[(co * t.ho + y) * t.wo..][..t.wo]);
+                        for (step, pairs) in line.chunks_exact(2 * T).enumerate() {
+                            let d = &mut dst[(step * cout + co) * T..][..T];
+                            for (d, two) in d.iter_mut().zip(pairs.chunks_exact(2)) {
+                                *d = gemm_bf16::pair(two[0], two[1]);
+                            }
+                        }
+                    }
+                });
+            }
+            b[images * b_image..].fill(0);
+            for (xb, bb) in x.chunks_exact(plane_in).zip(b.chunks_exact_mut(b_image)) {
+                let xf = widened(xb);
+                let (even, odd) = bb.split_at_mut(t.h * x_pairs * cin);
+                even.par_chunks_mut(x_pairs * cin).zip(odd.par_chunks_mut(x_pairs * cin)).enumerate().for_each(|(row, (ev, od))| {
+                    // 16 channels' rows at a time, then written channels-last 16 wide.
+                    let len = 2 * x_pairs + 2;
+                    let (mut lines, mut tmp) = (vec![0f32; T * len], vec![0f32; t.sw]);
+                    for c0 in (0..cin).step_by(T) {
+                        for (cc, line) in lines.chunks_exact_mut(len).enumerate() {
+                            t.load_row(&xf[(c0 + cc) * t.sh * t.sw..][..t.sh * t.sw], row, line, &mut tmp);
+                        }
+                        for j in 0..x_pairs {
+                            let (e, o) = (&mut ev[j * cin + c0..][..T], &mut od[j * cin + c0..][..T]);
+                            for (cc, line) in lines.chunks_exact(len).enumerate() {
+                                e[cc] = gemm_bf16::pair(line[2 * j], line[2 * j + 1]);
+                                o[cc] = gemm_bf16::pair(line[2 * j + 1], line[2 * j + 2]);
+                            }
+                        }
+                    }
+                });
+            }
+            // dW for tap (kh, kw) [cout, cin] = Σ over images, rows and 16-pair steps of A · B,
+            // k block by k block; a task owns a block of 32 output channels (all taps, all input
+            // channels), so each A tile it loads serves every tap and input block.
+            let k_steps = images * t.ho * steps_per_row;
+            let (a, b) = (&*a, &*b);
+            let dst = SharedDst(by_tap.as_mut_ptr());
+            (0..cout / (2 * T)).into_par_iter().for_each(|bm| {
+                // SAFETY: AMX was detected (`applies`); A loads read 16 rows of 16 pairs inside an
+                // image's rows of `a`; B loads 16 pixel pairs × 16 channels inside a row's
+                // x_pairs (j0 + 16 + kw/2 ≤ row_pairs + r) of `b`; this task alone writes its 32
+                // output channels of every tap.
+                unsafe {
+                    let tiles = amx::Tiles::configure();
+                    for k0 in (0..k_steps).step_by(FILTER_K_STEPS) {
+                        let ks = k0..(k0 + FILTER_K_STEPS).min(k_steps);
+                        for bn in 0..cin / (2 * T) {
+                            for tap in 0..taps {
+                                let (kh, kw) = (tap / r, tap % r);
+                                let steps = ks.clone().map(|s| {
+                                    let (img, y, j0) = (s / (t.ho * steps_per_row), s / steps_per_row % t.ho, s % steps_per_row * T);
+                                    let pa = a.as_ptr().add(img * a_image + ((y * steps_per_row + j0 / T) * cout + bm * 2 * T) * T);
+                                    let pb = b.as_ptr().add(img * b_image + (kw % 2) * t.h * x_pairs * cin + ((y + kh) * x_pairs + j0 + kw / 2) * cin + bn * 2 * T);
+                                    amx::Step { a: [pa, pa.add(T * T)], a_stride: T * 4, b: [pb, pb.add(T)], b_stride: cin * 4 }
+                                });
+                                let c = dst.at((tap * cout + bm * 2 * T) * cin + bn * 2 * T);
+                                tiles.block_into(c, cin, k0 > 0, steps);
+                            }
+                        }
+                    }
+                }
+            });
+        })
+    });
+    // [tap][cout][cin] → [cout][cin][tap].
+    let mut dw = vec![0f32; cout * cin * taps];
+    dw.par_chunks_mut(cin * taps).enumerate().for_each(|(co, dst)| {
+        for (ci, d) in dst.chunks_exact_mut(taps).enumerate() {
+            for (tap, v) in d.iter_mut().enumerate() {
+                *v = by_tap[(tap * cout + co) * cin + ci];
+            }
+        }
+    });
+    dw
+}
+
+#[cfg(test)]
+mod timing {
+    use super::super::{Kernel, Pad, Tiles};
+    use crate::ops::{with_precision, Precision};
+
+    /// `cargo test --release --lib direct::timing -- --ignored --nocapture`: the three AMX direct
+    /// kernels against fp32 Winograd on the residual blocks' shapes (medians of 15).
+    #[test]
+    #[ignore]
+    fn direct_vs_winograd() {
+        let val = crate::ops::test_value;
+        for (hw, c) in [(32usize, 256usize), (64, 256), (64, 128), (128, 64)] {
+            let t = Tiles::new(hw, hw, Pad::Reflect, Kernel::new(3, 4).unwrap()).unwrap();
+            let x: Vec<f32> = (0..c * hw * hw).map(val).collect();
+            let w: Vec<f32> = (0..c * c * 9).map(|i| val(i + 3) * 0.05).collect();
+            let dy: Vec<f32> = (0..c * hw * hw).map(|i| val(i + 5)).collect();
+            let median = |f: &mut dyn FnMut()| {
+                let mut v: Vec<f64> = (0..15).map(|_| {
+                    let t0 = std::time::Instant::now();
+                    f();
+                    t0.elapsed().as_secs_f64() * 1e3
+                }).collect();
+                v.sort_by(f64::total_cmp);
+                v[7]
+            };
+            let mut line = format!("{hw}², {c} channels:");
+            for p in [Precision::Fp32, Precision::Bf16] {
+                let (f, d, g) = with_precision(p, || {
+                    (
+                        median(&mut || drop(super::super::forward_kernel(&x, &w, c, c, &t, None))),
+                        median(&mut || drop(super::super::data_grad_kernel(&dy, &w, c, c, &t, None))),
+                        median(&mut || drop(super::super::filter_grad_kernel(&x, &dy, c, c, &t, None))),
+                    )
+                });
+                line += &format!(" {p}: forward {f:.2} ms, data grad {d:.2}, filter grad {g:.2};");
+            }
+            eprintln!("{line}");
+            let wp = super::pack_weights(&w, c, c, 3, false);
+            let pw = median(&mut || drop(super::pack_weights(&w, c, c, 3, false)));
+            let load = |ch: usize, r: usize, row: &mut [f32], tmp: &mut [f32]| t.load_row(&x[ch * hw * hw..(ch + 1) * hw * hw], r, row, tmp);
+            let mut px = vec![0u32; super::planes_len(c, t.h, t.w)];
+            let pp = median(&mut || super::pack_planes(c, t.h, t.w, &mut px, load));
+            let mut out = vec![0f32; c * hw * hw];
+            let k = median(&mut || super::direct(&px, (super::pairs_of(c), t.h * t.w, t.w), &wp, 3, c, (t.ho, t.wo), &mut out));
+            eprintln!("  forward: pack weights {pw:.2} ms, pack input {pp:.2} ms, tiles {k:.2} ms ({:.0} GFLOP/s)", 2.0 * (c * c * 9 * hw * hw) as f64 / k / 1e6);
+        }
+    }
+}
