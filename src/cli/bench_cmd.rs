@@ -11,7 +11,12 @@ pub fn run(a: BenchArgs) -> Result<()> {
         return Ok(());
     }
     let ids: Vec<String> = if a.cases.is_empty() { crate::bench::CASES.iter().map(|c| c.id.to_string()).collect() } else { a.cases };
-    eprintln!("benchmarking {} on {} in {} ({} warm-up, {} timed runs each)…", ids.join(", "), a.device, a.precision, a.warmup, a.repeats);
+    // Which kernels bf16 runs on (AMX, AVX512-BF16) changes its speed several-fold: say so.
+    let kernels = match (a.precision, crate::ops::precision::bf16_hardware()) {
+        (crate::ops::Precision::Bf16, Some(isa)) if a.device == "cpu" => format!(" on {isa}"),
+        _ => String::new(),
+    };
+    eprintln!("benchmarking {} on {} in {}{kernels} ({} warm-up, {} timed runs each)…", ids.join(", "), a.device, a.precision, a.warmup, a.repeats);
     if crate::ops::huge_pages_in_use() {
         eprintln!("heap in transparent huge pages (GLIBC_TUNABLES=glibc.malloc.hugetlb=1; =0 turns them off)");
     }

@@ -280,7 +280,7 @@ pub struct LayoutArgs {
     #[arg(long, default_value_t = crate::translate::DEFAULT_MARGIN)]
     pub margin: usize,
     /// What the convolutions multiply in: fp32, or bf16 with fp32 sums (faster on CPUs with
-    /// AVX512-BF16; a CPU without bf16 instructions runs fp32 and says so).
+    /// AVX512-BF16 or AMX; a CPU without bf16 instructions runs fp32 and says so).
     #[arg(long, value_enum, default_value_t = crate::ops::Precision::Fp32)]
     pub precision: crate::ops::Precision,
 }
@@ -545,7 +545,7 @@ pub struct TrainArgs {
     #[arg(long)]
     pub device: Option<String>,
     /// What the convolutions multiply in: fp32, or bf16 with fp32 sums, master weights and Adam
-    /// state (faster on CPUs with AVX512-BF16) [default: fp32, on --resume the run's]
+    /// state (faster on CPUs with AVX512-BF16 or AMX) [default: fp32, on --resume the run's]
     #[arg(long, value_enum)]
     pub precision: Option<crate::ops::Precision>,
     /// Save a sample grid (samples/step_N.png) every N steps [default: 100]

@@ -657,65 +657,16 @@ pub(crate) mod amx {
         #[inline]
         pub(super) unsafe fn kernel(&self, depth: usize, a: *const u32, b: *const u32, c: *mut f32, c_rs: usize, rows: usize, cols: usize, load_c: bool) {
             const H: usize = 16;
-            debug_assert!(depth % PAIRS == 0 && NR == 2 * H);
-            let full = rows == 2 * H && cols == 2 * H;
-            let c_stride = c_rs * 4;
-            // SAFETY (whole body): tile loads read 16 rows of 64 bytes at the given strides,
-            // inside the panels (32 × depth and depth × NR) and, for a full block, inside the
-            // destination block; stores write only the full block or the local buffer.
+            debug_assert!(depth.is_multiple_of(PAIRS) && NR == 2 * H);
+            // SAFETY (whole body): the steps read 16 rows of 16 pairs inside the panels (32 ×
+            // depth and depth × NR); a full block is the caller's, a partial one is written
+            // through the local sums, `rows` × `cols` of them.
             unsafe {
-                if full && load_c {
-                    asm!(
-                        "tileloadd tmm0, [{c0} + {s}*1]",
-                        "tileloadd tmm1, [{c1} + {s}*1]",
-                        "tileloadd tmm2, [{c2} + {s}*1]",
-                        "tileloadd tmm3, [{c3} + {s}*1]",
-                        c0 = in(reg) c, c1 = in(reg) c.add(H), c2 = in(reg) c.add(H * c_rs), c3 = in(reg) c.add(H * c_rs + H),
-                        s = in(reg) c_stride, options(nostack, readonly, preserves_flags)
-                    );
-                } else {
-                    asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", options(nostack, nomem, preserves_flags));
+                let steps = (0..depth).step_by(PAIRS).map(|p| Step { a: [a.add(p), a.add(H * depth + p)], a_stride: depth * 4, b: [b.add(p * NR), b.add(p * NR + H)], b_stride: NR * 4 });
+                if rows == 2 * H && cols == 2 * H {
+                    return self.block_into(c, c_rs, load_c, steps);
                 }
-                let a_stride = depth * 4;
-                for p in (0..depth).step_by(PAIRS) {
-                    asm!(
-                        "tileloadd tmm4, [{a0} + {sa}*1]",
-                        "tileloadd tmm5, [{a1} + {sa}*1]",
-                        "tileloadd tmm6, [{b0} + {sb}*1]",
-                        "tileloadd tmm7, [{b1} + {sb}*1]",
-                        "tdpbf16ps tmm0, tmm4, tmm6",
-                        "tdpbf16ps tmm1, tmm4, tmm7",
-                        "tdpbf16ps tmm2, tmm5, tmm6",
-                        "tdpbf16ps tmm3, tmm5, tmm7",
-                        a0 = in(reg) a.add(p), a1 = in(reg) a.add(H * depth + p), sa = in(reg) a_stride,
-                        b0 = in(reg) b.add(p * NR), b1 = in(reg) b.add(p * NR + H), sb = in(reg) NR * 4,
-                        options(nostack, readonly, preserves_flags)
-                    );
-                }
-                if full {
-                    asm!(
-                        "tilestored [{c0} + {s}*1], tmm0",
-                        "tilestored [{c1} + {s}*1], tmm1",
-                        "tilestored [{c2} + {s}*1], tmm2",
-                        "tilestored [{c3} + {s}*1], tmm3",
-                        c0 = in(reg) c, c1 = in(reg) c.add(H), c2 = in(reg) c.add(H * c_rs), c3 = in(reg) c.add(H * c_rs + H),
-                        s = in(reg) c_stride, options(nostack, preserves_flags)
-                    );
-                    return;
-                }
-                #[repr(C, align(64))]
-                struct Block([[f32; 2 * H]; 2 * H]);
-                let mut block = Block([[0.0; 2 * H]; 2 * H]);
-                let base = block.0.as_mut_ptr() as *mut f32;
-                asm!(
-                    "tilestored [{c0} + {s}*1], tmm0",
-                    "tilestored [{c1} + {s}*1], tmm1",
-                    "tilestored [{c2} + {s}*1], tmm2",
-                    "tilestored [{c3} + {s}*1], tmm3",
-                    c0 = in(reg) base, c1 = in(reg) base.add(H), c2 = in(reg) base.add(H * 2 * H), c3 = in(reg) base.add(H * 2 * H + H),
-                    s = in(reg) 2 * H * 4, options(nostack, preserves_flags)
-                );
-                for (i, sums) in block.0.iter().enumerate().take(rows) {
+                for (i, sums) in self.block(steps).iter().enumerate().take(rows) {
                     let row = std::slice::from_raw_parts_mut(c.add(i * c_rs), cols);
                     if load_c {
                         row.iter_mut().zip(sums).for_each(|(d, s)| *d += s);
@@ -725,9 +676,7 @@ pub(crate) mod amx {
                 }
             }
         }
-    }
 
-    impl Tiles {
         /// The 32×32 block Σ over `steps` of [A₀; A₁] · [B₀ B₁] (rows: A's, columns: B's).
         ///
         /// # Safety

@@ -16,8 +16,9 @@ pub enum Precision {
     #[default]
     Fp32,
     /// bf16 operands and fp32 sums in the im2col, transposed and narrow convolutions (forward
-    /// and both backward passes); the Winograd ones keep fp32: their transforms would amplify
-    /// bf16's rounding 20–40×.
+    /// and both backward passes); the Winograd ones keep fp32 (their transforms would amplify
+    /// bf16's rounding 20–40×), except in training on a CPU with AMX, where they are direct bf16
+    /// sums too.
     Bf16,
 }
 
@@ -52,8 +53,8 @@ pub fn with_precision<R>(precision: Precision, f: impl FnOnce() -> R) -> R {
 
 /// The precision that will really run for a request on `device`, and a message for the user
 /// where it differs: bf16 on a CPU without bf16 instructions runs in fp32 (our bf16 kernels need
-/// AVX512-BF16; emulating them would be slower than fp32). On a GPU, and on the device-generic
-/// path, bf16 convolutions are candle's.
+/// AVX512-BF16, and take AMX where the CPU has it too; emulating them would be slower than
+/// fp32). On a GPU, and on the device-generic path, bf16 convolutions are candle's.
 pub fn effective(requested: Precision, device: &Device) -> (Precision, Option<String>) {
     if requested == Precision::Bf16 && device.is_cpu() && !super::settings().generic && super::gemm_bf16::hardware().is_none() {
         let msg = "this CPU has no bf16 instructions (AVX512-BF16), so --precision bf16 would be slower than fp32: running in fp32";

@@ -101,7 +101,7 @@ pub(super) fn forward_op(xs: &Tensor, w: &Tensor, pad: Pad) -> Result<Forward> {
     // and its U (1.8× F(4×4, 3×3)'s) not worth keeping.
     let keep = !w.track_op() && b * t.th * t.tw <= KEEP_TILES && k.m != 6;
     let kept = FilterCache::active().filter(|_| keep).map(|c| (c, w.id()));
-    Ok(Forward { pad, k, kept })
+    Ok(Forward { pad, k, kept, training: xs.track_op() || w.track_op() })
 }
 
 /// Transformed filters (U) kept between calls for weights that do not change while the cache
@@ -1127,8 +1127,10 @@ fn for_each_band<I>(t: &Tiles, cin: usize, cout: usize, split: usize, images: im
 }
 
 /// `kept`: U for `w` made earlier (see [`FilterCache`]); without it U is made here.
-fn forward_kernel<T: Elem>(x: &[T], w: &[f32], cin: usize, cout: usize, t: &Tiles, kept: Option<&[f32]>) -> Vec<T> {
-    if direct::applies(cin, cout, t) {
+/// `training`: gradients will be taken, so on AMX the direct bf16 kernels run (in training they
+/// beat fp32 Winograd; a translation's F(6×6, 3×3) with kept filters beats them).
+fn forward_kernel<T: Elem>(x: &[T], w: &[f32], cin: usize, cout: usize, t: &Tiles, kept: Option<&[f32]>, training: bool) -> Vec<T> {
+    if training && direct::applies(cin, cout, t) {
         return direct::forward(x, w, cin, cout, t);
     }
     let mut y = vec![T::zero(); x.len() / (cin * t.plane()) * cout * t.ho * t.wo];
@@ -1236,7 +1238,7 @@ impl ReflectConv3x3 {
 
     /// `x` [B,C,H,W], `w` [C,C,3,3] → [B,C,H,W].
     pub(super) fn forward<T: Elem>(&self, x: &[T], w: &[f32]) -> Vec<T> {
-        forward_kernel(x, w, self.c, self.c, &self.t, None)
+        forward_kernel(x, w, self.c, self.c, &self.t, None, true)
     }
 
     /// The gradients (dx, dw) of the convolution of `x` by `w` from the gradient `dy` of its
@@ -1261,6 +1263,8 @@ pub(super) struct Forward {
     pad: Pad,
     k: Kernel,
     kept: Option<(FilterCache, TensorId)>,
+    /// Gradients will be taken (see [`forward_kernel`]).
+    training: bool,
 }
 
 /// (dy [B,Cout,H+2p−r+1,W+2p−r+1], w [Cout,Cin,r,r]) → dx [B,Cin,H,W]. With `keep`, its dM
@@ -1337,8 +1341,8 @@ impl CustomOp2 for Forward {
         let kept = self.kept.as_ref().and_then(|(cache, id)| cache.filter((*id, self.k), w, cout, cin, &t));
         let kept = kept.as_ref().map(|u| u.as_slice());
         let y = match s1 {
-            CpuStorage::BF16(_) => CpuStorage::BF16(forward_kernel(data::<bf16>(s1, l1)?, w, cin, cout, &t, kept)),
-            _ => CpuStorage::F32(forward_kernel(data::<f32>(s1, l1)?, w, cin, cout, &t, kept)),
+            CpuStorage::BF16(_) => CpuStorage::BF16(forward_kernel(data::<bf16>(s1, l1)?, w, cin, cout, &t, kept, self.training)),
+            _ => CpuStorage::F32(forward_kernel(data::<f32>(s1, l1)?, w, cin, cout, &t, kept, self.training)),
         };
         Ok((y, Shape::from((bsz, cout, t.ho, t.wo))))
     }
@@ -1394,7 +1398,7 @@ impl CustomOp2 for DataGrad {
     fn bwd(&self, dy: &Tensor, w: &Tensor, _res: &Tensor, ddx: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let ddx = ddx.contiguous()?;
         let (pad, k) = (self.pad, self.k);
-        let ddy = dy.track_op().then(|| ddx.apply_op2(w, Forward { pad, k, kept: None })).transpose()?;
+        let ddy = dy.track_op().then(|| ddx.apply_op2(w, Forward { pad, k, kept: None, training: true })).transpose()?;
         let dw = w.track_op().then(|| ddx.apply_op2(dy, FilterGrad { pad, k, kept: None })).transpose()?;
         Ok(super::made_grads((ddy, dw)))
     }
@@ -1432,7 +1436,7 @@ impl CustomOp2 for FilterGrad {
         let (_, _, h, w) = x.dims4()?;
         let (pad, k) = (self.pad, self.k);
         let dx = x.track_op().then(|| dy.apply_op2(&ddw, DataGrad { h, w, pad, k, keep: None })).transpose()?;
-        let ddy = dy.track_op().then(|| x.apply_op2(&ddw, Forward { pad, k, kept: None })).transpose()?;
+        let ddy = dy.track_op().then(|| x.apply_op2(&ddw, Forward { pad, k, kept: None, training: true })).transpose()?;
         Ok(super::made_grads((dx, ddy)))
     }
 }
@@ -1493,7 +1497,7 @@ mod tests {
     }
 
     fn run_kernels(cin: usize, cout: usize, t: &Tiles, (x, w, dy): &Outputs) -> Outputs {
-        (forward_kernel(x, w, cin, cout, t, None), data_grad_kernel(dy, w, cin, cout, t, None), filter_grad_kernel(x, dy, cin, cout, t, None))
+        (forward_kernel(x, w, cin, cout, t, None, true), data_grad_kernel(dy, w, cin, cout, t, None), filter_grad_kernel(x, dy, cin, cout, t, None))
     }
 
     /// The direct convolution, its data gradient and its filter gradient, in f64.
@@ -1733,7 +1737,7 @@ mod tests {
         let to_bf16 = |v: &[f32]| v.iter().map(|&f| bf16::from_f32(f)).collect::<Vec<_>>();
         let (x, dy) = (to_bf16(&x), to_bf16(&dy[..b * c * t.ho * t.wo]));
         let run = || {
-            let y: Vec<bf16> = forward_kernel(&x, &w, c, c, &t, None);
+            let y: Vec<bf16> = forward_kernel(&x, &w, c, c, &t, None, false);
             (y, data_grad_kernel(&dy, &w, c, c, &t, None), filter_grad_kernel(&x, &dy, c, c, &t, None))
         };
         let whole = run();

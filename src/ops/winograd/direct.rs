@@ -1,7 +1,9 @@
-//! The convolutions Winograd takes, computed instead straight on AMX tiles in bf16 (f32 sums)
-//! under `--precision bf16` on CPUs with AMX: there a bf16 product is ~16× an f32 FMA's rate, so
-//! the direct sums beat Winograd's 4× fewer fp32 products, and bf16 direct sums are as accurate as
-//! the im2col convolutions' (Winograd's transforms would amplify bf16's rounding 20–40×).
+//! The convolutions Winograd takes, computed instead as direct sums on AMX tiles in bf16 (f32
+//! sums) when training under `--precision bf16` on a CPU with AMX: a bf16 tile product runs at
+//! ~16× an f32 FMA's rate, so the direct sums beat Winograd's 4× fewer fp32 products, and they are
+//! as accurate as the im2col convolutions' (Winograd's transforms would amplify bf16's rounding
+//! 20–40×). Translations keep Winograd: there F(6×6, 3×3) with kept filters was faster still
+//! (bench/RESULTS.md, "AMX").
 //!
 //! No im2col matrix is made. The input is copied once, padded, into bf16 channel pairs
 //! [C/2][H'][W'] (a pair of channels per u32, as `tdpbf16ps` multiplies them); then a B tile
@@ -10,8 +12,8 @@
 //! weights of one tap, packed [tap][Cout][Cin/2]. The data gradient is the same kernel run on the
 //! output gradient (zero-padded by r − 1) with the flipped, transposed weights, its padded result
 //! folded back as the padding's adjoint. The filter gradient pairs pixels instead: the output
-//! gradient packed [Cout][row][pixel pair] (A), the input channels-last in pixel pairs
-//! [row][pixel pair][C] twice, once shifted by a pixel (B, so odd taps start on a pair too).
+//! gradient in pixel pairs [row][16-pair step][Cout][16] (A), the input channels-last in pixel
+//! pairs [row][pixel pair][C] twice, once shifted by a pixel (B, so odd taps start on a pair too).
 
 use super::Tiles;
 use crate::ops::gemm::{with_scratch_slot, SharedDst};
@@ -27,7 +29,7 @@ const T: usize = amx::PAIRS;
 /// with AMX (`CS_NO_AMX` unset), whole 32-row blocks of channels on both sides (every network
 /// here has multiples of 32).
 pub(super) fn applies(cin: usize, cout: usize, _t: &Tiles) -> bool {
-    crate::ops::precision::cpu_bf16() && gemm_bf16::isa() == Some(Isa::Amx) && cin % (2 * T) == 0 && cout % (2 * T) == 0
+    crate::ops::precision::cpu_bf16() && gemm_bf16::isa() == Some(Isa::Amx) && cin.is_multiple_of(2 * T) && cout.is_multiple_of(2 * T)
 }
 
 /// Runs `f` on this thread's packing buffer `slot` (0 or 1), at least `len` pairs long; its
@@ -102,7 +104,7 @@ fn widened<E: Elem>(x: &[E]) -> std::borrow::Cow<'_, [f32]> {
 /// columns, `plane` pairs per channel pair, `pairs` channel pairs) and `w` [r²][m][pairs].
 #[allow(clippy::too_many_arguments)]
 fn direct(x: &[u32], (pairs, plane, width): (usize, usize, usize), w: &[u32], r: usize, m: usize, (ho, wo): (usize, usize), out: &mut [f32]) {
-    assert!(x.len() >= pairs * plane + SLACK && w.len() >= r * r * m * pairs && out.len() >= m * ho * wo && m % (2 * T) == 0);
+    assert!(x.len() >= pairs * plane + SLACK && w.len() >= r * r * m * pairs && out.len() >= m * ho * wo && m.is_multiple_of(2 * T));
     // The output in segments of 16 pixels of a row (the last of a row may be shorter), taken
     // two at a time.
     let per_row = wo.div_ceil(T);
@@ -384,7 +386,7 @@ mod timing {
             for p in [Precision::Fp32, Precision::Bf16] {
                 let (f, d, g) = with_precision(p, || {
                     (
-                        median(&mut || drop(super::super::forward_kernel(&x, &w, c, c, &t, None))),
+                        median(&mut || drop(super::super::forward_kernel(&x, &w, c, c, &t, None, true))),
                         median(&mut || drop(super::super::data_grad_kernel(&dy, &w, c, c, &t, None))),
                         median(&mut || drop(super::super::filter_grad_kernel(&x, &dy, c, c, &t, None))),
                     )
