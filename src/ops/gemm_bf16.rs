@@ -1,8 +1,9 @@
 //! Matrix products in bf16 with f32 accumulation, for `--precision bf16`: operands are rounded to
 //! bf16 (round to nearest even) as they are packed, pairs of products are summed in f32 by
 //! AMX's tile multiply `tdpbf16ps` where the CPU has AMX, else by AVX512-BF16's `vdpbf16ps`, and
-//! the destination stays f32 — the recipe PyTorch's autocast gives a convolution. Same operand conventions as `gemm` (strided f32 `Mat`s, a row-strided f32
-//! destination), so the convolution kernels swap one product for the other and change nothing else;
+//! the destination stays f32 — the recipe PyTorch's autocast gives a convolution. Same operand
+//! conventions as `gemm` (strided f32 `Mat`s, a row-strided f32 destination), so the convolution
+//! kernels swap one product for the other and change nothing else;
 //! `gemm_made` also takes a B (or Bᵀ) made segment by segment as it is packed (a convolution's
 //! im2col matrix, read from the image in place instead of stored in f32 first).
 //!
@@ -26,6 +27,9 @@ const NR: usize = 32;
 const KC_MAX: usize = 1024;
 /// Most columns of B a task packs at once.
 const NC: usize = 512;
+/// Pairs of k in one AMX tile row (64 bytes): an A tile is 16 rows × 16 pairs, a B tile 16 pairs
+/// × 16 columns, an accumulator 16 × 16 f32.
+pub(crate) const TILE_PAIRS: usize = 16;
 
 /// The instruction sets the bf16 products have kernels for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -75,14 +79,14 @@ impl Isa {
     fn depth(self, kc: usize) -> usize {
         match self {
             Isa::Avx512Bf16 => kc.div_ceil(2),
-            Isa::Amx => kc.div_ceil(2).next_multiple_of(amx::PAIRS),
+            Isa::Amx => kc.div_ceil(2).next_multiple_of(TILE_PAIRS),
         }
     }
 }
 
 /// The bf16 instruction sets this CPU has kernels for (best first): AMX where the CPU has it and
-/// Linux grants the process its tile data, AVX512-BF16 (which every AMX CPU has too, and which
-/// AMX's kernel uses to add its tiles into the destination).
+/// Linux grants the process its tile data, and AVX512-BF16 (which every AMX CPU has too; AMX is
+/// only looked for beside it, so `CS_NO_AMX` always has a kernel to fall back on).
 fn detected() -> &'static [Isa] {
     static HW: OnceLock<Vec<Isa>> = OnceLock::new();
     HW.get_or_init(|| {
@@ -397,9 +401,9 @@ fn with_pack_buffers<R>(a_len: usize, b_len: usize, f: impl FnOnce(&mut [u32], &
 }
 
 /// All of A [m,k] packed into `packed` (`packed_a_len(isa, m, k)` pairs; its contents on entry do
-/// not matter): for each `isa.kc()` block of k, `pack_a`'s panels of all m rows, so the panels of rows
-/// [i, …) of the block at k0 (d = `isa.depth(kc)` pairs deep) start at `a_block_start(isa, m, k0)
-/// + i · d`. Spread over the rayon threads if `parallel`.
+/// not matter): for each `isa.kc()` block of k, `pack_a`'s panels of all m rows, so the panels of
+/// rows [i, …) of the block at k0 (d = `isa.depth(kc)` pairs deep) start at
+/// `a_block_start(isa, m, k0) + i · d`. Spread over the rayon threads if `parallel`.
 fn pack_a_whole(isa: Isa, lhs: Mat, m: usize, k: usize, parallel: bool, packed: &mut [u32]) {
     // One piece per (k block, MC rows): disjoint slices of the buffer.
     let mut pieces = Vec::new();
@@ -580,9 +584,8 @@ pub(crate) mod amx {
     use super::NR;
     use std::arch::asm;
 
-    /// Pairs of k in one tile row (64 bytes): an A tile is 16 rows × 16 pairs, a B tile 16 pairs
-    /// × 16 columns, an accumulator 16 × 16 f32.
-    pub(crate) const PAIRS: usize = 16;
+    /// Pairs of k in one tile row (see [`TILE_PAIRS`](super::TILE_PAIRS)).
+    pub(crate) const PAIRS: usize = super::TILE_PAIRS;
 
     /// Whether this CPU has AMX-TILE and AMX-BF16 and Linux lets this process use them: the
     /// tile data (8 KiB of state per thread) must be asked for (`arch_prctl(ARCH_REQ_XCOMP_PERM,

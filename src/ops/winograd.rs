@@ -39,7 +39,31 @@ use std::collections::hash_map::{Entry, HashMap};
 use std::sync::{Arc, Mutex};
 use rayon::prelude::*;
 
+#[cfg(target_arch = "x86_64")]
 mod direct;
+
+/// AMX exists only on x86-64: elsewhere the direct kernels never apply.
+#[cfg(not(target_arch = "x86_64"))]
+mod direct {
+    use super::Tiles;
+    use crate::ops::Elem;
+
+    pub(super) fn applies(_cin: usize, _cout: usize, _t: &Tiles) -> bool {
+        false
+    }
+
+    pub(super) fn forward<E: Elem>(_x: &[E], _w: &[f32], _cin: usize, _cout: usize, _t: &Tiles) -> Vec<E> {
+        unreachable!("AMX direct kernels on a CPU without AMX")
+    }
+
+    pub(super) fn data_grad<E: Elem>(_dy: &[E], _w: &[f32], _cin: usize, _cout: usize, _t: &Tiles) -> Vec<f32> {
+        unreachable!("AMX direct kernels on a CPU without AMX")
+    }
+
+    pub(super) fn filter_grad<E: Elem, F: Elem>(_x: &[E], _dy: &[F], _cin: usize, _cout: usize, _t: &Tiles) -> Vec<f32> {
+        unreachable!("AMX direct kernels on a CPU without AMX")
+    }
+}
 
 /// Whether a convolution with outputs of `out` (height, width) takes this path: 3×3 or 4×4,
 /// stride 1, padding 0 or 1, and enough channels for the per-position GEMMs to beat one im2col
