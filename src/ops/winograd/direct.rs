@@ -105,12 +105,34 @@ fn widened<E: Elem>(x: &[E]) -> std::borrow::Cow<'_, [f32]> {
 #[allow(clippy::too_many_arguments)]
 fn direct(x: &[u32], (pairs, plane, width): (usize, usize, usize), w: &[u32], r: usize, m: usize, (ho, wo): (usize, usize), out: &mut [f32]) {
     assert!(x.len() >= pairs * plane + SLACK && w.len() >= r * r * m * pairs && out.len() >= m * ho * wo && m.is_multiple_of(2 * T));
-    // The output in segments of 16 pixels of a row (the last of a row may be shorter), taken
-    // two at a time.
+    // The output in segments of 16 positions, taken two at a time: 16 pixels of a row (the last
+    // of a row may be shorter), or, where that makes fewer segments, 16 consecutive positions of
+    // the output laid on the input's rows (`width` apart), the ones past `wo` computed and
+    // dropped: a data gradient's 34 columns on rows of 36 take 77 segments instead of 102. Either
+    // way a segment reads its tap's inputs 16 in a row from position `start(s) + kh·width + kw`.
     let per_row = wo.div_ceil(T);
-    let segments = ho * per_row;
+    let flat = (ho * width).div_ceil(T) < ho * per_row;
+    let segments = if flat { (ho * width).div_ceil(T) } else { ho * per_row };
     let seg_pairs = segments.div_ceil(2);
-    let seg = |s: usize| ((s / per_row), (s % per_row) * T, (wo - (s % per_row) * T).min(T));
+    let start = |s: usize| if flat { s * T } else { s / per_row * width + s % per_row * T };
+    // The output runs (index in `out`'s plane, the segment's first sum, count) segment s owns.
+    let runs = |s: usize| -> Vec<(usize, usize, usize)> {
+        if !flat {
+            let (y, x0) = (s / per_row, s % per_row * T);
+            return vec![(y * wo + x0, 0, (wo - x0).min(T))];
+        }
+        let mut runs = Vec::new();
+        let (mut g, end) = (s * T, (s + 1) * T);
+        while g < end && g / width < ho {
+            let (y, x) = (g / width, g % width);
+            let run = (end - g).min(width - x);
+            if x < wo {
+                runs.push((y * wo + x, g - s * T, run.min(wo - x)));
+            }
+            g += run;
+        }
+        runs
+    };
     // Tasks: a block of 32 output rows × a run of segment pairs, about 4 tasks per thread.
     let blocks = m / (2 * T);
     let chunk = seg_pairs.div_ceil((4 * rayon::current_num_threads()).div_ceil(blocks));
@@ -118,14 +140,15 @@ fn direct(x: &[u32], (pairs, plane, width): (usize, usize, usize), w: &[u32], r:
     let items: Vec<(usize, usize)> = (0..blocks).flat_map(|b| (0..seg_pairs).step_by(chunk).map(move |s| (b, s))).collect();
     items.into_par_iter().for_each(|(block, s0)| {
         // SAFETY: AMX was detected (`applies`); every tile load stays inside `w` (32 rows of
-        // `pairs` at a tap) or `x` (16 channel pairs of a plane, 16 pairs from the segment's start
-        // at most `width`·(r − 1) + r − 1 + 15 past a plane's last output, inside the SLACK after
-        // the last); each segment's columns belong to this task alone.
+        // `pairs` at a tap) or `x` (16 channel pairs of a plane, 16 positions from a segment's
+        // start, which is at most 15 past the last output's position on the input's rows, so at
+        // most `width`·(r − 1) + r − 1 + 15 past a plane's last output: inside the SLACK after the
+        // last plane); each output position belongs to one segment, and it to this task alone.
         unsafe {
             let tiles = amx::Tiles::configure();
             for sp in s0..(s0 + chunk).min(seg_pairs) {
                 let (s_a, s_b) = (2 * sp, (2 * sp + 1).min(segments - 1));
-                let ((ya, xa, na), (yb, xb, nb)) = (seg(s_a), seg(s_b));
+                let (ga, gb) = (start(s_a), start(s_b));
                 // Channel pairs outer, taps inner: a pair block's rows for all taps (12 KiB for
                 // 3×3) stay in L1 while its taps read them. (Keeping the sums of a few segment
                 // pairs in memory between pair blocks, so that each block's weights are read
@@ -138,16 +161,18 @@ fn direct(x: &[u32], (pairs, plane, width): (usize, usize, usize), w: &[u32], r:
                     amx::Step {
                         a: [a, a.add(T * pairs)],
                         a_stride: pairs * 4,
-                        b: [b.add((ya + kh) * width + xa + kw), b.add((yb + kh) * width + xb + kw)],
+                        b: [b.add(ga + kh * width + kw), b.add(gb + kh * width + kw)],
                         b_stride: plane * 4,
                     }
                 });
                 let sums = tiles.block(steps);
+                let (runs_a, runs_b) = (runs(s_a), if s_b != s_a { runs(s_b) } else { Vec::new() });
                 for (i, row) in sums.iter().enumerate() {
                     let base = (block * 2 * T + i) * ho * wo;
-                    std::ptr::copy_nonoverlapping(row.as_ptr(), dst.at(base + ya * wo + xa), na);
-                    if s_b != s_a {
-                        std::ptr::copy_nonoverlapping(row[T..].as_ptr(), dst.at(base + yb * wo + xb), nb);
+                    for (half, runs) in [(0, &runs_a), (T, &runs_b)] {
+                        for &(at, from, n) in runs {
+                            std::ptr::copy_nonoverlapping(row[half + from..].as_ptr(), dst.at(base + at), n);
+                        }
                     }
                 }
             }
