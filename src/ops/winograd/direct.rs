@@ -421,12 +421,13 @@ mod timing {
             eprintln!("{line}");
             let wp = super::pack_weights(&w, c, c, 3, false);
             let pw = median(&mut || drop(super::pack_weights(&w, c, c, 3, false)));
+            let pwa = median(&mut || drop(super::pack_weights(&w, c, c, 3, true)));
             let load = |ch: usize, r: usize, row: &mut [f32], tmp: &mut [f32]| t.load_row(&x[ch * hw * hw..(ch + 1) * hw * hw], r, row, tmp);
             let mut px = vec![0u32; super::planes_len(c, t.h, t.w)];
             let pp = median(&mut || super::pack_planes(c, t.h, t.w, &mut px, load));
             let mut out = vec![0f32; c * hw * hw];
             let k = median(&mut || super::direct(&px, (super::pairs_of(c), t.h * t.w, t.w), &wp, 3, c, (t.ho, t.wo), &mut out));
-            eprintln!("  forward: pack weights {pw:.2} ms, pack input {pp:.2} ms, tiles {k:.2} ms ({:.0} GFLOP/s)", 2.0 * (c * c * 9 * hw * hw) as f64 / k / 1e6);
+            eprintln!("  forward: pack weights {pw:.2} ms (adjoint {pwa:.2} ms), pack input {pp:.2} ms, tiles {k:.2} ms ({:.0} GFLOP/s)", 2.0 * (c * c * 9 * hw * hw) as f64 / k / 1e6);
         }
     }
 }
