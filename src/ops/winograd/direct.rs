@@ -105,6 +105,8 @@ fn widened<E: Elem>(x: &[E]) -> std::borrow::Cow<'_, [f32]> {
 #[allow(clippy::too_many_arguments)]
 fn direct(x: &[u32], (pairs, plane, width): (usize, usize, usize), w: &[u32], r: usize, m: usize, (ho, wo): (usize, usize), out: &mut [f32]) {
     assert!(x.len() >= pairs * plane + SLACK && w.len() >= r * r * m * pairs && out.len() >= m * ho * wo && m.is_multiple_of(2 * T));
+    // The planes hold the rows and columns every output reads (what the SLACK bound counts on).
+    assert!(width >= wo + r - 1 && plane >= (ho + r - 1) * width);
     // The output in segments of 16 positions, taken two at a time: 16 pixels of a row (the last
     // of a row may be shorter), or, where that makes fewer segments, 16 consecutive positions of
     // the output laid on the input's rows (`width` apart), the ones past `wo` computed and
