@@ -12,10 +12,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
     }
     let ids: Vec<String> = if a.cases.is_empty() { crate::bench::CASES.iter().map(|c| c.id.to_string()).collect() } else { a.cases };
     // Which kernels bf16 runs on (AMX, AVX512-BF16) changes its speed several-fold: say so.
-    let kernels = match (a.precision, crate::ops::precision::bf16_hardware()) {
-        (crate::ops::Precision::Bf16, Some(isa)) if a.device == "cpu" => format!(" on {isa}"),
-        _ => String::new(),
-    };
+    let bf16_cpu = a.precision == crate::ops::Precision::Bf16 && a.device == "cpu";
+    let kernels = bf16_cpu.then(crate::ops::precision::bf16_hardware).flatten().map(|isa| format!(" on {isa}")).unwrap_or_default();
     eprintln!("benchmarking {} on {} in {}{kernels} ({} warm-up, {} timed runs each)…", ids.join(", "), a.device, a.precision, a.warmup, a.repeats);
     if crate::ops::huge_pages_in_use() {
         eprintln!("heap in transparent huge pages (GLIBC_TUNABLES=glibc.malloc.hugetlb=1; =0 turns them off)");
