@@ -212,12 +212,18 @@ pub(crate) fn with_scratch_slot<R>(slot: usize, len: usize, f: impl FnOnce(&mut 
     thread_local! {
         static SCRATCH: [Cell<Vec<f32>>; 2] = const { [Cell::new(Vec::new()), Cell::new(Vec::new())] };
     }
-    let mut buf = SCRATCH.with(|s| s[slot].take());
+    SCRATCH.with(|s| with_taken(&s[slot], len, f))
+}
+
+/// Runs `f` on the buffer kept in `cell` (a thread's), grown to `len`: taken out while in use, so
+/// a nested call on the same cell gets a buffer of its own.
+pub(crate) fn with_taken<T: Clone + Default, R>(cell: &Cell<Vec<T>>, len: usize, f: impl FnOnce(&mut [T]) -> R) -> R {
+    let mut buf = cell.take();
     if buf.len() < len {
-        buf = vec![0.0; len];
+        buf = vec![T::default(); len];
     }
     let out = f(&mut buf[..len]);
-    SCRATCH.with(|s| s[slot].set(buf));
+    cell.set(buf);
     out
 }
 

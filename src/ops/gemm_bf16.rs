@@ -192,7 +192,7 @@ simd_fn! {
 
 /// `dst[i]` = the pair (`lo[i]`, `hi[i]` or 0): two rows rounded and interleaved in one pass.
 #[inline(always)]
-fn fill_pairs(dst: &mut [u32], lo: &[f32], hi: Option<&[f32]>) {
+pub(crate) fn fill_pairs(dst: &mut [u32], lo: &[f32], hi: Option<&[f32]>) {
     match hi {
         Some(hi) => {
             for ((d, &l), &h) in dst.iter_mut().zip(lo).zip(hi) {
@@ -204,6 +204,14 @@ fn fill_pairs(dst: &mut [u32], lo: &[f32], hi: Option<&[f32]>) {
                 *d = pair(l, 0.0);
             }
         }
+    }
+}
+
+/// `dst[p]` = the pair (`src[2p]`, `src[2p + 1]`): a line of k rounded and paired.
+#[inline(always)]
+pub(crate) fn pair_up(dst: &mut [u32], src: &[f32]) {
+    for (d, s) in dst.iter_mut().zip(src.chunks_exact(2)) {
+        *d = pair(s[0], s[1]);
     }
 }
 
@@ -221,10 +229,7 @@ fn strided_pairs(data: &[f32], start: usize, step: usize, kc: usize, mut put: im
         let full = kc / 2;
         for c0 in (0..full).step_by(CHUNK) {
             let n = CHUNK.min(full - c0);
-            let src = &line[2 * c0..2 * (c0 + n)];
-            for (d, s) in buf[..n].iter_mut().zip(src.chunks_exact(2)) {
-                *d = pair(s[0], s[1]);
-            }
+            pair_up(&mut buf[..n], &line[2 * c0..2 * (c0 + n)]);
             for (i, &v) in buf[..n].iter().enumerate() {
                 put(c0 + i, v);
             }

@@ -272,7 +272,7 @@ pub(crate) fn act_data<'a>(s: &'a CpuStorage, l: &Layout) -> Result<std::borrow:
         CpuStorage::F32(v) => Ok(std::borrow::Cow::Borrowed(&v[start..end])),
         CpuStorage::BF16(v) => {
             let mut out = vec![0f32; end - start];
-            widen_bf16(&mut out, &v[start..end]);
+            par_widen(&mut out, &v[start..end]);
             Ok(std::borrow::Cow::Owned(out))
         }
         _ => candle_core::bail!("custom op: expected f32 or bf16 data"),
@@ -286,7 +286,7 @@ pub(crate) fn act_storage(y: Vec<f32>, like: &CpuStorage) -> Result<CpuStorage> 
         CpuStorage::F32(_) => Ok(CpuStorage::F32(y)),
         CpuStorage::BF16(_) => {
             let mut out = vec![half::bf16::ZERO; y.len()];
-            narrow_bf16(&mut out, &y);
+            par_narrow(&mut out, &y);
             Ok(CpuStorage::BF16(out))
         }
         _ => candle_core::bail!("custom op: activations are stored as f32 or bf16"),
@@ -359,19 +359,19 @@ pub(crate) fn with_tensor_data<T: Elem, R>(t: &Tensor, f: impl FnOnce(&[T]) -> R
 const CONVERT_CHUNK: usize = 16 << 10;
 
 /// `dst[i] = src[i]` widened to f32 (exact), in parallel.
-pub(crate) fn widen_bf16(dst: &mut [f32], src: &[half::bf16]) {
+pub(crate) fn par_widen<E: Elem>(dst: &mut [f32], src: &[E]) {
     use rayon::prelude::*;
-    dst.par_chunks_mut(CONVERT_CHUNK).zip(src.par_chunks(CONVERT_CHUNK)).for_each(|(d, s)| widen_chunk(d, s));
+    dst.par_chunks_mut(CONVERT_CHUNK).zip(src.par_chunks(CONVERT_CHUNK)).for_each(|(d, s)| E::widen(d, s));
 }
 
-/// `dst[i] = src[i]` rounded to bf16 (nearest, ties to even), in parallel.
-pub(crate) fn narrow_bf16(dst: &mut [half::bf16], src: &[f32]) {
+/// `dst[i] = src[i]` rounded to `E` (for bf16: nearest, ties to even), in parallel.
+pub(crate) fn par_narrow<E: Elem>(dst: &mut [E], src: &[f32]) {
     use rayon::prelude::*;
-    dst.par_chunks_mut(CONVERT_CHUNK).zip(src.par_chunks(CONVERT_CHUNK)).for_each(|(d, s)| narrow_chunk(d, s));
+    dst.par_chunks_mut(CONVERT_CHUNK).zip(src.par_chunks(CONVERT_CHUNK)).for_each(|(d, s)| E::narrow(d, s));
 }
 
 simd_fn! {
-    /// [`widen_bf16`] on one thread: bf16 is f32's upper half.
+    /// [`par_widen`] on one thread: bf16 is f32's upper half.
     pub(crate) fn widen_chunk(dst: &mut [f32], src: &[half::bf16]) {
         for (d, s) in dst.iter_mut().zip(src) {
             *d = f32::from_bits((s.to_bits() as u32) << 16);
@@ -380,7 +380,7 @@ simd_fn! {
 }
 
 simd_fn! {
-    /// [`narrow_bf16`] on one thread, bit for bit `half::bf16::from_f32` for every non-NaN value
+    /// [`par_narrow`] on one thread, bit for bit `half::bf16::from_f32` for every non-NaN value
     /// (NaNs stay NaNs).
     pub(crate) fn narrow_chunk(dst: &mut [half::bf16], src: &[f32]) {
         for (d, &s) in dst.iter_mut().zip(src) {
@@ -578,7 +578,7 @@ mod tests {
         let mut xs: Vec<f32> = (0..4000).map(|i| test_value(i) * (1u64 << (i % 40)) as f32 * 1e-6).collect();
         xs.extend([0.0, -0.0, 1.0 + 1.0 / 256.0, 1.0 + 3.0 / 256.0, f32::MAX, f32::MIN_POSITIVE / 3.0, f32::INFINITY, -f32::INFINITY]);
         let mut narrow = vec![half::bf16::ZERO; xs.len()];
-        narrow_bf16(&mut narrow, &xs);
+        par_narrow(&mut narrow, &xs);
         for (n, &x) in narrow.iter().zip(&xs) {
             assert_eq!(n.to_bits(), half::bf16::from_f32(x).to_bits(), "{x:e}");
         }
@@ -586,7 +586,7 @@ mod tests {
         narrow_chunk(&mut nan, &[f32::NAN]);
         assert!(nan[0].is_nan());
         let mut wide = vec![0f32; narrow.len()];
-        widen_bf16(&mut wide, &narrow);
+        par_widen(&mut wide, &narrow);
         assert!(wide.iter().zip(&narrow).all(|(w, n)| *w == n.to_f32()));
     }
 

@@ -16,7 +16,7 @@
 //! pairs [row][pixel pair][C] twice, once shifted by a pixel (B, so odd taps start on a pair too).
 
 use super::Tiles;
-use crate::ops::gemm::{with_scratch_slot, SharedDst};
+use crate::ops::gemm::{with_scratch_slot, with_taken, SharedDst};
 use crate::ops::gemm_bf16::{self, amx, Isa};
 use crate::ops::Elem;
 use rayon::prelude::*;
@@ -38,13 +38,7 @@ fn with_pairs<R>(slot: usize, len: usize, f: impl FnOnce(&mut [u32]) -> R) -> R 
     thread_local! {
         static BUFS: [Cell<Vec<u32>>; 2] = const { [Cell::new(Vec::new()), Cell::new(Vec::new())] };
     }
-    let mut buf = BUFS.with(|b| b[slot].take());
-    if buf.len() < len {
-        buf = vec![0; len];
-    }
-    let out = f(&mut buf[..len]);
-    BUFS.with(|b| b[slot].set(buf));
-    out
+    BUFS.with(|b| with_taken(&b[slot], len, f))
 }
 
 /// Channel pairs of `c` channels, padded to whole tiles.
@@ -70,22 +64,16 @@ fn pack_planes(c: usize, rows: usize, width: usize, out: &mut [u32], row: impl F
     zeros.fill(0);
     made.par_chunks_mut(plane).enumerate().for_each(|(cp, dst)| {
         let (mut lo, mut hi, mut tmp) = (vec![0f32; width], vec![0f32; width], vec![0f32; width]);
+        let has_hi = 2 * cp + 1 < c;
         for r in 0..rows {
             row(2 * cp, r, &mut lo, &mut tmp);
-            if 2 * cp + 1 < c {
+            if has_hi {
                 row(2 * cp + 1, r, &mut hi, &mut tmp);
-            } else {
-                hi.fill(0.0);
             }
-            for ((d, &l), &h) in dst[r * width..(r + 1) * width].iter_mut().zip(&lo).zip(&hi) {
-                *d = gemm_bf16::pair(l, h);
-            }
+            gemm_bf16::fill_pairs(&mut dst[r * width..(r + 1) * width], &lo, has_hi.then_some(&hi[..]));
         }
     });
 }
-
-/// Values per task of a conversion between f32 and bf16.
-const CHUNK: usize = 1 << 14;
 
 /// Image `x` as f32 (borrowed where it is f32 already).
 fn widened<E: Elem>(x: &[E]) -> std::borrow::Cow<'_, [f32]> {
@@ -93,7 +81,7 @@ fn widened<E: Elem>(x: &[E]) -> std::borrow::Cow<'_, [f32]> {
         Some(x) => x.into(),
         None => {
             let mut out = vec![0f32; x.len()];
-            out.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(d, s)| E::widen(d, s));
+            crate::ops::par_widen(&mut out, x);
             out.into()
         }
     }
@@ -204,9 +192,7 @@ fn pack_weights(w: &[f32], cout: usize, cin: usize, r: usize, adjoint: bool) -> 
             // SAFETY: row `row` of tap `tap` is inside `out` (`pairs` ≥ k/2 long), and only this
             // task writes row `row`.
             let line = unsafe { std::slice::from_raw_parts_mut(dst.at((tap * rows + row) * pairs), k.div_ceil(2)) };
-            for (d, two) in line.iter_mut().zip(by_tap[tap * stride..(tap + 1) * stride].chunks_exact(2)) {
-                *d = gemm_bf16::pair(two[0], two[1]);
-            }
+            gemm_bf16::pair_up(line, &by_tap[tap * stride..(tap + 1) * stride]);
         }
     });
     out
@@ -240,7 +226,7 @@ pub(super) fn forward<E: Elem>(x: &[E], w: &[f32], cin: usize, cout: usize, t: &
             };
             direct(px, (pairs_of(cin), t.h * t.w, t.w), &wp, t.r, cout, (t.ho, t.wo), out);
             if E::as_f32(yb).is_none() {
-                yb.par_chunks_mut(CHUNK).zip(out_f32.par_chunks(CHUNK)).for_each(|(d, s)| E::narrow(d, s));
+                crate::ops::par_narrow(yb, &out_f32);
             }
         }
     });
@@ -309,10 +295,7 @@ pub(super) fn filter_grad<E: Elem, F: Elem>(x: &[E], dy: &[F], cin: usize, cout:
                     for co in 0..cout {
                         line[..t.wo].copy_from_slice(&g[(co * t.ho + y) * t.wo..][..t.wo]);
                         for (step, pairs) in line.chunks_exact(2 * T).enumerate() {
-                            let d = &mut dst[(step * cout + co) * T..][..T];
-                            for (d, two) in d.iter_mut().zip(pairs.chunks_exact(2)) {
-                                *d = gemm_bf16::pair(two[0], two[1]);
-                            }
+                            gemm_bf16::pair_up(&mut dst[(step * cout + co) * T..][..T], pairs);
                         }
                     }
                 });
