@@ -66,7 +66,7 @@ impl CustomOp2 for BiasAct {
         if hw == 0 {
             bail!("bias_act: empty spatial axis ({h}x{w})");
         }
-        let mut y = vec![0f32; x.len()];
+        let mut y = crate::ops::zeros(x.len());
         y.par_chunks_mut(hw).zip(x.par_chunks(hw)).enumerate().for_each(|(i, (yp, xp))| bias_act_plane(yp, xp, b[i % c], act));
         Ok((act_storage(y, s1)?, l1.shape().clone()))
     }
@@ -101,7 +101,7 @@ impl CustomOp2 for ActGrad {
             bail!("bias_act backward: gradient {:?} does not match output {:?}", l2.dims(), l1.dims());
         }
         let act = self.act;
-        let mut g = vec![0f32; y.len()];
+        let mut g = crate::ops::zeros(y.len());
         g.par_chunks_mut(1 << 14).zip(y.par_chunks(1 << 14).zip(dy.par_chunks(1 << 14))).for_each(|(gc, (yc, dc))| act_grad_chunk(gc, dc, yc, 0.0, act));
         Ok((act_storage(g, s1)?, l1.shape().clone()))
     }
@@ -145,7 +145,7 @@ impl CustomOp2 for BiasActBlurDown {
         }
         let (hw, act) = (h * w, self.act);
         let (oh, ow) = (blur::down_len(h), blur::down_len(w));
-        let mut y = vec![0f32; bsz * c * oh * ow];
+        let mut y = crate::ops::zeros(bsz * c * oh * ow);
         y.par_chunks_mut(oh * ow).zip(x.par_chunks(hw)).enumerate().for_each_init(
             || (vec![0f32; hw], vec![0f32; w]),
             |(plane, row), (i, (yp, xp))| {
@@ -181,7 +181,7 @@ impl candle_core::CustomOp3 for BiasActBlurDownBwd {
             bail!("bias_act_blur_down backward: gradient {:?} or bias {:?} does not match input {:?}", l3.dims(), l2.dims(), l1.dims());
         }
         let (hw, act) = (h * w, self.act);
-        let mut g = vec![0f32; x.len()];
+        let mut g = crate::ops::zeros(x.len());
         g.par_chunks_mut(hw).zip(x.par_chunks(hw).zip(dy.par_chunks(oh * ow))).enumerate().for_each_init(
             || (vec![0f32; w], vec![0f32; hw]),
             |(row, adj), (i, (gp, (xp, dyp)))| {

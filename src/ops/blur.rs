@@ -216,7 +216,7 @@ impl CustomOp1 for BlurDown {
             bail!("blur_down needs at least 2 pixels per axis, got {h}x{w}");
         }
         let (oh, ow) = (down_len(h), down_len(w));
-        let mut y = vec![0f32; b * c * oh * ow];
+        let mut y = crate::ops::zeros(b * c * oh * ow);
         y.par_chunks_mut(oh * ow).zip(x.par_chunks(h * w)).for_each_init(|| vec![0f32; w], |t, (yp, xp)| down_plane(yp, xp, t, h, w));
         Ok((act_storage(y, s)?, Shape::from((b, c, oh, ow))))
     }
@@ -245,7 +245,7 @@ impl CustomOp1 for BlurDownBwd {
         if oh != down_len(h) || ow != down_len(w) {
             bail!("blur_down backward: gradient {oh}x{ow} does not match input {h}x{w}");
         }
-        let mut dx = vec![0f32; b * c * h * w];
+        let mut dx = crate::ops::zeros(b * c * h * w);
         dx.par_chunks_mut(h * w).zip(dy.par_chunks(oh * ow)).for_each_init(|| vec![0f32; w], |t, (xp, yp)| down_adjoint_plane(xp, yp, t, h, w));
         Ok((act_storage(dx, s)?, Shape::from((b, c, h, w))))
     }
@@ -265,7 +265,7 @@ impl CustomOp1 for BlurUp {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = act_data(s, l)?;
         let (b, c, h, w) = l.shape().dims4()?;
-        let mut y = vec![0f32; b * c * 4 * h * w];
+        let mut y = crate::ops::zeros(b * c * 4 * h * w);
         if h > 0 && w > 0 {
             y.par_chunks_mut(4 * h * w).zip(x.par_chunks(h * w)).for_each_init(|| vec![0f32; 2 * h * w], |buf, (yp, xp)| up_plane(yp, xp, buf, h, w));
         }
@@ -292,7 +292,7 @@ impl CustomOp1 for BlurUpBwd {
             bail!("blur_up backward: gradient {h2}x{w2} is not twice an input size");
         }
         let (h, w) = (h2 / 2, w2 / 2);
-        let mut dx = vec![0f32; b * c * h * w];
+        let mut dx = crate::ops::zeros(b * c * h * w);
         if h > 0 && w > 0 {
             dx.par_chunks_mut(h * w).zip(dy.par_chunks(4 * h * w)).for_each_init(|| vec![0f32; 2 * w], |t, (xp, yp)| up_adjoint_plane(xp, yp, t, h, w));
         }

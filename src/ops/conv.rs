@@ -375,7 +375,7 @@ fn bands(g: &Geom) -> impl Iterator<Item = (usize, usize)> {
 /// Convolution of `x` [B, g.c, g.h, g.w] with `w` [cout, g.c·K·K] → [B, cout, g.ho, g.wo].
 fn conv_kernel(x: &[f32], w: &[f32], cout: usize, g: &Geom) -> Vec<f32> {
     let n = g.cols();
-    let mut y = vec![0.0; x.len() / g.img_len() * cout * n];
+    let mut y = crate::ops::zeros(x.len() / g.img_len() * cout * n);
     for (xb, yb) in x.chunks_exact(g.img_len()).zip(y.chunks_exact_mut(cout * n)) {
         if super::precision::cpu_bf16() {
             // The bf16 product packs the im2col matrix straight from the image: the f32 matrix is
@@ -399,7 +399,7 @@ fn conv_kernel(x: &[f32], w: &[f32], cout: usize, g: &Geom) -> Vec<f32> {
 /// [B, g.c, g.h, g.w]: the adjoint of `conv_kernel` with respect to its image.
 fn conv_transpose_kernel(x: &[f32], w: &[f32], cin: usize, g: &Geom) -> Vec<f32> {
     let n = g.cols();
-    let mut y = vec![0.0; x.len() / (cin * n) * g.img_len()];
+    let mut y = crate::ops::zeros(x.len() / (cin * n) * g.img_len());
     for (xb, yb) in x.chunks_exact(cin * n).zip(y.chunks_exact_mut(g.img_len())) {
         for band in bands(g) {
             let cols_n = (band.1 - band.0) * g.wo;
@@ -417,7 +417,7 @@ fn conv_transpose_kernel(x: &[f32], w: &[f32], cin: usize, g: &Geom) -> Vec<f32>
 /// `conv_kernel` with respect to its weight.
 fn weight_grad_kernel(x: &[f32], grad: &[f32], cg: usize, g: &Geom) -> Vec<f32> {
     let n = g.cols();
-    let mut dw = vec![0.0; cg * g.rows()];
+    let mut dw = crate::ops::zeros(cg * g.rows());
     let mut first = true;
     for (xb, gb) in x.chunks_exact(g.img_len()).zip(grad.chunks_exact(cg * n)) {
         if super::precision::cpu_bf16() {
@@ -657,7 +657,7 @@ impl CustomOp2 for NarrowConv2dOp {
 fn narrow_conv_kernel(x: &[f32], w: &[f32], cout: usize, g: &Geom) -> Vec<f32> {
     let (k, kk, p) = (g.k, g.k * g.k, g.pad);
     // W' [(co, t), ci] = w[co, ci, t].
-    let mut wp = vec![0f32; cout * kk * g.c];
+    let mut wp = crate::ops::zeros(cout * kk * g.c);
     for co in 0..cout {
         for ci in 0..g.c {
             for t in 0..kk {
@@ -666,7 +666,7 @@ fn narrow_conv_kernel(x: &[f32], w: &[f32], cout: usize, g: &Geom) -> Vec<f32> {
         }
     }
     let rows_per_band = (scratch_limit() / (cout * kk * g.w * 2).max(1)).clamp(1, g.ho);
-    let mut y = vec![0f32; x.len() / g.img_len() * cout * g.cols()];
+    let mut y = crate::ops::zeros(x.len() / g.img_len() * cout * g.cols());
     for (xb, yb) in x.chunks_exact(g.img_len()).zip(y.chunks_exact_mut(cout * g.cols())) {
         for b0 in (0..g.ho).step_by(rows_per_band) {
             let b1 = (b0 + rows_per_band).min(g.ho);

@@ -65,7 +65,7 @@ pub(crate) fn matmul_split_k(m: usize, n: usize, k: usize, (dst, dst_rs): (&mut 
     if parts < 2 || k < 2 * m.max(n) {
         return gemm_with(m, n, k, (dst, dst_rs), accumulate, lhs, rhs, arith, Parallelism::Rayon(0));
     }
-    let mut partial = vec![0f32; parts * m * n];
+    let mut partial = crate::ops::zeros(parts * m * n);
     partial.par_chunks_mut(m * n).enumerate().for_each(|(p, out)| {
         let (k0, k1) = (k * p / parts, k * (p + 1) / parts);
         let lhs = Mat { data: &lhs.data[k0 * lhs.cs..], ..lhs };

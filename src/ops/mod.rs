@@ -271,7 +271,7 @@ pub(crate) fn act_data<'a>(s: &'a CpuStorage, l: &Layout) -> Result<std::borrow:
     match s {
         CpuStorage::F32(v) => Ok(std::borrow::Cow::Borrowed(&v[start..end])),
         CpuStorage::BF16(v) => {
-            let mut out = vec![0f32; end - start];
+            let mut out = crate::ops::zeros(end - start);
             par_widen(&mut out, &v[start..end]);
             Ok(std::borrow::Cow::Owned(out))
         }
@@ -285,7 +285,7 @@ pub(crate) fn act_storage(y: Vec<f32>, like: &CpuStorage) -> Result<CpuStorage> 
     match like {
         CpuStorage::F32(_) => Ok(CpuStorage::F32(y)),
         CpuStorage::BF16(_) => {
-            let mut out = vec![half::bf16::ZERO; y.len()];
+            let mut out = crate::ops::zeros(y.len());
             par_narrow(&mut out, &y);
             Ok(CpuStorage::BF16(out))
         }
@@ -296,7 +296,7 @@ pub(crate) fn act_storage(y: Vec<f32>, like: &CpuStorage) -> Result<CpuStorage> 
 /// The element types activations are stored in: f32, or bf16 (widened to f32 for arithmetic,
 /// results rounded back once). Kernels generic over it read f32 data in place and convert bf16
 /// data a plane at a time, in cache, instead of copying whole tensors.
-pub(crate) trait Elem: candle_core::WithDType + Send + Sync {
+pub(crate) trait Elem: candle_core::WithDType + Default + Send + Sync {
     /// The data itself where it is f32 (nothing to convert).
     fn as_f32(s: &[Self]) -> Option<&[f32]>;
     /// The data itself where it is f32 (nothing to convert).
@@ -357,6 +357,22 @@ pub(crate) fn with_tensor_data<T: Elem, R>(t: &Tensor, f: impl FnOnce(&[T]) -> R
 /// Elements per task of the conversions below (64 KiB of f32): large enough that the split
 /// costs nothing, small enough that both cores share a plane.
 const CONVERT_CHUNK: usize = 16 << 10;
+
+/// `n` zeros, written by the rayon threads where that is worth it. The ops allocate their
+/// outputs with this: `vec![0; n]` zeroes on the calling thread alone (glibc clears reused heap
+/// memory in calloc), and at ~6 % of a training step's samples that serial pass was a tenth of
+/// its time, with the other core idle (bench/RESULTS.md, "A ninth round").
+pub(crate) fn zeros<T: Copy + Default + Send + Sync>(n: usize) -> Vec<T> {
+    use rayon::prelude::*;
+    if n < CONVERT_CHUNK {
+        return vec![T::default(); n];
+    }
+    let mut out = Vec::with_capacity(n);
+    out.spare_capacity_mut()[..n].par_chunks_mut(CONVERT_CHUNK).for_each(|c| c.fill(std::mem::MaybeUninit::new(T::default())));
+    // SAFETY: the first n elements were all written just above.
+    unsafe { out.set_len(n) };
+    out
+}
 
 /// `dst[i] = src[i]` widened to f32 (exact), in parallel.
 pub(crate) fn par_widen<E: Elem>(dst: &mut [f32], src: &[E]) {

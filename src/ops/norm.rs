@@ -175,7 +175,7 @@ pub(crate) fn map_planes<T: Elem, V: Elem, O: Elem, R: Send>(
     hw: usize,
     f: impl Fn(usize, &[f32], Option<&[f32]>, &mut [f32]) -> R + Sync,
 ) -> (Vec<O>, Vec<R>) {
-    let mut y = vec![O::zero(); x.len()];
+    let mut y = crate::ops::zeros(x.len());
     // Room for the planes that need converting (none where all are f32).
     let wide = |f32_already: bool| if f32_already { 0 } else { hw };
     let (xn, on) = (wide(T::as_f32(&[]).is_some()), wide(V::as_f32(&[]).is_some() || other.is_none()));
@@ -412,7 +412,7 @@ impl CustomOp1 for NormActBlurDown {
         let (b, c, h, w) = l.shape().dims4()?;
         let (hw, act) = (h * w, self.act);
         let (oh, ow) = (blur::down_len(h), blur::down_len(w));
-        let mut y = vec![0f32; b * c * oh * ow];
+        let mut y = crate::ops::zeros(b * c * oh * ow);
         let stats: Vec<(f32, f32)> = y
             .par_chunks_mut(oh * ow)
             .zip(x.par_chunks(hw))
@@ -461,7 +461,7 @@ impl CustomOp2 for NormActBlurDownBwd {
             bail!("instance norm + blur-pool backward ran without its forward statistics");
         }
         let act = self.act;
-        let mut dx = vec![0f32; x.len()];
+        let mut dx = crate::ops::zeros(x.len());
         dx.par_chunks_mut(hw).zip(x.par_chunks(hw).zip(dy.par_chunks(oh * ow))).zip(stats.par_iter()).for_each_init(
             || (vec![0f32; hw], vec![0f32; w]),
             |(gn, row), ((dxp, (xp, dyp)), &st)| {

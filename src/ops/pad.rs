@@ -49,7 +49,7 @@ impl CustomOp1 for ReflectPad {
 pub(crate) fn pad_planes(x: &[f32], h: usize, w: usize, p: usize) -> Vec<f32> {
     let (ph, pw) = (h + 2 * p, w + 2 * p);
     let rows = reflect_indices(h, p);
-    let mut y = vec![0f32; x.len() / (h * w).max(1) * ph * pw];
+    let mut y = crate::ops::zeros(x.len() / (h * w).max(1) * ph * pw);
     y.par_chunks_mut(ph * pw).zip(x.par_chunks(h * w)).for_each(|(yp, xp)| {
         for (r, row) in yp.chunks_exact_mut(pw).enumerate() {
             let src = &xp[rows[r] as usize * w..][..w];
@@ -90,7 +90,7 @@ impl CustomOp1 for ReflectPadBwd {
             bail!("reflection padding backward: gradient {ph}x{pw} does not match {h}x{w} padded by {p}");
         }
         let rows = reflect_indices(h, p);
-        let mut dx = vec![0f32; b * c * h * w];
+        let mut dx = crate::ops::zeros(b * c * h * w);
         dx.par_chunks_mut(h * w).zip(dy.par_chunks(ph * pw)).for_each(|(xp, yp)| {
             for (r, row) in yp.chunks_exact(pw).enumerate() {
                 let dst = &mut xp[rows[r] as usize * w..][..w];

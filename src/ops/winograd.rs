@@ -187,7 +187,7 @@ impl FilterCache {
         }
         // Made outside the lock (it runs on the rayon threads); a thread that made the same U
         // meanwhile wins, and both give the same values.
-        let mut u = vec![0f32; t.positions() * cout * cin];
+        let mut u = crate::ops::zeros(t.positions() * cout * cin);
         filter_transform(w, cout, cin, t, &mut u);
         Some(self.lock().entry(key).or_default().get_or_insert_with(|| Arc::new(u)).clone())
     }
@@ -896,7 +896,7 @@ fn filter_plane_m<const M: usize, const R: usize, const AL: usize>(buf: &mut [f3
 /// dW [Cout, Cin, r, r] from dU [Cout][α²][Cin] (the adjoint of `filter_transform`).
 fn filter_transform_adjoint(du: &[f32], cout: usize, cin: usize, t: &Tiles) -> Vec<f32> {
     let (r, m) = (t.r, t.m);
-    let mut dw = vec![0f32; cout * cin * r * r];
+    let mut dw = crate::ops::zeros(cout * cin * r * r);
     per_channel((&mut dw, r * r * cin), (du, t.positions() * cin), cout, (r * r + r * t.alpha) * cin, |buf, wc, uc| filter_adjoint_plane(buf, wc, uc, cin, m));
     dw
 }
@@ -1157,7 +1157,7 @@ fn forward_kernel<T: Elem>(x: &[T], w: &[f32], cin: usize, cout: usize, t: &Tile
     if training && direct::applies(cin, cout, t) {
         return direct::forward(x, w, cin, cout, t);
     }
-    let mut y = vec![T::zero(); x.len() / (cin * t.plane()) * cout * t.ho * t.wo];
+    let mut y = crate::ops::zeros(x.len() / (cin * t.plane()) * cout * t.ho * t.wo);
     let mut run = |u: &[f32]| {
         let images = x.chunks_exact(cin * t.plane()).zip(y.chunks_exact_mut(cout * t.ho * t.wo));
         for_each_band(t, cin, cout, cin, images, |(xb, yb), band, v, m| {
@@ -1185,7 +1185,7 @@ fn data_grad_kernel<T: Elem>(dy: &[T], w: &[f32], cin: usize, cout: usize, t: &T
     if direct::applies(cin, cout, t) {
         return direct::data_grad(dy, w, cin, cout, t);
     }
-    let mut dx = vec![0f32; dy.len() / (cout * t.ho * t.wo) * cin * t.plane()];
+    let mut dx = crate::ops::zeros(dy.len() / (cout * t.ho * t.wo) * cin * t.plane());
     let mut at = 0;
     with_filter(w, cout, cin, t, |u| {
         let images = dy.chunks_exact(cout * t.ho * t.wo).zip(dx.chunks_exact_mut(cin * t.plane()));

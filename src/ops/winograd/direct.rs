@@ -80,7 +80,7 @@ fn widened<E: Elem>(x: &[E]) -> std::borrow::Cow<'_, [f32]> {
     match E::as_f32(x) {
         Some(x) => x.into(),
         None => {
-            let mut out = vec![0f32; x.len()];
+            let mut out = crate::ops::zeros(x.len());
             crate::ops::par_widen(&mut out, x);
             out.into()
         }
@@ -175,7 +175,7 @@ fn direct(x: &[u32], (pairs, plane, width): (usize, usize, usize), w: &[u32], r:
 fn pack_weights(w: &[f32], cout: usize, cin: usize, r: usize, adjoint: bool) -> Vec<u32> {
     let (rows, k) = if adjoint { (cin, cout) } else { (cout, cin) };
     let (pairs, taps) = (pairs_of(k), r * r);
-    let mut out = vec![0u32; taps * rows * pairs];
+    let mut out = crate::ops::zeros(taps * rows * pairs);
     let dst = SharedU32(out.as_mut_ptr());
     (0..rows).into_par_iter().for_each(|row| {
         // The row's weights tap-major ([tap][kk], k padded to even), then paired along kk.
@@ -214,8 +214,8 @@ impl SharedU32 {
 pub(super) fn forward<E: Elem>(x: &[E], w: &[f32], cin: usize, cout: usize, t: &Tiles) -> Vec<E> {
     let (plane_in, plane_out) = (cin * t.sh * t.sw, cout * t.ho * t.wo);
     let wp = pack_weights(w, cout, cin, t.r, false);
-    let mut y = vec![E::zero(); x.len() / plane_in * plane_out];
-    let mut out_f32 = if E::as_f32(&[]).is_some() { Vec::new() } else { vec![0f32; plane_out] };
+    let mut y = crate::ops::zeros(x.len() / plane_in * plane_out);
+    let mut out_f32 = if E::as_f32(&[]).is_some() { Vec::new() } else { crate::ops::zeros(plane_out) };
     with_pairs(0, planes_len(cin, t.h, t.w), |px| {
         for (xb, yb) in x.chunks_exact(plane_in).zip(y.chunks_exact_mut(plane_out)) {
             let xf = widened(xb);
@@ -238,7 +238,7 @@ pub(super) fn data_grad<E: Elem>(dy: &[E], w: &[f32], cin: usize, cout: usize, t
     let (plane_dy, plane_dx) = (cout * t.ho * t.wo, cin * t.sh * t.sw);
     let r = t.r;
     let wp = pack_weights(w, cout, cin, r, true);
-    let mut dx = vec![0f32; dy.len() / plane_dy * plane_dx];
+    let mut dx = crate::ops::zeros(dy.len() / plane_dy * plane_dx);
     // The full correlation's input: dy zero-padded by r − 1 on every side.
     let (hp, wpad) = (t.ho + 2 * (r - 1), t.wo + 2 * (r - 1));
     with_pairs(0, planes_len(cout, hp, wpad), |pg| {
@@ -285,7 +285,7 @@ pub(super) fn filter_grad<E: Elem, F: Elem>(x: &[E], dy: &[F], cin: usize, cout:
     let x_pairs = row_pairs + r;
     let b_image = 2 * t.h * x_pairs * cin;
     // dW tap-major [tap][cout][cin], summed block by block over k.
-    let mut by_tap = vec![0f32; taps * cout * cin];
+    let mut by_tap = crate::ops::zeros(taps * cout * cin);
     with_pairs(0, images * a_image, |a| {
         with_pairs(1, images * b_image + SLACK, |b| {
             for (dyb, ab) in dy.chunks_exact(plane_dy).zip(a.chunks_exact_mut(a_image)) {
@@ -356,7 +356,7 @@ pub(super) fn filter_grad<E: Elem, F: Elem>(x: &[E], dy: &[F], cin: usize, cout:
         })
     });
     // [tap][cout][cin] → [cout][cin][tap].
-    let mut dw = vec![0f32; cout * cin * taps];
+    let mut dw = crate::ops::zeros(cout * cin * taps);
     dw.par_chunks_mut(cin * taps).enumerate().for_each(|(co, dst)| {
         for (ci, d) in dst.chunks_exact_mut(taps).enumerate() {
             for (tap, v) in d.iter_mut().enumerate() {
