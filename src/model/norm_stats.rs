@@ -88,6 +88,11 @@ thread_local! {
     static MODE: RefCell<Option<Mode>> = const { RefCell::new(None) };
 }
 
+/// Runs `f` with no mode on this thread (its mode, if any, restored afterwards).
+pub(crate) fn set_aside<R>(f: impl FnOnce() -> R) -> R {
+    crate::ops::set_aside(&MODE, f)
+}
+
 /// Clears the thread's mode when dropped, so an error or panic inside `f` leaves nothing behind.
 struct Reset;
 
@@ -213,32 +218,38 @@ pub(crate) fn norm_residual(xs: Tensor, residual: &Tensor) -> Result<Tensor> {
 
 /// `act(instance_norm(xs))` for `xs` [B,C,H,W]; records, replays or measures statistics when asked to.
 pub(crate) fn norm_act(xs: &Tensor, act: Act) -> Result<Tensor> {
-    MODE.with(|m| {
-        let mut mode = m.borrow_mut();
-        match mode.as_mut() {
-            None => instance_norm_act(xs, act),
-            Some(Mode::Record(stats)) => {
-                let mean = xs.mean_keepdim(D::Minus1)?.mean_keepdim(D::Minus2)?; // [B,C,1,1]
-                let var = xs.broadcast_sub(&mean)?.sqr()?.mean_keepdim(D::Minus1)?.mean_keepdim(D::Minus2)?;
-                stats.layers.push((mean, var));
-                instance_norm_act(xs, act)
-            }
-            Some(Mode::Replay { stats, next }) => {
-                let Some((mean, var)) = stats.layers.get(*next) else {
-                    bail!("the network runs more norm layers than the {} recorded", stats.len())
-                };
-                *next += 1;
-                normalise(xs, mean, var, act)
-            }
-            Some(Mode::Measure(m)) => {
-                if m.next == m.target {
-                    m.sums = Some(region_sums(xs, m)?);
-                    bail!("{MEASURED}");
-                }
-                let (mean, var) = &m.stats.layers[m.next];
-                m.next += 1;
-                normalise(xs, mean, var, act)
-            }
+    // The mode is taken out while the ops run, not borrowed: a rayon thread waiting inside them
+    // may take another job (`ops::in_pool`), which sets this thread's mode aside for itself.
+    let Some(mut mode) = MODE.with(|m| m.borrow_mut().take()) else { return instance_norm_act(xs, act) };
+    let out = norm_act_in(&mut mode, xs, act);
+    MODE.with(|m| *m.borrow_mut() = Some(mode));
+    out
+}
+
+/// [`norm_act`] in `mode`.
+fn norm_act_in(mode: &mut Mode, xs: &Tensor, act: Act) -> Result<Tensor> {
+    match mode {
+        Mode::Record(stats) => {
+            let mean = xs.mean_keepdim(D::Minus1)?.mean_keepdim(D::Minus2)?; // [B,C,1,1]
+            let var = xs.broadcast_sub(&mean)?.sqr()?.mean_keepdim(D::Minus1)?.mean_keepdim(D::Minus2)?;
+            stats.layers.push((mean, var));
+            instance_norm_act(xs, act)
         }
-    })
+        Mode::Replay { stats, next } => {
+            let Some((mean, var)) = stats.layers.get(*next) else {
+                bail!("the network runs more norm layers than the {} recorded", stats.len())
+            };
+            *next += 1;
+            normalise(xs, mean, var, act)
+        }
+        Mode::Measure(m) => {
+            if m.next == m.target {
+                m.sums = Some(region_sums(xs, m)?);
+                bail!("{MEASURED}");
+            }
+            let (mean, var) = &m.stats.layers[m.next];
+            m.next += 1;
+            normalise(xs, mean, var, act)
+        }
+    }
 }

@@ -154,8 +154,14 @@ thread_local! {
 
 impl FilterCache {
     /// Runs `f` with this thread's Winograd convolutions of weights without autograd reading
-    /// and filling this cache (the previous cache, if any, restored afterwards, also on panic).
-    pub fn scope<R>(&self, f: impl FnOnce() -> R) -> R {
+    /// and filling this cache (the previous cache, if any, restored afterwards, also on panic),
+    /// on a thread of rayon's pool ([`in_pool`](super::in_pool)).
+    pub fn scope<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        super::in_pool(|| self.scope_here(f))
+    }
+
+    /// [`scope`](Self::scope) on this thread.
+    fn scope_here<R>(&self, f: impl FnOnce() -> R) -> R {
         struct Restore(Option<FilterCache>);
         impl Drop for Restore {
             fn drop(&mut self) {
@@ -165,6 +171,11 @@ impl FilterCache {
         }
         let _restore = Restore(ACTIVE_FILTERS.with(|c| c.replace(Some(self.clone()))));
         f()
+    }
+
+    /// Runs `f` with no cache active on this thread (the active one restored afterwards).
+    pub(crate) fn set_aside<R>(f: impl FnOnce() -> R) -> R {
+        super::set_aside(&ACTIVE_FILTERS, f)
     }
 
     fn active() -> Option<Self> {

@@ -55,9 +55,12 @@ impl MethodTrainer {
 
     /// One optimisation step, its convolutions in the run's precision.
     pub fn train_step(&mut self, real_a: &Tensor, real_b: &Tensor) -> Result<Losses> {
-        crate::ops::with_precision(self.cfg().precision, || match self {
-            Self::CycleGan(t) => t.train_step(real_a, real_b),
-            Self::Cut(t) => t.train_step(real_a, real_b),
+        let precision = self.cfg().precision;
+        crate::ops::in_pool(|| {
+            crate::ops::with_precision(precision, || match self {
+                Self::CycleGan(t) => t.train_step(real_a, real_b),
+                Self::Cut(t) => t.train_step(real_a, real_b),
+            })
         })
     }
 

@@ -269,7 +269,7 @@ impl Translator {
     /// Runs `f`, translations with this translator's generators on this thread, keeping their
     /// transformed filters for the next translation (see [`crate::ops::FilterCache`]): 8 % of
     /// a 256² translation after the first.
-    pub fn keeping_filters<R>(&self, f: impl FnOnce() -> R) -> R {
+    pub fn keeping_filters<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
         self.filters.scope(f)
     }
 
