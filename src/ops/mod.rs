@@ -412,6 +412,33 @@ pub(crate) fn zeros<T: Copy + Default + Send + Sync>(n: usize) -> Vec<T> {
     out
 }
 
+/// `n` values made in parallel, `len` at a time: `f(state, i, chunk)` fills chunk i (the last
+/// may be shorter) and returns what is collected; `init` makes a thread's `state`. Each chunk is
+/// zeroed by the thread that fills it, just before, so it is in that thread's cache then: where
+/// [`zeros`] makes a separate pass over memory first (a training step's norm outputs alone were
+/// a third of what it zeroed, ~400 MB per 128² step).
+pub(crate) fn par_chunks_made<T, S, R>(n: usize, len: usize, init: impl Fn() -> S + Send + Sync, f: impl Fn(&mut S, usize, &mut [T]) -> R + Send + Sync) -> (Vec<T>, Vec<R>)
+where
+    T: Copy + Default + Send + Sync,
+    R: Send,
+{
+    use rayon::prelude::*;
+    let mut out = Vec::with_capacity(n);
+    let results = out.spare_capacity_mut()[..n]
+        .par_chunks_mut(len.max(1))
+        .enumerate()
+        .map_init(init, |state, (i, chunk)| {
+            chunk.fill(std::mem::MaybeUninit::new(T::default()));
+            // SAFETY: every element of the chunk was written just above, so it is a valid [T].
+            let chunk = unsafe { &mut *(chunk as *mut [std::mem::MaybeUninit<T>] as *mut [T]) };
+            f(state, i, chunk)
+        })
+        .collect();
+    // SAFETY: the chunks cover the first n elements, and each was written above.
+    unsafe { out.set_len(n) };
+    (out, results)
+}
+
 /// `dst[i] = src[i]` widened to f32 (exact), in parallel.
 pub(crate) fn par_widen<E: Elem>(dst: &mut [f32], src: &[E]) {
     use rayon::prelude::*;

@@ -175,41 +175,37 @@ pub(crate) fn map_planes<T: Elem, V: Elem, O: Elem, R: Send>(
     hw: usize,
     f: impl Fn(usize, &[f32], Option<&[f32]>, &mut [f32]) -> R + Sync,
 ) -> (Vec<O>, Vec<R>) {
-    let mut y = crate::ops::zeros(x.len());
     // Room for the planes that need converting (none where all are f32).
     let wide = |f32_already: bool| if f32_already { 0 } else { hw };
     let (xn, on) = (wide(T::as_f32(&[]).is_some()), wide(V::as_f32(&[]).is_some() || other.is_none()));
     let yn = wide(O::as_f32_mut(&mut []).is_some());
-    let results = y
-        .par_chunks_mut(hw)
-        .enumerate()
-        .map_init(
-            || vec![0f32; xn + on + yn],
-            |buf, (i, yp)| {
-                let (xb, rest) = buf.split_at_mut(xn);
-                let (ob, yb) = rest.split_at_mut(on);
-                let xp = &x[i * hw..][..hw];
-                let xp = T::as_f32(xp).unwrap_or_else(|| {
-                    T::widen(xb, xp);
-                    xb
-                });
-                let op = other.map(|o| {
-                    let o = &o[i * hw..][..hw];
-                    V::as_f32(o).unwrap_or_else(|| {
-                        V::widen(ob, o);
-                        ob
-                    })
-                });
-                if let Some(yf) = O::as_f32_mut(yp) {
-                    return f(i, xp, op, yf);
-                }
-                let r = f(i, xp, op, yb);
-                O::narrow(yp, yb);
-                r
-            },
-        )
-        .collect();
-    (y, results)
+    crate::ops::par_chunks_made(
+        x.len(),
+        hw,
+        || vec![0f32; xn + on + yn],
+        |buf, i, yp| {
+            let (xb, rest) = buf.split_at_mut(xn);
+            let (ob, yb) = rest.split_at_mut(on);
+            let xp = &x[i * hw..][..hw];
+            let xp = T::as_f32(xp).unwrap_or_else(|| {
+                T::widen(xb, xp);
+                xb
+            });
+            let op = other.map(|o| {
+                let o = &o[i * hw..][..hw];
+                V::as_f32(o).unwrap_or_else(|| {
+                    V::widen(ob, o);
+                    ob
+                })
+            });
+            if let Some(yf) = O::as_f32_mut(yp) {
+                return f(i, xp, op, yf);
+            }
+            let r = f(i, xp, op, yb);
+            O::narrow(yp, yb);
+            r
+        },
+    )
 }
 
 /// `act(instance_norm(x))` of every `hw`-long plane of `x`, stored as `T`, with each plane's

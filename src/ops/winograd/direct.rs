@@ -133,7 +133,8 @@ fn direct(x: &[u32], (pairs, plane, width): (usize, usize, usize), w: &[u32], r:
         // `pairs` at a tap) or `x` (16 channel pairs of a plane, 16 positions from a segment's
         // start, which is at most 15 past the last output's position on the input's rows, so at
         // most `width`·(r − 1) + r − 1 + 15 past a plane's last output: inside the SLACK after the
-        // last plane); each output position belongs to one segment, and it to this task alone.
+        // last plane); each output position belongs to one segment, and it to this task alone
+        // (a direct store writes the block's 32 output channels at its two segments' positions).
         unsafe {
             let tiles = amx::Tiles::configure();
             for sp in s0..(s0 + chunk).min(seg_pairs) {
@@ -155,10 +156,19 @@ fn direct(x: &[u32], (pairs, plane, width): (usize, usize, usize), w: &[u32], r:
                         b_stride: plane * 4,
                     }
                 });
-                let sums = tiles.block(steps);
                 let (runs_a, runs_b) = (runs(s_a), if s_b != s_a { runs(s_b) } else { Vec::new() });
+                let base = block * 2 * T * ho * wo;
+                // Two whole segments side by side in the output (all of a 32-wide residual
+                // block's rows, most of wider ones'): the tiles are stored there directly.
+                if let ([(at, 0, T)], [(next, 0, T)]) = (&runs_a[..], &runs_b[..]) {
+                    if *next == at + T {
+                        tiles.block_into(dst.at(base + at), ho * wo, false, steps);
+                        continue;
+                    }
+                }
+                let sums = tiles.block(steps);
                 for (i, row) in sums.iter().enumerate() {
-                    let base = (block * 2 * T + i) * ho * wo;
+                    let base = base + i * ho * wo;
                     for (half, runs) in [(0, &runs_a), (T, &runs_b)] {
                         for &(at, from, n) in runs {
                             std::ptr::copy_nonoverlapping(row[half + from..].as_ptr(), dst.at(base + at), n);
@@ -284,9 +294,8 @@ pub(super) fn filter_grad<E: Elem, F: Elem>(x: &[E], dy: &[F], cin: usize, cout:
     // shift s holds columns 2j + s and 2j + s + 1 (zero past w).
     let x_pairs = row_pairs + r;
     let b_image = 2 * t.h * x_pairs * cin;
-    // dW tap-major [tap][cout][cin], summed block by block over k.
-    let mut by_tap = crate::ops::zeros(taps * cout * cin);
-    with_pairs(0, images * a_image, |a| {
+    // dW [cout][tap][cin], summed block by block over k.
+    let by_tap = with_pairs(0, images * a_image, |a| {
         with_pairs(1, images * b_image + SLACK, |b| {
             for (dyb, ab) in dy.chunks_exact(plane_dy).zip(a.chunks_exact_mut(a_image)) {
                 let g = widened(dyb);
@@ -327,12 +336,11 @@ pub(super) fn filter_grad<E: Elem, F: Elem>(x: &[E], dy: &[F], cin: usize, cout:
             // channels), so each A tile it loads serves every tap and input block.
             let k_steps = images * t.ho * steps_per_row;
             let (a, b) = (&*a, &*b);
-            let dst = SharedDst(by_tap.as_mut_ptr());
-            (0..cout / (2 * T)).into_par_iter().for_each(|bm| {
+            crate::ops::par_chunks_made(cout * taps * cin, 2 * T * taps * cin, || (), |_, bm, dw_block: &mut [f32]| {
                 // SAFETY: AMX was detected (`applies`); A loads read 16 rows of 16 pairs inside an
                 // image's rows of `a`; B loads 16 pixel pairs × 16 channels inside a row's
-                // x_pairs (j0 + 16 + kw/2 ≤ row_pairs + r) of `b`; this task alone writes its 32
-                // output channels of every tap.
+                // x_pairs (j0 + 16 + kw/2 ≤ row_pairs + r) of `b`; the stores stay inside this
+                // task's 32 output channels [32][tap][cin].
                 unsafe {
                     let tiles = amx::Tiles::configure();
                     for k0 in (0..k_steps).step_by(FILTER_K_STEPS) {
@@ -346,25 +354,26 @@ pub(super) fn filter_grad<E: Elem, F: Elem>(x: &[E], dy: &[F], cin: usize, cout:
                                     let pb = b.as_ptr().add(img * b_image + (kw % 2) * t.h * x_pairs * cin + ((y + kh) * x_pairs + j0 + kw / 2) * cin + bn * 2 * T);
                                     amx::Step { a: [pa, pa.add(T * T)], a_stride: T * 4, b: [pb, pb.add(T)], b_stride: cin * 4 }
                                 });
-                                let c = dst.at((tap * cout + bm * 2 * T) * cin + bn * 2 * T);
-                                tiles.block_into(c, cin, k0 > 0, steps);
+                                let c = dw_block.as_mut_ptr().add(tap * cin + bn * 2 * T);
+                                tiles.block_into(c, taps * cin, k0 > 0, steps);
                             }
                         }
                     }
                 }
-            });
+            })
+            .0
         })
     });
-    // [tap][cout][cin] → [cout][cin][tap].
-    let mut dw = crate::ops::zeros(cout * cin * taps);
-    dw.par_chunks_mut(cin * taps).enumerate().for_each(|(co, dst)| {
+    // [cout][tap][cin] → [cout][cin][tap].
+    crate::ops::par_chunks_made(cout * cin * taps, cin * taps, || (), |_, co, dst| {
+        let src = &by_tap[co * taps * cin..][..taps * cin];
         for (ci, d) in dst.chunks_exact_mut(taps).enumerate() {
             for (tap, v) in d.iter_mut().enumerate() {
-                *v = by_tap[(tap * cout + co) * cin + ci];
+                *v = src[tap * cin + ci];
             }
         }
-    });
-    dw
+    })
+    .0
 }
 
 #[cfg(test)]
