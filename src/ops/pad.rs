@@ -5,7 +5,6 @@
 
 use super::{act_data, act_storage, cpu_act, reflect_indices};
 use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
 
 /// `xs` `[B,C,H,W]` → `[B,C,H+2p,W+2p]`, PyTorch's ReflectionPad2d; f32 or bf16 CPU tensors take the
 /// custom op, others the composed `index_select` version.
@@ -49,8 +48,9 @@ impl CustomOp1 for ReflectPad {
 pub(crate) fn pad_planes(x: &[f32], h: usize, w: usize, p: usize) -> Vec<f32> {
     let (ph, pw) = (h + 2 * p, w + 2 * p);
     let rows = reflect_indices(h, p);
-    let mut y = crate::ops::zeros(x.len() / (h * w).max(1) * ph * pw);
-    y.par_chunks_mut(ph * pw).zip(x.par_chunks(h * w)).for_each(|(yp, xp)| {
+    let planes = x.len() / (h * w).max(1);
+    crate::ops::par_chunks_made(planes * ph * pw, ph * pw, || (), |_, i, yp: &mut [f32]| {
+        let xp = &x[i * h * w..][..h * w];
         for (r, row) in yp.chunks_exact_mut(pw).enumerate() {
             let src = &xp[rows[r] as usize * w..][..w];
             row[p..p + w].copy_from_slice(src);
@@ -59,8 +59,8 @@ pub(crate) fn pad_planes(x: &[f32], h: usize, w: usize, p: usize) -> Vec<f32> {
                 row[p + w + j] = src[w - 2 - j];
             }
         }
-    });
-    y
+    })
+    .0
 }
 
 /// The gradient of `reflect_pad2d(x, pad)` for `x` of `h`×`w` planes from the padded output's
@@ -90,8 +90,8 @@ impl CustomOp1 for ReflectPadBwd {
             bail!("reflection padding backward: gradient {ph}x{pw} does not match {h}x{w} padded by {p}");
         }
         let rows = reflect_indices(h, p);
-        let mut dx = crate::ops::zeros(b * c * h * w);
-        dx.par_chunks_mut(h * w).zip(dy.par_chunks(ph * pw)).for_each(|(xp, yp)| {
+        let (dx, _) = crate::ops::par_chunks_made(b * c * h * w, h * w, || (), |_, i, xp: &mut [f32]| {
+            let yp = &dy[i * ph * pw..][..ph * pw];
             for (r, row) in yp.chunks_exact(pw).enumerate() {
                 let dst = &mut xp[rows[r] as usize * w..][..w];
                 for (d, &v) in dst.iter_mut().zip(&row[p..p + w]) {
