@@ -657,6 +657,52 @@ mod tests {
         }
     }
 
+    /// A job sent to the pool runs on a pool thread with the caller's settings, and with the
+    /// per-call state of whatever that thread was running set aside (and put back after).
+    #[test]
+    fn in_pool_carries_settings_and_sets_aside_op_state() {
+        std::thread::spawn(|| {
+            assert!(rayon::current_thread_index().is_none());
+            let seen = with_precision(Precision::Bf16, || {
+                with_bf16_activations(|| in_pool(|| (rayon::current_thread_index().is_some(), precision::current(), BF16_ACTIVATIONS.with(std::cell::Cell::get))))
+            });
+            assert_eq!(seen, (true, Precision::Bf16, true));
+            // Back on the caller's thread, nothing of it is left.
+            assert_eq!((precision::current(), BF16_ACTIVATIONS.with(std::cell::Cell::get)), (Precision::Fp32, false));
+        })
+        .join()
+        .unwrap();
+
+        thread_local! {
+            static STATE: std::cell::RefCell<Option<u32>> = const { std::cell::RefCell::new(None) };
+        }
+        STATE.with(|s| *s.borrow_mut() = Some(7));
+        assert_eq!(set_aside(&STATE, || STATE.with(|s| *s.borrow())), None);
+        assert_eq!(STATE.with(|s| *s.borrow()), Some(7));
+        let panicked = std::panic::catch_unwind(|| set_aside(&STATE, || panic!("inside")));
+        assert!(panicked.is_err());
+        assert_eq!(STATE.with(|s| *s.borrow()), Some(7), "put back after a panic too");
+    }
+
+    /// `zeros` and `par_chunks_made` give zeroed memory (also where it was used before) and
+    /// every chunk to exactly one call.
+    #[test]
+    fn outputs_are_zeroed_and_every_chunk_made_once() {
+        for n in [0, 5, CONVERT_CHUNK - 1, CONVERT_CHUNK, 3 * CONVERT_CHUNK + 7] {
+            drop(vec![f32::NAN; n + 1]); // leave dirty memory for the next allocation
+            assert!(zeros::<f32>(n).iter().all(|&v| v.to_bits() == 0), "{n}");
+            drop(vec![u32::MAX; n + 1]);
+            let (made, chunks) = par_chunks_made::<u32, _, _>(n, 1000, || (), |_, i, c| {
+                assert!(c.iter().all(|&v| v == 0));
+                c.iter_mut().for_each(|v| *v = i as u32 + 1);
+                (i, c.len())
+            });
+            assert_eq!(made.len(), n);
+            assert_eq!(chunks, (0..n.div_ceil(1000)).map(|i| (i, 1000.min(n - 1000 * i))).collect::<Vec<_>>());
+            assert!(made.iter().enumerate().all(|(j, &v)| v == (j / 1000) as u32 + 1));
+        }
+    }
+
     /// The conversions of bf16 activations: widening is exact, narrowing rounds as `half` does
     /// (to nearest, ties to even; overflow to infinity; NaN stays NaN).
     #[test]
