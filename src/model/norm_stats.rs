@@ -90,7 +90,7 @@ thread_local! {
 
 /// Runs `f` with no mode on this thread (its mode, if any, restored afterwards).
 pub(crate) fn set_aside<R>(f: impl FnOnce() -> R) -> R {
-    crate::ops::set_aside(&MODE, f)
+    crate::ops::with_replaced(&MODE, None, f)
 }
 
 /// Clears the thread's mode when dropped, so an error or panic inside `f` leaves nothing behind.

@@ -196,16 +196,17 @@ pub fn in_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     })
 }
 
-/// Runs `f` with this thread's `key` empty, its value put back afterwards (also on panic).
-pub(crate) fn set_aside<T: 'static, R>(key: &'static std::thread::LocalKey<std::cell::RefCell<Option<T>>>, f: impl FnOnce() -> R) -> R {
+/// Runs `f` with this thread's `key` holding `value` (`None`: state set aside), the previous
+/// value put back afterwards (also on panic): [`with_local`] for state that is not `Copy`.
+pub(crate) fn with_replaced<T: 'static, R>(key: &'static std::thread::LocalKey<std::cell::RefCell<Option<T>>>, value: Option<T>, f: impl FnOnce() -> R) -> R {
     struct Restore<T: 'static>(&'static std::thread::LocalKey<std::cell::RefCell<Option<T>>>, Option<T>);
     impl<T: 'static> Drop for Restore<T> {
         fn drop(&mut self) {
-            let value = self.1.take();
-            self.0.with(|c| *c.borrow_mut() = value);
+            let previous = self.1.take();
+            self.0.with(|c| *c.borrow_mut() = previous);
         }
     }
-    let _restore = Restore(key, key.with(|c| c.borrow_mut().take()));
+    let _restore = Restore(key, key.with(|c| c.replace(value)));
     f()
 }
 
@@ -401,15 +402,10 @@ const CONVERT_CHUNK: usize = 16 << 10;
 /// memory in calloc), and at ~6 % of a training step's samples that serial pass was a tenth of
 /// its time, with the other core idle (bench/RESULTS.md, "A ninth round").
 pub(crate) fn zeros<T: Copy + Default + Send + Sync>(n: usize) -> Vec<T> {
-    use rayon::prelude::*;
     if n < CONVERT_CHUNK {
         return vec![T::default(); n];
     }
-    let mut out = Vec::with_capacity(n);
-    out.spare_capacity_mut()[..n].par_chunks_mut(CONVERT_CHUNK).for_each(|c| c.fill(std::mem::MaybeUninit::new(T::default())));
-    // SAFETY: the first n elements were all written just above.
-    unsafe { out.set_len(n) };
-    out
+    par_chunks_made(n, CONVERT_CHUNK, || (), |_, _, _| ()).0
 }
 
 /// `n` values made in parallel, `len` at a time: `f(state, i, chunk)` fills chunk i (the last
@@ -677,9 +673,10 @@ mod tests {
             static STATE: std::cell::RefCell<Option<u32>> = const { std::cell::RefCell::new(None) };
         }
         STATE.with(|s| *s.borrow_mut() = Some(7));
-        assert_eq!(set_aside(&STATE, || STATE.with(|s| *s.borrow())), None);
+        assert_eq!(with_replaced(&STATE, None, || STATE.with(|s| *s.borrow())), None);
+        assert_eq!(with_replaced(&STATE, Some(8), || STATE.with(|s| *s.borrow())), Some(8));
         assert_eq!(STATE.with(|s| *s.borrow()), Some(7));
-        let panicked = std::panic::catch_unwind(|| set_aside(&STATE, || panic!("inside")));
+        let panicked = std::panic::catch_unwind(|| with_replaced(&STATE, None, || panic!("inside")));
         assert!(panicked.is_err());
         assert_eq!(STATE.with(|s| *s.borrow()), Some(7), "put back after a panic too");
     }

@@ -162,20 +162,12 @@ impl FilterCache {
 
     /// [`scope`](Self::scope) on this thread.
     fn scope_here<R>(&self, f: impl FnOnce() -> R) -> R {
-        struct Restore(Option<FilterCache>);
-        impl Drop for Restore {
-            fn drop(&mut self) {
-                let previous = self.0.take();
-                ACTIVE_FILTERS.with(|c| *c.borrow_mut() = previous);
-            }
-        }
-        let _restore = Restore(ACTIVE_FILTERS.with(|c| c.replace(Some(self.clone()))));
-        f()
+        super::with_replaced(&ACTIVE_FILTERS, Some(self.clone()), f)
     }
 
     /// Runs `f` with no cache active on this thread (the active one restored afterwards).
     pub(crate) fn set_aside<R>(f: impl FnOnce() -> R) -> R {
-        super::set_aside(&ACTIVE_FILTERS, f)
+        super::with_replaced(&ACTIVE_FILTERS, None, f)
     }
 
     fn active() -> Option<Self> {
