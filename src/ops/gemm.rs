@@ -215,16 +215,33 @@ pub(crate) fn with_scratch_slot<R>(slot: usize, len: usize, f: impl FnOnce(&mut 
     SCRATCH.with(|s| with_taken(&s[slot], len, f))
 }
 
-/// Runs `f` on the buffer kept in `cell` (a thread's), grown to `len`: taken out while in use, so
-/// a nested call on the same cell gets a buffer of its own.
+/// Bytes in a cache line.
+const LINE: usize = 64;
+
+/// Runs `f` on `len` elements of the buffer kept in `cell` (a thread's), grown as needed, from its
+/// first cache-line boundary on: taken out while in use, so a nested call on the same cell gets a
+/// buffer of its own. The start is on a line because the kernels' packed operands have rows of
+/// whole lines, and a 64-byte load that straddles two lines (an AMX tile row, an AVX-512 vector)
+/// costs two: AMX's direct convolutions ran 1.5–1.9× longer on weights 16 bytes off a line
+/// (malloc's alignment) than on aligned ones (bench/RESULTS.md, "A tenth round").
 pub(crate) fn with_taken<T: Clone + Default, R>(cell: &Cell<Vec<T>>, len: usize, f: impl FnOnce(&mut [T]) -> R) -> R {
     let mut buf = cell.take();
-    if buf.len() < len {
-        buf = vec![T::default(); len];
-    }
-    let out = f(&mut buf[..len]);
+    let out = f(from_line(&mut buf, len));
     cell.set(buf);
     out
+}
+
+/// `len` elements of `buf` from its first cache-line boundary on (see [`with_taken`]), `buf`
+/// made longer first where it is too short (its contents then start as `T::default()`).
+pub(crate) fn from_line<T: Clone + Default>(buf: &mut Vec<T>, len: usize) -> &mut [T] {
+    let size = std::mem::size_of::<T>().max(1);
+    if buf.len() < len + LINE / size {
+        *buf = vec![T::default(); len + LINE / size];
+    }
+    // A Vec<T> is aligned to T, so the distance to the next line is whole elements where T's
+    // size divides a line (u32, f32); otherwise the buffer is used as it is.
+    let start = if LINE.is_multiple_of(size) { (LINE - buf.as_ptr() as usize % LINE) % LINE / size } else { 0 };
+    &mut buf[start..start + len]
 }
 
 #[cfg(test)]

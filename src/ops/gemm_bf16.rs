@@ -16,7 +16,7 @@
 //! as an A tile reads them; the micro-kernel keeps a 32×32 block in four accumulator tiles, and a
 //! block's depth is padded with zero pairs to a multiple of a tile's 16).
 
-use super::gemm::{Mat, SharedDst};
+use super::gemm::{from_line, with_taken, Mat, SharedDst};
 use rayon::prelude::*;
 use std::cell::Cell;
 use std::sync::OnceLock;
@@ -388,21 +388,13 @@ unsafe fn micro_kernel(kp: usize, a: *const u32, b: *const u32, c: *mut f32, c_r
     }
 }
 
-/// Runs `f` on this thread's two packing buffers (A, B), grown to the lengths asked for.
+/// Runs `f` on this thread's two packing buffers (A, B), `a_len` and `b_len` long, each starting
+/// on a cache line (`with_taken`).
 fn with_pack_buffers<R>(a_len: usize, b_len: usize, f: impl FnOnce(&mut [u32], &mut [u32]) -> R) -> R {
     thread_local! {
-        static BUFS: Cell<(Vec<u32>, Vec<u32>)> = const { Cell::new((Vec::new(), Vec::new())) };
+        static BUFS: [Cell<Vec<u32>>; 2] = const { [Cell::new(Vec::new()), Cell::new(Vec::new())] };
     }
-    let (mut a, mut b) = BUFS.with(Cell::take);
-    if a.len() < a_len {
-        a = vec![0; a_len];
-    }
-    if b.len() < b_len {
-        b = vec![0; b_len];
-    }
-    let out = f(&mut a[..a_len], &mut b[..b_len]);
-    BUFS.with(|s| s.set((a, b)));
-    out
+    BUFS.with(|bufs| with_taken(&bufs[0], a_len, |a| with_taken(&bufs[1], b_len, |b| f(a, b))))
 }
 
 /// All of A [m,k] packed into `packed` (`packed_a_len(isa, m, k)` pairs; its contents on entry do
@@ -511,15 +503,14 @@ unsafe fn gemm_impl(isa: Isa, m: usize, n: usize, k: usize, (dst, dst_rs): (*mut
         static SHARED_A: Cell<Vec<u32>> = const { Cell::new(Vec::new()) };
     }
     let mut shared_buf = Vec::new();
-    if col_tasks > 1 {
+    let shared_a = if col_tasks > 1 {
         shared_buf = SHARED_A.with(Cell::take);
-        let len = packed_a_len(isa, m, k);
-        if shared_buf.len() < len {
-            shared_buf = vec![0; len];
-        }
-        pack_a_whole(isa, lhs, m, k, parallel, &mut shared_buf[..len]);
-    }
-    let shared_a = (col_tasks > 1).then_some(&shared_buf[..]);
+        let packed = from_line(&mut shared_buf, packed_a_len(isa, m, k));
+        pack_a_whole(isa, lhs, m, k, parallel, packed);
+        Some(&*packed)
+    } else {
+        None
+    };
     // Tasks write disjoint row × column blocks.
     let out = SharedDst(dst);
     let task = |t: usize| {

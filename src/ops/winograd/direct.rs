@@ -75,6 +75,19 @@ fn pack_planes(c: usize, rows: usize, width: usize, out: &mut [u32], row: impl F
     });
 }
 
+/// The row length [`pack_planes`] lays rows of `w` pairs on for [`direct`] to read into `ho` × `wo`
+/// outputs: whole tiles (16 pairs, a cache line) where rows hold whole segments, so that every
+/// plane, row and segment starts on a line, and so do the rows of the B tiles of taps at kw = 0
+/// (a third; the 64² direct convolution 0.90×); `w` itself where segments laid across rows take
+/// fewer tiles (see `direct`).
+fn plane_width(w: usize, ho: usize, wo: usize) -> usize {
+    if (ho * w).div_ceil(T) < ho * wo.div_ceil(T) {
+        w
+    } else {
+        w.next_multiple_of(T)
+    }
+}
+
 /// Image `x` as f32 (borrowed where it is f32 already).
 fn widened<E: Elem>(x: &[E]) -> std::borrow::Cow<'_, [f32]> {
     match E::as_f32(x) {
@@ -180,12 +193,19 @@ fn direct(x: &[u32], (pairs, plane, width): (usize, usize, usize), w: &[u32], r:
     });
 }
 
-/// `w` [cout][cin][r][r] as `direct`'s A operand: [r²][cout][pairs_of(cin)], or flipped and
-/// transposed ([r²][cin][pairs_of(cout)], tap (kh, kw) taking w's (r−1−kh, r−1−kw)) if `adjoint`.
-fn pack_weights(w: &[f32], cout: usize, cin: usize, r: usize, adjoint: bool) -> Vec<u32> {
+/// The most [`pack_weights`] fills, either way: r² taps of `rows` rows of `pairs_of(k)` pairs.
+fn weights_len(cout: usize, cin: usize, r: usize) -> usize {
+    r * r * (cout * pairs_of(cin)).max(cin * pairs_of(cout))
+}
+
+/// `w` [cout][cin][r][r] as `direct`'s A operand, written to `out`'s start (a thread's buffer,
+/// which starts on a cache line): [r²][cout][pairs_of(cin)], or flipped and transposed
+/// ([r²][cin][pairs_of(cout)], tap (kh, kw) taking w's (r−1−kh, r−1−kw)) if `adjoint`. Returns
+/// the part of `out` written.
+fn pack_weights<'a>(w: &[f32], cout: usize, cin: usize, r: usize, adjoint: bool, out: &'a mut [u32]) -> &'a [u32] {
     let (rows, k) = if adjoint { (cin, cout) } else { (cout, cin) };
     let (pairs, taps) = (pairs_of(k), r * r);
-    let mut out = crate::ops::zeros(taps * rows * pairs);
+    let out = &mut out[..taps * rows * pairs];
     let dst = SharedU32(out.as_mut_ptr());
     (0..rows).into_par_iter().for_each(|row| {
         // The row's weights tap-major ([tap][kk], k padded to even), then paired along kk.
@@ -199,10 +219,12 @@ fn pack_weights(w: &[f32], cout: usize, cin: usize, r: usize, adjoint: bool) -> 
             }
         }
         for tap in 0..taps {
-            // SAFETY: row `row` of tap `tap` is inside `out` (`pairs` ≥ k/2 long), and only this
-            // task writes row `row`.
-            let line = unsafe { std::slice::from_raw_parts_mut(dst.at((tap * rows + row) * pairs), k.div_ceil(2)) };
-            gemm_bf16::pair_up(line, &by_tap[tap * stride..(tap + 1) * stride]);
+            // SAFETY: row `row` of tap `tap` is inside `out` (`pairs` long), and only this task
+            // writes row `row`.
+            let line = unsafe { std::slice::from_raw_parts_mut(dst.at((tap * rows + row) * pairs), pairs) };
+            let (made, rest) = line.split_at_mut(k.div_ceil(2));
+            gemm_bf16::pair_up(made, &by_tap[tap * stride..(tap + 1) * stride]);
+            rest.fill(0);
         }
     });
     out
@@ -223,22 +245,25 @@ impl SharedU32 {
 /// The convolution of `x` [B][cin][sh][sw] by `w` [cout][cin][r][r] as `t` pads it, → [B][cout][ho][wo].
 pub(super) fn forward<E: Elem>(x: &[E], w: &[f32], cin: usize, cout: usize, t: &Tiles) -> Vec<E> {
     let (plane_in, plane_out) = (cin * t.sh * t.sw, cout * t.ho * t.wo);
-    let wp = pack_weights(w, cout, cin, t.r, false);
     let mut y = crate::ops::zeros(x.len() / plane_in * plane_out);
     let mut out_f32 = if E::as_f32(&[]).is_some() { Vec::new() } else { crate::ops::zeros(plane_out) };
-    with_pairs(0, planes_len(cin, t.h, t.w), |px| {
-        for (xb, yb) in x.chunks_exact(plane_in).zip(y.chunks_exact_mut(plane_out)) {
-            let xf = widened(xb);
-            pack_planes(cin, t.h, t.w, px, |c, r, row, tmp| t.load_row(&xf[c * t.sh * t.sw..(c + 1) * t.sh * t.sw], r, row, tmp));
-            let out = match E::as_f32_mut(yb) {
-                Some(out) => out,
-                None => &mut out_f32[..],
-            };
-            direct(px, (pairs_of(cin), t.h * t.w, t.w), &wp, t.r, cout, (t.ho, t.wo), out);
-            if E::as_f32(yb).is_none() {
-                crate::ops::par_narrow(yb, &out_f32);
+    let width = plane_width(t.w, t.ho, t.wo);
+    with_pairs(1, weights_len(cout, cin, t.r), |wp| {
+        let wp = pack_weights(w, cout, cin, t.r, false, wp);
+        with_pairs(0, planes_len(cin, t.h, width), |px| {
+            for (xb, yb) in x.chunks_exact(plane_in).zip(y.chunks_exact_mut(plane_out)) {
+                let xf = widened(xb);
+                pack_planes(cin, t.h, width, px, |c, r, row, tmp| t.load_row(&xf[c * t.sh * t.sw..(c + 1) * t.sh * t.sw], r, row, tmp));
+                let out = match E::as_f32_mut(yb) {
+                    Some(out) => out,
+                    None => &mut out_f32[..],
+                };
+                direct(px, (pairs_of(cin), t.h * width, width), wp, t.r, cout, (t.ho, t.wo), out);
+                if E::as_f32(yb).is_none() {
+                    crate::ops::par_narrow(yb, &out_f32);
+                }
             }
-        }
+        })
     });
     y
 }
@@ -247,29 +272,32 @@ pub(super) fn forward<E: Elem>(x: &[E], w: &[f32], cin: usize, cout: usize, t: &
 pub(super) fn data_grad<E: Elem>(dy: &[E], w: &[f32], cin: usize, cout: usize, t: &Tiles) -> Vec<f32> {
     let (plane_dy, plane_dx) = (cout * t.ho * t.wo, cin * t.sh * t.sw);
     let r = t.r;
-    let wp = pack_weights(w, cout, cin, r, true);
     let mut dx = crate::ops::zeros(dy.len() / plane_dy * plane_dx);
     // The full correlation's input: dy zero-padded by r − 1 on every side.
     let (hp, wpad) = (t.ho + 2 * (r - 1), t.wo + 2 * (r - 1));
-    with_pairs(0, planes_len(cout, hp, wpad), |pg| {
-        with_scratch_slot(0, cin * t.h * t.w, |padded| {
-            for (dyb, dxb) in dy.chunks_exact(plane_dy).zip(dx.chunks_exact_mut(plane_dx)) {
-                let g = widened(dyb);
-                pack_planes(cout, hp, wpad, pg, |c, row, out, _| {
-                    out.fill(0.0);
-                    if (r - 1..r - 1 + t.ho).contains(&row) {
-                        out[r - 1..r - 1 + t.wo].copy_from_slice(&g[(c * t.ho + row - (r - 1)) * t.wo..][..t.wo]);
-                    }
-                });
-                // The gradient of the padded input [cin][h][w], then folded onto the stored one.
-                direct(pg, (pairs_of(cout), hp * wpad, wpad), &wp, r, cin, (t.h, t.w), padded);
-                dxb.par_chunks_mut(t.sh * t.sw).zip(padded.par_chunks(t.h * t.w)).for_each(|(plane, src)| {
-                    let mut tmp = vec![0f32; t.sw];
-                    for row in 0..t.h {
-                        t.fold_into(&src[row * t.w..(row + 1) * t.w], row, plane, &mut tmp);
-                    }
-                });
-            }
+    let width = plane_width(wpad, t.h, t.w);
+    with_pairs(1, weights_len(cout, cin, r), |wp| {
+        let wp = pack_weights(w, cout, cin, r, true, wp);
+        with_pairs(0, planes_len(cout, hp, width), |pg| {
+            with_scratch_slot(0, cin * t.h * t.w, |padded| {
+                for (dyb, dxb) in dy.chunks_exact(plane_dy).zip(dx.chunks_exact_mut(plane_dx)) {
+                    let g = widened(dyb);
+                    pack_planes(cout, hp, width, pg, |c, row, out, _| {
+                        out.fill(0.0);
+                        if (r - 1..r - 1 + t.ho).contains(&row) {
+                            out[r - 1..r - 1 + t.wo].copy_from_slice(&g[(c * t.ho + row - (r - 1)) * t.wo..][..t.wo]);
+                        }
+                    });
+                    // The gradient of the padded input [cin][h][w], then folded onto the stored one.
+                    direct(pg, (pairs_of(cout), hp * width, width), wp, r, cin, (t.h, t.w), padded);
+                    dxb.par_chunks_mut(t.sh * t.sw).zip(padded.par_chunks(t.h * t.w)).for_each(|(plane, src)| {
+                        let mut tmp = vec![0f32; t.sw];
+                        for row in 0..t.h {
+                            t.fold_into(&src[row * t.w..(row + 1) * t.w], row, plane, &mut tmp);
+                        }
+                    });
+                }
+            })
         })
     });
     dx
@@ -413,14 +441,20 @@ mod timing {
                 line += &format!(" {p}: forward {f:.2} ms, data grad {d:.2}, filter grad {g:.2};");
             }
             eprintln!("{line}");
-            let wp = super::pack_weights(&w, c, c, 3, false);
-            let pw = median(&mut || drop(super::pack_weights(&w, c, c, 3, false)));
-            let pwa = median(&mut || drop(super::pack_weights(&w, c, c, 3, true)));
-            let load = |ch: usize, r: usize, row: &mut [f32], tmp: &mut [f32]| t.load_row(&x[ch * hw * hw..(ch + 1) * hw * hw], r, row, tmp);
-            let mut px = vec![0u32; super::planes_len(c, t.h, t.w)];
-            let pp = median(&mut || super::pack_planes(c, t.h, t.w, &mut px, load));
-            let mut out = vec![0f32; c * hw * hw];
-            let k = median(&mut || super::direct(&px, (super::pairs_of(c), t.h * t.w, t.w), &wp, 3, c, (t.ho, t.wo), &mut out));
+            let width = super::plane_width(t.w, t.ho, t.wo);
+            // Packed where the kernels pack them: in the threads' buffers, which start on a line.
+            let (pw, pwa, pp, k) = super::with_pairs(1, super::weights_len(c, c, 3), |packed| {
+                let pw = median(&mut || _ = super::pack_weights(&w, c, c, 3, false, packed));
+                let pwa = median(&mut || _ = super::pack_weights(&w, c, c, 3, true, packed));
+                let wp = super::pack_weights(&w, c, c, 3, false, packed);
+                super::with_pairs(0, super::planes_len(c, t.h, width), |px| {
+                    let load = |ch: usize, r: usize, row: &mut [f32], tmp: &mut [f32]| t.load_row(&x[ch * hw * hw..(ch + 1) * hw * hw], r, row, tmp);
+                    let pp = median(&mut || super::pack_planes(c, t.h, width, px, load));
+                    let mut out = vec![0f32; c * hw * hw];
+                    let k = median(&mut || super::direct(px, (super::pairs_of(c), t.h * width, width), wp, 3, c, (t.ho, t.wo), &mut out));
+                    (pw, pwa, pp, k)
+                })
+            });
             eprintln!("  forward: pack weights {pw:.2} ms (adjoint {pwa:.2} ms), pack input {pp:.2} ms, tiles {k:.2} ms ({:.0} GFLOP/s)", 2.0 * (c * c * 9 * hw * hw) as f64 / k / 1e6);
         }
     }
