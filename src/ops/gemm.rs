@@ -234,14 +234,52 @@ pub(crate) fn with_taken<T: Clone + Default, R>(cell: &Cell<Vec<T>>, len: usize,
 /// `len` elements of `buf` from its first cache-line boundary on (see [`with_taken`]), `buf`
 /// made longer first where it is too short (its contents then start as `T::default()`).
 pub(crate) fn from_line<T: Clone + Default>(buf: &mut Vec<T>, len: usize) -> &mut [T] {
+    let start = line_start(buf, len);
+    &mut buf[start..start + len]
+}
+
+/// Where `len` elements of `buf` (made longer first where it is too short) start on a line.
+fn line_start<T: Clone + Default>(buf: &mut Vec<T>, len: usize) -> usize {
     let size = std::mem::size_of::<T>().max(1);
     if buf.len() < len + LINE / size {
         *buf = vec![T::default(); len + LINE / size];
     }
     // A Vec<T> is aligned to T, so the distance to the next line is whole elements where T's
     // size divides a line (u32, f32); otherwise the buffer is used as it is.
-    let start = if LINE.is_multiple_of(size) { (LINE - buf.as_ptr() as usize % LINE) % LINE / size } else { 0 };
-    &mut buf[start..start + len]
+    if LINE.is_multiple_of(size) {
+        (LINE - buf.as_ptr() as usize % LINE) % LINE / size
+    } else {
+        0
+    }
+}
+
+/// A buffer of `len` elements (zero at first) that start on a cache line, for packed operands
+/// kept across calls (see [`with_taken`]).
+pub(crate) struct LineBuf<T> {
+    buf: Vec<T>,
+    start: usize,
+    len: usize,
+}
+
+impl<T: Clone + Default> LineBuf<T> {
+    pub(crate) fn new(len: usize) -> Self {
+        let mut buf = Vec::new();
+        let start = line_start(&mut buf, len);
+        Self { buf, start, len }
+    }
+}
+
+impl<T> std::ops::Deref for LineBuf<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        &self.buf[self.start..self.start + self.len]
+    }
+}
+
+impl<T> std::ops::DerefMut for LineBuf<T> {
+    fn deref_mut(&mut self) -> &mut [T] {
+        &mut self.buf[self.start..self.start + self.len]
+    }
 }
 
 #[cfg(test)]

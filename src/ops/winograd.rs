@@ -30,7 +30,7 @@
 //! The three ops (forward, data gradient, filter gradient) are bilinear and each one's
 //! derivatives are the other two, so second-order gradients work as for `conv`.
 
-use super::gemm::{matmul_batch, with_scratch, with_scratch_slot, Mat};
+use super::gemm::{matmul_batch, with_scratch, with_scratch_slot, LineBuf, Mat};
 use super::{act_data, act_storage, data, Elem};
 use half::bf16;
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, TensorId};
@@ -123,9 +123,11 @@ pub(super) fn forward_op(xs: &Tensor, w: &Tensor, pad: Pad) -> Result<Forward> {
     let t = Tiles::new(h, wd, pad, k)?;
     // F(6×6, 3×3) runs only for outputs of 128² and more, where the transform is a small share
     // and its U (1.8× F(4×4, 3×3)'s) not worth keeping.
-    let keep = !w.track_op() && b * t.th * t.tw <= KEEP_TILES && k.m != 6;
+    // The direct kernels' packed weights are half the weights' size: kept at any size.
+    let direct = direct::applies(xs.dim(1)?, w.dim(0)?, &t);
+    let keep = !w.track_op() && (direct || b * t.th * t.tw <= KEEP_TILES && k.m != 6);
     let kept = FilterCache::active().filter(|_| keep).map(|c| (c, w.id()));
-    Ok(Forward { pad, k, kept, training: xs.track_op() || w.track_op() })
+    Ok(Forward { pad, k, kept })
 }
 
 /// Transformed filters (U) kept between calls for weights that do not change while the cache
@@ -135,7 +137,9 @@ pub(super) fn forward_op(xs: &Tensor, w: &Tensor, pad: Pad) -> Result<Forward> {
 /// no memory. Only weights without autograd are kept (a trained weight changes in place under the
 /// same id), and only for calls of at most 1024 tiles (`KEEP_TILES`) of F(4×4, 3×3) or
 /// F(3×3, 4×4): past that the transform is under ~2 % of the layer, not worth U's memory (4× the
-/// weights' for 3×3 kernels).
+/// weights' for 3×3 kernels). Where the direct kernels run instead (bf16 on AMX), their packed
+/// weights are kept the same way, at any size (half the weights' memory; packing the 256-channel
+/// weights was ~5 % of a 256² translation).
 #[derive(Clone, Default)]
 pub struct FilterCache(Arc<Mutex<KeptFilters>>);
 
@@ -143,10 +147,37 @@ pub struct FilterCache(Arc<Mutex<KeptFilters>>);
 /// 512² image's residual blocks.
 const KEEP_TILES: usize = 1024;
 
-type FilterKey = (TensorId, Kernel);
+/// A weight and what is kept for it: U for a Winograd kernel, or (`None`) the direct kernels'
+/// packed weights.
+type FilterKey = (TensorId, Option<Kernel>);
 
-/// Every weight seen, with its U once kept (`None`: transformed once, so its next call keeps U).
-type KeptFilters = HashMap<FilterKey, Option<Arc<Vec<f32>>>>;
+/// What [`FilterCache`] keeps for a weight.
+enum Kept {
+    /// Winograd's transformed filters U.
+    Transformed(Vec<f32>),
+    /// The weights as the direct kernels read them.
+    Packed(LineBuf<u32>),
+}
+
+impl Kept {
+    fn transformed(&self) -> Option<&[f32]> {
+        match self {
+            Kept::Transformed(u) => Some(u),
+            Kept::Packed(_) => None,
+        }
+    }
+
+    fn packed(&self) -> Option<&[u32]> {
+        match self {
+            Kept::Packed(p) => Some(p),
+            Kept::Transformed(_) => None,
+        }
+    }
+}
+
+/// Every weight seen, with what is kept for it once kept (`None`: made once, so its next call
+/// keeps it).
+type KeptFilters = HashMap<FilterKey, Option<Arc<Kept>>>;
 
 thread_local! {
     static ACTIVE_FILTERS: RefCell<Option<FilterCache>> = const { RefCell::new(None) };
@@ -174,13 +205,16 @@ impl FilterCache {
         ACTIVE_FILTERS.with(|c| c.borrow().clone())
     }
 
-    /// U of the weight `key` names (data `w`), kept or made now; `None` on its first call (the
-    /// caller transforms into scratch).
-    fn filter(&self, key: FilterKey, w: &[f32], cout: usize, cin: usize, t: &Tiles) -> Option<Arc<Vec<f32>>> {
+    /// What is kept for weight `id` (data `w` [cout][cin][r][r]) for the convolution `t` runs:
+    /// the direct kernels' packed weights where they apply, else U; made now on its second call,
+    /// `None` on its first (the caller makes its own).
+    fn kept(&self, id: TensorId, w: &[f32], cout: usize, cin: usize, t: &Tiles) -> Option<Arc<Kept>> {
+        let direct = direct::applies(cin, cout, t);
+        let key = (id, (!direct).then_some(Kernel { r: t.r, m: t.m }));
         match self.lock().entry(key) {
             Entry::Occupied(seen) => {
-                if let Some(u) = seen.get() {
-                    return Some(u.clone());
+                if let Some(kept) = seen.get() {
+                    return Some(kept.clone());
                 }
             }
             Entry::Vacant(first) => {
@@ -188,11 +222,16 @@ impl FilterCache {
                 return None;
             }
         }
-        // Made outside the lock (it runs on the rayon threads); a thread that made the same U
+        // Made outside the lock (it runs on the rayon threads); a thread that made the same
         // meanwhile wins, and both give the same values.
-        let mut u = crate::ops::zeros(t.positions() * cout * cin);
-        filter_transform(w, cout, cin, t, &mut u);
-        Some(self.lock().entry(key).or_default().get_or_insert_with(|| Arc::new(u)).clone())
+        let made = if direct {
+            Kept::Packed(direct::packed_weights(w, cout, cin, t.r))
+        } else {
+            let mut u = crate::ops::zeros(t.positions() * cout * cin);
+            filter_transform(w, cout, cin, t, &mut u);
+            Kept::Transformed(u)
+        };
+        Some(self.lock().entry(key).or_default().get_or_insert_with(|| Arc::new(made)).clone())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, KeptFilters> {
@@ -1153,13 +1192,13 @@ fn for_each_band<I>(t: &Tiles, cin: usize, cout: usize, split: usize, images: im
     }
 }
 
-/// `kept`: U for `w` made earlier (see [`FilterCache`]); without it U is made here.
-/// `training`: gradients will be taken, so on AMX the direct bf16 kernels run (in training they
-/// beat fp32 Winograd; a translation's F(6×6, 3×3) with kept filters beats them).
-fn forward_kernel<T: Elem>(x: &[T], w: &[f32], cin: usize, cout: usize, t: &Tiles, kept: Option<&[f32]>, training: bool) -> Vec<T> {
-    if training && direct::applies(cin, cout, t) {
-        return direct::forward(x, w, cin, cout, t);
+/// `kept`: what [`FilterCache`] keeps for `w`, made earlier; without it (or U or the packed
+/// weights in it) they are made here. Bf16 on AMX runs the direct kernels (see `direct`).
+fn forward_kernel<T: Elem>(x: &[T], w: &[f32], cin: usize, cout: usize, t: &Tiles, kept: Option<&Kept>) -> Vec<T> {
+    if direct::applies(cin, cout, t) {
+        return direct::forward(x, w, cin, cout, t, kept.and_then(Kept::packed));
     }
+    let kept = kept.and_then(Kept::transformed);
     let mut y = crate::ops::zeros(x.len() / (cin * t.plane()) * cout * t.ho * t.wo);
     let mut run = |u: &[f32]| {
         let images = x.chunks_exact(cin * t.plane()).zip(y.chunks_exact_mut(cout * t.ho * t.wo));
@@ -1265,7 +1304,7 @@ impl ReflectConv3x3 {
 
     /// `x` [B,C,H,W], `w` [C,C,3,3] → [B,C,H,W].
     pub(super) fn forward<T: Elem>(&self, x: &[T], w: &[f32]) -> Vec<T> {
-        forward_kernel(x, w, self.c, self.c, &self.t, None, true)
+        forward_kernel(x, w, self.c, self.c, &self.t, None)
     }
 
     /// The gradients (dx, dw) of the convolution of `x` by `w` from the gradient `dy` of its
@@ -1290,8 +1329,6 @@ pub(super) struct Forward {
     pad: Pad,
     k: Kernel,
     kept: Option<(FilterCache, TensorId)>,
-    /// Gradients will be taken (see [`forward_kernel`]).
-    training: bool,
 }
 
 /// (dy [B,Cout,H+2p−r+1,W+2p−r+1], w [Cout,Cin,r,r]) → dx [B,Cin,H,W]. With `keep`, its dM
@@ -1365,11 +1402,10 @@ impl CustomOp2 for Forward {
         let cout = check_weight(l2, cin, self.k.r)?;
         let t = Tiles::new(h, w, self.pad, self.k)?;
         let w = data::<f32>(s2, l2)?;
-        let kept = self.kept.as_ref().and_then(|(cache, id)| cache.filter((*id, self.k), w, cout, cin, &t));
-        let kept = kept.as_ref().map(|u| u.as_slice());
+        let kept = self.kept.as_ref().and_then(|(cache, id)| cache.kept(*id, w, cout, cin, &t));
         let y = match s1 {
-            CpuStorage::BF16(_) => CpuStorage::BF16(forward_kernel(data::<bf16>(s1, l1)?, w, cin, cout, &t, kept, self.training)),
-            _ => CpuStorage::F32(forward_kernel(data::<f32>(s1, l1)?, w, cin, cout, &t, kept, self.training)),
+            CpuStorage::BF16(_) => CpuStorage::BF16(forward_kernel(data::<bf16>(s1, l1)?, w, cin, cout, &t, kept.as_deref())),
+            _ => CpuStorage::F32(forward_kernel(data::<f32>(s1, l1)?, w, cin, cout, &t, kept.as_deref())),
         };
         Ok((y, Shape::from((bsz, cout, t.ho, t.wo))))
     }
@@ -1425,7 +1461,7 @@ impl CustomOp2 for DataGrad {
     fn bwd(&self, dy: &Tensor, w: &Tensor, _res: &Tensor, ddx: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let ddx = ddx.contiguous()?;
         let (pad, k) = (self.pad, self.k);
-        let ddy = dy.track_op().then(|| ddx.apply_op2(w, Forward { pad, k, kept: None, training: true })).transpose()?;
+        let ddy = dy.track_op().then(|| ddx.apply_op2(w, Forward { pad, k, kept: None })).transpose()?;
         let dw = w.track_op().then(|| ddx.apply_op2(dy, FilterGrad { pad, k, kept: None })).transpose()?;
         Ok(super::made_grads((ddy, dw)))
     }
@@ -1463,7 +1499,7 @@ impl CustomOp2 for FilterGrad {
         let (_, _, h, w) = x.dims4()?;
         let (pad, k) = (self.pad, self.k);
         let dx = x.track_op().then(|| dy.apply_op2(&ddw, DataGrad { h, w, pad, k, keep: None })).transpose()?;
-        let ddy = dy.track_op().then(|| x.apply_op2(&ddw, Forward { pad, k, kept: None, training: true })).transpose()?;
+        let ddy = dy.track_op().then(|| x.apply_op2(&ddw, Forward { pad, k, kept: None })).transpose()?;
         Ok(super::made_grads((dx, ddy)))
     }
 }
@@ -1523,8 +1559,35 @@ mod tests {
         Ok(())
     }
 
+    /// In bf16 on AMX the direct kernels' packed weights are kept instead of U, at any size
+    /// (past `KEEP_TILES` here), and change nothing either.
+    #[test]
+    fn kept_packed_weights_change_nothing() -> Result<()> {
+        use super::super::gemm_bf16::{isa, Isa};
+        use crate::ops::{with_precision, Precision};
+        if isa() != Some(Isa::Amx) {
+            eprintln!("skipped: this CPU has no AMX (or CS_NO_AMX is set), so no convolution takes the direct kernels");
+            return Ok(());
+        }
+        let dev = candle_core::Device::Cpu;
+        let t = Tiles::new(134, 134, Pad::Reflect, Kernel::new(3, 4)?)?;
+        let (x, w, _) = inputs(1, 32, 64, &t);
+        let x = Tensor::from_vec(x, (1, 32, 134, 134), &dev)?;
+        let w = Tensor::from_vec(w, (64, 32, 3, 3), &dev)?;
+        with_precision(Precision::Bf16, || {
+            let plain = conv(&x, &w, Pad::Reflect)?.flatten_all()?.to_vec1::<f32>()?;
+            let cache = FilterCache::default();
+            for call in 1..=3 {
+                let y = cache.scope(|| conv(&x, &w, Pad::Reflect))?.flatten_all()?.to_vec1::<f32>()?;
+                assert!(y.iter().zip(&plain).all(|(a, b)| a.to_bits() == b.to_bits()), "call {call}");
+                assert_eq!(cache.kept_count(), usize::from(call > 1), "call {call}");
+            }
+            Ok(())
+        })
+    }
+
     fn run_kernels(cin: usize, cout: usize, t: &Tiles, (x, w, dy): &Outputs) -> Outputs {
-        (forward_kernel(x, w, cin, cout, t, None, true), data_grad_kernel(dy, w, cin, cout, t, None), filter_grad_kernel(x, dy, cin, cout, t, None))
+        (forward_kernel(x, w, cin, cout, t, None), data_grad_kernel(dy, w, cin, cout, t, None), filter_grad_kernel(x, dy, cin, cout, t, None))
     }
 
     /// The direct convolution, its data gradient and its filter gradient, in f64.
@@ -1764,7 +1827,7 @@ mod tests {
         let to_bf16 = |v: &[f32]| v.iter().map(|&f| bf16::from_f32(f)).collect::<Vec<_>>();
         let (x, dy) = (to_bf16(&x), to_bf16(&dy[..b * c * t.ho * t.wo]));
         let run = || {
-            let y: Vec<bf16> = forward_kernel(&x, &w, c, c, &t, None, false);
+            let y: Vec<bf16> = forward_kernel(&x, &w, c, c, &t, None);
             (y, data_grad_kernel(&dy, &w, c, c, &t, None), filter_grad_kernel(&x, &dy, c, c, &t, None))
         };
         let whole = run();

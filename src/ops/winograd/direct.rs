@@ -1,9 +1,9 @@
 //! The convolutions Winograd takes, computed instead as direct sums on AMX tiles in bf16 (f32
-//! sums) when training under `--precision bf16` on a CPU with AMX: a bf16 tile product runs at
-//! ~16× an f32 FMA's rate, so the direct sums beat Winograd's 4× fewer fp32 products, and they are
-//! as accurate as the im2col convolutions' (Winograd's transforms would amplify bf16's rounding
-//! 20–40×). Translations keep Winograd: there F(6×6, 3×3) with kept filters was faster still
-//! (bench/RESULTS.md, "AMX").
+//! sums) under `--precision bf16` on a CPU with AMX, in training and in translations: a bf16 tile
+//! product runs at ~16× an f32 FMA's rate, so the direct sums beat Winograd's 4× fewer fp32
+//! products (since their operands start on cache lines also F(6×6, 3×3) with kept filters in
+//! translations; bench/RESULTS.md, "A tenth round"), and they are as accurate as the im2col
+//! convolutions' (Winograd's transforms would amplify bf16's rounding 20–40×).
 //!
 //! No im2col matrix is made. The input is copied once, padded, into bf16 channel pairs
 //! [C/2][H'][W'] (a pair of channels per u32, as `tdpbf16ps` multiplies them); then a B tile
@@ -16,7 +16,7 @@
 //! pairs [row][pixel pair][C] twice, once shifted by a pixel (B, so odd taps start on a pair too).
 
 use super::Tiles;
-use crate::ops::gemm::{with_scratch_slot, with_taken, SharedDst};
+use crate::ops::gemm::{with_scratch_slot, with_taken, LineBuf, SharedDst};
 use crate::ops::gemm_bf16::{self, amx, Isa};
 use crate::ops::Elem;
 use rayon::prelude::*;
@@ -242,14 +242,26 @@ impl SharedU32 {
     }
 }
 
+/// `w` [cout][cin][r][r] packed as [`forward`] reads it, to keep (a translation's weights, which
+/// do not change between images).
+pub(super) fn packed_weights(w: &[f32], cout: usize, cin: usize, r: usize) -> LineBuf<u32> {
+    let mut out = LineBuf::new(r * r * cout * pairs_of(cin));
+    pack_weights(w, cout, cin, r, false, &mut out);
+    out
+}
+
 /// The convolution of `x` [B][cin][sh][sw] by `w` [cout][cin][r][r] as `t` pads it, → [B][cout][ho][wo].
-pub(super) fn forward<E: Elem>(x: &[E], w: &[f32], cin: usize, cout: usize, t: &Tiles) -> Vec<E> {
+/// `kept`: `w` as [`packed_weights`] made it earlier; without it `w` is packed here.
+pub(super) fn forward<E: Elem>(x: &[E], w: &[f32], cin: usize, cout: usize, t: &Tiles, kept: Option<&[u32]>) -> Vec<E> {
     let (plane_in, plane_out) = (cin * t.sh * t.sw, cout * t.ho * t.wo);
     let mut y = crate::ops::zeros(x.len() / plane_in * plane_out);
     let mut out_f32 = if E::as_f32(&[]).is_some() { Vec::new() } else { crate::ops::zeros(plane_out) };
     let width = plane_width(t.w, t.ho, t.wo);
-    with_pairs(1, weights_len(cout, cin, t.r), |wp| {
-        let wp = pack_weights(w, cout, cin, t.r, false, wp);
+    with_pairs(1, if kept.is_some() { 0 } else { weights_len(cout, cin, t.r) }, |wp| {
+        let wp = match kept {
+            Some(kept) => kept,
+            None => pack_weights(w, cout, cin, t.r, false, wp),
+        };
         with_pairs(0, planes_len(cin, t.h, width), |px| {
             for (xb, yb) in x.chunks_exact(plane_in).zip(y.chunks_exact_mut(plane_out)) {
                 let xf = widened(xb);
@@ -433,7 +445,7 @@ mod timing {
             for p in [Precision::Fp32, Precision::Bf16] {
                 let (f, d, g) = with_precision(p, || {
                     (
-                        median(&mut || drop(super::super::forward_kernel(&x, &w, c, c, &t, None, true))),
+                        median(&mut || drop(super::super::forward_kernel(&x, &w, c, c, &t, None))),
                         median(&mut || drop(super::super::data_grad_kernel(&dy, &w, c, c, &t, None))),
                         median(&mut || drop(super::super::filter_grad_kernel(&x, &dy, c, c, &t, None))),
                     )
