@@ -17,8 +17,8 @@ pub enum Precision {
     Fp32,
     /// bf16 operands and fp32 sums in the im2col, transposed and narrow convolutions (forward
     /// and both backward passes); the Winograd ones keep fp32 (their transforms would amplify
-    /// bf16's rounding 20–40×), except in training on a CPU with AMX, where they are direct bf16
-    /// sums too.
+    /// bf16's rounding 20–40×), except on a CPU with AMX, where they are direct bf16 sums too
+    /// (in training and in translations).
     Bf16,
 }
 
