@@ -286,6 +286,29 @@ impl<T> std::ops::DerefMut for LineBuf<T> {
 mod tests {
     use super::*;
 
+    /// The per-thread buffers and kept ones start on a cache line whatever malloc returned, keep
+    /// their contents between uses of the same size, and a nested use gets a buffer of its own.
+    #[test]
+    fn buffers_start_on_a_cache_line() {
+        thread_local! {
+            static CELL: Cell<Vec<u32>> = const { Cell::new(Vec::new()) };
+        }
+        let on_line = |p: *const u32| p as usize % LINE == 0;
+        for len in [1, 15, 16, 1000, 4097] {
+            CELL.with(|cell| {
+                with_taken(cell, len, |outer| {
+                    assert!(on_line(outer.as_ptr()) && outer.len() == len);
+                    outer[len - 1] = 7;
+                    with_taken(cell, len, |inner| assert!(on_line(inner.as_ptr()) && inner.as_ptr() != outer.as_ptr()));
+                });
+                with_taken(cell, len, |again| assert_eq!(again[len - 1], 7));
+            });
+            let kept = LineBuf::<u32>::new(len);
+            assert!(on_line(kept.as_ptr()) && kept.len() == len && kept.iter().all(|&v| v == 0));
+        }
+        with_scratch(33, |s: &mut [f32]| assert!(s.as_ptr() as usize % LINE == 0));
+    }
+
     /// Empty products write nothing (no dimension underflows in the bounds checks), and a product
     /// over an empty inner dimension is zero.
     #[test]
