@@ -293,7 +293,7 @@ mod tests {
         thread_local! {
             static CELL: Cell<Vec<u32>> = const { Cell::new(Vec::new()) };
         }
-        let on_line = |p: *const u32| p as usize % LINE == 0;
+        let on_line = |p: *const u32| (p as usize).is_multiple_of(LINE);
         for len in [1, 15, 16, 1000, 4097] {
             CELL.with(|cell| {
                 with_taken(cell, len, |outer| {
@@ -306,7 +306,7 @@ mod tests {
             let kept = LineBuf::<u32>::new(len);
             assert!(on_line(kept.as_ptr()) && kept.len() == len && kept.iter().all(|&v| v == 0));
         }
-        with_scratch(33, |s: &mut [f32]| assert!(s.as_ptr() as usize % LINE == 0));
+        with_scratch(33, |s: &mut [f32]| assert!((s.as_ptr() as usize).is_multiple_of(LINE)));
     }
 
     /// Empty products write nothing (no dimension underflows in the bounds checks), and a product
