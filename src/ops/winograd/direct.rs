@@ -315,6 +315,111 @@ pub(super) fn data_grad<E: Elem>(dy: &[E], w: &[f32], cin: usize, cout: usize, t
     dx
 }
 
+simd_fn! {
+    /// Row `y` of the output gradient `g` [cout][ho][wo] as the filter gradient's A:
+    /// `dst[(step·cout + co)·16 + i]` = the pair of columns (32·step + 2i, 32·step + 2i + 1) of
+    /// channel co, zero past wo (`dst` holds `cout` rows of whole 16-pair steps).
+    fn pixel_pairs(g: &[f32], y: usize, cout: usize, ho: usize, wo: usize, dst: &mut [u32]) {
+        let row_pairs = dst.len() / cout;
+        let mut line = vec![0f32; 2 * row_pairs];
+        for co in 0..cout {
+            line[..wo].copy_from_slice(&g[(co * ho + y) * wo..][..wo]);
+            for (step, pairs) in line.chunks_exact(2 * T).enumerate() {
+                gemm_bf16::pair_up(&mut dst[(step * cout + co) * T..][..T], pairs);
+            }
+        }
+    }
+}
+
+simd_fn! {
+    /// Padded row `row` of the input `xf` [cin][sh][sw] (as `t` pads it) as the filter
+    /// gradient's B, channels last in pixel pairs: `ev[j·cin + c]` = the pair of columns (2j,
+    /// 2j + 1) of channel c, `od[j·cin + c]` = (2j + 1, 2j + 2), zero past the row (both hold
+    /// `x_pairs`·cin pairs). 16 channels at a time: their rows loaded and paired along the row
+    /// (which vectorises), then written channels-last.
+    fn channels_last_pairs(t: &Tiles, xf: &[f32], row: usize, cin: usize, ev: &mut [u32], od: &mut [u32]) {
+        let x_pairs = ev.len() / cin;
+        let len = 2 * x_pairs + 2;
+        let (mut line, mut tmp) = (vec![0f32; len], vec![0f32; t.sw]);
+        let (mut pe, mut po) = (vec![0u32; T * x_pairs], vec![0u32; T * x_pairs]);
+        for c0 in (0..cin).step_by(T) {
+            for cc in 0..T {
+                t.load_row(&xf[(c0 + cc) * t.sh * t.sw..][..t.sh * t.sw], row, &mut line, &mut tmp);
+                let (e, o) = (&mut pe[cc * x_pairs..][..x_pairs], &mut po[cc * x_pairs..][..x_pairs]);
+                for j in 0..x_pairs {
+                    e[j] = gemm_bf16::pair(line[2 * j], line[2 * j + 1]);
+                    o[j] = gemm_bf16::pair(line[2 * j + 1], line[2 * j + 2]);
+                }
+            }
+            transpose_16_rows(&pe, &mut ev[c0..], cin);
+            transpose_16_rows(&po, &mut od[c0..], cin);
+        }
+    }
+}
+
+/// `dst[j·stride + r]` = `src[r·n + j]` for the 16 rows r of `src` (n = src.len() / 16): 16×16
+/// blocks in AVX-512 registers where the CPU has them (every CPU with AMX does), the rest one by
+/// one.
+fn transpose_16_rows(src: &[u32], dst: &mut [u32], stride: usize) {
+    let n = src.len() / T;
+    assert!(src.len() == T * n && (n == 0 || dst.len() >= (n - 1) * stride + T));
+    let mut j0 = 0;
+    #[cfg(target_arch = "x86_64")]
+    if crate::ops::simd_level() == crate::ops::SimdLevel::Avx512 {
+        while j0 + T <= n {
+            // SAFETY: AVX-512F is present (simd_level); the block's 16 rows of 16 are inside `src`
+            // (row r at r·n + j0) and its 16 columns inside `dst` (column j at (j0 + j)·stride).
+            unsafe { transpose_16x16(src.as_ptr().add(j0), n, dst.as_mut_ptr().add(j0 * stride), stride) };
+            j0 += T;
+        }
+    }
+    for j in j0..n {
+        for r in 0..T {
+            dst[j * stride + r] = src[r * n + j];
+        }
+    }
+}
+
+/// The 16×16 block of u32 at `src` (rows `src_stride` apart) transposed to `dst` (rows
+/// `dst_stride` apart): pairs of rows interleaved by 32 bits, then 64, then 128-bit lanes twice.
+///
+/// # Safety
+/// The CPU must have AVX-512F; `src` and `dst` must point to 16 rows of 16 readable / writable
+/// u32s at their strides.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn transpose_16x16(src: *const u32, src_stride: usize, dst: *mut u32, dst_stride: usize) {
+    use std::arch::x86_64::*;
+    // SAFETY: the caller's contract.
+    unsafe {
+        let mut r: [__m512i; 16] = std::array::from_fn(|i| _mm512_loadu_si512(src.add(i * src_stride) as *const _));
+        let mut t = [_mm512_setzero_si512(); 16];
+        for i in 0..8 {
+            t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+            t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+        }
+        for i in 0..4 {
+            r[4 * i] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
+            r[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
+            r[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
+            r[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
+        }
+        for h in 0..2 {
+            for j in 0..4 {
+                t[8 * h + j] = _mm512_shuffle_i32x4::<0x88>(r[8 * h + j], r[8 * h + j + 4]);
+                t[8 * h + j + 4] = _mm512_shuffle_i32x4::<0xdd>(r[8 * h + j], r[8 * h + j + 4]);
+            }
+        }
+        for j in 0..8 {
+            r[j] = _mm512_shuffle_i32x4::<0x88>(t[j], t[j + 8]);
+            r[j + 8] = _mm512_shuffle_i32x4::<0xdd>(t[j], t[j + 8]);
+        }
+        for (i, row) in r.iter().enumerate() {
+            _mm512_storeu_si512(dst.add(i * dst_stride) as *mut _, *row);
+        }
+    }
+}
+
 /// Output-gradient pixel pairs per 16-pair step of the filter gradient, per k block: 256 pairs
 /// (16 steps) of A and the B rows they meet stay in L2 while every output block takes them.
 const FILTER_K_STEPS: usize = 16;
@@ -339,37 +444,13 @@ pub(super) fn filter_grad<E: Elem, F: Elem>(x: &[E], dy: &[F], cin: usize, cout:
         with_pairs(1, images * b_image + SLACK, |b| {
             for (dyb, ab) in dy.chunks_exact(plane_dy).zip(a.chunks_exact_mut(a_image)) {
                 let g = widened(dyb);
-                ab.par_chunks_mut(cout * row_pairs).enumerate().for_each(|(y, dst)| {
-                    let mut line = vec![0f32; 2 * row_pairs];
-                    for co in 0..cout {
-                        line[..t.wo].copy_from_slice(&g[(co * t.ho + y) * t.wo..][..t.wo]);
-                        for (step, pairs) in line.chunks_exact(2 * T).enumerate() {
-                            gemm_bf16::pair_up(&mut dst[(step * cout + co) * T..][..T], pairs);
-                        }
-                    }
-                });
+                ab.par_chunks_mut(cout * row_pairs).enumerate().for_each(|(y, dst)| pixel_pairs(&g, y, cout, t.ho, t.wo, dst));
             }
             b[images * b_image..].fill(0);
             for (xb, bb) in x.chunks_exact(plane_in).zip(b.chunks_exact_mut(b_image)) {
                 let xf = widened(xb);
                 let (even, odd) = bb.split_at_mut(t.h * x_pairs * cin);
-                even.par_chunks_mut(x_pairs * cin).zip(odd.par_chunks_mut(x_pairs * cin)).enumerate().for_each(|(row, (ev, od))| {
-                    // 16 channels' rows at a time, then written channels-last 16 wide.
-                    let len = 2 * x_pairs + 2;
-                    let (mut lines, mut tmp) = (vec![0f32; T * len], vec![0f32; t.sw]);
-                    for c0 in (0..cin).step_by(T) {
-                        for (cc, line) in lines.chunks_exact_mut(len).enumerate() {
-                            t.load_row(&xf[(c0 + cc) * t.sh * t.sw..][..t.sh * t.sw], row, line, &mut tmp);
-                        }
-                        for j in 0..x_pairs {
-                            let (e, o) = (&mut ev[j * cin + c0..][..T], &mut od[j * cin + c0..][..T]);
-                            for (cc, line) in lines.chunks_exact(len).enumerate() {
-                                e[cc] = gemm_bf16::pair(line[2 * j], line[2 * j + 1]);
-                                o[cc] = gemm_bf16::pair(line[2 * j + 1], line[2 * j + 2]);
-                            }
-                        }
-                    }
-                });
+                even.par_chunks_mut(x_pairs * cin).zip(odd.par_chunks_mut(x_pairs * cin)).enumerate().for_each(|(row, (ev, od))| channels_last_pairs(t, &xf, row, cin, ev, od));
             }
             // dW for tap (kh, kw) [cout, cin] = Σ over images, rows and 16-pair steps of A · B,
             // k block by k block; a task owns a block of 32 output channels (all taps, all input
@@ -414,6 +495,27 @@ pub(super) fn filter_grad<E: Elem, F: Elem>(x: &[E], dy: &[F], cin: usize, cout:
         }
     })
     .0
+}
+
+#[cfg(test)]
+mod tests {
+    /// The 16-row transpose (AVX-512 blocks and the scalar rest) against the definition, for
+    /// lengths with and without a rest.
+    #[test]
+    fn transpose_16_rows_matches_the_definition() {
+        for n in [0usize, 1, 15, 16, 17, 35, 48] {
+            let src: Vec<u32> = (0..16 * n as u32).collect();
+            let stride = 40;
+            let mut dst = vec![u32::MAX; n * stride + 16];
+            super::transpose_16_rows(&src, &mut dst, stride);
+            for j in 0..n {
+                for r in 0..16 {
+                    assert_eq!(dst[j * stride + r], src[r * n + j], "n {n}, row {r}, column {j}");
+                }
+                assert!(dst[j * stride + 16..(j + 1) * stride].iter().all(|&v| v == u32::MAX), "n {n}: wrote past a column");
+            }
+        }
+    }
 }
 
 #[cfg(test)]
