@@ -599,7 +599,12 @@ pub(crate) mod amx {
         const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
         const XFEATURE_XTILEDATA: libc::c_long = 18;
         // SAFETY: arch_prctl with this request only changes the process's permission flags.
-        unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0 }
+        let granted = unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0 };
+        if !granted {
+            // Said once (the caller's OnceLock): the user sees why bf16 runs slower than it could.
+            eprintln!("note: this CPU has AMX, but Linux refused this process its tile data ({}); bf16 runs on AVX512-BF16", std::io::Error::last_os_error());
+        }
+        granted
     }
 
     #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
