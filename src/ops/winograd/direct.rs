@@ -193,9 +193,20 @@ fn direct(x: &[u32], (pairs, plane, width): (usize, usize, usize), w: &[u32], r:
     });
 }
 
-/// The most [`pack_weights`] fills, either way: r² taps of `rows` rows of `pairs_of(k)` pairs.
-fn weights_len(cout: usize, cin: usize, r: usize) -> usize {
-    r * r * (cout * pairs_of(cin)).max(cin * pairs_of(cout))
+/// The rows (output channels of the product) and k (channels summed over) of `w` [cout][cin][r][r]
+/// packed as [`pack_weights`] packs it.
+fn packed_shape(cout: usize, cin: usize, adjoint: bool) -> (usize, usize) {
+    if adjoint {
+        (cin, cout)
+    } else {
+        (cout, cin)
+    }
+}
+
+/// The length [`pack_weights`] fills: r² taps of `rows` rows of `pairs_of(k)` pairs.
+fn packed_len(cout: usize, cin: usize, r: usize, adjoint: bool) -> usize {
+    let (rows, k) = packed_shape(cout, cin, adjoint);
+    r * r * rows * pairs_of(k)
 }
 
 /// `w` [cout][cin][r][r] as `direct`'s A operand, written to `out`'s start (a thread's buffer,
@@ -203,9 +214,9 @@ fn weights_len(cout: usize, cin: usize, r: usize) -> usize {
 /// ([r²][cin][pairs_of(cout)], tap (kh, kw) taking w's (r−1−kh, r−1−kw)) if `adjoint`. Returns
 /// the part of `out` written.
 fn pack_weights<'a>(w: &[f32], cout: usize, cin: usize, r: usize, adjoint: bool, out: &'a mut [u32]) -> &'a [u32] {
-    let (rows, k) = if adjoint { (cin, cout) } else { (cout, cin) };
+    let (rows, k) = packed_shape(cout, cin, adjoint);
     let (pairs, taps) = (pairs_of(k), r * r);
-    let out = &mut out[..taps * rows * pairs];
+    let out = &mut out[..packed_len(cout, cin, r, adjoint)];
     let dst = SharedU32(out.as_mut_ptr());
     (0..rows).into_par_iter().for_each(|row| {
         // The row's weights tap-major ([tap][kk], k padded to even), then paired along kk.
@@ -245,7 +256,7 @@ impl SharedU32 {
 /// `w` [cout][cin][r][r] packed as [`forward`] reads it, to keep (a translation's weights, which
 /// do not change between images).
 pub(super) fn packed_weights(w: &[f32], cout: usize, cin: usize, r: usize) -> LineBuf<u32> {
-    let mut out = LineBuf::new(r * r * cout * pairs_of(cin));
+    let mut out = LineBuf::new(packed_len(cout, cin, r, false));
     pack_weights(w, cout, cin, r, false, &mut out);
     out
 }
@@ -257,7 +268,7 @@ pub(super) fn forward<E: Elem>(x: &[E], w: &[f32], cin: usize, cout: usize, t: &
     let mut y = crate::ops::zeros(x.len() / plane_in * plane_out);
     let mut out_f32 = if E::as_f32(&[]).is_some() { Vec::new() } else { crate::ops::zeros(plane_out) };
     let width = plane_width(t.w, t.ho, t.wo);
-    with_pairs(1, if kept.is_some() { 0 } else { weights_len(cout, cin, t.r) }, |wp| {
+    with_pairs(1, if kept.is_some() { 0 } else { packed_len(cout, cin, t.r, false) }, |wp| {
         let wp = match kept {
             Some(kept) => kept,
             None => pack_weights(w, cout, cin, t.r, false, wp),
@@ -288,7 +299,7 @@ pub(super) fn data_grad<E: Elem>(dy: &[E], w: &[f32], cin: usize, cout: usize, t
     // The full correlation's input: dy zero-padded by r − 1 on every side.
     let (hp, wpad) = (t.ho + 2 * (r - 1), t.wo + 2 * (r - 1));
     let width = plane_width(wpad, t.h, t.w);
-    with_pairs(1, weights_len(cout, cin, r), |wp| {
+    with_pairs(1, packed_len(cout, cin, r, true), |wp| {
         let wp = pack_weights(w, cout, cin, r, true, wp);
         with_pairs(0, planes_len(cout, hp, width), |pg| {
             with_scratch_slot(0, cin * t.h * t.w, |padded| {
@@ -557,7 +568,7 @@ mod timing {
             eprintln!("{line}");
             let width = super::plane_width(t.w, t.ho, t.wo);
             // Packed where the kernels pack them: in the threads' buffers, which start on a line.
-            let (pw, pwa, pp, k) = super::with_pairs(1, super::weights_len(c, c, 3), |packed| {
+            let (pw, pwa, pp, k) = super::with_pairs(1, super::packed_len(c, c, 3, false), |packed| {
                 let pw = median(&mut || _ = super::pack_weights(&w, c, c, 3, false, packed));
                 let pwa = median(&mut || _ = super::pack_weights(&w, c, c, 3, true, packed));
                 let wp = super::pack_weights(&w, c, c, 3, false, packed);
