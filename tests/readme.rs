@@ -12,6 +12,7 @@
 //!   small test image at F first, and leaving out lines containing C;
 //! - `<!-- readme-test: skip REASON -->` does not run it (REASON: what CI lacks); it is listed
 //!   and its commands' flags are still checked.
+#![cfg(unix)] // runs the documents' shell blocks with sh
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

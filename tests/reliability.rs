@@ -1,4 +1,5 @@
 //! Reliability: kills, full and read-only disks, divergence, corrupted checkpoints, bad inputs.
+#![cfg(unix)] // Unix signals, permissions and paths
 
 mod common;
 use common::*;

@@ -34,6 +34,7 @@
 //! `ProctrackType=proctrack/linuxproc` and `TaskPlugin=task/none` (no cgroups). On this
 //! project's 2-core machine it takes 22 s (40 s with both cores kept busy by other work), most
 //! of it the requeued job's wait (~7 s) and the two trainings of 400 steps sharing the cores.
+#![cfg(unix)] // Slurm, munge and Unix permissions
 
 mod common;
 use common::{assert_same_checkpoint, tiny_dataset, write_pngs};

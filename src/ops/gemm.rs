@@ -262,6 +262,8 @@ pub(crate) struct LineBuf<T> {
 }
 
 impl<T: Clone + Default> LineBuf<T> {
+    // Only the AMX direct kernels keep such buffers.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub(crate) fn new(len: usize) -> Self {
         let mut buf = Vec::new();
         let start = line_start(&mut buf, len);

@@ -90,6 +90,7 @@ impl Isa {
 fn detected() -> &'static [Isa] {
     static HW: OnceLock<Vec<Isa>> = OnceLock::new();
     HW.get_or_init(|| {
+        #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
         let mut found = Vec::new();
         #[cfg(target_arch = "x86_64")]
         {

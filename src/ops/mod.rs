@@ -231,8 +231,10 @@ pub(crate) fn made_grads(grads: (Option<Tensor>, Option<Tensor>)) -> (Option<Ten
     (grads.0.map(|g| g.detach()), grads.1.map(|g| g.detach()))
 }
 
-/// The widest vector instruction set `simd_fn!` bodies may use on this CPU.
+/// The widest vector instruction set `simd_fn!` bodies may use on this CPU (other architectures
+/// than x86-64 have only the baseline).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(crate) enum SimdLevel {
     Baseline,
     Avx2,
@@ -241,6 +243,7 @@ pub(crate) enum SimdLevel {
 
 /// Detected once (`settings`); `CS_NO_SIMD` set forces the baseline (to compare).
 #[inline]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(crate) fn simd_level() -> SimdLevel {
     settings().simd
 }
@@ -598,6 +601,7 @@ pub fn huge_pages_in_use() -> bool {
 /// one and the kernel's transparent-huge-page mode (the contents of its `enabled` file): `None`
 /// where huge pages need no advice (`[always]`), are off (`[never]`), or the tunable is set
 /// already.
+#[cfg_attr(not(all(target_os = "linux", target_env = "gnu")), allow(dead_code))]
 fn huge_page_tunables(current: Option<&std::ffi::OsStr>, thp_mode: &str) -> Option<std::ffi::OsString> {
     if !thp_mode.contains("[madvise]") {
         return None;

@@ -33,6 +33,7 @@ pub struct Settings {
     pub no_amx: bool,
     /// `CS_BF16_ACTIVATIONS`: bf16 activations under `--precision bf16`.
     pub bf16_activations: bool,
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub(crate) simd: SimdLevel,
 }
 

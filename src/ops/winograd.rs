@@ -52,7 +52,11 @@ mod direct {
         false
     }
 
-    pub(super) fn forward<E: Elem>(_x: &[E], _w: &[f32], _cin: usize, _cout: usize, _t: &Tiles) -> Vec<E> {
+    pub(super) fn forward<E: Elem>(_x: &[E], _w: &[f32], _cin: usize, _cout: usize, _t: &Tiles, _kept: Option<&[u32]>) -> Vec<E> {
+        unreachable!("AMX direct kernels on a CPU without AMX")
+    }
+
+    pub(super) fn packed_weights(_w: &[f32], _cout: usize, _cin: usize, _r: usize) -> crate::ops::gemm::LineBuf<u32> {
         unreachable!("AMX direct kernels on a CPU without AMX")
     }
 
