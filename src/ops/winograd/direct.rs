@@ -81,11 +81,18 @@ fn pack_planes(c: usize, rows: usize, width: usize, out: &mut [u32], row: impl F
 /// (a third; the 64² direct convolution 0.90×); `w` itself where segments laid across rows take
 /// fewer tiles (see `direct`).
 fn plane_width(w: usize, ho: usize, wo: usize) -> usize {
-    if (ho * w).div_ceil(T) < ho * wo.div_ceil(T) {
+    if segments_across_rows(w, ho, wo) {
         w
     } else {
         w.next_multiple_of(T)
     }
+}
+
+/// Whether [`direct`] lays its 16-position segments across the input's rows (`width` apart)
+/// rather than 16 pixels of one output row: where that takes fewer segments for `ho` × `wo`
+/// outputs.
+fn segments_across_rows(width: usize, ho: usize, wo: usize) -> bool {
+    (ho * width).div_ceil(T) < ho * wo.div_ceil(T)
 }
 
 /// Image `x` as f32 (borrowed where it is f32 already).
@@ -114,7 +121,7 @@ fn direct(x: &[u32], (pairs, plane, width): (usize, usize, usize), w: &[u32], r:
     // dropped: a data gradient's 34 columns on rows of 36 take 77 segments instead of 102. Either
     // way a segment reads its tap's inputs 16 in a row from position `start(s) + kh·width + kw`.
     let per_row = wo.div_ceil(T);
-    let flat = (ho * width).div_ceil(T) < ho * per_row;
+    let flat = segments_across_rows(width, ho, wo);
     let segments = if flat { (ho * width).div_ceil(T) } else { ho * per_row };
     let seg_pairs = segments.div_ceil(2);
     let start = |s: usize| if flat { s * T } else { s / per_row * width + s % per_row * T };
