@@ -292,13 +292,32 @@ simd_fn! {
                     put_pair_row(out, depth, p, &lo[..nc], has_hi.then(|| &hi[..nc]));
                 }
             }
-            // Made columns (Bᵀ's rows): each one's k segment into a buffer, then as a column.
+            // Made columns (Bᵀ's rows): 16 at a time, each one's k segment made, rounded and
+            // paired along k into a line, then the 16 lines transposed into the panel's pair rows
+            // in 16×16 blocks. (Set pair by pair down a column, every store met another cache
+            // line of a panel larger than L1: a tenth of a 7×7 layer's backward pass.)
             Rhs::Cols(rows) => {
-                let mut line = [0f32; KC_MAX];
-                by_column(out, depth, kp, nc, |j, mut col| {
-                    rows(j0 + j, k0, &mut line[..kc]);
-                    strided_pairs(&line, 0, 1, kc, |p, v| col.set(p, v));
-                });
+                const LINES: usize = 16;
+                let mut made = [0f32; KC_MAX];
+                let mut lines = [0u32; LINES * KC_MAX / 2];
+                let lines = &mut lines[..LINES * kp];
+                for (q, panel) in out.chunks_exact_mut(depth * NR).take(nc.div_ceil(NR)).enumerate() {
+                    for g in (0..NR).step_by(LINES) {
+                        for (l, line) in lines.chunks_exact_mut(kp).enumerate() {
+                            let j = q * NR + g + l;
+                            if j >= nc {
+                                line.fill(0);
+                                continue;
+                            }
+                            rows(j0 + j, k0, &mut made[..kc]);
+                            pair_up(line, &made[..kc]);
+                            if kc % 2 == 1 {
+                                line[kp - 1] = pair(made[kc - 1], 0.0);
+                            }
+                        }
+                        transpose_16_rows(lines, &mut panel[g..], NR);
+                    }
+                }
             }
         }
     }
@@ -344,6 +363,70 @@ fn by_column(out: &mut [u32], depth: usize, kp: usize, nc: usize, mut column: im
                 continue;
             }
             column(q * NR + jj, PanelColumn { panel: &mut *panel, jj });
+        }
+    }
+}
+
+/// `dst[j·stride + r]` = `src[r·n + j]` for the 16 rows r of `src` (n = src.len() / 16): 16×16
+/// blocks in AVX-512 registers where the CPU has them (every CPU with AMX does), the rest one by
+/// one.
+pub(crate) fn transpose_16_rows(src: &[u32], dst: &mut [u32], stride: usize) {
+    const T: usize = 16;
+    let n = src.len() / T;
+    assert!(src.len() == T * n && (n == 0 || dst.len() >= (n - 1) * stride + T));
+    let mut j0 = 0;
+    #[cfg(target_arch = "x86_64")]
+    if crate::ops::simd_level() == crate::ops::SimdLevel::Avx512 {
+        while j0 + T <= n {
+            // SAFETY: AVX-512F is present (simd_level); the block's 16 rows of 16 are inside `src`
+            // (row r at r·n + j0) and its 16 columns inside `dst` (column j at (j0 + j)·stride).
+            unsafe { transpose_16x16(src.as_ptr().add(j0), n, dst.as_mut_ptr().add(j0 * stride), stride) };
+            j0 += T;
+        }
+    }
+    for j in j0..n {
+        for r in 0..T {
+            dst[j * stride + r] = src[r * n + j];
+        }
+    }
+}
+
+/// The 16×16 block of u32 at `src` (rows `src_stride` apart) transposed to `dst` (rows
+/// `dst_stride` apart): pairs of rows interleaved by 32 bits, then 64, then 128-bit lanes twice.
+///
+/// # Safety
+/// The CPU must have AVX-512F; `src` and `dst` must point to 16 rows of 16 readable / writable
+/// u32s at their strides.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn transpose_16x16(src: *const u32, src_stride: usize, dst: *mut u32, dst_stride: usize) {
+    use std::arch::x86_64::*;
+    // SAFETY: the caller's contract.
+    unsafe {
+        let mut r: [__m512i; 16] = std::array::from_fn(|i| _mm512_loadu_si512(src.add(i * src_stride) as *const _));
+        let mut t = [_mm512_setzero_si512(); 16];
+        for i in 0..8 {
+            t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+            t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+        }
+        for i in 0..4 {
+            r[4 * i] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
+            r[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
+            r[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
+            r[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
+        }
+        for h in 0..2 {
+            for j in 0..4 {
+                t[8 * h + j] = _mm512_shuffle_i32x4::<0x88>(r[8 * h + j], r[8 * h + j + 4]);
+                t[8 * h + j + 4] = _mm512_shuffle_i32x4::<0xdd>(r[8 * h + j], r[8 * h + j + 4]);
+            }
+        }
+        for j in 0..8 {
+            r[j] = _mm512_shuffle_i32x4::<0x88>(t[j], t[j + 8]);
+            r[j + 8] = _mm512_shuffle_i32x4::<0xdd>(t[j], t[j + 8]);
+        }
+        for (i, row) in r.iter().enumerate() {
+            _mm512_storeu_si512(dst.add(i * dst_stride) as *mut _, *row);
         }
     }
 }
@@ -757,6 +840,24 @@ pub(crate) mod amx {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The 16-row transpose (AVX-512 blocks and the scalar rest) against the definition, for
+    /// lengths with and without a rest.
+    #[test]
+    fn transpose_16_rows_matches_the_definition() {
+        for n in [0usize, 1, 15, 16, 17, 35, 48] {
+            let src: Vec<u32> = (0..16 * n as u32).collect();
+            let stride = 40;
+            let mut dst = vec![u32::MAX; n * stride + 16];
+            transpose_16_rows(&src, &mut dst, stride);
+            for j in 0..n {
+                for r in 0..16 {
+                    assert_eq!(dst[j * stride + r], src[r * n + j], "n {n}, row {r}, column {j}");
+                }
+                assert!(dst[j * stride + 16..(j + 1) * stride].iter().all(|&v| v == u32::MAX), "n {n}: wrote past a column");
+            }
+        }
+    }
 
     /// The f64 sum of bf16-rounded operands: what the kernel must give up to f32 rounding.
     fn reference(m: usize, n: usize, k: usize, lhs: Mat, rhs: Mat) -> Vec<f64> {

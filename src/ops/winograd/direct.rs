@@ -369,71 +369,8 @@ simd_fn! {
                     o[j] = gemm_bf16::pair(line[2 * j + 1], line[2 * j + 2]);
                 }
             }
-            transpose_16_rows(&pe, &mut ev[c0..], cin);
-            transpose_16_rows(&po, &mut od[c0..], cin);
-        }
-    }
-}
-
-/// `dst[j·stride + r]` = `src[r·n + j]` for the 16 rows r of `src` (n = src.len() / 16): 16×16
-/// blocks in AVX-512 registers where the CPU has them (every CPU with AMX does), the rest one by
-/// one.
-fn transpose_16_rows(src: &[u32], dst: &mut [u32], stride: usize) {
-    let n = src.len() / T;
-    assert!(src.len() == T * n && (n == 0 || dst.len() >= (n - 1) * stride + T));
-    let mut j0 = 0;
-    #[cfg(target_arch = "x86_64")]
-    if crate::ops::simd_level() == crate::ops::SimdLevel::Avx512 {
-        while j0 + T <= n {
-            // SAFETY: AVX-512F is present (simd_level); the block's 16 rows of 16 are inside `src`
-            // (row r at r·n + j0) and its 16 columns inside `dst` (column j at (j0 + j)·stride).
-            unsafe { transpose_16x16(src.as_ptr().add(j0), n, dst.as_mut_ptr().add(j0 * stride), stride) };
-            j0 += T;
-        }
-    }
-    for j in j0..n {
-        for r in 0..T {
-            dst[j * stride + r] = src[r * n + j];
-        }
-    }
-}
-
-/// The 16×16 block of u32 at `src` (rows `src_stride` apart) transposed to `dst` (rows
-/// `dst_stride` apart): pairs of rows interleaved by 32 bits, then 64, then 128-bit lanes twice.
-///
-/// # Safety
-/// The CPU must have AVX-512F; `src` and `dst` must point to 16 rows of 16 readable / writable
-/// u32s at their strides.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn transpose_16x16(src: *const u32, src_stride: usize, dst: *mut u32, dst_stride: usize) {
-    use std::arch::x86_64::*;
-    // SAFETY: the caller's contract.
-    unsafe {
-        let mut r: [__m512i; 16] = std::array::from_fn(|i| _mm512_loadu_si512(src.add(i * src_stride) as *const _));
-        let mut t = [_mm512_setzero_si512(); 16];
-        for i in 0..8 {
-            t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
-            t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
-        }
-        for i in 0..4 {
-            r[4 * i] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
-            r[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
-            r[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
-            r[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
-        }
-        for h in 0..2 {
-            for j in 0..4 {
-                t[8 * h + j] = _mm512_shuffle_i32x4::<0x88>(r[8 * h + j], r[8 * h + j + 4]);
-                t[8 * h + j + 4] = _mm512_shuffle_i32x4::<0xdd>(r[8 * h + j], r[8 * h + j + 4]);
-            }
-        }
-        for j in 0..8 {
-            r[j] = _mm512_shuffle_i32x4::<0x88>(t[j], t[j + 8]);
-            r[j + 8] = _mm512_shuffle_i32x4::<0xdd>(t[j], t[j + 8]);
-        }
-        for (i, row) in r.iter().enumerate() {
-            _mm512_storeu_si512(dst.add(i * dst_stride) as *mut _, *row);
+            gemm_bf16::transpose_16_rows(&pe, &mut ev[c0..], cin);
+            gemm_bf16::transpose_16_rows(&po, &mut od[c0..], cin);
         }
     }
 }
@@ -513,27 +450,6 @@ pub(super) fn filter_grad<E: Elem, F: Elem>(x: &[E], dy: &[F], cin: usize, cout:
         }
     })
     .0
-}
-
-#[cfg(test)]
-mod tests {
-    /// The 16-row transpose (AVX-512 blocks and the scalar rest) against the definition, for
-    /// lengths with and without a rest.
-    #[test]
-    fn transpose_16_rows_matches_the_definition() {
-        for n in [0usize, 1, 15, 16, 17, 35, 48] {
-            let src: Vec<u32> = (0..16 * n as u32).collect();
-            let stride = 40;
-            let mut dst = vec![u32::MAX; n * stride + 16];
-            super::transpose_16_rows(&src, &mut dst, stride);
-            for j in 0..n {
-                for r in 0..16 {
-                    assert_eq!(dst[j * stride + r], src[r * n + j], "n {n}, row {r}, column {j}");
-                }
-                assert!(dst[j * stride + 16..(j + 1) * stride].iter().all(|&v| v == u32::MAX), "n {n}: wrote past a column");
-            }
-        }
-    }
 }
 
 #[cfg(test)]
