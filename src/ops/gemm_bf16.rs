@@ -374,6 +374,8 @@ pub(crate) fn transpose_16_rows(src: &[u32], dst: &mut [u32], stride: usize) {
     const T: usize = 16;
     let n = src.len() / T;
     assert!(src.len() == T * n && (n == 0 || dst.len() >= (n - 1) * stride + T));
+    // Only x86-64 has the block transpose; elsewhere every column goes one by one.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
     let mut j0 = 0;
     #[cfg(target_arch = "x86_64")]
     if crate::ops::simd_level() == crate::ops::SimdLevel::Avx512 {
