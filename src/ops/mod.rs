@@ -54,6 +54,7 @@ pub mod settings;
 mod winograd;
 
 pub use norm::{instance_norm_act, instance_norm_residual, normalise_act, Act};
+pub(crate) use norm::lane_sum;
 pub use pad::reflect_pad2d;
 pub use precision::{with_precision, Precision};
 pub use settings::{settings, Settings, GENERIC_OPS_VAR};

@@ -3,9 +3,10 @@
 
 use anyhow::Result;
 use candle_core::{backprop::GradStore, CpuStorage, DType, InplaceOp2, InplaceOp3, Layout, Tensor, Var};
-use crate::ops::{cpu_f32, f32_data, f32_data_mut};
+use crate::ops::{all_finite, cpu_f32, f32_data, f32_data_mut, lane_sum};
 use rayon::prelude::*;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Adam exactly as PyTorch's `torch.optim.Adam` (no weight decay, eps outside the square root,
 /// bias corrections folded into the step size), with its moments exposed for checkpoints.
@@ -35,25 +36,30 @@ impl Adam {
 
     /// One update with learning rate `lr`. Parameters without a gradient are left unchanged
     /// (their moments still decay, as in PyTorch only when a gradient exists — so skip them).
-    pub fn step(&mut self, grads: &GradStore, lr: f64) -> Result<()> {
+    /// Returns whether every updated weight is finite, with a sum of squares that is too (what
+    /// [`all_finite`] asks): the in-place update finds it in the pass that writes the weights,
+    /// where a separate check would read them all again.
+    pub fn step(&mut self, grads: &GradStore, lr: f64) -> Result<bool> {
         self.t += 1;
         let bc1 = 1.0 - self.beta1.powi(self.t as i32);
         let bc2 = 1.0 - self.beta2.powi(self.t as i32);
         let step_size = lr / bc1;
         let inv_sqrt_bc2 = 1.0 / bc2.sqrt();
+        let mut finite = true;
         for (i, (_, p)) in self.params.iter().enumerate() {
             let Some(g) = grads.get(p.as_tensor()) else { continue };
             // candle leaves the accumulated gradient of a variable attached to the forward graph
             // it came from; detached, the moments cannot keep every step's graph alive.
             let g = g.detach();
             if in_place(p.as_tensor(), &g) {
-                let update = FusedUpdate { eps: self.eps, step_size, inv_sqrt_bc2 };
+                let update = FusedUpdate { eps: self.eps, step_size, inv_sqrt_bc2, finite: AtomicBool::new(false) };
                 // m and v hold (m, v) after the call, p the updated weights: one pass, no
                 // allocations. Nothing else shares their storage (checkpoints copy them out
                 // synchronously between steps).
                 self.m[i].inplace_op2(&g, &MomentUpdate { beta: self.beta1, square: false })?;
                 self.v[i].inplace_op2(&g, &MomentUpdate { beta: self.beta2, square: true })?;
                 p.as_tensor().inplace_op3(&self.m[i], &self.v[i], &update)?;
+                finite &= update.finite.load(Ordering::Relaxed);
                 continue;
             }
             let g = &g;
@@ -62,10 +68,11 @@ impl Adam {
             let denom = ((v.sqrt()? * inv_sqrt_bc2)? + self.eps)?;
             let update = (m.div(&denom)? * step_size)?;
             p.set(&p.as_tensor().sub(&update)?)?;
+            finite &= all_finite(p.as_tensor())?;
             self.m[i] = m;
             self.v[i] = v;
         }
-        Ok(())
+        Ok(finite)
     }
 
     /// Moments as named tensors `{prefix}.m.{name}` / `{prefix}.v.{name}`.
@@ -137,11 +144,13 @@ impl InplaceOp2 for MomentUpdate {
     }
 }
 
-/// p ← p − step·m / (√v/√(1−β₂ᵗ) + ε), in place (PyTorch's Adam with bias corrections).
+/// p ← p − step·m / (√v/√(1−β₂ᵗ) + ε), in place (PyTorch's Adam with bias corrections); sets
+/// `finite` to whether the new weights' sum of squares is finite.
 struct FusedUpdate {
     eps: f64,
     step_size: f64,
     inv_sqrt_bc2: f64,
+    finite: AtomicBool,
 }
 
 impl InplaceOp3 for FusedUpdate {
@@ -156,12 +165,19 @@ impl InplaceOp3 for FusedUpdate {
             candle_core::bail!("adam: {} weights with moments of {} and {} elements", p.len(), m.len(), v.len());
         }
         let (step, k, eps) = (self.step_size as f32, self.inv_sqrt_bc2 as f32, self.eps as f32);
-        p.par_chunks_mut(CHUNK).zip(m.par_chunks(CHUNK).zip(v.par_chunks(CHUNK))).for_each(|(p, (m, v))| {
-            for ((p, &m), &v) in p.iter_mut().zip(m).zip(v) {
-                // The same operation order as the composed path (and PyTorch's).
-                *p -= m / (v.sqrt() * k + eps) * step;
-            }
-        });
+        let squares: f64 = p
+            .par_chunks_mut(CHUNK)
+            .zip(m.par_chunks(CHUNK).zip(v.par_chunks(CHUNK)))
+            .map(|(p, (m, v))| {
+                for ((p, &m), &v) in p.iter_mut().zip(m).zip(v) {
+                    // The same operation order as the composed path (and PyTorch's).
+                    *p -= m / (v.sqrt() * k + eps) * step;
+                }
+                // While the chunk is in cache. NaN and infinity carry through the sum.
+                lane_sum(p, |w| w * w)
+            })
+            .sum();
+        self.finite.store((squares as f32).is_finite(), Ordering::Relaxed);
         Ok(())
     }
 }
@@ -169,7 +185,22 @@ impl InplaceOp3 for FusedUpdate {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::Device;
+    use candle_core::{Device, Var};
+
+    /// A step says whether the weights it wrote are finite: not after they overflow (squares past
+    /// f32's range) or turn NaN, as the trainers' divergence check needs.
+    #[test]
+    fn a_step_reports_weights_that_stop_being_finite() {
+        let p = Var::new(&[1f32, -2.0, 3.0], &Device::Cpu).unwrap();
+        let mut adam = Adam::new(vec![("w".into(), p.clone())], 0.5, 0.999).unwrap();
+        let grads = (p.as_tensor() * 2.0).unwrap().sum_all().unwrap().backward().unwrap();
+        assert!(adam.step(&grads, 2e-4).unwrap());
+        assert!(!adam.step(&grads, 1e30).unwrap());
+        p.set(&Tensor::new(&[f32::NAN, 0.0, 0.0], &Device::Cpu).unwrap()).unwrap();
+        assert!(!adam.step(&grads, 2e-4).unwrap());
+        p.set(&Tensor::new(&[1f32, 0.0, 0.0], &Device::Cpu).unwrap()).unwrap();
+        assert!(adam.step(&grads, 2e-4).unwrap());
+    }
 
     /// The in-place updates refuse operands of different lengths instead of updating only the
     /// shorter length.
@@ -180,7 +211,7 @@ mod tests {
         let err = m.inplace_op2(&g, &MomentUpdate { beta: 0.9, square: false }).unwrap_err();
         assert!(err.to_string().contains("moment of 4 elements for a gradient of 3"), "{err}");
         let p = Tensor::zeros(3, DType::F32, &Device::Cpu).unwrap();
-        let err = p.inplace_op3(&m, &g, &FusedUpdate { eps: 1e-8, step_size: 1e-3, inv_sqrt_bc2: 1.0 }).unwrap_err();
+        let err = p.inplace_op3(&m, &g, &FusedUpdate { eps: 1e-8, step_size: 1e-3, inv_sqrt_bc2: 1.0, finite: AtomicBool::new(false) }).unwrap_err();
         assert!(err.to_string().contains("3 weights with moments of 4 and 3"), "{err}");
     }
 }

@@ -243,13 +243,14 @@ impl Trainer {
         g.losses.d_b = d.d_b;
         // The discriminator pass used only detached fakes, so updating the generators after it
         // gives the same result as the reference's order.
-        self.adam_g.step(&g.grads, lr)?;
+        let g_finite = self.adam_g.step(&g.grads, lr)?;
         drop(g.grads);
-        self.adam_d.step(&d.grads, lr)?;
+        let d_finite = self.adam_d.step(&d.grads, lr)?;
         self.step += 1;
         // Losses can stay finite while a weight is NaN (ReLU maps NaN to 0), so the weights are
-        // checked too: divergence is caught at the step it appears.
-        if !self.weights_finite()? {
+        // checked too (by the optimisers, as they write them; the others have not changed since
+        // the last step's check): divergence is caught at the step it appears.
+        if !(g_finite && d_finite) {
             bail!(Divergence { step: self.step, what: "a weight became NaN or infinite".into() });
         }
         Ok(g.losses)
