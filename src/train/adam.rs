@@ -53,7 +53,7 @@ impl Adam {
             let g = g.detach();
             if in_place(p.as_tensor(), &g) {
                 let update = FusedUpdate { eps: self.eps, step_size, inv_sqrt_bc2, finite: AtomicBool::new(false) };
-                // m and v hold (m, v) after the call, p the updated weights: one pass, no
+                // m and v hold (m, v) after the call, p the updated weights: a pass each, no
                 // allocations. Nothing else shares their storage (checkpoints copy them out
                 // synchronously between steps).
                 self.m[i].inplace_op2(&g, &MomentUpdate { beta: self.beta1, square: false })?;
