@@ -348,9 +348,12 @@ simd_fn! {
     }
 }
 
-/// Largest im2col scratch, in floats (256 MiB): bigger convolutions (a 7×7 layer over 64
-/// channels at 1024² would need 12.5 GiB) run band by band of output rows.
-const MAX_SCRATCH: usize = 64 << 20;
+/// Largest im2col scratch, in floats (64 MiB): bigger convolutions (a 7×7 layer over 64
+/// channels at 1024² would need 12.5 GiB) run band by band of output rows. Only images past
+/// ~300² reach it. At 256 MiB a 1024² translation peaked with a whole band of the last transposed
+/// convolution's col2im matrix beside the full-resolution tensors; at 64 MiB its peak RSS is 0.82×
+/// (fp32) and 0.83× (bf16) of that, in 1.02× and 0.91× the time (bench/RESULTS.md, twelfth round).
+const MAX_SCRATCH: usize = 16 << 20;
 
 #[cfg(test)]
 thread_local! {
