@@ -208,11 +208,17 @@ pub(crate) fn fill_pairs(dst: &mut [u32], lo: &[f32], hi: Option<&[f32]>) {
     }
 }
 
-/// `dst[p]` = the pair (`src[2p]`, `src[2p + 1]`): a line of k rounded and paired.
+/// `dst[p]` = the pair (`src[2p]`, `src[2p + 1]`), and for an odd length the last one (`src`'s
+/// last value, 0): a line of k rounded and paired into `src.len().div_ceil(2)` pairs.
 #[inline(always)]
 pub(crate) fn pair_up(dst: &mut [u32], src: &[f32]) {
-    for (d, s) in dst.iter_mut().zip(src.chunks_exact(2)) {
+    let pairs = src.chunks_exact(2);
+    let last = pairs.remainder().first().copied();
+    for (d, s) in dst.iter_mut().zip(pairs) {
         *d = pair(s[0], s[1]);
+    }
+    if let Some(v) = last {
+        dst[src.len() / 2] = pair(v, 0.0);
     }
 }
 
@@ -225,18 +231,13 @@ fn strided_pairs(data: &[f32], start: usize, step: usize, kc: usize, mut put: im
     let kp = kc.div_ceil(2);
     if step == 1 {
         const CHUNK: usize = 64;
-        let line = &data[start..start + kc];
         let mut buf = [0u32; CHUNK];
-        let full = kc / 2;
-        for c0 in (0..full).step_by(CHUNK) {
-            let n = CHUNK.min(full - c0);
-            pair_up(&mut buf[..n], &line[2 * c0..2 * (c0 + n)]);
+        for (c, values) in data[start..start + kc].chunks(2 * CHUNK).enumerate() {
+            let n = values.len().div_ceil(2);
+            pair_up(&mut buf[..n], values);
             for (i, &v) in buf[..n].iter().enumerate() {
-                put(c0 + i, v);
+                put(c * CHUNK + i, v);
             }
-        }
-        if kp > full {
-            put(full, pair(line[kc - 1], 0.0));
         }
         return;
     }
@@ -311,9 +312,6 @@ simd_fn! {
                             }
                             rows(j0 + j, k0, &mut made[..kc]);
                             pair_up(line, &made[..kc]);
-                            if kc % 2 == 1 {
-                                line[kp - 1] = pair(made[kc - 1], 0.0);
-                            }
                         }
                         transpose_16_rows(lines, &mut panel[g..], NR);
                     }
