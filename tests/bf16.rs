@@ -119,9 +119,9 @@ fn every_layer_kind_in_bf16_matches_fp32_within_bf16_rounding() {
     assert!(failures.is_empty(), "{failures:#?}");
 }
 
-/// The generators and the PatchGAN of the parity fixtures, forward in bf16, against PyTorch's
-/// bf16 autocast of the same weights and inputs: our error from the fp32 reference output is no
-/// larger than autocast's own (which also rounds every activation to bf16; ours stay fp32).
+/// The generators and the PatchGAN of the parity fixtures, forward in bf16 as translations run
+/// (activations stored in bf16, as autocast stores them), against PyTorch's bf16 autocast of the
+/// same weights and inputs: our error from the fp32 reference output is no larger than autocast's.
 #[test]
 fn networks_in_bf16_match_pytorch_bf16_autocast() {
     use candle_core::DType;
@@ -135,7 +135,7 @@ fn networks_in_bf16_match_pytorch_bf16_autocast() {
     for file in ["resnet_3to3", "resnet_1to3", "unet", "patchgan"] {
         let fx = load_fixture(&format!("{file}.safetensors"));
         let w = with_prefix(&fx, "w.");
-        let ours = with_precision(Precision::Bf16, || {
+        let ours = cyclestudio::ops::translating_in(Precision::Bf16, || {
             if file == "patchgan" {
                 let vb = VarBuilder::from_tensors(from_reference_keys(&discriminator_key_map(3), &w).unwrap(), DType::F32, &Device::Cpu);
                 let d = PatchGan::new(&DiscriminatorConfig { in_channels: 3, ndf: 8, n_layers: 3, antialias: false }, vb).unwrap();

@@ -216,7 +216,7 @@ pub fn run_case(id: &str, settings: &Settings) -> Result<CaseResult> {
         let warmup = if warmup > 0 { warmup + 1 } else { 0 };
         for i in 0..warmup + repeats {
             let t0 = Instant::now();
-            let y = filters.scope(|| crate::ops::with_precision(precision, || g_plain.forward(&x)))?;
+            let y = filters.scope(|| crate::ops::translating_in(precision, || g_plain.forward(&x)))?;
             dev.synchronize()?;
             drop(y);
             if i >= warmup {

@@ -16,12 +16,14 @@ pub(crate) fn add_bias(ys: &Tensor, bias: &Tensor) -> Result<Tensor> {
     ys.broadcast_add(&bias.to_dtype(ys.dtype())?.reshape((1, (), 1, 1))?)
 }
 
-/// `act(instance_norm(y))` for the output `y` of a convolution of `xs` by `w`: in training on
-/// the CPU one op with the convolution our kernels run for it (`op`; `ops::conv_norm`), else
+/// `act(instance_norm(y))` for the output `y` of a convolution of `xs` by `w`: on the CPU one op
+/// with the convolution our kernels run for it (`op`; `ops::conv_norm`: in training it keeps
+/// the convolution's output for backward, in translations it normalises that output in place), else
 /// `composed()` (the convolution alone) then the norm, which records or replays statistics where
 /// asked (`norm_stats`).
 fn norm_act_of(xs: &Tensor, w: &Tensor, op: impl FnOnce() -> Result<Option<conv::ConvOp>>, act: Act, composed: impl FnOnce() -> Result<Tensor>) -> Result<Tensor> {
-    if super::norm_stats::idle() && (xs.track_op() || w.track_op()) {
+    // Without autograd too: the op then writes the norm over the convolution's output.
+    if super::norm_stats::idle() {
         if let Some(op) = op()? {
             return crate::ops::conv_norm::conv_norm_act(xs, w, op, act);
         }

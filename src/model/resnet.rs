@@ -147,7 +147,7 @@ impl ResnetGenerator {
     pub fn forward_with_features(&self, xs: &Tensor, layers: &[usize]) -> Result<(Tensor, Vec<Feature>)> {
         let top = FIRST_BLOCK + self.blocks.len() - 1;
         let (h, feats) = self.encode_through(xs, layers, top)?;
-        Ok((self.decode(&h)?.to_dtype(xs.dtype())?, feats))
+        Ok((self.decode(h)?.to_dtype(xs.dtype())?, feats))
     }
 
     /// The encoder up to layer `last` (its output) and the features at `layers` on the way.
@@ -227,12 +227,12 @@ impl ResnetGenerator {
         for b in &self.blocks {
             h = b.forward(&h)?;
         }
-        self.decode(&h)?.to_dtype(xs.dtype())
+        self.decode(h)?.to_dtype(xs.dtype())
     }
 
-    /// The up-sampling layers and the head: [B,4ngf,H/4,W/4] → [B,Cout,H,W].
-    fn decode(&self, h: &Tensor) -> Result<Tensor> {
-        let mut h = h.clone();
+    /// The up-sampling layers and the head: [B,4ngf,H/4,W/4] → [B,Cout,H,W]. Takes `h` so that,
+    /// without autograd, it is freed once the first up-sampling layer has read it.
+    fn decode(&self, mut h: Tensor) -> Result<Tensor> {
         for u in &self.up {
             h = match u {
                 Up::Transposed(t) => t.forward_norm_act(&h, Act::Relu)?,

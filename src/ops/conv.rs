@@ -24,8 +24,10 @@
 //! also bf16, `ops::activation_dtype`: read as f32, results rounded once) take this
 //! path; anything else falls back to candle's native convolutions.
 
-use super::{act_data, act_storage, gather};
-use super::gemm::{matmul, matmul_split_k, with_scratch, Mat};
+use super::precision::cpu_bf16;
+use super::{act_data, act_storage, data, gather, Elem};
+use half::bf16;
+use super::gemm::{matmul, matmul_split_k, with_scratch, with_scratch_slot, Mat};
 use super::gemm_bf16::{gemm_made, Rhs};
 use super::winograd::Pad;
 use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
@@ -98,8 +100,9 @@ pub(crate) fn conv2d_reflect_op(xs: &Tensor, w: &Tensor, pad: usize) -> Result<O
     // padded input after the convolution's output is made, and the heap reuses that block whole
     // (translating a 1024² image in bf16 peaked 64 MiB higher with the op, its freed block cut
     // up by the bias and tanh outputs that follow).
+    // bf16 activations take it always: the composed pair's padded copy would be f32.
     let (ph, pw) = (h + 2 * pad, wd + 2 * pad);
-    let kept = xs.track_op() || w.track_op();
+    let kept = xs.track_op() || w.track_op() || xs.dtype() == DType::BF16;
     if kept && fast_path(xs, w) && pad > 0 && pad < h.min(wd) && k <= ph.min(pw) && !super::winograd::applies(cin, cout, k, 1, 0, (ph - k + 1, pw - k + 1)) {
         return Ok(Some(Box::new(ReflectConv2dOp { pad })));
     }
@@ -242,34 +245,47 @@ simd_fn! {
     /// im2col matrix into `out`: a band's row of `im2col`, or what the bf16 product packs, read
     /// from the image in place.
     fn im2col_segment(out: &mut [f32], img: &[f32], g: &Geom, r: usize, j0: usize) {
-        let (k, s) = (g.k, g.stride);
-        let (c, ki, kj) = (r / (k * k), r / k % k, r % k);
-        let plane = &img[c * g.h * g.w..(c + 1) * g.h * g.w];
-        let (y_lo, y_hi) = g.valid(g.ho, g.h, ki);
-        let (x_lo, x_hi) = g.valid(g.wo, g.w, kj);
-        let end = j0 + out.len();
-        let mut j = j0;
-        while j < end {
-            // The part of output row oy in the segment: columns [ox0, ox1).
-            let (oy, ox0) = (j / g.wo, j % g.wo);
-            let ox1 = (ox0 + end - j).min(g.wo);
-            let seg = &mut out[j - j0..][..ox1 - ox0];
-            j += ox1 - ox0;
-            let (a, b) = (x_lo.clamp(ox0, ox1), x_hi.clamp(ox0, ox1));
-            if oy < y_lo || oy >= y_hi || a == b {
-                seg.fill(0.0);
-                continue;
-            }
-            seg[..a - ox0].fill(0.0);
-            seg[b - ox0..].fill(0.0);
-            let src = &plane[(oy * s + ki - g.pad) * g.w..][..g.w];
-            let ix0 = a * s + kj - g.pad;
-            let seg = &mut seg[a - ox0..b - ox0];
-            match s {
-                1 => seg.copy_from_slice(&src[ix0..ix0 + seg.len()]),
-                2 => gather::<2>(seg, &src[ix0..]),
-                _ => seg.iter_mut().zip(src[ix0..].iter().step_by(s)).for_each(|(o, v)| *o = *v),
-            }
+        im2col_segment_of(out, img, g, r, j0)
+    }
+}
+
+simd_fn! {
+    /// [`im2col_segment`] of an image of bf16 activations, widened as it is read.
+    fn im2col_segment_bf16(out: &mut [f32], img: &[bf16], g: &Geom, r: usize, j0: usize) {
+        im2col_segment_of(out, img, g, r, j0)
+    }
+}
+
+/// The body of [`im2col_segment`] for either element type.
+#[inline(always)]
+fn im2col_segment_of<T: Elem>(out: &mut [f32], img: &[T], g: &Geom, r: usize, j0: usize) {
+    let (k, s) = (g.k, g.stride);
+    let (c, ki, kj) = (r / (k * k), r / k % k, r % k);
+    let plane = &img[c * g.h * g.w..(c + 1) * g.h * g.w];
+    let (y_lo, y_hi) = g.valid(g.ho, g.h, ki);
+    let (x_lo, x_hi) = g.valid(g.wo, g.w, kj);
+    let end = j0 + out.len();
+    let mut j = j0;
+    while j < end {
+        // The part of output row oy in the segment: columns [ox0, ox1).
+        let (oy, ox0) = (j / g.wo, j % g.wo);
+        let ox1 = (ox0 + end - j).min(g.wo);
+        let seg = &mut out[j - j0..][..ox1 - ox0];
+        j += ox1 - ox0;
+        let (a, b) = (x_lo.clamp(ox0, ox1), x_hi.clamp(ox0, ox1));
+        if oy < y_lo || oy >= y_hi || a == b {
+            seg.fill(0.0);
+            continue;
+        }
+        seg[..a - ox0].fill(0.0);
+        seg[b - ox0..].fill(0.0);
+        let src = &plane[(oy * s + ki - g.pad) * g.w..][..g.w];
+        let ix0 = a * s + kj - g.pad;
+        let seg = &mut seg[a - ox0..b - ox0];
+        match (s, T::as_f32(src)) {
+            (1, _) => T::widen(seg, &src[ix0..ix0 + seg.len()]),
+            (2, Some(src)) => gather::<2>(seg, &src[ix0..]),
+            _ => seg.iter_mut().zip(src[ix0..].iter().step_by(s)).for_each(|(o, v)| *o = v.to_f32()),
         }
     }
 }
@@ -278,9 +294,15 @@ simd_fn! {
 /// the adjoint of `im2col`. A channel's rows only touch that channel's plane, so planes run in
 /// parallel.
 fn col2im_add(cols: &[f32], g: &Geom, band: (usize, usize), img: &mut [f32]) {
+    col2im_add_rows(cols, g, band, img, g.h, 0);
+}
+
+/// [`col2im_add`] into planes that hold only rows [`row0`, `row0` + `rows`) of the image, each
+/// `rows`·W long in `img`: the rows the band reaches must lie within them.
+fn col2im_add_rows(cols: &[f32], g: &Geom, band: (usize, usize), img: &mut [f32], rows: usize, row0: usize) {
     // Per-thread room for a plane's even and odd column phases (stride 2, see `col2im_plane`).
-    let phases = if g.stride == 2 { g.h * g.w } else { 0 };
-    img.par_chunks_mut(g.h * g.w).enumerate().for_each_init(|| vec![0f32; phases], |buf, (c, plane)| col2im_plane(plane, buf, cols, g, band, c));
+    let phases = if g.stride == 2 { rows * g.w } else { 0 };
+    img.par_chunks_mut(rows * g.w).enumerate().for_each_init(|| vec![0f32; phases], |buf, (c, plane)| col2im_plane(plane, buf, cols, g, band, c, row0));
 }
 
 simd_fn! {
@@ -289,7 +311,8 @@ simd_fn! {
     /// row is a contiguous add into one of them, then interleaved back: `dst[2i] += v` compiles to
     /// scatter instructions, slow on AMD's Zen 4. Every element gets the same additions in the
     /// same order either way, so the results are the same bit for bit.
-    fn col2im_plane(plane: &mut [f32], phases: &mut [f32], cols: &[f32], g: &Geom, band: (usize, usize), c: usize) {
+    /// `plane` and `phases` start at image row `row0`.
+    fn col2im_plane(plane: &mut [f32], phases: &mut [f32], cols: &[f32], g: &Geom, band: (usize, usize), c: usize, row0: usize) {
         let (k, s, (b0, b1)) = (g.k, g.stride, band);
         if b0 == b1 {
             return;
@@ -298,7 +321,7 @@ simd_fn! {
         let split = s == 2;
         let rows = (b0 * s).saturating_sub(g.pad).min(g.h)..((b1 - 1) * s + k).saturating_sub(g.pad).min(g.h);
         if split {
-            for r in rows.clone() {
+            for r in rows.clone().map(|r| r - row0) {
                 let (e, o) = phases[r * w..][..w].split_at_mut(even);
                 gather::<2>(e, &plane[r * w..][..w]);
                 if !o.is_empty() {
@@ -317,7 +340,7 @@ simd_fn! {
                 let row = &cols[((c * k + ki) * k + kj) * n..][..n];
                 let ix0 = x_lo * s + kj - g.pad;
                 for oy in y_lo..y_hi {
-                    let r = oy * s + ki - g.pad;
+                    let r = oy * s + ki - g.pad - row0;
                     let src = &row[(oy - b0) * g.wo + x_lo..(oy - b0) * g.wo + x_hi];
                     let dst = match s {
                         // Columns ix0, ix0 + 2, … are one phase's ix0/2, ix0/2 + 1, ….
@@ -333,7 +356,7 @@ simd_fn! {
             }
         }
         if split {
-            for r in rows {
+            for r in rows.map(|r| r - row0) {
                 let (e, o) = phases[r * w..][..w].split_at(even);
                 let dst = &mut plane[r * w..][..w];
                 for (pair, (&a, &b)) in dst.chunks_exact_mut(2).zip(e.iter().zip(o)) {
@@ -370,7 +393,12 @@ fn scratch_limit() -> usize {
 
 /// The bands of output rows that keep the im2col matrix within [`MAX_SCRATCH`].
 fn bands(g: &Geom) -> impl Iterator<Item = (usize, usize)> {
-    let rows_per_band = (scratch_limit() / (g.rows() * g.wo).max(1)).clamp(1, g.ho);
+    bands_within(g, scratch_limit())
+}
+
+/// The bands of output rows that keep the im2col matrix within `limit` floats.
+fn bands_within(g: &Geom, limit: usize) -> impl Iterator<Item = (usize, usize)> {
+    let rows_per_band = (limit / (g.rows() * g.wo).max(1)).clamp(1, g.ho);
     let ho = g.ho;
     (0..ho).step_by(rows_per_band).map(move |b0| (b0, (b0 + rows_per_band).min(ho)))
 }
@@ -410,6 +438,95 @@ fn conv_transpose_kernel(x: &[f32], w: &[f32], cin: usize, g: &Geom) -> Vec<f32>
                 let rhs = Mat::rows(&xb[band.0 * g.wo..], n);
                 matmul(g.rows(), cols_n, cin, (cols, cols_n), false, Mat::transposed(w, g.rows()), rhs);
                 col2im_add(cols, g, band, yb);
+            });
+        }
+    }
+    y
+}
+
+/// `src` widened into the middle of `dst`, reflection-padded by `p` on both sides (as
+/// `pad::pad_planes` pads a row).
+fn widen_reflected<T: Elem>(dst: &mut [f32], src: &[T], p: usize) {
+    let w = src.len();
+    T::widen(&mut dst[p..p + w], src);
+    for j in 0..p {
+        dst[p - 1 - j] = src[j + 1].to_f32();
+        dst[p + w + j] = src[w - 2 - j].to_f32();
+    }
+}
+
+/// `x` widened to f32.
+fn widened(x: &[bf16]) -> Vec<f32> {
+    let mut out = crate::ops::zeros(x.len());
+    super::par_widen(&mut out, x);
+    out
+}
+
+/// Floats of f32 output a bf16-activation kernel makes at a time before rounding (16 MiB).
+const OUT_BAND: usize = 4 << 20;
+
+/// [`conv_kernel`] of bf16 activations into bf16 ones, in bf16 products (`cpu_bf16`): the image
+/// is read in place, widened as it is packed, and the output made in bands of output rows in f32
+/// and rounded, so neither a widened copy of the input nor an f32 one of the output is ever made
+/// whole. Each value is the f32 kernel's on the widened input, rounded.
+fn conv_kernel_bf16(x: &[bf16], w: &[f32], cout: usize, g: &Geom) -> Vec<bf16> {
+    let n = g.cols();
+    let mut y = crate::ops::zeros(x.len() / g.img_len() * cout * n);
+    let rows_per_band = (OUT_BAND.min(scratch_limit()) / (cout * g.wo)).clamp(1, g.ho);
+    for (xb, yb) in x.chunks_exact(g.img_len()).zip(y.chunks_exact_mut(cout * n)) {
+        for b0 in (0..g.ho).step_by(rows_per_band) {
+            let (j0, cols_n) = (b0 * g.wo, ((b0 + rows_per_band).min(g.ho) - b0) * g.wo);
+            with_scratch(cout * cols_n, |band| {
+                let rhs = Rhs::Rows(&|r, j, out| im2col_segment_bf16(out, xb, g, r, j0 + j));
+                gemm_made(cout, cols_n, g.rows(), (band, cols_n), false, Mat::rows(w, g.rows()), rhs);
+                yb.par_chunks_mut(n).zip(band.par_chunks(cols_n)).for_each(|(dst, src)| bf16::narrow(&mut dst[j0..][..cols_n], src));
+            });
+        }
+    }
+    y
+}
+
+/// [`conv_transpose_kernel`] of bf16 activations into bf16 ones. The overlapping taps are summed
+/// in f32, but only over the output rows the current band of input rows reaches: rows no later
+/// band reaches are rounded into the output as each band ends, the others carried to the next.
+/// Each value is the f32 kernel's on the widened input (the same additions in the same order),
+/// rounded.
+fn conv_transpose_kernel_bf16(x: &[bf16], w: &[f32], cin: usize, g: &Geom) -> Vec<bf16> {
+    let (n, s, h, wd) = (g.cols(), g.stride, g.h, g.w);
+    let mut y = crate::ops::zeros(x.len() / (cin * n) * g.img_len());
+    // Output rows [lo, hi) that input rows [b0, b1) reach.
+    let reach = |(b0, b1): (usize, usize)| ((b0 * s).saturating_sub(g.pad).min(h), ((b1 - 1) * s + g.k).saturating_sub(g.pad).min(h));
+    // Smaller bands than the f32 kernel's: their matrix is a thread's scratch from then on.
+    let bands: Vec<_> = bands_within(g, OUT_BAND.min(scratch_limit())).collect();
+    // Per band: the first row not yet final, the last it works on, and the first a later band
+    // reaches (rows before it are final once the band is done).
+    let mut spans = Vec::with_capacity(bands.len());
+    let (mut done, mut end) = (0, 0);
+    for (i, &band) in bands.iter().enumerate() {
+        let next = bands.get(i + 1);
+        end = if next.is_some() { reach(band).1.max(end).max(done) } else { h };
+        let fin = next.map_or(h, |&b| reach(b).0.clamp(done, end));
+        spans.push((done, end, fin));
+        done = fin;
+    }
+    let rows = spans.iter().map(|&(a, b, _)| b - a).max().unwrap_or(0).max(1);
+    let mut window = vec![0f32; g.c * rows * wd];
+    for (xb, yb) in x.chunks_exact(cin * n).zip(y.chunks_exact_mut(g.img_len())) {
+        window.fill(0.0);
+        for (&band, &(done, end, fin)) in bands.iter().zip(&spans) {
+            let cols_n = (band.1 - band.0) * g.wo;
+            with_scratch(g.rows() * cols_n, |cols| {
+                with_scratch_slot(1, cin * cols_n, |xw| {
+                    xw.par_chunks_mut(cols_n).enumerate().for_each(|(ci, d)| bf16::widen(d, &xb[ci * n + band.0 * g.wo..][..cols_n]));
+                    matmul(g.rows(), cols_n, cin, (cols, cols_n), false, Mat::transposed(w, g.rows()), Mat::rows(xw, cols_n));
+                });
+                col2im_add_rows(cols, g, band, &mut window, rows, done);
+            });
+            // Rows [done, fin) are final: round them out, move [fin, end) to the window's top.
+            yb.par_chunks_mut(h * wd).zip(window.par_chunks_mut(rows * wd)).for_each(|(dst, plane)| {
+                bf16::narrow(&mut dst[done * wd..fin * wd], &plane[..(fin - done) * wd]);
+                plane.copy_within((fin - done) * wd..(end - done) * wd, 0);
+                plane[(end - fin) * wd..].fill(0.0);
             });
         }
     }
@@ -478,12 +595,31 @@ impl CustomOp2 for ReflectConv2dOp {
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let (b, cin, h, w, cout) = conv2d_operands(l1, l2)?;
         let (p, k) = (self.pad, kernel_size(l2)?);
-        let xp = super::pad::pad_planes(&act_data(s1, l1)?, h, w, p);
         let g = Geom::conv(cin, h + 2 * p, w + 2 * p, k, 1, 0)?;
         let weights = &act_data(s2, l2)?;
         let narrow = takes_narrow(cin, cout, k, 1, 0);
-        let y = if narrow { narrow_conv_kernel(&xp, weights, cout, &g) } else { conv_kernel(&xp, weights, cout, &g) };
-        Ok((act_storage(y, s1)?, Shape::from((b, cout, g.ho, g.wo))))
+        let y = match s1 {
+            // bf16 activations are padded as they are (half the f32 copy's size), or not at all.
+            CpuStorage::BF16(_) => {
+                let x = data::<bf16>(s1, l1)?;
+                if narrow {
+                    // Padded as its bands are widened: no padded copy at all.
+                    act_storage(narrow_conv_kernel_reflected(x, weights, cout, &g, p), s1)?
+                } else {
+                    let xp = super::pad::pad_planes(x, h, w, p);
+                    match cpu_bf16() {
+                        true => CpuStorage::BF16(conv_kernel_bf16(&xp, weights, cout, &g)),
+                        false => act_storage(conv_kernel(&widened(&xp), weights, cout, &g), s1)?,
+                    }
+                }
+            }
+            _ => {
+                let xp = super::pad::pad_planes(&act_data(s1, l1)?, h, w, p);
+                let y = if narrow { narrow_conv_kernel(&xp, weights, cout, &g) } else { conv_kernel(&xp, weights, cout, &g) };
+                act_storage(y, s1)?
+            }
+        };
+        Ok((y, Shape::from((b, cout, g.ho, g.wo))))
     }
 
     fn bwd(&self, x: &Tensor, w: &Tensor, res: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
@@ -515,8 +651,12 @@ impl CustomOp2 for Conv2dOp {
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let (b, cin, h, w, cout) = conv2d_operands(l1, l2)?;
         let g = Geom::conv(cin, h, w, kernel_size(l2)?, self.stride, self.pad)?;
-        let y = conv_kernel(&act_data(s1, l1)?, &act_data(s2, l2)?, cout, &g);
-        Ok((act_storage(y, s1)?, Shape::from((b, cout, g.ho, g.wo))))
+        let w = act_data(s2, l2)?;
+        let y = match s1 {
+            CpuStorage::BF16(_) if cpu_bf16() => CpuStorage::BF16(conv_kernel_bf16(data(s1, l1)?, &w, cout, &g)),
+            _ => act_storage(conv_kernel(&act_data(s1, l1)?, &w, cout, &g), s1)?,
+        };
+        Ok((y, Shape::from((b, cout, g.ho, g.wo))))
     }
 
     fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
@@ -562,8 +702,12 @@ impl CustomOp2 for ConvTranspose2dOp {
                 self.out_w
             );
         }
-        let y = conv_transpose_kernel(&act_data(s1, l1)?, &act_data(s2, l2)?, cin, &g);
-        Ok((act_storage(y, s1)?, Shape::from((b, cout, self.out_h, self.out_w))))
+        let w = act_data(s2, l2)?;
+        let y = match s1 {
+            CpuStorage::BF16(_) => CpuStorage::BF16(conv_transpose_kernel_bf16(data(s1, l1)?, &w, cin, &g)),
+            _ => act_storage(conv_transpose_kernel(&act_data(s1, l1)?, &w, cin, &g), s1)?,
+        };
+        Ok((y, Shape::from((b, cout, self.out_h, self.out_w))))
     }
 
     fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
@@ -657,8 +801,18 @@ impl CustomOp2 for NarrowConv2dOp {
 
 /// The forward pass of `NarrowConv2dOp`: `x` [B, g.c, g.h, g.w], `w` [cout, g.c, K, K] (stride 1)
 /// → [B, cout, g.ho, g.wo], in bands of output rows that bound Z.
-fn narrow_conv_kernel(x: &[f32], w: &[f32], cout: usize, g: &Geom) -> Vec<f32> {
+fn narrow_conv_kernel<T: Elem>(x: &[T], w: &[f32], cout: usize, g: &Geom) -> Vec<f32> {
+    narrow_conv_kernel_reflected(x, w, cout, g, 0)
+}
+
+/// [`narrow_conv_kernel`] of `x` reflection-padded by `reflect` (`g` is the padded image's
+/// geometry, `x` holds unpadded images), for bf16 activations: the padding is made in the f32
+/// rows the band widens anyway, so no padded copy of the image is made (f32 images are read in
+/// place, so `reflect` must be 0 for them).
+fn narrow_conv_kernel_reflected<T: Elem>(x: &[T], w: &[f32], cout: usize, g: &Geom, reflect: usize) -> Vec<f32> {
     let (k, kk, p) = (g.k, g.k * g.k, g.pad);
+    let (h0, w0) = (g.h - 2 * reflect, g.w - 2 * reflect);
+    let rows = super::reflect_indices(h0, reflect);
     // W' [(co, t), ci] = w[co, ci, t].
     let mut wp = crate::ops::zeros(cout * kk * g.c);
     for co in 0..cout {
@@ -669,8 +823,8 @@ fn narrow_conv_kernel(x: &[f32], w: &[f32], cout: usize, g: &Geom) -> Vec<f32> {
         }
     }
     let rows_per_band = (scratch_limit() / (cout * kk * g.w * 2).max(1)).clamp(1, g.ho);
-    let mut y = crate::ops::zeros(x.len() / g.img_len() * cout * g.cols());
-    for (xb, yb) in x.chunks_exact(g.img_len()).zip(y.chunks_exact_mut(cout * g.cols())) {
+    let mut y = crate::ops::zeros(x.len() / (g.c * h0 * w0) * cout * g.cols());
+    for (xb, yb) in x.chunks_exact(g.c * h0 * w0).zip(y.chunks_exact_mut(cout * g.cols())) {
         for b0 in (0..g.ho).step_by(rows_per_band) {
             let b1 = (b0 + rows_per_band).min(g.ho);
             // Input rows the band's outputs read: oy + ki − p for oy in [b0, b1), ki in [0, K).
@@ -681,8 +835,22 @@ fn narrow_conv_kernel(x: &[f32], w: &[f32], cout: usize, g: &Geom) -> Vec<f32> {
             }
             let zn = (r1 - r0) * g.w;
             with_scratch(cout * kk * zn, |z| {
-                let rhs = Mat { data: &xb[r0 * g.w..], rs: g.h * g.w, cs: 1 };
-                matmul(cout * kk, zn, g.c, (z, zn), false, Mat::rows(&wp, g.c), rhs);
+                let lhs = Mat::rows(&wp, g.c);
+                match T::as_f32(xb) {
+                    Some(xb) => {
+                        assert_eq!(reflect, 0, "f32 images are padded before the narrow kernel");
+                        matmul(cout * kk, zn, g.c, (z, zn), false, lhs, Mat { data: &xb[r0 * g.w..], rs: g.h * g.w, cs: 1 })
+                    }
+                    // bf16 activations: the band's (padded) input rows widened, channel by channel.
+                    None => with_scratch_slot(1, g.c * zn, |xw| {
+                        xw.par_chunks_mut(zn).enumerate().for_each(|(ci, d)| {
+                            for (r, row) in (r0..r1).zip(d.chunks_exact_mut(g.w)) {
+                                widen_reflected(row, &xb[(ci * h0 + rows[r] as usize) * w0..][..w0], reflect);
+                            }
+                        });
+                        matmul(cout * kk, zn, g.c, (z, zn), false, lhs, Mat::rows(xw, zn));
+                    }),
+                }
                 let z: &[f32] = z;
                 yb.par_chunks_mut(g.cols()).enumerate().for_each(|(co, plane)| {
                     for t in 0..kk {
@@ -841,5 +1009,46 @@ mod tests {
         for (a, b) in [(&whole.0, &banded.0), (&whole.1, &banded.1), (&whole.2, &banded.2)] {
             assert!(a.iter().zip(b).all(|(p, q)| (p - q).abs() < 1e-5));
         }
+    }
+
+    /// With bf16 activations each kernel gives the f32 kernel's result on the widened input,
+    /// rounded, bit for bit: in one band and in many (the convolution's output rounded band by
+    /// band, the transposed one's overlapping rows carried from band to band), and the narrow
+    /// kernel with the reflection padding made as it widens its bands, without a padded copy.
+    #[test]
+    fn bf16_activation_kernels_round_the_f32_kernels_results() {
+        use crate::ops::{with_precision, Precision};
+        if super::super::gemm_bf16::hardware().is_none() {
+            eprintln!("skipped: this CPU has no AVX512-BF16 (the bf16 kernels' instruction set)");
+            return;
+        }
+        let val = super::super::test_value;
+        let bf16s = |n: usize, seed: usize| (0..n).map(|i| bf16::from_f32(val(i * 3 + seed) * 4.0)).collect::<Vec<_>>();
+        let rounded = |v: Vec<f32>| v.iter().map(|&x| bf16::from_f32(x)).collect::<Vec<_>>();
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        with_precision(Precision::Bf16, || {
+            for limit in [MAX_SCRATCH, 1, 300] {
+                SCRATCH_LIMIT.with(|l| l.set(limit));
+                // Stride 2 (the down- and up-sampling layers), 1, a 7×7 with no padding, odd sizes.
+                for (c, h, w, k, stride, pad, cout) in [(5, 13, 11, 3, 2, 1, 7), (4, 9, 10, 3, 1, 1, 6), (3, 14, 12, 7, 1, 0, 8), (6, 16, 16, 3, 2, 1, 3)] {
+                    let g = Geom::conv(c, h, w, k, stride, pad).unwrap();
+                    let b = 2;
+                    let wt: Vec<f32> = (0..cout * g.rows()).map(|i| val(i + 3) * 0.3).collect();
+                    let x = bf16s(b * g.img_len(), 1);
+                    let want = rounded(conv_kernel(&widened(&x), &wt, cout, &g));
+                    assert_eq!(conv_kernel_bf16(&x, &wt, cout, &g), want, "conv {c}x{h}x{w} k{k}/{stride} limit {limit}");
+                    let dy = bf16s(b * cout * g.cols(), 2);
+                    let want = rounded(conv_transpose_kernel(&widened(&dy), &wt, cout, &g));
+                    assert_eq!(conv_transpose_kernel_bf16(&dy, &wt, cout, &g), want, "transposed {c}x{h}x{w} k{k}/{stride} limit {limit}");
+                }
+                let (c, h, w, p, k, cout) = (6, 9, 8, 3, 7, 2);
+                let g = Geom::conv(c, h + 2 * p, w + 2 * p, k, 1, 0).unwrap();
+                let wt: Vec<f32> = (0..cout * g.rows()).map(|i| val(i + 5) * 0.3).collect();
+                let x = bf16s(2 * c * h * w, 3);
+                let want = narrow_conv_kernel(&super::super::pad::pad_planes(&widened(&x), h, w, p), &wt, cout, &g);
+                assert_eq!(bits(&narrow_conv_kernel_reflected(&x, &wt, cout, &g, p)), bits(&want), "reflected narrow, limit {limit}");
+            }
+            SCRATCH_LIMIT.with(|l| l.set(MAX_SCRATCH));
+        });
     }
 }

@@ -8,7 +8,7 @@
 //! bit. As `ops::residual`'s block, its gradients are first-order only.
 
 use super::conv::ConvOp;
-use super::norm::{norm_act_grad_planes, norm_act_planes};
+use super::norm::{norm_act_grad_planes, norm_act_planes, norm_act_planes_in_place};
 use super::{with_tensor_data, Act, Elem};
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use half::bf16;
@@ -16,8 +16,11 @@ use std::sync::Mutex;
 
 /// `act(instance_norm(conv(xs, w)))` with `conv` the op our `conv2d`, `conv2d_reflect` or
 /// `conv_transpose2d` chose for `xs` and `w`.
+/// Without autograd (translations) nothing is kept and the norm is written over the
+/// convolution's output: one tensor of the layer's size instead of two.
 pub(crate) fn conv_norm_act(xs: &Tensor, w: &Tensor, conv: ConvOp, act: Act) -> Result<Tensor> {
-    xs.contiguous()?.apply_op2(&w.contiguous()?, ConvNormAct { conv, act, saved: Mutex::new(None) })
+    let keep = xs.track_op() || w.track_op();
+    xs.contiguous()?.apply_op2(&w.contiguous()?, ConvNormAct { conv, act, keep, saved: Mutex::new(None) })
 }
 
 /// The convolution's output (in the activations' dtype) and its planes' (mean, 1/σ).
@@ -30,6 +33,8 @@ struct Saved {
 struct ConvNormAct {
     conv: ConvOp,
     act: Act,
+    /// Whether a backward pass will run (the output of the convolution is kept for it).
+    keep: bool,
     saved: Mutex<Option<Saved>>,
 }
 
@@ -46,8 +51,16 @@ impl CustomOp2 for ConvNormAct {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (y, shape) = self.conv.cpu_fwd(s1, l1, s2, l2)?;
+        let (mut y, shape) = self.conv.cpu_fwd(s1, l1, s2, l2)?;
         let (_, _, h, w) = shape.dims4()?;
+        if !self.keep {
+            match &mut y {
+                CpuStorage::BF16(v) => norm_act_planes_in_place(v, h * w, self.act),
+                CpuStorage::F32(v) => norm_act_planes_in_place(v, h * w, self.act),
+                _ => bail!("conv + norm: activations are stored as f32 or bf16"),
+            };
+            return Ok((y, shape));
+        }
         let (out, stats) = match &y {
             CpuStorage::BF16(v) => {
                 let (out, stats) = norm_act_planes(v, h * w, self.act);
@@ -118,7 +131,8 @@ mod tests {
 
     /// For each kind of convolution the networks normalise after (im2col, transposed, the 7×7
     /// reflection-padded one, Winograd's 4×4), the fused op equals the composed pair bit for bit
-    /// with f32 activations, and within bf16's rounding with bf16 ones.
+    /// with f32 activations, and within bf16's rounding with bf16 ones; without autograd, bit for
+    /// bit in both.
     #[test]
     fn fused_conv_norm_equals_the_composed_ops() {
         let cases: [Case; 4] = [
@@ -128,6 +142,16 @@ mod tests {
             ("Winograd 4×4", [1, 16, 9, 10], [16, 16, 4, 4], |x, w| conv2d(x, w, 1, 1), |x, w| conv2d_op(x, w, 1, 1)),
         ];
         for (what, x, w, conv, op) in cases {
+            // Without autograd (a translation) the op normalises in place: the same values.
+            for dtype in [DType::F32, DType::BF16] {
+                let (x, w) = (tensor(&x, 1, 2.0).to_dtype(dtype).unwrap(), tensor(&w, 3, 0.2));
+                let act = Act::LeakyRelu(0.2);
+                // (The reflection-padded f32 layer pads and convolves in two there.)
+                let Some(o) = op(&x, &w).unwrap() else { continue };
+                let fused = conv_norm_act(&x, &w, o, act).unwrap();
+                let composed = instance_norm_act(&conv(&x, &w).unwrap(), act).unwrap();
+                assert_eq!((fused.dtype(), values(&fused)), (dtype, values(&composed)), "{what} untracked {dtype:?}");
+            }
             assert_eq!(run(&x, &w, conv, op, true, DType::F32), run(&x, &w, conv, op, false, DType::F32), "{what}");
             let (fused, composed) = (run(&x, &w, conv, op, true, DType::BF16), run(&x, &w, conv, op, false, DType::BF16));
             for (part, (a, b)) in ["y", "dx", "dw"].iter().zip(fused.iter().zip(&composed)) {

@@ -3,7 +3,7 @@
 //! The composed version (two `index_select`s) builds index tensors and runs a scattered
 //! index-add in backward.
 
-use super::{act_data, act_storage, cpu_act, reflect_indices};
+use super::{act_data, act_storage, cpu_act, data, reflect_indices};
 use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 
 /// `xs` `[B,C,H,W]` → `[B,C,H+2p,W+2p]`, PyTorch's ReflectionPad2d; f32 or bf16 CPU tensors take the
@@ -34,8 +34,11 @@ impl CustomOp1 for ReflectPad {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let (b, c, h, w) = l.shape().dims4()?;
         let p = self.pad;
-        let y = pad_planes(&act_data(s, l)?, h, w, p);
-        Ok((act_storage(y, s)?, Shape::from((b, c, h + 2 * p, w + 2 * p))))
+        let y = match s {
+            CpuStorage::BF16(_) => CpuStorage::BF16(pad_planes(data::<half::bf16>(s, l)?, h, w, p)),
+            _ => act_storage(pad_planes(&act_data(s, l)?, h, w, p), s)?,
+        };
+        Ok((y, Shape::from((b, c, h + 2 * p, w + 2 * p))))
     }
 
     fn bwd(&self, x: &Tensor, _res: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
@@ -45,11 +48,11 @@ impl CustomOp1 for ReflectPad {
 }
 
 /// Every H×W plane of `x` reflection-padded by `p` (< H, W): planes of (H+2p)×(W+2p).
-pub(crate) fn pad_planes(x: &[f32], h: usize, w: usize, p: usize) -> Vec<f32> {
+pub(crate) fn pad_planes<T: Copy + Default + Send + Sync>(x: &[T], h: usize, w: usize, p: usize) -> Vec<T> {
     let (ph, pw) = (h + 2 * p, w + 2 * p);
     let rows = reflect_indices(h, p);
     let planes = x.len() / (h * w).max(1);
-    crate::ops::par_chunks_made(planes * ph * pw, ph * pw, || (), |_, i, yp: &mut [f32]| {
+    crate::ops::par_chunks_made(planes * ph * pw, ph * pw, || (), |_, i, yp: &mut [T]| {
         let xp = &x[i * h * w..][..h * w];
         for (r, row) in yp.chunks_exact_mut(pw).enumerate() {
             let src = &xp[rows[r] as usize * w..][..w];

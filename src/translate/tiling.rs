@@ -168,7 +168,7 @@ pub fn translate_image(g: &Generator, cin: usize, multiple: usize, device: &Devi
 /// Like [`translate_image`] for several images; images of one size that need no tiling run as
 /// one batch (instance norm is per image, so batching does not change any output).
 pub fn translate_batch(g: &Generator, cin: usize, multiple: usize, device: &Device, imgs: &[DynamicImage], opts: &TranslateOptions) -> Result<Vec<DynamicImage>> {
-    crate::ops::with_precision(opts.precision, || translate_batch_inner(g, cin, multiple, device, imgs, opts))
+    crate::ops::translating_in(opts.precision, || translate_batch_inner(g, cin, multiple, device, imgs, opts))
 }
 
 fn translate_batch_inner(g: &Generator, cin: usize, multiple: usize, device: &Device, imgs: &[DynamicImage], opts: &TranslateOptions) -> Result<Vec<DynamicImage>> {
