@@ -96,13 +96,13 @@ pub(crate) fn conv2d_reflect_op(xs: &Tensor, w: &Tensor, pad: usize) -> Result<O
     if fast_path(xs, w) && k == 3 && pad == 1 && h > 1 && wd > 1 && super::winograd::applies(cin, cout, k, 1, 0, (h, wd)) {
         return Ok(Some(Box::new(super::winograd::forward_op(xs, w, Pad::Reflect)?)));
     }
-    // Only where autograd would keep the padded input: without it, the composed pair frees the
-    // padded input after the convolution's output is made, and the heap reuses that block whole
-    // (translating a 1024² image in bf16 peaked 64 MiB higher with the op, its freed block cut
-    // up by the bias and tanh outputs that follow).
-    // bf16 activations take it always: the composed pair's padded copy would be f32.
+    // Where autograd would keep the padded input, and for bf16 activations and narrow layers (the
+    // heads), which the op convolves without a padded copy. Otherwise (an f32 stem in a
+    // translation) the composed pair frees the padded input after the convolution's output is
+    // made, and the heap reuses that block whole (translating a 1024² image peaked 64 MiB higher
+    // with the op, its freed block cut up by the bias and tanh outputs that follow).
     let (ph, pw) = (h + 2 * pad, wd + 2 * pad);
-    let kept = xs.track_op() || w.track_op() || xs.dtype() == DType::BF16;
+    let kept = xs.track_op() || w.track_op() || xs.dtype() == DType::BF16 || takes_narrow(cin, cout, k, 1, 0);
     if kept && fast_path(xs, w) && pad > 0 && pad < h.min(wd) && k <= ph.min(pw) && !super::winograd::applies(cin, cout, k, 1, 0, (ph - k + 1, pw - k + 1)) {
         return Ok(Some(Box::new(ReflectConv2dOp { pad })));
     }
@@ -613,11 +613,8 @@ impl CustomOp2 for ReflectConv2dOp {
                     }
                 }
             }
-            _ => {
-                let xp = super::pad::pad_planes(&act_data(s1, l1)?, h, w, p);
-                let y = if narrow { narrow_conv_kernel(&xp, weights, cout, &g) } else { conv_kernel(&xp, weights, cout, &g) };
-                act_storage(y, s1)?
-            }
+            _ if narrow => act_storage(narrow_conv_kernel_reflected(&*act_data(s1, l1)?, weights, cout, &g, p), s1)?,
+            _ => act_storage(conv_kernel(&super::pad::pad_planes(&act_data(s1, l1)?, h, w, p), weights, cout, &g), s1)?,
         };
         Ok((y, Shape::from((b, cout, g.ho, g.wo))))
     }
@@ -806,9 +803,8 @@ fn narrow_conv_kernel<T: Elem>(x: &[T], w: &[f32], cout: usize, g: &Geom) -> Vec
 }
 
 /// [`narrow_conv_kernel`] of `x` reflection-padded by `reflect` (`g` is the padded image's
-/// geometry, `x` holds unpadded images), for bf16 activations: the padding is made in the f32
-/// rows the band widens anyway, so no padded copy of the image is made (f32 images are read in
-/// place, so `reflect` must be 0 for them).
+/// geometry, `x` holds unpadded images): the padding is made in f32 rows a band at a time (which
+/// bf16 activations are widened into anyway), so no padded copy of the image is made.
 fn narrow_conv_kernel_reflected<T: Elem>(x: &[T], w: &[f32], cout: usize, g: &Geom, reflect: usize) -> Vec<f32> {
     let (k, kk, p) = (g.k, g.k * g.k, g.pad);
     let (h0, w0) = (g.h - 2 * reflect, g.w - 2 * reflect);
@@ -837,12 +833,9 @@ fn narrow_conv_kernel_reflected<T: Elem>(x: &[T], w: &[f32], cout: usize, g: &Ge
             with_scratch(cout * kk * zn, |z| {
                 let lhs = Mat::rows(&wp, g.c);
                 match T::as_f32(xb) {
-                    Some(xb) => {
-                        assert_eq!(reflect, 0, "f32 images are padded before the narrow kernel");
-                        matmul(cout * kk, zn, g.c, (z, zn), false, lhs, Mat { data: &xb[r0 * g.w..], rs: g.h * g.w, cs: 1 })
-                    }
-                    // bf16 activations: the band's (padded) input rows widened, channel by channel.
-                    None => with_scratch_slot(1, g.c * zn, |xw| {
+                    Some(xb) if reflect == 0 => matmul(cout * kk, zn, g.c, (z, zn), false, lhs, Mat { data: &xb[r0 * g.w..], rs: g.h * g.w, cs: 1 }),
+                    // The band's input rows padded (and widened, for bf16), channel by channel.
+                    _ => with_scratch_slot(1, g.c * zn, |xw| {
                         xw.par_chunks_mut(zn).enumerate().for_each(|(ci, d)| {
                             for (r, row) in (r0..r1).zip(d.chunks_exact_mut(g.w)) {
                                 widen_reflected(row, &xb[(ci * h0 + rows[r] as usize) * w0..][..w0], reflect);
@@ -1047,6 +1040,8 @@ mod tests {
                 let x = bf16s(2 * c * h * w, 3);
                 let want = narrow_conv_kernel(&super::super::pad::pad_planes(&widened(&x), h, w, p), &wt, cout, &g);
                 assert_eq!(bits(&narrow_conv_kernel_reflected(&x, &wt, cout, &g, p)), bits(&want), "reflected narrow, limit {limit}");
+                let xf = widened(&x);
+                assert_eq!(bits(&narrow_conv_kernel_reflected(&xf, &wt, cout, &g, p)), bits(&want), "reflected narrow f32, limit {limit}");
             }
             SCRATCH_LIMIT.with(|l| l.set(MAX_SCRATCH));
         });

@@ -569,6 +569,37 @@ impl Tiles {
         row[2 * sw + 1] = 0.0;
     }
 
+    /// [`Self::load_row`] of a stored plane of either element type: a bf16 plane's source rows
+    /// are widened into `tmp` (2·sw floats) as they are read, the same values as from the plane
+    /// widened whole.
+    fn load_row_of<E: Elem>(&self, plane: &[E], r: usize, row: &mut [f32], tmp: &mut [f32]) {
+        if let Some(plane) = E::as_f32(plane) {
+            return self.load_row(plane, r, row, tmp);
+        }
+        let sw = self.sw;
+        let stored = |i: usize| &plane[i * sw..(i + 1) * sw];
+        if self.pad != Pad::UpZero {
+            let src = match self.source_row(r) {
+                Some(i) => {
+                    E::widen(&mut tmp[..sw], stored(i));
+                    Some(&tmp[..sw])
+                }
+                None => None,
+            };
+            return self.padded_row(src, row);
+        }
+        let Some((near, far)) = self.up_rows(r) else { return row[..self.w].fill(0.0) };
+        let (a, b) = tmp.split_at_mut(sw);
+        E::widen(a, stored(near));
+        E::widen(&mut b[..sw], stored(far));
+        for (t, &v) in a.iter_mut().zip(&b[..sw]) {
+            *t = 0.75 * *t + 0.25 * v;
+        }
+        row[0] = 0.0;
+        super::blur::up_row(&mut row[1..2 * sw + 1], a);
+        row[2 * sw + 1] = 0.0;
+    }
+
     /// Adds padded row `row[..w]` (row `r` < h) into the stored `plane` (the adjoint of
     /// `load_row`); `tmp` holds `sw` floats.
     fn fold_into(&self, row: &[f32], r: usize, plane: &mut [f32], tmp: &mut [f32]) {

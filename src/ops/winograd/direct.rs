@@ -282,8 +282,8 @@ pub(super) fn forward<E: Elem>(x: &[E], w: &[f32], cin: usize, cout: usize, t: &
         };
         with_pairs(0, planes_len(cin, t.h, width), |px| {
             for (xb, yb) in x.chunks_exact(plane_in).zip(y.chunks_exact_mut(plane_out)) {
-                let xf = widened(xb);
-                pack_planes(cin, t.h, width, px, |c, r, row, tmp| t.load_row(&xf[c * t.sh * t.sw..(c + 1) * t.sh * t.sw], r, row, tmp));
+                // bf16 images are widened a row at a time as they are packed, not copied whole.
+                pack_planes(cin, t.h, width, px, |c, r, row, tmp| t.load_row_of(&xb[c * t.sh * t.sw..(c + 1) * t.sh * t.sw], r, row, tmp));
                 let out = match E::as_f32_mut(yb) {
                     Some(out) => out,
                     None => &mut out_f32[..],
