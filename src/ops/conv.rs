@@ -613,7 +613,7 @@ impl CustomOp2 for ReflectConv2dOp {
                     }
                 }
             }
-            _ if narrow => act_storage(narrow_conv_kernel_reflected(&*act_data(s1, l1)?, weights, cout, &g, p), s1)?,
+            _ if narrow => act_storage(narrow_conv_kernel_reflected(&act_data(s1, l1)?, weights, cout, &g, p), s1)?,
             _ => act_storage(conv_kernel(&super::pad::pad_planes(&act_data(s1, l1)?, h, w, p), weights, cout, &g), s1)?,
         };
         Ok((y, Shape::from((b, cout, g.ho, g.wo))))
