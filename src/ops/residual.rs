@@ -38,7 +38,9 @@ pub fn residual_block(x: &Tensor, w1: &Tensor, w2: &Tensor) -> Result<Option<Ten
 }
 
 /// What the forward pass keeps for the backward pass: both convolutions' outputs and the first
-/// norm's (in the activations' dtype), and both norms' (mean, 1/σ) per plane.
+/// norm's (in the activations' dtype; the norm's in bf16 where the convolutions' kernels round it
+/// to bf16 anyway, which gives the same gradients for half its memory), and both norms' (mean,
+/// 1/σ) per plane.
 struct Saved {
     y1: CpuStorage,
     h1: CpuStorage,
@@ -64,17 +66,28 @@ impl ResidualBlock {
             st
         });
         let store = T::to_cpu_storage_owned;
-        *self.saved.lock().unwrap_or_else(|e| e.into_inner()) = Some(Saved { y1: store(y1), h1: store(h1), y2: store(y2), stats1, stats2 });
+        let h1 = match T::as_f32(&h1) {
+            Some(h) if self.conv.rounds_input_to_bf16() => {
+                let mut kept = crate::ops::zeros(h.len());
+                crate::ops::par_narrow(&mut kept, h);
+                CpuStorage::BF16(kept)
+            }
+            _ => store(h1),
+        };
+        *self.saved.lock().unwrap_or_else(|e| e.into_inner()) = Some(Saved { y1: store(y1), h1, y2: store(y2), stats1, stats2 });
         out
     }
 
     /// (dx, dw1, dw2) from the output's gradient `dout`.
     fn backward<T: Elem>(&self, s: &Saved, x: &[T], w1: &[f32], w2: &[f32], dout: &[T]) -> Result<(Vec<T>, Vec<f32>, Vec<f32>)> {
-        let (y1, h1, y2) = (s.y1.as_slice::<T>()?, s.h1.as_slice::<T>()?, s.y2.as_slice::<T>()?);
+        let (y1, y2) = (s.y1.as_slice::<T>()?, s.y2.as_slice::<T>()?);
         let hw = self.hw;
         // The second norm (its residual's gradient is `dout` itself), the second convolution.
         let dy2: Vec<f32> = norm_act_grad_planes(y2, dout, hw, &s.stats2, Act::Identity);
-        let (dh1, dw2) = self.conv.grads(h1, w2, &dy2);
+        let (dh1, dw2) = match &s.h1 {
+            CpuStorage::BF16(h1) => self.conv.grads(h1, w2, &dy2),
+            h1 => self.conv.grads(h1.as_slice::<T>()?, w2, &dy2),
+        };
         let dy1: Vec<f32> = norm_act_grad_planes(y1, &dh1, hw, &s.stats1, Act::Relu);
         let (dx_conv, dw1) = self.conv.grads(x, w1, &dy1);
         // The skip connection's gradient joins the first convolution's.

@@ -1337,6 +1337,12 @@ impl ReflectConv3x3 {
         Ok(Some(Self { t, c }))
     }
 
+    /// Whether its kernels are the direct bf16 ones (AMX), whose gradients read the input
+    /// rounded to bf16: an input kept for them may be kept in bf16, with the same results.
+    pub(super) fn rounds_input_to_bf16(&self) -> bool {
+        direct::applies(self.c, self.c, &self.t)
+    }
+
     /// `x` [B,C,H,W], `w` [C,C,3,3] → [B,C,H,W].
     pub(super) fn forward<T: Elem>(&self, x: &[T], w: &[f32]) -> Vec<T> {
         forward_kernel(x, w, self.c, self.c, &self.t, None)
