@@ -49,6 +49,7 @@ CASES = {
     "train128": ("training iteration, 128², resnet_6blocks", 6, 128, True),
     "train256": ("training iteration, 256², resnet_9blocks", 9, 256, True),
     "infer256": ("translate 256² (resnet_9blocks)", 9, 256, False),
+    "infer512": ("translate 512² (resnet_9blocks)", 9, 512, False),
     "infer1024": ("translate 1024² (resnet_9blocks)", 9, 1024, False),
 }
 # id: (what, resnet blocks, size, CUT mode); the `what` strings are cyclestudio's.

@@ -119,9 +119,11 @@ fn every_layer_kind_in_bf16_matches_fp32_within_bf16_rounding() {
     assert!(failures.is_empty(), "{failures:#?}");
 }
 
-/// The generators and the PatchGAN of the parity fixtures, forward in bf16 as translations run
-/// (activations stored in bf16, as autocast stores them), against PyTorch's bf16 autocast of the
-/// same weights and inputs: our error from the fp32 reference output is no larger than autocast's.
+/// The generators and the PatchGAN of the parity fixtures, forward in bf16 as large images'
+/// translations run (activations stored in bf16, as autocast stores them; the fixtures are
+/// smaller than the size from which translations do that), against PyTorch's bf16 autocast of
+/// the same weights and inputs: our error from the fp32 reference output is no larger than
+/// autocast's.
 #[test]
 fn networks_in_bf16_match_pytorch_bf16_autocast() {
     use candle_core::DType;
@@ -135,7 +137,7 @@ fn networks_in_bf16_match_pytorch_bf16_autocast() {
     for file in ["resnet_3to3", "resnet_1to3", "unet", "patchgan"] {
         let fx = load_fixture(&format!("{file}.safetensors"));
         let w = with_prefix(&fx, "w.");
-        let ours = cyclestudio::ops::translating_in(Precision::Bf16, || {
+        let ours = with_precision(Precision::Bf16, || cyclestudio::ops::with_bf16_activations(|| {
             if file == "patchgan" {
                 let vb = VarBuilder::from_tensors(from_reference_keys(&discriminator_key_map(3), &w).unwrap(), DType::F32, &Device::Cpu);
                 let d = PatchGan::new(&DiscriminatorConfig { in_channels: 3, ndf: 8, n_layers: 3, antialias: false }, vb).unwrap();
@@ -145,7 +147,7 @@ fn networks_in_bf16_match_pytorch_bf16_autocast() {
                 let (g, _) = generator_from_reference(&w, &cfg, &Device::Cpu).unwrap();
                 g.forward(&fx["input"]).unwrap()
             }
-        });
+        }));
         let theirs = &autocast[&format!("{file}.output")];
         let fp32 = &fx["output"];
         let (e_ours, e_theirs, e_between) = (rel_err(&ours, fp32), rel_err(theirs, fp32), rel_err(&ours, theirs));

@@ -28,7 +28,7 @@ const fn case(id: &'static str, what: &'static str, generator: &'static str, siz
     Case { id, what, generator, size, train, method }
 }
 
-pub const CASES: [Case; 8] = [
+pub const CASES: [Case; 9] = [
     case("train128", "training iteration, 128², resnet_6blocks", "resnet_6blocks", 128, true, Method::Cyclegan),
     case("train256", "training iteration, 256², resnet_9blocks", "resnet_9blocks", 256, true, Method::Cyclegan),
     case("cut128", "CUT training iteration, 128², resnet_6blocks", "resnet_6blocks", 128, true, Method::Cut),
@@ -36,6 +36,7 @@ pub const CASES: [Case; 8] = [
     case("cut256", "CUT training iteration, 256², resnet_9blocks", "resnet_9blocks", 256, true, Method::Cut),
     case("fastcut256", "FastCUT training iteration, 256², resnet_9blocks", "resnet_9blocks", 256, true, Method::Fastcut),
     case("infer256", "translate 256² (resnet_9blocks)", "resnet_9blocks", 256, false, Method::Cyclegan),
+    case("infer512", "translate 512² (resnet_9blocks)", "resnet_9blocks", 512, false, Method::Cyclegan),
     case("infer1024", "translate 1024² (resnet_9blocks)", "resnet_9blocks", 1024, false, Method::Cyclegan),
 ];
 

@@ -24,12 +24,12 @@
 //! also bf16, `ops::activation_dtype`: read as f32, results rounded once) take this
 //! path; anything else falls back to candle's native convolutions.
 
-use super::precision::cpu_bf16;
-use super::{act_data, act_storage, data, gather, Elem};
-use half::bf16;
 use super::gemm::{matmul, matmul_split_k, with_scratch, with_scratch_slot, Mat};
 use super::gemm_bf16::{gemm_made, Rhs};
+use super::precision::cpu_bf16;
 use super::winograd::Pad;
+use super::{act_data, act_storage, data, gather, Elem};
+use half::bf16;
 use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 #[cfg(test)]

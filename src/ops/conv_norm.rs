@@ -58,7 +58,7 @@ impl CustomOp2 for ConvNormAct {
                 CpuStorage::BF16(v) => norm_act_planes_in_place(v, h * w, self.act),
                 CpuStorage::F32(v) => norm_act_planes_in_place(v, h * w, self.act),
                 _ => bail!("conv + norm: activations are stored as f32 or bf16"),
-            };
+            }
             return Ok((y, shape));
         }
         let (out, stats) = match &y {

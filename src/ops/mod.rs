@@ -272,8 +272,15 @@ pub(crate) fn cpu_act(xs: &Tensor) -> bool {
 }
 
 thread_local! {
-    static BF16_ACTIVATIONS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// Whether this thread's networks store bf16 activations, from inputs of how many pixels on.
+    static BF16_ACTIVATIONS: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
 }
+
+/// Pixels from which translations store bf16 activations ([`translating_in`]): below it the
+/// tensors are small and the conversions cost more time than the memory saves (2-core Xeon with
+/// AMX, the same binary either way: 256² 1.10× the time for 179 → 159 MiB, 512² 0.99× for 407 →
+/// 215 MiB, 1024² 0.89× for 893 → 542 MiB; bench/RESULTS.md, "A thirteenth round").
+const TRANSLATION_BF16_PIXELS: usize = 512 * 512;
 
 /// The dtype the networks store activations in for an input `xs`: `xs`'s own, or bf16 where
 /// that is switched on (`CS_BF16_ACTIVATIONS`, or [`with_bf16_activations`]) and this thread's
@@ -288,7 +295,8 @@ thread_local! {
 /// 0.41 dB on one of two seeds (bench/RESULTS.md). Fusing more ops, so that fewer tensors reach
 /// autograd, is the way on.
 pub fn activation_dtype(xs: &Tensor) -> DType {
-    let on = settings().bf16_activations || BF16_ACTIVATIONS.with(std::cell::Cell::get);
+    let pixels: usize = xs.dims().iter().rev().take(2).product();
+    let on = settings().bf16_activations || BF16_ACTIVATIONS.with(std::cell::Cell::get).is_some_and(|from| pixels >= from);
     if on && precision::cpu_bf16() && cpu_act(xs) {
         DType::BF16
     } else {
@@ -298,16 +306,16 @@ pub fn activation_dtype(xs: &Tensor) -> DType {
 
 /// Runs `f` with bf16 activations on this thread (see [`activation_dtype`]).
 pub fn with_bf16_activations<R>(f: impl FnOnce() -> R) -> R {
-    with_local(&BF16_ACTIVATIONS, true, f)
+    with_local(&BF16_ACTIVATIONS, Some(0), f)
 }
 
 /// Runs `f`, a translation (no autograd), with its convolutions in `precision` and, in bf16, its
 /// activations stored in bf16 too, as autocast stores them. Without a backward pass none of
 /// training's cost applies (no gradient sums), and it halves the tensors a translation holds:
-/// translating a 1024² image peaks at 0.6× of fp32's memory, and runs faster (bench/RESULTS.md,
-/// "A thirteenth round").
+/// from images of [`TRANSLATION_BF16_PIXELS`] on.
 pub fn translating_in<R>(precision: Precision, f: impl FnOnce() -> R) -> R {
-    with_precision(precision, || if precision == Precision::Bf16 { with_bf16_activations(f) } else { f() })
+    let from = (precision == Precision::Bf16).then_some(TRANSLATION_BF16_PIXELS);
+    with_precision(precision, || with_local(&BF16_ACTIVATIONS, from, f))
 }
 
 /// `xs` converted to [`activation_dtype`]: what a network does to its input.
@@ -678,15 +686,29 @@ mod tests {
     /// A job sent to the pool runs on a pool thread with the caller's settings, and with the
     /// per-call state of whatever that thread was running set aside (and put back after).
     #[test]
+    fn translations_store_bf16_activations_from_their_size_on() {
+        if gemm_bf16::hardware().is_none() {
+            eprintln!("skipped: this CPU has no AVX512-BF16 (bf16 runs fp32, with f32 activations)");
+            return;
+        }
+        let side = |n: usize| Tensor::zeros((1, 3, n, n), DType::F32, &candle_core::Device::Cpu).unwrap();
+        let (small, large) = (side(256), side(512));
+        let dtype = |p: Precision, x: &Tensor| translating_in(p, || activation_dtype(x));
+        assert_eq!(dtype(Precision::Bf16, &small), DType::F32);
+        assert_eq!(dtype(Precision::Bf16, &large), DType::BF16);
+        assert_eq!(dtype(Precision::Fp32, &large), DType::F32);
+    }
+
+    #[test]
     fn in_pool_carries_settings_and_sets_aside_op_state() {
         std::thread::spawn(|| {
             assert!(rayon::current_thread_index().is_none());
             let seen = with_precision(Precision::Bf16, || {
                 with_bf16_activations(|| in_pool(|| (rayon::current_thread_index().is_some(), precision::current(), BF16_ACTIVATIONS.with(std::cell::Cell::get))))
             });
-            assert_eq!(seen, (true, Precision::Bf16, true));
+            assert_eq!(seen, (true, Precision::Bf16, Some(0)));
             // Back on the caller's thread, nothing of it is left.
-            assert_eq!((precision::current(), BF16_ACTIVATIONS.with(std::cell::Cell::get)), (Precision::Fp32, false));
+            assert_eq!((precision::current(), BF16_ACTIVATIONS.with(std::cell::Cell::get)), (Precision::Fp32, None));
         })
         .join()
         .unwrap();

@@ -220,21 +220,22 @@ pub(crate) fn norm_act_planes<T: Elem>(x: &[T], hw: usize, act: Act) -> (Vec<T>,
 
 /// [`norm_act_planes`] written over `x` itself, the same values: where nothing else reads the
 /// convolution's output (translations), so that it and the normalised tensor are not both kept.
-pub(crate) fn norm_act_planes_in_place<T: Elem>(x: &mut [T], hw: usize, act: Act) -> Vec<(f32, f32)> {
+pub(crate) fn norm_act_planes_in_place<T: Elem>(x: &mut [T], hw: usize, act: Act) {
     use rayon::prelude::*;
-    x.par_chunks_mut(hw)
-        .map_init(
-            || vec![0f32; 2 * hw],
-            |buf, plane| {
-                let (xb, yb) = buf.split_at_mut(hw);
-                T::widen(xb, plane);
-                let mut st = (0.0, 0.0);
-                norm_act_plane(yb, xb, &mut st, act);
-                T::narrow(plane, yb);
-                st
-            },
-        )
-        .collect()
+    x.par_chunks_mut(hw).for_each_init(
+        || vec![0f32; 2 * hw],
+        |buf, plane| {
+            let (xb, yb) = buf.split_at_mut(hw);
+            let mut st = (0.0, 0.0);
+            if let Some(plane) = T::as_f32_mut(plane) {
+                xb.copy_from_slice(plane);
+                return norm_act_plane(plane, xb, &mut st, act);
+            }
+            T::widen(xb, plane);
+            norm_act_plane(yb, xb, &mut st, act);
+            T::narrow(plane, yb);
+        },
+    );
 }
 
 /// dx of `act(instance_norm(x))` from `dy`, plane by plane with the forward pass's (mean, 1/σ)
