@@ -138,7 +138,7 @@ pub struct TensorboardExportArgs {
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// Cases to run: train128, train256, cut128, fastcut128, cut256, fastcut256, infer256, infer1024
+    /// Cases to run: train128, train256, cut128, fastcut128, cut256, fastcut256, infer256, infer512, infer1024
     /// (and inception8, the FID network; loop128, train128 through the whole training loop with
     /// its logging) [default: all but inception8 and loop128]
     #[arg(long, value_delimiter = ',')]
