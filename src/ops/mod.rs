@@ -312,7 +312,7 @@ pub fn with_bf16_activations<R>(f: impl FnOnce() -> R) -> R {
 /// Runs `f`, a translation (no autograd), with its convolutions in `precision` and, in bf16, its
 /// activations stored in bf16 too, as autocast stores them. Without a backward pass none of
 /// training's cost applies (no gradient sums), and it halves the tensors a translation holds:
-/// from images of [`TRANSLATION_BF16_PIXELS`] on.
+/// from images of 512² pixels on (`TRANSLATION_BF16_PIXELS`).
 pub fn translating_in<R>(precision: Precision, f: impl FnOnce() -> R) -> R {
     let from = (precision == Precision::Bf16).then_some(TRANSLATION_BF16_PIXELS);
     with_precision(precision, || with_local(&BF16_ACTIVATIONS, from, f))
