@@ -287,7 +287,8 @@ const TRANSLATION_BF16_PIXELS: usize = 512 * 512;
 /// convolutions run in bf16 on our CPU kernels, as PyTorch's autocast keeps its convolutions'
 /// outputs. Every op still computes in f32 and rounds its output once.
 ///
-/// On in translations under bf16 ([`translating_in`]). Off by default in training: it cuts a 256² training step's peak memory by a third (0.65× of fp32's), but
+/// On in translations of large images under bf16 ([`translating_in`]). Off by default in
+/// training: it cuts a 256² training step's peak memory by a third (0.65× of fp32's), but
 /// makes the step slower (AVX512-BF16, AMD EPYC, 2 threads: 8–9 % at 256², 0–10 % at 128², with
 /// the fused training ops `residual` and `conv_norm`; 12–27 % without them), most of it candle's
 /// autograd summing every kept tensor's gradient with its bf16 `add` (a call per 8 elements,

@@ -1857,6 +1857,33 @@ mod tests {
         }
     }
 
+    /// The AMX direct kernels read bf16 activations a row at a time as they pack them: their
+    /// forward pass on bf16 images gives the widened images' results, rounded, bit for bit, at
+    /// every padding (CUT's blur up-sampling included).
+    #[test]
+    fn amx_direct_forward_on_bf16_activations_rounds_the_f32_result() {
+        use super::super::gemm_bf16::Isa;
+        use crate::ops::{with_precision, Precision};
+        if super::super::gemm_bf16::isa() != Some(Isa::Amx) {
+            eprintln!("skipped: this CPU has no AMX (or CS_NO_AMX is set), so bf16 convolutions do not take the AMX direct kernels");
+            return;
+        }
+        use Pad::{None as No, Reflect, UpZero, Zero};
+        let (cin, cout) = (32, 64);
+        for (sh, sw, pad, r) in [(7, 6, Reflect, 3), (12, 10, Reflect, 3), (9, 8, No, 3), (7, 6, Zero, 4), (5, 7, UpZero, 3)] {
+            let t = Tiles::new(sh, sw, pad, Kernel::new(r, if r == 3 { 4 } else { 3 }).unwrap()).unwrap();
+            let x16: Vec<bf16> = inputs(2, cin, cout, &t).0.iter().map(|&v| bf16::from_f32(v)).collect();
+            let x32: Vec<f32> = x16.iter().map(|v| v.to_f32()).collect();
+            let w = inputs(2, cin, cout, &t).1;
+            with_precision(Precision::Bf16, || {
+                assert!(direct::applies(cin, cout, &t));
+                let want: Vec<bf16> = forward_kernel(&x32, &w, cin, cout, &t, None).into_iter().map(bf16::from_f32).collect();
+                let got: Vec<bf16> = forward_kernel(&x16, &w, cin, cout, &t, None);
+                assert!(got == want, "{sh}x{sw} pad {pad:?}");
+            });
+        }
+    }
+
     /// On bf16 activations (converted a plane at a time) one band per tile row gives the single
     /// band's results: each band rounds only the output rows it wrote.
     #[test]
