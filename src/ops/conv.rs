@@ -28,7 +28,8 @@ use super::gemm::{matmul, matmul_split_k, with_scratch, with_scratch_slot, Mat};
 use super::gemm_bf16::{gemm_made, Rhs};
 use super::precision::cpu_bf16;
 use super::winograd::Pad;
-use super::{act_data, act_storage, data, gather, Elem};
+use super::pad::reflect_row;
+use super::{act_data, act_storage, data, gather, widened, Elem};
 use half::bf16;
 use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -444,24 +445,6 @@ fn conv_transpose_kernel(x: &[f32], w: &[f32], cin: usize, g: &Geom) -> Vec<f32>
     y
 }
 
-/// `src` widened into the middle of `dst`, reflection-padded by `p` on both sides (as
-/// `pad::pad_planes` pads a row).
-fn widen_reflected<T: Elem>(dst: &mut [f32], src: &[T], p: usize) {
-    let w = src.len();
-    T::widen(&mut dst[p..p + w], src);
-    for j in 0..p {
-        dst[p - 1 - j] = src[j + 1].to_f32();
-        dst[p + w + j] = src[w - 2 - j].to_f32();
-    }
-}
-
-/// `x` widened to f32.
-fn widened(x: &[bf16]) -> Vec<f32> {
-    let mut out = crate::ops::zeros(x.len());
-    super::par_widen(&mut out, x);
-    out
-}
-
 /// Floats of f32 output a bf16-activation kernel makes at a time before rounding (16 MiB).
 const OUT_BAND: usize = 4 << 20;
 
@@ -838,7 +821,7 @@ fn narrow_conv_kernel_reflected<T: Elem>(x: &[T], w: &[f32], cout: usize, g: &Ge
                     _ => with_scratch_slot(1, g.c * zn, |xw| {
                         xw.par_chunks_mut(zn).enumerate().for_each(|(ci, d)| {
                             for (r, row) in (r0..r1).zip(d.chunks_exact_mut(g.w)) {
-                                widen_reflected(row, &xb[(ci * h0 + rows[r] as usize) * w0..][..w0], reflect);
+                                reflect_row(row, &xb[(ci * h0 + rows[r] as usize) * w0..][..w0], reflect, T::widen, T::to_f32);
                             }
                         });
                         matmul(cout * kk, zn, g.c, (z, zn), false, lhs, Mat::rows(xw, zn));
@@ -1041,7 +1024,7 @@ mod tests {
                 let want = narrow_conv_kernel(&super::super::pad::pad_planes(&widened(&x), h, w, p), &wt, cout, &g);
                 assert_eq!(bits(&narrow_conv_kernel_reflected(&x, &wt, cout, &g, p)), bits(&want), "reflected narrow, limit {limit}");
                 let xf = widened(&x);
-                assert_eq!(bits(&narrow_conv_kernel_reflected(&xf, &wt, cout, &g, p)), bits(&want), "reflected narrow f32, limit {limit}");
+                assert_eq!(bits(&narrow_conv_kernel_reflected(&xf[..], &wt, cout, &g, p)), bits(&want), "reflected narrow f32, limit {limit}");
             }
             SCRATCH_LIMIT.with(|l| l.set(MAX_SCRATCH));
         });

@@ -330,13 +330,21 @@ pub(crate) fn act_data<'a>(s: &'a CpuStorage, l: &Layout) -> Result<std::borrow:
     refuse_under_generic()?;
     let Some((start, end)) = l.contiguous_offsets() else { candle_core::bail!("custom op: operands must be contiguous") };
     match s {
-        CpuStorage::F32(v) => Ok(std::borrow::Cow::Borrowed(&v[start..end])),
-        CpuStorage::BF16(v) => {
-            let mut out = crate::ops::zeros(end - start);
-            par_widen(&mut out, &v[start..end]);
-            Ok(std::borrow::Cow::Owned(out))
-        }
+        CpuStorage::F32(v) => Ok(widened(&v[start..end])),
+        CpuStorage::BF16(v) => Ok(widened(&v[start..end])),
         _ => candle_core::bail!("custom op: expected f32 or bf16 data"),
+    }
+}
+
+/// `x` as f32: borrowed where it is f32 already, else widened (exactly) into a new buffer.
+pub(crate) fn widened<E: Elem>(x: &[E]) -> std::borrow::Cow<'_, [f32]> {
+    match E::as_f32(x) {
+        Some(x) => x.into(),
+        None => {
+            let mut out = zeros(x.len());
+            par_widen(&mut out, x);
+            out.into()
+        }
     }
 }
 
@@ -402,7 +410,7 @@ impl Elem for half::bf16 {
         narrow_chunk(dst, src)
     }
     fn to_f32(self) -> f32 {
-        f32::from_bits((self.to_bits() as u32) << 16)
+        half::bf16::to_f32(self)
     }
 }
 
@@ -684,8 +692,8 @@ mod tests {
         }
     }
 
-    /// A job sent to the pool runs on a pool thread with the caller's settings, and with the
-    /// per-call state of whatever that thread was running set aside (and put back after).
+    /// Translations in bf16 store bf16 activations for inputs from `TRANSLATION_BF16_PIXELS` on,
+    /// f32 ones below; translations in fp32 never.
     #[test]
     fn translations_store_bf16_activations_from_their_size_on() {
         if gemm_bf16::hardware().is_none() {
@@ -700,6 +708,8 @@ mod tests {
         assert_eq!(dtype(Precision::Fp32, &large), DType::F32);
     }
 
+    /// A job sent to the pool runs on a pool thread with the caller's settings, and with the
+    /// per-call state of whatever that thread was running set aside (and put back after).
     #[test]
     fn in_pool_carries_settings_and_sets_aside_op_state() {
         std::thread::spawn(|| {

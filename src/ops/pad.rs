@@ -55,15 +55,23 @@ pub(crate) fn pad_planes<T: Copy + Default + Send + Sync>(x: &[T], h: usize, w: 
     crate::ops::par_chunks_made(planes * ph * pw, ph * pw, || (), |_, i, yp: &mut [T]| {
         let xp = &x[i * h * w..][..h * w];
         for (r, row) in yp.chunks_exact_mut(pw).enumerate() {
-            let src = &xp[rows[r] as usize * w..][..w];
-            row[p..p + w].copy_from_slice(src);
-            for j in 0..p {
-                row[p - 1 - j] = src[j + 1];
-                row[p + w + j] = src[w - 2 - j];
-            }
+            reflect_row(row, &xp[rows[r] as usize * w..][..w], p, |d, s| d.copy_from_slice(s), |v| v);
         }
     })
     .0
+}
+
+/// `src` into `dst` reflection-padded by `p` on both sides (`dst` holds `src.len()` + 2`p`
+/// values): the middle by `middle`, the `p` mirrored values at each end by `one`. A row of
+/// [`pad_planes`], or one a kernel pads as it converts it.
+#[inline(always)]
+pub(crate) fn reflect_row<S: Copy, D>(dst: &mut [D], src: &[S], p: usize, middle: impl FnOnce(&mut [D], &[S]), one: impl Fn(S) -> D) {
+    let w = src.len();
+    middle(&mut dst[p..p + w], src);
+    for j in 0..p {
+        dst[p - 1 - j] = one(src[j + 1]);
+        dst[p + w + j] = one(src[w - 2 - j]);
+    }
 }
 
 /// The gradient of `reflect_pad2d(x, pad)` for `x` of `h`×`w` planes from the padded output's

@@ -18,7 +18,7 @@
 use super::Tiles;
 use crate::ops::gemm::{with_scratch_slot, with_taken, LineBuf, SharedDst};
 use crate::ops::gemm_bf16::{self, amx, Isa};
-use crate::ops::Elem;
+use crate::ops::{widened, Elem};
 use rayon::prelude::*;
 use std::cell::Cell;
 
@@ -93,18 +93,6 @@ fn plane_width(w: usize, ho: usize, wo: usize) -> usize {
 /// outputs.
 fn segments_across_rows(width: usize, ho: usize, wo: usize) -> bool {
     (ho * width).div_ceil(T) < ho * wo.div_ceil(T)
-}
-
-/// Image `x` as f32 (borrowed where it is f32 already).
-fn widened<E: Elem>(x: &[E]) -> std::borrow::Cow<'_, [f32]> {
-    match E::as_f32(x) {
-        Some(x) => x.into(),
-        None => {
-            let mut out = crate::ops::zeros(x.len());
-            crate::ops::par_widen(&mut out, x);
-            out.into()
-        }
-    }
 }
 
 /// `out` [m][ho][wo] (one image) = Σ over taps (kh, kw) and channel pairs p of
